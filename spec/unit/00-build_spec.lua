@@ -1,0 +1,6 @@
+describe("generated Lua", function()
+  it("runs under LuaJIT", function()
+    assert.is_truthy(jit, "busted must run under LuaJIT (see .busted)")
+    assert.are.equal("0.1.0", require("krs.version").SUITE_VERSION)
+  end)
+end)

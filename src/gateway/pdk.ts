@@ -1,0 +1,452 @@
+/**
+ * The local gateway's PDK: Kong's `kong.*` API (the subset in src/types/kong.d.ts) on top
+ * of lua-nginx-module, with Kong's semantics (kong/pdk/*.lua). Typed against the same
+ * declarations the plugins compile against, so a missing function is a compile error.
+ *
+ * Per-request state lives in ngx.ctx under KRS_* keys (see RequestCtx).
+ */
+import * as cjson from "cjson.safe";
+
+const KONG_VERSION = "3.9.0";
+const JSON_CONTENT_TYPE = "application/json; charset=utf-8";
+
+/** What the gateway keeps in ngx.ctx for one request. */
+export interface RequestCtx {
+  KRS_SHARED?: { [key: string]: unknown };
+  KRS_PLUGIN_CTX?: LuaTable<string, { [key: string]: unknown }>;
+  /** Name and instance key of the plugin whose phase handler is running. */
+  KRS_PLUGIN_NAME?: string;
+  KRS_PLUGIN_KEY?: string;
+  KRS_EXITED?: boolean;
+  KRS_PROXIED?: boolean;
+  KRS_UNEXPECTED?: boolean;
+  KRS_SERIALIZE?: LuaTable<string, unknown>;
+  route?: KongRoute;
+  service?: KongService;
+  authenticated_consumer?: KongConsumer;
+  authenticated_credential?: KongCredential;
+  KRS_UPSTREAM_URI?: string;
+}
+
+export function requestCtx(this: void): RequestCtx {
+  return ngx.ctx as unknown as RequestCtx;
+}
+
+// ---------------------------------------------------------------- log
+
+function logPrefix(this: void): string {
+  const phase = ngx.get_phase();
+  if (phase === "init" || phase === "init_worker" || phase === "timer") return "[kong] ";
+  const name = requestCtx().KRS_PLUGIN_NAME;
+  return name !== undefined ? `[kong] [${name}] ` : "[kong] ";
+}
+
+function makeLogger(this: void, level: number): (this: void, ...args: unknown[]) => void {
+  return (...args: unknown[]) => {
+    const parts: string[] = [];
+    for (const arg of args) parts.push(tostring(arg));
+    ngx.log(level, logPrefix(), table.concat(parts));
+  };
+}
+
+// ---------------------------------------------------------------- request
+
+function firstValue(this: void, value: string | string[] | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  if (type(value) === "table") return (value as string[])[0];
+  return value as string;
+}
+
+const request: KongRequestApi = {
+  get_header(name) {
+    if (type(name) !== "string") error("header name must be a string", 2);
+    const [headers] = ngx.req.get_headers(100);
+    return firstValue(headers.get(string.lower(name)));
+  },
+  get_headers(max_headers) {
+    const [headers] = ngx.req.get_headers(max_headers ?? 100);
+    return headers;
+  },
+  get_method() {
+    return ngx.req.get_method();
+  },
+  get_path() {
+    return ngx.var["uri"] ?? "/";
+  },
+  get_raw_query() {
+    return ngx.var["args"] ?? "";
+  },
+  get_query(max_args) {
+    const [args] = ngx.req.get_uri_args(max_args ?? 100);
+    return args;
+  },
+  get_query_arg(name) {
+    const [args] = ngx.req.get_uri_args(100);
+    const value = args.get(name);
+    if (type(value) === "table") return (value as (string | boolean)[])[0];
+    return value as string | boolean | undefined;
+  },
+  get_scheme() {
+    return ngx.var["scheme"] ?? "http";
+  },
+  get_host() {
+    return string.lower(ngx.var["host"] ?? "");
+  },
+  get_port() {
+    return tonumber(ngx.var["server_port"]) ?? 0;
+  },
+  get_raw_body() {
+    ngx.req.read_body();
+    const body = ngx.req.get_body_data();
+    if (body !== undefined) return $multi(body, undefined);
+    if (ngx.req.get_body_file() !== undefined) return $multi(undefined, "request body did not fit into client body buffer, consider raising 'client_body_buffer_size'");
+    return $multi("", undefined);
+  },
+};
+
+// ---------------------------------------------------------------- response
+
+function checkHeader(this: void, name: unknown, value: unknown): void {
+  if (type(name) !== "string" || name === "") error("invalid header name: " + tostring(name), 3);
+  const t = type(value);
+  if (t !== "string" && t !== "number" && t !== "boolean") error(`invalid header value for "${name}": got ${t}, expected string, number or boolean`, 3);
+}
+
+function send(this: void, status: number, body: string | undefined, headers: KongHeaders | undefined): never {
+  ngx.status = status;
+  let hasContentLength = false;
+  if (headers !== undefined) {
+    for (const [name, value] of pairs(headers)) {
+      const lower = string.lower(name as string);
+      if (lower === "transfer-encoding") continue;
+      ngx.header[name as string] = value as string;
+      if (lower === "content-length") hasContentLength = true;
+    }
+  }
+  if (!hasContentLength) ngx.header["Content-Length"] = tostring(body !== undefined ? body.length : 0);
+  if (body !== undefined && body !== "") ngx.print(body);
+  return ngx.exit(status);
+}
+
+function encodeBody(this: void, body: KongResponseBody | undefined, headers: KongHeaders | undefined): LuaMultiReturn<[string | undefined, KongHeaders | undefined]> {
+  if (body === undefined || type(body) === "string") return $multi(body as string | undefined, headers);
+  const [json, err] = cjson.encode(body);
+  if (json === undefined) error("body encoding failed: " + tostring(err), 3);
+  let hasContentType = false;
+  if (headers !== undefined) {
+    for (const [name] of pairs(headers)) if (string.lower(name as string) === "content-type") hasContentType = true;
+  }
+  if (!hasContentType) {
+    const withType: KongHeaders = {};
+    if (headers !== undefined) for (const [name, value] of pairs(headers)) withType[name as string] = value as string;
+    withType["Content-Type"] = JSON_CONTENT_TYPE;
+    headers = withType;
+  }
+  return $multi(json, headers);
+}
+
+/** Kong's default messages for kong.response.error. */
+const ERROR_MESSAGES: { [status: number]: string } = {
+  400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
+  405: "Method not allowed", 408: "Request timeout", 409: "Conflict", 411: "Length required",
+  412: "Precondition failed", 413: "Payload too large", 414: "URI too long",
+  415: "Unsupported media type", 429: "API rate limit exceeded",
+  500: "An unexpected error occurred", 502: "An invalid response was received from the upstream server",
+  503: "The upstream server is currently unavailable", 504: "The upstream server is timing out",
+};
+
+function checkExitPhase(this: void): void {
+  const phase = ngx.get_phase();
+  if (phase !== "rewrite" && phase !== "access" && phase !== "content" && phase !== "header_filter") {
+    error(`function cannot be called in ${phase} phase`, 3);
+  }
+  if (ngx.headers_sent) error("headers have already been sent", 3);
+}
+
+const response: KongResponseApi = {
+  exit(status, body, headers) {
+    checkExitPhase();
+    if (type(status) !== "number") error("code must be a number", 2);
+    if (status < 100 || status > 599) error("code must be a number between 100 and 599", 2);
+    if (body !== undefined && type(body) !== "string" && type(body) !== "table") error("body must be a nil, string or table", 2);
+    if (headers !== undefined && type(headers) !== "table") error("headers must be a nil or table", 2);
+    if (headers !== undefined) for (const [name, value] of pairs(headers)) checkHeader(name, type(value) === "table" ? "" : value);
+    requestCtx().KRS_EXITED = true;
+    const [encoded, finalHeaders] = encodeBody(body, headers);
+    return send(status, encoded, finalHeaders);
+  },
+  error(status, message, headers) {
+    checkExitPhase();
+    if (type(status) !== "number") error("code must be a number", 2);
+    if (status < 400 || status > 599) error("code must be a number between 400 and 599", 2);
+    requestCtx().KRS_EXITED = true;
+    const text = message ?? ERROR_MESSAGES[status] ?? "An error occurred";
+    const accept = request.get_header("accept") ?? "";
+    let contentType = JSON_CONTENT_TYPE;
+    let body: string;
+    if (string.find(accept, "text/plain", 1, true)[0] !== undefined && string.find(accept, "json", 1, true)[0] === undefined) {
+      contentType = "text/plain; charset=utf-8";
+      body = text;
+    } else {
+      body = cjson.encode({ message: text })[0] ?? "{}";
+    }
+    const finalHeaders: KongHeaders = {};
+    if (headers !== undefined) for (const [name, value] of pairs(headers)) finalHeaders[name as string] = value as string;
+    let hasType = false;
+    for (const [name] of pairs(finalHeaders)) if (string.lower(name as string) === "content-type") hasType = true;
+    if (!hasType) finalHeaders["Content-Type"] = contentType;
+    return send(status, body, finalHeaders);
+  },
+  set_header(name, value) {
+    checkHeader(name, value);
+    if (ngx.headers_sent) error("headers have already been sent", 2);
+    ngx.header[name] = tostring(value);
+  },
+  add_header(name, value) {
+    checkHeader(name, value);
+    if (ngx.headers_sent) error("headers have already been sent", 2);
+    const existing = ngx.header[name];
+    if (existing === undefined) {
+      ngx.header[name] = tostring(value);
+    } else if (type(existing) === "table") {
+      const values = existing as string[];
+      values.push(tostring(value));
+      ngx.header[name] = values;
+    } else {
+      ngx.header[name] = [existing as string, tostring(value)];
+    }
+  },
+  clear_header(name) {
+    if (type(name) !== "string") error("header name must be a string", 2);
+    if (ngx.headers_sent) error("headers have already been sent", 2);
+    ngx.header[name] = undefined;
+  },
+  get_header(name) {
+    if (type(name) !== "string") error("header name must be a string", 2);
+    return firstValue(ngx.header[name]);
+  },
+  get_headers(max_headers) {
+    const [headers] = ngx.resp.get_headers(max_headers ?? 100);
+    return headers;
+  },
+  get_status() {
+    return ngx.status;
+  },
+  get_source() {
+    const ctx = requestCtx();
+    if (ctx.KRS_UNEXPECTED === true) return "error";
+    if (ctx.KRS_EXITED === true) return "exit";
+    if (ctx.KRS_PROXIED === true) return "service";
+    return "error";
+  },
+  set_status(status) {
+    if (type(status) !== "number" || status < 100 || status > 599) error("code must be a number between 100 and 599", 2);
+    if (ngx.headers_sent) error("headers have already been sent", 2);
+    ngx.status = status;
+  },
+};
+
+// ---------------------------------------------------------------- service.request
+
+const service: KongServiceApi = {
+  request: {
+    set_header(name, value) {
+      checkHeader(name, value);
+      if (string.lower(name) === "host") {
+        ngx.var["upstream_host"] = tostring(value);
+        return;
+      }
+      ngx.req.set_header(name, tostring(value));
+    },
+    clear_header(name) {
+      if (type(name) !== "string") error("header name must be a string", 2);
+      ngx.req.clear_header(name);
+    },
+    set_raw_query(query) {
+      if (type(query) !== "string") error("query must be a string", 2);
+      ngx.req.set_uri_args(query);
+    },
+    set_path(path) {
+      if (type(path) !== "string" || string.sub(path, 1, 1) !== "/") error("path must be a string starting with '/'", 2);
+      requestCtx().KRS_UPSTREAM_URI = path;
+      ngx.var["upstream_uri"] = path;
+    },
+  },
+};
+
+// ---------------------------------------------------------------- client, router
+
+/** Set by the runtime: finds a consumer of the live config by id (or username). */
+type ConsumerLookup = (this: void, key: string, byUsername: boolean) => KongConsumer | undefined;
+let consumerLookup: ConsumerLookup = () => undefined;
+export function setConsumerLookup(this: void, lookup: ConsumerLookup): void {
+  consumerLookup = lookup;
+}
+
+const client: KongClientApi = {
+  get_ip() {
+    return ngx.var["realip_remote_addr"] ?? ngx.var["remote_addr"] ?? "";
+  },
+  get_forwarded_ip() {
+    return ngx.var["remote_addr"] ?? "";
+  },
+  authenticate(consumer, credential) {
+    const phase = ngx.get_phase();
+    if (phase !== "access") error(`function cannot be called in ${phase} phase`, 2);
+    if (consumer === undefined && credential === undefined) error("either credential or consumer must be provided", 2);
+    if (consumer !== undefined && type(consumer) !== "table") error("consumer must be a table or nil", 2);
+    if (credential !== undefined && type(credential) !== "table") error("credential must be a table or nil", 2);
+    const ctx = requestCtx();
+    ctx.authenticated_consumer = consumer;
+    ctx.authenticated_credential = credential;
+  },
+  get_consumer() {
+    return requestCtx().authenticated_consumer;
+  },
+  get_credential() {
+    return requestCtx().authenticated_credential;
+  },
+  load_consumer(consumer_id, search_by_username) {
+    if (type(consumer_id) !== "string" || consumer_id === "") error("consumer_id must be a string", 2);
+    return $multi(consumerLookup(consumer_id, search_by_username === true), undefined);
+  },
+};
+
+const router: KongRouterApi = {
+  get_route() {
+    return requestCtx().route;
+  },
+  get_service() {
+    return requestCtx().service;
+  },
+};
+
+// ---------------------------------------------------------------- ctx
+
+/** kong.ctx.shared and kong.ctx.plugin resolve to per-request tables on each access. */
+const ctxApi = setmetatable({} as KongCtxApi, {
+  __index: (_self: KongCtxApi, key: string) => {
+    const ctx = requestCtx();
+    if (key === "shared") {
+      let shared = ctx.KRS_SHARED;
+      if (shared === undefined) {
+        shared = {};
+        ctx.KRS_SHARED = shared;
+      }
+      return shared;
+    }
+    if (key === "plugin") {
+      let byPlugin = ctx.KRS_PLUGIN_CTX;
+      if (byPlugin === undefined) {
+        byPlugin = new LuaTable();
+        ctx.KRS_PLUGIN_CTX = byPlugin;
+      }
+      const pluginKey = ctx.KRS_PLUGIN_KEY ?? "";
+      let own = byPlugin.get(pluginKey);
+      if (own === undefined) {
+        own = {};
+        byPlugin.set(pluginKey, own);
+      }
+      return own;
+    }
+    return undefined;
+  },
+});
+
+// ---------------------------------------------------------------- log.serialize
+
+function serialize(this: void): KongSerializedLog {
+  const ctx = requestCtx();
+  const started = ngx.req.start_time();
+  const now = ngx.now();
+  const upstreamMs = tonumber(ngx.var["upstream_response_time"]);
+  const requestMs = math.floor((now - started) * 1000 + 0.5);
+  const proxyMs = upstreamMs !== undefined ? math.floor(upstreamMs * 1000 + 0.5) : -1;
+  const [reqHeaders] = ngx.req.get_headers(100);
+  const [respHeaders] = ngx.resp.get_headers(100);
+  const [query] = ngx.req.get_uri_args(100);
+  const scheme = ngx.var["scheme"] ?? "http";
+  const host = ngx.var["host"] ?? "";
+  const port = ngx.var["server_port"] ?? "";
+  const entry: KongSerializedLog = {
+    request: {
+      method: ngx.req.get_method(),
+      uri: ngx.var["request_uri"] ?? "",
+      url: `${scheme}://${host}:${port}${ngx.var["request_uri"] ?? ""}`,
+      size: tonumber(ngx.var["request_length"]) ?? 0,
+      querystring: query,
+      headers: reqHeaders,
+      id: ngx.var["request_id"],
+    },
+    response: {
+      status: ngx.status,
+      size: tonumber(ngx.var["bytes_sent"]) ?? 0,
+      headers: respHeaders,
+    },
+    route: ctx.route,
+    service: ctx.service,
+    consumer: ctx.authenticated_consumer,
+    latencies: {
+      request: requestMs,
+      proxy: proxyMs,
+      kong: proxyMs >= 0 ? math.max(requestMs - proxyMs, 0) : requestMs,
+    },
+    client_ip: client.get_forwarded_ip(),
+    started_at: math.floor(started * 1000),
+    upstream_uri: ctx.KRS_UPSTREAM_URI,
+    source: response.get_source(),
+  };
+  const extra = ctx.KRS_SERIALIZE;
+  if (extra !== undefined) for (const [key, value] of pairs(extra)) entry[key] = value;
+  return entry;
+}
+
+const log: KongLogApi = {
+  err: makeLogger(ngx.ERR),
+  warn: makeLogger(ngx.WARN),
+  notice: makeLogger(ngx.NOTICE),
+  info: makeLogger(ngx.INFO),
+  debug: makeLogger(ngx.DEBUG),
+  serialize,
+  set_serialize_value(key, value) {
+    if (type(key) !== "string") error("key must be a string", 2);
+    const ctx = requestCtx();
+    let extra = ctx.KRS_SERIALIZE;
+    if (extra === undefined) {
+      extra = new LuaTable();
+      ctx.KRS_SERIALIZE = extra;
+    }
+    extra.set(key, value);
+  },
+};
+
+// ---------------------------------------------------------------- node
+
+let nodeId = "00000000-0000-0000-0000-000000000000";
+const node: KongNodeApi = {
+  get_id() {
+    return nodeId;
+  },
+  get_hostname() {
+    return ngx.var["hostname"] ?? "localhost";
+  },
+};
+
+/** Called once at init with the id the CLI stored under the prefix. */
+export function setNodeId(this: void, id: string): void {
+  nodeId = id;
+}
+
+export const pdk: KongPdk = {
+  version: KONG_VERSION,
+  request,
+  response,
+  service,
+  client,
+  router,
+  ctx: ctxApi,
+  log,
+  node,
+};
+
+export { JSON_CONTENT_TYPE, ERROR_MESSAGES };

@@ -1,0 +1,172 @@
+/**
+ * Plugin loading and execution with Kong's rules: handlers sorted by PRIORITY (high
+ * first), one configuration per plugin per request chosen by scope precedence, and each
+ * phase handler guarded so that an error becomes Kong's 500 instead of a dead worker.
+ */
+import type { GatewayConfig, PluginEntity } from "./config";
+import { pdk, requestCtx } from "./pdk";
+
+export interface LoadedPlugin {
+  name: string;
+  priority: number;
+  handler: KongPluginHandler<unknown>;
+}
+
+type Phase = "rewrite" | "access" | "header_filter" | "body_filter" | "log";
+
+/** One resolved plugin for this request: the handler and the config that applies. */
+interface Selected {
+  plugin: LoadedPlugin;
+  entity: PluginEntity;
+}
+
+/** The plugins of one config, indexed for per-request resolution. */
+export interface PluginIndex {
+  /** Every plugin used by the config, PRIORITY high → low, then by name. */
+  ordered: LoadedPlugin[];
+  /** name → scope key ("service:route:consumer" ids, "" when unset) → entity. */
+  byScope: LuaTable<string, LuaTable<string, PluginEntity>>;
+  /** Global plugins in order (for rewrite and for requests that never reached access). */
+  globals: Selected[];
+}
+
+const loaded = new LuaTable<string, LoadedPlugin>();
+
+/** require()s a plugin's handler once per worker. */
+export function loadHandler(this: void, name: string): LuaMultiReturn<[LoadedPlugin | undefined, string | undefined]> {
+  const cached = loaded.get(name);
+  if (cached !== undefined) return $multi(cached, undefined);
+  const [ok, handler] = pcall(require, `kong.plugins.${name}.handler`);
+  if (!ok) return $multi(undefined, `could not load the handler of plugin '${name}': ${tostring(handler)}`);
+  if (type(handler) !== "table") return $multi(undefined, `the handler of plugin '${name}' is not a table`);
+  const h = handler as KongPluginHandler<unknown>;
+  if (type(h.PRIORITY) !== "number") return $multi(undefined, `the handler of plugin '${name}' has no numeric PRIORITY`);
+  if (type(h.VERSION) !== "string") return $multi(undefined, `the handler of plugin '${name}' has no VERSION string`);
+  const plugin: LoadedPlugin = { name, priority: h.PRIORITY, handler: h };
+  loaded.set(name, plugin);
+  return $multi(plugin, undefined);
+}
+
+export function scopeKey(this: void, serviceId: string | undefined, routeId: string | undefined, consumerId: string | undefined): string {
+  return `${serviceId ?? ""}:${routeId ?? ""}:${consumerId ?? ""}`;
+}
+
+export function buildIndex(this: void, config: GatewayConfig): LuaMultiReturn<[PluginIndex | undefined, string | undefined]> {
+  const byScope = new LuaTable<string, LuaTable<string, PluginEntity>>();
+  const ordered: LoadedPlugin[] = [];
+  for (const entity of config.plugins) {
+    if (!entity.enabled) continue;
+    let scopes = byScope.get(entity.name);
+    if (scopes === undefined) {
+      const [plugin, err] = loadHandler(entity.name);
+      if (plugin === undefined) return $multi(undefined, err);
+      ordered.push(plugin);
+      scopes = new LuaTable();
+      byScope.set(entity.name, scopes);
+    }
+    scopes.set(scopeKey(entity.service?.id, entity.route?.id, entity.consumer?.id), entity);
+  }
+  table.sort(ordered, (a, b) => (a.priority !== b.priority ? a.priority > b.priority : a.name < b.name));
+  const globals: Selected[] = [];
+  for (const plugin of ordered) {
+    const entity = byScope.get(plugin.name)!.get("::");
+    if (entity !== undefined) globals.push({ plugin, entity });
+  }
+  return $multi({ ordered, byScope, globals }, undefined);
+}
+
+/**
+ * Kong's precedence, most specific first: consumer+route+service, consumer+route,
+ * consumer+service, route+service, consumer, route, service, global.
+ */
+function resolve(this: void, scopes: LuaTable<string, PluginEntity>, s: string, r: string, c: string): PluginEntity | undefined {
+  if (c !== "") {
+    const e = (r !== "" && s !== "" ? scopes.get(`${s}:${r}:${c}`) : undefined)
+      ?? (r !== "" ? scopes.get(`:${r}:${c}`) : undefined)
+      ?? (s !== "" ? scopes.get(`${s}::${c}`) : undefined);
+    if (e !== undefined) return e;
+  }
+  return (r !== "" && s !== "" ? scopes.get(`${s}:${r}:`) : undefined)
+    ?? (c !== "" ? scopes.get(`::${c}`) : undefined)
+    ?? (r !== "" ? scopes.get(`:${r}:`) : undefined)
+    ?? (s !== "" ? scopes.get(`${s}::`) : undefined)
+    ?? scopes.get("::");
+}
+
+const UNEXPECTED_BODY = { message: "An unexpected error occurred" };
+
+/** Runs one phase handler; returns false when it raised (the error is logged naming the plugin). */
+function call(this: void, selected: Selected, phase: Phase): boolean {
+  const fn = selected.plugin.handler[phase];
+  if (fn === undefined) return true;
+  const ctx = requestCtx();
+  ctx.KRS_PLUGIN_NAME = selected.plugin.name;
+  ctx.KRS_PLUGIN_KEY = selected.entity.id;
+  const [ok, err] = xpcall(fn as (this: unknown, conf: unknown) => void, debug.traceback, selected.plugin.handler, selected.entity.config);
+  ctx.KRS_PLUGIN_NAME = undefined;
+  ctx.KRS_PLUGIN_KEY = undefined;
+  if (!ok) {
+    ngx.log(ngx.ERR, `[kong] [${selected.plugin.name}] error in ${phase} phase: ${tostring(err)}`);
+    return false;
+  }
+  return true;
+}
+
+/** rewrite: global plugins only (the route is not known yet, as in Kong). */
+export function runRewrite(this: void, index: PluginIndex): void {
+  for (const selected of index.globals) {
+    if (!call(selected, "rewrite")) return failRequest();
+  }
+}
+
+/**
+ * access: resolve each plugin's config when its turn comes, so a consumer authenticated
+ * by a higher-priority plugin selects consumer-scoped configs of the plugins after it.
+ */
+export function runAccess(this: void, index: PluginIndex): void {
+  const ctx = requestCtx();
+  const s = ctx.service?.id ?? "";
+  const r = ctx.route?.id ?? "";
+  const selectedList: Selected[] = [];
+  (ctx as { KRS_SELECTED?: Selected[] }).KRS_SELECTED = selectedList;
+  for (const plugin of index.ordered) {
+    const c = ctx.authenticated_consumer?.id ?? "";
+    const entity = resolve(index.byScope.get(plugin.name)!, s, r, c);
+    if (entity === undefined) continue;
+    const selected: Selected = { plugin, entity };
+    selectedList.push(selected);
+    if (!call(selected, "access")) return failRequest();
+  }
+}
+
+/** header_filter, body_filter, log: the plugins chosen in access (or the globals). */
+export function runLate(this: void, index: PluginIndex, phase: "header_filter" | "body_filter" | "log"): void {
+  const list = (requestCtx() as { KRS_SELECTED?: Selected[] }).KRS_SELECTED ?? index.globals;
+  for (const selected of list) call(selected, phase);
+}
+
+function failRequest(this: void): never {
+  requestCtx().KRS_UNEXPECTED = true;
+  return pdk.response.exit(500, UNEXPECTED_BODY);
+}
+
+/** Kong 3's `configure` phase: every enabled config of a plugin, after each config change. */
+export function runConfigure(this: void, index: PluginIndex, config: GatewayConfig): void {
+  for (const plugin of index.ordered) {
+    const configure = plugin.handler.configure;
+    if (configure === undefined) continue;
+    const configs: unknown[] = [];
+    for (const entity of config.plugins) if (entity.enabled && entity.name === plugin.name) configs.push(entity.config);
+    const [ok, err] = xpcall(configure as (this: unknown, c: unknown) => void, debug.traceback, plugin.handler, configs);
+    if (!ok) ngx.log(ngx.ERR, `[kong] [${plugin.name}] error in configure phase: ${tostring(err)}`);
+  }
+}
+
+export function runInitWorker(this: void, index: PluginIndex): void {
+  for (const plugin of index.ordered) {
+    const initWorker = plugin.handler.init_worker;
+    if (initWorker === undefined) continue;
+    const [ok, err] = xpcall(initWorker as (this: unknown) => void, debug.traceback, plugin.handler);
+    if (!ok) ngx.log(ngx.ERR, `[kong] [${plugin.name}] error in init_worker phase: ${tostring(err)}`);
+  }
+}
