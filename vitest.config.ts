@@ -2,7 +2,7 @@ import { defineConfig } from "vitest/config";
 
 export default defineConfig({
   test: {
-    include: ["spec/integration/**/*.test.ts", "spec/scripts/**/*.test.ts"],
+    include: ["spec/integration/**/*.test.ts", "spec/scripts/**/*.test.ts", "bench/**/*.test.ts"],
     // Each file starts its own gateway/Redis on free ports; two cores: keep files sequential-ish.
     fileParallelism: true,
     maxWorkers: 2,

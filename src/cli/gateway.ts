@@ -126,8 +126,10 @@ export async function startGateway(opts: StartOptions): Promise<StartedGateway> 
   const workers = opts.workers ?? 2;
   if (!Number.isInteger(workers) || workers < 1 || workers > 64) throw new UsageError(`--workers: expected 1..64, got ${opts.workers}`);
 
-  const nginx = findExecutable(NGINX_CANDIDATES, "nginx");
-  if (nginx === undefined) throw new GatewayError("nginx not found: install Debian's nginx-extras (make bootstrap) or OpenResty");
+  // KRS_NGINX names a specific nginx binary (OpenResty's, say).
+  const nginxOverride = process.env.KRS_NGINX;
+  const nginx = nginxOverride !== undefined && nginxOverride !== "" ? (existsSync(nginxOverride) ? nginxOverride : undefined) : findExecutable(NGINX_CANDIDATES, "nginx");
+  if (nginx === undefined) throw new GatewayError(`nginx not found${nginxOverride ? ` at KRS_NGINX=${nginxOverride}` : ""}: install Debian's nginx-extras (make bootstrap) or OpenResty`);
   const moduleDir = MODULE_DIRS.find((d) => existsSync(join(d, "ngx_http_lua_module.so")));
   if (moduleDir === undefined) throw new GatewayError("lua-nginx-module not found (ngx_http_lua_module.so): install Debian's nginx-extras (make bootstrap)");
   const luajit = findExecutable(["/usr/bin/luajit"], "luajit");
@@ -142,7 +144,7 @@ export async function startGateway(opts: StartOptions): Promise<StartedGateway> 
     declarative = parseYaml(readFileSync(configPath, "utf8"));
   } catch (e) {
     const where = e instanceof YAMLParseError && e.linePos ? ` at line ${e.linePos[0].line}, column ${e.linePos[0].col}` : "";
-    throw new GatewayError(`${opts.config}: YAML syntax error${where}: ${(e as Error).message.split("\n")[0]}`);
+    throw new GatewayError(`${opts.config}: YAML syntax error${where}: ${(e as Error).message.split("\n")[0].replace(/ at line \d+, column \d+:?$/, "")}`);
   }
 
   const existing = readPid(prefix);
@@ -236,7 +238,7 @@ const USAGE = `usage:
   krs gateway start --config FILE --prefix DIR [--proxy HOST:PORT] [--admin HOST:PORT] [--workers N]
   krs gateway stop --prefix DIR
 
-environment: KONG_PLUGINS (default "bundled"), KONG_LUA_PACKAGE_PATH, KONG_LOG_LEVEL`;
+environment: KONG_PLUGINS (default "bundled"), KONG_LUA_PACKAGE_PATH, KONG_LOG_LEVEL, KRS_NGINX`;
 
 export async function gatewayCommand(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;

@@ -185,7 +185,7 @@ function optEntityArray(this: void, where: string, entity: Table, field: string)
 }
 
 function describe(this: void, kind: string, index: number, name: string | undefined, parent: string | undefined): string {
-  const self = name !== undefined ? `${kind} '${name}'` : `${kind}s[${index}]`;
+  const self = name !== undefined ? `${kind} '${name}' (${kind}s[${index}])` : `${kind}s[${index}]`;
   return parent !== undefined ? `${self} (in ${parent})` : self;
 }
 

@@ -125,6 +125,7 @@ export function rewrite(this: void): void {
   runRewrite(getRuntime()!.plugins);
 }
 
+const SERVER = "krs-gateway/0.1.0";
 const NO_ROUTE = { message: "no Route matched with those values" };
 
 export function access(this: void): void {
@@ -213,8 +214,9 @@ export function headerFilter(this: void): void {
   if (ctx.KRS_PROXIED === true && ctx.KRS_EXITED !== true) {
     const upstreamTime = tonumber(ngx.var["upstream_header_time"]);
     if (upstreamTime !== undefined) ngx.header["X-Kong-Upstream-Latency"] = tostring(math.floor(upstreamTime * 1000 + 0.5));
-    ngx.header["Via"] = "1.1 krs-gateway";
+    ngx.header["Via"] = "1.1 " + SERVER;
   } else {
+    ngx.header["Server"] = SERVER;
     ngx.update_time();
     ngx.header["X-Kong-Response-Latency"] = tostring(math.floor((ngx.now() - started) * 1000 + 0.5));
   }

@@ -1,0 +1,165 @@
+/**
+ * The local gateway as a user meets it: routing, strip_path, Kong's error shapes, phases,
+ * PRIORITY order, scoping precedence, kong.response.exit, kong.ctx, plugin errors.
+ * Real nginx + lua-nginx-module, real HTTP, the demo upstream behind it.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { gateway, getJson, requestWithHost, stopAll, upstream, type TestGateway } from "../helpers/services.js";
+
+let gw: TestGateway;
+let upPort: number;
+
+beforeAll(async () => {
+  const up = await upstream();
+  upPort = up.port;
+  const url = `http://127.0.0.1:${up.port}`;
+  gw = await gateway({
+    _format_version: "3.0",
+    services: [
+      {
+        name: "svc",
+        url,
+        plugins: [{ name: "krs-test-second", config: { tag: "service" } }],
+        routes: [
+          { name: "strip", paths: ["/strip"] },
+          { name: "nostrip", paths: ["/keep"], strip_path: false },
+          { name: "longer", paths: ["/strip/longer"], strip_path: true, plugins: [{ name: "krs-test-first", config: { tag: "route" } }] },
+          { name: "post-only", paths: ["/methods"], methods: ["POST"] },
+          { name: "by-host", hosts: ["api.example.test"], paths: ["/"] },
+          { name: "wild-host", hosts: ["*.wild.test"], paths: ["/"] },
+          { name: "exit", paths: ["/exit"], plugins: [{ name: "krs-test-first", config: { tag: "exiter", exit_status: 418 } }] },
+          { name: "boom", paths: ["/boom"], plugins: [{ name: "krs-test-first", config: { tag: "boom", error_in: "access" } }] },
+          { name: "auth", paths: ["/auth"], plugins: [{ name: "krs-test-auth" }] },
+          { name: "auth-route", paths: ["/auth-route"], plugins: [
+            { name: "krs-test-auth" },
+            { name: "krs-test-second", config: { tag: "route" } },
+          ] },
+        ],
+      },
+      { name: "prefixed", url: `${url}/anything/base`, routes: [{ name: "prefixed", paths: ["/pre"] }] },
+      { name: "down", url: "http://127.0.0.1:1", retries: 0, routes: [{ name: "down", paths: ["/down"] }] },
+    ],
+    consumers: [
+      { username: "alice", plugins: [{ name: "krs-test-second", config: { tag: "alice" } }] },
+      { username: "bob" },
+    ],
+    plugins: [{ name: "krs-test-second", config: { tag: "global" } }],
+  });
+});
+
+afterAll(stopAll);
+
+describe("routing", () => {
+  it("strips the matched prefix (strip_path true)", async () => {
+    const { status, body } = await getJson(`${gw.proxyUrl}/strip/anything/x?a=1&a=2`);
+    expect(status).toBe(200);
+    expect(body.path).toBe("/anything/x");
+    expect(body.query).toEqual({ a: ["1", "2"] });
+    expect(body.headers["x-forwarded-prefix"]).toBe("/strip");
+    expect(body.headers.host).toBe(`127.0.0.1:${upPort}`);
+  });
+
+  it("keeps the path with strip_path false", async () => {
+    const { status, body } = await getJson(`${gw.proxyUrl}/keep`);
+    // The upstream has no /keep: its own 404 comes back through the gateway.
+    expect(status).toBe(404);
+    expect(body).toEqual({ message: "not found" });
+  });
+
+  it("prefers the longest matching prefix", async () => {
+    const { body, headers } = await getJson(`${gw.proxyUrl}/strip/longer/anything`);
+    expect(body.path).toBe("/anything");
+    expect(headers.get("x-first-tag")).toBe("route");
+  });
+
+  it("joins the service path with the stripped request path", async () => {
+    const { body } = await getJson(`${gw.proxyUrl}/pre/more`);
+    expect(body.path).toBe("/anything/base/more");
+  });
+
+  it("matches methods and answers Kong's 404 otherwise", async () => {
+    expect((await getJson(`${gw.proxyUrl}/methods/anything`, { method: "POST", body: "hi" })).body.body).toBe("hi");
+    const miss = await getJson(`${gw.proxyUrl}/methods/anything`);
+    expect(miss.status).toBe(404);
+    expect(miss.body).toEqual({ message: "no Route matched with those values" });
+    expect(miss.headers.get("content-type")).toBe("application/json; charset=utf-8");
+  });
+
+  it("matches exact and wildcard hosts", async () => {
+    expect((await requestWithHost(`${gw.proxyUrl}/anything`, "api.example.test")).status).toBe(200);
+    expect((await requestWithHost(`${gw.proxyUrl}/anything`, "a.wild.test:8000")).status).toBe(200);
+    expect((await requestWithHost(`${gw.proxyUrl}/anything`, "other.test")).status).toBe(404);
+  });
+
+  it("answers 502 in Kong's shape when the upstream refuses", async () => {
+    const { status, body } = await getJson(`${gw.proxyUrl}/down`);
+    expect(status).toBe(502);
+    expect(body).toEqual({ message: "An invalid response was received from the upstream server" });
+  });
+});
+
+describe("plugins", () => {
+  it("runs phases in order and plugins by PRIORITY (2000 before 1000)", async () => {
+    const { headers } = await getJson(`${gw.proxyUrl}/strip/longer/anything`);
+    expect(headers.get("x-trace")).toBe(
+      "krs-test-second:rewrite,krs-test-first:access,krs-test-second:access,krs-test-first:header_filter,krs-test-second:header_filter",
+    );
+  });
+
+  it("passes service-request headers set in access to the upstream", async () => {
+    const { body } = await getJson(`${gw.proxyUrl}/strip/longer/anything`);
+    expect(body.headers["x-trace-first"]).toBe("route");
+    expect(body.headers["x-trace-second"]).toBe("service");
+  });
+
+  it("keeps kong.ctx.plugin private to each plugin", async () => {
+    const { headers } = await getJson(`${gw.proxyUrl}/strip/longer/anything`);
+    expect(headers.get("x-first-ctx")).toBe("route");
+    expect(headers.get("x-second-ctx")).toBe("service");
+  });
+
+  it("applies Kong's scoping precedence", async () => {
+    // global < service < route; consumer-scoped beats service-scoped
+    expect((await getJson(`${gw.proxyUrl}/down-no-route`)).headers.get("x-second-tag")).toBe("global");
+    expect((await getJson(`${gw.proxyUrl}/strip/anything`)).headers.get("x-second-tag")).toBe("service");
+    const alice = await getJson(`${gw.proxyUrl}/auth/anything`, { headers: { "x-consumer": "alice" } });
+    expect(alice.headers.get("x-second-tag")).toBe("alice");
+    expect(alice.headers.get("x-second-consumer")).toBe("alice");
+    const bob = await getJson(`${gw.proxyUrl}/auth/anything`, { headers: { "x-consumer": "bob" } });
+    expect(bob.headers.get("x-second-tag")).toBe("service");
+    // Kong's order: consumer+route+service, consumer+route, consumer+service, route+service,
+    // consumer, route, service, global. So consumer alone beats route alone…
+    const aliceOnRoute = await getJson(`${gw.proxyUrl}/auth-route/anything`, { headers: { "x-consumer": "alice" } });
+    expect(aliceOnRoute.headers.get("x-second-tag")).toBe("alice");
+    // …and route beats service.
+    const bobOnRoute = await getJson(`${gw.proxyUrl}/auth-route/anything`, { headers: { "x-consumer": "bob" } });
+    expect(bobOnRoute.headers.get("x-second-tag")).toBe("route");
+  });
+
+  it("kong.response.exit: JSON body, headers, header_filter and log still run", async () => {
+    const { status, body, headers } = await getJson(`${gw.proxyUrl}/exit`);
+    expect(status).toBe(418);
+    expect(headers.get("content-type")).toBe("application/json; charset=utf-8");
+    expect(headers.get("x-exit-by")).toBe("krs-test-first");
+    expect(body.message).toBe("exit by krs-test-first");
+    // lower-priority plugins did not run in access after the exit…
+    expect(body.trace).toBe("krs-test-second:rewrite,krs-test-first:access");
+    // …but header_filter ran, and the source is "exit"
+    expect(headers.get("x-first-source")).toBe("exit");
+    expect(headers.get("x-trace")).toContain("krs-test-first:header_filter");
+    await expect.poll(() => gw.errorLog().some((l) => l.includes("log phase ran tag=exiter status=418 source=exit"))).toBe(true);
+  });
+
+  it("a plugin raising an error → 500 in Kong's shape and an [error] line naming the plugin", async () => {
+    const { status, body, headers } = await getJson(`${gw.proxyUrl}/boom`);
+    expect(status).toBe(500);
+    expect(body).toEqual({ message: "An unexpected error occurred" });
+    expect(headers.get("x-first-source")).toBe("error");
+    const lines = gw.errorLog().filter((l) => l.includes("[error]") && l.includes("[krs-test-first]") && l.includes("boom from boom"));
+    expect(lines.length).toBeGreaterThan(0);
+  });
+
+  it("logs no unexpected errors", () => {
+    expect(gw.unexpectedErrors([/boom from boom/, /connect\(\) failed/])).toEqual([]);
+  });
+});

@@ -1,0 +1,128 @@
+/**
+ * The Admin API of the local gateway: Kong's read endpoints and `POST /config` (DB-less
+ * reload without restart, validated first; a bad config changes nothing), seen by every
+ * worker.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { gateway, getJson, stopAll, upstream, type TestGateway } from "../helpers/services.js";
+
+let gw: TestGateway;
+let url: string;
+
+const initial = () => ({
+  _format_version: "3.0",
+  services: [{ name: "one", url, routes: [{ name: "one", paths: ["/one"] }] }],
+  consumers: [{ username: "carol", custom_id: "c-1" }],
+  plugins: [{ name: "krs-test-second", config: { tag: "v1" } }],
+});
+
+beforeAll(async () => {
+  const up = await upstream();
+  url = `http://127.0.0.1:${up.port}`;
+  gw = await gateway(initial(), { workers: 2 });
+});
+
+afterAll(stopAll);
+
+async function postConfig(body: unknown, contentType = "application/json") {
+  return getJson(`${gw.adminUrl}/config`, {
+    method: "POST",
+    headers: { "content-type": contentType },
+    body: typeof body === "string" ? body : JSON.stringify(body),
+  });
+}
+
+/** Enough requests that both workers answer some (connections are spread by the kernel). */
+async function manyTags(path: string, n = 40): Promise<Set<string | null>> {
+  const tags = new Set<string | null>();
+  await Promise.all(Array.from({ length: n }, async () => {
+    const res = await fetch(`${gw.proxyUrl}${path}`, { headers: { connection: "close" } });
+    await res.arrayBuffer();
+    tags.add(res.headers.get("x-second-tag"));
+  }));
+  return tags;
+}
+
+describe("read endpoints", () => {
+  it("GET / describes the node", async () => {
+    const { status, body } = await getJson(`${gw.adminUrl}/`);
+    expect(status).toBe(200);
+    expect(body.tagline).toBe("Welcome to kong");
+    expect(body.configuration.database).toBe("off");
+    expect(body.node_id).toMatch(/^[0-9a-f-]{36}$/);
+    expect(body.plugins.available_on_server["krs-test-first"]).toBe(true);
+  });
+
+  it("lists and fetches entities in Kong's shape", async () => {
+    const services = await getJson(`${gw.adminUrl}/services`);
+    expect(services.body.next).toBeNull();
+    expect(services.body.data.map((s: { name: string }) => s.name)).toEqual(["one"]);
+    const byName = await getJson(`${gw.adminUrl}/services/one`);
+    expect(byName.body.host).toBe("127.0.0.1");
+    const byId = await getJson(`${gw.adminUrl}/services/${byName.body.id}`);
+    expect(byId.body.name).toBe("one");
+    const routes = await getJson(`${gw.adminUrl}/services/one/routes`);
+    expect(routes.body.data[0].service).toEqual({ id: byName.body.id });
+    expect((await getJson(`${gw.adminUrl}/consumers/carol`)).body.custom_id).toBe("c-1");
+    const plugins = await getJson(`${gw.adminUrl}/plugins`);
+    expect(plugins.body.data[0].config).toEqual({ tag: "v1", count: 3 });
+    expect((await getJson(`${gw.adminUrl}/consumers/nobody`)).status).toBe(404);
+    expect((await getJson(`${gw.adminUrl}/routes`)).body.data).toHaveLength(1);
+    // An empty list is an array, not an object.
+    expect((await getJson(`${gw.adminUrl}/consumers/carol/plugins`)).body.data).toEqual([]);
+  });
+
+  it("derives the same ids from the same names (nodes agree without a database)", async () => {
+    const other = await gateway(initial(), { workers: 1 });
+    const a = await getJson(`${gw.adminUrl}/plugins`);
+    const b = await getJson(`${other.adminUrl}/plugins`);
+    expect(b.body.data[0].id).toBe(a.body.data[0].id);
+    await other.stop();
+  });
+
+  it("GET /status answers", async () => {
+    const { status, body } = await getJson(`${gw.adminUrl}/status`);
+    expect(status).toBe(200);
+    expect(body.database.reachable).toBe(true);
+  });
+});
+
+describe("POST /config", () => {
+  it("refuses an invalid config with Kong's error shape and keeps the old one", async () => {
+    const bad = { ...initial(), plugins: [{ name: "krs-test-second", config: { tag: 42 } }] };
+    const res = await postConfig(bad);
+    expect(res.status).toBe(400);
+    expect(res.body.name).toBe("invalid declarative configuration");
+    expect(res.body.message).toContain("config.tag: expected a string");
+    expect(await manyTags("/one/anything")).toEqual(new Set(["v1"]));
+  });
+
+  it("refuses a body that is not a config", async () => {
+    expect((await postConfig("{not json")).status).toBe(400);
+    expect((await postConfig("a: [", "application/x-yaml")).status).toBe(400);
+  });
+
+  it("replaces the config on every worker without a restart", async () => {
+    const next = {
+      _format_version: "3.0",
+      services: [{ name: "two", url, routes: [{ name: "two", paths: ["/two"] }] }],
+      plugins: [{ name: "krs-test-second", config: { tag: "v2" } }],
+    };
+    const res = await postConfig(next);
+    expect(res.status).toBe(201);
+    expect(await manyTags("/two/anything")).toEqual(new Set(["v2"]));
+    const gone = await getJson(`${gw.proxyUrl}/one/anything`);
+    expect(gone.status).toBe(404);
+  });
+
+  it("accepts YAML, as Kong does", async () => {
+    const yaml = `_format_version: "3.0"\nservices:\n  - name: three\n    url: ${url}\n    routes:\n      - name: three\n        paths: ["/three"]\n`;
+    const res = await postConfig(yaml, "application/x-yaml");
+    expect(res.status).toBe(201);
+    expect(await manyTags("/three/anything")).toEqual(new Set([null]));
+  });
+
+  it("logs no unexpected errors", () => {
+    expect(gw.unexpectedErrors()).toEqual([]);
+  });
+});
