@@ -2,6 +2,12 @@
 
 /** A Redis reply: nil bulk replies are `ngx.null`; arrays nest. */
 declare type RedisReply = string | number | NgxNull | RedisReply[];
+/**
+ * What a lua-resty-redis command returns: the reply; or `false, msg` for a Redis error
+ * reply (-ERR ...); or `nil, err` for a network/protocol failure.
+ */
+declare type RedisResult = LuaMultiReturn<[RedisReply | false | undefined, string | undefined]>;
+declare type RedisCommandFn = (this: RestyRedis, ...args: (string | number)[]) => RedisResult;
 
 /** One connection object (`redis:new()`); never kept across requests. */
 declare interface RestyRedis {
@@ -16,7 +22,7 @@ declare interface RestyRedis {
   cancel_pipeline(this: RestyRedis): void;
   /** Each entry: a reply, or `[false, errmsg]` for a Redis error reply inside the pipeline. */
   commit_pipeline(this: RestyRedis): LuaMultiReturn<[(RedisReply | [false, string])[] | undefined, string | undefined]>;
-  /** Generic command entry point (lua-resty-redis `_M.__index`): `red:evalsha(...)`, `red:auth(...)`. */
+  /** Every Redis command is a method: `red:evalsha(...)`, `red:auth(...)`. */
   [command: string]: unknown;
 }
 

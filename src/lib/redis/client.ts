@@ -1,0 +1,227 @@
+/**
+ * The one way the suite reaches Redis. Connections come from lua-resty-redis's cosocket
+ * pool (set_keepalive), never from a module-level object; AUTH/SELECT/TLS happen only on
+ * fresh connections; scripts run by EVALSHA with one EVAL fallback on NOSCRIPT.
+ *
+ * Every function returns lua-resty-redis's triple meaning:
+ *   reply            success
+ *   false, msg       Redis answered with an error reply (-ERR …)
+ *   nil, err         network failure, timeout, open circuit
+ * The caller's phase handler decides what a failure means (see fault.ts).
+ */
+import * as restyRedis from "resty.redis";
+import * as embedded from "krs.scripts";
+import * as accounting from "./accounting";
+import * as breaker from "./breaker";
+import type { RedisConf } from "./schema";
+
+/** One script call: a script of redis-lua/ by name (file name without `-<numKeys>.lua`). */
+export interface ScriptCall {
+  script: string;
+  keys: string[];
+  args: (string | number)[];
+}
+/** One plain command, e.g. `{ command: "publish", args: ["channel", "msg"] }`. */
+export interface CommandCall {
+  command: string;
+  args: (string | number)[];
+}
+export type Call = ScriptCall | CommandCall;
+/** A pipelined reply: the reply, or lua-resty-redis's `{ false, msg }` for an error reply. */
+export type PipelineReply = RedisReply | [false, string];
+
+/** Pool names cached per conf table (weak keys: a config version's tables go with it). */
+const poolNames = setmetatable(new LuaTable<RedisConf, string>(), { __mode: "k" });
+
+/**
+ * Connections are only shared between identical endpoints and identities: host, port,
+ * database, TLS settings and a hash of the credentials.
+ */
+export function poolName(this: void, conf: RedisConf): string {
+  const cached = poolNames.get(conf);
+  if (cached !== undefined) return cached;
+  const credentials = conf.password !== undefined ? string.sub(ngx.md5(`${conf.username ?? ""}\0${conf.password}`), 1, 16) : "-";
+  const tls = conf.ssl ? `tls${conf.ssl_verify ? "v" : ""}:${conf.server_name ?? ""}` : "plain";
+  const name = `krs:${conf.host}:${conf.port}:${conf.database}:${tls}:${credentials}`;
+  poolNames.set(conf, name);
+  return name;
+}
+
+function send(this: void, red: RestyRedis, command: string, argv: (string | number)[]): RedisResult {
+  const fn = red[command] as RedisCommandFn;
+  return fn.call(red, ...argv);
+}
+
+function fail(this: void, red: RestyRedis, pool: string, err: string | undefined): LuaMultiReturn<[undefined, string]> {
+  red.close();
+  breaker.failure(pool);
+  return $multi(undefined, err ?? "unknown error");
+}
+
+/** A ready connection (pooled, authenticated, database selected), or nil plus the reason. */
+export function connect(this: void, conf: RedisConf): LuaMultiReturn<[RestyRedis | undefined, string | undefined]> {
+  const pool = poolName(conf);
+  const open = breaker.check(pool);
+  if (open !== undefined) return $multi(undefined, open);
+  const [red, newErr] = restyRedis.new();
+  if (red === undefined) return $multi(undefined, "could not create a redis object: " + tostring(newErr));
+  red.set_timeout(conf.timeout);
+  const [ok, err] = red.connect(conf.host, conf.port, { pool, pool_size: conf.keepalive_pool_size });
+  if (ok === undefined) return fail(red, pool, `could not connect to redis at ${conf.host}:${conf.port}: ${err}`);
+  const [reused] = red.get_reused_times();
+  if (reused !== 0) return $multi(red, undefined);
+
+  if (conf.ssl) {
+    // Done on the socket so it works with Debian's lua-resty-redis 0.27, whose connect()
+    // has no ssl option, and with Kong's newer one alike.
+    const sock = (red as RestyRedisWithSock)._sock!;
+    const [session, sslErr] = sock.sslhandshake(undefined, conf.server_name ?? conf.host, conf.ssl_verify);
+    if (session === undefined) return fail(red, pool, `TLS handshake with redis at ${conf.host}:${conf.port} failed: ${sslErr}`);
+  }
+  if (conf.password !== undefined) {
+    const argv: (string | number)[] = conf.username !== undefined ? [conf.username, conf.password] : [conf.password];
+    const [res, authErr] = send(red, "auth", argv);
+    if (res === undefined) return fail(red, pool, `redis AUTH failed: ${authErr}`);
+    if (res === false) {
+      red.close();
+      return $multi(undefined, `redis AUTH refused: ${authErr}`);
+    }
+  }
+  if (conf.database !== 0) {
+    const [res, selectErr] = send(red, "select", [conf.database]);
+    if (res === undefined) return fail(red, pool, `redis SELECT failed: ${selectErr}`);
+    if (res === false) {
+      red.close();
+      return $multi(undefined, `redis SELECT ${conf.database} refused: ${selectErr}`);
+    }
+  }
+  return $multi(red, undefined);
+}
+
+/** Back to the pool; a connection that cannot be pooled is closed. */
+export function release(this: void, red: RestyRedis, conf: RedisConf): void {
+  const [ok] = red.set_keepalive(conf.keepalive_timeout, conf.keepalive_pool_size);
+  if (ok === undefined) red.close();
+}
+
+function scriptOf(this: void, call: ScriptCall): EmbeddedScript {
+  const script = embedded.get(call.script);
+  if (script === undefined) error(`unknown redis script '${call.script}' (see redis-lua/)`, 3);
+  if (call.keys.length !== script.numkeys) error(`redis script '${call.script}' takes ${script.numkeys} keys, got ${call.keys.length}`, 3);
+  return script;
+}
+
+function argvOf(this: void, first: string, call: ScriptCall, numkeys: number): (string | number)[] {
+  const argv: (string | number)[] = [first, numkeys];
+  for (const key of call.keys) argv.push(key);
+  for (const arg of call.args) argv.push(arg);
+  return argv;
+}
+
+function isNoScript(this: void, err: string | undefined): boolean {
+  return err !== undefined && string.sub(err, 1, 8) === "NOSCRIPT";
+}
+
+/** Runs one script: EVALSHA, and EVAL once when Redis lost its script cache. */
+export function script(this: void, conf: RedisConf, call: ScriptCall): RedisResult {
+  const embeddedScript = scriptOf(call);
+  const started = accounting.start();
+  const [red, connectErr] = connect(conf);
+  if (red === undefined) {
+    accounting.record(started, 0, true);
+    return $multi(undefined, connectErr);
+  }
+  let [res, err] = send(red, "evalsha", argvOf(embeddedScript.sha1, call, embeddedScript.numkeys));
+  let trips = 1;
+  if (res === false && isNoScript(err)) {
+    [res, err] = send(red, "eval", argvOf(embeddedScript.source, call, embeddedScript.numkeys));
+    trips++;
+  }
+  const pool = poolName(conf);
+  if (res === undefined) {
+    fail(red, pool, err);
+    accounting.record(started, trips, true);
+    return $multi(undefined, `redis script '${call.script}' failed: ${err}`);
+  }
+  release(red, conf);
+  breaker.success(pool);
+  accounting.record(started, trips, false);
+  return $multi(res, err);
+}
+
+/** Runs one plain command. */
+export function command(this: void, conf: RedisConf, name: string, ...args: (string | number)[]): RedisResult {
+  const started = accounting.start();
+  const [red, connectErr] = connect(conf);
+  if (red === undefined) {
+    accounting.record(started, 0, true);
+    return $multi(undefined, connectErr);
+  }
+  const [res, err] = send(red, name, args);
+  const pool = poolName(conf);
+  if (res === undefined) {
+    fail(red, pool, err);
+    accounting.record(started, 1, true);
+    return $multi(undefined, `redis ${name} failed: ${err}`);
+  }
+  release(red, conf);
+  breaker.success(pool);
+  accounting.record(started, 1, false);
+  return $multi(res, err);
+}
+
+function queue(this: void, red: RestyRedis, call: Call, useSource: boolean): void {
+  const scriptCall = call as ScriptCall;
+  if (scriptCall.script !== undefined) {
+    const s = scriptOf(scriptCall);
+    send(red, useSource ? "eval" : "evalsha", argvOf(useSource ? s.source : s.sha1, scriptCall, s.numkeys));
+  } else {
+    const commandCall = call as CommandCall;
+    send(red, commandCall.command, commandCall.args);
+  }
+}
+
+/**
+ * Several commands and scripts in one round trip. Replies come back in order; a Redis
+ * error reply for one call is `{ false, msg }` in its slot. Scripts Redis no longer has
+ * cached are sent again with EVAL in one more round trip.
+ */
+export function pipeline(this: void, conf: RedisConf, calls: Call[]): LuaMultiReturn<[PipelineReply[] | undefined, string | undefined]> {
+  const started = accounting.start();
+  const [red, connectErr] = connect(conf);
+  if (red === undefined) {
+    accounting.record(started, 0, true);
+    return $multi(undefined, connectErr);
+  }
+  const pool = poolName(conf);
+  red.init_pipeline(calls.length);
+  for (const call of calls) queue(red, call, false);
+  const [replies, err] = red.commit_pipeline();
+  let trips = 1;
+  if (replies === undefined) {
+    fail(red, pool, err);
+    accounting.record(started, trips, true);
+    return $multi(undefined, `redis pipeline failed: ${err}`);
+  }
+  const retry: number[] = [];
+  for (let i = 0; i < calls.length; i++) {
+    const reply = replies[i];
+    if (type(reply) === "table" && (reply as [false, string])[0] === false && isNoScript((reply as [false, string])[1])) retry.push(i);
+  }
+  if (retry.length > 0) {
+    red.init_pipeline(retry.length);
+    for (const i of retry) queue(red, calls[i], true);
+    const [again, againErr] = red.commit_pipeline();
+    trips++;
+    if (again === undefined) {
+      fail(red, pool, againErr);
+      accounting.record(started, trips, true);
+      return $multi(undefined, `redis pipeline failed: ${againErr}`);
+    }
+    for (let j = 0; j < retry.length; j++) replies[retry[j]] = again[j];
+  }
+  release(red, conf);
+  breaker.success(pool);
+  accounting.record(started, trips, false);
+  return $multi(replies as PipelineReply[], undefined);
+}
