@@ -14,7 +14,7 @@ import { startUpstream, type UpstreamServer } from "../../src/cli/upstream.js";
 
 export const ROOT = resolve(import.meta.dirname, "..", "..");
 /** Test-only plugins (spec/fixtures/lua/kong/plugins/*), never shipped. */
-export const FIXTURE_PLUGINS = ["krs-test-first", "krs-test-second", "krs-test-auth"];
+export const FIXTURE_PLUGINS = ["krs-test-first", "krs-test-second", "krs-test-auth", "krs-test-redis"];
 export const FIXTURE_LUA_PATH = join(ROOT, "spec", "fixtures", "lua", "?.lua");
 
 const stops: (() => Promise<void>)[] = [];
@@ -50,8 +50,8 @@ export interface RedisServer {
 }
 
 /** Starts redis-server with no persistence; extra args are passed through (e.g. --requirepass). */
-export async function startRedis(extraArgs: string[] = []): Promise<RedisServer> {
-  const port = await freePort();
+export async function startRedis(extraArgs: string[] = [], fixedPort?: number): Promise<RedisServer> {
+  const port = fixedPort ?? (await freePort());
   const dir = tempDir("redis");
   const proc = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir, ...extraArgs], { stdio: "ignore" });
   const stop = () => new Promise<void>((res) => {
@@ -104,6 +104,8 @@ export interface GatewayOptions {
   workers?: number;
   plugins?: string[];
   logLevel?: string;
+  /** PEM bundle for cosocket TLS verification (KONG_LUA_SSL_TRUSTED_CERTIFICATE). */
+  trustedCertificate?: string;
 }
 
 /** Starts a local gateway with a declarative config given as an object (written as YAML). */
@@ -121,6 +123,7 @@ export async function gateway(config: object, opts: GatewayOptions = {}): Promis
     plugins: ["bundled", ...(opts.plugins ?? FIXTURE_PLUGINS)].join(","),
     luaPackagePath: FIXTURE_LUA_PATH,
     logLevel: opts.logLevel ?? "notice",
+    trustedCertificate: opts.trustedCertificate,
   });
   const stop = async () => {
     await stopGateway(prefix);

@@ -26,6 +26,8 @@ export interface StartOptions {
   logLevel?: string;
   /** Seconds to wait for the Admin API to answer. */
   timeout?: number;
+  /** Like KONG_LUA_SSL_TRUSTED_CERTIFICATE (which is the default). */
+  trustedCertificate?: string;
 }
 
 const NGINX_CANDIDATES = ["/usr/sbin/nginx", "/usr/local/openresty/nginx/sbin/nginx", "/usr/bin/nginx"];
@@ -71,12 +73,18 @@ function readPid(prefix: string): number | undefined {
   return Number.isInteger(pid) && pid > 0 ? pid : undefined;
 }
 
+/** A zombie counts as gone: the daemonized master's parent may be slow to reap it. */
 function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch {
     return false;
+  }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
+  } catch {
+    return true;
   }
 }
 
@@ -109,6 +117,27 @@ async function waitForAdmin(url: string, pid: () => number | undefined, timeoutM
     await new Promise((r) => setTimeout(r, 50));
   }
   return false;
+}
+
+const SYSTEM_CA_BUNDLES = ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"];
+
+/** Kong's `lua_ssl_trusted_certificate`: "system" (default), or comma-separated PEM files. */
+function trustedCertificateDirective(setting: string): string {
+  const files: string[] = [];
+  for (const raw of setting.split(",")) {
+    const entry = raw.trim();
+    if (entry === "" || entry === "off") continue;
+    if (entry === "system") {
+      const bundle = SYSTEM_CA_BUNDLES.find((f) => existsSync(f));
+      if (bundle !== undefined) files.push(bundle);
+      continue;
+    }
+    if (!existsSync(entry)) throw new GatewayError(`KONG_LUA_SSL_TRUSTED_CERTIFICATE: ${entry} not found`);
+    files.push(resolve(entry));
+  }
+  if (files.length === 0) return "";
+  if (files.length > 1) throw new GatewayError("KONG_LUA_SSL_TRUSTED_CERTIFICATE: give one bundle file (concatenate the PEMs)");
+  return `lua_ssl_trusted_certificate ${files[0]};`;
 }
 
 export interface StartedGateway {
@@ -190,6 +219,8 @@ export async function startGateway(opts: StartOptions): Promise<StartedGateway> 
     lua_package_cpath: ";;",
     access_log: "logs/access.log",
     options_file: optionsJson,
+    lua_ssl_trusted_certificate: trustedCertificateDirective(opts.trustedCertificate ?? process.env.KONG_LUA_SSL_TRUSTED_CERTIFICATE ?? "system"),
+    lua_ssl_verify_depth: process.env.KONG_LUA_SSL_VERIFY_DEPTH ?? "1",
     proxy_listen: listen(proxy),
     admin_listen: listen(admin),
   }));
@@ -238,7 +269,8 @@ const USAGE = `usage:
   krs gateway start --config FILE --prefix DIR [--proxy HOST:PORT] [--admin HOST:PORT] [--workers N]
   krs gateway stop --prefix DIR
 
-environment: KONG_PLUGINS (default "bundled"), KONG_LUA_PACKAGE_PATH, KONG_LOG_LEVEL, KRS_NGINX`;
+environment: KONG_PLUGINS (default "bundled"), KONG_LUA_PACKAGE_PATH, KONG_LOG_LEVEL,
+  KONG_LUA_SSL_TRUSTED_CERTIFICATE (default "system"), KONG_LUA_SSL_VERIFY_DEPTH (default 1), KRS_NGINX`;
 
 export async function gatewayCommand(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;

@@ -1,0 +1,211 @@
+/**
+ * The Redis core library (krs.redis.*) through the gateway, against real redis-server
+ * processes: AUTH (password and ACL user), wrong password, database selection, TLS with
+ * and without certificate verification, Redis stopped / hung / restarted, the circuit
+ * breaker and the throttled failure log. The krs-test-redis fixture plugin makes one
+ * Redis call per request and reports the result in headers.
+ */
+import { execFileSync } from "node:child_process";
+import { chmodSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { Redis } from "ioredis";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { freePort, gateway, startRedis, stopAll, tempDir, upstream, type RedisServer } from "../helpers/services.js";
+
+let upstreamUrl: string;
+
+beforeAll(async () => {
+  const up = await upstream();
+  upstreamUrl = `http://127.0.0.1:${up.port}`;
+});
+afterAll(stopAll);
+
+/** One service with the test plugin (and a plain route to compare latencies against). */
+function configFor(redis: Record<string, unknown>, extra: Record<string, unknown> = {}) {
+  return {
+    _format_version: "3.0",
+    services: [{
+      name: "svc",
+      url: upstreamUrl,
+      routes: [
+        { name: "redis", paths: ["/redis"], plugins: [{ name: "krs-test-redis", config: { key: "k", redis, ...extra } }] },
+        { name: "plain", paths: ["/plain"] },
+      ],
+    }],
+  };
+}
+
+async function hit(url: string): Promise<{ status: number; value: string | null; trips: string | null; ms: number }> {
+  const started = performance.now();
+  const res = await fetch(url);
+  await res.arrayBuffer();
+  return { status: res.status, value: res.headers.get("x-redis-value"), trips: res.headers.get("x-redis-round-trips"), ms: performance.now() - started };
+}
+
+function ioredis(server: RedisServer, opts: Record<string, unknown> = {}): Redis {
+  return new Redis({ port: server.port, host: "127.0.0.1", lazyConnect: false, maxRetriesPerRequest: 1, ...opts });
+}
+
+describe("connections", () => {
+  it("authenticates with a password, and counts round trips per request", async () => {
+    const redis = await startRedis(["--requirepass", "s3cret-pw"]);
+    const gw = await gateway(configFor({ port: redis.port, password: "s3cret-pw" }));
+    const first = await hit(`${gw.proxyUrl}/redis/anything`);
+    expect(first.status).toBe(200);
+    expect(first.value).toBe("1");
+    // command mode: INCR then EXPIRE, two round trips, counted in kong.ctx.shared.krs_redis
+    expect(first.trips).toBe("2");
+    expect((await hit(`${gw.proxyUrl}/redis/anything`)).value).toBe("2");
+    expect(gw.unexpectedErrors()).toEqual([]);
+  });
+
+  it("authenticates as an ACL user", async () => {
+    const redis = await startRedis(["--user", "default", "off", "--user", "alice", "on", ">alice-pw", "~*", "&*", "+@all"]);
+    const gw = await gateway(configFor({ port: redis.port, username: "alice", password: "alice-pw" }));
+    expect((await hit(`${gw.proxyUrl}/redis/anything`)).value).toBe("1");
+    expect(gw.unexpectedErrors()).toEqual([]);
+  });
+
+  it("a wrong password fails clearly and never logs the password", async () => {
+    const redis = await startRedis(["--requirepass", "right-pw"]);
+    const gw = await gateway(configFor({ port: redis.port, password: "wrong-pw-123" }, { fault_tolerant: false }));
+    const res = await hit(`${gw.proxyUrl}/redis/anything`);
+    expect(res.status).toBe(500);
+    const log = gw.errorLog().join("\n");
+    expect(log).toMatch(/\[krs-test-redis\] redis unavailable: redis AUTH refused: WRONGPASS/);
+    expect(log).not.toContain("wrong-pw-123");
+    expect(log).not.toContain("right-pw");
+  });
+
+  it("selects the configured database", async () => {
+    const redis = await startRedis();
+    const gw = await gateway(configFor({ port: redis.port, database: 3 }, { mode: "pipeline" }));
+    const res = await hit(`${gw.proxyUrl}/redis/anything`);
+    expect(res.value).toBe("1");
+    // INCR, EXPIRE and GET pipelined: one round trip
+    expect(res.trips).toBe("1");
+    const db3 = ioredis(redis, { db: 3 });
+    const db0 = ioredis(redis, { db: 0 });
+    expect(await db3.get("krs:krs-test:v1:{k}:counter")).toBe("1");
+    expect(await db3.ttl("krs:krs-test:v1:{k}:counter")).toBeGreaterThan(0);
+    expect(await db0.dbsize()).toBe(0);
+    db3.disconnect();
+    db0.disconnect();
+  });
+});
+
+describe("TLS", () => {
+  let tlsRedis: RedisServer;
+  let ca: string;
+  let otherCa: string;
+
+  beforeAll(async () => {
+    const dir = tempDir("tls");
+    const ssl = (args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "pipe" });
+    for (const name of ["ca", "other-ca"]) {
+      ssl(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", `/CN=krs test ${name}`, "-keyout", `${name}.key`, "-out", `${name}.pem`]);
+    }
+    ssl(["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=redis.test", "-keyout", "server.key", "-out", "server.csr"]);
+    writeFileSync(join(dir, "san.ext"), "subjectAltName=DNS:redis.test,IP:127.0.0.1\n");
+    ssl(["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.pem"]);
+    // nginx workers run unprivileged (nobody): they must be able to read the CA bundles.
+    chmodSync(dir, 0o755);
+    for (const f of ["ca.pem", "other-ca.pem"]) chmodSync(join(dir, f), 0o644);
+    ca = join(dir, "ca.pem");
+    otherCa = join(dir, "other-ca.pem");
+    const tlsPort = await freePort();
+    tlsRedis = await startRedis([
+      "--tls-port", String(tlsPort), "--tls-cert-file", join(dir, "server.pem"), "--tls-key-file", join(dir, "server.key"),
+      "--tls-ca-cert-file", ca, "--tls-auth-clients", "no",
+    ]);
+    tlsRedis.port = tlsPort;
+  });
+
+  it("connects with TLS and verifies the certificate against the right CA", async () => {
+    const gw = await gateway(configFor({ port: tlsRedis.port, ssl: true, ssl_verify: true, server_name: "redis.test" }), { trustedCertificate: ca });
+    const res = await hit(`${gw.proxyUrl}/redis/anything`);
+    expect(res.status).toBe(200);
+    expect(res.value).toBe("1");
+    expect(gw.unexpectedErrors()).toEqual([]);
+  });
+
+  it("refuses a server certificate signed by another CA", async () => {
+    const gw = await gateway(configFor({ port: tlsRedis.port, ssl: true, ssl_verify: true, server_name: "redis.test" }, { fault_tolerant: false }), { trustedCertificate: otherCa });
+    const res = await hit(`${gw.proxyUrl}/redis/anything`);
+    expect(res.status).toBe(500);
+    expect(gw.errorLog().join("\n")).toMatch(/TLS handshake with redis at 127\.0\.0\.1:\d+ failed: \d+: (self-signed certificate in certificate chain|certificate verify failed)/);
+  });
+});
+
+describe("failures", () => {
+  it("Redis stopped: fault_tolerant lets requests through, otherwise 500; errors logged once per interval", async () => {
+    const redis = await startRedis();
+    const gw = await gateway(configFor({ port: redis.port }), { workers: 1 });
+    const strict = await gateway(configFor({ port: redis.port }, { fault_tolerant: false }), { workers: 1 });
+    expect((await hit(`${gw.proxyUrl}/redis/anything`)).value).toBe("1");
+    await redis.stop();
+    for (let i = 0; i < 20; i++) {
+      const tolerant = await hit(`${gw.proxyUrl}/redis/anything`);
+      expect(tolerant.status).toBe(200);
+      expect(tolerant.value).toBe("failed");
+      expect((await hit(`${strict.proxyUrl}/redis/anything`)).status).toBe(500);
+    }
+    const lines = gw.errorLog().filter((l) => l.includes("[krs-test-redis] redis unavailable"));
+    expect(lines.length).toBe(1);
+  });
+
+  it("Redis restarted: recovers without restarting the gateway", async () => {
+    const redis = await startRedis();
+    const gw = await gateway(configFor({ port: redis.port }), { workers: 1 });
+    expect((await hit(`${gw.proxyUrl}/redis/anything`)).value).toBe("1");
+    await redis.stop();
+    for (let i = 0; i < 5; i++) expect((await hit(`${gw.proxyUrl}/redis/anything`)).value).toBe("failed");
+    // Same port as before: the gateway's config still points at it.
+    const restarted = await startRedis([], redis.port);
+    const deadline = Date.now() + 5000;
+    let value: string | null = "failed";
+    while (Date.now() < deadline && value === "failed") {
+      value = (await hit(`${gw.proxyUrl}/redis/anything`)).value;
+      if (value === "failed") await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(value).toBe("1");
+    await restarted.stop();
+  });
+
+  it("Redis hung: after the breaker opens, requests add under 5 ms", async () => {
+    const redis = await startRedis();
+    const gw = await gateway(configFor({ port: redis.port, timeout: 300 }), { workers: 1 });
+    expect((await hit(`${gw.proxyUrl}/redis/anything`)).value).toBe("1");
+    redis.process.kill("SIGSTOP");
+    try {
+      // The first failures wait for the 300 ms timeout…
+      const slow = await hit(`${gw.proxyUrl}/redis/anything`);
+      expect(slow.value).toBe("failed");
+      expect(slow.ms).toBeGreaterThanOrEqual(250);
+      for (let i = 0; i < 3; i++) await hit(`${gw.proxyUrl}/redis/anything`);
+      // …then the circuit is open: compare with a route that has no plugin.
+      const with_: number[] = [];
+      const without: number[] = [];
+      for (let i = 0; i < 15; i++) {
+        const r = await hit(`${gw.proxyUrl}/redis/anything`);
+        if (r.value === "failed" && r.ms < 250) with_.push(r.ms);
+        without.push((await hit(`${gw.proxyUrl}/plain/anything`)).ms);
+      }
+      // A probe after each 1 s cool-down may wait once more; the rest fail fast.
+      expect(with_.length).toBeGreaterThanOrEqual(12);
+      const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+      expect(median(with_) - median(without)).toBeLessThan(5);
+    } finally {
+      redis.process.kill("SIGCONT");
+    }
+    // And it recovers once Redis answers again.
+    const deadline = Date.now() + 5000;
+    let value: string | null = "failed";
+    while (Date.now() < deadline && value === "failed") {
+      value = (await hit(`${gw.proxyUrl}/redis/anything`)).value;
+      if (value === "failed") await new Promise((r) => setTimeout(r, 100));
+    }
+    // INCRs sent while Redis was paused were executed when it resumed, so the count is ≥ 2.
+    expect(Number(value)).toBeGreaterThanOrEqual(2);
+  });
+});
