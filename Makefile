@@ -37,7 +37,7 @@ up: build down
 	@redis-server --bind 127.0.0.1 --port $(REDIS_PORT) --daemonize yes --save '' --appendonly no \
 	  --dir $(abspath $(STATE)/redis) --pidfile $(abspath $(STATE)/redis/redis.pid) --logfile $(abspath $(STATE)/redis/redis.log)
 	@nohup $(KRS) upstream --port $(UPSTREAM_PORT) > $(STATE)/upstream.log 2>&1 & echo $$! > $(STATE)/upstream.pid
-	@for i in $$(seq 1 50); do curl -fsS -o /dev/null http://127.0.0.1:$(UPSTREAM_PORT)/anything && break; sleep 0.1; done
+	@for i in $$(seq 1 50); do curl -fsS -o /dev/null http://127.0.0.1:$(UPSTREAM_PORT)/anything 2>/dev/null && break; sleep 0.1; done
 	@$(KRS) gateway start --config kong.yml --prefix $(STATE)/gateway --proxy $(PROXY) --admin $(ADMIN)
 	@echo
 	@echo "  proxy      http://$(PROXY)"
