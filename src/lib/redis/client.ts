@@ -122,26 +122,16 @@ function isNoScript(this: void, err: string | undefined): boolean {
   return err !== undefined && string.sub(err, 1, 8) === "NOSCRIPT";
 }
 
-/** Runs one script: EVALSHA, and EVAL once when Redis lost its script cache. */
-export function script(this: void, conf: RedisConf, call: ScriptCall): RedisResult {
-  const embeddedScript = scriptOf(call);
-  const started = accounting.start();
-  const [red, connectErr] = connect(conf);
-  if (red === undefined) {
-    accounting.record(started, 0, true);
-    return $multi(undefined, connectErr);
-  }
-  let [res, err] = send(red, "evalsha", argvOf(embeddedScript.sha1, call, embeddedScript.numkeys));
-  let trips = 1;
-  if (res === false && isNoScript(err)) {
-    [res, err] = send(red, "eval", argvOf(embeddedScript.source, call, embeddedScript.numkeys));
-    trips++;
-  }
+/**
+ * The end of every call: on a network failure the connection is closed and the breaker
+ * told; otherwise it goes back to the pool. Either way the call is accounted.
+ */
+function finish<T>(this: void, red: RestyRedis, conf: RedisConf, started: number, trips: number, what: string, res: T | false | undefined, err: string | undefined): LuaMultiReturn<[T | false | undefined, string | undefined]> {
   const pool = poolName(conf);
   if (res === undefined) {
     fail(red, pool, err);
     accounting.record(started, trips, true);
-    return $multi(undefined, `redis script '${call.script}' failed: ${err}`);
+    return $multi(undefined, `${what} failed: ${err}`);
   }
   release(red, conf);
   breaker.success(pool);
@@ -149,25 +139,34 @@ export function script(this: void, conf: RedisConf, call: ScriptCall): RedisResu
   return $multi(res, err);
 }
 
+function connectAccounted(this: void, conf: RedisConf, started: number): LuaMultiReturn<[RestyRedis | undefined, string | undefined]> {
+  const [red, err] = connect(conf);
+  if (red === undefined) accounting.record(started, 0, true);
+  return $multi(red, err);
+}
+
+/** Runs one script: EVALSHA, and EVAL once when Redis lost its script cache. */
+export function script(this: void, conf: RedisConf, call: ScriptCall): RedisResult {
+  const embeddedScript = scriptOf(call);
+  const started = accounting.start();
+  const [red, connectErr] = connectAccounted(conf, started);
+  if (red === undefined) return $multi(undefined, connectErr);
+  let [res, err] = send(red, "evalsha", argvOf(embeddedScript.sha1, call, embeddedScript.numkeys));
+  let trips = 1;
+  if (res === false && isNoScript(err)) {
+    [res, err] = send(red, "eval", argvOf(embeddedScript.source, call, embeddedScript.numkeys));
+    trips++;
+  }
+  return finish(red, conf, started, trips, `redis script '${call.script}'`, res, err);
+}
+
 /** Runs one plain command. */
 export function command(this: void, conf: RedisConf, name: string, ...args: (string | number)[]): RedisResult {
   const started = accounting.start();
-  const [red, connectErr] = connect(conf);
-  if (red === undefined) {
-    accounting.record(started, 0, true);
-    return $multi(undefined, connectErr);
-  }
+  const [red, connectErr] = connectAccounted(conf, started);
+  if (red === undefined) return $multi(undefined, connectErr);
   const [res, err] = send(red, name, args);
-  const pool = poolName(conf);
-  if (res === undefined) {
-    fail(red, pool, err);
-    accounting.record(started, 1, true);
-    return $multi(undefined, `redis ${name} failed: ${err}`);
-  }
-  release(red, conf);
-  breaker.success(pool);
-  accounting.record(started, 1, false);
-  return $multi(res, err);
+  return finish(red, conf, started, 1, `redis ${name}`, res, err);
 }
 
 function queue(this: void, red: RestyRedis, call: Call, useSource: boolean): void {
@@ -188,40 +187,21 @@ function queue(this: void, red: RestyRedis, call: Call, useSource: boolean): voi
  */
 export function pipeline(this: void, conf: RedisConf, calls: Call[]): LuaMultiReturn<[PipelineReply[] | undefined, string | undefined]> {
   const started = accounting.start();
-  const [red, connectErr] = connect(conf);
-  if (red === undefined) {
-    accounting.record(started, 0, true);
-    return $multi(undefined, connectErr);
-  }
-  const pool = poolName(conf);
+  const [red, connectErr] = connectAccounted(conf, started);
+  if (red === undefined) return $multi(undefined, connectErr);
   red.init_pipeline(calls.length);
   for (const call of calls) queue(red, call, false);
   const [replies, err] = red.commit_pipeline();
-  let trips = 1;
-  if (replies === undefined) {
-    fail(red, pool, err);
-    accounting.record(started, trips, true);
-    return $multi(undefined, `redis pipeline failed: ${err}`);
-  }
+  if (replies === undefined) return finish<PipelineReply[]>(red, conf, started, 1, "redis pipeline", undefined, err) as LuaMultiReturn<[PipelineReply[] | undefined, string | undefined]>;
   const retry: number[] = [];
   for (let i = 0; i < calls.length; i++) {
     const reply = replies[i];
     if (type(reply) === "table" && (reply as [false, string])[0] === false && isNoScript((reply as [false, string])[1])) retry.push(i);
   }
-  if (retry.length > 0) {
-    red.init_pipeline(retry.length);
-    for (const i of retry) queue(red, calls[i], true);
-    const [again, againErr] = red.commit_pipeline();
-    trips++;
-    if (again === undefined) {
-      fail(red, pool, againErr);
-      accounting.record(started, trips, true);
-      return $multi(undefined, `redis pipeline failed: ${againErr}`);
-    }
-    for (let j = 0; j < retry.length; j++) replies[retry[j]] = again[j];
-  }
-  release(red, conf);
-  breaker.success(pool);
-  accounting.record(started, trips, false);
-  return $multi(replies as PipelineReply[], undefined);
+  if (retry.length === 0) return finish(red, conf, started, 1, "redis pipeline", replies as PipelineReply[], undefined) as LuaMultiReturn<[PipelineReply[] | undefined, string | undefined]>;
+  red.init_pipeline(retry.length);
+  for (const i of retry) queue(red, calls[i], true);
+  const [again, againErr] = red.commit_pipeline();
+  if (again !== undefined) for (let j = 0; j < retry.length; j++) replies[retry[j]] = again[j];
+  return finish(red, conf, started, 2, "redis pipeline", again !== undefined ? (replies as PipelineReply[]) : undefined, againErr) as LuaMultiReturn<[PipelineReply[] | undefined, string | undefined]>;
 }
