@@ -134,13 +134,33 @@ end
 local function isNoScript(err)
     return err ~= nil and string.sub(err, 1, 8) == "NOSCRIPT"
 end
+--- The end of every call: on a network failure the connection is closed and the breaker
+-- told; otherwise it goes back to the pool. Either way the call is accounted.
+local function finish(red, conf, started, trips, what, res, err)
+    local pool = ____exports.poolName(conf)
+    if res == nil then
+        fail(red, pool, err)
+        accounting.record(started, trips, true)
+        return nil, (what .. " failed: ") .. tostring(err)
+    end
+    ____exports.release(red, conf)
+    breaker.success(pool)
+    accounting.record(started, trips, false)
+    return res, err
+end
+local function connectAccounted(conf, started)
+    local red, err = ____exports.connect(conf)
+    if red == nil then
+        accounting.record(started, 0, true)
+    end
+    return red, err
+end
 --- Runs one script: EVALSHA, and EVAL once when Redis lost its script cache.
 function ____exports.script(conf, call)
     local embeddedScript = scriptOf(call)
     local started = accounting.start()
-    local red, connectErr = ____exports.connect(conf)
+    local red, connectErr = connectAccounted(conf, started)
     if red == nil then
-        accounting.record(started, 0, true)
         return nil, connectErr
     end
     local res, err = send(
@@ -157,37 +177,34 @@ function ____exports.script(conf, call)
         )
         trips = trips + 1
     end
-    local pool = ____exports.poolName(conf)
-    if res == nil then
-        fail(red, pool, err)
-        accounting.record(started, trips, true)
-        return nil, (("redis script '" .. call.script) .. "' failed: ") .. tostring(err)
-    end
-    ____exports.release(red, conf)
-    breaker.success(pool)
-    accounting.record(started, trips, false)
-    return res, err
+    return finish(
+        red,
+        conf,
+        started,
+        trips,
+        ("redis script '" .. call.script) .. "'",
+        res,
+        err
+    )
 end
 --- Runs one plain command.
 function ____exports.command(conf, name, ...)
     local args = {...}
     local started = accounting.start()
-    local red, connectErr = ____exports.connect(conf)
+    local red, connectErr = connectAccounted(conf, started)
     if red == nil then
-        accounting.record(started, 0, true)
         return nil, connectErr
     end
     local res, err = send(red, name, args)
-    local pool = ____exports.poolName(conf)
-    if res == nil then
-        fail(red, pool, err)
-        accounting.record(started, 1, true)
-        return nil, (("redis " .. name) .. " failed: ") .. tostring(err)
-    end
-    ____exports.release(red, conf)
-    breaker.success(pool)
-    accounting.record(started, 1, false)
-    return res, err
+    return finish(
+        red,
+        conf,
+        started,
+        1,
+        "redis " .. name,
+        res,
+        err
+    )
 end
 local function queue(red, call, useSource)
     local scriptCall = call
@@ -208,22 +225,25 @@ end
 -- cached are sent again with EVAL in one more round trip.
 function ____exports.pipeline(conf, calls)
     local started = accounting.start()
-    local red, connectErr = ____exports.connect(conf)
+    local red, connectErr = connectAccounted(conf, started)
     if red == nil then
-        accounting.record(started, 0, true)
         return nil, connectErr
     end
-    local pool = ____exports.poolName(conf)
     red:init_pipeline(#calls)
     for ____, call in ipairs(calls) do
         queue(red, call, false)
     end
     local replies, err = red:commit_pipeline()
-    local trips = 1
     if replies == nil then
-        fail(red, pool, err)
-        accounting.record(started, trips, true)
-        return nil, "redis pipeline failed: " .. tostring(err)
+        return finish(
+            red,
+            conf,
+            started,
+            1,
+            "redis pipeline",
+            nil,
+            err
+        )
     end
     local retry = {}
     do
@@ -236,18 +256,23 @@ function ____exports.pipeline(conf, calls)
             i = i + 1
         end
     end
-    if #retry > 0 then
-        red:init_pipeline(#retry)
-        for ____, i in ipairs(retry) do
-            queue(red, calls[i + 1], true)
-        end
-        local again, againErr = red:commit_pipeline()
-        trips = trips + 1
-        if again == nil then
-            fail(red, pool, againErr)
-            accounting.record(started, trips, true)
-            return nil, "redis pipeline failed: " .. tostring(againErr)
-        end
+    if #retry == 0 then
+        return finish(
+            red,
+            conf,
+            started,
+            1,
+            "redis pipeline",
+            replies,
+            nil
+        )
+    end
+    red:init_pipeline(#retry)
+    for ____, i in ipairs(retry) do
+        queue(red, calls[i + 1], true)
+    end
+    local again, againErr = red:commit_pipeline()
+    if again ~= nil then
         do
             local j = 0
             while j < #retry do
@@ -256,9 +281,14 @@ function ____exports.pipeline(conf, calls)
             end
         end
     end
-    ____exports.release(red, conf)
-    breaker.success(pool)
-    accounting.record(started, trips, false)
-    return replies, nil
+    return finish(
+        red,
+        conf,
+        started,
+        2,
+        "redis pipeline",
+        again ~= nil and replies or nil,
+        againErr
+    )
 end
 return ____exports
