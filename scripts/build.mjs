@@ -22,7 +22,7 @@ const PROJECTS = [
     // [TSTL module prefix, our module prefix]; the first match wins.
     map: [["lualib_bundle", "krs.lualib_bundle"], ["lib.", "krs."], ["plugins.", "kong.plugins."]],
     // What generated code may require besides its own modules.
-    external: [/^bit$/, /^resty\./, /^ngx\./, /^cjson(\.safe)?$/, /^kong\.db\.schema\.typedefs$/, /^krs\.scripts$/],
+    external: [/^bit$/, /^ffi$/, /^resty\./, /^ngx\./, /^cjson(\.safe)?$/, /^kong\.db\.schema\.typedefs$/, /^krs\.scripts$/],
   },
   {
     config: "tstl.gateway.json",
@@ -30,7 +30,7 @@ const PROJECTS = [
     map: [["lualib_bundle", "krs.gateway.lualib_bundle"], ["gateway.kong.", "kong."], ["gateway.", "krs.gateway."], ["lib.", "krs."]],
     // The shared library is loaded from kong-plugins/, not emitted a second time.
     skip: /^krs\.(?!gateway\.)/,
-    external: [/^bit$/, /^resty\./, /^ngx\./, /^nginx\./, /^cjson(\.safe)?$/, /^kong\.plugins\./, /^krs\./, /^lyaml$/],
+    external: [/^bit$/, /^ffi$/, /^resty\./, /^ngx\./, /^nginx\./, /^cjson(\.safe)?$/, /^kong\.plugins\./, /^krs\./, /^lyaml$/],
   },
 ];
 

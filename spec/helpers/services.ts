@@ -106,13 +106,24 @@ export interface GatewayOptions {
   logLevel?: string;
   /** PEM bundle for cosocket TLS verification (KONG_LUA_SSL_TRUSTED_CERTIFICATE). */
   trustedCertificate?: string;
+  /** Real Kong only: run it on Postgres (Admin API writes) instead of DB-less. The local gateway always takes writes. */
+  database?: boolean;
 }
+
+/** `npm run test:kong` sets KRS_TARGET=kong: gateway() then starts real Kong (spec/kong/target.ts). */
+export const ON_KONG = process.env.KRS_TARGET === "kong";
 
 /** Starts a local gateway with a declarative config given as an object (written as YAML). */
 export async function gateway(config: object, opts: GatewayOptions = {}): Promise<TestGateway> {
   const prefix = tempDir("gw");
   const file = join(prefix, "kong.yml");
   writeFileSync(file, toYaml(config));
+  if (ON_KONG) {
+    const { kongGateway } = await import("../kong/target.js");
+    const kong = await kongGateway(file, prefix, opts, FIXTURE_PLUGINS, join(ROOT, "spec", "fixtures", "lua"));
+    stops.push(kong.stop);
+    return kong;
+  }
   const [proxyPort, adminPort] = [await freePort(), await freePort()];
   const gw = await startGateway({
     config: file,

@@ -94,6 +94,43 @@ describe("connections", () => {
   });
 });
 
+describe("scripts", () => {
+  it("SCRIPT FLUSH in the middle of traffic: EVALSHA falls back to EVAL, no request fails", async () => {
+    const redis = await startRedis();
+    const now = 1_700_000_040_000;
+    // One fixed one-minute window with room for everything: every call admits.
+    const args = [now, "fixed", 120000, 1, "minute", 1_000_000, 1_700_000_040_000 - (now % 60000), 60000, 1_700_000_040_000 - (now % 60000) - 60000, 60000].map(String);
+    const gw = await gateway(configFor({ port: redis.port }, { mode: "script", script: "rate-limit", script_args: args }));
+    const admin = ioredis(redis);
+    const statuses: number[] = [];
+    const values = new Set<string>();
+    let flushes = 0;
+    const flusher = (async () => {
+      for (let i = 0; i < 20; i++) {
+        await admin.script("FLUSH");
+        flushes++;
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    })();
+    for (let round = 0; round < 10; round++) {
+      await Promise.all(Array.from({ length: 20 }, async () => {
+        const res = await hit(`${gw.proxyUrl}/redis/anything`);
+        statuses.push(res.status);
+        values.add(String(res.value).split(",")[0]);
+      }));
+    }
+    await flusher;
+    expect(flushes).toBe(20);
+    expect(statuses.filter((s) => s !== 200)).toEqual([]);
+    expect([...values]).toEqual(["1"]);
+    const stats = await admin.info("commandstats");
+    // Some calls really did hit NOSCRIPT and were retried with EVAL.
+    expect(stats).toMatch(/cmdstat_eval:calls=[1-9]/);
+    admin.disconnect();
+    expect(gw.unexpectedErrors()).toEqual([]);
+  });
+});
+
 describe("TLS", () => {
   let tlsRedis: RedisServer;
   let ca: string;

@@ -1,11 +1,12 @@
 /**
- * The local gateway's Admin API: Kong's read endpoints for the loaded entities,
- * `POST /config` (DB-less reload), and the endpoints plugins declare in their api.lua,
- * in Kong's shape: `{ ["/path/:param"] = { GET = function(self, db, helpers) ... end } }`.
+ * The local gateway's Admin API: Kong's read endpoints for the loaded entities, their
+ * writes (crud.ts), `POST /config` (DB-less reload), and the endpoints plugins declare
+ * in their api.lua, in Kong's shape: `{ ["/path/:param"] = { GET = function(self, db, helpers) ... end } }`.
  */
 import * as cjson from "cjson.safe";
 import { pdk } from "./pdk";
-import { getOptions, getRuntime, publish, type Runtime } from "./runtime";
+import { handleWrite, pluginShown, type Reply } from "./crud";
+import { getOptions, getRuntime, publish, withWriteLock, type Runtime } from "./runtime";
 
 type Params = LuaTable<string, unknown>;
 type ApiHandler = (this: void, self: { params: Params }, db: unknown, helpers: unknown) => void;
@@ -30,6 +31,11 @@ function sendList(this: void, items: unknown[]): never {
   const parts: string[] = [];
   for (const item of items) parts.push(encode(item));
   return sendJson(200, `{"data":[${table.concat(parts, ",")}],"next":null}`);
+}
+
+function respond(this: void, r: Reply): never {
+  if (r.body === undefined) return pdk.response.exit(r.status);
+  return sendJson(r.status, encode(r.body));
 }
 
 function notFound(this: void): never {
@@ -136,7 +142,15 @@ function postConfig(this: void): never {
   if (input === undefined) {
     return pdk.response.exit(400, { code: 14, name: "invalid declarative configuration", message: tostring(parseErr) });
   }
-  const [runtime, err] = publish(input);
+  const [published, lockErr] = withWriteLock(() => {
+    const [runtime, err] = publish(input);
+    return { runtime, err };
+  });
+  if (published === undefined) {
+    ngx.log(ngx.ERR, "[kong] POST /config failed: ", lockErr);
+    return pdk.response.exit(500, { message: "An unexpected error occurred" });
+  }
+  const { runtime, err } = published;
   if (runtime === undefined) {
     return pdk.response.exit(400, { code: 14, name: "invalid declarative configuration", message: "declarative config is invalid: " + tostring(err) });
   }
@@ -157,7 +171,7 @@ function summary(this: void, runtime: Runtime): unknown {
 
 function pluginsWhere(this: void, runtime: Runtime, field: "service" | "route" | "consumer", id: string): unknown[] {
   const out: unknown[] = [];
-  for (const p of runtime.config.plugins) if (p[field]?.id === id) out.push(p);
+  for (const p of runtime.config.plugins) if (p[field]?.id === id) out.push(pluginShown(p));
   return out;
 }
 
@@ -190,7 +204,7 @@ function entityEndpoints(this: void, runtime: Runtime, method: string, s: string
     if (sub === undefined) return sendJson(200, encode(consumer));
     if (sub === "plugins") return sendList(pluginsWhere(runtime, "consumer", consumer.id));
   } else if (kind === "plugins") {
-    if (key === undefined) return sendList(config.plugins);
+    if (key === undefined) return sendList(config.plugins.map((p) => pluginShown(p)));
     if (key === "enabled" && sub === undefined) {
       return sendJson(200, `{"enabled_plugins":[${table.concat(getOptions().plugins.map((n) => encode(n)), ",")}]}`);
     }
@@ -200,7 +214,7 @@ function entityEndpoints(this: void, runtime: Runtime, method: string, s: string
       return sendJson(200, encode(schema));
     }
     if (sub !== undefined) return;
-    for (const p of config.plugins) if (p.id === key) return sendJson(200, encode(p));
+    for (const p of config.plugins) if (p.id === key || p.instance_name === key) return sendJson(200, encode(pluginShown(p)));
     return notFound();
   }
 }
@@ -282,7 +296,11 @@ export function handleAdmin(this: void): void {
     return pdk.response.exit(204);
   }
 
-  entityEndpoints(runtime, method, segments);
-  if (method !== "GET") return pdk.response.exit(405, { message: `Method not allowed: this local gateway's Admin API is read-only except POST /config` });
+  if (method === "GET") {
+    entityEndpoints(runtime, method, segments);
+    return notFound();
+  }
+  const write = handleWrite(method, segments);
+  if (write !== undefined) return respond(write);
   return notFound();
 }

@@ -11,7 +11,9 @@
  * `POST /config` runs it inside nginx before swapping the live config.
  */
 import * as bitop from "bit";
-import { validatePlugin, formatErrors } from "./schema";
+import * as ffi from "ffi";
+import * as cjson from "cjson.safe";
+import { validatePlugin, formatErrors, resolveReferences, type FieldErrors } from "./schema";
 
 /** A plugin instance after validation: where it applies and its filled config. */
 export interface PluginEntity {
@@ -63,14 +65,111 @@ export function loaderEnv(this: void, available: string[]): LoaderEnv {
   };
 }
 
+/**
+ * Why a config did not load, in parts, for callers that answer in Kong's Admin API error
+ * shapes (loadDeclarative's third value). `message` is the one line its second value says.
+ */
+export interface LoadFailure {
+  message: string;
+  /** The entity, as the message names it: "service 'a' (services[1])". */
+  where: string;
+  /** Dotted path of the failing field ("protocols.1"); absent for the entity as a whole. */
+  field?: string;
+  /** What is wrong, without `where` and `field`. */
+  reason: string;
+  /** A plugin's schema errors, flat as validatePlugin reports them ("config.tag" -> message). */
+  fields?: FieldErrors;
+}
+
 /** Thrown (as a table, to tell it from a bug's string error) and caught by loadDeclarative. */
 interface ConfigError {
   configError: string;
+  failure: LoadFailure;
 }
 
-function fail(this: void, where: string, field: string | undefined, message: string): never {
-  const e: ConfigError = { configError: field !== undefined ? `${where}: ${field}: ${message}` : `${where}: ${message}` };
+function fail(this: void, where: string, field: string | undefined, message: string, fields?: FieldErrors): never {
+  const text = field !== undefined ? `${where}: ${field}: ${message}` : `${where}: ${message}`;
+  const e: ConfigError = { configError: text, failure: { message: text, where, field, reason: message, fields } };
   throw e;
+}
+
+// ----------------------------------------------------------------- vault references
+
+/**
+ * The process environment as it was when this module loaded. In nginx that is the master
+ * in init_by_lua, before workers drop every variable not named by an `env` directive;
+ * workers inherit the table. Kong's env vault reads `environ` the same way.
+ */
+function snapshotEnvironment(this: void): LuaTable<string, string> | undefined {
+  pcall(ffi.cdef, "extern char **environ;");
+  // `char **environ` indexes to `char *`; the terminating NULL compares equal to nil.
+  const [found, environ] = pcall(() => ffi.C.get("environ") as LuaTable<number, FfiCData>);
+  if (!found || environ === undefined) return undefined;
+  const env = new LuaTable<string, string>();
+  for (let i = 0; environ.get(i) !== undefined; i++) {
+    const entry = ffi.string(environ.get(i));
+    const [eq] = string.find(entry, "=", 1, true);
+    if (eq !== undefined) env.set(string.sub(entry, 1, eq - 1), string.sub(entry, eq + 1));
+  }
+  return env;
+}
+
+const ENVIRONMENT = snapshotEnvironment();
+
+function getenv(this: void, name: string): string | undefined {
+  return ENVIRONMENT !== undefined ? ENVIRONMENT.get(name) : os.getenv(name);
+}
+
+/**
+ * Kong's `env` vault: `{vault://env/my-secret}` reads MY_SECRET (dashes become
+ * underscores, upper-cased, `?prefix=` prepended); `{vault://env/name/key}` reads a JSON
+ * object from NAME and takes `key`; `#2` reads NAME_PREVIOUS. Other vaults need Kong.
+ */
+export function vaultGet(this: void, reference: string): LuaMultiReturn<[string | undefined, string | undefined]> {
+  const [vault, rest] = string.match(reference, "^{vault://([^/]+)/(.*)}$");
+  if (vault === undefined || rest === undefined) return $multi(undefined, `not a reference [${reference}]`);
+  if (vault !== "env") return $multi(undefined, `could not find vault (${vault}): the local gateway has the env vault only [${reference}]`);
+  let path = rest;
+  let version: number | undefined;
+  const [hash] = string.find(path, "#", 1, true);
+  if (hash !== undefined) {
+    version = tonumber(string.sub(path, hash + 1));
+    if (version === undefined) return $multi(undefined, `reference url has invalid version [${reference}]`);
+    path = string.sub(path, 1, hash - 1);
+  }
+  let prefix = "";
+  const [question] = string.find(path, "?", 1, true);
+  if (question !== undefined) {
+    const [p] = string.match(string.sub(path, question + 1), "prefix=([^&]*)");
+    if (p !== undefined) prefix = p;
+    path = string.sub(path, 1, question - 1);
+  }
+  let resource = path;
+  let key: string | undefined;
+  const [slash] = string.find(path, "/[^/]*$");
+  if (slash !== undefined) {
+    resource = string.sub(path, 1, slash - 1);
+    const k = string.sub(path, slash + 1);
+    if (k !== "") key = k;
+  }
+  if (resource === "") return $multi(undefined, `reference url has empty path [${reference}]`);
+  let name = string.upper(prefix + string.gsub(resource, "%-", "_")[0]);
+  if (version === 2) name += "_PREVIOUS";
+  const value = getenv(name);
+  if (value === undefined) return $multi(undefined, `unable to load value (${resource}) from vault (env): not found [${reference}]`);
+  if (key === undefined) return $multi(value, undefined);
+  const [json] = cjson.decode(value);
+  const picked = type(json) === "table" ? (json as LuaTable<string, unknown>).get(key) : undefined;
+  if (type(picked) !== "string") return $multi(undefined, `vault (env) did not return value for resource '${resource}' with a key of '${key}' [${reference}]`);
+  return $multi(picked as string, undefined);
+}
+
+/** As Kong: an unresolvable reference becomes "" and a warning, never a failed load. */
+function dereference(this: void, reference: string): string {
+  const [value, err] = vaultGet(reference);
+  if (value !== undefined) return value;
+  if (type(ngx) === "table") ngx.log(ngx.WARN, "[kong] unable to resolve reference ", reference, " (", err, ")");
+  return "";
 }
 
 function isTable(this: void, v: unknown): v is Table {
@@ -373,7 +472,9 @@ function validatePluginEntity(this: void, pending: PendingPlugin, env: LoaderEnv
   if (pending.route !== undefined) entity.set("route", { id: pending.route.id });
   if (pending.service !== undefined) entity.set("service", { id: pending.service.id });
   const [filled, errors] = validatePlugin(schema, entity);
-  if (filled === undefined) fail(where, undefined, formatErrors(errors!));
+  if (filled === undefined) fail(where, undefined, formatErrors(errors!), errors);
+  // Handlers get secrets, not references; "$refs" keeps the references (Admin API output).
+  resolveReferences(schema, filled, dereference);
   const scope = `${pending.service?.id ?? ""}:${pending.route?.id ?? ""}:${pending.consumer?.id ?? ""}`;
   const instanceName = optString(where, raw, "instance_name");
   const id = checkId(where, raw.get("id")) ?? deterministicId("plugin", `${name}:${instanceName ?? ""}:${scope}`);
@@ -383,12 +484,33 @@ function validatePluginEntity(this: void, pending: PendingPlugin, env: LoaderEnv
     instance_name: instanceName,
     enabled: filled.get("enabled") !== false,
     protocols: (filled.get("protocols") as string[] | undefined) ?? ["grpc", "grpcs", "http", "https"],
-    config: (filled.get("config") as Table | undefined) ?? new LuaTable(),
+    config: withInstanceFields((filled.get("config") as Table | undefined) ?? new LuaTable(), name as string, id, instanceName, pending),
     service: pending.service !== undefined ? { id: pending.service.id } : undefined,
     route: pending.route !== undefined ? { id: pending.route.id } : undefined,
     consumer: pending.consumer !== undefined ? { id: pending.consumer.id } : undefined,
     tags: filled.get("tags") as string[] | undefined,
   };
+}
+
+/**
+ * Kong 3 hands a handler its config with the instance's identity on it
+ * (kong/runloop/plugins_iterator.lua get_plugin_config): route_id, service_id, consumer_id,
+ * plugin_instance_name, __plugin_id, __key__ (its cache key; here without a workspace).
+ * Kong's Admin API never shows them: here they are read through the config's metatable,
+ * so the Admin API's JSON (raw fields) leaves them out as well.
+ */
+function withInstanceFields(this: void, config: Table, name: string, id: string, instanceName: string | undefined, p: PendingPlugin): Table {
+  const route = p.route?.id;
+  const service = p.service?.id;
+  const consumer = p.consumer?.id;
+  const fields = new LuaTable<string, unknown>();
+  fields.set("route_id", route);
+  fields.set("service_id", service);
+  fields.set("consumer_id", consumer);
+  fields.set("plugin_instance_name", instanceName);
+  fields.set("__plugin_id", id);
+  fields.set("__key__", `plugins:${name}:${route ?? ""}:${service ?? ""}:${consumer ?? ""}::`);
+  return setmetatable(config, { __index: fields });
 }
 
 function scopeName(this: void, p: PendingPlugin): string {
@@ -539,11 +661,17 @@ function loadOrThrow(this: void, input: unknown, env: LoaderEnv): GatewayConfig 
   return { services, routes, consumers, plugins, servicesById, consumersById, source: input };
 }
 
-/** Validates and normalizes a decoded declarative config; `undefined, message` when invalid. */
-export function loadDeclarative(this: void, input: unknown, env: LoaderEnv): LuaMultiReturn<[GatewayConfig | undefined, string | undefined]> {
+/**
+ * Validates and normalizes a decoded declarative config; `undefined, message, failure`
+ * when invalid (the failure in parts, see LoadFailure).
+ */
+export function loadDeclarative(this: void, input: unknown, env: LoaderEnv): LuaMultiReturn<[GatewayConfig | undefined, string | undefined, LoadFailure | undefined]> {
   const [ok, result] = pcall(loadOrThrow, input, env);
-  if (ok) return $multi(result as GatewayConfig, undefined);
+  if (ok) return $multi(result as GatewayConfig, undefined, undefined);
   const thrown = result as unknown;
-  if (type(thrown) === "table" && (thrown as ConfigError).configError !== undefined) return $multi(undefined, (thrown as ConfigError).configError);
-  return $multi(undefined, "declarative config could not be loaded: " + tostring(result));
+  if (type(thrown) === "table" && (thrown as ConfigError).configError !== undefined) {
+    return $multi(undefined, (thrown as ConfigError).configError, (thrown as ConfigError).failure);
+  }
+  const message = "declarative config could not be loaded: " + tostring(result);
+  return $multi(undefined, message, { message, where: "declarative config", reason: message });
 }

@@ -7,7 +7,7 @@ import * as cjson from "cjson.safe";
 import * as balancer from "ngx.balancer";
 import { pdk, requestCtx, setNodeId, ERROR_MESSAGES } from "./pdk";
 import { loadHandler, runAccess, runInitWorker, runLate, runRewrite } from "./plugins";
-import { activate, build, getOptions, getRuntime, setOptions, sync, type GatewayOptions } from "./runtime";
+import { activate, build, getOptions, getRuntime, initialConfig, setOptions, sync, type GatewayOptions } from "./runtime";
 import { handleAdmin } from "./admin";
 
 /** Debian installs lua-resty-redis and lua-resty-string as nginx.*; Kong's code says resty.*. */
@@ -95,11 +95,12 @@ export function init(this: void, optionsFile: string): void {
     const [plugin, err] = loadHandler(name);
     if (plugin === undefined) error(err!, 0);
   }
-  const input = decodeFile(options.config_file);
+  // The config file, or the Admin API changes persisted since it was last started (runtime.ts).
+  const [input, json, from] = initialConfig();
   const [runtime, err] = build(input, 1);
-  if (runtime === undefined) error("invalid declarative config: " + err, 0);
+  if (runtime === undefined) error(`invalid declarative config in ${from}: ${err}`, 0);
   const dict = ngx.shared["krs_gateway"]!;
-  dict.set("config_json", readFile(options.config_file));
+  dict.set("config_json", json);
   dict.set("config_version", 1);
   activate(runtime);
 }
@@ -155,6 +156,11 @@ export function access(this: void): void {
   ngx.var["upstream_x_forwarded_prefix"] = match.route.strip_path === true && match.matched_path !== undefined && string.sub(match.matched_path, 1, 1) !== "~" ? match.matched_path : "";
 
   runAccess(runtime.plugins);
+  // Plugins may have changed the path (set_path) or the query (set_raw_query,
+  // hide_credentials): the upstream URI is final only now, as in Kong.
+  const finalArgs = ngx.var["args"];
+  const finalPath = ctx.KRS_UPSTREAM_URI ?? match.upstream_uri;
+  ngx.var["upstream_uri"] = finalArgs !== undefined && finalArgs !== "" ? `${finalPath}?${finalArgs}` : finalPath;
 
   const ip = resolveHost(service.host);
   if (ip === undefined) return pdk.response.exit(503, { message: "name resolution failed" });

@@ -102,6 +102,29 @@ const request: KongRequestApi = {
     if (ngx.req.get_body_file() !== undefined) return $multi(undefined, "request body did not fit into client body buffer, consider raising 'client_body_buffer_size'");
     return $multi("", undefined);
   },
+  get_body(mimetype, max_args) {
+    let contentType = mimetype ?? request.get_header("content-type");
+    if (contentType === undefined) return $multi(undefined, "missing content type", undefined);
+    contentType = string.lower(contentType);
+    if (string.find(contentType, "application/x-www-form-urlencoded", 1, true)[0] !== undefined) {
+      ngx.req.read_body();
+      if (ngx.req.get_body_data() === undefined && ngx.req.get_body_file() !== undefined) {
+        return $multi(undefined, "request body did not fit into client body buffer, consider raising 'client_body_buffer_size'", undefined);
+      }
+      const [args, err] = ngx.req.get_post_args(max_args ?? 100);
+      if (args === undefined) return $multi(undefined, tostring(err), undefined);
+      return $multi(args as LuaTable<string, unknown>, undefined, "application/x-www-form-urlencoded");
+    }
+    if (string.find(contentType, "application/json", 1, true)[0] !== undefined) {
+      const [raw, err] = request.get_raw_body();
+      if (raw === undefined) return $multi(undefined, err, undefined);
+      const [decoded] = cjson.decode(raw);
+      if (type(decoded) !== "table") return $multi(undefined, "invalid json body", undefined);
+      return $multi(decoded as LuaTable<string, unknown>, undefined, "application/json");
+    }
+    // Kong also parses multipart/form-data; the local gateway does not.
+    return $multi(undefined, `unsupported content type '${contentType}'`, undefined);
+  },
 };
 
 // ---------------------------------------------------------------- response
@@ -270,6 +293,11 @@ const service: KongServiceApi = {
       if (type(path) !== "string" || string.sub(path, 1, 1) !== "/") error("path must be a string starting with '/'", 2);
       requestCtx().KRS_UPSTREAM_URI = path;
       ngx.var["upstream_uri"] = path;
+    },
+    set_raw_body(body) {
+      if (type(body) !== "string") error("body must be a string", 2);
+      ngx.req.read_body();
+      ngx.req.set_body_data(body);
     },
   },
 };

@@ -150,14 +150,17 @@ function failRequest(this: void): never {
   return pdk.response.exit(500, UNEXPECTED_BODY);
 }
 
-/** Kong 3's `configure` phase: every enabled config of a plugin, after each config change. */
-export function runConfigure(this: void, index: PluginIndex, config: GatewayConfig): void {
-  for (const plugin of index.ordered) {
+/**
+ * Kong 3's `configure` phase, after each config change: every loaded plugin gets its
+ * enabled configs, or nil when none uses it (so it can stop what it started).
+ */
+export function runConfigure(this: void, _index: PluginIndex, config: GatewayConfig): void {
+  for (const [, plugin] of pairs(loaded)) {
     const configure = plugin.handler.configure;
     if (configure === undefined) continue;
     const configs: unknown[] = [];
     for (const entity of config.plugins) if (entity.enabled && entity.name === plugin.name) configs.push(entity.config);
-    const [ok, err] = xpcall(configure as (this: unknown, c: unknown) => void, debug.traceback, plugin.handler, configs);
+    const [ok, err] = xpcall(configure as (this: unknown, c: unknown) => void, debug.traceback, plugin.handler, configs.length > 0 ? configs : undefined);
     if (!ok) ngx.log(ngx.ERR, `[kong] [${plugin.name}] error in configure phase: ${tostring(err)}`);
   }
 }

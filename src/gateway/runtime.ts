@@ -3,7 +3,7 @@
  * index. Replaced atomically; other workers pick up a new version from the shared dict.
  */
 import * as cjson from "cjson.safe";
-import { loadDeclarative, loaderEnv, type GatewayConfig } from "./config";
+import { loadDeclarative, loaderEnv, type GatewayConfig, type LoadFailure } from "./config";
 import { setConsumerLookup } from "./pdk";
 import { buildIndex, runConfigure, type PluginIndex } from "./plugins";
 import { newRouter, type Router } from "./router";
@@ -42,11 +42,11 @@ export function getRuntime(this: void): Runtime | undefined {
 }
 
 /** Validates a decoded declarative config and builds everything a request needs. */
-export function build(this: void, input: unknown, version: number): LuaMultiReturn<[Runtime | undefined, string | undefined]> {
-  const [config, err] = loadDeclarative(input, loaderEnv(getOptions().plugins));
-  if (config === undefined) return $multi(undefined, err);
+export function build(this: void, input: unknown, version: number): LuaMultiReturn<[Runtime | undefined, string | undefined, LoadFailure | undefined]> {
+  const [config, err, failure] = loadDeclarative(input, loaderEnv(getOptions().plugins));
+  if (config === undefined) return $multi(undefined, err, failure);
   const [index, indexErr] = buildIndex(config);
-  if (index === undefined) return $multi(undefined, indexErr);
+  if (index === undefined) return $multi(undefined, indexErr, undefined);
   // The router sees each route with its service table (for upstream paths); requests see
   // Kong's shape, `service = { id }`.
   const routes: KongRoute[] = [];
@@ -56,7 +56,7 @@ export function build(this: void, input: unknown, version: number): LuaMultiRetu
     routes.push({ ...route, service: service as unknown as { id: string } });
     routesById.set(route.id, route);
   }
-  return $multi({ config, router: newRouter(routes), plugins: index, routesById, version }, undefined);
+  return $multi({ config, router: newRouter(routes), plugins: index, routesById, version }, undefined, undefined);
 }
 
 setConsumerLookup((key, byUsername) => {
@@ -76,17 +76,22 @@ function dict(this: void): NgxShDict {
   return ngx.shared[DICT]!;
 }
 
-/** Admin side: validate, publish to every worker, persist. Returns the new runtime or the error. */
-export function publish(this: void, input: unknown): LuaMultiReturn<[Runtime | undefined, string | undefined]> {
+/**
+ * Admin side: validate, persist, publish to every worker. Returns the new runtime, or the
+ * error and (for an invalid config) the loader's failure in parts.
+ */
+export function publish(this: void, input: unknown): LuaMultiReturn<[Runtime | undefined, string | undefined, LoadFailure | undefined]> {
   const [json, encodeErr] = cjson.encode(input);
-  if (json === undefined) return $multi(undefined, "could not encode config: " + tostring(encodeErr));
-  const [runtime, err] = build(input, 0);
-  if (runtime === undefined) return $multi(undefined, err);
+  if (json === undefined) return $multi(undefined, "could not encode config: " + tostring(encodeErr), undefined);
+  const [runtime, err, failure] = build(input, 0);
+  if (runtime === undefined) return $multi(undefined, err, failure);
+  const persistErr = persist(json);
+  if (persistErr !== undefined) return $multi(undefined, persistErr, undefined);
   dict().set("config_json", json);
   const [version] = dict().incr("config_version", 1, 0);
   runtime.version = version ?? 0;
   activate(runtime);
-  return $multi(runtime, undefined);
+  return $multi(runtime, undefined, undefined);
 }
 
 /** Worker side: adopt a config published by another worker, if any. Cheap when unchanged. */
@@ -102,4 +107,106 @@ export function sync(this: void): void {
     return;
   }
   activate(runtime);
+}
+
+// ---------------------------------------------------------------- persistence
+
+/*
+ * Admin API changes (CRUD and POST /config) survive a restart: each accepted config is
+ * appended as one JSON line, {"source_md5": ..., "config": ...}, to
+ * <prefix>/krs/admin-state.jsonl. `source_md5` is the MD5 of the config file as the CLI
+ * converted it at start (<prefix>/krs/config.json). At the next start the last complete
+ * line is used when its source_md5 matches the config file being started; a config file
+ * whose content changed wins and the old state is dropped. The master opens the file
+ * (it may run as root, workers as nobody, and the prefix may be private to its owner) and
+ * the workers append through the inherited handle; init rewrites it to its last line.
+ */
+
+let stateLog: LuaFile | undefined;
+let sourceMd5 = "";
+
+function stateFile(this: void): string {
+  const [dir] = string.match(getOptions().config_file, "^(.*)/[^/]*$");
+  return (dir ?? ".") + "/admin-state.jsonl";
+}
+
+function readText(this: void, path: string): string | undefined {
+  const [file] = io.open(path, "r");
+  if (file === undefined) return undefined;
+  const text = file.read("*a") as string | undefined;
+  file.close();
+  return text;
+}
+
+/** The last complete record of the state file made from the same source, if any. */
+function lastRecord(this: void, text: string): string | undefined {
+  let found: string | undefined;
+  for (const [line] of string.gmatch(text, "[^\n]+")) {
+    const [record] = cjson.decode(line as string);
+    if (type(record) === "table" && (record as LuaTable<string, unknown>).get("source_md5") === sourceMd5
+      && type((record as LuaTable<string, unknown>).get("config")) === "table") {
+      found = line as string;
+    }
+  }
+  return found;
+}
+
+/**
+ * init (master): the declarative config to start with, its JSON text, and where it came
+ * from (for error messages): the config file, or the persisted Admin API state.
+ */
+export function initialConfig(this: void): LuaMultiReturn<[unknown, string, string]> {
+  const configFile = getOptions().config_file;
+  const source = readText(configFile);
+  if (source === undefined) error(`could not read ${configFile}`, 0);
+  sourceMd5 = ngx.md5(source);
+  const path = stateFile();
+  const previous = readText(path);
+  const kept = previous !== undefined ? lastRecord(previous) : undefined;
+  const [rewrite, openErr] = io.open(path, "w");
+  if (rewrite === undefined) error(`could not write ${path}: ${openErr}`, 0);
+  if (kept !== undefined) rewrite.write(kept, "\n");
+  rewrite.close();
+  const [log, appendErr] = io.open(path, "a");
+  if (log === undefined) error(`could not open ${path}: ${appendErr}`, 0);
+  stateLog = log;
+  if (kept === undefined) {
+    const [decoded, err] = cjson.decode(source);
+    if (decoded === undefined) error(`could not parse ${configFile}: ${err}`, 0);
+    return $multi(decoded, source, configFile);
+  }
+  const config = (cjson.decode(kept)[0] as LuaTable<string, unknown>).get("config");
+  return $multi(config, cjson.encode(config)[0]!, `${path} (the Admin API changes kept since the last start; delete it to start from the config file)`);
+}
+
+function persist(this: void, json: string): string | undefined {
+  if (stateLog === undefined) return undefined;
+  const [ok, err] = stateLog.write(`{"source_md5":"${sourceMd5}","config":${json}}\n`);
+  if (ok === undefined) return `could not persist the change to ${stateFile()}: ${err}`;
+  if (!stateLog.flush()) return `could not persist the change to ${stateFile()}: flush failed`;
+  return undefined;
+}
+
+// ---------------------------------------------------------------- write lock
+
+const LOCK_KEY = "admin_write_lock";
+
+/**
+ * Runs `fn` with the Admin API's write lock held (one writer across all workers) after
+ * adopting the latest published config, so concurrent changes never lose one another.
+ */
+export function withWriteLock<T>(this: void, fn: (this: void) => T): LuaMultiReturn<[T | undefined, string | undefined]> {
+  const deadline = ngx.now() + 10;
+  for (;;) {
+    const [acquired] = dict().add(LOCK_KEY, ngx.worker.pid(), 30);
+    if (acquired) break;
+    if (ngx.now() > deadline) return $multi(undefined, "timed out waiting for another Admin API change to finish");
+    ngx.sleep(0.005);
+    ngx.update_time();
+  }
+  sync();
+  const [ok, result] = xpcall(fn, debug.traceback);
+  dict().delete(LOCK_KEY);
+  if (!ok) return $multi(undefined, tostring(result));
+  return $multi(result as T, undefined);
 }

@@ -428,6 +428,8 @@ function checkValue(ctx: Ctx, field: FieldDef, value: unknown, path: string, req
       addError(ctx, path, kind === "number" ? "expected a number" : kind === "string" ? "expected a string" : "expected a boolean");
       return value;
     }
+    // A vault reference stands for a value only known when it is resolved: no validators.
+    if (kind === "string" && field.referenceable === true && isReference(value)) return value;
   } else {
     addError(ctx, path, "invalid type: " + tostring(kind));
     return value;
@@ -830,4 +832,75 @@ export function formatErrors(errors: FieldErrors): string {
     else parts[parts.length] = k + ": " + message;
   }
   return concat(parts, "; ");
+}
+
+// Vault references -----------------------------------------------------------------------
+
+/** Kong's kong.vault.is_reference: "{vault://...}". */
+export function isReference(value: unknown): boolean {
+  return type(value) === "string" && sub(value as string, 1, 9) === "{vault://" && sub(value as string, -1) === "}";
+}
+
+type Deref = (this: void, reference: string) => string;
+
+function resolveIn(fields: SchemaFieldEntry[], record: Table, deref: Deref): void {
+  let refs: Table | undefined;
+  for (const entry of fields) {
+    for (const [name, def] of pairs(entry)) {
+      const field = def as FieldDef;
+      const value = record.get(name);
+      if (type(value) === "string") {
+        if (field.type === "string" && field.referenceable === true && isReference(value)) {
+          refs = refs ?? new LuaTable();
+          refs.set(name, value);
+          record.set(name, deref(value as string));
+        }
+      } else if (type(value) === "table") {
+        const inner = field.type === "array" || field.type === "set" ? field.elements : field.type === "map" ? field.values : undefined;
+        if (field.type === "record") {
+          resolveIn(field.fields ?? [], value as Table, deref);
+        } else if (inner !== undefined && inner.type === "string" && inner.referenceable === true) {
+          for (const [k, v] of pairs(value as Table)) {
+            if (!isReference(v)) continue;
+            refs = refs ?? new LuaTable();
+            const at = (refs.get(name) as Table | undefined) ?? new LuaTable();
+            refs.set(name, at);
+            at.set(k, v);
+            (value as Table).set(k, deref(v as string));
+          }
+        }
+      }
+    }
+  }
+  if (refs !== undefined) record.set("$refs", refs);
+}
+
+/**
+ * As Kong does when it reads a plugin: every vault reference in a referenceable string
+ * field (or array, set or map of them) of a validated entity is replaced by `deref(ref)`,
+ * and the record that held it keeps the reference under "$refs" (in place).
+ */
+export function resolveReferences(schema: KongPluginSchema, entity: Table, deref: Deref): void {
+  resolveIn(pluginFields(schema), entity, deref);
+}
+
+/** A copy with the references put back where resolveReferences replaced them ("$refs" gone). */
+export function withReferences(value: unknown): unknown {
+  if (type(value) !== "table") return value;
+  const out = new LuaTable<AnyNotNil, unknown>();
+  for (const [k, v] of pairs(value as Table)) if (k !== "$refs") out.set(k, withReferences(v));
+  const refs = (value as Table).get("$refs");
+  if (type(refs) === "table") {
+    for (const [k, ref] of pairs(refs as Table)) {
+      if (type(ref) !== "table") {
+        out.set(k, ref);
+        continue;
+      }
+      const inner = out.get(k) as Table | undefined;
+      if (inner !== undefined) for (const [i, r] of pairs(ref as Table)) inner.set(i, r);
+    }
+  }
+  const mt = getmetatable(value as object);
+  if (mt !== undefined) setmetatable(out, mt as LuaMetatable<Table>);
+  return out;
 }

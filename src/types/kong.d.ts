@@ -80,6 +80,12 @@ declare interface KongRequestApi {
   get_port(): number;
   /** Phases: rewrite, access, response, admin_api. */
   get_raw_body(): LuaMultiReturn<[string | undefined, string | undefined]>;
+  /**
+   * Phases: rewrite, access, response, admin_api. The body parsed by MIME type
+   * (application/x-www-form-urlencoded, application/json, multipart/form-data): the
+   * table, or nil plus an error; the third value is the MIME type used.
+   */
+  get_body(mimetype?: string, max_args?: number): LuaMultiReturn<[LuaTable<string, unknown> | undefined, string | undefined, string | undefined]>;
 }
 
 /** @noSelf */
@@ -121,6 +127,8 @@ declare interface KongServiceRequestApi {
   set_raw_query(query: string): void;
   /** Phases: rewrite, access. */
   set_path(path: string): void;
+  /** Phases: rewrite, access. Replaces the body sent upstream (Content-Length follows). */
+  set_raw_body(body: string): void;
 }
 
 /** @noSelf */

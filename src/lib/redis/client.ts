@@ -40,11 +40,19 @@ const poolNames = setmetatable(new LuaTable<RedisConf, string>(), { __mode: "k" 
 export function poolName(this: void, conf: RedisConf): string {
   const cached = poolNames.get(conf);
   if (cached !== undefined) return cached;
-  const credentials = conf.password !== undefined ? string.sub(ngx.md5(`${conf.username ?? ""}\0${conf.password}`), 1, 16) : "-";
-  const tls = conf.ssl ? `tls${conf.ssl_verify ? "v" : ""}:${conf.server_name ?? ""}` : "plain";
+  const credentials = hasText(conf.password) ? string.sub(ngx.md5(`${conf.username ?? ""}\0${conf.password}`), 1, 16) : "-";
+  const tls = conf.ssl ? `tls${conf.ssl_verify ? "v" : ""}:${hasText(conf.server_name) ? conf.server_name : ""}` : "plain";
   const name = `krs:${conf.host}:${conf.port}:${conf.database}:${tls}:${credentials}`;
   poolNames.set(conf, name);
   return name;
+}
+
+/**
+ * An optional string field is set only when it is a non-empty string: Kong may hand
+ * unset fields over as ngx.null, and turns an unresolvable vault reference into "".
+ */
+function hasText(this: void, value: string | undefined): value is string {
+  return type(value) === "string" && value !== "";
 }
 
 function send(this: void, red: RestyRedis, command: string, argv: (string | number)[]): RedisResult {
@@ -75,11 +83,11 @@ export function connect(this: void, conf: RedisConf): LuaMultiReturn<[RestyRedis
     // Done on the socket so it works with Debian's lua-resty-redis 0.27, whose connect()
     // has no ssl option, and with Kong's newer one alike.
     const sock = (red as RestyRedisWithSock)._sock!;
-    const [session, sslErr] = sock.sslhandshake(undefined, conf.server_name ?? conf.host, conf.ssl_verify);
+    const [session, sslErr] = sock.sslhandshake(undefined, hasText(conf.server_name) ? conf.server_name : conf.host, conf.ssl_verify);
     if (session === undefined) return fail(red, pool, `TLS handshake with redis at ${conf.host}:${conf.port} failed: ${sslErr}`);
   }
-  if (conf.password !== undefined) {
-    const argv: (string | number)[] = conf.username !== undefined ? [conf.username, conf.password] : [conf.password];
+  if (hasText(conf.password)) {
+    const argv: (string | number)[] = hasText(conf.username) ? [conf.username, conf.password] : [conf.password];
     const [res, authErr] = send(red, "auth", argv);
     if (res === undefined) return fail(red, pool, `redis AUTH failed: ${authErr}`);
     if (res === false) {
