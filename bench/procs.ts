@@ -2,7 +2,7 @@
 // the cleanup that stops every one of them, also on Ctrl-C or an error.
 
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
 import path from "node:path";
@@ -148,6 +148,9 @@ export async function startNginxUpstream(nginx: string, template: string, dir: s
   const port = await freePort();
   mkdirSync(path.join(dir, "logs"), { recursive: true });
   mkdirSync(path.join(dir, "tmp"), { recursive: true });
+  // When the harness runs as root, nginx's workers run as `nobody`: they must be able to
+  // reach the prefix to write the proxy_cache files (the run's temp dir is 0700).
+  chmodSync(path.dirname(dir), 0o711);
   const conf = readFileSync(template, "utf8").replaceAll("{{LISTEN}}", `127.0.0.1:${port}`);
   writeFileSync(path.join(dir, "nginx.conf"), conf);
 

@@ -36,6 +36,8 @@ export interface RouteEntry {
 }
 
 export interface PluginEntry {
+  /** An explicit id (otherwise the gateway derives one from the plugin's name and scope). */
+  id?: string;
   name: string;
   config?: Record<string, unknown>;
   enabled?: boolean;
@@ -93,6 +95,39 @@ export function oneService(
   return config;
 }
 
+const RATE_LIMIT_ID = "5f0c6a2e-3b7d-4c1e-9a84-6d2f1b7e0c93";
+
+/** Uses up the hour's limit of 1 for wrk's client IP, through the plugin's own script, as a first request would. */
+async function useUpRateLimit(env: BenchEnv): Promise<void> {
+  const { readFileSync } = await import("node:fs");
+  const { Redis } = await import("ioredis");
+  const source = readFileSync(new URL("../redis-lua/rate-limit-1.lua", import.meta.url), "utf8");
+  const hour = 3_600_000;
+  const now = Date.now();
+  const start = now - (now % hour);
+  const redis = new Redis({ port: env.redisPort });
+  try {
+    const key = `krs:redis-rate-limit:v1:{${RATE_LIMIT_ID}:ip:127.0.0.1}`;
+    await redis.eval(source, 1, key, now, "sliding", 3 * hour, 1, "hour", 1, start, hour, start - hour, hour);
+  } finally {
+    redis.disconnect();
+  }
+}
+
+/** The key of the key-auth scenario: fixed (wrk sends it), created by its setup with the CLI's code. */
+const BENCH_API_KEY = "krs-bench-key".padEnd(43, "0");
+
+async function createBenchKey(env: BenchEnv): Promise<void> {
+  const { Redis } = await import("ioredis");
+  const { createKey, withScripts } = await import("../src/cli/keys.js");
+  const redis = withScripts(new Redis({ port: env.redisPort }));
+  try {
+    await createKey(redis, { consumer: "bench" }, { key: BENCH_API_KEY });
+  } finally {
+    redis.disconnect();
+  }
+}
+
 export const SCENARIOS: Scenario[] = [
   {
     name: "upstream-direct",
@@ -105,6 +140,83 @@ export const SCENARIOS: Scenario[] = [
     description: "through the local gateway, one service and route, no plugins",
     target: "gateway",
     config: (env) => oneService(env),
+    path: "/",
+    baseline: "upstream-direct",
+  },
+  {
+    name: "rate-limit-under-limit",
+    description: "redis-rate-limit (sliding window), limit never reached: one EVALSHA per request",
+    target: "gateway",
+    needsRedis: true,
+    config: (env) => oneService(env, { plugins: [{ name: "redis-rate-limit", config: { minute: 1_000_000_000, redis: { port: env.redisPort } } }] }),
+    path: "/",
+    baseline: "gateway-no-plugins",
+  },
+  {
+    name: "rate-limit-rejecting",
+    description: "redis-rate-limit, limit used up before the run: 429s, from each worker's cache after its first",
+    target: "gateway",
+    needsRedis: true,
+    config: (env) => oneService(env, { plugins: [{ id: RATE_LIMIT_ID, name: "redis-rate-limit", config: { hour: 1, redis: { port: env.redisPort } } }] }),
+    setup: useUpRateLimit,
+    path: "/",
+    expectStatus: 429,
+    baseline: "gateway-no-plugins",
+  },
+  {
+    name: "key-auth-warm",
+    description: "redis-key-auth, one valid key in a header, warm worker cache: no Redis call per request",
+    target: "gateway",
+    needsRedis: true,
+    config: (env) =>
+      oneService(env, {
+        plugins: [{ name: "redis-key-auth", config: { redis: { port: env.redisPort } } }],
+        consumers: [{ username: "bench" }],
+      }),
+    setup: createBenchKey,
+    headers: { apikey: BENCH_API_KEY },
+    path: "/",
+    baseline: "gateway-no-plugins",
+  },
+  {
+    name: "cache-l1-hit",
+    description: "redis-cache, one cached response served from the worker's L1 (no Redis call per request)",
+    target: "gateway",
+    needsRedis: true,
+    config: (env) => oneService(env, { plugins: [{ name: "redis-cache", config: { redis: { port: env.redisPort } } }] }),
+    path: "/",
+    baseline: "gateway-no-plugins",
+  },
+  {
+    name: "cache-l2-hit",
+    description: "redis-cache with L1 disabled (l1_ttl 0): every hit is one Redis round trip (generation + lookup script)",
+    target: "gateway",
+    needsRedis: true,
+    config: (env) => oneService(env, { plugins: [{ name: "redis-cache", config: { l1_ttl: 0, redis: { port: env.redisPort } } }] }),
+    path: "/",
+    baseline: "gateway-no-plugins",
+  },
+  {
+    name: "cache-miss",
+    description: "redis-cache, a new key per request (unique query): lookup + fill lock, upstream, store and unlock from a timer",
+    target: "gateway",
+    needsRedis: true,
+    config: (env) => oneService(env, { plugins: [{ name: "redis-cache", config: { cache_ttl: 10, redis: { port: env.redisPort } } }] }),
+    path: "/",
+    // Every wrk thread numbers its requests; thread ids keep the threads apart.
+    wrkLua: [
+      "local threads = 0",
+      "function setup(thread) threads = threads + 1; thread:set(\"tid\", threads) end",
+      "local n = 0",
+      "function request() n = n + 1; return wrk.format(nil, \"/?miss=\" .. tid .. \"-\" .. n) end",
+    ].join("\n"),
+    baseline: "gateway-no-plugins",
+  },
+  {
+    name: "nginx-proxy-cache-hit",
+    description: "nginx's own proxy_cache serving hits (a server block of the upstream nginx, 1 worker, selected by Host)",
+    target: "upstream",
+    headers: { Host: "proxy-cache.bench" },
     path: "/",
     baseline: "upstream-direct",
   },

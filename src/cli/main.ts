@@ -1,12 +1,18 @@
 /** `krs`: the kong-redis-suite command line. */
 import { UsageError } from "./args.js";
+import { cacheCommand } from "./cache.js";
 import { GatewayError, gatewayCommand } from "./gateway.js";
+import { keysCommand } from "./keys.js";
 import { upstreamCommand } from "./upstream.js";
 
 const USAGE = `usage: krs <command> ...
   krs gateway start --config FILE --prefix DIR [--proxy HOST:PORT] [--admin HOST:PORT] [--workers N]
   krs gateway stop --prefix DIR
-  krs upstream [--port P] [--host H]      demo upstream (httpbin-like)`;
+  krs upstream [--port P] [--host H]      demo upstream (httpbin-like)
+  krs keys create --consumer USERNAME [--consumer-id ID] [--custom-id ID] [--ttl SECONDS] [--redis URL]
+  krs keys revoke KEY_OR_ID [--redis URL]
+  krs keys list [--consumer USERNAME] [--json] [--redis URL]
+  krs cache purge [KEY] [--redis URL]     drop one redis-cache entry (an X-Cache-Key), or all of them`;
 
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -16,6 +22,10 @@ export async function main(argv: string[]): Promise<number> {
         return await gatewayCommand(rest);
       case "upstream":
         return await upstreamCommand(rest);
+      case "cache":
+        return await cacheCommand(rest);
+      case "keys":
+        return await keysCommand(rest);
       case undefined:
       case "help":
       case "--help":

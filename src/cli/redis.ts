@@ -1,79 +1,71 @@
 /**
  * Node-side access to the suite's Redis data, for the CLI and the tests: the same
- * redis-lua/ script files the plugins embed (one source of truth), loaded into ioredis,
- * and `redis://` URLs parsed the way the CLI documents them.
+ * redis-lua/ script files the plugins embed (one source of truth), defined on ioredis
+ * connections, and one way to connect from a `--redis` URL.
  */
-import { createHash } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { Redis, type RedisOptions } from "ioredis";
+import { Redis } from "ioredis";
 import { UsageError } from "./args.js";
 import { suiteRoot } from "./paths.js";
+
+export const DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0";
+export const REDIS_URL_HELP = `redis://[user:pass@]host:port/db or rediss://… (TLS); default $KRS_REDIS_URL, else ${DEFAULT_REDIS_URL}`;
+
+/** Redis could not be reached; the message never contains the password. */
+export class RedisConnectError extends Error {}
 
 export interface ScriptFile {
   /** File name without `-<numKeys>.lua`, as the Lua side names it. */
   name: string;
   numberOfKeys: number;
   lua: string;
-  sha1: string;
 }
 
-/** Every redis-lua/<name>-<numKeys>.lua, by name. */
-export function loadScripts(root = suiteRoot()): Map<string, ScriptFile> {
-  const dir = join(root, "redis-lua");
-  const scripts = new Map<string, ScriptFile>();
-  for (const file of readdirSync(dir).sort()) {
-    const m = /^(.*)-(\d+)\.lua$/.exec(file);
-    if (!m) continue;
-    const lua = readFileSync(join(dir, file), "utf8");
-    scripts.set(m[1], { name: m[1], numberOfKeys: Number(m[2]), lua, sha1: createHash("sha1").update(lua).digest("hex") });
-  }
-  return scripts;
-}
-
-/** One script file by name; throws when there is none. */
+/** One script of redis-lua/ by name (`key-auth-create` → key-auth-create-3.lua). */
 export function loadScript(name: string, root = suiteRoot()): ScriptFile {
-  const script = loadScripts(root).get(name);
-  if (script === undefined) throw new Error(`no script redis-lua/${name}-<n>.lua`);
-  return script;
-}
-
-/** Runs a redis-lua script through ioredis (EVALSHA with EVAL fallback, as ioredis does). */
-export async function runScript(redis: Redis, script: ScriptFile, keys: string[], args: (string | number)[]): Promise<unknown> {
-  if (keys.length !== script.numberOfKeys) throw new Error(`${script.name} takes ${script.numberOfKeys} keys, got ${keys.length}`);
-  const command = `krs_${script.name.replace(/\W/g, "_")}`;
-  const withCommand = redis as Redis & Record<string, unknown>;
-  if (typeof withCommand[command] !== "function") redis.defineCommand(command, { numberOfKeys: script.numberOfKeys, lua: script.lua });
-  return (withCommand[command] as (...a: (string | number)[]) => Promise<unknown>)(...keys, ...args);
-}
-
-/** `redis://[user:pass@]host:port/db` (or `rediss://` for TLS) → ioredis options. */
-export function parseRedisUrl(url: string): RedisOptions {
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch {
-    throw new UsageError(`--redis: not a URL: ${url}`);
+  const dir = join(root, "redis-lua");
+  for (const file of readdirSync(dir)) {
+    const m = /^(.*)-(\d+)\.lua$/.exec(file);
+    if (m && m[1] === name) return { name, numberOfKeys: Number(m[2]), lua: readFileSync(join(dir, file), "utf8") };
   }
-  if (parsed.protocol !== "redis:" && parsed.protocol !== "rediss:") throw new UsageError(`--redis: expected redis:// or rediss://, got ${parsed.protocol}//`);
-  const db = parsed.pathname.replace(/^\//, "");
-  if (db !== "" && !/^\d+$/.test(db)) throw new UsageError(`--redis: database must be a number, got '${db}'`);
-  return {
-    host: parsed.hostname || "127.0.0.1",
-    port: parsed.port !== "" ? Number(parsed.port) : 6379,
-    username: parsed.username !== "" ? decodeURIComponent(parsed.username) : undefined,
-    password: parsed.password !== "" ? decodeURIComponent(parsed.password) : undefined,
-    db: db !== "" ? Number(db) : 0,
-    tls: parsed.protocol === "rediss:" ? {} : undefined,
-    lazyConnect: true,
-    maxRetriesPerRequest: 1,
-    connectTimeout: 5000,
-  };
+  throw new Error(`no script redis-lua/${name}-<numKeys>.lua`);
 }
 
-/** A connected client for a `--redis` URL (default redis://127.0.0.1:6379/0). */
-export async function connectRedis(url = process.env.KRS_REDIS_URL ?? "redis://127.0.0.1:6379/0"): Promise<Redis> {
-  const redis = new Redis(parseRedisUrl(url));
-  await redis.connect();
+/**
+ * Defines redis-lua scripts as ioredis commands (EVALSHA, EVAL on NOSCRIPT): for each
+ * `[command, script]` pair, `redis[command](...keys, ...args)` runs that script.
+ */
+export function defineScripts<T extends object>(redis: Redis, scripts: Record<keyof T & string, string>): Redis & T {
+  for (const [command, name] of Object.entries(scripts) as [string, string][]) {
+    const script = loadScript(name);
+    redis.defineCommand(command, { numberOfKeys: script.numberOfKeys, lua: script.lua });
+  }
+  return redis as Redis & T;
+}
+
+/** The URL without its password, for messages. */
+export function redactedUrl(url: string): string {
+  return url.replace(/^(rediss?:\/\/)([^@/]*)@/, (_, scheme: string, auth: string) => `${scheme}${auth.includes(":") ? auth.split(":")[0] + ":***" : "***"}@`);
+}
+
+/** The `--redis` flag, else $KRS_REDIS_URL, else the default. */
+export function redisUrlFrom(flag: string | undefined): string {
+  return flag ?? process.env.KRS_REDIS_URL ?? DEFAULT_REDIS_URL;
+}
+
+/** One connection that fails fast and clearly (no retries, no offline queue) instead of retrying forever. */
+export async function connectRedis(url: string): Promise<Redis> {
+  if (!/^rediss?:\/\//.test(url)) throw new UsageError(`--redis: expected redis://[user:pass@]host:port/db, got '${url}'`);
+  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 5000, enableOfflineQueue: false });
+  // connect() only says "Connection is closed"; the reason comes as an error event.
+  let reason: Error | undefined;
+  redis.on("error", (e: Error) => (reason = e));
+  try {
+    await redis.connect();
+  } catch (e) {
+    redis.disconnect();
+    throw new RedisConnectError(`could not connect to redis at ${redactedUrl(url)}: ${(reason ?? (e as Error)).message}`);
+  }
   return redis;
 }

@@ -1,0 +1,653 @@
+/**
+ * redis-key-auth through the local gateway, against real redis-server processes: Kong
+ * key-auth's responses and headers, hide_credentials, anonymous, run_on_preflight,
+ * expiry, revocation reaching a second gateway within a second, Redis down with and
+ * without a cached key, keys with odd bytes, the worker cache (zero Redis calls when
+ * warm), the Admin API, the `krs keys` CLI, and subscribers following config changes.
+ */
+import { spawn, spawnSync } from "node:child_process";
+import { request as httpRequest } from "node:http";
+import { join } from "node:path";
+import { Redis } from "ioredis";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createKey, revokeKey, withScripts, type KeysRedis } from "../../src/cli/keys.js";
+import { ROOT, gateway, getJson, startRedis, stopAll, tempDir, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
+
+const ALICE = "8a6a4f9e-1d1b-4a53-9d07-0a1f2b3c4d01";
+const BOB = "8a6a4f9e-1d1b-4a53-9d07-0a1f2b3c4d02";
+const ANON = "8a6a4f9e-1d1b-4a53-9d07-0a1f2b3c4d03";
+const CHANNEL = "krs:redis-key-auth:v1:invalidations";
+/** Lines every gateway here may log: Redis stopped on purpose, config changes. */
+const EXPECTED_REDIS_ERRORS = [/\[redis-key-auth\] redis unavailable/, /\[redis-key-auth:subscriber\] invalidation subscriber/];
+
+let upstreamUrl: string;
+let redisServer: RedisServer;
+let redis: KeysRedis;
+let gw: TestGateway;
+let gw2: TestGateway;
+const createdKeys: string[] = [];
+
+const consumers = [
+  { id: ALICE, username: "alice", custom_id: "alice-cid" },
+  { id: BOB, username: "bob" },
+  { id: ANON, username: "anonymous-user" },
+];
+
+function plugin(redisPort: number, config: Record<string, unknown> = {}) {
+  return { name: "redis-key-auth", config: { redis: { port: redisPort }, ...config } };
+}
+
+function mainConfig(redisPort: number) {
+  const route = (name: string, config: Record<string, unknown> = {}) => ({ name, paths: [`/${name}`], plugins: [plugin(redisPort, config)] });
+  return {
+    _format_version: "3.0",
+    services: [{
+      name: "svc",
+      url: upstreamUrl,
+      routes: [
+        route("auth"),
+        route("hide", { hide_credentials: true }),
+        route("body", { key_in_body: true, key_in_header: false, key_in_query: false, hide_credentials: true }),
+        route("anon", { anonymous: "anonymous-user" }),
+        route("anon-id", { anonymous: ANON }),
+        route("preflight", { run_on_preflight: false }),
+        route("realm", { realm: 'my "special" realm' }),
+        route("named", { key_names: ["X-Team-Key"], key_in_query: false }),
+        route("longcache", { cache_ttl: 300 }),
+        { name: "open", paths: ["/open"] },
+      ],
+    }],
+    consumers,
+  };
+}
+
+async function newKey(input: { consumer?: string; consumerId?: string; ttl?: number } = {}): Promise<{ id: string; key: string; expiresAt: number }> {
+  const created = await createKey(redis, { consumer: input.consumer ?? "alice", consumerId: input.consumerId, ttl: input.ttl });
+  createdKeys.push(created.key);
+  return created;
+}
+
+interface Raw {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: string;
+  json(): any;
+}
+
+/** node:http, so a header can be sent twice and carry raw bytes; a fresh connection each time. */
+function raw(url: string, opts: { method?: string; headers?: Record<string, string | string[]>; body?: string } = {}): Promise<Raw> {
+  return new Promise((res, rej) => {
+    const req = httpRequest(url, { method: opts.method ?? "GET", agent: false }, (r) => {
+      const chunks: Buffer[] = [];
+      r.on("data", (c: Buffer) => chunks.push(c));
+      r.on("end", () => {
+        const body = Buffer.concat(chunks).toString("utf8");
+        res({ status: r.statusCode ?? 0, headers: r.headers, body, json: () => JSON.parse(body) });
+      });
+    });
+    req.on("error", rej);
+    for (const [name, value] of Object.entries(opts.headers ?? {})) req.setHeader(name, value);
+    if (opts.body !== undefined) req.write(opts.body);
+    req.end();
+  });
+}
+
+async function hgetallCalls(r: Redis): Promise<number> {
+  const stats = await r.info("commandstats");
+  const m = /cmdstat_hgetall:calls=(\d+)/.exec(stats);
+  return m ? Number(m[1]) : 0;
+}
+
+async function subscribers(r: Redis): Promise<number> {
+  return Number(((await r.pubsub("NUMSUB", CHANNEL)) as [string, number])[1]);
+}
+
+/**
+ * Until `n` workers listen for invalidations. A worker drops its cache when its
+ * subscription comes up, so tests that count on a cached key wait for this first.
+ */
+async function subscribed(r: Redis, n: number): Promise<void> {
+  await waitFor(`${n} subscribed workers`, async () => (await subscribers(r)) >= n, 5000);
+}
+
+async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: number): Promise<number> {
+  const started = Date.now();
+  while (Date.now() - started < timeoutMs) {
+    if (await check()) return Date.now() - started;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+}
+
+beforeAll(async () => {
+  const up = await upstream();
+  upstreamUrl = `http://127.0.0.1:${up.port}`;
+  redisServer = await startRedis();
+  redis = withScripts(new Redis({ port: redisServer.port }));
+  [gw, gw2] = await Promise.all([
+    gateway(mainConfig(redisServer.port), { logLevel: "info" }),
+    gateway(mainConfig(redisServer.port)),
+  ]);
+  await subscribed(redis, 4);
+});
+
+afterAll(async () => {
+  // The key never appears in a log line, whatever happened above.
+  for (const g of [gw, gw2]) {
+    if (g === undefined) continue;
+    const log = g.errorLog().join("\n");
+    for (const key of createdKeys) expect(log).not.toContain(key);
+  }
+  redis?.disconnect();
+  await stopAll();
+});
+
+describe("refusals (Kong key-auth's messages and WWW-Authenticate)", () => {
+  it("no key: 401 No API key found in request", async () => {
+    const res = await getJson(`${gw.proxyUrl}/auth/anything`);
+    expect(res.status).toBe(401);
+    expect(res.body).toEqual({ message: "No API key found in request" });
+    expect(res.headers.get("www-authenticate")).toBe('Key realm="kong"');
+    const empty = await getJson(`${gw.proxyUrl}/auth/anything`, { headers: { apikey: "" } });
+    expect(empty.status).toBe(401);
+    expect(empty.body).toEqual({ message: "No API key found in request" });
+  });
+
+  it("unknown key: 401 Unauthorized", async () => {
+    const res = await getJson(`${gw.proxyUrl}/auth/anything`, { headers: { apikey: "A".repeat(43) } });
+    expect(res.status).toBe(401);
+    expect(res.body).toEqual({ message: "Unauthorized" });
+    expect(res.headers.get("www-authenticate")).toBe('Key realm="kong"');
+  });
+
+  it("the same key name twice: 401 Duplicate API key found (header or query)", async () => {
+    const { key } = await newKey();
+    const headers = await raw(`${gw.proxyUrl}/auth/anything`, { headers: { apikey: [key, "B".repeat(43)] } });
+    expect(headers.status).toBe(401);
+    expect(headers.json()).toEqual({ message: "Duplicate API key found" });
+    expect(headers.headers["www-authenticate"]).toBe('Key realm="kong"');
+    const query = await getJson(`${gw.proxyUrl}/auth/anything?apikey=${key}&apikey=other`);
+    expect(query.status).toBe(401);
+    expect(query.body).toEqual({ message: "Duplicate API key found" });
+  });
+
+  it("the realm is configurable and quoted", async () => {
+    const res = await getJson(`${gw.proxyUrl}/realm/anything`);
+    expect(res.headers.get("www-authenticate")).toBe('Key realm="my \\"special\\" realm"');
+  });
+
+  it("keys with odd bytes get 401, never 500", async () => {
+    const utf8AsLatin1 = Buffer.from("ключ-🔑-キー", "utf8").toString("latin1");
+    const headerValues = ["x".repeat(4000), utf8AsLatin1, "{abc}:def", "{".repeat(43), ":".repeat(43), "a\tb", "é".repeat(43)];
+    for (const value of headerValues) {
+      const res = await raw(`${gw.proxyUrl}/auth/anything`, { headers: { apikey: value } });
+      expect(res.status, JSON.stringify(value)).toBe(401);
+      expect(res.json()).toEqual({ message: "Unauthorized" });
+    }
+    const queryValues = ["%0A", "abc%0Adef", "%7B%7D%3A", "%00", "%FF%FE", "x".repeat(3000), `${"A".repeat(42)}%0A`, "%E3%82%AD%E3%83%BC"];
+    for (const value of queryValues) {
+      const res = await raw(`${gw.proxyUrl}/auth/anything?apikey=${value}`);
+      expect(res.status, value).toBe(401);
+      expect(res.json()).toEqual({ message: "Unauthorized" });
+    }
+    for (const body of [{ apikey: "line\nbreak{:}" }, { apikey: "\u0000".repeat(43) }, { apikey: "🔑".repeat(20) }]) {
+      const res = await raw(`${gw.proxyUrl}/body/anything`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+      expect(res.status).toBe(401);
+      expect(res.json()).toEqual({ message: "Unauthorized" });
+    }
+    // Neither a string nor a repeated field: no key at all, as in Kong.
+    const numeric = await raw(`${gw.proxyUrl}/body/anything`, { method: "POST", headers: { "content-type": "application/json" }, body: '{"apikey": 12345}' });
+    expect(numeric.json()).toEqual({ message: "No API key found in request" });
+    const bare = await raw(`${gw.proxyUrl}/auth/anything?apikey`);
+    expect(bare.json()).toEqual({ message: "No API key found in request" });
+    expect(gw.unexpectedErrors(EXPECTED_REDIS_ERRORS)).toEqual([]);
+  });
+});
+
+describe("authentication", () => {
+  it("a valid key in a header: the consumer's headers upstream, the key's id, not the key", async () => {
+    const { key, id } = await newKey();
+    const res = await getJson(`${gw.proxyUrl}/auth/anything`, { headers: { apikey: key } });
+    expect(res.status).toBe(200);
+    const h = res.body.headers;
+    expect(h["x-consumer-id"]).toBe(ALICE);
+    expect(h["x-consumer-username"]).toBe("alice");
+    expect(h["x-consumer-custom-id"]).toBe("alice-cid");
+    expect(h["x-credential-identifier"]).toBe(id);
+    expect(h["x-anonymous-consumer"]).toBeUndefined();
+    // hide_credentials is off: the key goes on as the client sent it.
+    expect(h.apikey).toBe(key);
+    expect(JSON.stringify(res.headers)).not.toContain(key);
+  });
+
+  it("in the query string, under the second default name, or under a configured name", async () => {
+    const { key, id } = await newKey({ consumer: "bob" });
+    const query = await getJson(`${gw.proxyUrl}/auth/anything?apikey=${key}`);
+    expect(query.status).toBe(200);
+    expect(query.body.headers["x-consumer-username"]).toBe("bob");
+    expect(query.body.headers["x-consumer-custom-id"]).toBeUndefined();
+    expect(query.body.headers["x-credential-identifier"]).toBe(id);
+    const second = await getJson(`${gw.proxyUrl}/auth/anything`, { headers: { "X-API-Key": key } });
+    expect(second.status).toBe(200);
+    const named = await getJson(`${gw.proxyUrl}/named/anything`, { headers: { "x-team-key": key } });
+    expect(named.status).toBe(200);
+    // That route reads headers only.
+    expect((await getJson(`${gw.proxyUrl}/named/anything?X-Team-Key=${key}`)).status).toBe(401);
+  });
+
+  it("client-sent identity headers are replaced", async () => {
+    const { key } = await newKey();
+    const res = await getJson(`${gw.proxyUrl}/auth/anything`, {
+      headers: { apikey: key, "x-consumer-username": "mallory", "x-anonymous-consumer": "true", "x-consumer-id": "forged" },
+    });
+    expect(res.body.headers["x-consumer-username"]).toBe("alice");
+    expect(res.body.headers["x-consumer-id"]).toBe(ALICE);
+    expect(res.body.headers["x-anonymous-consumer"]).toBeUndefined();
+  });
+
+  it("a key pinned to a consumer id follows that id; a consumer Kong does not know is refused", async () => {
+    const pinned = await newKey({ consumer: "alice", consumerId: BOB });
+    const res = await getJson(`${gw.proxyUrl}/auth/anything`, { headers: { apikey: pinned.key } });
+    expect(res.status).toBe(200);
+    expect(res.body.headers["x-consumer-username"]).toBe("bob");
+    const strangerId = await newKey({ consumer: "alice", consumerId: "00000000-0000-4000-8000-000000000000" });
+    expect((await getJson(`${gw.proxyUrl}/auth/anything`, { headers: { apikey: strangerId.key } })).status).toBe(401);
+    const strangerName = await newKey({ consumer: "nobody-in-kong" });
+    const refused = await getJson(`${gw.proxyUrl}/auth/anything`, { headers: { apikey: strangerName.key } });
+    expect(refused.status).toBe(401);
+    expect(refused.body).toEqual({ message: "Unauthorized" });
+  });
+
+  it("hide_credentials: the upstream sees no key in headers or query", async () => {
+    const { key } = await newKey();
+    const header = await getJson(`${gw.proxyUrl}/hide/anything?keep=1`, { headers: { apikey: key } });
+    expect(header.status).toBe(200);
+    expect(header.body.headers.apikey).toBeUndefined();
+    expect(header.body.query).toEqual({ keep: "1" });
+    expect(header.body.headers["x-consumer-username"]).toBe("alice");
+    const query = await getJson(`${gw.proxyUrl}/hide/anything?a=1&apikey=${key}&b=two%20words&a=3`);
+    expect(query.status).toBe(200);
+    expect(query.body.query).toEqual({ a: ["1", "3"], b: "two words" });
+    expect(JSON.stringify(query.body)).not.toContain(key);
+    const other = await getJson(`${gw.proxyUrl}/hide/anything?x-api-key=${key}`);
+    expect(other.status).toBe(200);
+    expect(JSON.stringify(other.body)).not.toContain(key);
+  });
+
+  it("hide_credentials with key_in_body: the key leaves the form or JSON body", async () => {
+    const { key } = await newKey();
+    const form = await raw(`${gw.proxyUrl}/body/anything`, {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded" },
+      body: `apikey=${key}&note=hello`,
+    });
+    expect(form.status).toBe(200);
+    expect(form.json().body).toBe("note=hello");
+    const json = await raw(`${gw.proxyUrl}/body/anything`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ apikey: key, note: "hello" }),
+    });
+    expect(json.status).toBe(200);
+    expect(JSON.parse(json.json().body)).toEqual({ note: "hello" });
+    expect(json.json().headers["x-consumer-username"]).toBe("alice");
+  });
+
+  it("run_on_preflight false: OPTIONS goes through unauthenticated; true (default): refused", async () => {
+    const preflight = await raw(`${gw.proxyUrl}/preflight/anything`, { method: "OPTIONS" });
+    expect(preflight.status).toBe(200);
+    expect(preflight.json().headers["x-consumer-id"]).toBeUndefined();
+    expect((await raw(`${gw.proxyUrl}/preflight/anything`)).status).toBe(401);
+    expect((await raw(`${gw.proxyUrl}/auth/anything`, { method: "OPTIONS" })).status).toBe(401);
+  });
+});
+
+describe("anonymous", () => {
+  it("no key or an invalid key: goes on as the anonymous consumer (by username or id)", async () => {
+    for (const path of ["/anon/anything", "/anon-id/anything"]) {
+      for (const headers of [{}, { apikey: "C".repeat(43) }, { apikey: "{odd}" }] as Record<string, string>[]) {
+        const res = await getJson(`${gw.proxyUrl}${path}`, { headers });
+        expect(res.status).toBe(200);
+        expect(res.body.headers["x-anonymous-consumer"]).toBe("true");
+        expect(res.body.headers["x-consumer-id"]).toBe(ANON);
+        expect(res.body.headers["x-consumer-username"]).toBe("anonymous-user");
+        expect(res.body.headers["x-credential-identifier"]).toBeUndefined();
+      }
+    }
+  });
+
+  it("a valid key: the key's consumer, no anonymous header (even if the client sent one)", async () => {
+    const { key, id } = await newKey();
+    const res = await getJson(`${gw.proxyUrl}/anon/anything`, { headers: { apikey: key, "x-anonymous-consumer": "true" } });
+    expect(res.body.headers["x-consumer-username"]).toBe("alice");
+    expect(res.body.headers["x-credential-identifier"]).toBe(id);
+    expect(res.body.headers["x-anonymous-consumer"]).toBeUndefined();
+  });
+});
+
+describe("expiry", () => {
+  it("a key with a TTL works until it expires, then 401 (the worker cache does not outlive it)", async () => {
+    const { key, expiresAt } = await newKey({ ttl: 2 });
+    expect((await getJson(`${gw.proxyUrl}/longcache/anything`, { headers: { apikey: key } })).status).toBe(200);
+    expect((await getJson(`${gw.proxyUrl}/auth/anything`, { headers: { apikey: key } })).status).toBe(200);
+    const untilExpiry = expiresAt * 1000 - Date.now();
+    expect(untilExpiry).toBeGreaterThan(0);
+    await new Promise((r) => setTimeout(r, untilExpiry + 100));
+    for (const path of ["/longcache/anything", "/auth/anything"]) {
+      const res = await getJson(`${gw.proxyUrl}${path}`, { headers: { apikey: key } });
+      expect(res.status).toBe(401);
+      expect(res.body).toEqual({ message: "Unauthorized" });
+    }
+  });
+});
+
+describe("revocation", () => {
+  async function statuses(g: TestGateway, key: string, n: number): Promise<number[]> {
+    return Promise.all(Array.from({ length: n }, async () => (await raw(`${g.proxyUrl}/longcache/anything`, { headers: { apikey: key } })).status));
+  }
+
+  /** Until every worker of both gateways has the key cached (no more HGETALL for it). */
+  async function warm(key: string): Promise<void> {
+    await waitFor("both gateways to cache the key", async () => {
+      await Promise.all([statuses(gw, key, 10), statuses(gw2, key, 10)]);
+      const before = await hgetallCalls(redis);
+      const all = [...(await statuses(gw, key, 20)), ...(await statuses(gw2, key, 20))];
+      expect(all.every((s) => s === 200)).toBe(true);
+      return (await hgetallCalls(redis)) === before;
+    }, 10_000);
+  }
+
+  async function propagation(key: string, revoke: () => Promise<void>): Promise<number> {
+    await warm(key);
+    await revoke();
+    const started = Date.now();
+    // cache_ttl is 300 s on this route: only the invalidation can make these 401 in time.
+    await waitFor("every worker of both gateways to refuse the key", async () => {
+      const all = [...(await statuses(gw, key, 8)), ...(await statuses(gw2, key, 8))];
+      return all.every((s) => s === 401);
+    }, 1000);
+    const elapsed = Date.now() - started;
+    const after = [...(await statuses(gw, key, 20)), ...(await statuses(gw2, key, 20))];
+    expect(after.every((s) => s === 401)).toBe(true);
+    return elapsed;
+  }
+
+  it("revoked from the CLI side (by key): refused on every worker of a second gateway within a second", async () => {
+    const { key } = await newKey();
+    const elapsed = await propagation(key, async () => {
+      expect(await revokeKey(redis, key)).toBeDefined();
+    });
+    console.log(`revocation (CLI, by key) seen by every worker of 2 gateways after ${elapsed} ms`);
+    expect(elapsed).toBeLessThan(1000);
+  });
+
+  it("revoked through the Admin API (by id): refused everywhere within a second", async () => {
+    const { key, id } = await newKey();
+    const elapsed = await propagation(key, async () => {
+      const res = await fetch(`${gw.adminUrl}/redis-key-auth/keys/${id}`, { method: "DELETE" });
+      expect(res.status).toBe(204);
+    });
+    console.log(`revocation (Admin API, by id) seen by every worker of 2 gateways after ${elapsed} ms`);
+    expect(elapsed).toBeLessThan(1000);
+  });
+});
+
+describe("worker cache", () => {
+  it("warm: zero Redis calls per request; one lookup for a burst of misses; unknown keys cached for negative_cache_ttl", async () => {
+    const r2 = await startRedis();
+    const admin = new Redis({ port: r2.port });
+    const keys2 = withScripts(new Redis({ port: r2.port }));
+    const one = await gateway({
+      _format_version: "3.0",
+      services: [{ name: "svc", url: upstreamUrl, routes: [{ name: "auth", paths: ["/auth"], plugins: [plugin(r2.port, { cache_ttl: 60 })] }] }],
+      consumers,
+    }, { workers: 1 });
+    await subscribed(admin, 1);
+    const { key } = await createKey(keys2, { consumer: "alice" });
+    createdKeys.push(key);
+    expect((await getJson(`${one.proxyUrl}/auth/anything`, { headers: { apikey: key } })).status).toBe(200);
+    await admin.config("RESETSTAT");
+    const results = await Promise.all(Array.from({ length: 200 }, async () => (await raw(`${one.proxyUrl}/auth/anything`, { headers: { apikey: key } })).status));
+    expect(results.every((s) => s === 200)).toBe(true);
+    const stats = await admin.info("commandstats");
+    const calls = [...stats.matchAll(/cmdstat_([a-z|]+):calls=(\d+)/g)].filter(([, name]) => !["config|resetstat", "info", "ping"].includes(name));
+    expect(calls).toEqual([]);
+
+    // A burst of requests missing the same key: one lookup, the others wait for it.
+    const { key: fresh } = await createKey(keys2, { consumer: "bob" });
+    createdKeys.push(fresh);
+    await admin.config("RESETSTAT");
+    const burst = await Promise.all(Array.from({ length: 50 }, async () => (await raw(`${one.proxyUrl}/auth/anything`, { headers: { apikey: fresh } })).json().headers["x-consumer-username"]));
+    expect(burst.every((u) => u === "bob")).toBe(true);
+    expect(await hgetallCalls(admin)).toBe(1);
+
+    const unknown = "U".repeat(43);
+    await admin.config("RESETSTAT");
+    for (let i = 0; i < 5; i++) expect((await raw(`${one.proxyUrl}/auth/anything`, { headers: { apikey: unknown } })).status).toBe(401);
+    expect(await hgetallCalls(admin)).toBe(1);
+    await new Promise((r) => setTimeout(r, 1100));
+    expect((await raw(`${one.proxyUrl}/auth/anything`, { headers: { apikey: unknown } })).status).toBe(401);
+    expect(await hgetallCalls(admin)).toBe(2);
+    admin.disconnect();
+    keys2.disconnect();
+    expect(one.unexpectedErrors()).toEqual([]);
+  });
+});
+
+describe("Redis down", () => {
+  it("fail closed: cached keys keep working (even past cache_ttl), others get 500; back up: the cache is dropped", async () => {
+    const r3 = await startRedis();
+    const port = r3.port;
+    const keys3 = withScripts(new Redis({ port, maxRetriesPerRequest: 0 }));
+    keys3.on("error", () => undefined);
+    const down = await gateway({
+      _format_version: "3.0",
+      services: [{
+        name: "svc",
+        url: upstreamUrl,
+        routes: [
+          { name: "closed", paths: ["/closed"], plugins: [plugin(port, { cache_ttl: 1, redis: { port, timeout: 500 } })] },
+          { name: "open", paths: ["/open"], plugins: [plugin(port, { fault_tolerant: true, redis: { port, timeout: 500 } })] },
+        ],
+      }],
+      consumers,
+    }, { workers: 1 });
+    await subscribed(keys3, 1);
+    const { key } = await createKey(keys3, { consumer: "alice" });
+    createdKeys.push(key);
+    const other = await createKey(keys3, { consumer: "bob" });
+    createdKeys.push(other.key);
+    expect((await getJson(`${down.proxyUrl}/closed/anything`, { headers: { apikey: key } })).status).toBe(200);
+    keys3.disconnect();
+    await r3.stop();
+
+    const cached = await getJson(`${down.proxyUrl}/closed/anything`, { headers: { apikey: key } });
+    expect(cached.status).toBe(200);
+    expect(cached.body.headers["x-consumer-username"]).toBe("alice");
+    await new Promise((r) => setTimeout(r, 1300));
+    // Past cache_ttl: Redis cannot be asked, the key this worker knew keeps working.
+    expect((await getJson(`${down.proxyUrl}/closed/anything`, { headers: { apikey: key } })).status).toBe(200);
+
+    const uncached = await getJson(`${down.proxyUrl}/closed/anything`, { headers: { apikey: other.key } });
+    expect(uncached.status).toBe(500);
+    expect(uncached.body).toEqual({ message: "An unexpected error occurred" });
+    // No key needs no Redis.
+    expect((await getJson(`${down.proxyUrl}/closed/anything`)).status).toBe(401);
+
+    // fault_tolerant: unchecked, the request goes on without any identity (forged ones removed).
+    const open = await getJson(`${down.proxyUrl}/open/anything`, { headers: { apikey: other.key, "x-consumer-username": "forged" } });
+    expect(open.status).toBe(200);
+    expect(open.body.headers["x-consumer-username"]).toBeUndefined();
+    expect(open.body.headers["x-consumer-id"]).toBeUndefined();
+
+    // The same port again, empty (no persistence): once the subscriber is back, the
+    // cache is dropped and the key, unknown to this Redis, is refused.
+    const dir = tempDir("redis-again");
+    const again = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir], { stdio: "ignore" });
+    try {
+      const waited = await waitFor("the restarted Redis to be seen", async () => {
+        const res = await getJson(`${down.proxyUrl}/closed/anything`, { headers: { apikey: key } });
+        return res.status === 401;
+      }, 15_000);
+      console.log(`after Redis came back, the dropped cache was seen after ${waited} ms`);
+    } finally {
+      again.kill("SIGKILL");
+    }
+    const errors = down.unexpectedErrors(EXPECTED_REDIS_ERRORS);
+    expect(errors).toEqual([]);
+    const log = down.errorLog().join("\n");
+    expect(log).toMatch(/\[redis-key-auth\] redis unavailable/);
+    expect(log).toMatch(/\[redis-key-auth:subscriber\] invalidation subscriber lost the subscription/);
+    expect(log).not.toContain(key);
+    expect(log).not.toContain(other.key);
+  });
+});
+
+describe("Admin API", () => {
+  it("creates (the key once), lists (never a key), revokes by id and by key", async () => {
+    const created = await getJson(`${gw.adminUrl}/redis-key-auth/keys`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ consumer: "bob", custom_id: "bob-cid", ttl: 3600 }),
+    });
+    expect(created.status).toBe(201);
+    const { key, id } = created.body;
+    createdKeys.push(key);
+    expect(key).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    expect(id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    expect(created.body.consumer).toEqual({ id: null, username: "bob", custom_id: "bob-cid" });
+    expect(created.body.expires_at - created.body.created_at).toBe(3600);
+    expect((await getJson(`${gw2.proxyUrl}/auth/anything`, { headers: { apikey: key } })).body.headers["x-credential-identifier"]).toBe(id);
+
+    const form = await getJson(`${gw.adminUrl}/redis-key-auth/keys`, {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded" },
+      body: "consumer=bob",
+    });
+    expect(form.status).toBe(201);
+    createdKeys.push(form.body.key);
+    expect(form.body.expires_at).toBeNull();
+
+    const listRes = await fetch(`${gw.adminUrl}/redis-key-auth/keys?consumer=bob`);
+    const listText = await listRes.text();
+    const list = JSON.parse(listText);
+    expect(list.next).toBeNull();
+    const ids = list.data.map((k: { id: string }) => k.id);
+    expect(ids).toContain(id);
+    expect(ids).toContain(form.body.id);
+    for (const k of list.data) expect(k.consumer.username).toBe("bob");
+    for (const secret of createdKeys) expect(listText).not.toContain(secret);
+    expect(listText).not.toMatch(/[0-9a-f]{64}/);
+    const all = (await getJson(`${gw.adminUrl}/redis-key-auth/keys`)).body.data;
+    expect(all.some((k: { consumer: { username: string } }) => k.consumer.username === "alice")).toBe(true);
+    expect((await getJson(`${gw.adminUrl}/redis-key-auth/keys?consumer=nobody`)).body).toEqual({ data: [], next: null });
+
+    expect((await fetch(`${gw.adminUrl}/redis-key-auth/keys/${id}`, { method: "DELETE" })).status).toBe(204);
+    expect((await fetch(`${gw.adminUrl}/redis-key-auth/keys/${id}`, { method: "DELETE" })).status).toBe(404);
+    expect((await fetch(`${gw.adminUrl}/redis-key-auth/keys/${form.body.key}`, { method: "DELETE" })).status).toBe(204);
+    expect((await fetch(`${gw.adminUrl}/redis-key-auth/keys/${form.body.key}`, { method: "DELETE" })).status).toBe(404);
+    expect((await fetch(`${gw.adminUrl}/redis-key-auth/keys/not-a-key`, { method: "DELETE" })).status).toBe(404);
+    const after = (await getJson(`${gw.adminUrl}/redis-key-auth/keys?consumer=bob`)).body.data.map((k: { id: string }) => k.id);
+    expect(after).not.toContain(id);
+    expect(after).not.toContain(form.body.id);
+  });
+
+  it("refuses bad input with 400", async () => {
+    const post = (body: unknown) => getJson(`${gw.adminUrl}/redis-key-auth/keys`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    expect((await post({})).status).toBe(400);
+    expect((await post({ consumer: "bob", ttl: 0 })).body).toEqual({ message: "ttl: expected whole seconds between 1 and 2147483647" });
+    expect((await post({ consumer: "bob", ttl: 1.5 })).status).toBe(400);
+    expect((await post({ consumer: "bob", ttl: "soon" })).status).toBe(400);
+    expect((await post({ consumer: 42 })).status).toBe(400);
+    expect((await post({ consumer: "nobody-in-kong" })).body).toEqual({ message: "consumer: no consumer named 'nobody-in-kong'" });
+    expect((await post({ consumer: "bob", consumer_id: "00000000-0000-4000-8000-000000000000" })).status).toBe(400);
+    expect((await getJson(`${gw.adminUrl}/redis-key-auth/keys?redis=10.0.0.1:6379`)).status).toBe(400);
+    expect((await getJson(`${gw.adminUrl}/redis-key-auth/keys?redis=127.0.0.1:${redisServer.port}/0`)).status).toBe(200);
+  });
+});
+
+describe("krs keys (CLI)", () => {
+  function krs(args: string[], env: Record<string, string> = {}) {
+    const res = spawnSync("node", [join(ROOT, "bin", "krs.mjs"), "keys", ...args], { encoding: "utf8", env: { ...process.env, ...env } });
+    return { status: res.status, stdout: res.stdout, stderr: res.stderr };
+  }
+
+  it("create prints the key alone on the last line; list never shows it; revoke by id", async () => {
+    const url = `redis://127.0.0.1:${redisServer.port}/0`;
+    const created = krs(["create", "--consumer", "bob", "--custom-id", "cli", "--ttl", "600", "--redis", url]);
+    expect(created.status, created.stderr).toBe(0);
+    const lines = created.stdout.trimEnd().split("\n");
+    const key = lines[lines.length - 1];
+    createdKeys.push(key);
+    expect(key).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    const id = /created key ([0-9a-f-]{36})/.exec(created.stdout)![1];
+    expect(created.stdout.split(key).length).toBe(2);
+    const res = await getJson(`${gw.proxyUrl}/auth/anything`, { headers: { apikey: key } });
+    expect(res.status).toBe(200);
+    expect(res.body.headers["x-consumer-username"]).toBe("bob");
+
+    const listed = krs(["list", "--consumer", "bob"], { KRS_REDIS_URL: url });
+    expect(listed.status).toBe(0);
+    expect(listed.stdout).toContain(id);
+    expect(listed.stdout).not.toContain(key);
+    const json = JSON.parse(krs(["list", "--json", "--redis", url]).stdout);
+    expect(json.find((k: { id: string }) => k.id === id).consumer).toEqual({ id: null, username: "bob", custom_id: "cli" });
+
+    expect(krs(["revoke", id, "--redis", url])).toMatchObject({ status: 0, stdout: `revoked key ${id}\n` });
+    await waitFor("the revoked key to be refused", async () => (await getJson(`${gw.proxyUrl}/auth/anything`, { headers: { apikey: key } })).status === 401, 1000);
+    expect(krs(["revoke", key, "--redis", url]).status).toBe(1);
+  });
+
+  it("fails clearly: usage errors exit 2, an unreachable Redis exits 1", () => {
+    expect(krs(["create"]).status).toBe(2);
+    expect(krs(["create", "--consumer", "bob", "--ttl", "-5"]).status).toBe(2);
+    expect(krs(["revoke"]).status).toBe(2);
+    expect(krs(["frobnicate"]).status).toBe(2);
+    const bad = krs(["list", "--redis", "http://example.com"]);
+    expect(bad.status).toBe(2);
+    const down = krs(["list", "--redis", "redis://:secret-pw@127.0.0.1:1/0"]);
+    expect(down.status).toBe(1);
+    expect(down.stderr).toMatch(/could not connect to redis/);
+    expect(down.stderr).not.toContain("secret-pw");
+  });
+});
+
+describe("subscribers follow the configuration", () => {
+  it("one per worker while a config uses the Redis, none once it does not; a removed consumer's keys stop working", async () => {
+    const r4 = await startRedis();
+    const admin = new Redis({ port: r4.port });
+    const numsub = () => subscribers(admin);
+    const withPlugin = {
+      _format_version: "3.0",
+      services: [{ name: "svc", url: upstreamUrl, routes: [{ name: "auth", paths: ["/auth"], plugins: [plugin(r4.port)] }] }],
+      consumers,
+    };
+    const g = await gateway(withPlugin, { workers: 2 });
+    await waitFor("2 subscribers", async () => (await numsub()) === 2, 5000);
+    const post = (config: unknown) => fetch(`${g.adminUrl}/config`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(config) });
+
+    // A consumer removed from the configuration: its keys stop working with it (cached or not).
+    const keys4 = withScripts(new Redis({ port: r4.port }));
+    const { key } = await createKey(keys4, { consumer: "bob" });
+    createdKeys.push(key);
+    keys4.disconnect();
+    const bobStatus = async () => (await raw(`${g.proxyUrl}/auth/anything`, { headers: { apikey: key } })).status;
+    expect(await bobStatus()).toBe(200);
+    expect((await post({ ...withPlugin, consumers: consumers.filter((c) => c.username !== "bob") })).status).toBe(201);
+    await waitFor("bob's key to be refused on every worker", async () => (await Promise.all([1, 2, 3, 4, 5, 6].map(bobStatus))).every((st) => st === 401), 3000);
+    const without = { _format_version: "3.0", services: [{ name: "svc", url: upstreamUrl, routes: [{ name: "auth", paths: ["/auth"] }] }], consumers };
+    expect((await post(without)).status).toBe(201);
+    await waitFor("no subscriber", async () => (await numsub()) === 0, 5000);
+    expect((await post(withPlugin)).status).toBe(201);
+    await waitFor("2 subscribers again", async () => (await numsub()) === 2, 5000);
+    admin.disconnect();
+    expect(g.unexpectedErrors()).toEqual([]);
+  });
+});
+
+describe("error log", () => {
+  it("no unexpected errors in the main gateways", () => {
+    expect(gw.unexpectedErrors(EXPECTED_REDIS_ERRORS)).toEqual([]);
+    expect(gw2.unexpectedErrors(EXPECTED_REDIS_ERRORS)).toEqual([]);
+  });
+});

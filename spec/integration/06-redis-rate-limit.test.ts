@@ -1,0 +1,408 @@
+/**
+ * redis-rate-limit through real gateways on one real Redis: exactness across 2 gateway
+ * nodes x 2 workers under a concurrent burst (both algorithms), the sliding window across
+ * a boundary, every limit_by, Kong's headers and their values, hide_client_headers, the
+ * rejection response, Redis round trips per request (INFO commandstats), and
+ * fault_tolerant both ways with Redis stopped.
+ */
+import { Agent, request as httpRequest, type IncomingHttpHeaders } from "node:http";
+import { Redis } from "ioredis";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { gateway, startRedis, stopAll, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
+
+interface Res {
+  status: number;
+  headers: IncomingHttpHeaders;
+  body: string;
+  /** Date.now() when the request was sent and when its response was complete. */
+  sentAt: number;
+  doneAt: number;
+}
+
+const agent = new Agent({ keepAlive: true, maxSockets: 512 });
+
+function hit(url: string, headers: Record<string, string> = {}, localAddress?: string): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    const sentAt = Date.now();
+    const req = httpRequest(url, { headers, agent: localAddress === undefined ? agent : undefined, localAddress }, (r) => {
+      let body = "";
+      r.setEncoding("utf8");
+      r.on("data", (c: string) => (body += c));
+      r.on("end", () => resolve({ status: r.statusCode ?? 0, headers: r.headers, body, sentAt, doneAt: Date.now() }));
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Waits until Date.now() is at least `after` ms into a window of `length` ms and `before` ms from its end. */
+async function intoWindow(length: number, after: number, before: number): Promise<void> {
+  for (;;) {
+    const into = Date.now() % length;
+    if (into >= after && length - into >= before) return;
+    await sleep(into < after ? after - into : length - into + after);
+  }
+}
+
+let redis: RedisServer;
+let control: Redis;
+let gwA: TestGateway;
+let gwB: TestGateway;
+let seq = 0;
+/** A client id (limit_by header value) no other test uses. */
+const client = () => `c${++seq}-${Date.now()}`;
+
+const HOUR = 3_600_000;
+
+function limitRoute(name: string, config: Record<string, unknown>, extra: Record<string, unknown> = {}) {
+  return {
+    name,
+    paths: [`/${name}`],
+    plugins: [{ name: "redis-rate-limit", config: { limit_by: "header", header_name: "X-Client", redis: { port: redis.port }, ...config } }],
+    ...extra,
+  };
+}
+
+beforeAll(async () => {
+  const up = await upstream();
+  redis = await startRedis();
+  control = new Redis({ port: redis.port });
+  const url = `http://127.0.0.1:${up.port}/anything`;
+  const r = { port: redis.port };
+  const config = {
+    _format_version: "3.0",
+    services: [
+      {
+        name: "svc",
+        url,
+        routes: [
+          limitRoute("exact-sliding", { hour: 37 }),
+          limitRoute("exact-fixed", { hour: 37, algorithm: "fixed-window" }),
+          limitRoute("headers", { minute: 3, hour: 5, algorithm: "fixed-window" }),
+          limitRoute("headers-twin", { minute: 3, hour: 5, algorithm: "fixed-window" }),
+          limitRoute("tie", { minute: 3, hour: 3, algorithm: "fixed-window" }),
+          limitRoute("hidden", { minute: 1, hide_client_headers: true }),
+          limitRoute("custom-error", { hour: 1, error_code: 503, error_message: "Slow down" }),
+          limitRoute("sliding-second", { second: 10 }),
+          limitRoute("fixed-second", { second: 10, algorithm: "fixed-window" }),
+          limitRoute("trips", { hour: 10 }),
+          { name: "by-consumer", paths: ["/by-consumer"], plugins: [{ name: "krs-test-auth" }, { name: "redis-rate-limit", config: { hour: 2, redis: r } }] },
+          { name: "by-credential", paths: ["/by-credential"], plugins: [{ name: "krs-test-auth" }, { name: "redis-rate-limit", config: { hour: 2, limit_by: "credential", redis: r } }] },
+          { name: "anonymous", paths: ["/anonymous"], plugins: [{ name: "redis-rate-limit", config: { hour: 2, redis: r } }] },
+          { name: "by-ip", paths: ["/by-ip"], plugins: [{ name: "redis-rate-limit", config: { hour: 2, limit_by: "ip", redis: r } }] },
+          limitRoute("by-header", { hour: 2 }),
+          { name: "by-path", paths: ["/by-path"], plugins: [{ name: "redis-rate-limit", config: { hour: 2, limit_by: "path", path: "/by-path/special", redis: r } }] },
+        ],
+      },
+      {
+        name: "svc-by-service",
+        url,
+        routes: [{ name: "s1", paths: ["/s1"] }, { name: "s2", paths: ["/s2"] }],
+        plugins: [{ name: "redis-rate-limit", config: { hour: 2, limit_by: "service", redis: r } }],
+      },
+      {
+        name: "svc-by-route",
+        url,
+        routes: [{ name: "r1", paths: ["/r1"] }, { name: "r2", paths: ["/r2"] }],
+        plugins: [{ name: "redis-rate-limit", config: { hour: 2, limit_by: "route", redis: r } }],
+      },
+    ],
+    consumers: [{ username: "alice" }, { username: "bob" }],
+  };
+  [gwA, gwB] = await Promise.all([gateway(config, { workers: 2 }), gateway(config, { workers: 2 })]);
+});
+
+afterAll(async () => {
+  agent.destroy();
+  control?.disconnect();
+  await stopAll();
+});
+
+describe("exactness", () => {
+  for (const route of ["exact-sliding", "exact-fixed"]) {
+    it(`${route}: limit 37, 300 concurrent requests over 2 gateways x 2 workers: exactly 37 admitted`, async () => {
+      await intoWindow(HOUR, 2000, 30_000); // the burst cannot cross an hour boundary
+      const id = client();
+      const results = await Promise.all(
+        Array.from({ length: 300 }, (_, i) => hit(`${(i % 2 === 0 ? gwA : gwB).proxyUrl}/${route}`, { "X-Client": id })),
+      );
+      const admitted = results.filter((r) => r.status === 200);
+      const rejected = results.filter((r) => r.status === 429);
+      console.log(`${route}: ${admitted.length} admitted of ${results.length} sent (limit 37)`);
+      expect(admitted.length).toBe(37);
+      expect(rejected.length).toBe(263);
+      // every admitted request saw its own remaining count, 36 down to 0
+      expect(admitted.map((r) => Number(r.headers["x-ratelimit-remaining-hour"])).sort((a, b) => a - b)).toEqual(Array.from({ length: 37 }, (_, i) => i));
+      for (const r of rejected) expect(r.headers["x-ratelimit-remaining-hour"]).toBe("0");
+    });
+  }
+});
+
+describe("sliding window across a boundary", () => {
+  it("weights the previous second's count by the part of it still inside the last second", async () => {
+    const id = client();
+    await intoWindow(1000, 20, 800);
+    const first = await Promise.all(Array.from({ length: 10 }, () => hit(`${gwA.proxyUrl}/sliding-second`, { "X-Client": id })));
+    expect(first.map((r) => r.status)).toEqual(Array(10).fill(200));
+    const startOfFirst = first[0]!.sentAt - (first[0]!.sentAt % 1000);
+    expect(Math.max(...first.map((r) => r.doneAt))).toBeLessThan(startOfFirst + 1000); // all in one second
+    expect((await hit(`${gwA.proxyUrl}/sliding-second`, { "X-Client": id })).status).toBe(429);
+
+    // Half-way into the next second the 10 of the previous one weigh about 5.
+    await sleep(startOfFirst + 1500 - Date.now());
+    const second = await Promise.all(Array.from({ length: 10 }, () => hit(`${gwA.proxyUrl}/sliding-second`, { "X-Client": id })));
+    const sent = Math.min(...second.map((r) => r.sentAt)) - (startOfFirst + 1000);
+    const done = Math.max(...second.map((r) => r.doneAt)) - (startOfFirst + 1000);
+    expect(done).toBeLessThan(1000);
+    const admitted = second.filter((r) => r.status === 200).length;
+    // room at elapsed e ms: floor(10 - 10 * (1 - e / 1000)), non-decreasing while nothing else is admitted
+    expect(admitted).toBeGreaterThanOrEqual(Math.floor((10 * sent) / 1000));
+    expect(admitted).toBeLessThanOrEqual(Math.floor((10 * done) / 1000));
+    expect(admitted).toBeGreaterThanOrEqual(3);
+    expect(admitted).toBeLessThanOrEqual(7);
+    for (const r of second.filter((x) => x.status === 429)) {
+      expect(r.headers["x-ratelimit-remaining-second"]).toBe("0");
+      expect(r.headers["retry-after"]).toBe("1");
+    }
+  });
+
+  it("fixed-window starts the next second from zero (for comparison)", async () => {
+    const id = client();
+    await intoWindow(1000, 20, 800);
+    const first = await Promise.all(Array.from({ length: 10 }, () => hit(`${gwA.proxyUrl}/fixed-second`, { "X-Client": id })));
+    expect(first.map((r) => r.status)).toEqual(Array(10).fill(200));
+    const startOfFirst = first[0]!.sentAt - (first[0]!.sentAt % 1000);
+    await sleep(startOfFirst + 1500 - Date.now());
+    const second = await Promise.all(Array.from({ length: 10 }, () => hit(`${gwA.proxyUrl}/fixed-second`, { "X-Client": id })));
+    expect(second.map((r) => r.status)).toEqual(Array(10).fill(200));
+  });
+});
+
+describe("headers", () => {
+  it("sends Kong's headers with exact values; a rejection consumes nothing", async () => {
+    await intoWindow(60_000, 500, 5000);
+    const id = client();
+    const seen: Res[] = [];
+    for (let i = 0; i < 3; i++) seen.push(await hit(`${gwA.proxyUrl}/headers`, { "X-Client": id }));
+    seen.forEach((r, i) => {
+      expect(r.status).toBe(200);
+      expect(r.headers["x-ratelimit-limit-minute"]).toBe("3");
+      expect(r.headers["x-ratelimit-remaining-minute"]).toBe(String(2 - i));
+      expect(r.headers["x-ratelimit-limit-hour"]).toBe("5");
+      expect(r.headers["x-ratelimit-remaining-hour"]).toBe(String(4 - i));
+      expect(r.headers["ratelimit-limit"]).toBe("3");
+      expect(r.headers["ratelimit-remaining"]).toBe(String(2 - i));
+      const endOfMinute = r.sentAt - (r.sentAt % 60_000) + 60_000;
+      const reset = Number(r.headers["ratelimit-reset"]);
+      expect(reset).toBeGreaterThanOrEqual(Math.ceil((endOfMinute - r.doneAt) / 1000));
+      expect(reset).toBeLessThanOrEqual(Math.ceil((endOfMinute - r.sentAt) / 1000));
+      expect(r.headers["retry-after"]).toBeUndefined();
+    });
+    const rejected = await hit(`${gwB.proxyUrl}/headers`, { "X-Client": id });
+    expect(rejected.status).toBe(429);
+    expect(JSON.parse(rejected.body)).toEqual({ message: "API rate limit exceeded" });
+    expect(rejected.headers["content-type"]).toBe("application/json; charset=utf-8");
+    expect(rejected.headers["x-ratelimit-remaining-minute"]).toBe("0");
+    expect(rejected.headers["x-ratelimit-remaining-hour"]).toBe("2");
+    expect(rejected.headers["ratelimit-remaining"]).toBe("0");
+    const endOfMinute = rejected.sentAt - (rejected.sentAt % 60_000) + 60_000;
+    const retry = Number(rejected.headers["retry-after"]);
+    expect(retry).toBeGreaterThanOrEqual(Math.ceil((endOfMinute - rejected.doneAt) / 1000));
+    expect(retry).toBeLessThanOrEqual(Math.ceil((endOfMinute - rejected.sentAt) / 1000));
+    expect(rejected.headers["ratelimit-reset"]).toBe(rejected.headers["retry-after"]);
+    // the rejection did not count: the hour still has 2, and the twin route's own counters are untouched
+    const again = await hit(`${gwB.proxyUrl}/headers`, { "X-Client": id });
+    expect(again.headers["x-ratelimit-remaining-hour"]).toBe("2");
+    const twin = await hit(`${gwA.proxyUrl}/headers-twin`, { "X-Client": id });
+    expect(twin.status).toBe(200);
+    expect(twin.headers["x-ratelimit-remaining-minute"]).toBe("2");
+  });
+
+  it("RateLimit-* name the longer window when two are equally close to their limits", async () => {
+    await intoWindow(60_000, 500, 5000);
+    const r = await hit(`${gwA.proxyUrl}/tie`, { "X-Client": client() });
+    expect(r.headers["ratelimit-remaining"]).toBe("2");
+    const endOfHour = r.sentAt - (r.sentAt % HOUR) + HOUR;
+    expect(Number(r.headers["ratelimit-reset"])).toBeGreaterThanOrEqual(Math.ceil((endOfHour - r.doneAt) / 1000));
+    expect(Number(r.headers["ratelimit-reset"])).toBeLessThanOrEqual(Math.ceil((endOfHour - r.sentAt) / 1000));
+  });
+
+  it("hide_client_headers sends none of them, not even Retry-After", async () => {
+    await intoWindow(60_000, 500, 5000);
+    const id = client();
+    const ok = await hit(`${gwA.proxyUrl}/hidden`, { "X-Client": id });
+    const no = await hit(`${gwA.proxyUrl}/hidden`, { "X-Client": id });
+    expect([ok.status, no.status]).toEqual([200, 429]);
+    for (const r of [ok, no]) {
+      const names = Object.keys(r.headers).filter((h) => /ratelimit|retry-after/i.test(h));
+      expect(names).toEqual([]);
+    }
+  });
+
+  it("answers with the configured error_code and error_message", async () => {
+    const id = client();
+    expect((await hit(`${gwA.proxyUrl}/custom-error`, { "X-Client": id })).status).toBe(200);
+    const r = await hit(`${gwA.proxyUrl}/custom-error`, { "X-Client": id });
+    expect(r.status).toBe(503);
+    expect(JSON.parse(r.body)).toEqual({ message: "Slow down" });
+    expect(Number(r.headers["retry-after"])).toBeGreaterThanOrEqual(1);
+  });
+});
+
+describe("limit_by", () => {
+  const statuses = async (paths: [string, Record<string, string>, string?][]) => {
+    const out: number[] = [];
+    for (const [path, headers, local] of paths) out.push((await hit(`${gwA.proxyUrl}${path}`, headers, local)).status);
+    return out;
+  };
+
+  it("consumer: each consumer has its own counters", async () => {
+    expect(await statuses([["/by-consumer", { "X-Consumer": "alice" }], ["/by-consumer", { "X-Consumer": "alice" }], ["/by-consumer", { "X-Consumer": "alice" }], ["/by-consumer", { "X-Consumer": "bob" }]]))
+      .toEqual([200, 200, 429, 200]);
+  });
+
+  it("credential: consumers sharing one credential share its counters", async () => {
+    // krs-test-auth gives every consumer the same credential id
+    expect(await statuses([["/by-credential", { "X-Consumer": "alice" }], ["/by-credential", { "X-Consumer": "bob" }], ["/by-credential", { "X-Consumer": "bob" }]]))
+      .toEqual([200, 200, 429]);
+  });
+
+  it("consumer without an authenticated consumer: falls back to the client IP", async () => {
+    expect(await statuses([["/anonymous", { "X-Client": "1" }], ["/anonymous", { "X-Client": "2" }], ["/anonymous", {}], ["/anonymous", {}, "127.0.0.2"]]))
+      .toEqual([200, 200, 429, 200]);
+  });
+
+  it("ip: each client address has its own counters", async () => {
+    expect(await statuses([["/by-ip", {}], ["/by-ip", {}], ["/by-ip", {}], ["/by-ip", {}, "127.0.0.3"], ["/by-ip", {}, "127.0.0.3"], ["/by-ip", {}, "127.0.0.3"]]))
+      .toEqual([200, 200, 429, 200, 200, 429]);
+  });
+
+  it("service: every route of the service shares one counter set", async () => {
+    expect(await statuses([["/s1", {}], ["/s2", { "X-Client": "x" }], ["/s1", {}, "127.0.0.4"]])).toEqual([200, 200, 429]);
+  });
+
+  it("route: each route has its own counter set", async () => {
+    expect(await statuses([["/r1", {}], ["/r1", {}], ["/r1", {}, "127.0.0.5"], ["/r2", {}]])).toEqual([200, 200, 429, 200]);
+  });
+
+  it("header: each value has its own counters; without the header, the client IP", async () => {
+    const [a, b] = [client(), client()];
+    expect(await statuses([["/by-header", { "X-Client": a }], ["/by-header", { "X-Client": a }], ["/by-header", { "X-Client": a }], ["/by-header", { "X-Client": b }]]))
+      .toEqual([200, 200, 429, 200]);
+    expect(await statuses([["/by-header", {}, "127.0.0.6"], ["/by-header", {}, "127.0.0.6"], ["/by-header", {}, "127.0.0.6"], ["/by-header", {}, "127.0.0.7"]]))
+      .toEqual([200, 200, 429, 200]);
+  });
+
+  it("path: requests to exactly that path share one counter set; other paths count by client IP", async () => {
+    expect(await statuses([["/by-path/special", {}, "127.0.0.8"], ["/by-path/special", {}, "127.0.0.9"], ["/by-path/special", {}, "127.0.0.10"]]))
+      .toEqual([200, 200, 429]);
+    expect(await statuses([["/by-path/other", {}, "127.0.0.8"], ["/by-path/other", {}, "127.0.0.8"], ["/by-path/other", {}, "127.0.0.8"], ["/by-path/other", {}, "127.0.0.9"]]))
+      .toEqual([200, 200, 429, 200]);
+  });
+
+  it("keeps counter keys per plugin instance, with client values hashed", async () => {
+    const keys = await control.keys("krs:redis-rate-limit:v1:*");
+    expect(keys.length).toBeGreaterThan(10);
+    for (const k of keys) expect(k).toMatch(/^krs:redis-rate-limit:v1:\{[0-9a-f-]{36}:(consumer|credential|ip|service|route|header|path):[A-Za-z0-9._@#_-]+\}$/);
+    // "/by-path/special" has slashes: hashed
+    expect(keys.some((k) => /:path:#[A-Za-z0-9_-]{27}\}$/.test(k))).toBe(true);
+    for (const k of keys) expect(await control.pttl(k)).toBeGreaterThan(0);
+  });
+});
+
+describe("redis round trips", () => {
+  it("one EVALSHA per request that reaches Redis; a worker that knows the limit is reached answers alone", async () => {
+    // Redis has the script cached after any earlier call (else the first call is EVALSHA, NOSCRIPT, EVAL)
+    await hit(`${gwA.proxyUrl}/trips`, { "X-Client": client() });
+    const id = client();
+    // MONITOR shows every command Redis receives; those a script runs come from "lua".
+    const monitor = await control.monitor();
+    const fromClients: string[] = [];
+    const fromScripts: string[] = [];
+    monitor.on("monitor", (_time: string, args: string[], source: string) => {
+      if (!args.some((a) => String(a).includes(id))) return; // this test's key only
+      (source === "lua" ? fromScripts : fromClients).push(String(args[0]).toLowerCase());
+    });
+    await intoWindow(HOUR, 1000, 60_000);
+    for (let i = 0; i < 10; i++) expect((await hit(`${(i % 2 === 0 ? gwA : gwB).proxyUrl}/trips`, { "X-Client": id })).status).toBe(200);
+    await sleep(100);
+    const admittedTrips = fromClients.length;
+    expect(fromClients).toEqual(Array(10).fill("evalsha"));
+    expect(new Set(fromScripts)).toEqual(new Set(["hmget", "hset", "pexpire"]));
+    const burst = () => Promise.all(Array.from({ length: 200 }, (_, i) => hit(`${(i % 2 === 0 ? gwA : gwB).proxyUrl}/trips`, { "X-Client": id })));
+    const first = await burst();
+    await sleep(100);
+    const firstTrips = fromClients.length - admittedTrips;
+    const second = await burst();
+    await sleep(100);
+    monitor.disconnect();
+    const secondTrips = fromClients.length - admittedTrips - firstTrips;
+    console.log(`redis round trips: 10 admitted requests -> ${admittedTrips}; 200 concurrent rejected -> ${firstTrips}; 200 more -> ${secondTrips}`);
+    for (const r of [...first, ...second]) {
+      expect(r.status).toBe(429);
+      // cached rejections carry a whole-second Retry-After of at least 1 too
+      expect(Number(r.headers["retry-after"])).toBeGreaterThanOrEqual(1);
+    }
+    // A worker asks Redis until it has seen the limit reached; requests already in flight
+    // then still make their call. Once every worker knows, rejections cost no round trip.
+    expect(secondTrips).toBeLessThanOrEqual(4);
+    expect(fromClients.every((c) => c === "evalsha")).toBe(true);
+    // a rejection writes nothing: the scripts of rejected requests only read
+    expect(fromScripts.filter((c) => c !== "hmget").length).toBe(20);
+  });
+});
+
+describe("no unexpected errors", () => {
+  it("in either gateway's log", () => {
+    expect(gwA.unexpectedErrors()).toEqual([]);
+    expect(gwB.unexpectedErrors()).toEqual([]);
+  });
+});
+
+describe("fault_tolerant with Redis stopped", () => {
+  let down: RedisServer;
+  let gw: TestGateway;
+
+  beforeAll(async () => {
+    const up = await upstream();
+    down = await startRedis();
+    const url = `http://127.0.0.1:${up.port}/anything`;
+    const plugin = (faultTolerant: boolean) => [{ name: "redis-rate-limit", config: { minute: 100, fault_tolerant: faultTolerant, redis: { port: down.port, timeout: 500 } } }];
+    gw = await gateway({
+      _format_version: "3.0",
+      services: [{ name: "svc", url, routes: [
+        { name: "tolerant", paths: ["/tolerant"], plugins: plugin(true) },
+        { name: "strict", paths: ["/strict"], plugins: plugin(false) },
+      ] }],
+    }, { workers: 2 });
+  });
+
+  it("counts while Redis is up", async () => {
+    const r = await hit(`${gw.proxyUrl}/tolerant`);
+    expect(r.status).toBe(200);
+    expect(r.headers["x-ratelimit-limit-minute"]).toBe("100");
+  });
+
+  it("true: requests go through without rate-limit headers, the failure logged once per interval", async () => {
+    await down.stop();
+    const results: Res[] = [];
+    for (let i = 0; i < 20; i++) results.push(await hit(`${gw.proxyUrl}/tolerant`));
+    for (const r of results) {
+      expect(r.status).toBe(200);
+      expect(Object.keys(r.headers).filter((h) => /ratelimit|retry-after/i.test(h))).toEqual([]);
+    }
+    const logged = gw.errorLog().filter((l) => l.includes("[redis-rate-limit] redis unavailable"));
+    expect(logged.length).toBeGreaterThanOrEqual(1);
+    expect(logged.length).toBeLessThanOrEqual(2); // one per worker per interval
+    expect(logged[0]).toContain("fault_tolerant: request let through");
+  });
+
+  it("false: 500", async () => {
+    const r = await hit(`${gw.proxyUrl}/strict`);
+    expect(r.status).toBe(500);
+    expect(JSON.parse(r.body)).toEqual({ message: "An unexpected error occurred" });
+    expect(gw.unexpectedErrors([/\[redis-rate-limit\] redis unavailable/])).toEqual([]);
+  });
+});

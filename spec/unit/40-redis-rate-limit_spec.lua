@@ -1,0 +1,221 @@
+-- redis-rate-limit: its schema (through the local gateway's Kong validator), its window
+-- arithmetic (UTC calendar months), and the instance fields the gateway hands handlers.
+local validator = require("krs.gateway.schema")
+local config_loader = require("krs.gateway.config")
+local windows = require("kong.plugins.redis-rate-limit.windows")
+local cjson = require("cjson.safe")
+
+local function schema()
+  package.loaded["kong.plugins.redis-rate-limit.schema"] = nil
+  return require("kong.plugins.redis-rate-limit.schema")
+end
+
+local function validate(config)
+  return validator.validatePlugin(schema(), { name = "redis-rate-limit", config = config })
+end
+
+local function ok(config)
+  local out, errs = validate(config)
+  assert.is_nil(errs, errs and validator.formatErrors(errs))
+  return out.config
+end
+
+local function errors_of(config)
+  local out, errs = validate(config)
+  assert.is_nil(out)
+  return errs
+end
+
+describe("redis-rate-limit schema", function()
+  it("fills Kong's defaults", function()
+    local c = ok({ minute = 10 })
+    assert.same({
+      minute = 10,
+      algorithm = "sliding-window",
+      limit_by = "consumer",
+      hide_client_headers = false,
+      error_code = 429,
+      error_message = "API rate limit exceeded",
+      fault_tolerant = true,
+      redis = {
+        host = "127.0.0.1", port = 6379, timeout = 2000, database = 0, ssl = false, ssl_verify = false,
+        keepalive_pool_size = 256, keepalive_timeout = 60000,
+      },
+    }, c)
+  end)
+
+  it("needs at least one limit", function()
+    assert.same({
+      ["@entity"] = "at least one of these fields must be non-empty: 'config.second', 'config.minute', 'config.hour', 'config.day', 'config.month'",
+    }, errors_of({}))
+  end)
+
+  it("refuses a longer window with a lower limit, in Kong's words", function()
+    assert.same({ config = "The limit for minute(5.0) cannot be lower than the limit for second(10.0)" },
+      errors_of({ second = 10, minute = 5 }))
+    assert.same({ config = "The limit for month(99.0) cannot be lower than the limit for hour(100.0)" },
+      errors_of({ hour = 100, month = 99 }))
+    ok({ second = 10, minute = 10, hour = 600, day = 600, month = 1000000 })
+  end)
+
+  it("takes whole limits from 1 to 10^10", function()
+    assert.same({ ["config.minute"] = "value should be between 1 and 10000000000" }, errors_of({ minute = 0 }))
+    assert.same({ ["config.hour"] = "value should be between 1 and 10000000000" }, errors_of({ hour = 1e10 + 1 }))
+    assert.same({ ["config.second"] = "expected an integer" }, errors_of({ second = 1.5 }))
+    assert.same({ ["config.day"] = "expected an integer" }, errors_of({ day = "10" }))
+    ok({ month = 1e10 })
+  end)
+
+  it("knows its algorithms and identifiers", function()
+    assert.same({ ["config.algorithm"] = "expected one of: sliding-window, fixed-window" },
+      errors_of({ minute = 1, algorithm = "leaky-bucket" }))
+    assert.same({ ["config.limit_by"] = "expected one of: consumer, credential, ip, service, route, header, path" },
+      errors_of({ minute = 1, limit_by = "consumer-group" }))
+    for _, by in ipairs({ "consumer", "credential", "ip", "service", "route" }) do
+      assert.equal(by, ok({ minute = 1, limit_by = by }).limit_by)
+    end
+    assert.equal("fixed-window", ok({ minute = 1, algorithm = "fixed-window" }).algorithm)
+  end)
+
+  it("requires header_name with limit_by header and path with limit_by path", function()
+    assert.same({
+      ["@entity"] = "failed conditional validation given value of field 'config.limit_by'",
+      ["config.header_name"] = "required field missing",
+    }, errors_of({ minute = 1, limit_by = "header" }))
+    assert.same({
+      ["@entity"] = "failed conditional validation given value of field 'config.limit_by'",
+      ["config.path"] = "required field missing",
+    }, errors_of({ minute = 1, limit_by = "path" }))
+    assert.equal("X-Api-Client", ok({ minute = 1, limit_by = "header", header_name = "X-Api-Client" }).header_name)
+    assert.equal("/v1/orders", ok({ minute = 1, limit_by = "path", path = "/v1/orders" }).path)
+  end)
+
+  it("checks header_name and path as Kong's typedefs do", function()
+    assert.is_string(errors_of({ minute = 1, limit_by = "header", header_name = "bad header" })["config.header_name"])
+    assert.same({
+      ["@entity"] = "failed conditional validation given value of field 'config.limit_by'",
+      ["config.path"] = "should start with: /",
+    }, errors_of({ minute = 1, limit_by = "path", path = "v1" }))
+  end)
+
+  it("takes error codes 400..599 only", function()
+    assert.same({ ["config.error_code"] = "value should be between 400 and 599" }, errors_of({ minute = 1, error_code = 200 }))
+    assert.equal(503, ok({ minute = 1, error_code = 503, error_message = "slow down" }).error_code)
+  end)
+
+  it("refuses unknown fields (Kong's policy and sync_rate are not ours)", function()
+    assert.same({ ["config.policy"] = "unknown field" }, errors_of({ minute = 1, policy = "redis" }))
+  end)
+
+  it("describes every config field", function()
+    local function check(fields, prefix)
+      for _, entry in ipairs(fields) do
+        for name, field in pairs(entry) do
+          assert.is_string(field.description, prefix .. name .. " has no description")
+          if field.type == "record" and field.fields then check(field.fields, prefix .. name .. ".") end
+        end
+      end
+    end
+    for _, entry in ipairs(schema().fields) do
+      if entry.config then check(entry.config.fields, "config.") end
+    end
+  end)
+
+  it("says in its description that rejected requests do not consume quota", function()
+    for _, entry in ipairs(schema().fields) do
+      if entry.config then assert.matches("Rejected requests do not consume quota", entry.config.description, 1, true) end
+    end
+  end)
+end)
+
+describe("redis-rate-limit windows", function()
+  local DAY = 86400000
+
+  it("converts day counts to civil dates and back, as os.date does in UTC", function()
+    local seed = 12345
+    for _ = 1, 2000 do
+      seed = (seed * 1103515245 + 12345) % 2147483648
+      local seconds = seed * 3 -- up to ~2174
+      local t = os.date("!*t", seconds)
+      local days = math.floor(seconds / 86400)
+      assert.equal(days, windows.daysFromCivil(t.year, t.month, t.day))
+      local y, m = windows.civilFromDays(days)
+      assert.same({ t.year, t.month }, { y, m })
+    end
+  end)
+
+  it("aligns seconds, minutes, hours and days on the epoch (days at 00:00 UTC)", function()
+    local now = 1718454321987 -- 2024-06-15T12:25:21.987Z
+    assert.same({ 1718454321000, 1000, 1718454320000, 1000 }, { windows.bounds(now, 1000) })
+    assert.same({ 1718454300000, 60000, 1718454240000, 60000 }, { windows.bounds(now, 60000) })
+    assert.same({ 1718452800000, 3600000, 1718449200000, 3600000 }, { windows.bounds(now, 3600000) })
+    assert.same({ 1718409600000, DAY, 1718409600000 - DAY, DAY }, { windows.bounds(now, DAY) })
+  end)
+
+  it("takes calendar months in UTC, with the lengths of the months around them", function()
+    local function ms(y, m, d) return windows.daysFromCivil(y, m, d) * DAY end
+    -- February of a leap year: 29 days; January before it, March (31 days) after it
+    assert.same({ ms(2024, 2, 1), 29 * DAY, ms(2024, 1, 1), 31 * DAY },
+      { windows.bounds(ms(2024, 2, 15) + 5, 0) })
+    -- December: January of the next year comes after it
+    assert.same({ ms(2023, 12, 1), 31 * DAY, ms(2023, 11, 1), 31 * DAY },
+      { windows.bounds(ms(2023, 12, 31) + DAY - 1, 0) })
+    -- January: December of the year before comes before it; a 28-day February after it
+    assert.same({ ms(2023, 1, 1), 31 * DAY, ms(2022, 12, 1), 28 * DAY },
+      { windows.bounds(ms(2023, 1, 1), 0) })
+    -- the first and last millisecond of a month, then back to an earlier one
+    assert.equal(ms(2024, 3, 1), (windows.bounds(ms(2024, 3, 1), 0)))
+    assert.equal(ms(2024, 3, 1), (windows.bounds(ms(2024, 4, 1) - 1, 0)))
+    assert.equal(ms(2024, 4, 1), (windows.bounds(ms(2024, 4, 1), 0)))
+    assert.equal(ms(2020, 2, 1), (windows.bounds(ms(2020, 2, 29), 0)))
+  end)
+end)
+
+describe("the gateway's instance fields on a plugin config", function()
+  local env = config_loader.loaderEnv({ "redis-rate-limit" })
+
+  local function load()
+    local cfg, err = config_loader.loadDeclarative({
+      _format_version = "3.0",
+      services = { {
+        name = "svc", url = "http://127.0.0.1:1",
+        routes = { { name = "r", paths = { "/" }, plugins = { { name = "redis-rate-limit", config = { minute = 5 } } } } },
+        plugins = { { name = "redis-rate-limit", instance_name = "svc-limit", config = { hour = 50 } } },
+      } },
+      plugins = { { name = "redis-rate-limit", config = { second = 1 } } },
+    }, env)
+    assert.is_nil(err)
+    return cfg
+  end
+
+  it("are set as Kong sets them, with deterministic plugin ids", function()
+    local cfg = load()
+    local by_scope = {}
+    for _, p in ipairs(cfg.plugins) do
+      by_scope[(p.route and "route") or (p.service and "service") or "global"] = p
+      assert.equal(p.id, p.config.__plugin_id)
+      assert.equal(p.route and p.route.id, p.config.route_id)
+      assert.equal(p.service and p.service.id, p.config.service_id)
+      assert.is_nil(p.config.consumer_id)
+      assert.equal(p.instance_name, p.config.plugin_instance_name)
+    end
+    assert.equal("svc-limit", by_scope.service.config.plugin_instance_name)
+    -- Kong's cache key layout: plugins:<name>:<route>:<service>:<consumer>:<consumer group>:<workspace>
+    assert.equal("plugins:redis-rate-limit:" .. by_scope.route.route.id .. "::::", by_scope.route.config.__key__)
+    -- every node that loads the same file agrees on the ids
+    local again = load()
+    for i, p in ipairs(cfg.plugins) do assert.equal(p.config.__plugin_id, again.plugins[i].config.__plugin_id) end
+    assert.are_not.equal(by_scope.route.id, by_scope.service.id)
+  end)
+
+  it("stay out of the config's JSON (the Admin API output)", function()
+    local cfg = load()
+    for _, p in ipairs(cfg.plugins) do
+      local decoded = cjson.decode(cjson.encode(p.config))
+      assert.is_nil(decoded.__plugin_id)
+      assert.is_nil(decoded.__key__)
+      assert.is_nil(decoded.route_id)
+      assert.is_nil(decoded.service_id)
+    end
+  end)
+end)

@@ -1,0 +1,88 @@
+/**
+ * Cache keys: SHA-256 (hex) over the request's identity, in the spirit of Kong
+ * proxy-cache's key (consumer and route, method, path, query, chosen headers), plus the
+ * host. Every variable part is length-prefixed and query arguments are re-escaped, so no
+ * request can be made to produce another request's key (e.g. `?a=1%26b%3D2` vs `?a=1&b=2`).
+ *
+ *   base    = sha256(consumer | route | method | host | path | query | vary_headers)
+ *   variant = sha256(base | response-Vary header values)   (when the response has Vary)
+ */
+import * as crypto from "../../lib/crypto";
+import type { Prepared } from "./state";
+
+const concat = table.concat;
+const escape = ngx.escape_uri;
+const lower = string.lower;
+const sort = table.sort;
+
+/** `<length>:<text>`: unambiguous whatever the text holds. */
+function field(this: void, text: string): string {
+  return `${text.length}:${text}`;
+}
+
+function argPairs(this: void, out: string[], name: string, value: string | boolean | (string | boolean)[] | undefined): void {
+  if (value === undefined) return;
+  const ename = escape(name);
+  if (type(value) === "table") {
+    const values: string[] = [];
+    for (const v of value as (string | boolean)[]) values.push(v === true ? "" : "=" + escape(v as string));
+    sort(values);
+    for (const v of values) out.push(ename + v);
+  } else {
+    out.push(value === true ? ename : ename + "=" + escape(value as string));
+  }
+}
+
+/** The query part: every argument (sorted by name), or only the configured ones. */
+function queryPart(this: void, p: Prepared): string {
+  const [args] = ngx.req.get_uri_args(100);
+  const out: string[] = [];
+  if (p.varyQuery !== undefined) {
+    for (const name of p.varyQuery) argPairs(out, name, args.get(name));
+  } else {
+    const names: string[] = [];
+    for (const [name] of pairs(args)) names.push(name as string);
+    sort(names);
+    for (const name of names) argPairs(out, name, args.get(name));
+  }
+  return concat(out, "&");
+}
+
+function headerValue(this: void, headers: HeaderTable, name: string): string {
+  const value = headers.get(name);
+  if (value === undefined) return "";
+  if (type(value) === "table") return concat(value as string[], ",");
+  return value as string;
+}
+
+/** `name:value` lines for the given lower-case header names, from the request. */
+export function headersPart(this: void, names: string[]): string {
+  if (names.length === 0) return "";
+  const [headers] = ngx.req.get_headers(100);
+  const out: string[] = [];
+  for (const name of names) out.push(field(name) + field(headerValue(headers, name)));
+  return concat(out);
+}
+
+/**
+ * The base key of the current request. `consumerId` is set when entries are kept per
+ * consumer; `scope` names the route (or service) so two routes never share entries.
+ */
+export function baseKey(this: void, p: Prepared, ignoreCase: boolean, consumerId: string | undefined, scope: string): string {
+  const path = kong.request.get_path();
+  const material = concat([
+    field(consumerId ?? ""),
+    field(scope),
+    field(kong.request.get_method()),
+    field(kong.request.get_host()),
+    field(ignoreCase ? lower(path) : path),
+    field(queryPart(p)),
+    headersPart(p.varyHeaders),
+  ], "|");
+  return crypto.toHex(crypto.sha256(material));
+}
+
+/** The key of one variant of a response that has `Vary: names`. */
+export function variantKey(this: void, base: string, names: string[]): string {
+  return crypto.toHex(crypto.sha256(base + "|" + headersPart(names)));
+}

@@ -1,0 +1,171 @@
+/**
+ * redis-cache's configuration: Kong proxy-cache's field names where Kong has the field
+ * (request_method, response_code, content_type, cache_ttl, cache_control, vary_headers,
+ * vary_query_params, ignore_uri_case), plus the worker cache (l1_*), the stampede lock,
+ * refresh-ahead, sliding TTL, encryption and the shared Redis settings.
+ */
+import * as typedefs from "kong.db.schema.typedefs";
+import { faultTolerantField, redisRecord } from "../../lib/redis/schema";
+import { METHODS, PLUGIN_NAME } from "./conf";
+
+/** "type/subtype", "type/*" or "*", without parameters. */
+function validateContentType(this: void, value: string): LuaMultiReturn<[true | undefined, string | undefined]> {
+  if (value === "*" || value === "*/*" || string.find(value, "^[%w!#$&%-%^_.+]+/[%w!#$&%-%^_.+*]+$")[0] !== undefined) return $multi(true, undefined);
+  return $multi(undefined, `invalid content type '${value}': expected type/subtype, type/* or *, without parameters`);
+}
+
+const schema: KongPluginSchema = {
+  name: PLUGIN_NAME,
+  fields: [
+    { protocols: typedefs.protocols_http },
+    {
+      config: {
+        type: "record",
+        description: "Response cache shared by every node through Redis, with a per-worker cache in front, a stampede lock, refresh-ahead and optional encryption.",
+        fields: [
+          {
+            request_method: {
+              type: "array",
+              required: true,
+              default: ["GET", "HEAD"],
+              elements: { type: "string", one_of: METHODS },
+              description: "Request methods whose responses may be cached. The request body is not part of the cache key.",
+            },
+          },
+          {
+            response_code: {
+              type: "array",
+              required: true,
+              default: [200, 301, 404],
+              len_min: 1,
+              elements: { type: "integer", between: [100, 900] },
+              description: "Upstream response status codes that may be cached.",
+            },
+          },
+          {
+            content_type: {
+              type: "array",
+              required: true,
+              default: ["text/plain", "application/json"],
+              elements: { type: "string", custom_validator: validateContentType },
+              description: "Upstream response content types that may be cached, matched on type/subtype (parameters such as charset are ignored); `type/*` and `*` match more.",
+            },
+          },
+          {
+            cache_ttl: {
+              type: "integer",
+              required: true,
+              default: 300,
+              gt: 0,
+              description: "Seconds an entry is kept (with cache_control, when the response sets no max-age).",
+            },
+          },
+          {
+            cache_control: {
+              type: "boolean",
+              required: true,
+              default: false,
+              description: "Honour Cache-Control: on requests no-store and no-cache (bypass, refetch) and max-age; on responses no-store, no-cache, private (not stored), s-maxage and max-age (the TTL).",
+            },
+          },
+          {
+            vary_headers: {
+              type: "array",
+              elements: { type: "string" },
+              description: "Request headers whose values are part of the cache key. A response's own Vary header is honoured as well.",
+            },
+          },
+          {
+            vary_query_params: {
+              type: "array",
+              elements: { type: "string" },
+              description: "Query arguments that are part of the cache key. Unset: all of them.",
+            },
+          },
+          {
+            ignore_uri_case: {
+              type: "boolean",
+              required: true,
+              default: false,
+              description: "Treat paths that differ only in letter case as the same resource.",
+            },
+          },
+          {
+            cache_per_consumer: {
+              type: "boolean",
+              required: true,
+              default: true,
+              description: "Keep an authenticated consumer's responses apart from everyone else's. When false, requests with an Authorization header are not cached.",
+            },
+          },
+          {
+            max_body_size: {
+              type: "integer",
+              required: true,
+              default: 1048576,
+              between: [0, 2147483647],
+              description: "Largest response body, in bytes, that is cached; larger responses stream through uncached.",
+            },
+          },
+          {
+            l1_ttl: {
+              type: "number",
+              required: true,
+              default: 5,
+              between: [0, 86400],
+              description: "Seconds a worker keeps an entry in its own memory (L1) before asking Redis again; 0 disables L1.",
+            },
+          },
+          {
+            l1_size: {
+              type: "integer",
+              required: true,
+              default: 1000,
+              between: [1, 1000000],
+              description: "Entries each worker keeps in L1 (least recently used go first).",
+            },
+          },
+          {
+            lock_timeout: {
+              type: "integer",
+              required: true,
+              default: 3000,
+              between: [1, 600000],
+              description: "Milliseconds a request waits for another request that is filling the same entry, before going upstream itself.",
+            },
+          },
+          {
+            refresh_ahead: {
+              type: "number",
+              required: true,
+              default: 0.2,
+              between: [0, 1],
+              description: "Fraction of the TTL at the end of an entry's life in which one request refreshes it from the upstream while the others are served the cached copy; 0 disables refresh-ahead.",
+            },
+          },
+          {
+            sliding_ttl: {
+              type: "boolean",
+              required: true,
+              default: false,
+              description: "When true, every hit restarts the entry's TTL in Redis.",
+            },
+          },
+          {
+            encryption_key: {
+              type: "string",
+              len_min: 16,
+              referenceable: true,
+              encrypted: true,
+              description: "When set, entries are stored in Redis encrypted with AES-256-GCM under SHA-256 of this secret (a fresh nonce per entry); entries that fail authentication are treated as misses.",
+            },
+          },
+          { fault_tolerant: faultTolerantField(true) },
+          { redis: redisRecord() },
+        ],
+      },
+    },
+  ],
+};
+
+export = schema;

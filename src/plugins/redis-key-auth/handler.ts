@@ -1,0 +1,297 @@
+/**
+ * redis-key-auth: Kong key-auth's behaviour (names, messages, headers, anonymous,
+ * hide_credentials, run_on_preflight) with the keys in Redis, stored as SHA-256 only.
+ *
+ * Hot path: find the key, check its format, hash it, find it in the worker cache. Redis
+ * is asked (one HGETALL) only on a cache miss; revocations evict cache entries through
+ * pub/sub (cache.ts).
+ */
+import * as cjson from "cjson.safe";
+import * as semaphore from "ngx.semaphore";
+import * as fault from "../../lib/redis/fault";
+import { SUITE_VERSION } from "../../lib/version";
+import * as workerCache from "./cache";
+import { UNKNOWN, type CacheEntry, type Flight, type LookupResult, type PoolState, type ValidKey } from "./cache";
+import * as store from "./store";
+import type { KeyAuthConf, KeyRecord } from "./store";
+import { removeQueryArg, wellFormed, wwwAuthenticate } from "./util";
+
+const PLUGIN = "redis-key-auth";
+
+const HEADER_CONSUMER_ID = "X-Consumer-ID";
+const HEADER_CONSUMER_CUSTOM_ID = "X-Consumer-Custom-ID";
+const HEADER_CONSUMER_USERNAME = "X-Consumer-Username";
+const HEADER_CREDENTIAL_IDENTIFIER = "X-Credential-Identifier";
+const HEADER_ANONYMOUS = "X-Anonymous-Consumer";
+
+const ERR_DUPLICATE_API_KEY = "Duplicate API key found";
+const ERR_NO_API_KEY = "No API key found in request";
+const ERR_INVALID_AUTH_CRED = "Unauthorized";
+const ERR_UNEXPECTED = { message: "An unexpected error occurred" };
+
+const FORM = "application/x-www-form-urlencoded";
+const EMPTY_BODY = new LuaTable<string, unknown>();
+/** The lookup result of an invalid key (shared: it carries nothing). */
+const NOT_VALID: LookupResult = {};
+
+/** What each config table needs on every request, computed once per table. */
+interface Prepared {
+  challenge: KongHeaders;
+  /** conf.anonymous, or undefined (whether Kong hands over nil or ngx.null). */
+  anonymous?: string;
+  /** The anonymous consumer, looked up at most once per cache_ttl. */
+  anonymousConsumer?: KongConsumer;
+  anonymousUntil: number;
+}
+const prepared = setmetatable(new LuaTable<KeyAuthConf, Prepared>(), { __mode: "k" });
+
+function prepare(this: void, conf: KeyAuthConf): Prepared {
+  let p = prepared.get(conf);
+  if (p === undefined) {
+    const anonymous = type(conf.anonymous) === "string" ? conf.anonymous : undefined;
+    p = { challenge: { "WWW-Authenticate": wwwAuthenticate(conf.realm) }, anonymous, anonymousUntil: 0 };
+    prepared.set(conf, p);
+  }
+  return p;
+}
+
+// ---------------------------------------------------------------- consumer headers
+
+function setConsumer(this: void, consumer: KongConsumer, credential: KongCredential | undefined): void {
+  kong.client.authenticate(consumer, credential);
+  const set = kong.service.request.set_header;
+  const clear = kong.service.request.clear_header;
+  if (consumer.id !== undefined) set(HEADER_CONSUMER_ID, consumer.id);
+  else clear(HEADER_CONSUMER_ID);
+  if (consumer.custom_id !== undefined) set(HEADER_CONSUMER_CUSTOM_ID, consumer.custom_id);
+  else clear(HEADER_CONSUMER_CUSTOM_ID);
+  if (consumer.username !== undefined) set(HEADER_CONSUMER_USERNAME, consumer.username);
+  else clear(HEADER_CONSUMER_USERNAME);
+  if (credential !== undefined) {
+    set(HEADER_CREDENTIAL_IDENTIFIER, credential.id);
+    clear(HEADER_ANONYMOUS);
+  } else {
+    clear(HEADER_CREDENTIAL_IDENTIFIER);
+    set(HEADER_ANONYMOUS, true);
+  }
+}
+
+/** A request let through without authentication must not carry identity headers of its own. */
+function clearConsumerHeaders(this: void): void {
+  const clear = kong.service.request.clear_header;
+  clear(HEADER_CONSUMER_ID);
+  clear(HEADER_CONSUMER_CUSTOM_ID);
+  clear(HEADER_CONSUMER_USERNAME);
+  clear(HEADER_CREDENTIAL_IDENTIFIER);
+  clear(HEADER_ANONYMOUS);
+}
+
+function setAnonymous(this: void, conf: KeyAuthConf, p: Prepared, anonymous: string): void {
+  const now = ngx.now();
+  let consumer = p.anonymousConsumer;
+  if (consumer === undefined || now >= p.anonymousUntil) {
+    const [found, err] = kong.client.load_consumer(anonymous, true);
+    if (err !== undefined) error(err);
+    if (found === undefined) {
+      kong.log.err(`anonymous consumer '${anonymous}' is configured but not found`);
+      return kong.response.exit(500, ERR_UNEXPECTED);
+    }
+    consumer = found;
+    p.anonymousConsumer = found;
+    p.anonymousUntil = now + conf.cache_ttl;
+  }
+  setConsumer(consumer, undefined);
+}
+
+// ---------------------------------------------------------------- finding the key
+
+function readBody(this: void): LuaMultiReturn<[LuaTable<string, unknown>, string | undefined]> {
+  const [body, err, mime] = kong.request.get_body();
+  if (body === undefined) {
+    kong.log.info("Cannot process request body: ", err);
+    return $multi(EMPTY_BODY, undefined);
+  }
+  return $multi(body, mime);
+}
+
+/** hide_credentials: the key leaves the header, the query string and the body. */
+function hide(this: void, conf: KeyAuthConf, name: string, body: LuaTable<string, unknown> | undefined, mime: string | undefined): void {
+  kong.service.request.clear_header(name);
+  const query = kong.request.get_raw_query();
+  if (query !== "") {
+    const without = removeQueryArg(query, name, ngx.unescape_uri);
+    if (without !== query) kong.service.request.set_raw_query(without);
+  }
+  if (!conf.key_in_body) return;
+  if (body === undefined) [body, mime] = readBody();
+  if (body === EMPTY_BODY || body.get(name) === undefined) return;
+  body.set(name, undefined);
+  const encoded = mime === FORM ? ngx.encode_args(body as unknown as LuaTable) : cjson.encode(body)[0];
+  if (encoded !== undefined) kong.service.request.set_raw_body(encoded);
+}
+
+/**
+ * The key as Kong's key-auth finds it: for each name in order, the header, then the
+ * query argument, then the body field. Returns the key, or nil and the 401 message.
+ */
+function findKey(this: void, conf: KeyAuthConf): LuaMultiReturn<[string | undefined, string | undefined]> {
+  let headers: HeaderTable | undefined;
+  let query: ArgTable | undefined;
+  let body: LuaTable<string, unknown> | undefined;
+  let mime: string | undefined;
+  const names = conf.key_names;
+  for (let i = 0; i < names.length; i++) {
+    const name = names[i];
+    let value: unknown = undefined;
+    if (conf.key_in_header) {
+      if (headers === undefined) headers = kong.request.get_headers();
+      value = headers.get(name);
+    }
+    if (value === undefined && conf.key_in_query) {
+      if (query === undefined) query = kong.request.get_query();
+      value = query.get(name);
+    }
+    if (value === undefined && conf.key_in_body) {
+      if (body === undefined) [body, mime] = readBody();
+      value = body.get(name);
+    }
+    const kind = type(value);
+    if (kind === "string") {
+      if (conf.hide_credentials) hide(conf, name, body, mime);
+      if (value === "") return $multi(undefined, ERR_NO_API_KEY);
+      return $multi(value as string, undefined);
+    }
+    // The same name twice: which one would be meant is anyone's guess.
+    if (kind === "table") return $multi(undefined, ERR_DUPLICATE_API_KEY);
+  }
+  return $multi(undefined, ERR_NO_API_KEY);
+}
+
+// ---------------------------------------------------------------- checking the key
+
+/**
+ * The Kong consumer a key belongs to: by the consumer id stored with the key when it has
+ * one (pinned: another consumer later given the same username does not inherit the key),
+ * else by username. A key of a consumer Kong does not know is not valid.
+ */
+function consumerOf(this: void, record: KeyRecord): KongConsumer | undefined {
+  if (record.consumer_id !== "") {
+    const [consumer, err] = kong.client.load_consumer(record.consumer_id);
+    if (err !== undefined) error(err);
+    return consumer;
+  }
+  const [consumer, err] = kong.client.load_consumer(record.consumer_username, true);
+  if (err !== undefined) error(err);
+  return consumer;
+}
+
+/** Asks Redis about one key (cache miss) and caches the answer. */
+function fetch(this: void, conf: KeyAuthConf, state: PoolState, sha: string, stale: CacheEntry | undefined): LookupResult {
+  const generation = state.generation;
+  const [record, err] = store.lookup(conf.redis, sha);
+  const now = ngx.now();
+  if (record === undefined) {
+    // Redis is down: a key this worker knew to be valid keeps working (its expiry still
+    // holds); revocations need Redis too, and the cache is dropped when it is back.
+    if (stale !== undefined && stale !== UNKNOWN) {
+      const known = stale as ValidKey;
+      if (known.expires_at === 0 || known.expires_at > now) {
+        fault.logThrottled(PLUGIN, `redis unavailable: ${err ?? "unknown error"} (keys in the worker cache keep working)`);
+        return { valid: known };
+      }
+    }
+    return { err: err ?? "unknown error" };
+  }
+
+  const live = record !== false && (record.expires_at === 0 || record.expires_at > now);
+  const consumer = live ? consumerOf(record as KeyRecord) : undefined;
+  if (consumer === undefined) {
+    if (live) kong.log.info(`key ${(record as KeyRecord).id} belongs to consumer '${(record as KeyRecord).consumer_username}', unknown to Kong`);
+    if (conf.negative_cache_ttl > 0) state.cache.set(sha, UNKNOWN, conf.negative_cache_ttl);
+    return NOT_VALID;
+  }
+
+  const found = record as KeyRecord;
+  const valid: ValidKey = {
+    consumer,
+    credential: { id: found.id, consumer: { id: consumer.id } },
+    expires_at: found.expires_at,
+  };
+  // An invalidation that arrived while Redis was being asked may concern this key.
+  if (generation === state.generation) {
+    const ttl = found.expires_at !== 0 ? math.min(conf.cache_ttl, found.expires_at - now) : conf.cache_ttl;
+    if (ttl > 0) state.cache.set(sha, valid, ttl);
+  }
+  return { valid };
+}
+
+/**
+ * A valid key's consumer and credential; nil for an invalid key; nil plus the Redis
+ * error when Redis could not be asked and the worker cache had nothing usable.
+ */
+function check(this: void, conf: KeyAuthConf, apiKey: string): LuaMultiReturn<[ValidKey | undefined, string | undefined]> {
+  const sha = store.hashKey(apiKey);
+  const state = workerCache.stateFor(conf.redis);
+  const [hit, stale] = state.cache.get(sha);
+  if (hit !== undefined) return $multi(hit === UNKNOWN ? undefined : (hit as ValidKey), undefined);
+
+  // Another request of this worker is asking Redis about this key: wait for its answer
+  // rather than ask again (a popular key expiring must not become a burst of lookups).
+  const pending = state.inflight.get(sha);
+  if (pending !== undefined) {
+    pending.waiters++;
+    pending.sema.wait((2 * conf.redis.timeout) / 1000 + 0.1);
+    if (pending.result !== undefined) return $multi(pending.result.valid, pending.result.err);
+  }
+
+  const [sema, semaErr] = semaphore.new(0);
+  if (sema === undefined) return error(`redis-key-auth: could not create a semaphore: ${semaErr}`);
+  const flight: Flight = { sema, waiters: 0 };
+  state.inflight.set(sha, flight);
+  const [ok, result] = pcall(fetch, conf, state, sha, stale);
+  if (state.inflight.get(sha) === flight) state.inflight.delete(sha);
+  if (ok) flight.result = result;
+  if (flight.waiters > 0) sema.post(flight.waiters);
+  if (!ok) return error(result, 0);
+  return $multi(result.valid, result.err);
+}
+
+// ---------------------------------------------------------------- phases
+
+const handler: KongPluginHandler<KeyAuthConf> = {
+  PRIORITY: 1250,
+  VERSION: SUITE_VERSION,
+
+  configure(configs) {
+    const redisConfs = [];
+    if (configs !== undefined) for (const conf of configs) redisConfs.push(conf.redis);
+    workerCache.configure(redisConfs);
+  },
+
+  access(conf) {
+    if (!conf.run_on_preflight && kong.request.get_method() === "OPTIONS") return;
+    const p = prepare(conf);
+    const anonymous = p.anonymous;
+    // With anonymous set, auth plugins are alternatives: another one already succeeded.
+    if (anonymous !== undefined && kong.client.get_credential() !== undefined) return;
+
+    let [apiKey, failure] = findKey(conf);
+    if (apiKey !== undefined) {
+      failure = ERR_INVALID_AUTH_CRED;
+      if (wellFormed(apiKey)) {
+        const [valid, redisErr] = check(conf, apiKey);
+        if (valid !== undefined) return setConsumer(valid.consumer, valid.credential);
+        if (redisErr !== undefined) {
+          fault.onRedisFailure(PLUGIN, conf.fault_tolerant, redisErr);
+          // fault_tolerant: the key cannot be checked; the request goes on unauthenticated.
+          if (anonymous !== undefined) return setAnonymous(conf, p, anonymous);
+          return clearConsumerHeaders();
+        }
+      }
+    }
+    if (anonymous !== undefined) return setAnonymous(conf, p, anonymous);
+    return kong.response.error(401, failure, p.challenge);
+  },
+};
+
+export = handler;

@@ -1,0 +1,214 @@
+/**
+ * redis-rate-limit: exact rate limiting shared by every worker and node.
+ *
+ * access: identify the client, skip Redis when this worker already knows the identifier
+ * is over a limit until its retry time, else one EVALSHA (redis-lua/rate-limit-1.lua)
+ * decides every configured window and counts the request only when all admit it. The
+ * script also says when the next request can be admitted, once a window is used up (by
+ * a rejection or by the admission that filled it): the worker remembers that time. The
+ * response headers go out in header_filter (upstream headers must not override them);
+ * a rejection carries them in its exit.
+ */
+import * as lrucache from "resty.lrucache";
+import { script } from "../../lib/redis/client";
+import { onRedisFailure } from "../../lib/redis/fault";
+import { key, part } from "../../lib/keys";
+import { SUITE_VERSION } from "../../lib/version";
+import type { Conf } from "./conf";
+import { bounds, WINDOWS } from "./windows";
+
+const PLUGIN = "redis-rate-limit";
+const SCRIPT = "rate-limit";
+/** Identifiers over a limit that one worker remembers (least recently used dropped first). */
+const BLOCKED_SLOTS = 10000;
+/** Counters outlive the time they matter by this much, for gateway clocks that disagree a little. */
+const CLOCK_SKEW_MS = 2000;
+
+const RATELIMIT_LIMIT = "RateLimit-Limit";
+const RATELIMIT_REMAINING = "RateLimit-Remaining";
+const RATELIMIT_RESET = "RateLimit-Reset";
+const RETRY_AFTER = "Retry-After";
+
+const ceil = math.ceil;
+const floor = math.floor;
+
+type Headers = LuaTable<string, number>;
+
+/** One configured window, with its header names. */
+interface Window {
+  name: string;
+  limit: number;
+  /** Milliseconds; 0 for the calendar month. */
+  length: number;
+  limitHeader: string;
+  remainingHeader: string;
+}
+
+/** What one config needs per request, built once per config table. */
+interface Prepared {
+  windows: Window[];
+  algorithm: "sliding" | "fixed";
+  /** The plugin instance's part of every counter key. */
+  instance: string;
+}
+
+/** An identifier this worker saw at its limit: until `retryAt` no request of it can be admitted. */
+interface Blocked {
+  conf: Conf;
+  retryAt: number;
+  remaining: number[];
+}
+
+const preparedByConf = setmetatable(new LuaTable<Conf, Prepared>(), { __mode: "k" });
+
+const [blockedCache, lruErr] = lrucache.new<Blocked>(BLOCKED_SLOTS);
+if (blockedCache === undefined) error(`${PLUGIN}: could not create the worker cache: ${lruErr}`);
+
+function idOf(this: void, value: unknown): string {
+  return type(value) === "string" ? (value as string) : "-";
+}
+
+function prepare(this: void, conf: Conf): Prepared {
+  const cached = preparedByConf.get(conf);
+  if (cached !== undefined) return cached;
+  const windows: Window[] = [];
+  const fields = conf as unknown as LuaTable<string, unknown>;
+  for (const w of WINDOWS) {
+    const limit = fields.get(w.name);
+    if (type(limit) === "number") {
+      windows[windows.length] = {
+        name: w.name,
+        limit: limit as number,
+        length: w.length,
+        limitHeader: "X-RateLimit-Limit-" + w.title,
+        remainingHeader: "X-RateLimit-Remaining-" + w.title,
+      };
+    }
+  }
+  // Kong 3 passes the plugin's id; without it, the plugin's scope names the instance.
+  const instance = type(conf.__plugin_id) === "string" ? conf.__plugin_id! : `${idOf(conf.route_id)}.${idOf(conf.service_id)}`;
+  const prepared: Prepared = {
+    windows,
+    algorithm: conf.algorithm === "fixed-window" ? "fixed" : "sliding",
+    instance: part(instance),
+  };
+  preparedByConf.set(conf, prepared);
+  return prepared;
+}
+
+/** What the counters belong to: kind and value; the client IP when the identifier is missing (as Kong). */
+function identify(this: void, conf: Conf): LuaMultiReturn<[string, string]> {
+  const by = conf.limit_by;
+  let id: string | undefined;
+  if (by === "consumer") {
+    id = (kong.client.get_consumer() ?? kong.client.get_credential())?.id;
+  } else if (by === "credential") {
+    id = kong.client.get_credential()?.id;
+  } else if (by === "service") {
+    id = kong.router.get_service()?.id;
+  } else if (by === "route") {
+    id = kong.router.get_route()?.id;
+  } else if (by === "header") {
+    id = kong.request.get_header(conf.header_name!);
+  } else if (by === "path") {
+    const path = kong.request.get_path();
+    if (path === conf.path) id = path;
+  }
+  if (type(id) !== "string" || id === "") return $multi("ip", kong.client.get_forwarded_ip());
+  return $multi(by, id!);
+}
+
+/** Kong's headers: each window's limit and remaining; RateLimit-* for the window closest to its limit. */
+function headersFor(this: void, p: Prepared, now: number, remaining: number[]): Headers {
+  const headers: Headers = new LuaTable();
+  let bestLimit = 0;
+  let bestRemaining = -1;
+  let bestLength = 0;
+  let bestReset = 0;
+  const windows = p.windows;
+  for (let i = 0; i < windows.length; i++) {
+    const w = windows[i];
+    const left = remaining[i];
+    headers.set(w.limitHeader, w.limit);
+    headers.set(w.remainingHeader, left);
+    const [start, length] = bounds(now, w.length);
+    if (bestRemaining < 0 || left < bestRemaining || (left === bestRemaining && length > bestLength)) {
+      bestLimit = w.limit;
+      bestRemaining = left;
+      bestLength = length;
+      bestReset = start + length - now;
+    }
+  }
+  headers.set(RATELIMIT_LIMIT, bestLimit);
+  headers.set(RATELIMIT_REMAINING, bestRemaining);
+  headers.set(RATELIMIT_RESET, math.max(1, ceil(bestReset / 1000)));
+  return headers;
+}
+
+function reject(this: void, conf: Conf, p: Prepared, now: number, remaining: number[], retryMs: number): never {
+  if (conf.hide_client_headers) return kong.response.error(conf.error_code, conf.error_message);
+  const headers = headersFor(p, now, remaining);
+  headers.set(RETRY_AFTER, math.max(1, ceil(retryMs / 1000)));
+  return kong.response.error(conf.error_code, conf.error_message, headers as unknown as KongHeaders);
+}
+
+const handler: KongPluginHandler<Conf> = {
+  // Kong's rate-limiting priority: after authentication, so consumers and credentials are known.
+  PRIORITY: 910,
+  VERSION: SUITE_VERSION,
+
+  access(conf) {
+    const p = prepare(conf);
+    const [kind, value] = identify(conf);
+    const counterKey = key(PLUGIN, `${p.instance}:${kind}:${part(value)}`);
+    // the request's time as nginx cached it for this event loop iteration (as Kong reads it)
+    const now = floor(ngx.now() * 1000 + 0.5);
+
+    const [blocked] = blockedCache.get(counterKey);
+    if (blocked !== undefined && blocked.conf === conf && now < blocked.retryAt) {
+      return reject(conf, p, now, blocked.remaining, blocked.retryAt - now);
+    }
+
+    const windows = p.windows;
+    const sliding = p.algorithm === "sliding";
+    const args: (string | number)[] = [now, p.algorithm, 0, windows.length];
+    let n = 4;
+    let keep = 0;
+    for (const w of windows) {
+      const [start, length, prevStart, nextLength] = bounds(now, w.length);
+      args[n] = w.name;
+      args[n + 1] = w.limit;
+      args[n + 2] = start;
+      args[n + 3] = length;
+      args[n + 4] = prevStart;
+      args[n + 5] = nextLength;
+      n += 6;
+      // fixed: the current window; sliding: also the next, which weighs this one
+      const until = (sliding ? start + length + nextLength : start + length) - now;
+      if (until > keep) keep = until;
+    }
+    args[2] = keep + CLOCK_SKEW_MS;
+
+    const [reply, err] = script(conf.redis, { script: SCRIPT, keys: [counterKey], args });
+    if (type(reply) !== "table") {
+      return onRedisFailure(PLUGIN, conf.fault_tolerant, reply === false ? `script ${SCRIPT} failed: ${err}` : err);
+    }
+    const r = reply as number[];
+    const remaining: number[] = [];
+    for (let i = 0; i < windows.length; i++) remaining[i] = r[2 + i];
+    // A wait comes with every rejection, and with an admission that used a window up:
+    // either way no request of this identifier can be admitted before it has passed.
+    const retryMs = r[1];
+    if (retryMs > 0) blockedCache.set(counterKey, { conf, retryAt: now + retryMs, remaining }, retryMs / 1000);
+    if (r[0] !== 1) return reject(conf, p, now, remaining, retryMs);
+    if (!conf.hide_client_headers) kong.ctx.plugin["headers"] = headersFor(p, now, remaining);
+  },
+
+  header_filter(_conf) {
+    const headers = kong.ctx.plugin["headers"] as Headers | undefined;
+    if (headers === undefined) return;
+    for (const [name, value] of pairs(headers)) kong.response.set_header(name, value);
+  },
+};
+
+export = handler;

@@ -1,0 +1,92 @@
+/**
+ * redis-rate-limit's configuration: Kong's rate-limiting field names where Kong has the
+ * field (second … month, limit_by, header_name, path, hide_client_headers, error_code,
+ * error_message, fault_tolerant, redis), plus `algorithm`.
+ */
+import * as typedefs from "kong.db.schema.typedefs";
+import { faultTolerantField, redisRecord } from "../../lib/redis/schema";
+import { ALGORITHMS, LIMIT_BY, MAX_LIMIT } from "./conf";
+import { WINDOWS } from "./windows";
+
+/** Kong's rule: a longer window may not have a lower limit than a shorter one. */
+function validateWindowOrder(this: void, config: LuaTable<string, unknown>): LuaMultiReturn<[true | undefined, string | undefined]> {
+  for (let i = 0; i < WINDOWS.length; i++) {
+    const shorter = config.get(WINDOWS[i].name);
+    for (let j = i + 1; j < WINDOWS.length && type(shorter) === "number"; j++) {
+      const longer = config.get(WINDOWS[j].name);
+      if (type(longer) === "number" && (longer as number) < (shorter as number)) {
+        return $multi(undefined, string.format("The limit for %s(%.1f) cannot be lower than the limit for %s(%.1f)",
+          WINDOWS[j].name, longer as number, WINDOWS[i].name, shorter as number));
+      }
+    }
+  }
+  return $multi(true, undefined);
+}
+
+function limitField(this: void, window: string): SchemaField {
+  return {
+    type: "integer",
+    between: [1, MAX_LIMIT],
+    description: `The most requests admitted per ${window} for one identifier.`,
+  };
+}
+
+function described(this: void, base: SchemaField, description: string): SchemaField {
+  const field: LuaTable<string, unknown> = new LuaTable();
+  for (const [k, v] of pairs(base as unknown as LuaTable<string, unknown>)) field.set(k, v);
+  field.set("description", description);
+  return field as unknown as SchemaField;
+}
+
+const schema: KongPluginSchema = {
+  name: "redis-rate-limit",
+  fields: [
+    { protocols: typedefs.protocols_http },
+    {
+      config: {
+        type: "record",
+        description: "Exact rate limiting in Redis: every window is decided and counted in one atomic script call. Rejected requests do not consume quota.",
+        fields: [
+          { second: limitField("second") },
+          { minute: limitField("minute") },
+          { hour: limitField("hour") },
+          { day: limitField("day (00:00 to 24:00 UTC)") },
+          { month: limitField("calendar month (UTC)") },
+          {
+            algorithm: {
+              type: "string",
+              required: true,
+              default: "sliding-window",
+              one_of: ALGORITHMS,
+              description: "sliding-window: the previous window's count, weighted by how much of it still overlaps the last window length, plus the current window's. fixed-window: the current window's count only.",
+            },
+          },
+          {
+            limit_by: {
+              type: "string",
+              required: true,
+              default: "consumer",
+              one_of: LIMIT_BY,
+              description: "What one counter set belongs to: the consumer (else its credential), the credential, the client IP, the service, the route, a request header's value (header_name), or one request path (path). When it is missing, the client IP is used.",
+            },
+          },
+          { header_name: described(typedefs.header_name, "The header whose value identifies the client, with limit_by header.") },
+          { path: described(typedefs.path, "With limit_by path: requests to exactly this path share one counter set; other requests are counted by client IP.") },
+          { hide_client_headers: { type: "boolean", required: true, default: false, description: "Do not send the X-RateLimit-*, RateLimit-* and Retry-After headers." } },
+          { error_code: { type: "integer", required: true, default: 429, between: [400, 599], description: "Status of a rejected request." } },
+          { error_message: { type: "string", required: true, default: "API rate limit exceeded", description: "Message of a rejected request, in Kong's `{\"message\": ...}` body." } },
+          { fault_tolerant: faultTolerantField(true) },
+          { redis: redisRecord() },
+        ],
+        custom_validator: validateWindowOrder,
+      },
+    },
+  ],
+  entity_checks: [
+    { at_least_one_of: ["config.second", "config.minute", "config.hour", "config.day", "config.month"] },
+    { conditional: { if_field: "config.limit_by", if_match: { eq: "header" }, then_field: "config.header_name", then_match: { required: true } } },
+    { conditional: { if_field: "config.limit_by", if_match: { eq: "path" }, then_field: "config.path", then_match: { required: true } } },
+  ],
+};
+
+export = schema;
