@@ -23,11 +23,13 @@ bootstrap:
 
 build: bootstrap
 	@node scripts/build.mjs
+	@node scripts/rockspec.mjs
 	@npx tsc -p tsconfig.json
 
 # kong-plugins/ is committed: a fresh build (in memory) must match it byte for byte.
 check-build: bootstrap
 	@node scripts/build.mjs --check
+	@node scripts/rockspec.mjs --check
 
 typecheck: bootstrap
 	@npx tsc -p tsconfig.json --noEmit

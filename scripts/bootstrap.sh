@@ -16,6 +16,7 @@ declare -A NEED=(
   [/usr/share/lua/5.1/lyaml]=lua-yaml
   [cmd:luajit]=luajit2
   [cmd:busted]=lua-busted
+  [cmd:luarocks]=luarocks
   [cmd:redis-server]=redis-server
   [cmd:wrk]=wrk
   [cmd:openssl]=openssl
