@@ -1,30 +1,12 @@
 -- redis-rate-limit: its schema (through the local gateway's Kong validator), its window
 -- arithmetic (UTC calendar months), and the instance fields the gateway hands handlers.
-local validator = require("krs.gateway.schema")
 local config_loader = require("krs.gateway.config")
 local windows = require("kong.plugins.redis-rate-limit.windows")
 local cjson = require("cjson.safe")
 
-local function schema()
-  package.loaded["kong.plugins.redis-rate-limit.schema"] = nil
-  return require("kong.plugins.redis-rate-limit.schema")
-end
-
-local function validate(config)
-  return validator.validatePlugin(schema(), { name = "redis-rate-limit", config = config })
-end
-
-local function ok(config)
-  local out, errs = validate(config)
-  assert.is_nil(errs, errs and validator.formatErrors(errs))
-  return out.config
-end
-
-local function errors_of(config)
-  local out, errs = validate(config)
-  assert.is_nil(out)
-  return errs
-end
+local plugin_schema = require("plugin_schema")("redis-rate-limit")
+local schema, validate, ok = plugin_schema.schema, plugin_schema.validate, plugin_schema.ok
+local errors_of, error_text = plugin_schema.errors_of, plugin_schema.error_text
 
 describe("redis-rate-limit schema", function()
   it("fills Kong's defaults", function()

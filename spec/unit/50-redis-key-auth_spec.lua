@@ -1,30 +1,10 @@
 -- redis-key-auth: its schema (through the local gateway's Kong validator) and its pure
 -- helpers (key and id formats, the WWW-Authenticate value, removing a query argument).
-local validator = require("krs.gateway.schema")
 local util = require("kong.plugins.redis-key-auth.util")
 
-local function schema()
-  package.loaded["kong.plugins.redis-key-auth.schema"] = nil
-  return require("kong.plugins.redis-key-auth.schema")
-end
-
-local function validate(config, extra)
-  local entity = { name = "redis-key-auth", config = config }
-  for k, v in pairs(extra or {}) do entity[k] = v end
-  return validator.validatePlugin(schema(), entity)
-end
-
-local function ok(config)
-  local out, errs = validate(config)
-  assert.is_nil(errs, errs and validator.formatErrors(errs))
-  return out.config
-end
-
-local function error_text(config, extra)
-  local out, errs = validate(config, extra)
-  assert.is_nil(out)
-  return validator.formatErrors(errs)
-end
+local plugin_schema = require("plugin_schema")("redis-key-auth")
+local schema, validate, ok = plugin_schema.schema, plugin_schema.validate, plugin_schema.ok
+local errors_of, error_text = plugin_schema.errors_of, plugin_schema.error_text
 
 -- ngx.unescape_uri's job, for plain LuaJIT: %XX decoding.
 local function unescape(s)

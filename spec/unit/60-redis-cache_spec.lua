@@ -1,31 +1,13 @@
 -- redis-cache: its schema (through the local gateway's Kong validator), the cacheability
 -- rules (Cache-Control, Vary, content types), the stored value format with and without
 -- AES-256-GCM, and krs.crypto itself.
-local validator = require("krs.gateway.schema")
 local policy = require("kong.plugins.redis-cache.policy")
 local codec = require("kong.plugins.redis-cache.codec")
 local crypto = require("krs.crypto")
 
-local function schema()
-  package.loaded["kong.plugins.redis-cache.schema"] = nil
-  return require("kong.plugins.redis-cache.schema")
-end
-
-local function validate(config)
-  return validator.validatePlugin(schema(), { name = "redis-cache", config = config })
-end
-
-local function ok(config)
-  local out, errs = validate(config)
-  assert.is_nil(errs, errs and validator.formatErrors(errs))
-  return out.config
-end
-
-local function errors_of(config)
-  local out, errs = validate(config)
-  assert.is_nil(out)
-  return errs
-end
+local plugin_schema = require("plugin_schema")("redis-cache")
+local schema, validate, ok = plugin_schema.schema, plugin_schema.validate, plugin_schema.ok
+local errors_of, error_text = plugin_schema.errors_of, plugin_schema.error_text
 
 describe("redis-cache schema", function()
   it("fills Kong proxy-cache's defaults and the suite's own", function()
