@@ -92,9 +92,13 @@ describe("routing", () => {
   });
 
   it("answers 502 in Kong's shape when the upstream refuses", async () => {
-    const { status, body } = await getJson(`${gw.proxyUrl}/down`);
+    const { status, body, headers } = await getJson(`${gw.proxyUrl}/down`);
     expect(status).toBe(502);
     expect(body).toEqual({ message: "An invalid response was received from the upstream server" });
+    // nginx's internal redirect to the error page drops ngx.ctx; the gateway restores it,
+    // so header_filter and log still see the plugins chosen in access.
+    expect(headers.get("x-second-source")).toBe("error");
+    await expect.poll(() => gw.errorLog().some((l) => l.includes("log phase ran tag=global status=502 source=error"))).toBe(true);
   });
 });
 

@@ -174,7 +174,10 @@ export function access(this: void): void {
     tries: 0,
   };
   const requestId = ngx.var["request_id"];
-  if (requestId !== undefined) stashed.set(requestId, ctx);
+  if (requestId !== undefined) {
+    ctx.KRS_REQUEST_ID = requestId;
+    stashed.set(requestId, ctx);
+  }
 }
 
 export function balancerPhase(this: void): void {
@@ -216,7 +219,7 @@ export function headerFilter(this: void): void {
   const runtime = getRuntime()!;
   const ctx = requestCtx();
   const started = ngx.req.start_time();
-  ngx.header["X-Kong-Request-Id"] = ngx.var["request_id"];
+  ngx.header["X-Kong-Request-Id"] = ctx.KRS_REQUEST_ID ?? ngx.var["request_id"];
   if (ctx.KRS_PROXIED === true && ctx.KRS_EXITED !== true) {
     const upstreamTime = tonumber(ngx.var["upstream_header_time"]);
     if (upstreamTime !== undefined) ngx.header["X-Kong-Upstream-Latency"] = tostring(math.floor(upstreamTime * 1000 + 0.5));
@@ -234,9 +237,14 @@ export function bodyFilter(this: void): void {
 }
 
 export function log(this: void): void {
-  restoreStashedCtx();
+  // A proxied request carries its stash key in ctx; after the error page's internal
+  // redirect nginx hands log a fresh ctx, so look the saved one up by request id.
+  let requestId = requestCtx().KRS_REQUEST_ID;
+  if (requestId === undefined) {
+    restoreStashedCtx();
+    requestId = requestCtx().KRS_REQUEST_ID;
+  }
   runLate(getRuntime()!.plugins, "log");
-  const requestId = ngx.var["request_id"];
   if (requestId !== undefined) stashed.delete(requestId);
 }
 

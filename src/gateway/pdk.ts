@@ -26,6 +26,8 @@ export interface RequestCtx {
   authenticated_consumer?: KongConsumer;
   authenticated_credential?: KongCredential;
   KRS_UPSTREAM_URI?: string;
+  /** $request_id, read once in access (the key of the error-page ctx stash). */
+  KRS_REQUEST_ID?: string;
 }
 
 export function requestCtx(this: void): RequestCtx {
