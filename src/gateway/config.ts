@@ -652,7 +652,8 @@ function loadOrThrow(this: void, input: unknown, env: LoaderEnv): GatewayConfig 
   const seen = new LuaTable<string, boolean>();
   for (const p of pending) {
     const plugin = validatePluginEntity(p, env);
-    const key = `${plugin.name}|${plugin.instance_name ?? ""}|${p.service?.id ?? ""}|${p.route?.id ?? ""}|${p.consumer?.id ?? ""}`;
+    // Kong's plugin cache key: one instance of a plugin per scope, whatever its instance_name.
+    const key = `${plugin.name}|${p.service?.id ?? ""}|${p.route?.id ?? ""}|${p.consumer?.id ?? ""}`;
     if (seen.has(key)) fail(p.where, undefined, `plugin '${plugin.name}' is configured twice on ${scopeName(p)}`);
     seen.set(key, true);
     plugins.push(plugin);
