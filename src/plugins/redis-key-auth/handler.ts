@@ -11,7 +11,7 @@ import * as semaphore from "ngx.semaphore";
 import * as fault from "../../lib/redis/fault";
 import { SUITE_VERSION } from "../../lib/version";
 import * as workerCache from "./cache";
-import { UNKNOWN, type CacheEntry, type Flight, type LookupResult, type PoolState, type ValidKey } from "./cache";
+import type { CacheEntry, Flight, LookupResult, PoolState, ValidKey } from "./cache";
 import * as store from "./store";
 import type { KeyAuthConf, KeyRecord } from "./store";
 import { removeQueryArg, wellFormed, wwwAuthenticate } from "./util";
@@ -193,7 +193,7 @@ function fetch(this: void, conf: KeyAuthConf, state: PoolState, sha: string, sta
   if (record === undefined) {
     // Redis is down: a key this worker knew to be valid keeps working (its expiry still
     // holds); revocations need Redis too, and the cache is dropped when it is back.
-    if (stale !== undefined && stale !== UNKNOWN) {
+    if (stale !== undefined && stale !== workerCache.UNKNOWN) {
       const known = stale as ValidKey;
       if (known.expires_at === 0 || known.expires_at > now) {
         fault.logThrottled(PLUGIN, `redis unavailable: ${err ?? "unknown error"} (keys in the worker cache keep working)`);
@@ -207,7 +207,7 @@ function fetch(this: void, conf: KeyAuthConf, state: PoolState, sha: string, sta
   const consumer = live ? consumerOf(record as KeyRecord) : undefined;
   if (consumer === undefined) {
     if (live) kong.log.info(`key ${(record as KeyRecord).id} belongs to consumer '${(record as KeyRecord).consumer_username}', unknown to Kong`);
-    if (conf.negative_cache_ttl > 0) state.cache.set(sha, UNKNOWN, conf.negative_cache_ttl);
+    if (conf.negative_cache_ttl > 0) state.cache.set(sha, workerCache.UNKNOWN, conf.negative_cache_ttl);
     return NOT_VALID;
   }
 
@@ -233,7 +233,7 @@ function check(this: void, conf: KeyAuthConf, apiKey: string): LuaMultiReturn<[V
   const sha = store.hashKey(apiKey);
   const state = workerCache.stateFor(conf.redis);
   const [hit, stale] = state.cache.get(sha);
-  if (hit !== undefined) return $multi(hit === UNKNOWN ? undefined : (hit as ValidKey), undefined);
+  if (hit !== undefined) return $multi(hit === workerCache.UNKNOWN ? undefined : (hit as ValidKey), undefined);
 
   // Another request of this worker is asking Redis about this key: wait for its answer
   // rather than ask again (a popular key expiring must not become a burst of lookups).

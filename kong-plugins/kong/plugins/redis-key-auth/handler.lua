@@ -5,8 +5,6 @@ local fault = require("krs.redis.fault")
 local ____version = require("krs.version")
 local SUITE_VERSION = ____version.SUITE_VERSION
 local workerCache = require("kong.plugins.redis-key-auth.cache")
-local ____cache = require("kong.plugins.redis-key-auth.cache")
-local UNKNOWN = ____cache.UNKNOWN
 local store = require("kong.plugins.redis-key-auth.store")
 local ____util = require("kong.plugins.redis-key-auth.util")
 local removeQueryArg = ____util.removeQueryArg
@@ -205,7 +203,7 @@ local function fetch(conf, state, sha, stale)
     local record, err = store.lookup(conf.redis, sha)
     local now = ngx.now()
     if record == nil then
-        if stale ~= nil and stale ~= UNKNOWN then
+        if stale ~= nil and stale ~= workerCache.UNKNOWN then
             local known = stale
             if known.expires_at == 0 or known.expires_at > now then
                 fault.logThrottled(PLUGIN, ("redis unavailable: " .. (err or "unknown error")) .. " (keys in the worker cache keep working)")
@@ -227,7 +225,7 @@ local function fetch(conf, state, sha, stale)
             kong.log.info(((("key " .. record.id) .. " belongs to consumer '") .. record.consumer_username) .. "', unknown to Kong")
         end
         if conf.negative_cache_ttl > 0 then
-            state.cache:set(sha, UNKNOWN, conf.negative_cache_ttl)
+            state.cache:set(sha, workerCache.UNKNOWN, conf.negative_cache_ttl)
         end
         return NOT_VALID
     end
@@ -249,7 +247,7 @@ local function check(conf, apiKey)
     local hit, stale = state.cache:get(sha)
     if hit ~= nil then
         local ____temp_2
-        if hit == UNKNOWN then
+        if hit == workerCache.UNKNOWN then
             ____temp_2 = nil
         else
             ____temp_2 = hit
