@@ -65,16 +65,20 @@ function ____exports.connect(conf)
     end
     if conf.ssl then
         local sock = red._sock
-        local session, sslErr = sock:sslhandshake(
-            nil,
-            hasText(conf.server_name) and conf.server_name or conf.host,
-            conf.ssl_verify
-        )
-        if session == nil then
+        local serverName = hasText(conf.server_name) and conf.server_name or conf.host
+        local called, session, sslErr = pcall(function() return sock:sslhandshake(nil, serverName, conf.ssl_verify) end)
+        if not called or session == nil then
+            local ____called_0
+            if called then
+                ____called_0 = sslErr
+            else
+                ____called_0 = ("handshake aborted (" .. tostring(session)) .. ")"
+            end
+            local reason = ____called_0
             return fail(
                 red,
                 pool,
-                (((("TLS handshake with redis at " .. conf.host) .. ":") .. tostring(conf.port)) .. " failed: ") .. tostring(sslErr)
+                (((("TLS handshake with redis at " .. conf.host) .. ":") .. tostring(conf.port)) .. " failed: ") .. tostring(reason)
             )
         end
     end

@@ -82,9 +82,15 @@ export function connect(this: void, conf: RedisConf): LuaMultiReturn<[RestyRedis
   if (conf.ssl) {
     // Done on the socket so it works with Debian's lua-resty-redis 0.27, whose connect()
     // has no ssl option, and with Kong's newer one alike.
+    // pcall: lua-resty-core 0.1.25 (Debian) raises an assertion instead of returning an
+    // error when a handshake fails verification synchronously (fixed in later versions).
     const sock = (red as RestyRedisWithSock)._sock!;
-    const [session, sslErr] = sock.sslhandshake(undefined, hasText(conf.server_name) ? conf.server_name : conf.host, conf.ssl_verify);
-    if (session === undefined) return fail(red, pool, `TLS handshake with redis at ${conf.host}:${conf.port} failed: ${sslErr}`);
+    const serverName = hasText(conf.server_name) ? conf.server_name : conf.host;
+    const [called, session, sslErr] = pcall(() => sock.sslhandshake(undefined, serverName, conf.ssl_verify));
+    if (!called || session === undefined) {
+      const reason = called ? sslErr : `handshake aborted (${tostring(session)})`;
+      return fail(red, pool, `TLS handshake with redis at ${conf.host}:${conf.port} failed: ${reason}`);
+    }
   }
   if (hasText(conf.password)) {
     const argv: (string | number)[] = hasText(conf.username) ? [conf.username, conf.password] : [conf.password];
