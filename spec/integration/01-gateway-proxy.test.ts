@@ -3,13 +3,31 @@
  * PRIORITY order, scoping precedence, kong.response.exit, kong.ctx, plugin errors.
  * Real nginx + lua-nginx-module, real HTTP, the demo upstream behind it.
  */
+import { createServer, type Server } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { gateway, getJson, requestWithHost, stopAll, upstream, type TestGateway } from "../helpers/services.js";
 
 let gw: TestGateway;
 let upPort: number;
 
+/** An upstream that records the exact request head it receives. */
+const raw = { port: 0, heads: [] as string[], server: undefined as Server | undefined };
+
 beforeAll(async () => {
+  raw.server = createServer((socket) => {
+    let data = "";
+    socket.on("data", (chunk) => {
+      data += chunk.toString("latin1");
+      const end = data.indexOf("\r\n\r\n");
+      if (end < 0) return;
+      raw.heads.push(data.slice(0, end));
+      data = "";
+      socket.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok");
+    });
+    socket.on("error", () => undefined);
+  });
+  await new Promise<void>((r) => raw.server!.listen(0, "127.0.0.1", () => r()));
+  raw.port = (raw.server.address() as { port: number }).port;
   const up = await upstream();
   upPort = up.port;
   const url = `http://127.0.0.1:${up.port}`;
@@ -28,6 +46,10 @@ beforeAll(async () => {
           { name: "by-host", hosts: ["api.example.test"], paths: ["/"] },
           { name: "wild-host", hosts: ["*.wild.test"], paths: ["/"] },
           { name: "exit", paths: ["/exit"], plugins: [{ name: "krs-test-first", config: { tag: "exiter", exit_status: 418 } }] },
+          { name: "exit-late", paths: ["/exit-late"], plugins: [{ name: "krs-test-first", config: { tag: "late", exit_status: 403, exit_in: "header_filter" } }] },
+          { name: "exit-404", paths: ["/exit-404"], plugins: [{ name: "krs-test-first", config: { tag: "nobody", exit_status: 404, exit_body: false } }] },
+          { name: "exit-401", paths: ["/exit-401"], plugins: [{ name: "krs-test-first", config: { tag: "nobody", exit_status: 401, exit_body: false } }] },
+          { name: "serialize", paths: ["/serialize"], plugins: [{ name: "krs-test-second", config: { tag: "ser", serialize_probe: true } }] },
           { name: "boom", paths: ["/boom"], plugins: [{ name: "krs-test-first", config: { tag: "boom", error_in: "access" } }] },
           { name: "auth", paths: ["/auth"], plugins: [{ name: "krs-test-auth" }] },
           { name: "auth-route", paths: ["/auth-route"], plugins: [
@@ -38,6 +60,10 @@ beforeAll(async () => {
       },
       { name: "prefixed", url: `${url}/anything/base`, routes: [{ name: "prefixed", paths: ["/pre"] }] },
       { name: "down", url: "http://127.0.0.1:1", retries: 0, routes: [{ name: "down", paths: ["/down"] }] },
+      { name: "raw", url: `http://127.0.0.1:${raw.port}/base`, routes: [{ name: "raw", paths: ["/raw"] }] },
+      // Unnamed services and routes get distinct derived ids.
+      { url, routes: [{ paths: ["/unnamed-a"] }] },
+      { url, routes: [{ paths: ["/unnamed-b"] }] },
     ],
     consumers: [
       { username: "alice", plugins: [{ name: "krs-test-second", config: { tag: "alice" } }] },
@@ -47,7 +73,19 @@ beforeAll(async () => {
   });
 });
 
-afterAll(stopAll);
+afterAll(async () => {
+  raw.server?.close();
+  await stopAll();
+});
+
+/** The request head the raw upstream got for the last request. */
+async function rawHeadFor(path: string): Promise<string> {
+  raw.heads.length = 0;
+  const res = await fetch(`${gw.proxyUrl}${path}`);
+  await res.arrayBuffer();
+  expect(res.status).toBe(200);
+  return raw.heads[raw.heads.length - 1];
+}
 
 describe("routing", () => {
   it("strips the matched prefix (strip_path true)", async () => {
@@ -89,6 +127,23 @@ describe("routing", () => {
     expect((await requestWithHost(`${gw.proxyUrl}/anything`, "api.example.test")).status).toBe(200);
     expect((await requestWithHost(`${gw.proxyUrl}/anything`, "a.wild.test:8000")).status).toBe(200);
     expect((await requestWithHost(`${gw.proxyUrl}/anything`, "other.test")).status).toBe(404);
+  });
+
+  it("re-escapes the decoded path: no header injection or path/query mix-up upstream", async () => {
+    const injected = await rawHeadFor("/raw/a%20HTTP/1.1%0D%0AX-Injected:%20yes%0D%0AX-Foo:%20b");
+    const [requestLine, ...headers] = injected.split("\r\n");
+    expect(requestLine).toBe("GET /base/a%20HTTP/1.1%0D%0AX-Injected:%20yes%0D%0AX-Foo:%20b HTTP/1.1");
+    expect(headers.some((h) => /^x-injected/i.test(h))).toBe(false);
+    expect(headers).toContain("X-Forwarded-Path: /raw/a%20HTTP/1.1%0D%0AX-Injected:%20yes%0D%0AX-Foo:%20b");
+    const mixed = await rawHeadFor("/raw/a%3Fb=1?x=2");
+    expect(mixed.split("\r\n")[0]).toBe("GET /base/a%3Fb=1?x=2 HTTP/1.1");
+    const hash = await rawHeadFor("/raw/a%23c%25d/%C3%BC");
+    expect(hash.split("\r\n")[0]).toBe("GET /base/a%23c%25d/%C3%BC HTTP/1.1");
+  });
+
+  it("gives unnamed services and routes distinct ids", async () => {
+    expect((await getJson(`${gw.proxyUrl}/unnamed-a/anything`)).status).toBe(200);
+    expect((await getJson(`${gw.proxyUrl}/unnamed-b/anything`)).status).toBe(200);
   });
 
   it("answers 502 in Kong's shape when the upstream refuses", async () => {
@@ -161,6 +216,56 @@ describe("plugins", () => {
     expect(headers.get("x-first-source")).toBe("error");
     const lines = gw.errorLog().filter((l) => l.includes("[error]") && l.includes("[krs-test-first]") && l.includes("boom from boom"));
     expect(lines.length).toBeGreaterThan(0);
+  });
+
+  it("an exit in access still runs the other plugins' header_filter and log, as Kong", async () => {
+    const { status, headers } = await getJson(`${gw.proxyUrl}/exit`);
+    expect(status).toBe(418);
+    expect(headers.get("x-second-tag")).toBe("service");
+    await expect.poll(() => gw.errorLog().some((l) => l.includes("log phase ran tag=service status=418 source=exit"))).toBe(true);
+  });
+
+  it("kong.response.exit in header_filter replaces the upstream body and keeps the connection sound", async () => {
+    for (let i = 0; i < 3; i++) {
+      const res = await fetch(`${gw.proxyUrl}/exit-late/anything`);
+      const body = await res.text();
+      expect(res.status).toBe(403);
+      expect(body).toBe("replaced by krs-test-first");
+      expect(res.headers.get("content-length")).toBe(String(body.length));
+      // the next request on the same keep-alive connection is answered normally
+      const next = await getJson(`${gw.proxyUrl}/strip/anything`);
+      expect(next.status).toBe(200);
+      expect(next.body.path).toBe("/anything");
+    }
+  });
+
+  it("an exit without a body: Kong's default JSON message, or an empty body", async () => {
+    const notFound = await fetch(`${gw.proxyUrl}/exit-404`);
+    expect(notFound.status).toBe(404);
+    expect(notFound.headers.get("content-type")).toBe("application/json; charset=utf-8");
+    expect(await notFound.json()).toEqual({ message: "Not found" });
+    const unauthorized = await fetch(`${gw.proxyUrl}/exit-401`);
+    expect(unauthorized.status).toBe(401);
+    expect(await unauthorized.text()).toBe("");
+  });
+
+  it("kong.log.serialize: credentials redacted, dotted set_serialize_value, copies of entities", async () => {
+    for (let i = 0; i < 3; i++) {
+      const res = await getJson(`${gw.proxyUrl}/serialize/anything`, { headers: { authorization: "Bearer s3cr3t", "x-secret": "pw" } });
+      // the log plugin set service.port = 1 on its entry: the live service is unchanged
+      expect(res.status).toBe(200);
+    }
+    await expect.poll(() => gw.errorLog().some((l) => l.includes("serialized tag=ser authorization=REDACTED x-secret=HIDDEN added=krs-test-second"))).toBe(true);
+    expect(gw.errorLog().join("\n")).not.toContain("s3cr3t");
+  });
+
+  it("kong.request.get_header sees a header behind 100 others", async () => {
+    const headers: Record<string, string> = {};
+    for (let i = 0; i < 100; i++) headers[`x-junk-${i}`] = "1";
+    headers["x-consumer"] = "alice";
+    const res = await getJson(`${gw.proxyUrl}/auth/anything`, { headers });
+    expect(res.status).toBe(200);
+    expect(res.headers.get("x-second-consumer")).toBe("alice");
   });
 
   it("logs no unexpected errors", () => {

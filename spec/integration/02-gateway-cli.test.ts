@@ -53,6 +53,7 @@ const BAD: [string, string, RegExp][] = [
   ["route to unknown service", `_format_version: "3.0"\nroutes:\n  - name: r\n    paths: ["/"]\n    service: ghost\n`, /route 'r' \(routes\[1\]\): service: references an unknown service 'ghost'/],
   ["route without matching attributes", `_format_version: "3.0"\nservices:\n  - name: a\n    url: http://127.0.0.1:1\n    routes:\n      - name: r\n`, /route 'r'.*must set one of 'methods', 'hosts', 'headers', 'paths'/],
   ["the same plugin twice on one scope", `_format_version: "3.0"\nplugins:\n  - name: krs-test-first\n    instance_name: a\n    config: { tag: x }\n  - name: krs-test-first\n    instance_name: b\n    config: { tag: y }\n`, /plugin 'krs-test-first' \(plugins\[2\]\): plugin 'krs-test-first' is configured twice on global/],
+  ["an upstream TLS setting the local gateway cannot honour", `_format_version: "3.0"\nservices:\n  - name: a\n    url: https://127.0.0.1:1\n    tls_verify: true\n`, /service 'a' \(services\[1\]\): tls_verify: upstream certificate verification is not supported by the local gateway/],
   ["missing _format_version", `services: []\n`, /_format_version: required field missing/],
   ["plugin not allowed on a consumer", `_format_version: "3.0"\nconsumers:\n  - username: u\n    plugins:\n      - name: krs-test-auth\n`, /plugin 'krs-test-auth' \(in consumer 'u' \(consumers\[1\]\)\): consumer: value must be null/],
 ];

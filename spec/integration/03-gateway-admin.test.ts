@@ -65,7 +65,7 @@ describe("read endpoints", () => {
     expect(routes.body.data[0].service).toEqual({ id: byName.body.id });
     expect((await getJson(`${gw.adminUrl}/consumers/carol`)).body.custom_id).toBe("c-1");
     const plugins = await getJson(`${gw.adminUrl}/plugins`);
-    expect(plugins.body.data[0].config).toEqual({ tag: "v1", count: 3 });
+    expect(plugins.body.data[0].config).toEqual({ tag: "v1", count: 3, exit_in: "access", exit_body: true, serialize_probe: false });
     expect((await getJson(`${gw.adminUrl}/consumers/nobody`)).status).toBe(404);
     expect((await getJson(`${gw.adminUrl}/routes`)).body.data).toHaveLength(1);
     // An empty list is an array, not an object.

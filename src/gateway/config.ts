@@ -342,6 +342,12 @@ function loadService(this: void, raw: Table, index: number): KongService {
   if (!SUPPORTED_PROTOCOLS.has(protocol)) fail(where, "protocol", `'${protocol}' is not supported by the local gateway (http, https)`);
   if (host === undefined) fail(where, "host", "required field missing");
   if (path !== undefined && string.sub(path, 1, 1) !== "/") fail(where, "path", "should start with: /");
+  // Upstream TLS verification and client certificates are not implemented: refuse rather
+  // than accept a setting that would silently do nothing.
+  if (optBoolean(where, raw, "tls_verify", false)) fail(where, "tls_verify", "upstream certificate verification is not supported by the local gateway");
+  for (const unsupported of ["tls_verify_depth", "ca_certificates", "client_certificate"]) {
+    if (present(raw.get(unsupported))) fail(where, unsupported, "not supported by the local gateway");
+  }
   const id = checkId(where, raw.get("id")) ?? deterministicId("service", name ?? `#${index}`);
   return {
     id,
@@ -355,6 +361,7 @@ function loadService(this: void, raw: Table, index: number): KongService {
     write_timeout: optInteger(where, raw, "write_timeout", 60000, 1, 2147483646),
     read_timeout: optInteger(where, raw, "read_timeout", 60000, 1, 2147483646),
     tags: optStringArray(where, raw, "tags"),
+    enabled: optBoolean(where, raw, "enabled", true),
   };
 }
 
@@ -402,7 +409,8 @@ function loadRoute(this: void, raw: Table, index: number, parent: KongService | 
   } else if (present(raw.get("service"))) {
     serviceRef = { id: "" }; // resolved by the caller against the services table
   }
-  const id = checkId(where, raw.get("id")) ?? deterministicId("route", name ?? `${parent?.name ?? ""}#${index}`);
+  // Unnamed routes: numbered within their service (by its id, itself derived), or at the top level.
+  const id = checkId(where, raw.get("id")) ?? deterministicId("route", name ?? (parent !== undefined ? `${parent.id}#${index}` : `#top#${index}`));
   return {
     id,
     name,

@@ -628,6 +628,8 @@ export function handleWrite(this: void, method: string, segments: string[]): Rep
   if (method !== "POST" && method !== "PATCH" && method !== "PUT" && method !== "DELETE") return undefined;
   const first = segments[0];
   if (first !== "services" && first !== "routes" && first !== "consumers" && first !== "plugins") return undefined;
+  // Receive the body before taking the lock: a slow client must not hold up other writers.
+  ngx.req.read_body();
   const [result, err] = withWriteLock(() => guarded(() => {
     const doc = flatten(getRuntime()!.config);
     const t = target(doc, segments);

@@ -126,6 +126,18 @@ export function rewrite(this: void): void {
   runRewrite(getRuntime()!.plugins);
 }
 
+/** Bytes that may not stand raw in a request-target path (RFC 3986 pchar and "/"). */
+const UNSAFE_PATH_BYTE = "[^%w%-%._~!$&'()*+,;=:@/]";
+
+function percentEncode(this: void, c: string): string {
+  return string.format("%%%02X", string.byte(c));
+}
+
+export function escapePath(this: void, path: string): string {
+  if (string.find(path, UNSAFE_PATH_BYTE)[0] === undefined) return path;
+  return string.gsub(path, UNSAFE_PATH_BYTE, percentEncode)[0];
+}
+
 const SERVER = "krs-gateway/0.1.0";
 const NO_ROUTE = { message: "no Route matched with those values" };
 
@@ -144,22 +156,25 @@ export function access(this: void): void {
     return pdk.response.exit(503, { message: "no Service found with those values" });
   }
 
-  const args = ngx.var["args"];
-  const upstreamUri = args !== undefined && args !== "" ? `${match.upstream_uri}?${args}` : match.upstream_uri;
   ctx.KRS_UPSTREAM_URI = match.upstream_uri;
-  ngx.var["upstream_uri"] = upstreamUri;
   ngx.var["upstream_scheme"] = service.protocol;
   const defaultPort = service.protocol === "https" ? 443 : 80;
   ngx.var["upstream_host"] = match.route.preserve_host === true
     ? ngx.var["http_host"] ?? service.host
     : service.port === defaultPort ? service.host : `${service.host}:${service.port}`;
+  // The path as the client sent it (still escaped), without the query, as Kong sends it.
+  const requestUri = ngx.var["request_uri"] ?? "/";
+  const [queryAt] = string.find(requestUri, "?", 1, true);
+  ngx.var["upstream_x_forwarded_path"] = queryAt !== undefined ? string.sub(requestUri, 1, queryAt - 1) : requestUri;
   ngx.var["upstream_x_forwarded_prefix"] = match.route.strip_path === true && match.matched_path !== undefined && string.sub(match.matched_path, 1, 1) !== "~" ? match.matched_path : "";
 
   runAccess(runtime.plugins);
   // Plugins may have changed the path (set_path) or the query (set_raw_query,
   // hide_credentials): the upstream URI is final only now, as in Kong.
+  // The router works on nginx's decoded $uri: escape again, or a client could smuggle
+  // a "?", "#", space or CRLF into the upstream request line.
   const finalArgs = ngx.var["args"];
-  const finalPath = ctx.KRS_UPSTREAM_URI ?? match.upstream_uri;
+  const finalPath = escapePath(ctx.KRS_UPSTREAM_URI ?? match.upstream_uri);
   ngx.var["upstream_uri"] = finalArgs !== undefined && finalArgs !== "" ? `${finalPath}?${finalArgs}` : finalPath;
 
   const ip = resolveHost(service.host);
@@ -233,6 +248,18 @@ export function headerFilter(this: void): void {
 }
 
 export function bodyFilter(this: void): void {
+  const ctx = requestCtx();
+  const exitBody = ctx.KRS_EXIT_BODY;
+  if (exitBody !== undefined) {
+    // kong.response.exit in header_filter: its body replaces the upstream's.
+    if (ctx.KRS_EXIT_BODY_SENT === true) {
+      ngx.arg[1] = "";
+    } else {
+      ctx.KRS_EXIT_BODY_SENT = true;
+      ngx.arg[1] = exitBody;
+      ngx.arg[2] = true;
+    }
+  }
   runLate(getRuntime()!.plugins, "body_filter");
 }
 

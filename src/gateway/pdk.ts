@@ -20,7 +20,11 @@ export interface RequestCtx {
   KRS_EXITED?: boolean;
   KRS_PROXIED?: boolean;
   KRS_UNEXPECTED?: boolean;
-  KRS_SERIALIZE?: LuaTable<string, unknown>;
+  /** kong.log.set_serialize_value calls, in order, applied by serialize(). */
+  KRS_SERIALIZE?: SerializeOp[];
+  /** A body kong.response.exit gave in header_filter; body_filter sends it instead. */
+  KRS_EXIT_BODY?: string;
+  KRS_EXIT_BODY_SENT?: boolean;
   route?: KongRoute;
   service?: KongService;
   authenticated_consumer?: KongConsumer;
@@ -28,6 +32,12 @@ export interface RequestCtx {
   KRS_UPSTREAM_URI?: string;
   /** $request_id, read once in access (the key of the error-page ctx stash). */
   KRS_REQUEST_ID?: string;
+}
+
+interface SerializeOp {
+  path: string[];
+  value: unknown;
+  mode: "set" | "add" | "replace";
 }
 
 export function requestCtx(this: void): RequestCtx {
@@ -59,11 +69,19 @@ function firstValue(this: void, value: string | string[] | undefined): string | 
   return value as string;
 }
 
+/** Header name → nginx variable name; names come from plugin code and config, so it stays small. */
+const headerVariables = new LuaTable<string, string>();
+
 const request: KongRequestApi = {
   get_header(name) {
     if (type(name) !== "string") error("header name must be a string", 2);
-    const [headers] = ngx.req.get_headers(100);
-    return firstValue(headers.get(string.lower(name)));
+    // As Kong: $http_<name>, so no header count limit can hide a header, and no table is built.
+    let variable = headerVariables.get(name);
+    if (variable === undefined) {
+      variable = "http_" + string.gsub(string.lower(name), "-", "_")[0];
+      headerVariables.set(name, variable);
+    }
+    return ngx.var[variable];
   },
   get_headers(max_headers) {
     const [headers] = ngx.req.get_headers(max_headers ?? 100);
@@ -108,7 +126,8 @@ const request: KongRequestApi = {
     let contentType = mimetype ?? request.get_header("content-type");
     if (contentType === undefined) return $multi(undefined, "missing content type", undefined);
     contentType = string.lower(contentType);
-    if (string.find(contentType, "application/x-www-form-urlencoded", 1, true)[0] !== undefined) {
+    // As Kong: the media type is a prefix of the content type (parameters may follow).
+    if (string.find(contentType, "application/x-www-form-urlencoded", 1, true)[0] === 1) {
       ngx.req.read_body();
       if (ngx.req.get_body_data() === undefined && ngx.req.get_body_file() !== undefined) {
         return $multi(undefined, "request body did not fit into client body buffer, consider raising 'client_body_buffer_size'", undefined);
@@ -117,7 +136,7 @@ const request: KongRequestApi = {
       if (args === undefined) return $multi(undefined, tostring(err), undefined);
       return $multi(args as LuaTable<string, unknown>, undefined, "application/x-www-form-urlencoded");
     }
-    if (string.find(contentType, "application/json", 1, true)[0] !== undefined) {
+    if (string.find(contentType, "application/json", 1, true)[0] === 1) {
       const [raw, err] = request.get_raw_body();
       if (raw === undefined) return $multi(undefined, err, undefined);
       const [decoded] = cjson.decode(raw);
@@ -137,7 +156,20 @@ function checkHeader(this: void, name: unknown, value: unknown): void {
   if (t !== "string" && t !== "number" && t !== "boolean") error(`invalid header value for "${name}": got ${t}, expected string, number or boolean`, 3);
 }
 
+/**
+ * Statuses Kong's nginx template sends to its error handler: an exit with no body answers
+ * its default JSON message. Other statuses without a body get an empty body.
+ */
+const DEFAULT_BODY_STATUSES = new LuaTable<number, boolean>();
+for (const status of [400, 404, 405, 408, 411, 412, 413, 414, 417, 494, 500, 502, 503, 504]) DEFAULT_BODY_STATUSES.set(status, true);
+
 function send(this: void, status: number, body: string | undefined, headers: KongHeaders | undefined): never {
+  if (body === undefined && DEFAULT_BODY_STATUSES.has(status)) {
+    body = cjson.encode({ message: ERROR_MESSAGES[status] ?? "An unexpected error occurred" })[0];
+    const withType: KongHeaders = { "Content-Type": JSON_CONTENT_TYPE };
+    if (headers !== undefined) for (const [name, value] of pairs(headers)) withType[name as string] = value as string;
+    headers = withType;
+  }
   ngx.status = status;
   let hasContentLength = false;
   if (headers !== undefined) {
@@ -149,7 +181,14 @@ function send(this: void, status: number, body: string | undefined, headers: Kon
     }
   }
   if (!hasContentLength) ngx.header["Content-Length"] = tostring(body !== undefined ? body.length : 0);
-  if (body !== undefined && body !== "") ngx.print(body);
+  if (ngx.get_phase() === "header_filter") {
+    // No output in header_filter: body_filter sends this body in place of the upstream's
+    // (Kong's ctx.response_body). The calling handler returns; later plugins still run.
+    requestCtx().KRS_EXIT_BODY = body ?? "";
+    return undefined as never;
+  }
+  // Always print, even "", so nginx sends these headers rather than its own error page.
+  ngx.print(body ?? "");
   return ngx.exit(status);
 }
 
@@ -293,8 +332,8 @@ const service: KongServiceApi = {
     },
     set_path(path) {
       if (type(path) !== "string" || string.sub(path, 1, 1) !== "/") error("path must be a string starting with '/'", 2);
+      // The access phase escapes it and adds the query when it builds $upstream_uri.
       requestCtx().KRS_UPSTREAM_URI = path;
-      ngx.var["upstream_uri"] = path;
     },
     set_raw_body(body) {
       if (type(body) !== "string") error("body must be a string", 2);
@@ -413,9 +452,10 @@ function serialize(this: void): KongSerializedLog {
       size: tonumber(ngx.var["bytes_sent"]) ?? 0,
       headers: respHeaders,
     },
-    route: ctx.route,
-    service: ctx.service,
-    consumer: ctx.authenticated_consumer,
+    // Copies: a log plugin that edits its entry must not edit the live config.
+    route: deepCopy(ctx.route),
+    service: deepCopy(ctx.service),
+    consumer: deepCopy(ctx.authenticated_consumer),
     latencies: {
       request: requestMs,
       proxy: proxyMs,
@@ -426,9 +466,47 @@ function serialize(this: void): KongSerializedLog {
     upstream_uri: ctx.KRS_UPSTREAM_URI,
     source: response.get_source(),
   };
-  const extra = ctx.KRS_SERIALIZE;
-  if (extra !== undefined) for (const [key, value] of pairs(extra)) entry[key] = value;
+  const ops = ctx.KRS_SERIALIZE;
+  for (const op of REDACTIONS) applySerializeOp(entry, op);
+  if (ops !== undefined) for (const op of ops) applySerializeOp(entry, op);
   return entry;
+}
+
+function deepCopy<T>(this: void, value: T): T {
+  if (type(value) !== "table") return value;
+  const out = new LuaTable<AnyNotNil, unknown>();
+  for (const [k, v] of pairs(value as unknown as LuaTable<AnyNotNil, unknown>)) out.set(k, deepCopy(v));
+  return out as unknown as T;
+}
+
+function splitPath(this: void, key: string): string[] {
+  const path: string[] = [];
+  for (const [segment] of string.gmatch(key, "[^.]+")) path.push(segment as string);
+  return path;
+}
+
+/** Kong's default: credentials never reach a log. */
+const REDACTIONS: SerializeOp[] = [
+  { path: ["request", "headers", "authorization"], value: "REDACTED", mode: "replace" },
+  { path: ["request", "headers", "proxy-authorization"], value: "REDACTED", mode: "replace" },
+];
+
+/** Sets (or with nil removes) the value at a dotted path, as Kong's set_serialize_value does. */
+function applySerializeOp(this: void, entry: object, op: SerializeOp): void {
+  let node = entry as unknown as LuaTable<string, unknown>;
+  for (let i = 0; i < op.path.length - 1; i++) {
+    let next = node.get(op.path[i]);
+    if (type(next) !== "table") {
+      if (op.mode === "replace") return;
+      next = new LuaTable<string, unknown>();
+      node.set(op.path[i], next);
+    }
+    node = next as LuaTable<string, unknown>;
+  }
+  const last = op.path[op.path.length - 1];
+  const exists = node.get(last) !== undefined;
+  if ((op.mode === "add" && exists) || (op.mode === "replace" && !exists)) return;
+  node.set(last, op.value);
 }
 
 const log: KongLogApi = {
@@ -438,15 +516,17 @@ const log: KongLogApi = {
   info: makeLogger(ngx.INFO),
   debug: makeLogger(ngx.DEBUG),
   serialize,
-  set_serialize_value(key, value) {
-    if (type(key) !== "string") error("key must be a string", 2);
+  set_serialize_value(key, value, options) {
+    if (type(key) !== "string" || key === "") error("key must be a non-empty string", 2);
+    const mode = options?.mode ?? "set";
+    if (mode !== "set" && mode !== "add" && mode !== "replace") error("mode must be 'set', 'add' or 'replace'", 2);
     const ctx = requestCtx();
-    let extra = ctx.KRS_SERIALIZE;
-    if (extra === undefined) {
-      extra = new LuaTable();
-      ctx.KRS_SERIALIZE = extra;
+    let ops = ctx.KRS_SERIALIZE;
+    if (ops === undefined) {
+      ops = [];
+      ctx.KRS_SERIALIZE = ops;
     }
-    extra.set(key, value);
+    ops.push({ path: splitPath(key), value, mode });
   },
 };
 

@@ -18,6 +18,8 @@ type Phase = "rewrite" | "access" | "header_filter" | "body_filter" | "log";
 interface Selected {
   plugin: LoadedPlugin;
   entity: PluginEntity;
+  /** Index of the plugin in PluginIndex.ordered. */
+  position?: number;
 }
 
 /** The plugins of one config, indexed for per-request resolution. */
@@ -119,23 +121,42 @@ export function runRewrite(this: void, index: PluginIndex): void {
   }
 }
 
+/** Appends the plugins from `from` on in `ordered` that apply for (service, route, consumer). */
+function selectFrom(this: void, index: PluginIndex, list: Selected[], from: number, s: string, r: string, c: string): void {
+  const ordered = index.ordered;
+  for (let i = from; i < ordered.length; i++) {
+    const plugin = ordered[i];
+    const entity = resolve(index.byScope.get(plugin.name)!, s, r, c);
+    if (entity !== undefined) list.push({ plugin, entity, position: i });
+  }
+}
+
 /**
- * access: resolve each plugin's config when its turn comes, so a consumer authenticated
- * by a higher-priority plugin selects consumer-scoped configs of the plugins after it.
+ * access: every applicable plugin is selected before any runs, so that when one ends the
+ * request (kong.response.exit, an error) the others still get header_filter and log, as in
+ * Kong. When a plugin authenticates a consumer, the plugins after it are selected again,
+ * so consumer-scoped configs apply to them.
  */
 export function runAccess(this: void, index: PluginIndex): void {
   const ctx = requestCtx();
   const s = ctx.service?.id ?? "";
   const r = ctx.route?.id ?? "";
-  const selectedList: Selected[] = [];
-  (ctx as { KRS_SELECTED?: Selected[] }).KRS_SELECTED = selectedList;
-  for (const plugin of index.ordered) {
-    const c = ctx.authenticated_consumer?.id ?? "";
-    const entity = resolve(index.byScope.get(plugin.name)!, s, r, c);
-    if (entity === undefined) continue;
-    const selected: Selected = { plugin, entity };
-    selectedList.push(selected);
-    if (!call(selected, "access")) return failRequest();
+  let c = ctx.authenticated_consumer?.id ?? "";
+  const list: Selected[] = [];
+  (ctx as { KRS_SELECTED?: Selected[] }).KRS_SELECTED = list;
+  selectFrom(index, list, 0, s, r, c);
+  for (let i = 0; ; i++) {
+    const consumer = ctx.authenticated_consumer?.id ?? "";
+    if (consumer !== c) {
+      c = consumer;
+      // Select again everything after the plugin that just ran: consumer-scoped configs
+      // may now apply, including to plugins that had none before.
+      const next = i > 0 ? list[i - 1].position! + 1 : 0;
+      for (let j = list.length - 1; j >= i; j--) list.pop();
+      selectFrom(index, list, next, s, r, c);
+    }
+    if (i >= list.length) break;
+    if (!call(list[i], "access")) return failRequest();
   }
 }
 

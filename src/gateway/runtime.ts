@@ -53,8 +53,10 @@ export function build(this: void, input: unknown, version: number): LuaMultiRetu
   const routesById = new LuaTable<string, KongRoute>();
   for (const route of config.routes) {
     const service = route.service !== undefined ? config.servicesById.get(route.service.id) : undefined;
-    routes.push({ ...route, service: service as unknown as { id: string } });
     routesById.set(route.id, route);
+    // Kong 3: the routes of a disabled service do not match.
+    if (service !== undefined && service.enabled === false) continue;
+    routes.push({ ...route, service: service as unknown as { id: string } });
   }
   return $multi({ config, router: newRouter(routes), plugins: index, routesById, version }, undefined, undefined);
 }
@@ -195,10 +197,14 @@ const LOCK_KEY = "admin_write_lock";
  * Runs `fn` with the Admin API's write lock held (one writer across all workers) after
  * adopting the latest published config, so concurrent changes never lose one another.
  */
+let lockSerial = 0;
+
 export function withWriteLock<T>(this: void, fn: (this: void) => T): LuaMultiReturn<[T | undefined, string | undefined]> {
   const deadline = ngx.now() + 10;
+  lockSerial++;
+  const token = `${ngx.worker.pid()}:${lockSerial}`;
   for (;;) {
-    const [acquired] = dict().add(LOCK_KEY, ngx.worker.pid(), 30);
+    const [acquired] = dict().add(LOCK_KEY, token, 30);
     if (acquired) break;
     if (ngx.now() > deadline) return $multi(undefined, "timed out waiting for another Admin API change to finish");
     ngx.sleep(0.005);
@@ -206,7 +212,8 @@ export function withWriteLock<T>(this: void, fn: (this: void) => T): LuaMultiRet
   }
   sync();
   const [ok, result] = xpcall(fn, debug.traceback);
-  dict().delete(LOCK_KEY);
+  // Only our own lock: if it expired meanwhile, another writer may hold it now.
+  if (dict().get(LOCK_KEY)[0] === token) dict().delete(LOCK_KEY);
   if (!ok) return $multi(undefined, tostring(result));
   return $multi(result as T, undefined);
 }

@@ -37,6 +37,8 @@ declare interface KongService {
   write_timeout?: number;
   read_timeout?: number;
   tags?: string[];
+  /** A disabled service's routes do not match (Kong 3). */
+  enabled?: boolean;
 }
 declare interface KongRoute {
   id: EntityId;
@@ -197,7 +199,8 @@ declare interface KongLogApi {
   /** Phases: log. */
   serialize(): KongSerializedLog;
   /** Phases: rewrite, access, header_filter, response, body_filter, log. */
-  set_serialize_value(key: string, value: unknown): void;
+  /** `key` may be dotted ("request.headers.x"); nil removes; mode "set" (default), "add" (only if absent), "replace" (only if present). */
+  set_serialize_value(key: string, value: unknown, options?: { mode?: "set" | "add" | "replace" }): void;
 }
 
 /** @noSelf */
