@@ -12,7 +12,7 @@ let url: string;
 const initial = () => ({
   _format_version: "3.0",
   services: [{ name: "one", url, routes: [{ name: "one", paths: ["/one"] }] }],
-  consumers: [{ username: "carol", custom_id: "c-1" }],
+  consumers: [{ username: "carol", custom_id: "c-1" }, { username: "dan 50%/x" }],
   plugins: [{ name: "krs-test-second", config: { tag: "v1" } }],
 });
 
@@ -67,6 +67,8 @@ describe("read endpoints", () => {
     const plugins = await getJson(`${gw.adminUrl}/plugins`);
     expect(plugins.body.data[0].config).toEqual({ tag: "v1", count: 3, exit_in: "access", exit_body: true, serialize_probe: false });
     expect((await getJson(`${gw.adminUrl}/consumers/nobody`)).status).toBe(404);
+    // Each path segment is decoded exactly once: %2F stays inside it, %25 is a "%".
+    expect((await getJson(`${gw.adminUrl}/consumers/dan%2050%25%2Fx`)).body.username).toBe("dan 50%/x");
     expect((await getJson(`${gw.adminUrl}/routes`)).body.data).toHaveLength(1);
     // An empty list is an array, not an object.
     expect((await getJson(`${gw.adminUrl}/consumers/carol/plugins`)).body.data).toEqual([]);

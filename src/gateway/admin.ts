@@ -81,7 +81,7 @@ function matchRoute(this: void, route: ApiRoute, segments: string[], params: Par
   if (route.segments.length !== segments.length) return false;
   for (let i = 0; i < segments.length; i++) {
     const want = route.segments[i];
-    if (string.sub(want, 1, 1) === ":") params.set(string.sub(want, 2), ngx.unescape_uri(segments[i]));
+    if (string.sub(want, 1, 1) === ":") params.set(string.sub(want, 2), segments[i]);
     else if (want !== segments[i]) return false;
   }
   return true;
@@ -264,8 +264,13 @@ function status(this: void): never {
 
 export function handleAdmin(this: void): void {
   const method = ngx.req.get_method();
-  const path = ngx.var["uri"] ?? "/";
+  // Split the raw path, then decode each segment once: a "%2F" in a name stays inside its
+  // segment, and "%25" is not decoded twice.
+  const requestUri = ngx.var["request_uri"] ?? "/";
+  const [queryAt] = string.find(requestUri, "?", 1, true);
+  const path = queryAt !== undefined ? string.sub(requestUri, 1, queryAt - 1) : requestUri;
   const segments = splitPath(path);
+  for (let i = 0; i < segments.length; i++) segments[i] = ngx.unescape_uri(segments[i]);
   const runtime = getRuntime()!;
 
   if (segments.length === 0) {

@@ -474,14 +474,14 @@ function target(this: void, doc: Doc, s: string[]): Target | undefined {
   const kinds: { [k: string]: Kind } = { services: "services", routes: "routes", consumers: "consumers", plugins: "plugins" };
   const kind = kinds[s[0]];
   if (kind === undefined || s.length > 4) return undefined;
-  if (s.length <= 2) return { kind, key: s[1] !== undefined ? ngx.unescape_uri(s[1]) : undefined };
+  if (s.length <= 2) return { kind, key: s[1] };
   const child = kinds[s[2]];
   const nestedOk = (kind === "services" && child === "routes") || (kind !== "plugins" && child === "plugins");
   if (child === undefined || !nestedOk) return undefined;
-  const parentIndex = indexOf(doc[kind], kind, ngx.unescape_uri(s[1]));
+  const parentIndex = indexOf(doc[kind], kind, s[1]);
   if (parentIndex === undefined) return notFound();
   const parentField = kind === "services" ? "service" : kind === "routes" ? "route" : "consumer";
-  return { kind: child, parentField, parentId: doc[kind][parentIndex].get("id") as string, key: s[3] !== undefined ? ngx.unescape_uri(s[3]) : undefined };
+  return { kind: child, parentField, parentId: doc[kind][parentIndex].get("id") as string, key: s[3] };
 }
 
 function belongs(this: void, t: Target, entity: Table): boolean {
