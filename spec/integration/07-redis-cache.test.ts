@@ -5,10 +5,13 @@
  * key with a slow upstream reach it once; uncacheable fills release the waiters at
  * once), refresh-ahead, sliding TTL, L1, purge of one key and of all, encryption (the
  * Redis value holds no plaintext; a corrupted value is a miss), max_body_size, hop-by-hop
- * headers, HEAD, and a Redis that is down.
+ * headers, HEAD, and a Redis that is down. Also: requests the key cannot hold (more than
+ * 100 query arguments or headers, Authorization let in as an anonymous consumer) are
+ * bypassed; an encrypted entry copied onto another key is a miss; content types with
+ * parameters; the writer's queue bound under a slow Redis.
  */
 import { createServer, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
+import { connect, createServer as createTcpServer, type AddressInfo, type Server as TcpServer, type Socket } from "node:net";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { freePort, gateway, startRedis, stopAll, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
@@ -131,6 +134,15 @@ beforeAll(async () => {
             plugins: [{ name: "krs-test-auth" }, { name: "redis-cache", config: { l1_ttl: 0, redis: { port: redis.port } } }],
           },
           {
+            // An Authorization header key-auth does not know: let in as the anonymous consumer.
+            name: "anon",
+            paths: ["/anon"],
+            plugins: [
+              { name: "redis-key-auth", config: { anonymous: "anonymous-caller", redis: { port: redis.port } } },
+              { name: "redis-cache", config: { l1_ttl: 0, redis: { port: redis.port } } },
+            ],
+          },
+          {
             name: "shared-auth",
             paths: ["/shared-auth"],
             plugins: [{ name: "krs-test-auth" }, { name: "redis-cache", config: { l1_ttl: 0, cache_per_consumer: false, redis: { port: redis.port } } }],
@@ -148,7 +160,7 @@ beforeAll(async () => {
         routes: [route("stampede", {})],
       },
     ],
-    consumers: [{ username: "alice" }, { username: "bob" }],
+    consumers: [{ username: "alice" }, { username: "bob" }, { username: "anonymous-caller" }],
   };
   [gwA, gwB, gw1] = await Promise.all([gateway(config), gateway(config), gateway(config, { workers: 1 })]);
 }, 60_000);
@@ -289,25 +301,34 @@ describe("hit and miss", () => {
   });
 });
 
+/** Two requests, both Bypass, both reach the origin. */
+async function twiceBypassed(path: string, init: RequestInit = {}, gw: TestGateway = gwA): Promise<void> {
+  const originPath = new URL(`http://x${path}`).pathname.replace(/^\/[^/]+/, "");
+  const before = origin.hits(originPath);
+  const a = await get(path, init, gw);
+  expect(a.cache).toBe("Bypass");
+  await sleep(50);
+  const b = await get(path, init, gw);
+  expect(b.cache).toBe("Bypass");
+  expect(origin.hits(originPath) - before).toBe(2);
+}
+
+/** A Miss that is stored, then a Hit. */
+async function cached(path: string, init: RequestInit = {}, gw: TestGateway = gwA): Promise<void> {
+  const a = await get(path, init, gw);
+  expect(a.cache).toBe("Miss");
+  await stored(a.key);
+  expect((await get(path, init, gw)).cache).toBe("Hit");
+}
+
+/** `count` headers no key uses. */
+function junkHeaders(count: number): Record<string, string> {
+  const headers: Record<string, string> = {};
+  for (let i = 0; i < count; i++) headers[`x-junk-${i}`] = "1";
+  return headers;
+}
+
 describe("filters: what is not cached", () => {
-  async function twiceBypassed(path: string, init: RequestInit = {}): Promise<void> {
-    const originPath = new URL(`http://x${path}`).pathname.replace(/^\/[^/]+/, "");
-    const before = origin.hits(originPath);
-    const a = await get(path, init);
-    expect(a.cache).toBe("Bypass");
-    await sleep(50);
-    const b = await get(path, init);
-    expect(b.cache).toBe("Bypass");
-    expect(origin.hits(originPath) - before).toBe(2);
-  }
-
-  async function cached(path: string, init: RequestInit = {}): Promise<void> {
-    const a = await get(path, init);
-    expect(a.cache).toBe("Miss");
-    await stored(a.key);
-    expect((await get(path, init)).cache).toBe("Hit");
-  }
-
   it("request_method: POST is bypassed, GET cached", async () => {
     await twiceBypassed(`/filters/${uniq("post")}`, { method: "POST", body: "x" });
     await cached(`/filters/${uniq("get")}`);
@@ -337,6 +358,46 @@ describe("filters: what is not cached", () => {
   it("Authorization without a consumer to key on is bypassed", async () => {
     await twiceBypassed(`/filters/${uniq("authz")}`, { headers: { authorization: "Bearer x" } });
     await twiceBypassed(`/shared-auth/${uniq("authz")}`, { headers: { authorization: "Bearer x", "x-consumer": "alice" } });
+  });
+
+  it("Authorization let in as an auth plugin's anonymous consumer (no credential) is bypassed", async () => {
+    // Every caller key-auth does not know is the same consumer: keyed on it, alice's
+    // response would be served to bob.
+    const p = `/anon/${uniq("anon")}`;
+    await twiceBypassed(p, { headers: { authorization: "Bearer alice-token" } });
+    await twiceBypassed(p, { headers: { authorization: "Bearer bob-token" } });
+    // Without Authorization, anonymous responses are cached as usual.
+    await cached(`/anon/${uniq("anon-plain")}`);
+  });
+
+  it("more than 100 query arguments or request headers: bypassed, so those past the 100th cannot poison an entry", async () => {
+    const junkArgs = Array.from({ length: 100 }, (_, i) => `j${i}=1`).join("&");
+    const vq = `/vq/${uniq("manyargs")}`;
+    await twiceBypassed(`${vq}?${junkArgs}&a=evil`);
+    const plain = await get(vq);
+    expect(plain.cache).toBe("Miss");
+    expect(plain.json.query.a).toBeUndefined();
+
+    const many = junkHeaders(100);
+    const vh = `/vh/${uniq("manyheaders")}`;
+    await twiceBypassed(vh, { headers: { ...many, "accept-language": "evil" } });
+    const noLang = await get(vh);
+    expect(noLang.cache).toBe("Miss");
+    expect(noLang.json.lang).not.toBe("evil");
+
+    // A response's own Vary: the variant cannot be told either, when filling ...
+    const v = `/nol1/${uniq("manyvary")}?vary=Accept-Language`;
+    await twiceBypassed(v, { headers: { ...many, "accept-language": "evil" } });
+    const en = await get(v, { headers: { "accept-language": "en" } });
+    expect(en.cache).toBe("Miss");
+    expect(en.json.lang).toBe("en");
+    await stored(en.key);
+    // ... nor when the stored Vary marker is found.
+    const enMany = await get(v, { headers: { ...many, "accept-language": "fr" } });
+    expect(enMany.cache).toBe("Bypass");
+    expect(enMany.json.lang).toBe("fr");
+    expect((await get(v, { headers: { "accept-language": "en" } })).cache).toBe("Hit");
+    expect((await get(v, { headers: { "accept-language": "fr" } })).cache).toBe("Miss");
   });
 
   it("max_body_size: a large Content-Length is bypassed; a large chunked body streams through unstored", async () => {
@@ -650,6 +711,147 @@ describe("encryption", () => {
     const e = await get(q);
     expect(e.status).toBe(200);
     expect(e.cache).toBe("Miss");
+  });
+});
+
+describe("encryption binds an entry to its key", () => {
+  it("an encrypted entry copied onto another key, or into a later generation, is a miss", async () => {
+    const pa = `/enc/${uniq("alice")}?secret=alice-secret`;
+    const pb = `/enc/${uniq("bob")}`;
+    const a = await get(pa);
+    const b = await get(pb);
+    const ka = await stored(a.key);
+    const kb = await stored(b.key);
+    const valueA = (await control.getBuffer(ka))!;
+    await control.set(kb, valueA, "PX", 60_000);
+    const copied = await get(pb);
+    expect(copied.cache).toBe("Miss");
+    expect(copied.text).not.toContain("alice-secret");
+    expect(copied.json.n).toBe(2);
+
+    // Replayed after a purge of everything: the new generation does not take it.
+    expect((await fetch(`${gwA.adminUrl}/redis-cache`, { method: "DELETE" })).status).toBe(204);
+    await control.set(await entryKey(a.key!), valueA, "PX", 60_000);
+    const replayed = await get(pa);
+    expect(replayed.cache).toBe("Miss");
+    expect(replayed.json.n).toBe(2);
+  });
+});
+
+describe("content_type with parameters", () => {
+  let gwCt: TestGateway;
+
+  beforeAll(async () => {
+    gwCt = await gateway(
+      {
+        _format_version: "3.0",
+        services: [
+          {
+            name: "origin",
+            url: `http://127.0.0.1:${origin.port}`,
+            routes: [route("ctparams", { l1_ttl: 0, content_type: ["application/json; charset=utf-8", 'text/*; charset="utf-8"', "image/png"] })],
+          },
+        ],
+      },
+      { workers: 1 },
+    );
+  });
+
+  const ct = (value: string) => `ct=${encodeURIComponent(value)}`;
+
+  it("is accepted; such an entry matches, as in Kong, only exactly those parameters", async () => {
+    await cached(`/ctparams/${uniq("json")}?${ct("application/json; charset=utf-8")}`, {}, gwCt);
+    await cached(`/ctparams/${uniq("jsonq")}?${ct('application/json;Charset="utf-8"')}`, {}, gwCt);
+    await cached(`/ctparams/${uniq("html")}?${ct("text/html; charset=utf-8")}`, {}, gwCt);
+    await twiceBypassed(`/ctparams/${uniq("bare")}?${ct("application/json")}`, {}, gwCt);
+    await twiceBypassed(`/ctparams/${uniq("other")}?${ct("application/json; charset=iso-8859-1")}`, {}, gwCt);
+    await twiceBypassed(`/ctparams/${uniq("more")}?${ct("text/html; charset=utf-8; q=1")}`, {}, gwCt);
+    // An entry without parameters takes any.
+    await cached(`/ctparams/${uniq("png")}?${ct("image/png; x=1")}&size=10`, {}, gwCt);
+  });
+
+  it("logs no error", () => {
+    expect(gwCt.unexpectedErrors()).toEqual([]);
+  });
+});
+
+describe("writer queue under a slow Redis", () => {
+  const DELAY_MS = 100;
+  const N = 100;
+  const SIZE = 1024 * 1024;
+  let slowRedis: RedisServer;
+  let slowControl: Redis;
+  let proxy: TcpServer;
+  const sockets = new Set<Socket>();
+  let gwSlow: TestGateway;
+
+  /** Forwards what `from` sends to `to` DELAY_MS later, in order. */
+  function delayed(from: Socket, to: Socket): void {
+    sockets.add(from);
+    from.on("data", (d) => setTimeout(() => to.write(d), DELAY_MS));
+    from.on("close", () => setTimeout(() => to.destroy(), DELAY_MS));
+    from.on("error", () => {});
+  }
+
+  beforeAll(async () => {
+    slowRedis = await startRedis();
+    slowControl = new Redis({ port: slowRedis.port });
+    proxy = createTcpServer((c) => {
+      const r = connect(slowRedis.port, "127.0.0.1");
+      delayed(c, r);
+      delayed(r, c);
+    });
+    await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", r));
+    const port = (proxy.address() as AddressInfo).port;
+    gwSlow = await gateway(
+      {
+        _format_version: "3.0",
+        services: [
+          {
+            name: "origin",
+            url: `http://127.0.0.1:${origin.port}`,
+            routes: [
+              {
+                name: "slow",
+                paths: ["/slow"],
+                plugins: [
+                  {
+                    name: "redis-cache",
+                    // A lock that is not given back would stay for 10 minutes.
+                    config: { l1_ttl: 0, content_type: ["*"], max_body_size: 2 * SIZE, lock_timeout: 600_000, redis: { port, timeout: 10_000 } },
+                  },
+                ],
+              },
+            ],
+          },
+        ],
+      },
+      { workers: 1 },
+    );
+  });
+
+  afterAll(async () => {
+    slowControl?.disconnect();
+    for (const s of sockets) s.destroy();
+    await new Promise<void>((r) => (proxy ? proxy.close(() => r()) : r()));
+  });
+
+  it("drops the stores past 64 MiB waiting for Redis, yet serves every response and gives back every lock", async () => {
+    const id = uniq("slow");
+    const results = await Promise.all(Array.from({ length: N }, (_, i) => get(`/slow/${id}-${i}?size=${SIZE}&ct=text/plain`, {}, gwSlow)));
+    expect(results.map((r) => r.status)).toEqual(Array(N).fill(200));
+    expect(results.every((r) => r.cache === "Miss" && r.text.length === SIZE)).toBe(true);
+    let locks = -1;
+    for (let i = 0; i < 600 && locks !== 0; i++) {
+      locks = (await slowControl.keys("krs:redis-cache:*:fill")).length;
+      if (locks !== 0) await sleep(100);
+    }
+    expect(locks).toBe(0);
+    const entries = (await slowControl.keys("krs:redis-cache:*:entry")).length;
+    expect(entries).toBeGreaterThanOrEqual(64);
+    expect(entries).toBeLessThan(N);
+    expect(gwSlow.errorLog().some((l) => l.includes("cache write queue full"))).toBe(true);
+    expect(gwSlow.unexpectedErrors([/\[redis-cache\] cache write queue full/])).toEqual([]);
   });
 });
 

@@ -37,13 +37,20 @@ describe("redis-cache schema", function()
     assert.same({ ["config.request_method.1"] = "expected one of: GET, HEAD, POST, PATCH, PUT" },
       errors_of({ request_method = { "DELETE" } }))
     assert.same({ ["config.response_code.1"] = "value should be between 100 and 900" }, errors_of({ response_code = { 99 } }))
-    local errs = errors_of({ content_type = { "application/json; charset=utf-8" } })
-    assert.matches("invalid content type", errs["config.content_type.1"], 1, true)
+    for _, bad in ipairs({ "json", "application/", "*/json", "text/x*", "te*t/html", "text/html;", "text/html; charset", "text/html; a=\"open" }) do
+      local errs = errors_of({ content_type = { bad } })
+      assert.matches("invalid content type", errs["config.content_type.1"], 1, true)
+    end
     ok({ content_type = { "*", "*/*", "text/*", "application/vnd.api+json" } })
     assert.same({ ["config.refresh_ahead"] = "value should be between 0 and 1" }, errors_of({ refresh_ahead = 1.5 }))
     assert.same({ ["config.encryption_key"] = "length must be at least 16" }, errors_of({ encryption_key = "short" }))
     assert.same({ ["config.cache_ttl"] = "value must be greater than 0" }, errors_of({ cache_ttl = 0 }))
     ok({ l1_ttl = 0, refresh_ahead = 0, encryption_key = string.rep("k", 16) })
+  end)
+
+  it("accepts content types with parameters, as Kong proxy-cache does", function()
+    local types = { "application/json; charset=utf-8", "text/*;charset=\"utf-8\"", "*; q=1", "text/plain; a=1; b=\"x;y\"" }
+    assert.same(types, ok({ content_type = types }).content_type)
   end)
 
   it("marks the encryption key as a secret", function()
@@ -100,6 +107,31 @@ describe("redis-cache policy", function()
     assert.is_false(policy.matchesType(any, ""))
   end)
 
+  it("parses media types: lower-case type and parameter names, unquoted values, sorted parameters", function()
+    assert.same({ "application", "json", "charset=utf-8\nq=1" }, { policy.parseMediaType('Application/JSON ;q=1; Charset="utf-8"') })
+    assert.same({ "text", "*", 'x=a"b;c' }, { policy.parseMediaType('text/*; x="a\\"b;c"') })
+    assert.same({ "*", "*", "" }, { policy.parseMediaType("*") })
+    for _, bad in ipairs({ "", "text", "text/html;", "text/html; a", "text/html; a=", 'text/html; a="x', "a/b c" }) do
+      assert.is_nil(policy.parseMediaType(bad), bad)
+    end
+  end)
+
+  it("matches entries with parameters only on exactly those parameters, as Kong does", function()
+    local m = policy.typeMatcher({ "application/json; charset=utf-8", "text/*; charset=utf-8", "image/png" })
+    assert.is_true(policy.matchesType(m, "application/json; charset=utf-8"))
+    assert.is_true(policy.matchesType(m, 'application/json;Charset="utf-8"'))
+    assert.is_true(policy.matchesType(m, "text/html; charset=utf-8"))
+    assert.is_false(policy.matchesType(m, "application/json"))
+    assert.is_false(policy.matchesType(m, "application/json; charset=UTF-16"))
+    assert.is_false(policy.matchesType(m, "application/json; charset=utf-8; q=1"))
+    assert.is_false(policy.matchesType(m, "text/html"))
+    -- An entry without parameters still matches whatever parameters the response has.
+    assert.is_true(policy.matchesType(m, "image/png; x=1"))
+    local any = policy.typeMatcher({ "*; charset=utf-8" })
+    assert.is_true(policy.matchesType(any, "font/woff; charset=utf-8"))
+    assert.is_false(policy.matchesType(any, "font/woff"))
+  end)
+
   it("reads Vary: lower-case, sorted, once each; * on its own", function()
     assert.same({ "accept-encoding", "accept-language" }, policy.parseVary("Accept-Language, accept-encoding,Accept-Language"))
     assert.same({ "a", "b" }, policy.parseVary({ "B", "a" }))
@@ -116,9 +148,12 @@ describe("redis-cache stored values", function()
     body = "line1\n\nline3:\0binary\255",
   }
 
+  -- The Redis key a value is stored under (generation 3).
+  local where = "krs:redis-cache:v1:{3." .. string.rep("a", 64) .. "}:entry"
+
   local function roundtrip(k)
-    local value = assert(codec.encodeEntry(entry, k))
-    local decoded = assert(codec.decode(value, k))
+    local value = assert(codec.encodeEntry(entry, k, where))
+    local decoded = assert(codec.decode(value, k, where))
     assert.same(entry, decoded)
     return value
   end
@@ -140,19 +175,19 @@ describe("redis-cache stored values", function()
   end)
 
   it("rejects tampering with the ciphertext, the prefix (AAD), a wrong key and a mixed-up kind", function()
-    local value = assert(codec.encodeEntry(entry, key))
+    local value = assert(codec.encodeEntry(entry, key, where))
     local flipped = value:sub(1, -3) .. string.char((value:byte(-2) + 1) % 256) .. value:sub(-1)
-    local out, err = codec.decode(flipped, key)
+    local out, err = codec.decode(flipped, key, where)
     assert.is_nil(out)
     assert.matches("failed authentication", err, 1, true)
-    out, err = codec.decode(value:gsub("^1|300000|", "1|999999|"), key)
+    out, err = codec.decode(value:gsub("^1|300000|", "1|999999|"), key, where)
     assert.is_nil(out)
     assert.matches("failed authentication", err, 1, true)
-    assert.is_nil(codec.decode(value, crypto.sha256("another key")))
-    out, err = codec.decode(value, nil)
+    assert.is_nil(codec.decode(value, crypto.sha256("another key"), where))
+    out, err = codec.decode(value, nil, where)
     assert.is_nil(out)
     assert.matches("no encryption_key", err, 1, true)
-    out, err = codec.decode(assert(codec.encodeEntry(entry, nil)), key)
+    out, err = codec.decode(assert(codec.encodeEntry(entry, nil, where)), key, where)
     assert.is_nil(out)
     assert.matches("unencrypted entry", err, 1, true)
   end)
@@ -160,7 +195,7 @@ describe("redis-cache stored values", function()
   it("rejects malformed values without raising", function()
     for _, v in ipairs({ "", "garbage", "1|x|1|E|200\n\n", "1|1|1|E|20\n\n", "1|1|1|E|200\nNoColon\n\n", "1|1|1|E|200\nA:1",
       "1|1|1|Z|x", "1|1|1|V|", "1|1|1|C|short" }) do
-      local out, err = codec.decode(v, v:find("|C|", 1, true) and key or nil)
+      local out, err = codec.decode(v, v:find("|C|", 1, true) and key or nil, where)
       assert.is_nil(out, v)
       assert.is_string(err)
     end
@@ -169,7 +204,20 @@ describe("redis-cache stored values", function()
   it("encodes Vary markers", function()
     local v = codec.encodeMarker({ "accept-encoding", "accept-language" }, 5, 60000)
     assert.equal("1|60000|5|V|accept-encoding,accept-language", v)
-    assert.same({ kind = "V", vary = { "accept-encoding", "accept-language" }, storedAt = 5, ttl = 60000 }, codec.decode(v, key))
+    assert.same({ kind = "V", vary = { "accept-encoding", "accept-language" }, storedAt = 5, ttl = 60000 }, codec.decode(v, key, where))
+  end)
+
+  it("binds an encrypted entry to its Redis key: a copy under another key or generation fails", function()
+    local value = assert(codec.encodeEntry(entry, key, where))
+    assert.same(entry, codec.decode(value, key, where))
+    local out, err = codec.decode(value, key, "krs:redis-cache:v1:{3." .. string.rep("b", 64) .. "}:entry")
+    assert.is_nil(out)
+    assert.matches("failed authentication", err, 1, true)
+    out, err = codec.decode(value, key, "krs:redis-cache:v1:{4." .. string.rep("a", 64) .. "}:entry")
+    assert.is_nil(out)
+    assert.matches("failed authentication", err, 1, true)
+    -- Plain entries carry no authentication: where they are read from does not matter.
+    assert.same(entry, codec.decode(assert(codec.encodeEntry(entry, nil, where)), nil, "elsewhere"))
   end)
 end)
 
@@ -189,5 +237,97 @@ describe("krs.crypto", function()
     end
     assert.is_nil(crypto.open(k, "too short", ""))
     assert.has_error(function() crypto.seal("short key", "x", "") end)
+  end)
+end)
+
+describe("redis-cache writer queue", function()
+  -- The writer alone, on stand-ins for the Redis client, the log and the timer: what it
+  -- sends, in which order, and what it drops when Redis cannot keep up.
+  local STUBBED = { "krs.redis.client", "krs.redis.fault", "kong.plugins.redis-cache.storage", "kong.plugins.redis-cache.writer" }
+  local MIB = 1024 * 1024
+  local saved, saved_ngx
+  local writer, sent, timers, logs
+
+  before_each(function()
+    saved = {}
+    for _, name in ipairs(STUBBED) do saved[name] = package.loaded[name] end
+    saved_ngx = rawget(_G, "ngx")
+    sent, timers, logs = {}, {}, {}
+    package.loaded["krs.redis.client"] = {
+      poolName = function() return "pool" end,
+      pipeline = function(_, calls)
+        local replies = {}
+        for i, call in ipairs(calls) do
+          sent[#sent + 1] = call
+          replies[i] = "OK"
+        end
+        return replies
+      end,
+    }
+    package.loaded["krs.redis.fault"] = { logThrottled = function(_, message) logs[#logs + 1] = message end }
+    package.loaded["kong.plugins.redis-cache.storage"] = { replyError = function() return nil end }
+    package.loaded["kong.plugins.redis-cache.writer"] = nil
+    _G.ngx = setmetatable({ timer = { at = function(_, fn) timers[#timers + 1] = fn return true end } }, { __index = saved_ngx })
+    writer = require("kong.plugins.redis-cache.writer")
+  end)
+
+  after_each(function()
+    for _, name in ipairs(STUBBED) do package.loaded[name] = saved[name] end
+    _G.ngx = saved_ngx
+  end)
+
+  local redis = {}
+  local function job(name) return function() return { name } end end
+  local function drain()
+    assert.equal(1, #timers)
+    local run = table.remove(timers)
+    run(false)
+  end
+  local function count(prefix)
+    local n = 0
+    for _, call in ipairs(sent) do if call:sub(1, #prefix) == prefix then n = n + 1 end end
+    return n
+  end
+
+  it("drops stores past 64 MiB of queued bodies but still sends their lock releases", function()
+    for i = 1, 64 do writer.enqueueStore(redis, MIB, job("store " .. i), job("release " .. i)) end
+    assert.same({}, logs)
+    writer.enqueueStore(redis, MIB, job("store 65"), job("release 65"))
+    writer.enqueueStore(redis, 1, job("store 66"), nil)
+    writer.enqueueRelease(redis, job("release 67"))
+    assert.matches("cache write queue full", logs[1], 1, true)
+    drain()
+    assert.equal(64, count("store "))
+    assert.equal("store 64", sent[64])
+    assert.same({ "release 65", "release 67" }, { sent[65], sent[66] })
+    assert.equal(66, #sent)
+    -- Sent: room again.
+    writer.enqueueStore(redis, MIB, job("store 68"), job("release 68"))
+    drain()
+    assert.equal("store 68", sent[#sent])
+  end)
+
+  it("drops stores past 10000 queued writes; releases queue up to 100000, then locks are left to expire", function()
+    for i = 1, 10000 do writer.enqueueStore(redis, 10, job("store " .. i), job("release " .. i)) end
+    assert.same({}, logs)
+    writer.enqueueStore(redis, 10, job("store 10001"), job("release 10001"))
+    assert.equal(1, #logs)
+    for i = 1, 89999 do writer.enqueueRelease(redis, job("release x" .. i)) end
+    assert.equal(1, #logs)
+    writer.enqueueRelease(redis, job("release lost"))
+    assert.equal(2, #logs)
+    assert.matches("a lock is left to expire", logs[2], 1, true)
+    drain()
+    assert.equal(10000, count("store "))
+    assert.equal(90000, count("release "))
+    assert.equal("release 10001", sent[10001])
+    assert.equal("release x89999", sent[#sent])
+  end)
+
+  it("always takes a store into an empty queue, whatever its size", function()
+    writer.enqueueStore(redis, 100 * MIB, job("store big"), job("release big"))
+    writer.enqueueStore(redis, 1, job("store small"), job("release small"))
+    drain()
+    assert.same({ "store big", "release small" }, sent)
   end)
 end)

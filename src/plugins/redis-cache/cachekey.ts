@@ -15,6 +15,12 @@ const escape = ngx.escape_uri;
 const lower = string.lower;
 const sort = table.sort;
 
+/**
+ * Query arguments and request headers read for the key. A request with more is not
+ * cached: the ones past the limit would reach the upstream without being in the key.
+ */
+const MAX_ITEMS = 100;
+
 /** `<length>:<text>`: unambiguous whatever the text holds. */
 function field(this: void, text: string): string {
   return `${text.length}:${text}`;
@@ -33,9 +39,13 @@ function argPairs(this: void, out: string[], name: string, value: string | boole
   }
 }
 
-/** The query part: every argument (sorted by name), or only the configured ones. */
-function queryPart(this: void, p: Prepared): string {
-  const [args] = ngx.req.get_uri_args(100);
+/**
+ * The query part: every argument (sorted by name), or only the configured ones;
+ * undefined when the request has more than MAX_ITEMS arguments.
+ */
+function queryPart(this: void, p: Prepared): string | undefined {
+  const [args, err] = ngx.req.get_uri_args(MAX_ITEMS);
+  if (err === "truncated") return undefined;
   const out: string[] = [];
   if (p.varyQuery !== undefined) {
     for (const name of p.varyQuery) argPairs(out, name, args.get(name));
@@ -55,10 +65,14 @@ function headerValue(this: void, headers: HeaderTable, name: string): string {
   return value as string;
 }
 
-/** `name:value` lines for the given lower-case header names, from the request. */
-export function headersPart(this: void, names: string[]): string {
+/**
+ * `name:value` lines for the given lower-case header names, from the request; undefined
+ * when the request has more than MAX_ITEMS headers.
+ */
+export function headersPart(this: void, names: string[]): string | undefined {
   if (names.length === 0) return "";
-  const [headers] = ngx.req.get_headers(100);
+  const [headers, err] = ngx.req.get_headers(MAX_ITEMS);
+  if (err === "truncated") return undefined;
   const out: string[] = [];
   for (const name of names) out.push(field(name) + field(headerValue(headers, name)));
   return concat(out);
@@ -67,8 +81,14 @@ export function headersPart(this: void, names: string[]): string {
 /**
  * The base key of the current request. `consumerId` is set when entries are kept per
  * consumer; `scope` names the route (or service) so two routes never share entries.
+ * undefined when the request has more query arguments or headers than the key can take
+ * (MAX_ITEMS): such a request is not cached.
  */
-export function baseKey(this: void, p: Prepared, ignoreCase: boolean, consumerId: string | undefined, scope: string): string {
+export function baseKey(this: void, p: Prepared, ignoreCase: boolean, consumerId: string | undefined, scope: string): string | undefined {
+  const query = queryPart(p);
+  if (query === undefined) return undefined;
+  const headers = headersPart(p.varyHeaders);
+  if (headers === undefined) return undefined;
   const path = kong.request.get_path();
   const material = concat([
     field(consumerId ?? ""),
@@ -76,13 +96,18 @@ export function baseKey(this: void, p: Prepared, ignoreCase: boolean, consumerId
     field(kong.request.get_method()),
     field(kong.request.get_host()),
     field(ignoreCase ? lower(path) : path),
-    field(queryPart(p)),
-    headersPart(p.varyHeaders),
+    field(query),
+    headers,
   ], "|");
   return crypto.toHex(crypto.sha256(material));
 }
 
-/** The key of one variant of a response that has `Vary: names`. */
-export function variantKey(this: void, base: string, names: string[]): string {
-  return crypto.toHex(crypto.sha256(base + "|" + headersPart(names)));
+/**
+ * The key of one variant of a response that has `Vary: names`; undefined when the
+ * request has more headers than the key can take.
+ */
+export function variantKey(this: void, base: string, names: string[]): string | undefined {
+  const headers = headersPart(names);
+  if (headers === undefined) return undefined;
+  return crypto.toHex(crypto.sha256(base + "|" + headers));
 }

@@ -3,14 +3,17 @@
  *
  *   value   = "1|" ttl_ms "|" stored_at_ms "|" kind "|" rest
  *   kind E  rest = payload                       (plain entry)
- *   kind C  rest = AES-256-GCM(payload)           (encrypted entry: nonce || ciphertext || tag,
- *                                                 the "1|…|C|" prefix authenticated as AAD)
+ *   kind C  rest = AES-256-GCM(payload)           (encrypted entry: nonce || ciphertext || tag;
+ *                                                 AAD = the "1|…|C|" prefix followed by the
+ *                                                 Redis key the value is stored under)
  *   kind V  rest = "name,name"                    (Vary marker: the lower-case request header
  *                                                 names the entries under this key vary on)
  *   payload = status "\n" *(name ":" value "\n") "\n" body
  *
  * The prefix stays readable so that the lookup script can apply sliding TTL and
  * refresh-ahead without decoding; it is authenticated, so it cannot be altered either.
+ * Binding the Redis key (cache key and generation) into the AAD means an encrypted value
+ * copied onto another key, or into another generation, fails authentication.
  * With an encryption key configured only kind C entries are accepted: a plain entry
  * written by anyone else is a miss. Pure Lua apart from krs.crypto; unit-tested.
  */
@@ -69,12 +72,16 @@ function payloadOf(this: void, entry: Entry): string {
   return concat(parts);
 }
 
-/** The Redis value of an entry; encrypted when `key` (32 bytes) is given. */
-export function encodeEntry(this: void, entry: Entry, key: string | undefined): LuaMultiReturn<[string | undefined, string | undefined]> {
+/**
+ * The Redis value of an entry; encrypted when `key` (32 bytes) is given, and then bound
+ * to `redisKey`, the key it is stored under.
+ */
+export function encodeEntry(this: void, entry: Entry, key: string | undefined, redisKey: string): LuaMultiReturn<[string | undefined, string | undefined]> {
   const payload = payloadOf(entry);
   if (key === undefined) return $multi(prefix(entry.ttl, entry.storedAt, "E") + payload, undefined);
   const head = prefix(entry.ttl, entry.storedAt, "C");
-  const [sealed, err] = crypto.seal(key, payload, head);
+  // The prefix has a fixed shape ending in "|C|": prefix + key cannot be read two ways.
+  const [sealed, err] = crypto.seal(key, payload, head + redisKey);
   if (sealed === undefined) return $multi(undefined, err);
   return $multi(head + sealed, undefined);
 }
@@ -109,10 +116,11 @@ function decodePayload(this: void, payload: string, storedAt: number, ttl: numbe
 }
 
 /**
- * Decodes a Redis value. With `key` (32 bytes), entries must be encrypted and
- * authenticate under it. Returns nil plus the reason for anything else.
+ * Decodes a Redis value read from `redisKey`. With `key` (32 bytes), entries must be
+ * encrypted, and authenticate under it and that Redis key. Returns nil plus the reason
+ * for anything else.
  */
-export function decode(this: void, value: string, key: string | undefined): LuaMultiReturn<[Cached | undefined, string | undefined]> {
+export function decode(this: void, value: string, key: string | undefined, redisKey: string): LuaMultiReturn<[Cached | undefined, string | undefined]> {
   const [ttlText, storedText, kind, restAt] = match(value, "^1|(%d+)|(%d+)|(%a)|()");
   if (restAt === undefined) return $multi(undefined, "malformed entry: bad prefix");
   const ttl = tonumber(ttlText)!;
@@ -130,7 +138,7 @@ export function decode(this: void, value: string, key: string | undefined): LuaM
   }
   if (kind === "C") {
     if (key === undefined) return $multi(undefined, "encrypted entry while no encryption_key is set");
-    const [payload, err] = crypto.open(key, rest, sub(value, 1, (restAt as unknown as number) - 1));
+    const [payload, err] = crypto.open(key, rest, sub(value, 1, (restAt as unknown as number) - 1) + redisKey);
     if (payload === undefined) return $multi(undefined, "entry failed authentication: " + tostring(err));
     return decodePayload(payload, storedAt, ttl);
   }

@@ -157,7 +157,9 @@ function fromL1(this: void, st: RequestState, l1: LruCache<codec.Cached>, nowMs:
   let key = st.base;
   let [cached] = l1.get(key);
   if (cached !== undefined && cached.kind === "V") {
-    key = variantKey(st.base, cached.vary);
+    const variant = variantKey(st.base, cached.vary);
+    if (variant === undefined) return false;
+    key = variant;
     [cached] = l1.get(key);
   }
   if (cached === undefined || cached.kind !== "E" || !fresh(st.p, cached, nowMs, maxAge)) return false;
@@ -188,7 +190,7 @@ function fromRedis(this: void, st: RequestState, maxAge: number | undefined): vo
     st.gen = r.gen;
 
     if (r.kind === storage.HIT) {
-      const [cached, decodeErr] = codec.decode(r.value!, p.aesKey);
+      const [cached, decodeErr] = codec.decode(r.value!, p.aesKey, storage.entryKey(r.gen, key));
       if (cached === undefined) {
         kong.log.err(`cache entry ${key} ignored (treated as a miss): ${decodeErr}`);
         if (repaired) return goUpstream(st, MISS, key, r.gen);
@@ -202,7 +204,13 @@ function fromRedis(this: void, st: RequestState, maxAge: number | undefined): vo
         if (followedVary) return goUpstream(st, MISS, key, r.gen);
         followedVary = true;
         l1Put(p, key, cached, nowMs);
-        key = variantKey(st.base, cached.vary);
+        const variant = variantKey(st.base, cached.vary);
+        if (variant === undefined) {
+          // Too many request headers to tell the variant: not cached (no lock is held).
+          st.key = undefined;
+          return;
+        }
+        key = variant;
         continue;
       }
       l1Put(p, key, cached, nowMs);
@@ -243,19 +251,20 @@ function giveBack(this: void, st: RequestState, uncacheable: boolean): void {
   if (st.done || st.lockKey === undefined || st.token === undefined) return;
   st.done = true;
   const call = storage.releaseCall(st.lockKey, st.token, uncacheable && st.fillLock ? st.p.lockMs : 0);
-  writer.enqueue(st.conf.redis, 0, () => [call]);
+  writer.enqueueRelease(st.conf.redis, () => [call]);
 }
 
 /** The writes of one store, built in the writer's timer (encoding, encryption). */
 function storeCalls(this: void, job: StoreJob): client.Call[] {
   const calls: client.Call[] = [];
-  const [value, encodeErr] = codec.encodeEntry(job.entry, job.aesKey);
+  const entryKey = storage.entryKey(job.gen, job.key);
+  const [value, encodeErr] = codec.encodeEntry(job.entry, job.aesKey, entryKey);
   if (value === undefined) {
     logThrottled(PLUGIN_NAME, `could not encode a cache entry: ${encodeErr}`);
   } else {
     const ttlMs = job.entry.ttl;
     // The variant first, then its marker: whoever sees the marker finds the variant.
-    calls.push(storage.setCall(storage.entryKey(job.gen, job.key), value, ttlMs));
+    calls.push(storage.setCall(entryKey, value, ttlMs));
     if (job.key !== job.base) {
       calls.push(storage.setCall(storage.entryKey(job.gen, job.base), codec.encodeMarker(job.vary, job.entry.storedAt, ttlMs), ttlMs));
     }
@@ -280,7 +289,11 @@ function finishStore(this: void, st: RequestState, cap: Capture): void {
     lockKey: st.lockKey,
     token: st.token,
   };
-  writer.enqueue(st.conf.redis, entry.body.length, () => storeCalls(job));
+  const lockKey = st.lockKey;
+  const token = st.token;
+  // What still has to reach Redis when the writer has no room for the store.
+  const release = lockKey !== undefined && token !== undefined ? (): client.Call[] => [storage.releaseCall(lockKey, token, 0)] : undefined;
+  writer.enqueueStore(st.conf.redis, entry.body.length, () => storeCalls(job), release);
 }
 
 /** The response headers worth replaying on a hit: all but NOT_STORED and X-Kong-*. */
@@ -321,11 +334,22 @@ function capture(this: void, st: RequestState): Capture | undefined {
   }
   const length = tonumber(headerString(ngx.header["Content-Length"]));
   if (length !== undefined && length > conf.max_body_size) return undefined;
+  let key = st.base;
+  if (vary.length > 0) {
+    const variant = variantKey(st.base, vary);
+    if (variant === undefined) {
+      // Only this request cannot be keyed (too many headers): the lock goes back without
+      // the "uncacheable" marker, so that a waiter fills the entry.
+      giveBack(st, false);
+      return undefined;
+    }
+    key = variant;
+  }
   return {
     status,
     headers: storedHeaders(kong.request.get_method() === "HEAD"),
     ttlMs: ttl * 1000,
-    key: vary.length > 0 ? variantKey(st.base, vary) : st.base,
+    key,
     vary,
     chunks: [],
     size: 0,
@@ -358,10 +382,16 @@ const handler: KongPluginHandler<Conf> = {
     }
     const consumer = kong.client.get_consumer();
     const consumerId = conf.cache_per_consumer && consumer !== undefined ? consumer.id : undefined;
-    // A credential the cache cannot tell apart must not share entries with anyone.
-    if (ngx.var["http_authorization"] !== undefined && consumerId === undefined) return;
+    // A credential the cache cannot tell apart must not share entries with anyone: keying
+    // on the consumer is only safe when a credential identified it (an auth plugin's
+    // `anonymous` consumer has none, and stands for every caller it let in).
+    if (ngx.var["http_authorization"] !== undefined && (consumerId === undefined || kong.client.get_credential() === undefined)) return;
     const scope = kong.router.get_route()?.id ?? kong.router.get_service()?.id ?? "-";
-    st.base = baseKey(p, conf.ignore_uri_case, consumerId, scope);
+    const base = baseKey(p, conf.ignore_uri_case, consumerId, scope);
+    // More query arguments or headers than the key can take: the upstream would see some
+    // the key leaves out.
+    if (base === undefined) return;
+    st.base = base;
     st.key = st.base;
     if (requestCc !== undefined && requestCc.has("no-cache")) {
       // Fetched anew and stored for everyone else.

@@ -7,11 +7,19 @@
 import * as typedefs from "kong.db.schema.typedefs";
 import { faultTolerantField, redisRecord } from "../../lib/redis/schema";
 import { METHODS, PLUGIN_NAME } from "./conf";
+import { parseMediaType } from "./policy";
 
-/** "type/subtype", "type/*" or "*", without parameters. */
+function hasStar(this: void, text: string): boolean {
+  return string.find(text, "*", 1, true)[0] !== undefined;
+}
+
+/** "type/subtype", "type/*" or "*", optionally with parameters ("; name=value"). */
 function validateContentType(this: void, value: string): LuaMultiReturn<[true | undefined, string | undefined]> {
-  if (value === "*" || value === "*/*" || string.find(value, "^[%w!#$&%-%^_.+]+/[%w!#$&%-%^_.+*]+$")[0] !== undefined) return $multi(true, undefined);
-  return $multi(undefined, `invalid content type '${value}': expected type/subtype, type/* or *, without parameters`);
+  const [major, minor] = parseMediaType(value);
+  // "*" stands for a whole subtype, or for everything: "*" + "/json" or "text/x*" mean nothing.
+  const wildcardsOk = major === "*" ? minor === "*" : major !== undefined && !hasStar(major) && (minor === "*" || (minor !== undefined && !hasStar(minor)));
+  if (wildcardsOk) return $multi(true, undefined);
+  return $multi(undefined, `invalid content type '${value}': expected type/subtype, type/* or *, optionally with parameters (; name=value)`);
 }
 
 const schema: KongPluginSchema = {
@@ -48,7 +56,7 @@ const schema: KongPluginSchema = {
               required: true,
               default: ["text/plain", "application/json"],
               elements: { type: "string", custom_validator: validateContentType },
-              description: "Upstream response content types that may be cached, matched on type/subtype (parameters such as charset are ignored); `type/*` and `*` match more.",
+              description: "Upstream response content types that may be cached. An entry without parameters matches on type/subtype whatever parameters the response has (`application/json` matches `application/json; charset=utf-8`); an entry with parameters, as in Kong, only a response with exactly those parameters and values. `type/*` and `*` match more.",
             },
           },
           {
@@ -95,7 +103,7 @@ const schema: KongPluginSchema = {
               type: "boolean",
               required: true,
               default: true,
-              description: "Keep an authenticated consumer's responses apart from everyone else's. When false, requests with an Authorization header are not cached.",
+              description: "Keep an authenticated consumer's responses apart from everyone else's. A request with an Authorization header is cached only when a credential identified its consumer (not as an anonymous consumer). When false, requests with an Authorization header are not cached.",
             },
           },
           {

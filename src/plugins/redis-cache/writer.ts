@@ -4,6 +4,10 @@
  * cosockets, and under load one round trip per batch costs far less than one timer and
  * one round trip per response. Within a batch, calls keep their order: a store's SET
  * always reaches Redis before the release of its lock.
+ *
+ * The queue is bounded (MAX_QUEUED_BYTES, MAX_QUEUED_JOBS): when Redis is slower than the
+ * traffic, further stores are dropped (a later miss) and only their lock releases queue,
+ * so memory stays bounded and waiters are still let go.
  */
 import * as client from "../../lib/redis/client";
 import { logThrottled } from "../../lib/redis/fault";
@@ -26,8 +30,21 @@ interface Job {
 const MAX_JOBS = 64;
 const MAX_BYTES = 4 * 1024 * 1024;
 
+/** Jobs and bytes waiting in this worker (queued or in the batch being built) before stores are dropped. */
+const MAX_QUEUED_JOBS = 10000;
+const MAX_QUEUED_BYTES = 64 * 1024 * 1024;
+/**
+ * Lock releases are tiny, and a lock left behind makes waiters wait out lock_timeout:
+ * they still queue past MAX_QUEUED_JOBS, up to this many jobs (then the lock expires on
+ * its own).
+ */
+const MAX_QUEUED_RELEASES = 10 * MAX_QUEUED_JOBS;
+
 let queue: Job[] = [];
 let draining = false;
+/** Jobs and bytes accepted and not sent yet. */
+let pendingJobs = 0;
+let pendingBytes = 0;
 
 function send(this: void, redis: RedisConf, calls: client.Call[]): void {
   if (calls.length === 0) return;
@@ -69,9 +86,17 @@ function drainQueue(this: void): void {
         count++;
         i++;
       }
+      pendingJobs -= count;
+      pendingBytes -= bytes;
       send(first.redis, calls);
     }
   }
+}
+
+function reset(this: void): void {
+  queue = [];
+  pendingJobs = 0;
+  pendingBytes = 0;
 }
 
 /** The writer timer. A worker that is exiting (premature) still tries: what is not stored is only a later miss. */
@@ -79,20 +104,39 @@ function drain(this: void, premature: boolean): void {
   const [ok, err] = pcall(drainQueue);
   draining = false;
   if (!ok) {
-    queue = [];
+    reset();
     logThrottled(PLUGIN_NAME, `cache writer failed: ${tostring(err)}`);
   }
 }
 
-/** Queues a write; it reaches Redis from a timer shortly after. */
-export function enqueue(this: void, redis: RedisConf, size: number, build: Build): void {
+function push(this: void, redis: RedisConf, size: number, build: Build): void {
   queue.push({ redis, pool: client.poolName(redis), size, build });
+  pendingJobs++;
+  pendingBytes += size;
   if (draining) return;
   const [ok, err] = ngx.timer.at(0, drain);
   if (ok === undefined) {
-    queue = [];
+    reset();
     logThrottled(PLUGIN_NAME, `could not schedule cache writes: ${err}`);
     return;
   }
   draining = true;
+}
+
+/**
+ * Queues a store of about `size` bytes (its calls include the release of its lock); it
+ * reaches Redis from a timer shortly after. When the queue is full the store is dropped
+ * and only `release` (the lock release alone, if the request holds a lock) is queued.
+ */
+export function enqueueStore(this: void, redis: RedisConf, size: number, build: Build, release: Build | undefined): void {
+  // An empty queue takes any store (max_body_size bounds it), so no size is never stored.
+  if (pendingJobs < MAX_QUEUED_JOBS && (pendingBytes === 0 || pendingBytes + size <= MAX_QUEUED_BYTES)) return push(redis, size, build);
+  logThrottled(PLUGIN_NAME, `cache write queue full (${pendingJobs} writes, ${pendingBytes} bytes waiting for redis): a response was not stored`);
+  if (release !== undefined) enqueueRelease(redis, release);
+}
+
+/** Queues a lock release (small; it may pass the store limits, up to MAX_QUEUED_RELEASES). */
+export function enqueueRelease(this: void, redis: RedisConf, build: Build): void {
+  if (pendingJobs < MAX_QUEUED_RELEASES) return push(redis, 0, build);
+  logThrottled(PLUGIN_NAME, `cache write queue full (${pendingJobs} writes waiting for redis): a lock is left to expire`);
 }

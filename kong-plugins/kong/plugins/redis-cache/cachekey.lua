@@ -5,6 +5,9 @@ local concat = table.concat
 local escape = ngx.escape_uri
 local lower = string.lower
 local sort = table.sort
+--- Query arguments and request headers read for the key. A request with more is not
+-- cached: the ones past the limit would reach the upstream without being in the key.
+local MAX_ITEMS = 100
 --- `<length>:<text>`: unambiguous whatever the text holds.
 local function field(text)
     return (tostring(#text) .. ":") .. text
@@ -27,9 +30,13 @@ local function argPairs(out, name, value)
         out[#out + 1] = value == true and ename or (ename .. "=") .. escape(value)
     end
 end
---- The query part: every argument (sorted by name), or only the configured ones.
+--- The query part: every argument (sorted by name), or only the configured ones;
+-- undefined when the request has more than MAX_ITEMS arguments.
 local function queryPart(p)
-    local args = ngx.req.get_uri_args(100)
+    local args, err = ngx.req.get_uri_args(MAX_ITEMS)
+    if err == "truncated" then
+        return nil
+    end
     local out = {}
     if p.varyQuery ~= nil then
         for ____, name in ipairs(p.varyQuery) do
@@ -57,12 +64,16 @@ local function headerValue(headers, name)
     end
     return value
 end
---- `name:value` lines for the given lower-case header names, from the request.
+--- `name:value` lines for the given lower-case header names, from the request; undefined
+-- when the request has more than MAX_ITEMS headers.
 function ____exports.headersPart(names)
     if #names == 0 then
         return ""
     end
-    local headers = ngx.req.get_headers(100)
+    local headers, err = ngx.req.get_headers(MAX_ITEMS)
+    if err == "truncated" then
+        return nil
+    end
     local out = {}
     for ____, name in ipairs(names) do
         out[#out + 1] = field(name) .. field(headerValue(headers, name))
@@ -71,7 +82,17 @@ function ____exports.headersPart(names)
 end
 --- The base key of the current request. `consumerId` is set when entries are kept per
 -- consumer; `scope` names the route (or service) so two routes never share entries.
+-- undefined when the request has more query arguments or headers than the key can take
+-- (MAX_ITEMS): such a request is not cached.
 function ____exports.baseKey(p, ignoreCase, consumerId, scope)
+    local query = queryPart(p)
+    if query == nil then
+        return nil
+    end
+    local headers = ____exports.headersPart(p.varyHeaders)
+    if headers == nil then
+        return nil
+    end
     local path = kong.request.get_path()
     local material = concat(
         {
@@ -80,15 +101,20 @@ function ____exports.baseKey(p, ignoreCase, consumerId, scope)
             field(kong.request.get_method()),
             field(kong.request.get_host()),
             field(ignoreCase and lower(path) or path),
-            field(queryPart(p)),
-            ____exports.headersPart(p.varyHeaders)
+            field(query),
+            headers
         },
         "|"
     )
     return crypto.toHex(crypto.sha256(material))
 end
---- The key of one variant of a response that has `Vary: names`.
+--- The key of one variant of a response that has `Vary: names`; undefined when the
+-- request has more headers than the key can take.
 function ____exports.variantKey(base, names)
-    return crypto.toHex(crypto.sha256((base .. "|") .. ____exports.headersPart(names)))
+    local headers = ____exports.headersPart(names)
+    if headers == nil then
+        return nil
+    end
+    return crypto.toHex(crypto.sha256((base .. "|") .. headers))
 end
 return ____exports

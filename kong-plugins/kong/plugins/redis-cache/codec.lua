@@ -34,14 +34,15 @@ local function payloadOf(entry)
     parts[#parts + 1] = entry.body
     return concat(parts)
 end
---- The Redis value of an entry; encrypted when `key` (32 bytes) is given.
-function ____exports.encodeEntry(entry, key)
+--- The Redis value of an entry; encrypted when `key` (32 bytes) is given, and then bound
+-- to `redisKey`, the key it is stored under.
+function ____exports.encodeEntry(entry, key, redisKey)
     local payload = payloadOf(entry)
     if key == nil then
         return prefix(entry.ttl, entry.storedAt, "E") .. payload, nil
     end
     local head = prefix(entry.ttl, entry.storedAt, "C")
-    local sealed, err = crypto.seal(key, payload, head)
+    local sealed, err = crypto.seal(key, payload, head .. redisKey)
     if sealed == nil then
         return nil, err
     end
@@ -95,9 +96,10 @@ local function decodePayload(payload, storedAt, ttl)
         ttl = ttl
     }, nil
 end
---- Decodes a Redis value. With `key` (32 bytes), entries must be encrypted and
--- authenticate under it. Returns nil plus the reason for anything else.
-function ____exports.decode(value, key)
+--- Decodes a Redis value read from `redisKey`. With `key` (32 bytes), entries must be
+-- encrypted, and authenticate under it and that Redis key. Returns nil plus the reason
+-- for anything else.
+function ____exports.decode(value, key, redisKey)
     local ttlText, storedText, kind, restAt = match(value, "^1|(%d+)|(%d+)|(%a)|()")
     if restAt == nil then
         return nil, "malformed entry: bad prefix"
@@ -128,7 +130,7 @@ function ____exports.decode(value, key)
         local payload, err = crypto.open(
             key,
             rest,
-            sub(value, 1, restAt - 1)
+            sub(value, 1, restAt - 1) .. redisKey
         )
         if payload == nil then
             return nil, "entry failed authentication: " .. tostring(err)

@@ -126,7 +126,11 @@ local function fromL1(st, l1, nowMs, maxAge)
     local key = st.base
     local cached = l1:get(key)
     if cached ~= nil and cached.kind == "V" then
-        key = variantKey(st.base, cached.vary)
+        local variant = variantKey(st.base, cached.vary)
+        if variant == nil then
+            return false
+        end
+        key = variant
         cached = l1:get(key)
     end
     if cached == nil or cached.kind ~= "E" or not fresh(st.p, cached, nowMs, maxAge) then
@@ -164,7 +168,11 @@ local function fromRedis(st, maxAge)
             st.key = key
             st.gen = r.gen
             if r.kind == storage.HIT then
-                local cached, decodeErr = codec.decode(r.value, p.aesKey)
+                local cached, decodeErr = codec.decode(
+                    r.value,
+                    p.aesKey,
+                    storage.entryKey(r.gen, key)
+                )
                 if cached == nil then
                     kong.log.err((("cache entry " .. key) .. " ignored (treated as a miss): ") .. tostring(decodeErr))
                     if repaired then
@@ -175,7 +183,7 @@ local function fromRedis(st, maxAge)
                     if purgeErr ~= nil then
                         return redisFailed(st, purgeErr)
                     end
-                    goto __continue22
+                    goto __continue23
                 end
                 if cached.kind == "V" then
                     if followedVary then
@@ -183,8 +191,13 @@ local function fromRedis(st, maxAge)
                     end
                     followedVary = true
                     l1Put(p, key, cached, nowMs)
-                    key = variantKey(st.base, cached.vary)
-                    goto __continue22
+                    local variant = variantKey(st.base, cached.vary)
+                    if variant == nil then
+                        st.key = nil
+                        return
+                    end
+                    key = variant
+                    goto __continue23
                 end
                 l1Put(p, key, cached, nowMs)
                 if r.refresh == true then
@@ -226,7 +239,7 @@ local function fromRedis(st, maxAge)
                 end
             end
         end
-        ::__continue22::
+        ::__continue23::
     end
 end
 --- Gives the lock back (at most once); `uncacheable` lets the waiters go upstream at once.
@@ -236,16 +249,16 @@ local function giveBack(st, uncacheable)
     end
     st.done = true
     local call = storage.releaseCall(st.lockKey, st.token, uncacheable and st.fillLock and st.p.lockMs or 0)
-    writer.enqueue(
+    writer.enqueueRelease(
         st.conf.redis,
-        0,
         function() return {call} end
     )
 end
 --- The writes of one store, built in the writer's timer (encoding, encryption).
 local function storeCalls(job)
     local calls = {}
-    local value, encodeErr = codec.encodeEntry(job.entry, job.aesKey)
+    local entryKey = storage.entryKey(job.gen, job.key)
+    local value, encodeErr = codec.encodeEntry(job.entry, job.aesKey, entryKey)
     if value == nil then
         logThrottled(
             PLUGIN_NAME,
@@ -253,11 +266,7 @@ local function storeCalls(job)
         )
     else
         local ttlMs = job.entry.ttl
-        calls[#calls + 1] = storage.setCall(
-            storage.entryKey(job.gen, job.key),
-            value,
-            ttlMs
-        )
+        calls[#calls + 1] = storage.setCall(entryKey, value, ttlMs)
         if job.key ~= job.base then
             calls[#calls + 1] = storage.setCall(
                 storage.entryKey(job.gen, job.base),
@@ -296,10 +305,14 @@ local function finishStore(st, cap)
         lockKey = st.lockKey,
         token = st.token
     }
-    writer.enqueue(
+    local lockKey = st.lockKey
+    local token = st.token
+    local release = lockKey ~= nil and token ~= nil and (function() return {storage.releaseCall(lockKey, token, 0)} end) or nil
+    writer.enqueueStore(
         st.conf.redis,
         #entry.body,
-        function() return storeCalls(job) end
+        function() return storeCalls(job) end,
+        release
     )
 end
 --- The response headers worth replaying on a hit: all but NOT_STORED and X-Kong-*.
@@ -310,14 +323,14 @@ local function storedHeaders(keepLength)
         do
             local l = lower(name)
             if NOT_STORED[l] ~= nil and not (keepLength and l == "content-length") then
-                goto __continue50
+                goto __continue53
             end
             if sub(l, 1, 7) == "x-kong-" then
-                goto __continue50
+                goto __continue53
             end
             out[name] = value
         end
-        ::__continue50::
+        ::__continue53::
     end
     return out
 end
@@ -361,11 +374,20 @@ local function capture(st)
     if length ~= nil and length > conf.max_body_size then
         return nil
     end
+    local key = st.base
+    if #vary > 0 then
+        local variant = variantKey(st.base, vary)
+        if variant == nil then
+            giveBack(st, false)
+            return nil
+        end
+        key = variant
+    end
     return {
         status = status,
         headers = storedHeaders(kong.request.get_method() == "HEAD"),
         ttlMs = ttl * 1000,
-        key = #vary > 0 and variantKey(st.base, vary) or st.base,
+        key = key,
         vary = vary,
         chunks = {},
         size = 0
@@ -404,7 +426,7 @@ local handler = {
         end
         local consumer = kong.client.get_consumer()
         local consumerId = conf.cache_per_consumer and consumer ~= nil and consumer.id or nil
-        if ngx.var.http_authorization ~= nil and consumerId == nil then
+        if ngx.var.http_authorization ~= nil and (consumerId == nil or kong.client.get_credential() == nil) then
             return
         end
         local ____opt_0 = kong.router.get_route()
@@ -414,7 +436,11 @@ local handler = {
             ____temp_4 = ____opt_2 and ____opt_2.id
         end
         local scope = ____temp_4 or "-"
-        st.base = baseKey(p, conf.ignore_uri_case, consumerId, scope)
+        local base = baseKey(p, conf.ignore_uri_case, consumerId, scope)
+        if base == nil then
+            return
+        end
+        st.base = base
         st.key = st.base
         if requestCc ~= nil and requestCc["no-cache"] ~= nil then
             return goUpstream(

@@ -66,21 +66,117 @@ function ____exports.responseTtl(cc, expiresAt, nowS, fallback)
     end
     return fallback
 end
-function ____exports.typeMatcher(list)
-    local m = {any = false, exact = {}, major = {}}
-    for ____, raw in ipairs(list) do
-        local t = lower(raw)
-        if t == "*" or t == "*/*" then
-            m.any = true
-        elseif sub(t, -2) == "/*" then
-            m.major[sub(t, 1, -3)] = true
-        else
-            m.exact[t] = true
+--- An RFC 9110 token, as a Lua pattern.
+local TOKEN = "[%w!#$%%&'*+%-.^_`|~]+"
+local TYPE_SUBTYPE = ((("^%s*(" .. TOKEN) .. ")/(") .. TOKEN) .. ")%s*"
+local ANY_TYPE = "^%s*%*%s*"
+local PARAM_NAME = ("^;%s*(" .. TOKEN) .. ")="
+local PARAM_TOKEN = ("^(" .. TOKEN) .. ")"
+--- A quoted-string from `pos` (its opening quote): its value and the position after it.
+local function quotedString(text, pos)
+    local parts = {}
+    local i = pos + 1
+    while true do
+        local at, ____, ch = find(text, "([\"\\%c])", i)
+        if at == nil or ch == nil then
+            return nil, 0
         end
+        parts[#parts + 1] = sub(text, i, at - 1)
+        if ch == "\"" then
+            return table.concat(parts), at + 1
+        end
+        if ch ~= "\\" then
+            return nil, 0
+        end
+        local escaped = sub(text, at + 1, at + 1)
+        if escaped == "" or (find(escaped, "%c")) ~= nil then
+            return nil, 0
+        end
+        parts[#parts + 1] = escaped
+        i = at + 2
+    end
+end
+--- A media type (RFC 9110 8.3.1) as type, subtype (lower-case; "*" alone reads as type "*",
+-- subtype "*") and its parameters in one canonical string: "name=value" (name lower-case, value
+-- unquoted and as sent) sorted and joined by "\n", "" when there are none. undefined
+-- when the text is not a media type.
+function ____exports.parseMediaType(text)
+    local ____, typeEnd, typeText, subtypeText = find(text, TYPE_SUBTYPE)
+    local stop = typeEnd
+    local major = typeText
+    local minor = subtypeText
+    if stop == nil then
+        local ____, anyEnd = find(text, ANY_TYPE)
+        if anyEnd == nil then
+            return nil, nil, nil
+        end
+        stop = anyEnd
+        major = "*"
+        minor = "*"
+    end
+    local params = {}
+    local pos = stop + 1
+    local size = #text
+    while pos <= size do
+        local ____, nameEnd, nameText = find(text, PARAM_NAME, pos)
+        local name = nameText
+        if nameEnd == nil or name == nil then
+            return nil, nil, nil
+        end
+        pos = nameEnd + 1
+        local value
+        local ____, tokenEnd, token = find(text, PARAM_TOKEN, pos)
+        if tokenEnd ~= nil then
+            value = token
+            pos = tokenEnd + 1
+        elseif sub(text, pos, pos) == "\"" then
+            value, pos = quotedString(text, pos)
+        end
+        if value == nil then
+            return nil, nil, nil
+        end
+        local ____, spaceEnd = find(text, "^%s*", pos)
+        pos = spaceEnd + 1
+        params[#params + 1] = (lower(name) .. "=") .. value
+    end
+    table.sort(params)
+    return lower(major), lower(minor), table.concat(params, "\n")
+end
+function ____exports.typeMatcher(list)
+    local m = {any = false, exact = {}, major = {}, withParams = nil}
+    for ____, raw in ipairs(list) do
+        do
+            local major, minor, params = ____exports.parseMediaType(raw)
+            if major == nil or minor == nil or params == nil then
+                goto __continue32
+            end
+            if params ~= "" then
+                if m.withParams == nil then
+                    m.withParams = {}
+                end
+                local name = (major .. "/") .. minor
+                local set = m.withParams[name]
+                if set == nil then
+                    set = {}
+                    m.withParams[name] = set
+                end
+                set[params] = true
+            elseif major == "*" then
+                m.any = true
+            elseif minor == "*" then
+                m.major[major] = true
+            else
+                m.exact[(major .. "/") .. minor] = true
+            end
+        end
+        ::__continue32::
     end
     return m
 end
---- Matches a Content-Type value on type/subtype, ignoring parameters and case.
+--- Matches a Content-Type value. Entries without parameters match on type/subtype alone
+-- (whatever parameters the response has); entries with parameters, as in Kong
+-- proxy-cache, only a response with exactly those parameters (same names, same values,
+-- any order). Types and parameter names are case-insensitive, parameter values are not.
 function ____exports.matchesType(m, contentType)
     local major, minor = match(contentType, "^%s*([^/;%s]+)/([^;%s]+)")
     if major == nil or minor == nil then
@@ -90,7 +186,24 @@ function ____exports.matchesType(m, contentType)
         return true
     end
     local majorL = lower(major)
-    return m.exact[(majorL .. "/") .. lower(minor)] ~= nil or m.major[majorL] ~= nil
+    if m.exact[(majorL .. "/") .. lower(minor)] ~= nil or m.major[majorL] ~= nil then
+        return true
+    end
+    local withParams = m.withParams
+    if withParams == nil then
+        return false
+    end
+    local t, st, params = ____exports.parseMediaType(contentType)
+    if t == nil or params == nil or params == "" then
+        return false
+    end
+    for ____, name in ipairs({(t .. "/") .. st, t .. "/*", "*/*"}) do
+        local ____opt_0 = withParams[name]
+        if (____opt_0 and ____opt_0[params] ~= nil) == true then
+            return true
+        end
+    end
+    return false
 end
 --- The header names of a Vary value: lower-case, sorted, each once; "*" when the response
 -- varies on everything (never cacheable); an empty list when there is none.

@@ -6,12 +6,25 @@ local redisRecord = ____schema.redisRecord
 local ____conf = require("kong.plugins.redis-cache.conf")
 local METHODS = ____conf.METHODS
 local PLUGIN_NAME = ____conf.PLUGIN_NAME
---- "type/subtype", "type/*" or "*", without parameters.
+local ____policy = require("kong.plugins.redis-cache.policy")
+local parseMediaType = ____policy.parseMediaType
+local function hasStar(text)
+    return (string.find(text, "*", 1, true)) ~= nil
+end
+--- "type/subtype", "type/*" or "*", optionally with parameters ("; name=value").
 local function validateContentType(value)
-    if value == "*" or value == "*/*" or (string.find(value, "^[%w!#$&%-%^_.+]+/[%w!#$&%-%^_.+*]+$")) ~= nil then
+    local major, minor = parseMediaType(value)
+    local ____temp_0
+    if major == "*" then
+        ____temp_0 = minor == "*"
+    else
+        ____temp_0 = major ~= nil and not hasStar(major) and (minor == "*" or minor ~= nil and not hasStar(minor))
+    end
+    local wildcardsOk = ____temp_0
+    if wildcardsOk then
         return true, nil
     end
-    return nil, ("invalid content type '" .. value) .. "': expected type/subtype, type/* or *, without parameters"
+    return nil, ("invalid content type '" .. value) .. "': expected type/subtype, type/* or *, optionally with parameters (; name=value)"
 end
 local schema = {
     name = PLUGIN_NAME,
@@ -41,7 +54,7 @@ local schema = {
                     required = true,
                     default = {"text/plain", "application/json"},
                     elements = {type = "string", custom_validator = validateContentType},
-                    description = "Upstream response content types that may be cached, matched on type/subtype (parameters such as charset are ignored); `type/*` and `*` match more."
+                    description = "Upstream response content types that may be cached. An entry without parameters matches on type/subtype whatever parameters the response has (`application/json` matches `application/json; charset=utf-8`); an entry with parameters, as in Kong, only a response with exactly those parameters and values. `type/*` and `*` match more."
                 }},
                 {cache_ttl = {
                     type = "integer",
@@ -54,7 +67,7 @@ local schema = {
                 {vary_headers = {type = "array", elements = {type = "string"}, description = "Request headers whose values are part of the cache key. A response's own Vary header is honoured as well."}},
                 {vary_query_params = {type = "array", elements = {type = "string"}, description = "Query arguments that are part of the cache key. Unset: all of them."}},
                 {ignore_uri_case = {type = "boolean", required = true, default = false, description = "Treat paths that differ only in letter case as the same resource."}},
-                {cache_per_consumer = {type = "boolean", required = true, default = true, description = "Keep an authenticated consumer's responses apart from everyone else's. When false, requests with an Authorization header are not cached."}},
+                {cache_per_consumer = {type = "boolean", required = true, default = true, description = "Keep an authenticated consumer's responses apart from everyone else's. A request with an Authorization header is cached only when a credential identified its consumer (not as an anonymous consumer). When false, requests with an Authorization header are not cached."}},
                 {max_body_size = {
                     type = "integer",
                     required = true,
