@@ -307,14 +307,14 @@ end
 purge()
 return { 0, "" }
 ]==] }
-scripts["rate-limit"] = { sha1 = "3a0fbba11c59b699e850896cf20ec3fae2df746d", numkeys = 1, source = [==[
+scripts["rate-limit"] = { sha1 = "d8101dc302b2a799dcdc42db62bfcf014ac83910", numkeys = 1, source = [==[
 --[[
 rate-limit: decides one request against every configured window of one counter set
 (one plugin instance, one identifier) and counts it in all of them when, and only
 when, every window admits it. Rejected requests change nothing.
 
 Clock: the gateway's. ARGV carries `now` and each window's bounds, computed by the
-gateway (calendar months in UTC included); this script never reads a clock. When the
+gateway (calendar months and years in UTC included); this script never reads a clock. When the
 hash already holds a window newer than the caller's (a node whose clock is behind),
 the newer window is used, so nodes with skewed clocks cannot reset each other's counts.
 
@@ -323,7 +323,7 @@ this one, `e` milliseconds into this one:
   fixed    count = curr
   sliding  count = prev * (1 - e/W) + curr, with (1 - e/W) rounded up to a multiple of
            1/STEPS, so the whole comparison is done on integers below 2^53 (exact for
-           limits up to 10^10)
+           limits up to 10^10 and windows up to a leap year, 31622400000 ms < 2^35)
 A request is admitted iff count + 1 <= limit in every window. The remaining count
 reported is the number of further requests the same formula would admit now.
 
@@ -333,9 +333,9 @@ KEYS[1]  the counter hash; fields per window: <name>:start (window start, epoch 
 ARGV[1]  now, epoch milliseconds (integer)
 ARGV[2]  "sliding" or "fixed"
 ARGV[3]  TTL in milliseconds set on the hash when the request is admitted
-ARGV[4]  n, the number of windows (1..5)
+ARGV[4]  n, the number of windows (1..6)
 then six values per window i = 1..n, starting at ARGV[5 + 6 * (i - 1)]:
-  +0 name (field prefix: "second", "minute", "hour", "day", "month")
+  +0 name (field prefix: "second", "minute", "hour", "day", "month", "year")
   +1 limit (integer >= 1)
   +2 start of the window containing now (epoch ms)
   +3 its length (ms)

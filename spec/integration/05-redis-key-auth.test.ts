@@ -10,7 +10,7 @@ import { request as httpRequest } from "node:http";
 import { join } from "node:path";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createKey, revokeKey, withScripts, type KeysRedis } from "../../src/cli/keys.js";
+import { createKey, hashKey, recordKey, revokeKey, withScripts, type KeysRedis } from "../../src/cli/keys.js";
 import { ROOT, gateway, getJson, startRedis, stopAll, tempDir, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
 
 const ALICE = "8a6a4f9e-1d1b-4a53-9d07-0a1f2b3c4d01";
@@ -108,6 +108,11 @@ async function subscribers(r: Redis): Promise<number> {
  */
 async function subscribed(r: Redis, n: number): Promise<void> {
   await waitFor(`${n} subscribed workers`, async () => (await subscribers(r)) >= n, 5000);
+}
+
+async function sleepUntil(at: number): Promise<void> {
+  const left = at - Date.now();
+  if (left > 0) await new Promise((r) => setTimeout(r, left));
 }
 
 async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: number): Promise<number> {
@@ -435,7 +440,7 @@ describe("worker cache", () => {
 });
 
 describe("Redis down", () => {
-  it("fail closed: cached keys keep working (even past cache_ttl), others get 500; back up: the cache is dropped", async () => {
+  it("fail closed: cached keys keep working (a few seconds past cache_ttl), others get 500; back up: the cache is dropped", async () => {
     const r3 = await startRedis();
     const port = r3.port;
     const keys3 = withScripts(new Redis({ port, maxRetriesPerRequest: 0 }));
@@ -465,7 +470,7 @@ describe("Redis down", () => {
     expect(cached.status).toBe(200);
     expect(cached.body.headers["x-consumer-username"]).toBe("alice");
     await new Promise((r) => setTimeout(r, 1300));
-    // Past cache_ttl: Redis cannot be asked, the key this worker knew keeps working.
+    // Past cache_ttl but within its grace: Redis cannot be asked, the key this worker knew keeps working.
     expect((await getJson(`${down.proxyUrl}/closed/anything`, { headers: { apikey: key } })).status).toBe(200);
 
     const uncached = await getJson(`${down.proxyUrl}/closed/anything`, { headers: { apikey: other.key } });
@@ -500,6 +505,49 @@ describe("Redis down", () => {
     expect(log).toMatch(/\[redis-key-auth:subscriber\] invalidation subscriber lost the subscription/);
     expect(log).not.toContain(key);
     expect(log).not.toContain(other.key);
+  });
+});
+
+describe("Redis down, a revocation missed", () => {
+  it("a cached key works at most cache_ttl + 5 s after Redis last confirmed it (fault_tolerant false), longer with fault_tolerant", async () => {
+    const r5 = await startRedis();
+    const port = r5.port;
+    const keys5 = withScripts(new Redis({ port, maxRetriesPerRequest: 0 }));
+    keys5.on("error", () => undefined);
+    const g = await gateway({
+      _format_version: "3.0",
+      services: [{
+        name: "svc",
+        url: upstreamUrl,
+        routes: [
+          { name: "closed", paths: ["/closed"], plugins: [plugin(port, { cache_ttl: 1, redis: { port, timeout: 500 } })] },
+          { name: "tolerant", paths: ["/tolerant"], plugins: [plugin(port, { cache_ttl: 1, fault_tolerant: true, redis: { port, timeout: 500 } })] },
+        ],
+      }],
+      consumers,
+    }, { workers: 1 });
+    await subscribed(keys5, 1);
+    const { key } = await createKey(keys5, { consumer: "alice" });
+    createdKeys.push(key);
+    // Both routes share one Redis, so one worker cache: this lookup is the last confirmation.
+    expect((await getJson(`${g.proxyUrl}/closed/anything`, { headers: { apikey: key } })).status).toBe(200);
+    const checkedAt = Date.now();
+    // Revoked without the invalidation reaching the gateway, then Redis goes away.
+    expect(await keys5.del(recordKey(hashKey(key)))).toBe(1);
+    keys5.disconnect();
+    await r5.stop();
+
+    await sleepUntil(checkedAt + 1500);
+    expect((await getJson(`${g.proxyUrl}/closed/anything`, { headers: { apikey: key } })).status).toBe(200);
+    await sleepUntil(checkedAt + 1000 + 5000 + 700);
+    const refused = await getJson(`${g.proxyUrl}/closed/anything`, { headers: { apikey: key } });
+    expect(refused.status).toBe(500);
+    expect(refused.body).toEqual({ message: "An unexpected error occurred" });
+    // fault_tolerant: still identified (up to cache_ttl + 300 s), not let through anonymous.
+    const tolerant = await getJson(`${g.proxyUrl}/tolerant/anything`, { headers: { apikey: key } });
+    expect(tolerant.status).toBe(200);
+    expect(tolerant.body.headers["x-consumer-username"]).toBe("alice");
+    expect(g.unexpectedErrors(EXPECTED_REDIS_ERRORS)).toEqual([]);
   });
 });
 
@@ -561,6 +609,10 @@ describe("Admin API", () => {
     expect((await post({ consumer: 42 })).status).toBe(400);
     expect((await post({ consumer: "nobody-in-kong" })).body).toEqual({ message: "consumer: no consumer named 'nobody-in-kong'" });
     expect((await post({ consumer: "bob", consumer_id: "00000000-0000-4000-8000-000000000000" })).status).toBe(400);
+    // Kong's consumer ids are uuids: anything else is refused before Kong is asked.
+    const notUuid = await post({ consumer: "bob", consumer_id: "bob" });
+    expect(notUuid.status).toBe(400);
+    expect(notUuid.body).toEqual({ message: "consumer_id: expected a valid UUID" });
     expect((await getJson(`${gw.adminUrl}/redis-key-auth/keys?redis=10.0.0.1:6379`)).status).toBe(400);
     expect((await getJson(`${gw.adminUrl}/redis-key-auth/keys?redis=127.0.0.1:${redisServer.port}/0`)).status).toBe(200);
   });
@@ -603,6 +655,11 @@ describe("krs keys (CLI)", () => {
     expect(krs(["create", "--consumer", "bob", "--ttl", "-5"]).status).toBe(2);
     expect(krs(["revoke"]).status).toBe(2);
     expect(krs(["frobnicate"]).status).toBe(2);
+    // A consumer id that is not a uuid could never authenticate: refused before Redis is touched.
+    const notUuid = krs(["create", "--consumer", "bob", "--consumer-id", "bob", "--redis", `redis://127.0.0.1:${redisServer.port}/0`]);
+    expect(notUuid.status).toBe(2);
+    expect(notUuid.stderr).toContain("--consumer-id: expected the consumer's id, a uuid");
+    expect(notUuid.stdout).toBe("");
     const bad = krs(["list", "--redis", "http://example.com"]);
     expect(bad.status).toBe(2);
     const down = krs(["list", "--redis", "redis://:secret-pw@127.0.0.1:1/0"]);

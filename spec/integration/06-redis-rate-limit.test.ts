@@ -1,9 +1,9 @@
 /**
  * redis-rate-limit through real gateways on one real Redis: exactness across 2 gateway
  * nodes x 2 workers under a concurrent burst (both algorithms), the sliding window across
- * a boundary, every limit_by, Kong's headers and their values, hide_client_headers, the
- * rejection response, Redis round trips per request (INFO commandstats), and
- * fault_tolerant both ways with Redis stopped.
+ * a boundary, every limit_by, Kong's headers and their values (the year window too),
+ * hide_client_headers, the rejection response, Redis round trips per request (INFO
+ * commandstats), and fault_tolerant both ways with Redis stopped.
  */
 import { Agent, request as httpRequest, type IncomingHttpHeaders } from "node:http";
 import { Redis } from "ioredis";
@@ -83,6 +83,7 @@ beforeAll(async () => {
           limitRoute("headers", { minute: 3, hour: 5, algorithm: "fixed-window" }),
           limitRoute("headers-twin", { minute: 3, hour: 5, algorithm: "fixed-window" }),
           limitRoute("tie", { minute: 3, hour: 3, algorithm: "fixed-window" }),
+          limitRoute("yearly", { day: 2, year: 2, algorithm: "fixed-window" }),
           limitRoute("hidden", { minute: 1, hide_client_headers: true }),
           limitRoute("custom-error", { hour: 1, error_code: 503, error_message: "Slow down" }),
           limitRoute("sliding-second", { second: 10 }),
@@ -227,6 +228,31 @@ describe("headers", () => {
     const endOfHour = r.sentAt - (r.sentAt % HOUR) + HOUR;
     expect(Number(r.headers["ratelimit-reset"])).toBeGreaterThanOrEqual(Math.ceil((endOfHour - r.doneAt) / 1000));
     expect(Number(r.headers["ratelimit-reset"])).toBeLessThanOrEqual(Math.ceil((endOfHour - r.sentAt) / 1000));
+  });
+
+  it("a year window (Kong's `year`): X-RateLimit-*-Year, reset and Retry-After at the end of the UTC year", async () => {
+    await intoWindow(86_400_000, 500, 5000); // the requests cannot cross midnight (UTC)
+    const id = client();
+    const endOfYear = (t: number) => Date.UTC(new Date(t).getUTCFullYear() + 1, 0, 1);
+    const seen: Res[] = [];
+    for (let i = 0; i < 2; i++) seen.push(await hit(`${gwA.proxyUrl}/yearly`, { "X-Client": id }));
+    seen.forEach((r, i) => {
+      expect(r.status).toBe(200);
+      expect(r.headers["x-ratelimit-limit-year"]).toBe("2");
+      expect(r.headers["x-ratelimit-remaining-year"]).toBe(String(1 - i));
+      expect(r.headers["x-ratelimit-limit-day"]).toBe("2");
+      expect(r.headers["x-ratelimit-remaining-day"]).toBe(String(1 - i));
+      // day and year equally close to their limits: RateLimit-* name the year
+      const reset = Number(r.headers["ratelimit-reset"]);
+      expect(reset).toBeGreaterThanOrEqual(Math.ceil((endOfYear(r.sentAt) - r.doneAt) / 1000));
+      expect(reset).toBeLessThanOrEqual(Math.ceil((endOfYear(r.sentAt) - r.sentAt) / 1000));
+    });
+    const rejected = await hit(`${gwB.proxyUrl}/yearly`, { "X-Client": id });
+    expect(rejected.status).toBe(429);
+    expect(rejected.headers["x-ratelimit-remaining-year"]).toBe("0");
+    const retry = Number(rejected.headers["retry-after"]);
+    expect(retry).toBeGreaterThanOrEqual(Math.ceil((endOfYear(rejected.sentAt) - rejected.doneAt) / 1000));
+    expect(retry).toBeLessThanOrEqual(Math.ceil((endOfYear(rejected.sentAt) - rejected.sentAt) / 1000));
   });
 
   it("hide_client_headers sends none of them, not even Retry-After", async () => {

@@ -2,7 +2,8 @@
  * redis-lua/rate-limit-1.lua against a real redis-server through ioredis, with the clock
  * passed in ARGV as the gateway does: fixed and sliding windows across boundaries, the
  * exact Retry-After (checked against a brute-force search), nothing written on a
- * rejection, skewed clocks, TTLs, and exactness under many concurrent clients.
+ * rejection, skewed clocks, TTLs, all six windows up to a calendar year, and exactness
+ * under many concurrent clients.
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -249,9 +250,9 @@ function decide(state: ModelWindow[], now: number, algorithm: Algorithm, windows
 }
 
 /** Smallest t > now at which `decide` admits, by binary search (admission is monotone while nothing is admitted). */
-function firstAdmission(state: ModelWindow[], now: number, algorithm: Algorithm, windows: (t: number) => Window[]): number {
+function firstAdmission(state: ModelWindow[], now: number, algorithm: Algorithm, windows: (t: number) => Window[], horizon = 3 * 3_600_000): number {
   let lo = now; // rejected
-  let hi = now + 3 * 3_600_000;
+  let hi = now + horizon;
   while (hi - lo > 1) {
     const mid = Math.floor((lo + hi) / 2);
     if (decide(state, mid, algorithm, windows(mid)).admitted) hi = mid;
@@ -288,6 +289,91 @@ describe("against the reference model", () => {
       expect(rejections).toBeGreaterThan(20);
     });
   }
+});
+
+describe("six windows, up to a calendar year", () => {
+  const DAY = 86_400_000;
+
+  /** The calendar month or year (UTC) containing `now`, as the gateway's windows.bounds computes it. */
+  function calendar(name: string, limit: number, now: number, unit: "month" | "year"): Window {
+    const d = new Date(now);
+    const y = d.getUTCFullYear();
+    const m = unit === "year" ? 0 : d.getUTCMonth();
+    const step = unit === "year" ? 12 : 1;
+    const start = Date.UTC(y, m, 1);
+    const end = Date.UTC(y, m + step, 1);
+    return { name, limit, start, length: end - start, prevStart: Date.UTC(y, m - step, 1), nextLength: Date.UTC(y, m + 2 * step, 1) - end };
+  }
+
+  const LIMIT = 10_000_000_000;
+  const all = (t: number, yearLimit: number): Window[] => [
+    win("second", LIMIT, 1000, t),
+    win("minute", LIMIT, MIN, t),
+    win("hour", LIMIT, 3_600_000, t),
+    win("day", LIMIT, DAY, t),
+    calendar("month", LIMIT, t, "month"),
+    calendar("year", yearLimit, t, "year"),
+  ];
+
+  it("decides second … year in one call, exactly, with a leap year's sliding window at the 10^10 limit", async () => {
+    const LEAP = Date.UTC(2024, 0, 1);
+    const LENGTH = 366 * DAY;
+    expect(calendar("year", 1, LEAP + 5, "year")).toEqual({ name: "year", limit: 1, start: LEAP, length: LENGTH, prevStart: Date.UTC(2023, 0, 1), nextLength: 365 * DAY });
+    let rng = 7;
+    const random = () => {
+      rng = (rng * 1103515245 + 12345) % 2147483648;
+      return rng / 2147483648;
+    };
+    // [ms into the year, admitted in 2023, admitted in 2024 so far]: at the edges of the
+    // weight's rounding, and random ones within a few requests of the limit
+    const cases: [number, number, number][] = [
+      [1, LIMIT - 1, 0], [1, LIMIT, 0], [120_000, LIMIT - 1, 0], [LENGTH / 2 + 12_345, LIMIT, 0], [LENGTH - 1, LIMIT, 0], [LENGTH - 1, 1, LIMIT - 1],
+    ];
+    for (let i = 0; i < 40; i++) {
+      const into = Math.floor(random() * LENGTH);
+      const prev = LIMIT - Math.floor(random() * random() * 1e6);
+      const share = Math.floor((prev * (LENGTH - into)) / LENGTH);
+      cases.push([into, prev, Math.max(0, LIMIT - share - 3 + Math.floor(random() * 6))]);
+    }
+    const seen = { rejected: 0, waits: 0 };
+    for (const algorithm of ["sliding", "fixed"] as const) {
+      for (const [into, prev, curr] of cases) {
+        const key = freshKey();
+        const now = LEAP + into;
+        const windows = (t: number) => all(t, LIMIT);
+        await redis.hset(key, { "year:start": LEAP, "year:count": curr, "year:prev": prev });
+        const got = await call(redis, key, now, algorithm, windows(now));
+        const state: ModelWindow[] = [0, 1, 2, 3, 4].map(() => ({ count: 0, prev: 0 }));
+        state.push({ start: LEAP, count: curr, prev });
+        const want = decide(state, now, algorithm, windows(now));
+        const what = { algorithm, into, prev, curr };
+        expect({ ...what, admitted: got.admitted, remaining: got.remaining }).toEqual({ ...what, admitted: want.admitted, remaining: want.remaining });
+        const after = want.next;
+        const blocked = !decide(after, now, algorithm, windows(now)).admitted;
+        const retry = blocked ? firstAdmission(after, now, algorithm, windows, 2 * LENGTH) - now : 0;
+        expect({ ...what, retry: got.retry }).toEqual({ ...what, retry });
+        if (!got.admitted) seen.rejected++;
+        if (got.retry > 0) seen.waits++;
+      }
+    }
+    // the cases reach both sides of the decision, and waits of months
+    expect(seen.rejected).toBeGreaterThan(3);
+    expect(seen.waits).toBeGreaterThan(5);
+  });
+
+  it("counts in all six windows, and a year with the lowest limit rejects and writes nothing", async () => {
+    const key = freshKey();
+    const now = Date.UTC(2025, 6, 4, 12, 0, 0, 250);
+    const windows = all(now, 2);
+    expect(await call(redis, key, now, "fixed", windows)).toEqual({ admitted: true, retry: 0, remaining: [LIMIT - 1, LIMIT - 1, LIMIT - 1, LIMIT - 1, LIMIT - 1, 1] });
+    expect(await call(redis, key, now + 1, "fixed", windows)).toEqual({ admitted: true, retry: Date.UTC(2026, 0, 1) - (now + 1), remaining: [LIMIT - 2, LIMIT - 2, LIMIT - 2, LIMIT - 2, LIMIT - 2, 0] });
+    const before = await redis.hgetall(key);
+    expect(before["year:start"]).toBe(String(Date.UTC(2025, 0, 1)));
+    expect(before["year:count"]).toBe("2");
+    const rejected = await call(redis, key, now + 2, "fixed", windows);
+    expect(rejected).toEqual({ admitted: false, retry: Date.UTC(2026, 0, 1) - (now + 2), remaining: [LIMIT - 2, LIMIT - 2, LIMIT - 2, LIMIT - 2, LIMIT - 2, 0] });
+    expect(await redis.hgetall(key)).toEqual(before);
+  });
 });
 
 describe("concurrency", () => {

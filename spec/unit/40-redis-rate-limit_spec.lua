@@ -1,5 +1,5 @@
 -- redis-rate-limit: its schema (through the local gateway's Kong validator), its window
--- arithmetic (UTC calendar months), and the instance fields the gateway hands handlers.
+-- arithmetic (UTC calendar months and years), and the instance fields the gateway hands handlers.
 local config_loader = require("krs.gateway.config")
 local windows = require("kong.plugins.redis-rate-limit.windows")
 local cjson = require("cjson.safe")
@@ -28,8 +28,16 @@ describe("redis-rate-limit schema", function()
 
   it("needs at least one limit", function()
     assert.same({
-      ["@entity"] = "at least one of these fields must be non-empty: 'config.second', 'config.minute', 'config.hour', 'config.day', 'config.month'",
+      ["@entity"] = "at least one of these fields must be non-empty: 'config.second', 'config.minute', 'config.hour', 'config.day', 'config.month', 'config.year'",
     }, errors_of({}))
+  end)
+
+  it("takes Kong's year window (a migrated config with year: validates), alone or with the others", function()
+    assert.equal(1000, ok({ year = 1000 }).year)
+    local c = ok({ second = 1, minute = 10, hour = 100, day = 1000, month = 10000, year = 100000 })
+    assert.equal(100000, c.year)
+    assert.same({ ["config.year"] = "value should be between 1 and 10000000000" }, errors_of({ year = 0 }))
+    assert.same({ ["config.year"] = "expected an integer" }, errors_of({ year = 0.5 }))
   end)
 
   it("refuses a longer window with a lower limit, in Kong's words", function()
@@ -38,6 +46,11 @@ describe("redis-rate-limit schema", function()
     assert.same({ config = "The limit for month(99.0) cannot be lower than the limit for hour(100.0)" },
       errors_of({ hour = 100, month = 99 }))
     ok({ second = 10, minute = 10, hour = 600, day = 600, month = 1000000 })
+    assert.same({ config = "The limit for year(999.0) cannot be lower than the limit for month(1000.0)" },
+      errors_of({ month = 1000, year = 999 }))
+    assert.same({ config = "The limit for year(5.0) cannot be lower than the limit for minute(10.0)" },
+      errors_of({ minute = 10, year = 5 }))
+    ok({ month = 1000, year = 1000 })
   end)
 
   it("takes whole limits from 1 to 10^10", function()
@@ -150,6 +163,30 @@ describe("redis-rate-limit windows", function()
     assert.equal(ms(2024, 3, 1), (windows.bounds(ms(2024, 4, 1) - 1, 0)))
     assert.equal(ms(2024, 4, 1), (windows.bounds(ms(2024, 4, 1), 0)))
     assert.equal(ms(2020, 2, 1), (windows.bounds(ms(2020, 2, 29), 0)))
+  end)
+
+  it("takes calendar years in UTC, with the lengths of the years around them", function()
+    local function ms(y, m, d) return windows.daysFromCivil(y, m, d) * DAY end
+    assert.equal(windows.YEAR, windows.WINDOWS[6].length)
+    assert.same({ "year", "Year" }, { windows.WINDOWS[6].name, windows.WINDOWS[6].title })
+    -- 2023: 365 days, after 2022 (365), before the leap year 2024 (366)
+    assert.same({ ms(2023, 1, 1), 365 * DAY, ms(2022, 1, 1), 366 * DAY },
+      { windows.bounds(ms(2023, 6, 15) + 123, windows.YEAR) })
+    -- the leap year itself, at its first and last millisecond
+    assert.same({ ms(2024, 1, 1), 366 * DAY, ms(2023, 1, 1), 365 * DAY },
+      { windows.bounds(ms(2024, 1, 1), windows.YEAR) })
+    assert.same({ ms(2024, 1, 1), 366 * DAY, ms(2023, 1, 1), 365 * DAY },
+      { windows.bounds(ms(2025, 1, 1) - 1, windows.YEAR) })
+    -- 1999: 2000 after it is a leap year (divisible by 400); then back to an earlier year
+    assert.same({ ms(1999, 1, 1), 365 * DAY, ms(1998, 1, 1), 366 * DAY },
+      { windows.bounds(ms(1999, 12, 31), windows.YEAR) })
+    -- 2099: 2100 after it is not a leap year
+    assert.same({ ms(2099, 1, 1), 365 * DAY, ms(2098, 1, 1), 365 * DAY },
+      { windows.bounds(ms(2099, 3, 1), windows.YEAR) })
+    -- the month and year caches do not disturb each other
+    assert.same({ ms(2024, 2, 1), 29 * DAY, ms(2024, 1, 1), 31 * DAY }, { windows.bounds(ms(2024, 2, 10), windows.MONTH) })
+    assert.equal(ms(2024, 1, 1), (windows.bounds(ms(2024, 2, 10), windows.YEAR)))
+    assert.equal(ms(2024, 2, 1), (windows.bounds(ms(2024, 2, 11), windows.MONTH)))
   end)
 end)
 

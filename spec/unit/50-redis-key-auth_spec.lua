@@ -99,3 +99,275 @@ describe("redis-key-auth helpers", function()
     assert.equal("my+key=1", rm("my+key=1&my%2Bkey=2", "my+key"))
   end)
 end)
+
+-- ---------------------------------------------------------------- the handler, on a stubbed PDK
+
+-- The handler and its worker cache, loaded on a stand-in of what Kong provides: a
+-- settable clock (ngx.now), Redis as a table (or down), Kong's load_consumer with its
+-- own argument checks. Real: resty.lrucache, cjson, the plugin's modules.
+describe("redis-key-auth handler (stubbed PDK)", function()
+  local UUID_ALICE = "8a6a4f9e-1d1b-4a53-9d07-0a1f2b3c4d01"
+  local KEY = ("k"):rep(43)
+  local STUBBED = {
+    "kong.plugins.redis-key-auth.handler", "kong.plugins.redis-key-auth.cache", "kong.plugins.redis-key-auth.store",
+    "krs.redis.client", "krs.redis.fault", "resty.lrucache", "ngx.semaphore", "resty.sha256", "resty.random", "resty.string",
+  }
+  local saved_loaded, saved_ngx, saved_kong = {}, nil, nil
+  local handler, cache
+  local clock, records, redis_down, req, out, sleeps, connect
+  local consumers = { { id = UUID_ALICE, username = "alice" } }
+
+  local function is_uuid(s)
+    return s:find("^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$") ~= nil
+  end
+
+  setup(function()
+    for _, m in ipairs(STUBBED) do saved_loaded[m] = package.loaded[m]; package.loaded[m] = nil end
+    saved_ngx, saved_kong = _G.ngx, _G.kong
+    _G.ngx = {
+      null = setmetatable({}, { __tostring = function() return "null" end }),
+      ERR = 4, WARN = 5, INFO = 7,
+      now = function() return clock end,
+      time = function() return math.floor(clock) end,
+      log = function() end,
+      sleep = function(s) sleeps[#sleeps + 1] = s; clock = clock + s end,
+      get_phase = function() return "access" end,
+      worker = { exiting = function() return false end },
+      -- the subscriber is only run where a test asks for it
+      timer = { at = function(_, fn, state) out.timer = { fn = fn, state = state }; return true end },
+      unescape_uri = function(s) return s end,
+      encode_args = function(t)
+        local parts = {}
+        for k, v in pairs(t) do parts[#parts + 1] = k .. "=" .. v end
+        table.sort(parts)
+        return table.concat(parts, "&")
+      end,
+    }
+    _G.kong = {
+      request = {
+        get_method = function() return "GET" end,
+        get_headers = function() return req.headers or {} end,
+        get_query = function() return req.query or {} end,
+        get_raw_query = function() return "" end,
+        get_body = function()
+          if req.body == nil then return nil, "no body" end
+          return req.body, nil, req.mime
+        end,
+      },
+      service = { request = {
+        set_header = function(name, value) out.upstream[name:lower()] = tostring(value) end,
+        clear_header = function(name) out.upstream[name:lower()] = nil end,
+        set_raw_query = function(q) out.raw_query = q end,
+        set_raw_body = function(b) out.raw_body = b end,
+      } },
+      client = {
+        authenticate = function(consumer, credential) out.consumer, out.credential = consumer, credential end,
+        get_credential = function() return nil end,
+        -- Kong's checks (kong/pdk/client.lua), then a lookup in `consumers`
+        load_consumer = function(id, by_username)
+          if type(id) ~= "string" then error("consumer_id must be a string", 2) end
+          if not is_uuid(id) and not by_username then error("cannot load a consumer with an id that is not a uuid", 2) end
+          for _, c in ipairs(consumers) do
+            if c.id == id or (by_username and c.username == id) then return c end
+          end
+          return nil
+        end,
+      },
+      response = {
+        error = function(status, message) out.status, out.message = status, message end,
+        exit = function(status, body) out.status, out.body = status, body end,
+      },
+      log = { info = function() end, err = function() end, warn = function() end, debug = function() end },
+    }
+    package.loaded["ngx.semaphore"] = {
+      new = function() return { post = function() end, wait = function() return true end } end,
+    }
+    -- a key "hashes" to itself: the record of KEY is records[KEY]
+    package.loaded["resty.sha256"] = {
+      new = function()
+        return { reset = function(self) self.s = "" end, update = function(self, s) self.s = self.s .. s end, final = function(self) return self.s end }
+      end,
+    }
+    package.loaded["resty.string"] = { to_hex = function(s) return s end }
+    package.loaded["resty.random"] = { bytes = function(n) return ("x"):rep(n) end }
+    package.loaded["krs.redis.client"] = {
+      poolName = function(conf) return conf.host .. ":" .. conf.port end,
+      command = function(_, cmd, key)
+        assert.equal("hgetall", cmd)
+        if redis_down then return nil, "connection refused" end
+        return records[key:match(":key:(.*)$")] or {}
+      end,
+      connect = function(conf) return connect(conf) end,
+    }
+    handler = require("kong.plugins.redis-key-auth.handler")
+    cache = require("kong.plugins.redis-key-auth.cache")
+  end)
+
+  teardown(function()
+    for _, m in ipairs(STUBBED) do package.loaded[m] = saved_loaded[m] end
+    _G.ngx, _G.kong = saved_ngx, saved_kong
+  end)
+
+  local port = 10000
+  -- A config of its own (its own Redis pool name, so its own worker cache).
+  local function conf(fields)
+    port = port + 1
+    fields.redis = { port = port }
+    return require("plugin_schema")("redis-key-auth").ok(fields)
+  end
+
+  local function record(consumer_id)
+    return { "id", "0b6f0c1e-5a8e-4f57-9a53-2f7c1b0d9e41", "consumer_id", consumer_id, "consumer_username", "alice", "created_at", "1", "expires_at", "0" }
+  end
+
+  -- One request through access(); what it did is in `out`.
+  local function access(c, request)
+    req = request or { headers = { apikey = KEY } }
+    out.status, out.message, out.body, out.consumer, out.raw_body = nil, nil, nil, nil, nil
+    out.upstream = {}
+    handler.access(handler, c)
+    return out
+  end
+
+  before_each(function()
+    clock, records, redis_down, sleeps, out = 1000, {}, false, {}, { upstream = {} }
+  end)
+
+  it("authenticates a key pinned to a consumer uuid (the stubs work)", function()
+    records[KEY] = record(UUID_ALICE)
+    local o = access(conf({}))
+    assert.is_nil(o.status)
+    assert.equal("alice", o.consumer.username)
+    assert.equal(UUID_ALICE, o.upstream["x-consumer-id"])
+  end)
+
+  it("a key stored with a consumer_id that is not a uuid matches no consumer: 401, load_consumer never sees it", function()
+    records[KEY] = record("alice")
+    local ok, err = pcall(access, conf({}))
+    assert.is_true(ok, tostring(err))
+    assert.equal(401, out.status)
+    assert.equal("Unauthorized", out.message)
+    assert.is_nil(out.consumer)
+  end)
+
+  describe("hide_credentials with key_in_body", function()
+    local function body_conf()
+      return conf({ key_in_body = true, key_in_header = false, key_in_query = false, hide_credentials = true })
+    end
+
+    it("re-encodes a form or JSON body without the key", function()
+      records[KEY] = record(UUID_ALICE)
+      local c = body_conf()
+      local o = access(c, { body = { apikey = KEY, note = "hi" }, mime = "application/x-www-form-urlencoded" })
+      assert.equal("alice", o.consumer.username)
+      assert.equal("note=hi", o.raw_body)
+      o = access(c, { body = { apikey = KEY, note = "hi" }, mime = "application/json" })
+      assert.same({ note = "hi" }, require("cjson.safe").decode(o.raw_body))
+    end)
+
+    it("leaves a multipart body (Kong parses those) as it was sent", function()
+      records[KEY] = record(UUID_ALICE)
+      local o = access(body_conf(), { body = { apikey = KEY, note = "hi" }, mime = "multipart/form-data" })
+      assert.equal("alice", o.consumer.username)
+      assert.is_nil(o.raw_body)
+    end)
+  end)
+
+  describe("Redis down: a key cached as valid keeps working for a bounded time", function()
+    it("fault_tolerant false: up to cache_ttl + STALE_GRACE after Redis last confirmed it, then 500", function()
+      records[KEY] = record(UUID_ALICE)
+      local c = conf({ cache_ttl = 1 })
+      assert.equal("alice", access(c).consumer.username)
+      -- revoked, the invalidation missed; then Redis goes away
+      records[KEY] = nil
+      redis_down = true
+      clock = 1000 + 1 + util.STALE_GRACE - 0.1
+      local o = access(c)
+      assert.is_nil(o.status)
+      assert.equal("alice", o.consumer.username)
+      clock = 1000 + 1 + util.STALE_GRACE + 0.1
+      o = access(c)
+      assert.equal(500, o.status)
+      assert.is_nil(o.consumer)
+      clock = 1000 + 3600
+      assert.equal(500, access(c).status)
+    end)
+
+    it("fault_tolerant true: up to cache_ttl + STALE_GRACE_FAULT_TOLERANT, then unauthenticated", function()
+      records[KEY] = record(UUID_ALICE)
+      local c = conf({ cache_ttl = 1, fault_tolerant = true })
+      assert.equal("alice", access(c).consumer.username)
+      redis_down = true
+      clock = 1000 + 1 + util.STALE_GRACE_FAULT_TOLERANT - 0.1
+      assert.equal("alice", access(c).consumer.username)
+      clock = 1000 + 1 + util.STALE_GRACE_FAULT_TOLERANT + 0.1
+      local o = access(c)
+      assert.is_nil(o.status)
+      assert.is_nil(o.consumer)
+      assert.is_nil(o.upstream["x-consumer-id"])
+    end)
+
+    it("staleUsable: the bound is cache_ttl plus the grace of the fault tolerance mode", function()
+      assert.is_true(util.staleUsable(10 + util.STALE_GRACE, 10, false))
+      assert.is_false(util.staleUsable(10 + util.STALE_GRACE + 0.001, 10, false))
+      assert.is_true(util.staleUsable(10 + util.STALE_GRACE_FAULT_TOLERANT, 10, true))
+      assert.is_false(util.staleUsable(10 + util.STALE_GRACE_FAULT_TOLERANT + 0.001, 10, true))
+      assert.is_true(util.STALE_GRACE < util.STALE_GRACE_FAULT_TOLERANT)
+    end)
+  end)
+
+  describe("the invalidation subscriber's reconnects", function()
+    -- Runs the subscriber of a fresh pool against `drops`: for each connection, how many
+    -- seconds the subscription stays up before Redis drops it. Returns the pause before
+    -- each reconnect.
+    local function run(drops)
+      local c = conf({})
+      local state = cache.stateFor(c.redis)
+      local timer = out.timer
+      assert.equal(state, timer.state)
+      local n, pauses, slept = 0, {}, 0
+      connect = function()
+        n = n + 1
+        if n > 1 then
+          local total = 0
+          for i = slept + 1, #sleeps do total = total + sleeps[i] end
+          slept = #sleeps
+          pauses[#pauses + 1] = total
+        end
+        if n > #drops then
+          state.stopped = true
+          return nil, "stopped"
+        end
+        local up_until = clock + drops[n]
+        return {
+          subscribe = function() return { "subscribe", "krs:redis-key-auth:v1:invalidations", 1 } end,
+          set_timeout = function() end,
+          close = function() end,
+          _sock = { send = function() return 1 end },
+          -- one read timeout (1 s) after another, then the connection is gone
+          read_reply = function()
+            if clock >= up_until then return nil, "closed" end
+            clock = clock + 1
+            return { "message", "another-channel", "x" }
+          end,
+        }
+      end
+      timer.fn(false, state)
+      return pauses
+    end
+
+    local function rounded(list)
+      local r = {}
+      for i, v in ipairs(list) do r[i] = math.floor(v * 10 + 0.5) / 10 end
+      return r
+    end
+
+    it("a subscription dropped at once backs off (0.2 s doubling up to 5 s), not every 0.2 s", function()
+      assert.same({ 0.2, 0.4, 0.8, 1.6, 3.2, 5, 5, 5 }, rounded(run({ 0, 0, 0, 0, 0, 0, 0, 0 })))
+    end)
+
+    it("after a subscription that stayed up 5 s, the next reconnect starts again at 0.2 s", function()
+      assert.same({ 0.2, 0.4, 0.8, 0.2, 0.4, 0.8 }, rounded(run({ 0, 0, 0, 6, 0, 0 })))
+    end)
+  end)
+end)

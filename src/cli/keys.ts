@@ -170,6 +170,13 @@ function nonEmpty(flag: string, value: string | undefined): string | undefined {
   return value;
 }
 
+/** Kong's consumer ids are uuids: a key pinned to anything else could never authenticate. */
+function consumerIdFlag(value: string | undefined): string | undefined {
+  const id = nonEmpty("consumer-id", value);
+  if (id !== undefined && !isId(id)) throw new UsageError(`--consumer-id: expected the consumer's id, a uuid (Kong consumer ids are uuids), got '${id}'`);
+  return id;
+}
+
 function table(rows: string[][]): string {
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
   return rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd()).join("\n");
@@ -194,7 +201,7 @@ export async function keysCommand(argv: string[]): Promise<number> {
     const ttl = args.flags.get("ttl");
     input = {
       consumer,
-      consumerId: nonEmpty("consumer-id", args.flags.get("consumer-id")),
+      consumerId: consumerIdFlag(args.flags.get("consumer-id")),
       customId: nonEmpty("custom-id", args.flags.get("custom-id")),
       ttl: ttl !== undefined ? positiveInt("ttl", ttl) : undefined,
     };

@@ -14,6 +14,7 @@ import type { RedisConf } from "../../lib/redis/schema";
 import { configuredRedis } from "./cache";
 import * as store from "./store";
 import type { KeySummary } from "./store";
+import { isId } from "./util";
 
 type Params = LuaTable<string, unknown>;
 interface Self {
@@ -84,6 +85,8 @@ const createKey: Endpoint = (self) => {
   const username = optionalString(params, "consumer");
   if (username === undefined) return fail(400, "consumer: required (the consumer's username)");
   const consumerId = optionalString(params, "consumer_id");
+  // Kong's consumer ids are uuids (its load_consumer raises on anything else).
+  if (consumerId !== undefined && !isId(consumerId)) return fail(400, "consumer_id: expected a valid UUID");
   const customId = optionalString(params, "custom_id");
   const ttl = optionalTtl(params);
   const conf = redisFor(params);

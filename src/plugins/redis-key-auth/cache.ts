@@ -7,7 +7,8 @@
  * subscriber per pool in a timer that owns its connection (never a pooled or shared one)
  * and deletes the revoked hash the moment the message arrives. When the subscription is
  * (re)established the whole cache is dropped, since messages sent while it was down are
- * lost; `cache_ttl` bounds staleness should a message be lost anyway.
+ * lost; `cache_ttl` bounds staleness should a message be lost anyway (plus a short
+ * grace while Redis is unreachable: util.staleUsable).
  *
  * Subscribers start from `configure` (Kong 3 calls it on every worker after each config
  * change) and stop when no config uses their Redis any more.
@@ -28,6 +29,12 @@ const READ_TIMEOUT_MS = 1000;
 const HEARTBEAT = 5;
 const BACKOFF_MIN = 0.2;
 const BACKOFF_MAX = 5;
+/**
+ * Seconds a subscription must have stayed up for its loss to retry at BACKOFF_MIN again:
+ * a Redis that accepts SUBSCRIBE and drops the connection at once must not be hammered,
+ * nor the worker's cache be flushed by every reconnect.
+ */
+const STABLE_AFTER = 5;
 
 /** A valid key, as cached: the consumer and credential to authenticate with. */
 export interface ValidKey {
@@ -35,6 +42,8 @@ export interface ValidKey {
   credential: KongCredential;
   /** Unix seconds; 0 = never. */
   expires_at: number;
+  /** ngx.now() when Redis said the key was valid: bounds its use during an outage. */
+  checked_at: number;
 }
 /** The cached answer for a key Redis does not know (unknown, expired or revoked). */
 export const UNKNOWN: { readonly unknown: true } = { unknown: true };
@@ -158,10 +167,13 @@ function subscribeLoop(this: void, state: PoolState): void {
       } else {
         // Messages published while no subscription was up are lost: start clean.
         invalidateAll(state);
-        backoff = BACKOFF_MIN;
         red.set_timeout(READ_TIMEOUT_MS);
+        const upSince = ngx.now();
         const lost = listen(state, red);
-        if (lost !== undefined) failure = `invalidation subscriber ${lost}; reconnecting`;
+        if (lost !== undefined) {
+          failure = `invalidation subscriber ${lost}; reconnecting`;
+          if (ngx.now() - upSince >= STABLE_AFTER) backoff = BACKOFF_MIN;
+        }
       }
       // A subscribed connection must never go back to the pool.
       red.close();

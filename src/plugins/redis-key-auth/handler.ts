@@ -14,7 +14,7 @@ import * as workerCache from "./cache";
 import type { CacheEntry, Flight, LookupResult, PoolState, ValidKey } from "./cache";
 import * as store from "./store";
 import type { KeyAuthConf, KeyRecord } from "./store";
-import { removeQueryArg, wellFormed, wwwAuthenticate } from "./util";
+import { isId, removeQueryArg, staleUsable, wellFormed, wwwAuthenticate } from "./util";
 
 const PLUGIN = "redis-key-auth";
 
@@ -30,6 +30,7 @@ const ERR_INVALID_AUTH_CRED = "Unauthorized";
 const ERR_UNEXPECTED = { message: "An unexpected error occurred" };
 
 const FORM = "application/x-www-form-urlencoded";
+const JSON_MIME = "application/json";
 const EMPTY_BODY = new LuaTable<string, unknown>();
 /** The lookup result of an invalid key (shared: it carries nothing). */
 const NOT_VALID: LookupResult = {};
@@ -125,6 +126,9 @@ function hide(this: void, conf: KeyAuthConf, name: string, body: LuaTable<string
   if (!conf.key_in_body) return;
   if (body === undefined) [body, mime] = readBody();
   if (body === EMPTY_BODY || body.get(name) === undefined) return;
+  // Only the bodies this plugin can write back; any other (Kong parses multipart too)
+  // goes upstream as sent rather than re-encoded under a content type it no longer matches.
+  if (mime !== FORM && mime !== JSON_MIME) return;
   body.set(name, undefined);
   const encoded = mime === FORM ? ngx.encode_args(body as unknown as LuaTable) : cjson.encode(body)[0];
   if (encoded !== undefined) kong.service.request.set_raw_body(encoded);
@@ -172,10 +176,12 @@ function findKey(this: void, conf: KeyAuthConf): LuaMultiReturn<[string | undefi
 /**
  * The Kong consumer a key belongs to: by the consumer id stored with the key when it has
  * one (pinned: another consumer later given the same username does not inherit the key),
- * else by username. A key of a consumer Kong does not know is not valid.
+ * else by username. A key of a consumer Kong does not know is not valid, nor one pinned
+ * to an id that is not a uuid (Kong's load_consumer raises on those: no consumer has one).
  */
 function consumerOf(this: void, record: KeyRecord): KongConsumer | undefined {
   if (record.consumer_id !== "") {
+    if (!isId(record.consumer_id)) return undefined;
     const [consumer, err] = kong.client.load_consumer(record.consumer_id);
     if (err !== undefined) error(err);
     return consumer;
@@ -191,11 +197,12 @@ function fetch(this: void, conf: KeyAuthConf, state: PoolState, sha: string, sta
   const [record, err] = store.lookup(conf.redis, sha);
   const now = ngx.now();
   if (record === undefined) {
-    // Redis is down: a key this worker knew to be valid keeps working (its expiry still
-    // holds); revocations need Redis too, and the cache is dropped when it is back.
+    // Redis is down: a key this worker knew to be valid keeps working for a bounded time
+    // (its expiry still holds); revocations need Redis too, and the cache is dropped when
+    // it is back.
     if (stale !== undefined && stale !== workerCache.UNKNOWN) {
       const known = stale as ValidKey;
-      if (known.expires_at === 0 || known.expires_at > now) {
+      if ((known.expires_at === 0 || known.expires_at > now) && staleUsable(now - known.checked_at, conf.cache_ttl, conf.fault_tolerant)) {
         fault.logThrottled(PLUGIN, `redis unavailable: ${err ?? "unknown error"} (keys in the worker cache keep working)`);
         return { valid: known };
       }
@@ -216,6 +223,7 @@ function fetch(this: void, conf: KeyAuthConf, state: PoolState, sha: string, sta
     consumer,
     credential: { id: found.id, consumer: { id: consumer.id } },
     expires_at: found.expires_at,
+    checked_at: now,
   };
   // An invalidation that arrived while Redis was being asked may concern this key.
   if (generation === state.generation) {

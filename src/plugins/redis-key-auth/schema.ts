@@ -5,9 +5,16 @@
  */
 import * as typedefs from "kong.db.schema.typedefs";
 import { faultTolerantField, redisRecord } from "../../lib/redis/schema";
+import { STALE_GRACE, STALE_GRACE_FAULT_TOLERANT } from "./util";
 
 /** A day: longer cache lifetimes would make a lost revocation message matter for too long. */
 const MAX_CACHE_TTL = 86400;
+
+function faultTolerant(this: void): SchemaField {
+  const field = faultTolerantField(false);
+  field.description = `When Redis fails for a key it must be asked about: false answers 500 (fail closed); true lets the request through unauthenticated (as anonymous when set). Either way, a key in the worker cache still authenticates until cache_ttl + ${STALE_GRACE} s after Redis last confirmed it (cache_ttl + ${STALE_GRACE_FAULT_TOLERANT} s with true).`;
+  return field;
+}
 
 function atLeastOnePlace(this: void, config: LuaTable<string, unknown>): LuaMultiReturn<[true | undefined, string | undefined]> {
   if (config.get("key_in_header") === false && config.get("key_in_query") === false && config.get("key_in_body") === false) {
@@ -39,7 +46,7 @@ const schema: KongPluginSchema = {
           { key_in_header: { type: "boolean", required: true, default: true, description: "Look for the key in the request headers." } },
           { key_in_query: { type: "boolean", required: true, default: true, description: "Look for the key in the query string." } },
           { key_in_body: { type: "boolean", required: true, default: false, description: "Look for the key in the body (application/x-www-form-urlencoded or application/json)." } },
-          { hide_credentials: { type: "boolean", required: true, default: false, description: "Remove the key from the header, query string or body before proxying." } },
+          { hide_credentials: { type: "boolean", required: true, default: false, description: "Remove the key from the header, query string or body (form or JSON; any other body goes upstream as sent) before proxying." } },
           {
             anonymous: {
               type: "string",
@@ -55,7 +62,7 @@ const schema: KongPluginSchema = {
               required: true,
               default: 10,
               between: [0, MAX_CACHE_TTL],
-              description: "Seconds a valid key stays in the worker cache (0: no cache). Also the longest a revoked key can work should its invalidation message be lost.",
+              description: `Seconds a valid key stays in the worker cache (0: no cache). Also the longest a revoked key can work should its invalidation message be lost; while Redis is unreachable, a cached key works at most ${STALE_GRACE} s longer (${STALE_GRACE_FAULT_TOLERANT} s with fault_tolerant).`,
             },
           },
           {
@@ -67,7 +74,7 @@ const schema: KongPluginSchema = {
               description: "Seconds an unknown, expired or revoked key stays in the worker cache as unknown (0: no cache).",
             },
           },
-          { fault_tolerant: faultTolerantField(false) },
+          { fault_tolerant: faultTolerant() },
           { redis: redisRecord() },
         ],
         entity_checks: [{ custom_entity_check: { field_sources: ["key_in_header", "key_in_query", "key_in_body"], fn: atLeastOnePlace } }],

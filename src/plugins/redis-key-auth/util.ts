@@ -1,6 +1,7 @@
 /**
- * redis-key-auth's pure helpers (no ngx, no Redis): key and id formats, the
- * WWW-Authenticate value, removing an argument from a raw query string.
+ * redis-key-auth's pure helpers (no ngx, no Redis): key and id formats, how stale a
+ * cached key may be during a Redis outage, the WWW-Authenticate value, removing an
+ * argument from a raw query string.
  */
 
 const find = string.find;
@@ -23,6 +24,23 @@ const UUID_PATTERN = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%
 /** Key ids are uuids; keys never look like one (43 characters, no fixed dashes). */
 export function isId(this: void, value: string): boolean {
   return find(value, UUID_PATTERN)[0] !== undefined;
+}
+
+/**
+ * Seconds past `cache_ttl` a key this worker last saw valid keeps working while Redis
+ * cannot be asked: a blip does not turn every key whose entry just expired into a 500.
+ */
+export const STALE_GRACE = 5;
+/** The same with fault_tolerant: the request would go on anyway, unauthenticated. */
+export const STALE_GRACE_FAULT_TOLERANT = 300;
+
+/**
+ * May a key that Redis confirmed valid `age` seconds ago still be used while Redis is
+ * unreachable? Bounded, so a revocation whose invalidation was missed cannot outlive
+ * `cache_ttl` by more than the grace, however long the outage.
+ */
+export function staleUsable(this: void, age: number, cacheTtl: number, faultTolerant: boolean): boolean {
+  return age <= cacheTtl + (faultTolerant ? STALE_GRACE_FAULT_TOLERANT : STALE_GRACE);
 }
 
 /** `Key realm="<realm>"`, the realm's quotes and backslashes escaped (RFC 7235 quoted-string). */

@@ -16,6 +16,7 @@ export interface Conf {
   hour?: number;
   day?: number;
   month?: number;
+  year?: number;
   algorithm: Algorithm;
   limit_by: LimitBy;
   header_name?: string;

@@ -38,7 +38,7 @@ type Headers = LuaTable<string, number>;
 interface Window {
   name: string;
   limit: number;
-  /** Milliseconds; 0 for the calendar month. */
+  /** Milliseconds, or windows.MONTH / windows.YEAR for the calendar ones. */
   length: number;
   limitHeader: string;
   remainingHeader: string;

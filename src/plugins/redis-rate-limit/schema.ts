@@ -1,6 +1,6 @@
 /**
  * redis-rate-limit's configuration: Kong's rate-limiting field names where Kong has the
- * field (second … month, limit_by, header_name, path, hide_client_headers, error_code,
+ * field (second … year, limit_by, header_name, path, hide_client_headers, error_code,
  * error_message, fault_tolerant, redis), plus `algorithm`.
  */
 import * as typedefs from "kong.db.schema.typedefs";
@@ -23,11 +23,12 @@ function validateWindowOrder(this: void, config: LuaTable<string, unknown>): Lua
   return $multi(true, undefined);
 }
 
+/** Kong types limits as `number` (gt 0); requests are counted whole, so here they are integers. */
 function limitField(this: void, window: string): SchemaField {
   return {
     type: "integer",
     between: [1, MAX_LIMIT],
-    description: `The most requests admitted per ${window} for one identifier.`,
+    description: `The most requests admitted per ${window} for one identifier: a whole number from 1 to 10^10 (Kong's rate-limiting also takes fractions).`,
   };
 }
 
@@ -52,6 +53,7 @@ const schema: KongPluginSchema = {
           { hour: limitField("hour") },
           { day: limitField("day (00:00 to 24:00 UTC)") },
           { month: limitField("calendar month (UTC)") },
+          { year: limitField("calendar year (UTC)") },
           {
             algorithm: {
               type: "string",
@@ -83,7 +85,7 @@ const schema: KongPluginSchema = {
     },
   ],
   entity_checks: [
-    { at_least_one_of: ["config.second", "config.minute", "config.hour", "config.day", "config.month"] },
+    { at_least_one_of: ["config.second", "config.minute", "config.hour", "config.day", "config.month", "config.year"] },
     { conditional: { if_field: "config.limit_by", if_match: { eq: "header" }, then_field: "config.header_name", then_match: { required: true } } },
     { conditional: { if_field: "config.limit_by", if_match: { eq: "path" }, then_field: "config.path", then_match: { required: true } } },
   ],

@@ -1,21 +1,26 @@
 /**
  * The rate-limit windows and their bounds on the gateway's clock (epoch milliseconds, UTC).
  * Seconds, minutes, hours and days are aligned on the epoch (a day starts at 00:00 UTC);
- * a month is the calendar month in UTC, as Kong's rate-limiting counts it. Pure Lua
- * arithmetic (no ngx, no os.date), so busted can test it.
+ * a month and a year are the calendar month and year in UTC, as Kong's rate-limiting
+ * counts them. Pure Lua arithmetic (no ngx, no os.date), so busted can test it.
  */
 
 const floor = math.floor;
 
-export type WindowName = "second" | "minute" | "hour" | "day" | "month";
+export type WindowName = "second" | "minute" | "hour" | "day" | "month" | "year";
 
-/** Every window, shortest first: config field, header suffix, length in ms (0: calendar month). */
+/** The `length` of the calendar windows, whose length varies: a month, a year (UTC). */
+export const MONTH = 0;
+export const YEAR = -1;
+
+/** Every window, shortest first: config field, header suffix, length in ms (or MONTH, YEAR). */
 export const WINDOWS: { name: WindowName; title: string; length: number }[] = [
   { name: "second", title: "Second", length: 1000 },
   { name: "minute", title: "Minute", length: 60000 },
   { name: "hour", title: "Hour", length: 3600000 },
   { name: "day", title: "Day", length: 86400000 },
-  { name: "month", title: "Month", length: 0 },
+  { name: "month", title: "Month", length: MONTH },
+  { name: "year", title: "Year", length: YEAR },
 ];
 
 const DAY = 86400000;
@@ -65,15 +70,34 @@ function computeMonth(this: void, now: number): void {
   cachedNextLength = monthStart(year, month + 2) - cachedEnd;
 }
 
+// The same for the year.
+let yearStart = 0;
+let yearEnd = 0;
+let yearPrevStart = 0;
+let yearNextLength = 0;
+
+function computeYear(this: void, now: number): void {
+  const [year] = civilFromDays(floor(now / DAY));
+  yearStart = daysFromCivil(year, 1, 1) * DAY;
+  yearEnd = daysFromCivil(year + 1, 1, 1) * DAY;
+  yearPrevStart = daysFromCivil(year - 1, 1, 1) * DAY;
+  yearNextLength = daysFromCivil(year + 2, 1, 1) * DAY - yearEnd;
+}
+
 /**
- * The window of `length` ms (0: calendar month) containing `now`: its start and length,
- * the start of the window before it, and the length of the window after it.
+ * The window of `length` ms (or MONTH, YEAR: the calendar one) containing `now`: its
+ * start and length, the start of the window before it, and the length of the window
+ * after it.
  */
 export function bounds(this: void, now: number, length: number): LuaMultiReturn<[number, number, number, number]> {
   if (length > 0) {
     const start = now - (now % length);
     return $multi(start, length, start - length, length);
   }
-  if (now < cachedStart || now >= cachedEnd) computeMonth(now);
-  return $multi(cachedStart, cachedEnd - cachedStart, cachedPrevStart, cachedNextLength);
+  if (length === MONTH) {
+    if (now < cachedStart || now >= cachedEnd) computeMonth(now);
+    return $multi(cachedStart, cachedEnd - cachedStart, cachedPrevStart, cachedNextLength);
+  }
+  if (now < yearStart || now >= yearEnd) computeYear(now);
+  return $multi(yearStart, yearEnd - yearStart, yearPrevStart, yearNextLength);
 }

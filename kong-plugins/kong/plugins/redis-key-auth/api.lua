@@ -3,6 +3,8 @@ local cjson = require("cjson.safe")
 local ____cache = require("kong.plugins.redis-key-auth.cache")
 local configuredRedis = ____cache.configuredRedis
 local store = require("kong.plugins.redis-key-auth.store")
+local ____util = require("kong.plugins.redis-key-auth.util")
+local isId = ____util.isId
 local JSON_TYPE = {["Content-Type"] = "application/json; charset=utf-8"}
 --- EXPIRE accepts more, but a key meant to outlive 68 years should have no TTL.
 local MAX_TTL = 2147483647
@@ -94,6 +96,9 @@ local function createKey(____self)
         return fail(400, "consumer: required (the consumer's username)")
     end
     local consumerId = optionalString(params, "consumer_id")
+    if consumerId ~= nil and not isId(consumerId) then
+        return fail(400, "consumer_id: expected a valid UUID")
+    end
     local customId = optionalString(params, "custom_id")
     local ttl = optionalTtl(params)
     local conf = redisFor(params)

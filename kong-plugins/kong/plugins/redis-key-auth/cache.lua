@@ -16,6 +16,10 @@ local READ_TIMEOUT_MS = 1000
 local HEARTBEAT = 5
 local BACKOFF_MIN = 0.2
 local BACKOFF_MAX = 5
+--- Seconds a subscription must have stayed up for its loss to retry at BACKOFF_MIN again:
+-- a Redis that accepts SUBSCRIBE and drops the connection at once must not be hammered,
+-- nor the worker's cache be flushed by every reconnect.
+local STABLE_AFTER = 5
 --- The cached answer for a key Redis does not know (unknown, expired or revoked).
 ____exports.UNKNOWN = {unknown = true}
 local pools = {}
@@ -98,11 +102,14 @@ local function subscribeLoop(state)
                 failure = "invalidation subscriber could not SUBSCRIBE: " .. tostring(subErr)
             else
                 invalidateAll(state)
-                backoff = BACKOFF_MIN
                 red:set_timeout(READ_TIMEOUT_MS)
+                local upSince = ngx.now()
                 local lost = listen(state, red)
                 if lost ~= nil then
                     failure = ("invalidation subscriber " .. lost) .. "; reconnecting"
+                    if ngx.now() - upSince >= STABLE_AFTER then
+                        backoff = BACKOFF_MIN
+                    end
                 end
             end
             red:close()

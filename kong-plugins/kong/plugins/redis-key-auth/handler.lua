@@ -7,7 +7,9 @@ local SUITE_VERSION = ____version.SUITE_VERSION
 local workerCache = require("kong.plugins.redis-key-auth.cache")
 local store = require("kong.plugins.redis-key-auth.store")
 local ____util = require("kong.plugins.redis-key-auth.util")
+local isId = ____util.isId
 local removeQueryArg = ____util.removeQueryArg
+local staleUsable = ____util.staleUsable
 local wellFormed = ____util.wellFormed
 local wwwAuthenticate = ____util.wwwAuthenticate
 local PLUGIN = "redis-key-auth"
@@ -21,6 +23,7 @@ local ERR_NO_API_KEY = "No API key found in request"
 local ERR_INVALID_AUTH_CRED = "Unauthorized"
 local ERR_UNEXPECTED = {message = "An unexpected error occurred"}
 local FORM = "application/x-www-form-urlencoded"
+local JSON_MIME = "application/json"
 local EMPTY_BODY = {}
 --- The lookup result of an invalid key (shared: it carries nothing).
 local NOT_VALID = {}
@@ -125,6 +128,9 @@ local function hide(conf, name, body, mime)
     if body == EMPTY_BODY or body[name] == nil then
         return
     end
+    if mime ~= FORM and mime ~= JSON_MIME then
+        return
+    end
     body[name] = nil
     local encoded = mime == FORM and ngx.encode_args(body) or (cjson.encode(body))
     if encoded ~= nil then
@@ -182,9 +188,13 @@ local function findKey(conf)
 end
 --- The Kong consumer a key belongs to: by the consumer id stored with the key when it has
 -- one (pinned: another consumer later given the same username does not inherit the key),
--- else by username. A key of a consumer Kong does not know is not valid.
+-- else by username. A key of a consumer Kong does not know is not valid, nor one pinned
+-- to an id that is not a uuid (Kong's load_consumer raises on those: no consumer has one).
 local function consumerOf(record)
     if record.consumer_id ~= "" then
+        if not isId(record.consumer_id) then
+            return nil
+        end
         local consumer, err = kong.client.load_consumer(record.consumer_id)
         if err ~= nil then
             error(err)
@@ -205,7 +215,7 @@ local function fetch(conf, state, sha, stale)
     if record == nil then
         if stale ~= nil and stale ~= workerCache.UNKNOWN then
             local known = stale
-            if known.expires_at == 0 or known.expires_at > now then
+            if (known.expires_at == 0 or known.expires_at > now) and staleUsable(now - known.checked_at, conf.cache_ttl, conf.fault_tolerant) then
                 fault.logThrottled(PLUGIN, ("redis unavailable: " .. (err or "unknown error")) .. " (keys in the worker cache keep working)")
                 return {valid = known}
             end
@@ -230,7 +240,7 @@ local function fetch(conf, state, sha, stale)
         return NOT_VALID
     end
     local found = record
-    local valid = {consumer = consumer, credential = {id = found.id, consumer = {id = consumer.id}}, expires_at = found.expires_at}
+    local valid = {consumer = consumer, credential = {id = found.id, consumer = {id = consumer.id}}, expires_at = found.expires_at, checked_at = now}
     if generation == state.generation then
         local ttl = found.expires_at ~= 0 and math.min(conf.cache_ttl, found.expires_at - now) or conf.cache_ttl
         if ttl > 0 then

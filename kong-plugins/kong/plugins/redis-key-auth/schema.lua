@@ -3,8 +3,16 @@ local typedefs = require("kong.db.schema.typedefs")
 local ____schema = require("krs.redis.schema")
 local faultTolerantField = ____schema.faultTolerantField
 local redisRecord = ____schema.redisRecord
+local ____util = require("kong.plugins.redis-key-auth.util")
+local STALE_GRACE = ____util.STALE_GRACE
+local STALE_GRACE_FAULT_TOLERANT = ____util.STALE_GRACE_FAULT_TOLERANT
 --- A day: longer cache lifetimes would make a lost revocation message matter for too long.
 local MAX_CACHE_TTL = 86400
+local function faultTolerant()
+    local field = faultTolerantField(false)
+    field.description = ((("When Redis fails for a key it must be asked about: false answers 500 (fail closed); true lets the request through unauthenticated (as anonymous when set). Either way, a key in the worker cache still authenticates until cache_ttl + " .. tostring(STALE_GRACE)) .. " s after Redis last confirmed it (cache_ttl + ") .. tostring(STALE_GRACE_FAULT_TOLERANT)) .. " s with true)."
+    return field
+end
 local function atLeastOnePlace(config)
     if config.key_in_header == false and config.key_in_query == false and config.key_in_body == false then
         return nil, "at least one of key_in_header, key_in_query and key_in_body must be true"
@@ -31,7 +39,7 @@ local schema = {
                 {key_in_header = {type = "boolean", required = true, default = true, description = "Look for the key in the request headers."}},
                 {key_in_query = {type = "boolean", required = true, default = true, description = "Look for the key in the query string."}},
                 {key_in_body = {type = "boolean", required = true, default = false, description = "Look for the key in the body (application/x-www-form-urlencoded or application/json)."}},
-                {hide_credentials = {type = "boolean", required = true, default = false, description = "Remove the key from the header, query string or body before proxying."}},
+                {hide_credentials = {type = "boolean", required = true, default = false, description = "Remove the key from the header, query string or body (form or JSON; any other body goes upstream as sent) before proxying."}},
                 {anonymous = {type = "string", len_min = 1, description = "Consumer id or username used when a request has no valid key; it then goes on with `X-Anonymous-Consumer: true`. Unset: such requests get 401."}},
                 {run_on_preflight = {type = "boolean", required = true, default = true, description = "Authenticate OPTIONS (CORS preflight) requests too; false lets them through unauthenticated."}},
                 {realm = {type = "string", required = true, default = "kong", description = "Realm of the `WWW-Authenticate: Key realm=\"...\"` header sent with every 401."}},
@@ -40,7 +48,7 @@ local schema = {
                     required = true,
                     default = 10,
                     between = {0, MAX_CACHE_TTL},
-                    description = "Seconds a valid key stays in the worker cache (0: no cache). Also the longest a revoked key can work should its invalidation message be lost."
+                    description = ((("Seconds a valid key stays in the worker cache (0: no cache). Also the longest a revoked key can work should its invalidation message be lost; while Redis is unreachable, a cached key works at most " .. tostring(STALE_GRACE)) .. " s longer (") .. tostring(STALE_GRACE_FAULT_TOLERANT)) .. " s with fault_tolerant)."
                 }},
                 {negative_cache_ttl = {
                     type = "number",
@@ -49,7 +57,7 @@ local schema = {
                     between = {0, MAX_CACHE_TTL},
                     description = "Seconds an unknown, expired or revoked key stays in the worker cache as unknown (0: no cache)."
                 }},
-                {fault_tolerant = faultTolerantField(false)},
+                {fault_tolerant = faultTolerant()},
                 {redis = redisRecord()}
             },
             entity_checks = {{custom_entity_check = {field_sources = {"key_in_header", "key_in_query", "key_in_body"}, fn = atLeastOnePlace}}}

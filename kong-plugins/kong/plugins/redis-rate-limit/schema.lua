@@ -36,8 +36,9 @@ local function validateWindowOrder(config)
     end
     return true, nil
 end
+--- Kong types limits as `number` (gt 0); requests are counted whole, so here they are integers.
 local function limitField(window)
-    return {type = "integer", between = {1, MAX_LIMIT}, description = ("The most requests admitted per " .. window) .. " for one identifier."}
+    return {type = "integer", between = {1, MAX_LIMIT}, description = ("The most requests admitted per " .. window) .. " for one identifier: a whole number from 1 to 10^10 (Kong's rate-limiting also takes fractions)."}
 end
 local function described(base, description)
     local field = {}
@@ -60,6 +61,7 @@ local schema = {
                 {hour = limitField("hour")},
                 {day = limitField("day (00:00 to 24:00 UTC)")},
                 {month = limitField("calendar month (UTC)")},
+                {year = limitField("calendar year (UTC)")},
                 {algorithm = {
                     type = "string",
                     required = true,
@@ -96,7 +98,8 @@ local schema = {
         "config.minute",
         "config.hour",
         "config.day",
-        "config.month"
+        "config.month",
+        "config.year"
     }}, {conditional = {if_field = "config.limit_by", if_match = {eq = "header"}, then_field = "config.header_name", then_match = {required = true}}}, {conditional = {if_field = "config.limit_by", if_match = {eq = "path"}, then_field = "config.path", then_match = {required = true}}}}
 }
 local ____exports = schema

@@ -2,16 +2,20 @@
 local ____exports = {}
 --- The rate-limit windows and their bounds on the gateway's clock (epoch milliseconds, UTC).
 -- Seconds, minutes, hours and days are aligned on the epoch (a day starts at 00:00 UTC);
--- a month is the calendar month in UTC, as Kong's rate-limiting counts it. Pure Lua
--- arithmetic (no ngx, no os.date), so busted can test it.
+-- a month and a year are the calendar month and year in UTC, as Kong's rate-limiting
+-- counts them. Pure Lua arithmetic (no ngx, no os.date), so busted can test it.
 local floor = math.floor
---- Every window, shortest first: config field, header suffix, length in ms (0: calendar month).
+--- The `length` of the calendar windows, whose length varies: a month, a year (UTC).
+____exports.MONTH = 0
+____exports.YEAR = -1
+--- Every window, shortest first: config field, header suffix, length in ms (or MONTH, YEAR).
 ____exports.WINDOWS = {
     {name = "second", title = "Second", length = 1000},
     {name = "minute", title = "Minute", length = 60000},
     {name = "hour", title = "Hour", length = 3600000},
     {name = "day", title = "Day", length = 86400000},
-    {name = "month", title = "Month", length = 0}
+    {name = "month", title = "Month", length = ____exports.MONTH},
+    {name = "year", title = "Year", length = ____exports.YEAR}
 }
 local DAY = 86400000
 --- Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
@@ -56,16 +60,34 @@ local function computeMonth(now)
     cachedPrevStart = monthStart(year, month - 1)
     cachedNextLength = monthStart(year, month + 2) - cachedEnd
 end
---- The window of `length` ms (0: calendar month) containing `now`: its start and length,
--- the start of the window before it, and the length of the window after it.
+local yearStart = 0
+local yearEnd = 0
+local yearPrevStart = 0
+local yearNextLength = 0
+local function computeYear(now)
+    local year = ____exports.civilFromDays(floor(now / DAY))
+    yearStart = ____exports.daysFromCivil(year, 1, 1) * DAY
+    yearEnd = ____exports.daysFromCivil(year + 1, 1, 1) * DAY
+    yearPrevStart = ____exports.daysFromCivil(year - 1, 1, 1) * DAY
+    yearNextLength = ____exports.daysFromCivil(year + 2, 1, 1) * DAY - yearEnd
+end
+--- The window of `length` ms (or MONTH, YEAR: the calendar one) containing `now`: its
+-- start and length, the start of the window before it, and the length of the window
+-- after it.
 function ____exports.bounds(now, length)
     if length > 0 then
         local start = now - now % length
         return start, length, start - length, length
     end
-    if now < cachedStart or now >= cachedEnd then
-        computeMonth(now)
+    if length == ____exports.MONTH then
+        if now < cachedStart or now >= cachedEnd then
+            computeMonth(now)
+        end
+        return cachedStart, cachedEnd - cachedStart, cachedPrevStart, cachedNextLength
     end
-    return cachedStart, cachedEnd - cachedStart, cachedPrevStart, cachedNextLength
+    if now < yearStart or now >= yearEnd then
+        computeYear(now)
+    end
+    return yearStart, yearEnd - yearStart, yearPrevStart, yearNextLength
 end
 return ____exports
