@@ -551,6 +551,36 @@ describe("Redis down, a revocation missed", () => {
   });
 });
 
+describe("instances sharing one Redis", () => {
+  it("each honours its own cache_ttl: an entry cached under a longer one is not fresh for a shorter one", async () => {
+    const r6 = await startRedis();
+    const port = r6.port;
+    const keys6 = withScripts(new Redis({ port, maxRetriesPerRequest: 0 }));
+    const g = await gateway({
+      _format_version: "3.0",
+      services: [{
+        name: "svc",
+        url: upstreamUrl,
+        routes: [
+          { name: "long", paths: ["/long"], plugins: [plugin(port, { cache_ttl: 300 })] },
+          { name: "short", paths: ["/short"], plugins: [plugin(port, { cache_ttl: 1 })] },
+        ],
+      }],
+      consumers,
+    }, { workers: 1 });
+    await subscribed(keys6, 1);
+    const { key } = await createKey(keys6, { consumer: "alice" });
+    createdKeys.push(key);
+    expect((await getJson(`${g.proxyUrl}/long/anything`, { headers: { apikey: key } })).status).toBe(200);
+    // Revoked without the invalidation (a lost message): only cache_ttl bounds it.
+    expect(await keys6.del(recordKey(hashKey(key)))).toBe(1);
+    await new Promise((r) => setTimeout(r, 1300));
+    expect((await getJson(`${g.proxyUrl}/short/anything`, { headers: { apikey: key } })).status).toBe(401);
+    keys6.disconnect();
+    expect(g.unexpectedErrors(EXPECTED_REDIS_ERRORS)).toEqual([]);
+  });
+});
+
 describe("Admin API", () => {
   it("creates (the key once), lists (never a key), revokes by id and by key", async () => {
     const created = await getJson(`${gw.adminUrl}/redis-key-auth/keys`, {

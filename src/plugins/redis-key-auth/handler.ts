@@ -240,8 +240,14 @@ function fetch(this: void, conf: KeyAuthConf, state: PoolState, sha: string, sta
 function check(this: void, conf: KeyAuthConf, apiKey: string): LuaMultiReturn<[ValidKey | undefined, string | undefined]> {
   const sha = store.hashKey(apiKey);
   const state = workerCache.stateFor(conf.redis);
-  const [hit, stale] = state.cache.get(sha);
-  if (hit !== undefined) return $multi(hit === workerCache.UNKNOWN ? undefined : (hit as ValidKey), undefined);
+  let [hit, stale] = state.cache.get(sha);
+  if (hit === workerCache.UNKNOWN) return $multi(undefined, undefined);
+  if (hit !== undefined) {
+    // Instances on one Redis share this cache: an entry cached under a longer cache_ttl
+    // is fresh only for as long as this instance's own cache_ttl allows.
+    if (ngx.now() - (hit as ValidKey).checked_at <= conf.cache_ttl) return $multi(hit as ValidKey, undefined);
+    stale = hit;
+  }
 
   // Another request of this worker is asking Redis about this key: wait for its answer
   // rather than ask again (a popular key expiring must not become a burst of lookups).

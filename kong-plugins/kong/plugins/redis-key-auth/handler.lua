@@ -255,14 +255,14 @@ local function check(conf, apiKey)
     local sha = store.hashKey(apiKey)
     local state = workerCache.stateFor(conf.redis)
     local hit, stale = state.cache:get(sha)
+    if hit == workerCache.UNKNOWN then
+        return nil, nil
+    end
     if hit ~= nil then
-        local ____temp_2
-        if hit == workerCache.UNKNOWN then
-            ____temp_2 = nil
-        else
-            ____temp_2 = hit
+        if ngx.now() - hit.checked_at <= conf.cache_ttl then
+            return hit, nil
         end
-        return ____temp_2, nil
+        stale = hit
     end
     local pending = state.inflight[sha]
     if pending ~= nil then
