@@ -10,7 +10,7 @@ import { request as httpRequest } from "node:http";
 import { join } from "node:path";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createKey, hashKey, recordKey, revokeKey, withScripts, type KeysRedis } from "../../src/cli/keys.js";
+import { createKey, hashKey, newKey as newApiKey, recordKey, revokeKey, withScripts, type KeysRedis } from "../../src/cli/keys.js";
 import { ROOT, gateway, getJson, startRedis, stopAll, tempDir, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
 
 const ALICE = "8a6a4f9e-1d1b-4a53-9d07-0a1f2b3c4d01";
@@ -552,7 +552,7 @@ describe("Redis down, a revocation missed", () => {
 });
 
 describe("instances sharing one Redis", () => {
-  it("each honours its own cache_ttl: an entry cached under a longer one is not fresh for a shorter one", async () => {
+  it("each honours its own cache_ttl and negative_cache_ttl: an entry cached under a longer one is not fresh for a shorter one", async () => {
     const r6 = await startRedis();
     const port = r6.port;
     const keys6 = withScripts(new Redis({ port, maxRetriesPerRequest: 0 }));
@@ -562,8 +562,8 @@ describe("instances sharing one Redis", () => {
         name: "svc",
         url: upstreamUrl,
         routes: [
-          { name: "long", paths: ["/long"], plugins: [plugin(port, { cache_ttl: 300 })] },
-          { name: "short", paths: ["/short"], plugins: [plugin(port, { cache_ttl: 1 })] },
+          { name: "long", paths: ["/long"], plugins: [plugin(port, { cache_ttl: 300, negative_cache_ttl: 300 })] },
+          { name: "short", paths: ["/short"], plugins: [plugin(port, { cache_ttl: 1, negative_cache_ttl: 1 })] },
         ],
       }],
       consumers,
@@ -576,6 +576,14 @@ describe("instances sharing one Redis", () => {
     expect(await keys6.del(recordKey(hashKey(key)))).toBe(1);
     await new Promise((r) => setTimeout(r, 1300));
     expect((await getJson(`${g.proxyUrl}/short/anything`, { headers: { apikey: key } })).status).toBe(401);
+
+    // Likewise for unknown keys and negative_cache_ttl.
+    const later = newApiKey();
+    expect((await getJson(`${g.proxyUrl}/long/anything`, { headers: { apikey: later } })).status).toBe(401);
+    await createKey(keys6, { consumer: "alice" }, { key: later });
+    createdKeys.push(later);
+    await new Promise((r) => setTimeout(r, 1300));
+    expect((await getJson(`${g.proxyUrl}/short/anything`, { headers: { apikey: later } })).status).toBe(200);
     keys6.disconnect();
     expect(g.unexpectedErrors(EXPECTED_REDIS_ERRORS)).toEqual([]);
   });

@@ -46,8 +46,16 @@ export interface ValidKey {
   checked_at: number;
 }
 /** The cached answer for a key Redis does not know (unknown, expired or revoked). */
-export const UNKNOWN: { readonly unknown: true } = { unknown: true };
-export type CacheEntry = ValidKey | typeof UNKNOWN;
+export interface UnknownKey {
+  readonly unknown: true;
+  /** ngx.now() when Redis said it does not know the key: each instance's negative_cache_ttl counts from it. */
+  checked_at: number;
+}
+export type CacheEntry = ValidKey | UnknownKey;
+
+export function isUnknown(this: void, entry: CacheEntry): entry is UnknownKey {
+  return (entry as UnknownKey).unknown === true;
+}
 
 /** What one Redis lookup concluded: a valid key, or neither (invalid), or the Redis error. */
 export interface LookupResult {

@@ -200,7 +200,7 @@ function fetch(this: void, conf: KeyAuthConf, state: PoolState, sha: string, sta
     // Redis is down: a key this worker knew to be valid keeps working for a bounded time
     // (its expiry still holds); revocations need Redis too, and the cache is dropped when
     // it is back.
-    if (stale !== undefined && stale !== workerCache.UNKNOWN) {
+    if (stale !== undefined && !workerCache.isUnknown(stale)) {
       const known = stale as ValidKey;
       if ((known.expires_at === 0 || known.expires_at > now) && staleUsable(now - known.checked_at, conf.cache_ttl, conf.fault_tolerant)) {
         fault.logThrottled(PLUGIN, `redis unavailable: ${err ?? "unknown error"} (keys in the worker cache keep working)`);
@@ -214,7 +214,7 @@ function fetch(this: void, conf: KeyAuthConf, state: PoolState, sha: string, sta
   const consumer = live ? consumerOf(record as KeyRecord) : undefined;
   if (consumer === undefined) {
     if (live) kong.log.info(`key ${(record as KeyRecord).id} belongs to consumer '${(record as KeyRecord).consumer_username}', unknown to Kong`);
-    if (conf.negative_cache_ttl > 0) state.cache.set(sha, workerCache.UNKNOWN, conf.negative_cache_ttl);
+    if (conf.negative_cache_ttl > 0) state.cache.set(sha, { unknown: true, checked_at: now }, conf.negative_cache_ttl);
     return NOT_VALID;
   }
 
@@ -241,11 +241,13 @@ function check(this: void, conf: KeyAuthConf, apiKey: string): LuaMultiReturn<[V
   const sha = store.hashKey(apiKey);
   const state = workerCache.stateFor(conf.redis);
   let [hit, stale] = state.cache.get(sha);
-  if (hit === workerCache.UNKNOWN) return $multi(undefined, undefined);
   if (hit !== undefined) {
-    // Instances on one Redis share this cache: an entry cached under a longer cache_ttl
-    // is fresh only for as long as this instance's own cache_ttl allows.
-    if (ngx.now() - (hit as ValidKey).checked_at <= conf.cache_ttl) return $multi(hit as ValidKey, undefined);
+    // Instances on one Redis share this cache: an entry cached under a longer TTL is
+    // fresh only for as long as this instance's own cache_ttl / negative_cache_ttl allow.
+    const unknown = workerCache.isUnknown(hit);
+    if (ngx.now() - hit.checked_at <= (unknown ? conf.negative_cache_ttl : conf.cache_ttl)) {
+      return $multi(unknown ? undefined : (hit as ValidKey), undefined);
+    }
     stale = hit;
   }
 

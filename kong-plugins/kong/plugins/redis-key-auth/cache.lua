@@ -20,8 +20,9 @@ local BACKOFF_MAX = 5
 -- a Redis that accepts SUBSCRIBE and drops the connection at once must not be hammered,
 -- nor the worker's cache be flushed by every reconnect.
 local STABLE_AFTER = 5
---- The cached answer for a key Redis does not know (unknown, expired or revoked).
-____exports.UNKNOWN = {unknown = true}
+function ____exports.isUnknown(entry)
+    return entry.unknown == true
+end
 local pools = {}
 --- Whether `configure` ran in this worker, and the pools its last call wants subscribed.
 local configureSeen = false
@@ -75,7 +76,7 @@ local function listen(state, red)
                     end
                     pingSentAt = now
                 end
-                goto __continue8
+                goto __continue9
             end
             lastHeard = now
             pingSentAt = nil
@@ -84,7 +85,7 @@ local function listen(state, red)
                 ____exports.invalidate(state, message[3])
             end
         end
-        ::__continue8::
+        ::__continue9::
     end
     return nil
 end

@@ -213,7 +213,7 @@ local function fetch(conf, state, sha, stale)
     local record, err = store.lookup(conf.redis, sha)
     local now = ngx.now()
     if record == nil then
-        if stale ~= nil and stale ~= workerCache.UNKNOWN then
+        if stale ~= nil and not workerCache.isUnknown(stale) then
             local known = stale
             if (known.expires_at == 0 or known.expires_at > now) and staleUsable(now - known.checked_at, conf.cache_ttl, conf.fault_tolerant) then
                 fault.logThrottled(PLUGIN, ("redis unavailable: " .. (err or "unknown error")) .. " (keys in the worker cache keep working)")
@@ -235,7 +235,7 @@ local function fetch(conf, state, sha, stale)
             kong.log.info(((("key " .. record.id) .. " belongs to consumer '") .. record.consumer_username) .. "', unknown to Kong")
         end
         if conf.negative_cache_ttl > 0 then
-            state.cache:set(sha, workerCache.UNKNOWN, conf.negative_cache_ttl)
+            state.cache:set(sha, {unknown = true, checked_at = now}, conf.negative_cache_ttl)
         end
         return NOT_VALID
     end
@@ -255,12 +255,16 @@ local function check(conf, apiKey)
     local sha = store.hashKey(apiKey)
     local state = workerCache.stateFor(conf.redis)
     local hit, stale = state.cache:get(sha)
-    if hit == workerCache.UNKNOWN then
-        return nil, nil
-    end
     if hit ~= nil then
-        if ngx.now() - hit.checked_at <= conf.cache_ttl then
-            return hit, nil
+        local unknown = workerCache.isUnknown(hit)
+        if ngx.now() - hit.checked_at <= (unknown and conf.negative_cache_ttl or conf.cache_ttl) then
+            local ____unknown_2
+            if unknown then
+                ____unknown_2 = nil
+            else
+                ____unknown_2 = hit
+            end
+            return ____unknown_2, nil
         end
         stale = hit
     end
