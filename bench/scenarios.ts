@@ -99,9 +99,9 @@ const RATE_LIMIT_ID = "5f0c6a2e-3b7d-4c1e-9a84-6d2f1b7e0c93";
 
 /** Uses up the hour's limit of 1 for wrk's client IP, through the plugin's own script, as a first request would. */
 async function useUpRateLimit(env: BenchEnv): Promise<void> {
-  const { readFileSync } = await import("node:fs");
   const { Redis } = await import("ioredis");
-  const source = readFileSync(new URL("../redis-lua/rate-limit-1.lua", import.meta.url), "utf8");
+  const { loadScript } = await import("../src/cli/redis.js");
+  const source = loadScript("rate-limit").lua;
   const hour = 3_600_000;
   const now = Date.now();
   const start = now - (now % hour);

@@ -4,13 +4,11 @@
  * that the fill was uncacheable), refresh-ahead inside the last fraction of the TTL taken
  * by exactly one caller, sliding TTL, Vary markers and malformed values.
  */
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ROOT, startRedis, stopAll } from "../helpers/services.js";
+import { defineScripts } from "../../src/cli/redis.js";
+import { startRedis, stopAll } from "../helpers/services.js";
 
-const SOURCE = readFileSync(join(ROOT, "redis-lua", "cache-lookup-3.lua"), "utf8");
 
 type Reply = [1, string, 0 | 1] | [2] | [3, string];
 
@@ -20,7 +18,7 @@ let seq = 0;
 
 function client(): Redis {
   const r = new Redis({ port });
-  r.defineCommand("cacheLookup", { numberOfKeys: 3, lua: SOURCE });
+  defineScripts(r, { cacheLookup: "cache-lookup" });
   return r;
 }
 

@@ -2,14 +2,11 @@
  * redis-lua/cache-purge-3.lua and cache-flush-1.lua against a real redis-server: one
  * entry removed with its locks; every entry dropped by a generation that only grows.
  */
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ROOT, startRedis, stopAll } from "../helpers/services.js";
+import { defineScripts } from "../../src/cli/redis.js";
+import { startRedis, stopAll } from "../helpers/services.js";
 
-const PURGE = readFileSync(join(ROOT, "redis-lua", "cache-purge-3.lua"), "utf8");
-const FLUSH = readFileSync(join(ROOT, "redis-lua", "cache-flush-1.lua"), "utf8");
 const GENERATION = "krs:redis-cache:v1:{ns}:generation";
 
 interface Scripts {
@@ -21,8 +18,8 @@ let redis: Redis & Scripts;
 
 beforeAll(async () => {
   const r = new Redis({ port: (await startRedis()).port });
-  r.defineCommand("cachePurge", { numberOfKeys: 3, lua: PURGE });
-  r.defineCommand("cacheFlush", { numberOfKeys: 1, lua: FLUSH });
+  defineScripts(r, { cachePurge: "cache-purge" });
+  defineScripts(r, { cacheFlush: "cache-flush" });
   redis = r as Redis & Scripts;
 });
 afterAll(async () => {

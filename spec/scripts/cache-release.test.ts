@@ -2,13 +2,11 @@
  * redis-lua/cache-release-1.lua against a real redis-server: only the holder's token
  * releases a lock; the release deletes it or leaves the "uncacheable" marker for a while.
  */
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ROOT, startRedis, stopAll } from "../helpers/services.js";
+import { defineScripts } from "../../src/cli/redis.js";
+import { startRedis, stopAll } from "../helpers/services.js";
 
-const SOURCE = readFileSync(join(ROOT, "redis-lua", "cache-release-1.lua"), "utf8");
 
 let redis: Redis;
 let seq = 0;
@@ -18,7 +16,7 @@ const release = (key: string, token: string, markerMs: number) =>
 
 beforeAll(async () => {
   redis = new Redis({ port: (await startRedis()).port });
-  redis.defineCommand("cacheRelease", { numberOfKeys: 1, lua: SOURCE });
+  defineScripts(redis, { cacheRelease: "cache-release" });
 });
 afterAll(async () => {
   redis.disconnect();

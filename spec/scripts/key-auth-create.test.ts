@@ -4,13 +4,11 @@
  * entries, odd consumer names, and many concurrent clients.
  */
 import { createHash, randomUUID } from "node:crypto";
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ROOT, startRedis, stopAll } from "../helpers/services.js";
+import { defineScripts } from "../../src/cli/redis.js";
+import { startRedis, stopAll } from "../helpers/services.js";
 
-const SOURCE = readFileSync(join(ROOT, "redis-lua", "key-auth-create-3.lua"), "utf8");
 
 type Reply = [number, string | number];
 interface Scripted {
@@ -23,7 +21,7 @@ let seq = 0;
 
 function client(): Redis & Scripted {
   const r = new Redis({ port, lazyConnect: false });
-  r.defineCommand("create", { numberOfKeys: 3, lua: SOURCE });
+  defineScripts(r, { create: "key-auth-create" });
   return r as Redis & Scripted;
 }
 

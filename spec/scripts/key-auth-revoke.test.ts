@@ -5,14 +5,11 @@
  * concurrent revokers of one key.
  */
 import { createHash, randomUUID } from "node:crypto";
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ROOT, startRedis, stopAll } from "../helpers/services.js";
+import { defineScripts } from "../../src/cli/redis.js";
+import { startRedis, stopAll } from "../helpers/services.js";
 
-const CREATE = readFileSync(join(ROOT, "redis-lua", "key-auth-create-3.lua"), "utf8");
-const REVOKE = readFileSync(join(ROOT, "redis-lua", "key-auth-revoke-3.lua"), "utf8");
 const CHANNEL = "krs:redis-key-auth:v1:invalidations";
 
 type Reply = [number, string | number];
@@ -29,8 +26,8 @@ let seq = 0;
 
 function client(): Redis & Scripted {
   const r = new Redis({ port, lazyConnect: false });
-  r.defineCommand("create", { numberOfKeys: 3, lua: CREATE });
-  r.defineCommand("revoke", { numberOfKeys: 3, lua: REVOKE });
+  defineScripts(r, { create: "key-auth-create" });
+  defineScripts(r, { revoke: "key-auth-revoke" });
   return r as Redis & Scripted;
 }
 

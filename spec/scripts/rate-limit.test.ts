@@ -5,13 +5,11 @@
  * rejection, skewed clocks, TTLs, all six windows up to a calendar year, and exactness
  * under many concurrent clients.
  */
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ROOT, startRedis, stopAll } from "../helpers/services.js";
+import { defineScripts } from "../../src/cli/redis.js";
+import { startRedis, stopAll } from "../helpers/services.js";
 
-const SOURCE = readFileSync(join(ROOT, "redis-lua", "rate-limit-1.lua"), "utf8");
 const STEPS = 262144n;
 
 interface Window {
@@ -37,7 +35,7 @@ let seq = 0;
 
 function client(): Redis {
   const r = new Redis({ port, lazyConnect: false });
-  r.defineCommand("rateLimit", { numberOfKeys: 1, lua: SOURCE });
+  defineScripts(r, { rateLimit: "rate-limit" });
   return r;
 }
 
