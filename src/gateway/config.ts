@@ -254,9 +254,26 @@ function optBoolean(this: void, where: string, entity: Table, field: string, dfl
 function optInteger(this: void, where: string, entity: Table, field: string, dflt: number | undefined, min: number, max: number): number | undefined {
   const v = entity.get(field);
   if (!present(v)) return dflt;
-  if (type(v) !== "number" || math.floor(v as number) !== v) fail(where, field, "expected an integer");
+  // NaN and infinities (JSON bodies may carry them, 1e309 decodes to one) are no integers, as in Kong.
+  if (type(v) !== "number" || math.floor(v as number) !== v || math.abs(v as number) === math.huge) fail(where, field, "expected an integer");
   if ((v as number) < min || (v as number) > max) fail(where, field, `value should be between ${min} and ${max}`);
   return v as number;
+}
+
+/**
+ * Fields Kong's entities have that the local gateway accepts but does not use: typed all
+ * the same, so a value Kong refuses is refused here too and never reaches the stored config.
+ */
+function checkUnusedFields(this: void, where: string, entity: Table, route: boolean): void {
+  optInteger(where, entity, "created_at", undefined, -math.huge, math.huge);
+  optInteger(where, entity, "updated_at", undefined, -math.huge, math.huge);
+  if (!route) return;
+  const redirect = optInteger(where, entity, "https_redirect_status_code", undefined, -math.huge, math.huge);
+  if (redirect !== undefined && redirect !== 426 && redirect !== 301 && redirect !== 302 && redirect !== 307 && redirect !== 308) {
+    fail(where, "https_redirect_status_code", "expected one of: 426, 301, 302, 307, 308");
+  }
+  optBoolean(where, entity, "request_buffering", true);
+  optBoolean(where, entity, "response_buffering", true);
 }
 
 function optStringArray(this: void, where: string, entity: Table, field: string): string[] | undefined {
@@ -325,6 +342,7 @@ function loadService(this: void, raw: Table, index: number): KongService {
   const name = optString(`services[${index}]`, raw, "name");
   const where = describe("service", index, name, undefined);
   checkKnownFields(where, raw, SERVICE_FIELDS);
+  checkUnusedFields(where, raw, false);
   let protocol = optString(where, raw, "protocol");
   let host = optString(where, raw, "host");
   let port = optInteger(where, raw, "port", undefined, 0, 65535);
@@ -367,6 +385,81 @@ function loadService(this: void, raw: Table, index: number): KongService {
 
 // ----------------------------------------------------------------- routes
 
+/** The router's regex options (router.ts REGEX_OPTIONS): a path accepted here compiles there. */
+const ROUTER_REGEX_OPTIONS = "jo";
+
+/** `const char *[n]`, indexed from 0 as in C. */
+interface CStringArray extends FfiCData {
+  [index: number]: FfiCData;
+}
+
+type RegexCompile = (this: void, pattern: string) => string | undefined;
+
+/**
+ * PCRE through LuaJIT's FFI, for the CLI's validator (plain LuaJIT, no ngx.re): the
+ * library lua-nginx-module links (libpcre.so.3), compiled with no options as ngx.re does
+ * for "jo" (JIT and caching change no syntax), its error worded as lua-nginx-module words it.
+ */
+function ffiPcreCompile(this: void): RegexCompile | undefined {
+  // A second cdef of the same declaration raises; the first one stands.
+  pcall(ffi.cdef, `
+    void *pcre_compile(const char *pattern, int options, const char **errptr, int *erroffset, const unsigned char *tableptr);
+  `);
+  let lib: FfiLibrary | undefined;
+  for (const name of ["pcre", "libpcre.so.3", "libpcre.so.1"]) {
+    const [loaded, found] = pcall(ffi.load, name);
+    if (loaded) {
+      lib = found as FfiLibrary;
+      break;
+    }
+  }
+  if (lib === undefined) return undefined;
+  const [found, symbol] = pcall(() => lib!.get("pcre_compile"));
+  if (!found) return undefined;
+  const compile = symbol as (this: void, ...args: unknown[]) => FfiCData | undefined;
+  return (pattern: string) => {
+    const errptr = ffi.new<CStringArray>("const char *[1]");
+    const erroffset = ffi.new("int[1]");
+    const compiled = compile(pattern, 0, errptr, erroffset, undefined);
+    // A NULL pointer compares equal to nil. The compiled pattern is not freed: this runs
+    // in a short-lived validator process, once per regex path.
+    if (compiled !== undefined) return undefined;
+    const reason = ffi.string(errptr[0]);
+    const offset = erroffset[0];
+    if (offset >= pattern.length) return `pcre_compile() failed: ${reason} in "${pattern}"`;
+    return `pcre_compile() failed: ${reason} in "${pattern}" at "${string.sub(pattern, offset + 1)}"`;
+  };
+}
+
+let regexCompile: RegexCompile | undefined;
+let regexCompileChosen = false;
+
+/** ngx.re inside nginx (the router's own engine), else PCRE through FFI, else no check. */
+function chooseRegexCompile(this: void): RegexCompile | undefined {
+  if (regexCompileChosen) return regexCompile;
+  regexCompileChosen = true;
+  if (type(ngx) === "table" && type(ngx.re) === "table") {
+    const reFind = ngx.re.find;
+    regexCompile = (pattern: string) => reFind("", pattern, ROUTER_REGEX_OPTIONS)[2];
+  } else {
+    regexCompile = ffiPcreCompile();
+  }
+  return regexCompile;
+}
+
+/**
+ * Kong's check of a regex path (typedefs.router_paths): the regex after "~" must compile,
+ * or the route is refused naming it. Compiled as the router compiles it ("^" prepended);
+ * the message names the regex as written, as Kong's does.
+ */
+function regexError(this: void, regex: string): string | undefined {
+  const compile = chooseRegexCompile();
+  if (compile === undefined) return undefined;
+  const anchoredErr = compile("^" + regex);
+  if (anchoredErr === undefined) return undefined;
+  return `invalid regex: '${regex}' (PCRE returned: ${compile(regex) ?? anchoredErr})`;
+}
+
 const ROUTE_FIELDS = fieldSet("id", "name", "protocols", "methods", "hosts", "paths", "headers",
   "strip_path", "preserve_host", "regex_priority", "path_handling", "https_redirect_status_code",
   "request_buffering", "response_buffering", "service", "tags", "plugins", "snis", "sources",
@@ -376,6 +469,7 @@ function loadRoute(this: void, raw: Table, index: number, parent: KongService | 
   const name = optString(`routes[${index}]`, raw, "name");
   const where = describe("route", index, name, parentDesc);
   checkKnownFields(where, raw, ROUTE_FIELDS);
+  checkUnusedFields(where, raw, true);
   for (const unsupported of ["headers", "snis", "sources", "destinations"]) {
     if (present(raw.get(unsupported))) fail(where, unsupported, "route matching on this attribute is not supported by the local gateway");
   }
@@ -396,8 +490,13 @@ function loadRoute(this: void, raw: Table, index: number, parent: KongService | 
   }
   if (paths !== undefined) {
     for (let i = 0; i < paths.length; i++) {
-      const first = string.sub(paths[i], 1, 1);
-      if (first !== "/" && first !== "~") fail(where, `paths.${i + 1}`, "should start with: / (fixed path) or ~/ (regex path)");
+      const path = paths[i];
+      const regexPath = string.sub(path, 1, 2) === "~/";
+      if (string.sub(path, 1, 1) !== "/" && !regexPath) fail(where, `paths.${i + 1}`, "should start with: / (fixed path) or ~/ (regex path)");
+      if (regexPath) {
+        const regexErr = regexError(string.sub(path, 2));
+        if (regexErr !== undefined) fail(where, `paths.${i + 1}`, regexErr);
+      }
     }
   }
   const pathHandling = optString(where, raw, "path_handling") ?? "v0";
@@ -434,6 +533,7 @@ function loadConsumer(this: void, raw: Table, index: number): KongConsumer {
   const username = optString(`consumers[${index}]`, raw, "username");
   const where = describe("consumer", index, username, undefined);
   checkKnownFields(where, raw, CONSUMER_FIELDS);
+  checkUnusedFields(where, raw, false);
   const customId = optString(where, raw, "custom_id");
   if (username === undefined && customId === undefined) {
     fail(where, undefined, "at least one of these fields must be non-empty: 'custom_id', 'username'");
