@@ -5,7 +5,8 @@
  */
 import * as cjson from "cjson.safe";
 import { pdk } from "./pdk";
-import { handleWrite, pluginShown, type Reply } from "./crud";
+import { handleWrite, pluginShown, unencodableFailure, type Reply } from "./crud";
+import { pluginSchemaJson } from "./schema";
 import { getOptions, getRuntime, publish, withWriteLock, type Runtime } from "./runtime";
 
 type Params = LuaTable<string, unknown>;
@@ -142,6 +143,10 @@ function postConfig(this: void): never {
   if (input === undefined) {
     return pdk.response.exit(400, { code: 14, name: "invalid declarative configuration", message: tostring(parseErr) });
   }
+  const unencodable = unencodableFailure(input);
+  if (unencodable !== undefined) {
+    return pdk.response.exit(400, { code: 14, name: "invalid declarative configuration", message: "declarative config is invalid: " + unencodable.message });
+  }
   const [published, lockErr] = withWriteLock(() => {
     const [runtime, err] = publish(input);
     return { runtime, err };
@@ -209,9 +214,10 @@ function entityEndpoints(this: void, runtime: Runtime, method: string, s: string
       return sendJson(200, `{"enabled_plugins":[${table.concat(getOptions().plugins.map((n) => encode(n)), ",")}]}`);
     }
     if (key === "schema" && sub !== undefined) {
+      if (!getOptions().plugins.includes(sub)) return pdk.response.exit(404, { message: `No plugin named '${sub}'` });
       const [ok, schema] = pcall(require, `kong.plugins.${sub}.schema`);
-      if (!ok || !getOptions().plugins.includes(sub)) return pdk.response.exit(404, { message: `No plugin named '${sub}'` });
-      return sendJson(200, encode(schema));
+      if (!ok || type(schema) !== "table") return pdk.response.exit(404, { message: `No plugin named '${sub}'` });
+      return sendJson(200, pluginSchemaJson(schema as KongPluginSchema));
     }
     if (sub !== undefined) return;
     for (const p of config.plugins) if (p.id === key || p.instance_name === key) return sendJson(200, encode(pluginShown(p)));

@@ -12,8 +12,8 @@
  */
 import * as bitop from "bit";
 import * as cjson from "cjson.safe";
-import type { GatewayConfig, LoadFailure, PluginEntity } from "./config";
-import { getRuntime, publish, withWriteLock, type Runtime } from "./runtime";
+import { loadDeclarative, loaderEnv, type GatewayConfig, type LoadFailure, type PluginEntity } from "./config";
+import { getOptions, getRuntime, publish, withWriteLock, type Runtime } from "./runtime";
 import { withReferences } from "./schema";
 
 type Table = LuaTable<string, unknown>;
@@ -497,9 +497,41 @@ function shown(this: void, runtime: Runtime, kind: Kind, id: string): unknown {
   return undefined;
 }
 
+/** Where the first NaN or infinity is in `value` ("config.minute"), if anywhere. */
+function nonFinitePath(this: void, value: unknown, path: string): string | undefined {
+  if (type(value) === "number") {
+    const n = value as number;
+    return n !== n || n === math.huge || n === -math.huge ? path : undefined;
+  }
+  if (!isTable(value)) return undefined;
+  for (const [k, v] of pairs(value)) {
+    const found = nonFinitePath(v, path === "" ? tostring(k) : `${path}.${tostring(k)}`);
+    if (found !== undefined) return found;
+  }
+  return undefined;
+}
+
+/**
+ * A declarative input JSON cannot carry (NaN, Infinity, 1e309 decoded from a body) is
+ * refused as invalid before it is published: the loader's own failure when it has one
+ * (a port is "expected an integer"), else the field holding the number. `entity`, when
+ * given, is where to look for that field (the rest of the input is known to be clean).
+ */
+export function unencodableFailure(this: void, input: unknown, entity?: unknown): LoadFailure | undefined {
+  if (cjson.encode(input)[0] !== undefined) return undefined;
+  const [, , failure] = loadDeclarative(input, loaderEnv(getOptions().plugins));
+  if (failure !== undefined) return failure;
+  const field = nonFinitePath(entity ?? input, "") ?? "@entity";
+  const reason = "expected a number (JSON has no NaN or Infinity)";
+  return { message: `${field}: ${reason}`, where: "declarative config", field, reason };
+}
+
 /** Validates the changed document with the declarative loader and makes it live. */
-function commit(this: void, doc: Doc, kind: Kind, id: string, status: number): Reply {
-  const [runtime, err, failure] = publish(docInput(doc));
+function commit(this: void, doc: Doc, kind: Kind, id: string, status: number, entity: Table): Reply {
+  const input = docInput(doc);
+  const unencodable = unencodableFailure(input, entity);
+  if (unencodable !== undefined) return schemaViolation(unencodable);
+  const [runtime, err, failure] = publish(input);
   if (runtime === undefined) {
     if (failure !== undefined) return schemaViolation(failure);
     ngx.log(ngx.ERR, "[kong] Admin API change not applied: ", err);
@@ -534,7 +566,7 @@ function create(this: void, doc: Doc, t: Target, body: Table): Reply {
   prepare(doc, t.kind, entity);
   doc[t.kind].push(entity);
   checkUnique(doc, t.kind, entity);
-  return commit(doc, t.kind, entity.get("id") as string, 201);
+  return commit(doc, t.kind, entity.get("id") as string, 201, entity);
 }
 
 /** References resolved to ids, as the flat document keeps them. */
@@ -557,7 +589,7 @@ function update(this: void, doc: Doc, t: Target, body: Table): Reply {
   mergeInto(entity, body, t.kind === "plugins" ? recordFields : undefined);
   prepare(doc, t.kind, entity);
   checkUnique(doc, t.kind, entity);
-  return commit(doc, t.kind, entity.get("id") as string, 200);
+  return commit(doc, t.kind, entity.get("id") as string, 200, entity);
 }
 
 function upsert(this: void, doc: Doc, t: Target, body: Table): Reply {
@@ -576,7 +608,7 @@ function upsert(this: void, doc: Doc, t: Target, body: Table): Reply {
   if (index !== undefined) list[index] = entity;
   else list.push(entity);
   checkUnique(doc, t.kind, entity);
-  return commit(doc, t.kind, entity.get("id") as string, 200);
+  return commit(doc, t.kind, entity.get("id") as string, 200, entity);
 }
 
 function remove(this: void, doc: Doc, t: Target): Reply {

@@ -424,7 +424,9 @@ function checkValue(ctx: Ctx, field: FieldDef, value: unknown, path: string, req
       return value;
     }
   } else if (kind === "number" || kind === "string" || kind === "boolean") {
-    if (vtype !== kind) {
+    // NaN and infinities come from JSON bodies (NaN, Infinity, 1e309): no JSON can carry
+    // them back out (GET, the persisted state), so they are no numbers here.
+    if (vtype !== kind || (kind === "number" && (value !== value || value === HUGE || value === -HUGE))) {
       addError(ctx, path, kind === "number" ? "expected a number" : kind === "string" ? "expected a string" : "expected a boolean");
       return value;
     }
@@ -903,4 +905,84 @@ export function withReferences(value: unknown): unknown {
   const mt = getmetatable(value as object);
   if (mt !== undefined) setmetatable(out, mt as LuaMetatable<Table>);
   return out;
+}
+
+// Schema as JSON ---------------------------------------------------------------------------
+
+const encodeScalar = cjson.encode;
+
+/** Kong's fdata_to_jsonable arity: "yes" an array, "no" an object, "maybe" an array unless a key is not a number. */
+type Arrayness = "yes" | "no" | "maybe";
+
+function jsonString(value: unknown): string {
+  return encodeScalar(value)[0] ?? "null";
+}
+
+function fieldsToJson(fields: SchemaFieldEntry[]): string {
+  const parts: string[] = [];
+  for (const entry of fields) {
+    const [name, fdata] = next(entry);
+    if (name !== undefined) parts[parts.length] = "{" + jsonString(name) + ":" + fdataToJson(fdata as Table, "no") + "}";
+  }
+  return "[" + concat(parts, ",") + "]";
+}
+
+/**
+ * Kong's kong/api/api_helpers.lua schema_to_jsonable, emitted as JSON text directly (Debian's
+ * cjson has no array_mt to mark empty lists): functions left out, NaN and infinities as
+ * "nan", "inf", "-inf", a record's `fields` as a list of one-key objects.
+ */
+function fdataToJson(fdata: Table, arrayness: Arrayness): string {
+  const keys: AnyNotNil[] = [];
+  const values: string[] = [];
+  let isArray = arrayness;
+  const fieldType = fdata.get("type");
+  const entries: [AnyNotNil, unknown][] = [];
+  if (arrayness === "yes") {
+    for (let i = 1; i <= fdata.length(); i++) entries[entries.length] = [i, fdata.get(i)];
+  } else {
+    for (const [k, v] of pairs(fdata)) entries[entries.length] = [k, v];
+  }
+  for (const [k, v] of entries) {
+    if (isArray === "maybe" && type(k) !== "number") isArray = "no";
+    const vtype = type(v);
+    let text: string | undefined;
+    if (vtype === "table") {
+      if (k === "fields" && fieldType === "record") text = fieldsToJson(v as SchemaFieldEntry[]);
+      else if (k === "default" && fieldType === "array") text = fdataToJson(v as Table, "yes");
+      else text = fdataToJson(v as Table, "maybe");
+    } else if (vtype === "number") {
+      const n = v as number;
+      text = n !== n ? '"nan"' : n === HUGE ? '"inf"' : n === -HUGE ? '"-inf"' : jsonString(n);
+    } else if (vtype === "string" || vtype === "boolean") {
+      text = jsonString(v);
+    } else if (v === NULL) {
+      text = "null";
+    }
+    if (text !== undefined) {
+      keys[keys.length] = k;
+      values[values.length] = text;
+    }
+  }
+  if (isArray !== "no") {
+    // In key order, as cjson writes an array; pairs() may visit a hash part in any order.
+    const order: number[] = [];
+    for (let i = 0; i < keys.length; i++) order[i] = i;
+    table.sort(order, (a, b) => (keys[a] as number) < (keys[b] as number));
+    const items: string[] = [];
+    for (const i of order) items[items.length] = values[i];
+    return "[" + concat(items, ",") + "]";
+  }
+  const parts: string[] = [];
+  for (let i = 0; i < keys.length; i++) parts[parts.length] = jsonString(tostring(keys[i])) + ":" + values[i];
+  return "{" + concat(parts, ",") + "}";
+}
+
+/**
+ * What Kong's `GET /plugins/schema/{name}` answers: the plugin's `config` record as
+ * `{"fields": [...]}`, functions (custom validators, entity check functions) left out.
+ */
+export function pluginSchemaJson(schema: KongPluginSchema): string {
+  const config = fieldNamed(schema.fields ?? [], "config");
+  return '{"fields":' + fieldsToJson(config?.fields ?? []) + "}";
 }
