@@ -4,7 +4,7 @@
  */
 import { execFileSync, spawnSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join, resolve } from "node:path";
 import { parse as parseYaml, YAMLParseError } from "yaml";
@@ -140,6 +140,26 @@ function trustedCertificateDirective(setting: string): string {
   return `lua_ssl_trusted_certificate ${files[0]};`;
 }
 
+/**
+ * Files under the prefix that may hold secrets (a literal Redis password or encryption key
+ * in the config, the Admin API's kept changes) are the owner's alone, as Kong's .kong_env
+ * is, whatever the umask: a mode given at creation is masked, and an existing file keeps
+ * its old mode, so both are set explicitly.
+ */
+const PRIVATE_FILE = 0o600;
+const PRIVATE_DIR = 0o700;
+
+function writePrivate(path: string, data: string): void {
+  writeFileSync(path, data, { mode: PRIVATE_FILE });
+  chmodSync(path, PRIVATE_FILE);
+}
+
+/** The gateway's master appends to this file; it must exist owner-only before nginx opens it. */
+function touchPrivate(path: string): void {
+  closeSync(openSync(path, "a", PRIVATE_FILE));
+  chmodSync(path, PRIVATE_FILE);
+}
+
 export interface StartedGateway {
   proxyUrl: string;
   adminUrl: string;
@@ -181,10 +201,16 @@ export async function startGateway(opts: StartOptions): Promise<StartedGateway> 
   if (!(await portIsFree(proxy.host, proxy.port))) throw new GatewayError(`proxy listen ${proxy.host}:${proxy.port}: address already in use`);
   if (!(await portIsFree(admin.host, admin.port))) throw new GatewayError(`admin listen ${admin.host}:${admin.port}: address already in use`);
 
-  for (const dir of ["logs", "tmp", "krs"]) mkdirSync(join(prefix, dir), { recursive: true });
-  const nodeIdFile = join(prefix, "krs", "node_id");
+  for (const dir of ["logs", "tmp"]) mkdirSync(join(prefix, dir), { recursive: true });
+  // krs/ holds the config and the Admin API state; only nginx's master reads it (workers,
+  // which may run as another user, get what they need from the master), so it can be private.
+  // The prefix itself is not: workers write request bodies under tmp/.
+  const stateDir = join(prefix, "krs");
+  mkdirSync(stateDir, { recursive: true, mode: PRIVATE_DIR });
+  chmodSync(stateDir, PRIVATE_DIR);
+  const nodeIdFile = join(stateDir, "node_id");
   const nodeId = existsSync(nodeIdFile) ? readFileSync(nodeIdFile, "utf8").trim() : randomUUID();
-  writeFileSync(nodeIdFile, nodeId + "\n");
+  writePrivate(nodeIdFile, nodeId + "\n");
 
   const plugins = expandPlugins(opts.plugins ?? process.env.KONG_PLUGINS ?? "bundled", root);
   const extraPath = opts.luaPackagePath ?? process.env.KONG_LUA_PACKAGE_PATH ?? "";
@@ -197,8 +223,10 @@ export async function startGateway(opts: StartOptions): Promise<StartedGateway> 
   const configJson = join(prefix, "krs", "config.json");
   const optionsJson = join(prefix, "krs", "gateway.json");
   const listen = (l: { host: string; port: number }) => (l.host.includes(":") ? `[${l.host}]:${l.port}` : `${l.host}:${l.port}`);
-  writeFileSync(configJson, JSON.stringify(declarative ?? {}));
-  writeFileSync(optionsJson, JSON.stringify({
+  // As written: vault references stay references here, resolved only in the gateway's memory.
+  writePrivate(configJson, JSON.stringify(declarative ?? {}));
+  touchPrivate(join(stateDir, "admin-state.jsonl"));
+  writePrivate(optionsJson, JSON.stringify({
     plugins,
     node_id: nodeId,
     config_file: configJson,
@@ -211,7 +239,7 @@ export async function startGateway(opts: StartOptions): Promise<StartedGateway> 
   if (check.status !== 0) throw new GatewayError((check.stderr || check.stdout).trim().split("\n")[0] || `config validation failed (exit ${check.status})`);
 
   const template = readFileSync(join(root, "src", "gateway", "nginx.conf.template"), "utf8");
-  writeFileSync(join(prefix, "nginx.conf"), render(template, {
+  writePrivate(join(prefix, "nginx.conf"), render(template, {
     workers: String(workers),
     log_level: opts.logLevel ?? process.env.KONG_LOG_LEVEL ?? "notice",
     module_dir: moduleDir,
