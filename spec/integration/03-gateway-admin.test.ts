@@ -4,7 +4,7 @@
  * worker.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { gateway, getJson, stopAll, upstream, type TestGateway } from "../helpers/services.js";
+import { ON_KONG, gateway, getJson, stopAll, upstream, type TestGateway } from "../helpers/services.js";
 
 let gw: TestGateway;
 let url: string;
@@ -82,6 +82,34 @@ describe("read endpoints", () => {
     await other.stop();
   });
 
+  it("GET /plugins/schema/{name} answers the config record as JSON, functions left out, as Kong does", async () => {
+    const { status, body } = await getJson(`${gw.adminUrl}/plugins/schema/krs-test-first`);
+    expect(status).toBe(200);
+    // Kong's shape: a list of one-key objects, in the schema's order.
+    expect(body.fields.every((f: object) => Object.keys(f).length === 1)).toBe(true);
+    expect(body.fields.map((f: object) => Object.keys(f)[0])).toEqual(["tag", "exit_status", "exit_in", "exit_body", "serialize_probe", "error_in", "count"]);
+    const fields = Object.fromEntries(body.fields.map((f: object) => Object.entries(f)[0]));
+    expect(fields.tag).toMatchObject({ type: "string", required: true, description: "Echoed in headers." });
+    expect(fields.exit_status).toMatchObject({ type: "integer", between: [100, 599] });
+    expect(fields.exit_in).toMatchObject({ default: "access", one_of: ["access", "header_filter"] });
+
+    // redis-cache's content_type elements have a custom_validator (a function): left out.
+    const cache = await getJson(`${gw.adminUrl}/plugins/schema/redis-cache`);
+    expect(cache.status).toBe(200);
+    const cacheFields = Object.fromEntries(cache.body.fields.map((f: object) => Object.entries(f)[0]));
+    expect(cacheFields.content_type).toMatchObject({ type: "array", elements: { type: "string" }, default: ["text/plain", "application/json"] });
+    expect(cacheFields.content_type.elements.custom_validator).toBeUndefined();
+    // A nested record's fields keep Kong's list shape.
+    expect(Array.isArray(cacheFields.redis.fields)).toBe(true);
+    expect(cacheFields.redis.fields.map((f: object) => Object.keys(f)[0])).toContain("password");
+  });
+
+  it("GET /plugins/schema/{name} for a plugin not enabled: 404", async () => {
+    const { status, body } = await getJson(`${gw.adminUrl}/plugins/schema/no-such-plugin`);
+    expect(status).toBe(404);
+    expect(body).toEqual({ message: "No plugin named 'no-such-plugin'" });
+  });
+
   it("GET /status answers", async () => {
     const { status, body } = await getJson(`${gw.adminUrl}/status`);
     expect(status).toBe(200);
@@ -102,6 +130,21 @@ describe("POST /config", () => {
   it("refuses a body that is not a config", async () => {
     expect((await postConfig("{not json")).status).toBe(400);
     expect((await postConfig("a: [", "application/x-yaml")).status).toBe(400);
+  });
+
+  it("refuses NaN, Infinity, 1e309 and a regex path PCRE cannot compile with 400, naming the field", async () => {
+    const service = (extra: string) => `{"_format_version":"3.0","services":[{"name":"n","url":"${url}"${extra}}]}`;
+    for (const extra of [`,"retries":NaN`, `,"port":Infinity`, `,"read_timeout":1e309`]) {
+      const res = await postConfig(service(extra));
+      expect(res.status, extra).toBe(400);
+      expect(res.body.name).toBe("invalid declarative configuration");
+      if (!ON_KONG) expect(res.body.message).toMatch(/: (retries|port|read_timeout): expected an integer$/);
+    }
+    const regex = await postConfig({ _format_version: "3.0", services: [{ name: "rx", url, routes: [{ name: "rx", paths: ["~/((x"] }] }] });
+    expect(regex.status).toBe(400);
+    expect(regex.body.name).toBe("invalid declarative configuration");
+    expect(regex.body.message).toContain("invalid regex: '/((x'");
+    expect(await manyTags("/one/anything")).toEqual(new Set(["v1"]));
   });
 
   it("replaces the config on every worker without a restart", async () => {

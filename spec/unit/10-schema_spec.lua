@@ -166,6 +166,15 @@ describe("schema validator", function()
       assert.same({ ["config.i"] = "expected an integer", ["config.a"] = "expected an array" }, errs)
     end)
 
+    it("refuses NaN and infinities as numbers and integers (JSON bodies decode them; JSON cannot encode them)", function()
+      local decoded = cjson.decode('{"n": NaN, "i": NaN}')
+      assert.same({ ["config.n"] = "expected a number", ["config.i"] = "expected an integer" }, errors_of(types, entity(decoded)))
+      assert.same({ ["config.n"] = "expected a number" }, errors_of(types, entity({ n = math.huge })))
+      assert.same({ ["config.n"] = "expected a number" }, errors_of(types, entity({ n = -math.huge })))
+      assert.same({ ["config.n"] = "expected a number", ["config.i"] = "expected an integer" },
+        errors_of(types, entity(cjson.decode('{"n": 1e309, "i": -1e309}'))))
+    end)
+
     it("accepts integral numbers as integers and floats as numbers", function()
       local out = filled(types, entity({ i = 3, n = 2.5 }))
       assert.equal(3, out.config.i)
@@ -610,6 +619,49 @@ describe("schema validator", function()
     it("raise on a definition that does not exist", function()
       assert.has_error(function() return typedefs.no_such_thing end,
         "schema typedef error: definition no_such_thing does not exist")
+    end)
+  end)
+
+  describe("pluginSchemaJson (GET /plugins/schema/{name})", function()
+    local function shape(s)
+      local json = schema.pluginSchemaJson(s)
+      local decoded = cjson.decode(json)
+      assert.is_table(decoded, json)
+      return decoded, json
+    end
+
+    it("gives the config record's fields as one-key objects, in order, functions left out", function()
+      local s = plugin({
+        { tag = { type = "string", required = true, description = "d" } },
+        { names = { type = "array", default = {}, elements = { type = "string", custom_validator = function() return true end } } },
+        { limits = { type = "record", fields = { { max = { type = "integer", between = { 1, 10 } } } },
+                     entity_checks = { { custom_entity_check = { field_sources = { "max" }, fn = function() return true end } } } } },
+      }, nil, nil, { { protocols = typedefs.protocols_http } })
+      local decoded, json = shape(s)
+      assert.same({
+        fields = {
+          { tag = { type = "string", required = true, description = "d" } },
+          { names = { type = "array", default = {}, elements = { type = "string" } } },
+          { limits = { type = "record", fields = { { max = { type = "integer", between = { 1, 10 } } } },
+                       entity_checks = { { custom_entity_check = { field_sources = { "max" } } } } } },
+        },
+      }, decoded)
+      -- Lists are JSON arrays even when empty (Debian's cjson would write {}).
+      assert.truthy(json:find('"default":[]', 1, true), json)
+      assert.falsy(json:find("function", 1, true))
+    end)
+
+    it("writes NaN and infinities as Kong does (strings)", function()
+      local _, json = shape(plugin({ { x = { type = "number", default = math.huge, between = { -math.huge, 0 / 0 } } } }))
+      assert.truthy(json:find('"default":"inf"', 1, true), json)
+      assert.truthy(json:find('"between":["-inf","nan"]', 1, true), json)
+    end)
+
+    it("serializes every bundled plugin's schema", function()
+      for _, name in ipairs({ "redis-rate-limit", "redis-key-auth", "redis-cache" }) do
+        local decoded = shape(require("kong.plugins." .. name .. ".schema"))
+        assert.is_true(#decoded.fields > 0, name)
+      end
     end)
   end)
 
