@@ -58,6 +58,7 @@ const BAD: [string, string, RegExp][] = [
   ["a regex path PCRE cannot compile (unbalanced parenthesis)", `_format_version: "3.0"\nservices:\n  - name: a\n    url: http://127.0.0.1:1\n    routes:\n      - { name: r, paths: ["/ok", "~/((x"] }\n`, /^krs: invalid declarative config: route 'r' \(routes\[1\]\) \(in service 'a' \(services\[1\]\)\): paths\.2: invalid regex: '\/\(\(x' \(PCRE returned: pcre_compile\(\) failed: missing \) in "\/\(\(x"\)$/],
   ["a regex path PCRE cannot compile (unterminated class)", `_format_version: "3.0"\nroutes:\n  - { name: r, paths: ["~/[z"] }\n`, /route 'r' \(routes\[1\]\): paths\.1: invalid regex: '\/\[z' \(PCRE returned: pcre_compile\(\) failed: missing terminating \] for character class in "\/\[z"\)$/],
   ["a regex path without the slash after ~", `_format_version: "3.0"\nroutes:\n  - { name: r, paths: ["~abc"] }\n`, /route 'r' \(routes\[1\]\): paths\.1: should start with: \/ \(fixed path\) or ~\/ \(regex path\)$/],
+  ["YAML .inf for a number (JSON would make it null, a default)", `_format_version: "3.0"\nservices:\n  - name: a\n    url: http://127.0.0.1:1\n    retries: .inf\n`, /^krs: .*kong\.yml: services\.0\.retries: expected a number JSON can carry \(not \.inf or \.nan\)$/],
   ["plugin not allowed on a consumer", `_format_version: "3.0"\nconsumers:\n  - username: u\n    plugins:\n      - name: krs-test-auth\n`, /plugin 'krs-test-auth' \(in consumer 'u' \(consumers\[1\]\)\): consumer: value must be null/],
 ];
 

@@ -160,6 +160,17 @@ function touchPrivate(path: string): void {
   chmodSync(path, PRIVATE_FILE);
 }
 
+/** The path ("services.0.port") of the first NaN or infinity in a parsed document. */
+function nonFinitePath(value: unknown, path: string): string | undefined {
+  if (typeof value === "number") return Number.isFinite(value) ? undefined : path;
+  if (value === null || typeof value !== "object") return undefined;
+  for (const [key, inner] of Object.entries(value)) {
+    const found = nonFinitePath(inner, path === "" ? key : `${path}.${key}`);
+    if (found !== undefined) return found;
+  }
+  return undefined;
+}
+
 export interface StartedGateway {
   proxyUrl: string;
   adminUrl: string;
@@ -195,6 +206,10 @@ export async function startGateway(opts: StartOptions): Promise<StartedGateway> 
     const where = e instanceof YAMLParseError && e.linePos ? ` at line ${e.linePos[0].line}, column ${e.linePos[0].col}` : "";
     throw new GatewayError(`${opts.config}: YAML syntax error${where}: ${(e as Error).message.split("\n")[0].replace(/ at line \d+, column \d+:?$/, "")}`);
   }
+
+  // JSON.stringify would turn YAML's .inf and .nan into null (a default, silently).
+  const nonFinite = nonFinitePath(declarative, "");
+  if (nonFinite !== undefined) throw new GatewayError(`${opts.config}: ${nonFinite}: expected a number JSON can carry (not .inf or .nan)`);
 
   const existing = readPid(prefix);
   if (existing !== undefined && isAlive(existing)) throw new GatewayError(`a gateway is already running under ${prefix} (pid ${existing}); stop it first`);
