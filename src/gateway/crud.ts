@@ -515,10 +515,11 @@ function nonFinitePath(this: void, value: unknown, path: string): string | undef
  * A declarative input JSON cannot carry (NaN, Infinity, 1e309 decoded from a body) is
  * refused as invalid before it is published: the loader's own failure when it has one
  * (a port is "expected an integer"), else the field holding the number. `entity`, when
- * given, is where to look for that field (the rest of the input is known to be clean).
+ * given, is the only part that may hold one (the rest is the live config, encoded before),
+ * so only it is encoded to check.
  */
 export function unencodableFailure(this: void, input: unknown, entity?: unknown): LoadFailure | undefined {
-  if (cjson.encode(input)[0] !== undefined) return undefined;
+  if (cjson.encode(entity ?? input)[0] !== undefined) return undefined;
   const [, , failure] = loadDeclarative(input, loaderEnv(getOptions().plugins));
   if (failure !== undefined) return failure;
   const field = nonFinitePath(entity ?? input, "") ?? "@entity";
