@@ -154,7 +154,10 @@ function writePrivate(path: string, data: string): void {
   chmodSync(path, PRIVATE_FILE);
 }
 
-/** The gateway's master appends to this file; it must exist owner-only before nginx opens it. */
+/**
+ * The gateway's master rewrites and appends to this file with io.open, which keeps the mode
+ * of a file that exists: so it is made to exist, owner-only, before nginx starts.
+ */
 function touchPrivate(path: string): void {
   closeSync(openSync(path, "a", PRIVATE_FILE));
   chmodSync(path, PRIVATE_FILE);

@@ -3,7 +3,6 @@
  * index. Replaced atomically; other workers pick up a new version from the shared dict.
  */
 import * as cjson from "cjson.safe";
-import * as ffi from "ffi";
 import { loadDeclarative, loaderEnv, type GatewayConfig, type LoadFailure } from "./config";
 import { setConsumerLookup } from "./pdk";
 import { buildIndex, runConfigure, type PluginIndex } from "./plugins";
@@ -168,7 +167,6 @@ export function initialConfig(this: void): LuaMultiReturn<[unknown, string, stri
   const kept = previous !== undefined ? lastRecord(previous) : undefined;
   const [rewrite, openErr] = io.open(path, "w");
   if (rewrite === undefined) error(`could not write ${path}: ${openErr}`, 0);
-  ownerOnly(path);
   if (kept !== undefined) rewrite.write(kept, "\n");
   rewrite.close();
   const [log, appendErr] = io.open(path, "a");
@@ -181,17 +179,6 @@ export function initialConfig(this: void): LuaMultiReturn<[unknown, string, stri
   }
   const config = (cjson.decode(kept)[0] as LuaTable<string, unknown>).get("config");
   return $multi(config, cjson.encode(config)[0]!, `${path} (the Admin API changes kept since the last start; delete it to start from the config file)`);
-}
-
-/**
- * The state holds whatever secrets the config spells out literally: owner-only whatever the
- * umask (io.open creates files 0666 & ~umask). The CLI creates it so; this covers a file
- * made some other way.
- */
-function ownerOnly(this: void, path: string): void {
-  pcall(ffi.cdef, "int chmod(const char *path, unsigned int mode);");
-  const [found, chmod] = pcall(() => ffi.C.get("chmod") as (this: void, p: string, mode: number) => number);
-  if (!found || chmod(path, 0o600) !== 0) error(`could not make ${path} owner-only (chmod 0600)`, 0);
 }
 
 function persist(this: void, json: string): string | undefined {
