@@ -7,7 +7,7 @@
  */
 import { execFileSync } from "node:child_process";
 import { chmodSync, writeFileSync } from "node:fs";
-import { connect } from "node:net";
+import { connect, createServer, type Socket } from "node:net";
 import { join } from "node:path";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -313,5 +313,78 @@ describe("circuit breaker", () => {
     expect(late.length === 0 ? "none" : `${late.length} 500s, started ${late[0]}..${late[late.length - 1]} ms after PING answered`).toBe("none");
     // nginx itself logs the reset of idle pooled connections when their Redis is killed.
     expect(gw.unexpectedErrors([/\[krs-test-redis\] redis unavailable/, /recv\(\) failed \(104: Connection reset by peer\)/])).toEqual([]);
+  });
+});
+
+/** A TCP server that accepts and reads but never answers: a hung Redis whose calls we can count. */
+async function blackHole(): Promise<{ port: number; connections: () => number; received: () => string; close: () => Promise<void> }> {
+  const sockets = new Set<Socket>();
+  let connections = 0;
+  let received = "";
+  const server = createServer((s) => {
+    connections++;
+    sockets.add(s);
+    s.on("data", (d) => (received += d.toString("latin1")));
+    s.on("close", () => sockets.delete(s));
+    s.on("error", () => undefined);
+  });
+  await new Promise<void>((res) => server.listen(0, "127.0.0.1", res));
+  const addr = server.address();
+  const port = typeof addr === "object" && addr !== null ? addr.port : 0;
+  return {
+    port,
+    connections: () => connections,
+    received: () => received,
+    close: () => new Promise<void>((res) => {
+      for (const s of sockets) s.destroy();
+      server.close(() => res());
+    }),
+  };
+}
+
+describe("circuit breaker, counted in round trips", () => {
+  it("any number of refused connections leaves it closed: the first request after Redis is back gets through", async () => {
+    const redis = await startRedis();
+    const gw = await gateway(configFor({ port: redis.port }, { fault_tolerant: false }), { workers: 1 });
+    expect((await hit(`${gw.proxyUrl}/redis/anything`)).value).toBe("1");
+    await redis.stop();
+    for (let i = 0; i < 20; i++) expect((await hit(`${gw.proxyUrl}/redis/anything`)).status).toBe(500);
+    const restarted = await startRedis([], redis.port);
+    const first = await hit(`${gw.proxyUrl}/redis/anything`);
+    expect(first.status).toBe(200);
+    expect(first.value).toBe("1");
+    const admin = ioredis(restarted);
+    const stats = await admin.info("stats");
+    admin.disconnect();
+    // The gateway's one connection (pooled, reused for EXPIRE), the readiness probe and ours.
+    expect(Number(/total_connections_received:(\d+)/.exec(stats)![1])).toBe(3);
+    expect(gw.errorLog().join("\n")).not.toContain("circuit open");
+  });
+
+  it("hung Redis: opens after 3 timeouts; then a burst reaches Redis at most once, and one probe (a PING) goes after the interval", async () => {
+    const hole = await blackHole();
+    try {
+      const gw = await gateway(configFor({ port: hole.port, timeout: 400 }), { workers: 1 });
+      const burst = async (n: number) => Promise.all(Array.from({ length: n }, () => hit(`${gw.proxyUrl}/redis/anything`)));
+      // Three calls wait for the timeout together: three connections, three INCRs sent.
+      const first = await burst(3);
+      expect(first.map((r) => r.value)).toEqual(["failed", "failed", "failed"]);
+      expect(hole.connections()).toBe(3);
+      // Open: 20 more requests. At most one is the probe (if the interval has passed already).
+      const second = await burst(20);
+      expect(second.every((r) => r.status === 200 && r.value === "failed")).toBe(true);
+      expect(hole.connections()).toBeLessThanOrEqual(4);
+      // After a timeout (any probe of the burst has failed) and more than the probe
+      // interval: exactly one of the next 20 concurrent requests reaches Redis, with a PING.
+      await sleep(600);
+      const before = hole.connections();
+      const pingsBefore = hole.received().split("ping").length;
+      const third = await burst(20);
+      expect(third.every((r) => r.status === 200 && r.value === "failed")).toBe(true);
+      expect(hole.connections() - before).toBe(1);
+      expect(hole.received().split("ping").length - pingsBefore).toBe(1);
+    } finally {
+      await hole.close();
+    }
   });
 });
