@@ -93,6 +93,32 @@ describe("connections", () => {
     db3.disconnect();
     db0.disconnect();
   });
+  it("AUTH and SELECT go once per connection the gateway opens, never on a reused one", async () => {
+    const redis = await startRedis(["--requirepass", "pool-pw"]);
+    const admin = ioredis(redis, { password: "pool-pw" });
+    const count = async () => {
+      const [stats, commands] = [await admin.info("stats"), await admin.info("commandstats")];
+      const calls = (cmd: string) => Number(new RegExp(`cmdstat_${cmd}:calls=(\\d+)`).exec(commands)?.[1] ?? 0);
+      return { connections: Number(/total_connections_received:(\d+)/.exec(stats)![1]), auth: calls("auth"), select: calls("select") };
+    };
+    const before = await count();
+    const gw = await gateway(configFor({ port: redis.port, password: "pool-pw", database: 5 }), { workers: 2 });
+    const statuses: number[] = [];
+    // Concurrent rounds: each worker opens a few connections, then reuses them.
+    for (let round = 0; round < 15; round++) {
+      await Promise.all(Array.from({ length: 8 }, async () => statuses.push((await hit(`${gw.proxyUrl}/redis/anything`)).status)));
+    }
+    const after = await count();
+    admin.disconnect();
+    expect(statuses.filter((s) => s !== 200)).toEqual([]);
+    const opened = after.connections - before.connections;
+    // Reuse really happened (120 requests, two Redis calls each)…
+    expect(opened).toBeGreaterThan(0);
+    expect(opened).toBeLessThan(60);
+    // …and only the connections the gateway opened authenticated and selected.
+    expect({ auth: after.auth - before.auth, select: after.select - before.select }).toEqual({ auth: opened, select: opened });
+    expect(gw.unexpectedErrors()).toEqual([]);
+  });
 });
 
 describe("scripts", () => {
