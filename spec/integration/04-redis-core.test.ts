@@ -220,6 +220,35 @@ describe("failures", () => {
     expect(lines.length).toBe(1);
   });
 
+  it("two instances on two Redis endpoints failing differently: both failures logged within the interval, each naming its instance and endpoint", async () => {
+    const locked = await startRedis(["--requirepass", "right-pw"]);
+    const plain = await startRedis();
+    const gw = await gateway({
+      _format_version: "3.0",
+      services: [{
+        name: "svc",
+        url: upstreamUrl,
+        routes: [
+          { name: "a", paths: ["/a"], plugins: [{ name: "krs-test-redis", instance_name: "wrong-password", config: { key: "a", redis: { port: locked.port, password: "wrong-pw-456" } } }] },
+          // TLS towards a Redis that speaks plain TCP: the handshake fails.
+          { name: "b", paths: ["/b"], plugins: [{ name: "krs-test-redis", config: { key: "b", redis: { port: plain.port, ssl: true, database: 2, timeout: 250 } } }] },
+        ],
+      }],
+    }, { workers: 1 });
+    for (let i = 0; i < 5; i++) {
+      expect((await hit(`${gw.proxyUrl}/a/anything`)).value).toBe("failed");
+      expect((await hit(`${gw.proxyUrl}/b/anything`)).value).toBe("failed");
+    }
+    const lines = gw.errorLog().filter((l) => l.includes("[krs-test-redis] redis unavailable"));
+    const auth = lines.filter((l) => l.includes("AUTH refused"));
+    const tls = lines.filter((l) => l.includes("TLS handshake"));
+    expect([auth.length, tls.length, lines.length]).toEqual([1, 1, 2]);
+    expect(auth[0]).toContain(`(instance wrong-password (id `);
+    expect(auth[0]).toContain(`redis 127.0.0.1:${locked.port}/0)`);
+    expect(tls[0]).toMatch(new RegExp(`\\(instance [0-9a-f-]{36}, redis 127\\.0\\.0\\.1:${plain.port}/2\\)`));
+    expect(lines.join("\n")).not.toMatch(/wrong-pw-456|right-pw/);
+  });
+
   it("Redis restarted: recovers without restarting the gateway", async () => {
     const redis = await startRedis();
     const gw = await gateway(configFor({ port: redis.port }), { workers: 1 });
