@@ -281,13 +281,14 @@ describe("failures", () => {
       // …then the circuit is open: compare with a route that has no plugin.
       const with_: number[] = [];
       const without: number[] = [];
-      for (let i = 0; i < 15; i++) {
+      for (let i = 0; i < 30; i++) {
         const r = await hit(`${gw.proxyUrl}/redis/anything`);
         if (r.value === "failed" && r.ms < 250) with_.push(r.ms);
         without.push((await hit(`${gw.proxyUrl}/plain/anything`)).ms);
       }
-      // A probe every 100 ms may wait for the timeout once more; the rest fail fast.
-      expect(with_.length).toBeGreaterThanOrEqual(10);
+      // A probe every 100 ms waits for the timeout once more (one request at a time, in
+      // this sequential loop a sizeable share); the rest fail fast.
+      expect(with_.length).toBeGreaterThanOrEqual(20);
       const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
       expect(median(with_) - median(without)).toBeLessThan(5);
     } finally {
