@@ -210,16 +210,15 @@ end
 -- told; otherwise it goes back to the pool. Either way the call is accounted.
 local function finish(red, conf, started, trips, what, res, err)
     if res == nil then
-        fail(
+        accounting.record(started, trips, true)
+        return fail(
             red,
             conf,
             started,
             false,
             err,
-            ""
+            (what .. " failed: ") .. tostring(err)
         )
-        accounting.record(started, trips, true)
-        return nil, (what .. " failed: ") .. tostring(err)
     end
     ____exports.release(red, conf)
     breaker.report(

@@ -160,9 +160,8 @@ function isNoScript(this: void, err: string | undefined): boolean {
  */
 function finish<T>(this: void, red: RestyRedis, conf: RedisConf, started: number, trips: number, what: string, res: T | false | undefined, err: string | undefined): LuaMultiReturn<[T | false | undefined, string | undefined]> {
   if (res === undefined) {
-    fail(red, conf, started, false, err, "");
     accounting.record(started, trips, true);
-    return $multi(undefined, `${what} failed: ${err}`);
+    return fail(red, conf, started, false, err, `${what} failed: ${err}`);
   }
   release(red, conf);
   breaker.report(poolName(conf), "answered", false);
