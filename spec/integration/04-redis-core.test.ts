@@ -1,9 +1,11 @@
 /**
  * The Redis core library (krs.redis.*) through the gateway, against real redis-server
- * processes: AUTH (password and ACL user), wrong password, database selection, TLS with
- * and without certificate verification, Redis stopped / hung / restarted, the circuit
- * breaker and the throttled failure log. The krs-test-redis fixture plugin makes one
- * Redis call per request and reports the result in headers.
+ * processes: AUTH (password and ACL user; once per connection, counted in INFO
+ * commandstats), wrong password, database selection, TLS with and without certificate
+ * verification, Redis stopped / hung / restarted, the circuit breaker (a kill and restart
+ * under load; connections and PINGs counted at a server that never answers) and the
+ * failure log throttled per plugin instance and Redis endpoint. The krs-test-redis
+ * fixture plugin makes one Redis call per request and reports the result in headers.
  */
 import { execFileSync } from "node:child_process";
 import { chmodSync, writeFileSync } from "node:fs";
