@@ -1,12 +1,15 @@
 /**
  * The Redis core library (krs.redis.*) through the gateway, against real redis-server
- * processes: AUTH (password and ACL user), wrong password, database selection, TLS with
- * and without certificate verification, Redis stopped / hung / restarted, the circuit
- * breaker and the throttled failure log. The krs-test-redis fixture plugin makes one
- * Redis call per request and reports the result in headers.
+ * processes: AUTH (password and ACL user; once per connection, counted in INFO
+ * commandstats), wrong password, database selection, TLS with and without certificate
+ * verification, Redis stopped / hung / restarted, the circuit breaker (a kill and restart
+ * under load; connections and PINGs counted at a server that never answers) and the
+ * failure log throttled per plugin instance and Redis endpoint. The krs-test-redis
+ * fixture plugin makes one Redis call per request and reports the result in headers.
  */
 import { execFileSync } from "node:child_process";
 import { chmodSync, writeFileSync } from "node:fs";
+import { connect, createServer, type Socket } from "node:net";
 import { join } from "node:path";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -91,6 +94,32 @@ describe("connections", () => {
     expect(await db0.dbsize()).toBe(0);
     db3.disconnect();
     db0.disconnect();
+  });
+  it("AUTH and SELECT go once per connection the gateway opens, never on a reused one", async () => {
+    const redis = await startRedis(["--requirepass", "pool-pw"]);
+    const admin = ioredis(redis, { password: "pool-pw" });
+    const count = async () => {
+      const [stats, commands] = [await admin.info("stats"), await admin.info("commandstats")];
+      const calls = (cmd: string) => Number(new RegExp(`cmdstat_${cmd}:calls=(\\d+)`).exec(commands)?.[1] ?? 0);
+      return { connections: Number(/total_connections_received:(\d+)/.exec(stats)![1]), auth: calls("auth"), select: calls("select") };
+    };
+    const before = await count();
+    const gw = await gateway(configFor({ port: redis.port, password: "pool-pw", database: 5 }), { workers: 2 });
+    const statuses: number[] = [];
+    // Concurrent rounds: each worker opens a few connections, then reuses them.
+    for (let round = 0; round < 15; round++) {
+      await Promise.all(Array.from({ length: 8 }, async () => statuses.push((await hit(`${gw.proxyUrl}/redis/anything`)).status)));
+    }
+    const after = await count();
+    admin.disconnect();
+    expect(statuses.filter((s) => s !== 200)).toEqual([]);
+    const opened = after.connections - before.connections;
+    // Reuse really happened (120 requests, two Redis calls each)…
+    expect(opened).toBeGreaterThan(0);
+    expect(opened).toBeLessThan(60);
+    // …and only the connections the gateway opened authenticated and selected.
+    expect({ auth: after.auth - before.auth, select: after.select - before.select }).toEqual({ auth: opened, select: opened });
+    expect(gw.unexpectedErrors()).toEqual([]);
   });
 });
 
@@ -193,6 +222,35 @@ describe("failures", () => {
     expect(lines.length).toBe(1);
   });
 
+  it("two instances on two Redis endpoints failing differently: both failures logged within the interval, each naming its instance and endpoint", async () => {
+    const locked = await startRedis(["--requirepass", "right-pw"]);
+    const plain = await startRedis();
+    const gw = await gateway({
+      _format_version: "3.0",
+      services: [{
+        name: "svc",
+        url: upstreamUrl,
+        routes: [
+          { name: "a", paths: ["/a"], plugins: [{ name: "krs-test-redis", instance_name: "wrong-password", config: { key: "a", redis: { port: locked.port, password: "wrong-pw-456" } } }] },
+          // TLS towards a Redis that speaks plain TCP: the handshake fails.
+          { name: "b", paths: ["/b"], plugins: [{ name: "krs-test-redis", config: { key: "b", redis: { port: plain.port, ssl: true, database: 2, timeout: 250 } } }] },
+        ],
+      }],
+    }, { workers: 1 });
+    for (let i = 0; i < 5; i++) {
+      expect((await hit(`${gw.proxyUrl}/a/anything`)).value).toBe("failed");
+      expect((await hit(`${gw.proxyUrl}/b/anything`)).value).toBe("failed");
+    }
+    const lines = gw.errorLog().filter((l) => l.includes("[krs-test-redis] redis unavailable"));
+    const auth = lines.filter((l) => l.includes("AUTH refused"));
+    const tls = lines.filter((l) => l.includes("TLS handshake"));
+    expect([auth.length, tls.length, lines.length]).toEqual([1, 1, 2]);
+    expect(auth[0]).toContain(`(instance wrong-password (id `);
+    expect(auth[0]).toContain(`redis 127.0.0.1:${locked.port}/0)`);
+    expect(tls[0]).toMatch(new RegExp(`\\(instance [0-9a-f-]{36}, redis 127\\.0\\.0\\.1:${plain.port}/2\\)`));
+    expect(lines.join("\n")).not.toMatch(/wrong-pw-456|right-pw/);
+  });
+
   it("Redis restarted: recovers without restarting the gateway", async () => {
     const redis = await startRedis();
     const gw = await gateway(configFor({ port: redis.port }), { workers: 1 });
@@ -225,13 +283,14 @@ describe("failures", () => {
       // …then the circuit is open: compare with a route that has no plugin.
       const with_: number[] = [];
       const without: number[] = [];
-      for (let i = 0; i < 15; i++) {
+      for (let i = 0; i < 30; i++) {
         const r = await hit(`${gw.proxyUrl}/redis/anything`);
         if (r.value === "failed" && r.ms < 250) with_.push(r.ms);
         without.push((await hit(`${gw.proxyUrl}/plain/anything`)).ms);
       }
-      // A probe after each 1 s cool-down may wait once more; the rest fail fast.
-      expect(with_.length).toBeGreaterThanOrEqual(12);
+      // A probe every 100 ms waits for the timeout once more (one request at a time, in
+      // this sequential loop a sizeable share); the rest fail fast.
+      expect(with_.length).toBeGreaterThanOrEqual(20);
       const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
       expect(median(with_) - median(without)).toBeLessThan(5);
     } finally {
@@ -246,5 +305,144 @@ describe("failures", () => {
     }
     // INCRs sent while Redis was paused were executed when it resumed, so the count is ≥ 2.
     expect(Number(value)).toBeGreaterThanOrEqual(2);
+  });
+});
+
+/** Resolves once Redis on `port` answers PING (a listening socket is not enough). */
+async function firstPong(port: number, deadlineMs = 5000): Promise<number> {
+  const deadline = Date.now() + deadlineMs;
+  while (Date.now() < deadline) {
+    const answered = await new Promise<boolean>((res) => {
+      const s = connect(port, "127.0.0.1");
+      let data = "";
+      s.setTimeout(200, () => { s.destroy(); res(false); });
+      s.once("connect", () => s.write("PING\r\n"));
+      s.on("data", (d) => {
+        data += d.toString("latin1");
+        if (data.includes("\r\n")) { s.destroy(); res(data.startsWith("+PONG")); }
+      });
+      s.once("error", () => res(false));
+    });
+    if (answered) return performance.now();
+    await sleep(5);
+  }
+  throw new Error(`redis on ${port} did not answer PING`);
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe("circuit breaker", () => {
+  it("Redis killed and restarted ~100 ms later under load: no 500 among requests started 300 ms after it answers PING", async () => {
+    const redis = await startRedis();
+    const gw = await gateway(configFor({ port: redis.port, timeout: 1000 }, { fault_tolerant: false }), { workers: 2 });
+    expect((await hit(`${gw.proxyUrl}/redis/anything`)).status).toBe(200);
+    const samples: { start: number; status: number }[] = [];
+    let stopLoad = false;
+    // Eight clients back to back: both workers busy, a few hundred requests a second.
+    const lanes = Array.from({ length: 8 }, async () => {
+      for (let i = 0; i < 20_000 && !stopLoad; i++) {
+        const start = performance.now();
+        const res = await fetch(`${gw.proxyUrl}/redis/anything`);
+        await res.arrayBuffer();
+        samples.push({ start, status: res.status });
+      }
+    });
+    await sleep(300);
+    const killedAt = performance.now();
+    await redis.stop();
+    await sleep(100);
+    await startRedis([], redis.port);
+    const pongAt = await firstPong(redis.port);
+    await sleep(1500);
+    stopLoad = true;
+    await Promise.all(lanes);
+
+    const failed = samples.filter((s) => s.status === 500);
+    const failedAfterPong = failed.filter((s) => s.start >= pongAt);
+    // Negative: the last 500 started before Redis answered again.
+    const lastFailure = Math.max(...failed.map((s) => s.start - pongAt));
+    const afterPong = samples.filter((s) => s.start >= pongAt).length;
+    console.log(`[breaker measurement] requests: ${samples.length}; 500s: ${failed.length} (${failedAfterPong.length} of ${afterPong} started after PING answered); Redis down ${(pongAt - killedAt).toFixed(0)} ms; last 500 started ${lastFailure.toFixed(0)} ms after PING answered`);
+    expect(samples.filter((s) => s.status !== 200 && s.status !== 500)).toEqual([]);
+    // The kill did hit requests, and traffic went on after the restart.
+    expect(failed.filter((s) => s.start >= killedAt && s.start < pongAt).length).toBeGreaterThan(0);
+    expect(samples.filter((s) => s.start >= pongAt + 300 && s.status === 200).length).toBeGreaterThan(50);
+    const late = failed.filter((s) => s.start >= pongAt + 300).map((s) => Math.round(s.start - pongAt));
+    expect(late.length === 0 ? "none" : `${late.length} 500s, started ${late[0]}..${late[late.length - 1]} ms after PING answered`).toBe("none");
+    // nginx itself logs the reset of idle pooled connections when their Redis is killed.
+    expect(gw.unexpectedErrors([/\[krs-test-redis\] redis unavailable/, /recv\(\) failed \(104: Connection reset by peer\)/])).toEqual([]);
+  });
+});
+
+/** A TCP server that accepts and reads but never answers: a hung Redis whose calls we can count. */
+async function blackHole(): Promise<{ port: number; connections: () => number; received: () => string; close: () => Promise<void> }> {
+  const sockets = new Set<Socket>();
+  let connections = 0;
+  let received = "";
+  const server = createServer((s) => {
+    connections++;
+    sockets.add(s);
+    s.on("data", (d) => (received += d.toString("latin1")));
+    s.on("close", () => sockets.delete(s));
+    s.on("error", () => undefined);
+  });
+  await new Promise<void>((res) => server.listen(0, "127.0.0.1", res));
+  const addr = server.address();
+  const port = typeof addr === "object" && addr !== null ? addr.port : 0;
+  return {
+    port,
+    connections: () => connections,
+    received: () => received,
+    close: () => new Promise<void>((res) => {
+      for (const s of sockets) s.destroy();
+      server.close(() => res());
+    }),
+  };
+}
+
+describe("circuit breaker, counted in round trips", () => {
+  it("any number of refused connections leaves it closed: the first request after Redis is back gets through", async () => {
+    const redis = await startRedis();
+    const gw = await gateway(configFor({ port: redis.port }, { fault_tolerant: false }), { workers: 1 });
+    expect((await hit(`${gw.proxyUrl}/redis/anything`)).value).toBe("1");
+    await redis.stop();
+    for (let i = 0; i < 20; i++) expect((await hit(`${gw.proxyUrl}/redis/anything`)).status).toBe(500);
+    const restarted = await startRedis([], redis.port);
+    const first = await hit(`${gw.proxyUrl}/redis/anything`);
+    expect(first.status).toBe(200);
+    expect(first.value).toBe("1");
+    const admin = ioredis(restarted);
+    const stats = await admin.info("stats");
+    admin.disconnect();
+    // The gateway's one connection (pooled, reused for EXPIRE), the readiness probe and ours.
+    expect(Number(/total_connections_received:(\d+)/.exec(stats)![1])).toBe(3);
+    expect(gw.errorLog().join("\n")).not.toContain("circuit open");
+  });
+
+  it("hung Redis: opens after 3 timeouts; then a burst reaches Redis at most once, and one probe (a PING) goes after the interval", async () => {
+    const hole = await blackHole();
+    try {
+      const gw = await gateway(configFor({ port: hole.port, timeout: 400 }), { workers: 1 });
+      const burst = async (n: number) => Promise.all(Array.from({ length: n }, () => hit(`${gw.proxyUrl}/redis/anything`)));
+      // Three calls wait for the timeout together: three connections, three INCRs sent.
+      const first = await burst(3);
+      expect(first.map((r) => r.value)).toEqual(["failed", "failed", "failed"]);
+      expect(hole.connections()).toBe(3);
+      // Open: 20 more requests. At most one is the probe (if the interval has passed already).
+      const second = await burst(20);
+      expect(second.every((r) => r.status === 200 && r.value === "failed")).toBe(true);
+      expect(hole.connections()).toBeLessThanOrEqual(4);
+      // After a timeout (any probe of the burst has failed) and more than the probe
+      // interval: exactly one of the next 20 concurrent requests reaches Redis, with a PING.
+      await sleep(600);
+      const before = hole.connections();
+      const pingsBefore = hole.received().split("ping").length;
+      const third = await burst(20);
+      expect(third.every((r) => r.status === 200 && r.value === "failed")).toBe(true);
+      expect(hole.connections() - before).toBe(1);
+      expect(hole.received().split("ping").length - pingsBefore).toBe(1);
+    } finally {
+      await hole.close();
+    }
   });
 });

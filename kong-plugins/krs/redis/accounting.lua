@@ -12,7 +12,8 @@ for ____, phase in ipairs({
 }) do
     REQUEST_PHASES[phase] = true
 end
---- One logical call that made `roundTrips` round trips (AUTH/SELECT on a fresh connection not counted).
+--- One logical call that made `roundTrips` round trips (AUTH/SELECT on a fresh connection
+-- and a circuit breaker probe's PING not counted).
 function ____exports.record(startedAt, roundTrips, failed)
     if not (REQUEST_PHASES[ngx.get_phase()] ~= nil) then
         return

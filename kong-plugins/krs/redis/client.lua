@@ -34,17 +34,37 @@ local function send(red, command, argv)
         unpack(argv)
     )
 end
-local function fail(red, pool, err)
+--- A network failure: the connection is closed and the breaker told what the failure cost
+-- (`cause` is lua-resty-redis's own error, e.g. "timeout"; `message` what the caller sees).
+local function fail(red, conf, started, probe, cause, message)
     red:close()
-    breaker.failure(pool)
-    return nil, err or "unknown error"
+    ngx.update_time()
+    breaker.report(
+        ____exports.poolName(conf),
+        breaker.classify(
+            cause,
+            ngx.now() - started,
+            conf.timeout
+        ),
+        probe
+    )
+    return nil, message
 end
---- A ready connection (pooled, authenticated, database selected), or nil plus the reason.
-function ____exports.connect(conf)
+--- Redis answered with an error reply while the connection was set up: not a network failure.
+local function refused(red, conf, probe, message)
+    red:close()
+    breaker.report(
+        ____exports.poolName(conf),
+        "answered",
+        probe
+    )
+    return nil, message
+end
+local function open(conf, started)
     local pool = ____exports.poolName(conf)
-    local open = breaker.check(pool)
-    if open ~= nil then
-        return nil, open
+    local openErr, probe = breaker.check(pool, conf.timeout)
+    if openErr ~= nil then
+        return nil, openErr
     end
     local red, newErr = restyRedis.new()
     if red == nil then
@@ -55,63 +75,103 @@ function ____exports.connect(conf)
     if ok == nil then
         return fail(
             red,
-            pool,
+            conf,
+            started,
+            probe,
+            err,
             (((("could not connect to redis at " .. conf.host) .. ":") .. tostring(conf.port)) .. ": ") .. tostring(err)
         )
     end
     local reused = red:get_reused_times()
-    if reused ~= 0 then
-        return red, nil
-    end
-    if conf.ssl then
-        local sock = red._sock
-        local serverName = hasText(conf.server_name) and conf.server_name or conf.host
-        local called, session, sslErr = pcall(function() return sock:sslhandshake(nil, serverName, conf.ssl_verify) end)
-        if not called or session == nil then
-            local ____called_0
-            if called then
-                ____called_0 = sslErr
-            else
-                ____called_0 = ("handshake aborted (" .. tostring(session)) .. ")"
+    if reused == 0 then
+        if conf.ssl then
+            local sock = red._sock
+            local serverName = hasText(conf.server_name) and conf.server_name or conf.host
+            local called, session, sslErr = pcall(function() return sock:sslhandshake(nil, serverName, conf.ssl_verify) end)
+            if not called or session == nil then
+                local ____called_0
+                if called then
+                    ____called_0 = sslErr
+                else
+                    ____called_0 = ("handshake aborted (" .. tostring(session)) .. ")"
+                end
+                local reason = ____called_0
+                return fail(
+                    red,
+                    conf,
+                    started,
+                    probe,
+                    called and tostring(sslErr) or nil,
+                    (((("TLS handshake with redis at " .. conf.host) .. ":") .. tostring(conf.port)) .. " failed: ") .. tostring(reason)
+                )
             end
-            local reason = ____called_0
-            return fail(
-                red,
-                pool,
-                (((("TLS handshake with redis at " .. conf.host) .. ":") .. tostring(conf.port)) .. " failed: ") .. tostring(reason)
-            )
+        end
+        if hasText(conf.password) then
+            local argv = hasText(conf.username) and ({conf.username, conf.password}) or ({conf.password})
+            local res, authErr = send(red, "auth", argv)
+            if res == nil then
+                return fail(
+                    red,
+                    conf,
+                    started,
+                    probe,
+                    authErr,
+                    "redis AUTH failed: " .. tostring(authErr)
+                )
+            end
+            if res == false then
+                return refused(
+                    red,
+                    conf,
+                    probe,
+                    "redis AUTH refused: " .. tostring(authErr)
+                )
+            end
+        end
+        if conf.database ~= 0 then
+            local res, selectErr = send(red, "select", {conf.database})
+            if res == nil then
+                return fail(
+                    red,
+                    conf,
+                    started,
+                    probe,
+                    selectErr,
+                    "redis SELECT failed: " .. tostring(selectErr)
+                )
+            end
+            if res == false then
+                return refused(
+                    red,
+                    conf,
+                    probe,
+                    (("redis SELECT " .. tostring(conf.database)) .. " refused: ") .. tostring(selectErr)
+                )
+            end
         end
     end
-    if hasText(conf.password) then
-        local argv = hasText(conf.username) and ({conf.username, conf.password}) or ({conf.password})
-        local res, authErr = send(red, "auth", argv)
-        if res == nil then
+    if probe then
+        local pong, pingErr = send(red, "ping", {})
+        if pong == nil then
             return fail(
                 red,
-                pool,
-                "redis AUTH failed: " .. tostring(authErr)
+                conf,
+                started,
+                true,
+                pingErr,
+                "redis PING failed: " .. tostring(pingErr)
             )
         end
-        if res == false then
-            red:close()
-            return nil, "redis AUTH refused: " .. tostring(authErr)
-        end
-    end
-    if conf.database ~= 0 then
-        local res, selectErr = send(red, "select", {conf.database})
-        if res == nil then
-            return fail(
-                red,
-                pool,
-                "redis SELECT failed: " .. tostring(selectErr)
-            )
-        end
-        if res == false then
-            red:close()
-            return nil, (("redis SELECT " .. tostring(conf.database)) .. " refused: ") .. tostring(selectErr)
-        end
+        breaker.report(pool, "answered", true)
     end
     return red, nil
+end
+--- A ready connection (pooled, authenticated, database selected), or nil plus the reason.
+function ____exports.connect(conf)
+    return open(
+        conf,
+        accounting.start()
+    )
 end
 --- Back to the pool; a connection that cannot be pooled is closed.
 function ____exports.release(red, conf)
@@ -149,19 +209,28 @@ end
 --- The end of every call: on a network failure the connection is closed and the breaker
 -- told; otherwise it goes back to the pool. Either way the call is accounted.
 local function finish(red, conf, started, trips, what, res, err)
-    local pool = ____exports.poolName(conf)
     if res == nil then
-        fail(red, pool, err)
         accounting.record(started, trips, true)
-        return nil, (what .. " failed: ") .. tostring(err)
+        return fail(
+            red,
+            conf,
+            started,
+            false,
+            err,
+            (what .. " failed: ") .. tostring(err)
+        )
     end
     ____exports.release(red, conf)
-    breaker.success(pool)
+    breaker.report(
+        ____exports.poolName(conf),
+        "answered",
+        false
+    )
     accounting.record(started, trips, false)
     return res, err
 end
 local function connectAccounted(conf, started)
-    local red, err = ____exports.connect(conf)
+    local red, err = open(conf, started)
     if red == nil then
         accounting.record(started, 0, true)
     end

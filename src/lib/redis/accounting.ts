@@ -13,7 +13,10 @@ export interface RedisAccounting {
 const REQUEST_PHASES = new LuaTable<string, boolean>();
 for (const phase of ["rewrite", "access", "content", "header_filter", "body_filter", "log", "balancer"]) REQUEST_PHASES.set(phase, true);
 
-/** One logical call that made `roundTrips` round trips (AUTH/SELECT on a fresh connection not counted). */
+/**
+ * One logical call that made `roundTrips` round trips (AUTH/SELECT on a fresh connection
+ * and a circuit breaker probe's PING not counted).
+ */
 export function record(this: void, startedAt: number, roundTrips: number, failed: boolean): void {
   if (!REQUEST_PHASES.has(ngx.get_phase())) return;
   ngx.update_time();

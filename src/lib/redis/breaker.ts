@@ -1,46 +1,87 @@
 /**
- * Per-worker circuit breaker, one per connection pool. After FAILURE_THRESHOLD
- * consecutive network failures (connect refused, timeouts) calls fail fast for
- * COOL_DOWN seconds instead of waiting `timeout` ms each; then one call probes Redis
- * again: success closes the circuit, failure opens it for another cool-down.
+ * Per-worker circuit breaker, one per connection pool. It exists to stop paying the
+ * *timeout*: a Redis that hangs costs every request `timeout` ms, a Redis that refuses
+ * costs a millisecond. So only slow failures (a timeout, or a failure that took at least
+ * SLOW_FRACTION of the configured timeout) count: after SLOW_FAILURE_THRESHOLD of them
+ * in a row the circuit opens and calls fail at once. Fast failures (connection refused,
+ * reset) are reported to the caller as they are and never open it: refusing requests
+ * for a cool-down would only turn a Redis blip into an outage.
+ *
+ * Open, it lets one call through every PROBE_INTERVAL (the probe) and refuses the others
+ * while that probe is in flight: an answer (even an error reply) or a fast failure
+ * closes the circuit, a slow failure keeps it open for one more interval. A probe that
+ * never reports (its request died) gives its turn up after PROBE_LEASE_TIMEOUTS
+ * timeouts.
  * Redis error replies (-ERR …) are answers, not failures: they never trip it.
  */
 
-const FAILURE_THRESHOLD = 3;
-const COOL_DOWN = 1;
+const SLOW_FAILURE_THRESHOLD = 3;
+/** Seconds between probes while open: recovery takes at most this once Redis answers. */
+const PROBE_INTERVAL = 0.1;
+const SLOW_FRACTION = 0.5;
+/** Connect, TLS, AUTH, SELECT and the command each have `timeout`; one more for margin. */
+const PROBE_LEASE_TIMEOUTS = 6;
+
+export type Outcome = "answered" | "slow" | "fast";
 
 interface Circuit {
-  failures: number;
-  /** ngx.now() until which calls fail fast; 0 when closed. */
-  openUntil: number;
+  slowFailures: number;
+  /** ngx.now() from which the next probe may go; 0 while closed. */
+  retryAt: number;
+  /** ngx.now() until which a probe is in flight; 0 when none. */
+  probeUntil: number;
 }
 
 const circuits = new LuaTable<string, Circuit>();
 
-/** undefined when a call may go ahead; otherwise the fail-fast error. */
-export function check(this: void, pool: string): string | undefined {
+/** What a failed call tells the breaker: "slow" when it cost (close to) the timeout. */
+export function classify(this: void, err: string | undefined, elapsedSeconds: number, timeoutMs: number): Outcome {
+  if (err === "timeout" || elapsedSeconds * 1000 >= timeoutMs * SLOW_FRACTION) return "slow";
+  return "fast";
+}
+
+/**
+ * Before a call: undefined when it may go ahead (and `probe` true when it is the one call
+ * let through an open circuit: report its outcome with `probe` set), otherwise the
+ * fail-fast error.
+ */
+export function check(this: void, pool: string, timeoutMs: number): LuaMultiReturn<[string | undefined, boolean]> {
   const circuit = circuits.get(pool);
-  if (circuit === undefined || circuit.openUntil === 0) return undefined;
+  if (circuit === undefined || circuit.retryAt === 0) return $multi(undefined, false);
   const now = ngx.now();
-  if (now < circuit.openUntil) {
-    return `redis circuit open after ${circuit.failures} failures (retrying in ${math.ceil(circuit.openUntil - now)}s)`;
+  if (now < circuit.retryAt || now < circuit.probeUntil) {
+    return $multi(`redis circuit open after ${circuit.slowFailures} slow failures (probing every ${PROBE_INTERVAL * 1000} ms)`, false);
   }
-  // Half-open: this call probes; the others keep failing fast until it reports.
-  circuit.openUntil = now + COOL_DOWN;
-  return undefined;
+  circuit.probeUntil = now + PROBE_LEASE_TIMEOUTS * timeoutMs / 1000;
+  return $multi(undefined, true);
 }
 
-export function success(this: void, pool: string): void {
+/** After a call: what happened, and whether it was the probe `check` let through. */
+export function report(this: void, pool: string, outcome: Outcome, probe: boolean): void {
   const circuit = circuits.get(pool);
-  if (circuit !== undefined) circuits.delete(pool);
+  if (circuit === undefined && outcome !== "slow") return;
+  if (outcome === "answered") {
+    circuits.delete(pool);
+    return;
+  }
+  if (outcome === "fast") {
+    // Redis fails without costing the timeout: there is nothing left to protect, so a
+    // fast-failing probe closes the circuit. An ordinary call's fast failure changes
+    // nothing: it neither opens the circuit nor wipes out a run of slow failures.
+    if (probe) circuits.delete(pool);
+    return;
+  }
+  if (circuit === undefined) {
+    circuits.set(pool, { slowFailures: 1, retryAt: 0, probeUntil: 0 });
+    return;
+  }
+  circuit.slowFailures++;
+  const now = ngx.now();
+  if (circuit.retryAt === 0) {
+    if (circuit.slowFailures >= SLOW_FAILURE_THRESHOLD) circuit.retryAt = now + PROBE_INTERVAL;
+  } else if (probe) {
+    circuit.retryAt = now + PROBE_INTERVAL;
+    circuit.probeUntil = 0;
+  }
 }
 
-export function failure(this: void, pool: string): void {
-  let circuit = circuits.get(pool);
-  if (circuit === undefined) {
-    circuit = { failures: 0, openUntil: 0 };
-    circuits.set(pool, circuit);
-  }
-  circuit.failures++;
-  if (circuit.failures >= FAILURE_THRESHOLD) circuit.openUntil = ngx.now() + COOL_DOWN;
-}

@@ -60,56 +60,74 @@ function send(this: void, red: RestyRedis, command: string, argv: (string | numb
   return fn.call(red, ...argv);
 }
 
-function fail(this: void, red: RestyRedis, pool: string, err: string | undefined): LuaMultiReturn<[undefined, string]> {
+/**
+ * A network failure: the connection is closed and the breaker told what the failure cost
+ * (`cause` is lua-resty-redis's own error, e.g. "timeout"; `message` what the caller sees).
+ */
+function fail(this: void, red: RestyRedis, conf: RedisConf, started: number, probe: boolean, cause: string | undefined, message: string): LuaMultiReturn<[undefined, string]> {
   red.close();
-  breaker.failure(pool);
-  return $multi(undefined, err ?? "unknown error");
+  ngx.update_time();
+  breaker.report(poolName(conf), breaker.classify(cause, ngx.now() - started, conf.timeout), probe);
+  return $multi(undefined, message);
 }
 
-/** A ready connection (pooled, authenticated, database selected), or nil plus the reason. */
-export function connect(this: void, conf: RedisConf): LuaMultiReturn<[RestyRedis | undefined, string | undefined]> {
+/** Redis answered with an error reply while the connection was set up: not a network failure. */
+function refused(this: void, red: RestyRedis, conf: RedisConf, probe: boolean, message: string): LuaMultiReturn<[undefined, string]> {
+  red.close();
+  breaker.report(poolName(conf), "answered", probe);
+  return $multi(undefined, message);
+}
+
+function open(this: void, conf: RedisConf, started: number): LuaMultiReturn<[RestyRedis | undefined, string | undefined]> {
   const pool = poolName(conf);
-  const open = breaker.check(pool);
-  if (open !== undefined) return $multi(undefined, open);
+  const [openErr, probe] = breaker.check(pool, conf.timeout);
+  if (openErr !== undefined) return $multi(undefined, openErr);
   const [red, newErr] = restyRedis.new();
   if (red === undefined) return $multi(undefined, "could not create a redis object: " + tostring(newErr));
   red.set_timeout(conf.timeout);
   const [ok, err] = red.connect(conf.host, conf.port, { pool, pool_size: conf.keepalive_pool_size });
-  if (ok === undefined) return fail(red, pool, `could not connect to redis at ${conf.host}:${conf.port}: ${err}`);
+  if (ok === undefined) return fail(red, conf, started, probe, err, `could not connect to redis at ${conf.host}:${conf.port}: ${err}`);
   const [reused] = red.get_reused_times();
-  if (reused !== 0) return $multi(red, undefined);
-
-  if (conf.ssl) {
-    // Done on the socket so it works with Debian's lua-resty-redis 0.27, whose connect()
-    // has no ssl option, and with Kong's newer one alike.
-    // pcall: lua-resty-core 0.1.25 (Debian) raises an assertion instead of returning an
-    // error when a handshake fails verification synchronously (fixed in later versions).
-    const sock = (red as RestyRedisWithSock)._sock!;
-    const serverName = hasText(conf.server_name) ? conf.server_name : conf.host;
-    const [called, session, sslErr] = pcall(() => sock.sslhandshake(undefined, serverName, conf.ssl_verify));
-    if (!called || session === undefined) {
-      const reason = called ? sslErr : `handshake aborted (${tostring(session)})`;
-      return fail(red, pool, `TLS handshake with redis at ${conf.host}:${conf.port} failed: ${reason}`);
+  if (reused === 0) {
+    if (conf.ssl) {
+      // Done on the socket so it works with Debian's lua-resty-redis 0.27, whose connect()
+      // has no ssl option, and with Kong's newer one alike.
+      // pcall: lua-resty-core 0.1.25 (Debian) raises an assertion instead of returning an
+      // error when a handshake fails verification synchronously (fixed in later versions).
+      const sock = (red as RestyRedisWithSock)._sock!;
+      const serverName = hasText(conf.server_name) ? conf.server_name : conf.host;
+      const [called, session, sslErr] = pcall(() => sock.sslhandshake(undefined, serverName, conf.ssl_verify));
+      if (!called || session === undefined) {
+        const reason = called ? sslErr : `handshake aborted (${tostring(session)})`;
+        return fail(red, conf, started, probe, called ? tostring(sslErr) : undefined, `TLS handshake with redis at ${conf.host}:${conf.port} failed: ${reason}`);
+      }
+    }
+    if (hasText(conf.password)) {
+      const argv: (string | number)[] = hasText(conf.username) ? [conf.username, conf.password] : [conf.password];
+      const [res, authErr] = send(red, "auth", argv);
+      if (res === undefined) return fail(red, conf, started, probe, authErr, `redis AUTH failed: ${authErr}`);
+      if (res === false) return refused(red, conf, probe, `redis AUTH refused: ${authErr}`);
+    }
+    if (conf.database !== 0) {
+      const [res, selectErr] = send(red, "select", [conf.database]);
+      if (res === undefined) return fail(red, conf, started, probe, selectErr, `redis SELECT failed: ${selectErr}`);
+      if (res === false) return refused(red, conf, probe, `redis SELECT ${conf.database} refused: ${selectErr}`);
     }
   }
-  if (hasText(conf.password)) {
-    const argv: (string | number)[] = hasText(conf.username) ? [conf.username, conf.password] : [conf.password];
-    const [res, authErr] = send(red, "auth", argv);
-    if (res === undefined) return fail(red, pool, `redis AUTH failed: ${authErr}`);
-    if (res === false) {
-      red.close();
-      return $multi(undefined, `redis AUTH refused: ${authErr}`);
-    }
-  }
-  if (conf.database !== 0) {
-    const [res, selectErr] = send(red, "select", [conf.database]);
-    if (res === undefined) return fail(red, pool, `redis SELECT failed: ${selectErr}`);
-    if (res === false) {
-      red.close();
-      return $multi(undefined, `redis SELECT ${conf.database} refused: ${selectErr}`);
-    }
+  if (probe) {
+    // The one call let through an open circuit: an accepted TCP connection proves nothing
+    // (a hung Redis still accepts), so it hands the connection over only once Redis has
+    // answered, and the circuit is closed by then.
+    const [pong, pingErr] = send(red, "ping", []);
+    if (pong === undefined) return fail(red, conf, started, true, pingErr, `redis PING failed: ${pingErr}`);
+    breaker.report(pool, "answered", true);
   }
   return $multi(red, undefined);
+}
+
+/** A ready connection (pooled, authenticated, database selected), or nil plus the reason. */
+export function connect(this: void, conf: RedisConf): LuaMultiReturn<[RestyRedis | undefined, string | undefined]> {
+  return open(conf, accounting.start());
 }
 
 /** Back to the pool; a connection that cannot be pooled is closed. */
@@ -141,20 +159,18 @@ function isNoScript(this: void, err: string | undefined): boolean {
  * told; otherwise it goes back to the pool. Either way the call is accounted.
  */
 function finish<T>(this: void, red: RestyRedis, conf: RedisConf, started: number, trips: number, what: string, res: T | false | undefined, err: string | undefined): LuaMultiReturn<[T | false | undefined, string | undefined]> {
-  const pool = poolName(conf);
   if (res === undefined) {
-    fail(red, pool, err);
     accounting.record(started, trips, true);
-    return $multi(undefined, `${what} failed: ${err}`);
+    return fail(red, conf, started, false, err, `${what} failed: ${err}`);
   }
   release(red, conf);
-  breaker.success(pool);
+  breaker.report(poolName(conf), "answered", false);
   accounting.record(started, trips, false);
   return $multi(res, err);
 }
 
 function connectAccounted(this: void, conf: RedisConf, started: number): LuaMultiReturn<[RestyRedis | undefined, string | undefined]> {
-  const [red, err] = connect(conf);
+  const [red, err] = open(conf, started);
   if (red === undefined) accounting.record(started, 0, true);
   return $multi(red, err);
 }

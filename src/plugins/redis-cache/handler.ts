@@ -140,7 +140,7 @@ function serve(this: void, st: RequestState, e: codec.Entry, key: string, nowMs:
 function redisFailed(this: void, st: RequestState, err: string | undefined): void {
   st.status = BYPASS;
   st.mayStore = false;
-  onRedisFailure(PLUGIN_NAME, st.conf.fault_tolerant, err);
+  onRedisFailure(PLUGIN_NAME, st.conf, err);
 }
 
 function goUpstream(this: void, st: RequestState, status: string, key: string, gen: string): void {

@@ -203,7 +203,7 @@ function fetch(this: void, conf: KeyAuthConf, state: PoolState, sha: string, sta
     if (stale !== undefined && !workerCache.isUnknown(stale)) {
       const known = stale as ValidKey;
       if ((known.expires_at === 0 || known.expires_at > now) && staleUsable(now - known.checked_at, conf.cache_ttl, conf.fault_tolerant)) {
-        fault.logThrottled(PLUGIN, `redis unavailable: ${err ?? "unknown error"} (keys in the worker cache keep working)`);
+        fault.logThrottled(PLUGIN, `redis unavailable: ${err ?? "unknown error"} (keys in the worker cache keep working)`, conf);
         return { valid: known };
       }
     }
@@ -298,7 +298,7 @@ const handler: KongPluginHandler<KeyAuthConf> = {
         const [valid, redisErr] = check(conf, apiKey);
         if (valid !== undefined) return setConsumer(valid.consumer, valid.credential);
         if (redisErr !== undefined) {
-          fault.onRedisFailure(PLUGIN, conf.fault_tolerant, redisErr);
+          fault.onRedisFailure(PLUGIN, conf, redisErr);
           // fault_tolerant: the key cannot be checked; the request goes on unauthenticated.
           if (anonymous !== undefined) return setAnonymous(conf, p, anonymous);
           return clearConsumerHeaders();

@@ -191,7 +191,7 @@ const handler: KongPluginHandler<Conf> = {
 
     const [reply, err] = script(conf.redis, { script: SCRIPT, keys: [counterKey], args });
     if (type(reply) !== "table") {
-      return onRedisFailure(PLUGIN, conf.fault_tolerant, reply === false ? `script ${SCRIPT} failed: ${err}` : err);
+      return onRedisFailure(PLUGIN, conf, reply === false ? `script ${SCRIPT} failed: ${err}` : err);
     }
     const r = reply as number[];
     const remaining: number[] = [];

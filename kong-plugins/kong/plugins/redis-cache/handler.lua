@@ -113,7 +113,7 @@ end
 local function redisFailed(st, err)
     st.status = BYPASS
     st.mayStore = false
-    onRedisFailure(PLUGIN_NAME, st.conf.fault_tolerant, err)
+    onRedisFailure(PLUGIN_NAME, st.conf, err)
 end
 local function goUpstream(st, status, key, gen)
     st.status = status

@@ -216,7 +216,7 @@ local function fetch(conf, state, sha, stale)
         if stale ~= nil and not workerCache.isUnknown(stale) then
             local known = stale
             if (known.expires_at == 0 or known.expires_at > now) and staleUsable(now - known.checked_at, conf.cache_ttl, conf.fault_tolerant) then
-                fault.logThrottled(PLUGIN, ("redis unavailable: " .. (err or "unknown error")) .. " (keys in the worker cache keep working)")
+                fault.logThrottled(PLUGIN, ("redis unavailable: " .. (err or "unknown error")) .. " (keys in the worker cache keep working)", conf)
                 return {valid = known}
             end
         end
@@ -333,7 +333,7 @@ local handler = {
                     return setConsumer(valid.consumer, valid.credential)
                 end
                 if redisErr ~= nil then
-                    fault.onRedisFailure(PLUGIN, conf.fault_tolerant, redisErr)
+                    fault.onRedisFailure(PLUGIN, conf, redisErr)
                     if anonymous ~= nil then
                         return setAnonymous(conf, p, anonymous)
                     end

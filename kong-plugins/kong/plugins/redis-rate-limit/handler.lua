@@ -178,7 +178,7 @@ local handler = {
         if type(reply) ~= "table" then
             return onRedisFailure(
                 PLUGIN,
-                conf.fault_tolerant,
+                conf,
                 reply == false and (("script " .. SCRIPT) .. " failed: ") .. tostring(err) or err
             )
         end
