@@ -6,7 +6,7 @@
  * warm), the Admin API, the `krs keys` CLI, and subscribers following config changes.
  */
 import { spawn, spawnSync } from "node:child_process";
-import { request as httpRequest } from "node:http";
+import { Agent, request as httpRequest } from "node:http";
 import { join } from "node:path";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -784,6 +784,52 @@ describe("subscribers follow the configuration", () => {
     admin.disconnect();
     expect(g.unexpectedErrors()).toEqual([]);
   });
+});
+
+describe("junk keys", () => {
+  it("12,000 well-formed unknown keys do not evict a valid key: with Redis then gone, it still authenticates", async () => {
+    const r8 = await startRedis();
+    const port = r8.port;
+    const keys8 = withScripts(new Redis({ port, maxRetriesPerRequest: 0 }));
+    keys8.on("error", () => undefined);
+    const g = await gateway({
+      _format_version: "3.0",
+      services: [{ name: "svc", url: upstreamUrl, routes: [{ name: "auth", paths: ["/auth"], plugins: [plugin(port, { cache_ttl: 300, negative_cache_ttl: 300, redis: { port, timeout: 500 } })] }] }],
+      consumers,
+    }, { workers: 1 });
+    await subscribed(keys8, 1);
+    const { key } = await createKey(keys8, { consumer: "alice" });
+    createdKeys.push(key);
+    expect((await getJson(`${g.proxyUrl}/auth/anything`, { headers: { apikey: key } })).status).toBe(200);
+
+    // More junk than the 10,000 entries a worker cache holds, over kept-alive connections.
+    const agent = new Agent({ keepAlive: true, maxSockets: 16 });
+    const status = (apikey: string) => new Promise<number>((res, rej) => {
+      const req = httpRequest(`${g.proxyUrl}/auth/anything`, { agent, headers: { apikey } }, (r) => {
+        r.resume();
+        r.on("end", () => res(r.statusCode ?? 0));
+      });
+      req.on("error", rej);
+      req.end();
+    });
+    const JUNK = 12_000;
+    const counts = new Map<number, number>();
+    await Promise.all(Array.from({ length: 16 }, async (_, lane) => {
+      for (let i = lane; i < JUNK; i += 16) {
+        const st = await status(`junk${String(i).padStart(39, "0")}`);
+        counts.set(st, (counts.get(st) ?? 0) + 1);
+      }
+    }));
+    agent.destroy();
+    expect(Object.fromEntries(counts)).toEqual({ 401: JUNK });
+
+    keys8.disconnect();
+    await r8.stop();
+    const res = await getJson(`${g.proxyUrl}/auth/anything`, { headers: { apikey: key } });
+    expect(res.status).toBe(200);
+    expect(res.body.headers["x-consumer-username"]).toBe("alice");
+    expect(g.unexpectedErrors(EXPECTED_REDIS_ERRORS)).toEqual([]);
+  }, 60_000);
 });
 
 describe("a config change during a Redis outage", () => {
