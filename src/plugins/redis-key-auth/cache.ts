@@ -1,15 +1,15 @@
 /**
- * redis-key-auth's worker cache and its invalidation subscriber, one of each per Redis
+ * redis-key-auth's worker caches and their invalidation subscriber, one set per Redis
  * connection pool (plugin instances pointing at the same Redis share them).
  *
  * Two caches, by the key's SHA-256: valid keys for `cache_ttl`, and, in a cache of their
- * own, unknown ones for `negative_cache_ttl` (junk keys cost anyone a slot, so they must
- * not push out keys known to be good). Revocations reach them through Redis pub/sub: each worker runs one
- * subscriber per pool in a timer that owns its connection (never a pooled or shared one)
- * and deletes the revoked hash the moment the message arrives. When the subscription is
- * (re)established the whole cache is dropped, since messages sent while it was down are
- * lost; `cache_ttl` bounds staleness should a message be lost anyway (plus a short
- * grace while Redis is unreachable: util.staleUsable).
+ * own, unknown ones for `negative_cache_ttl` (anyone can send junk keys, so they must not
+ * push out keys known to be good). Revocations reach them through Redis pub/sub: each
+ * worker runs one subscriber per pool in a timer that owns its connection (never a pooled
+ * or shared one) and deletes the revoked hash the moment the message arrives. When the
+ * subscription is (re)established both caches are dropped, since messages sent while it
+ * was down are lost; `cache_ttl` bounds staleness should a message be lost anyway (plus a
+ * short grace while Redis is unreachable: util.staleUsable).
  *
  * Subscribers start from `configure` (Kong 3 calls it on every worker after each config
  * change) and stop when no config uses their Redis any more. A config change keeps the
