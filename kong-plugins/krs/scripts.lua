@@ -158,7 +158,7 @@ else
 end
 return 1
 ]==] }
-scripts["key-auth-create"] = { sha1 = "3a0d0b9371ba8799422409b1835ebdefaf16da9c", numkeys = 3, source = [==[
+scripts["key-auth-create"] = { sha1 = "c4069f77be514ade797d80d2f9f51b0efbe34797", numkeys = 3, source = [==[
 -- redis-key-auth: store a new API key (its SHA-256, never the key) and index it, atomically.
 --
 -- Refuses (writes nothing) when a record with this hash or an index entry with this id
@@ -174,15 +174,19 @@ scripts["key-auth-create"] = { sha1 = "3a0d0b9371ba8799422409b1835ebdefaf16da9c"
 -- ARGV[3]  consumer_id         "" when not given
 -- ARGV[4]  consumer_username   not empty
 -- ARGV[5]  consumer_custom_id  "" when not given
--- ARGV[6]  created_at          unix seconds, the caller's clock
--- ARGV[7]  ttl                 seconds the key lives; 0 = until revoked
+-- ARGV[6]  created_at          unix seconds, the caller's clock, with its fraction (ms):
+--                              the record and index keep the whole second
+-- ARGV[7]  ttl                 whole seconds the key lives; 0 = until revoked
 -- ARGV[8]  now                 unix seconds, the caller's clock (what counts as expired)
 --
--- Reply: { 1, expires_at }  created; expires_at is created_at + ttl, or 0 (never)
+-- Reply: { 1, expires_at }  created; expires_at is created_at + ttl rounded up to the
+--                           next whole second (a key lives at least ttl seconds, less
+--                           than one more), or 0 (never)
 --        { 0, "exists" }    a key with this hash or this id exists; nothing written
 --
--- Clock: created_at, now and expires_at are the caller's; the record's TTL is Redis's
--- own (EXPIRE ttl), so it does not depend on clock agreement.
+-- Clock: created_at, now and expires_at are the caller's; expires_at decides when the
+-- gateway refuses the key. The record's TTL is Redis's own (EXPIRE ttl + 1: it outlives
+-- expires_at, so the cleanup never cuts a key short when the clocks agree).
 local rcall = redis.call
 
 local record = KEYS[1]
@@ -194,7 +198,8 @@ local sha = ARGV[2]
 local consumer_id = ARGV[3]
 local consumer_username = ARGV[4]
 local consumer_custom_id = ARGV[5]
-local created_at = tonumber(ARGV[6])
+local created_at_exact = tonumber(ARGV[6])
+local created_at = math.floor(created_at_exact)
 local ttl = tonumber(ARGV[7])
 local now = tonumber(ARGV[8])
 
@@ -211,7 +216,7 @@ if #expired > 0 then
 end
 
 local expires_at = 0
-if ttl > 0 then expires_at = created_at + ttl end
+if ttl > 0 then expires_at = math.ceil(created_at_exact + ttl) end
 
 rcall("HSET", record,
   "id", id,
@@ -221,7 +226,7 @@ rcall("HSET", record,
   "created_at", created_at,
   "expires_at", expires_at)
 if ttl > 0 then
-  rcall("EXPIRE", record, ttl)
+  rcall("EXPIRE", record, ttl + 1)
   rcall("ZADD", expiring, expires_at, id)
 end
 

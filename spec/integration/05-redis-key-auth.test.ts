@@ -6,7 +6,7 @@
  * warm), the Admin API, the `krs keys` CLI, and subscribers following config changes.
  */
 import { spawn, spawnSync } from "node:child_process";
-import { request as httpRequest } from "node:http";
+import { Agent, request as httpRequest } from "node:http";
 import { join } from "node:path";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -53,6 +53,8 @@ function mainConfig(redisPort: number) {
         route("preflight", { run_on_preflight: false }),
         route("realm", { realm: 'my "special" realm' }),
         route("named", { key_names: ["X-Team-Key"], key_in_query: false }),
+        route("two-names", { key_names: ["apikey", "x-api-key"] }),
+        route("hide-two", { key_names: ["apikey", "x-api-key"], hide_credentials: true }),
         route("longcache", { cache_ttl: 300 }),
         { name: "open", paths: ["/open"] },
       ],
@@ -152,7 +154,7 @@ describe("refusals (Kong key-auth's messages and WWW-Authenticate)", () => {
     const res = await getJson(`${gw.proxyUrl}/auth/anything`);
     expect(res.status).toBe(401);
     expect(res.body).toEqual({ message: "No API key found in request" });
-    expect(res.headers.get("www-authenticate")).toBe('Key realm="kong"');
+    expect(res.headers.get("www-authenticate")).toBe("Key");
     const empty = await getJson(`${gw.proxyUrl}/auth/anything`, { headers: { apikey: "" } });
     expect(empty.status).toBe(401);
     expect(empty.body).toEqual({ message: "No API key found in request" });
@@ -162,7 +164,7 @@ describe("refusals (Kong key-auth's messages and WWW-Authenticate)", () => {
     const res = await getJson(`${gw.proxyUrl}/auth/anything`, { headers: { apikey: "A".repeat(43) } });
     expect(res.status).toBe(401);
     expect(res.body).toEqual({ message: "Unauthorized" });
-    expect(res.headers.get("www-authenticate")).toBe('Key realm="kong"');
+    expect(res.headers.get("www-authenticate")).toBe("Key");
   });
 
   it("the same key name twice: 401 Duplicate API key found (header or query)", async () => {
@@ -170,15 +172,21 @@ describe("refusals (Kong key-auth's messages and WWW-Authenticate)", () => {
     const headers = await raw(`${gw.proxyUrl}/auth/anything`, { headers: { apikey: [key, "B".repeat(43)] } });
     expect(headers.status).toBe(401);
     expect(headers.json()).toEqual({ message: "Duplicate API key found" });
-    expect(headers.headers["www-authenticate"]).toBe('Key realm="kong"');
+    expect(headers.headers["www-authenticate"]).toBe("Key");
     const query = await getJson(`${gw.proxyUrl}/auth/anything?apikey=${key}&apikey=other`);
     expect(query.status).toBe(401);
     expect(query.body).toEqual({ message: "Duplicate API key found" });
   });
 
-  it("the realm is configurable and quoted", async () => {
+  it("no realm set: a bare `Key` challenge, as Kong; a realm is sent quoted on every 401", async () => {
+    expect((await getJson(`${gw.proxyUrl}/auth/anything`, { headers: { apikey: "D".repeat(43) } })).headers.get("www-authenticate")).toBe("Key");
     const res = await getJson(`${gw.proxyUrl}/realm/anything`);
     expect(res.headers.get("www-authenticate")).toBe('Key realm="my \\"special\\" realm"');
+    const unknown = await getJson(`${gw.proxyUrl}/realm/anything`, { headers: { apikey: "D".repeat(43) } });
+    expect(unknown.status).toBe(401);
+    expect(unknown.headers.get("www-authenticate")).toBe('Key realm="my \\"special\\" realm"');
+    const duplicate = await raw(`${gw.proxyUrl}/realm/anything`, { headers: { apikey: ["D".repeat(43), "E".repeat(43)] } });
+    expect(duplicate.headers["www-authenticate"]).toBe('Key realm="my \\"special\\" realm"');
   });
 
   it("keys with odd bytes get 401, never 500", async () => {
@@ -225,15 +233,20 @@ describe("authentication", () => {
     expect(JSON.stringify(res.headers)).not.toContain(key);
   });
 
-  it("in the query string, under the second default name, or under a configured name", async () => {
+  it("in the query string, or under configured names; `x-api-key` is no default name (Kong's is `apikey` alone)", async () => {
     const { key, id } = await newKey({ consumer: "bob" });
     const query = await getJson(`${gw.proxyUrl}/auth/anything?apikey=${key}`);
     expect(query.status).toBe(200);
     expect(query.body.headers["x-consumer-username"]).toBe("bob");
     expect(query.body.headers["x-consumer-custom-id"]).toBeUndefined();
     expect(query.body.headers["x-credential-identifier"]).toBe(id);
-    const second = await getJson(`${gw.proxyUrl}/auth/anything`, { headers: { "X-API-Key": key } });
+    // With the default config a header Kong ignores is neither a key nor hidden.
+    const notDefault = await getJson(`${gw.proxyUrl}/auth/anything`, { headers: { "X-API-Key": key } });
+    expect(notDefault.status).toBe(401);
+    expect(notDefault.body).toEqual({ message: "No API key found in request" });
+    const second = await getJson(`${gw.proxyUrl}/two-names/anything`, { headers: { "X-API-Key": key } });
     expect(second.status).toBe(200);
+    expect(second.body.headers["x-credential-identifier"]).toBe(id);
     const named = await getJson(`${gw.proxyUrl}/named/anything`, { headers: { "x-team-key": key } });
     expect(named.status).toBe(200);
     // That route reads headers only.
@@ -274,9 +287,11 @@ describe("authentication", () => {
     expect(query.status).toBe(200);
     expect(query.body.query).toEqual({ a: ["1", "3"], b: "two words" });
     expect(JSON.stringify(query.body)).not.toContain(key);
-    const other = await getJson(`${gw.proxyUrl}/hide/anything?x-api-key=${key}`);
+    const other = await getJson(`${gw.proxyUrl}/hide-two/anything?x-api-key=${key}&keep=%20x`);
     expect(other.status).toBe(200);
     expect(JSON.stringify(other.body)).not.toContain(key);
+    // The other arguments go upstream as the client sent them (Kong re-encodes them as `keep=+x`).
+    expect(other.body.url).toMatch(/\?keep=%20x$/);
   });
 
   it("hide_credentials with key_in_body: the key leaves the form or JSON body", async () => {
@@ -318,6 +333,28 @@ describe("anonymous", () => {
         expect(res.body.headers["x-consumer-username"]).toBe("anonymous-user");
         expect(res.body.headers["x-credential-identifier"]).toBeUndefined();
       }
+    }
+  });
+
+  it("no key, forged identity headers: the upstream gets none of them, only the anonymous consumer's (as Kong's set_consumer)", async () => {
+    const forged = {
+      "x-consumer-id": "forged-id",
+      "x-consumer-username": "mallory",
+      "x-consumer-custom-id": "forged-custom-id",
+      "x-credential-identifier": "forged-credential",
+      "x-anonymous-consumer": "false",
+    };
+    for (const headers of [forged, { ...forged, apikey: "F".repeat(43) }]) {
+      const res = await getJson(`${gw.proxyUrl}/anon/anything`, { headers });
+      expect(res.status).toBe(200);
+      const h = res.body.headers;
+      expect(h["x-anonymous-consumer"]).toBe("true");
+      expect(h["x-consumer-id"]).toBe(ANON);
+      expect(h["x-consumer-username"]).toBe("anonymous-user");
+      // The anonymous consumer has no custom_id and there is no credential: both cleared.
+      expect(h["x-consumer-custom-id"]).toBeUndefined();
+      expect(h["x-credential-identifier"]).toBeUndefined();
+      expect(JSON.stringify(h)).not.toMatch(/forged|mallory/);
     }
   });
 
@@ -404,7 +441,7 @@ describe("worker cache", () => {
     const keys2 = withScripts(new Redis({ port: r2.port }));
     const one = await gateway({
       _format_version: "3.0",
-      services: [{ name: "svc", url: upstreamUrl, routes: [{ name: "auth", paths: ["/auth"], plugins: [plugin(r2.port, { cache_ttl: 60 })] }] }],
+      services: [{ name: "svc", url: upstreamUrl, routes: [{ name: "auth", paths: ["/auth"], plugins: [plugin(r2.port, { cache_ttl: 60, negative_cache_ttl: 1 })] }] }],
       consumers,
     }, { workers: 1 });
     await subscribed(admin, 1);
@@ -417,6 +454,13 @@ describe("worker cache", () => {
     const stats = await admin.info("commandstats");
     const calls = [...stats.matchAll(/cmdstat_([a-z|]+):calls=(\d+)/g)].filter(([, name]) => !["config|resetstat", "info", "ping"].includes(name));
     expect(calls).toEqual([]);
+
+    // Past negative_cache_ttl (1 s), well within cache_ttl (60 s): a valid key kept only
+    // for the negative TTL would be looked up again here.
+    await new Promise((r) => setTimeout(r, 1500));
+    await admin.config("RESETSTAT");
+    for (let i = 0; i < 5; i++) expect((await raw(`${one.proxyUrl}/auth/anything`, { headers: { apikey: key } })).status).toBe(200);
+    expect(await hgetallCalls(admin)).toBe(0);
 
     // A burst of requests missing the same key: one lookup, the others wait for it.
     const { key: fresh } = await createKey(keys2, { consumer: "bob" });
@@ -602,7 +646,9 @@ describe("Admin API", () => {
     expect(key).toMatch(/^[A-Za-z0-9_-]{43}$/);
     expect(id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
     expect(created.body.consumer).toEqual({ id: null, username: "bob", custom_id: "bob-cid" });
-    expect(created.body.expires_at - created.body.created_at).toBe(3600);
+    // created_at is the second it was created in; expires_at is rounded up from the exact moment.
+    expect(created.body.expires_at - created.body.created_at).toBeGreaterThanOrEqual(3600);
+    expect(created.body.expires_at - created.body.created_at).toBeLessThanOrEqual(3601);
     expect((await getJson(`${gw2.proxyUrl}/auth/anything`, { headers: { apikey: key } })).body.headers["x-credential-identifier"]).toBe(id);
 
     const form = await getJson(`${gw.adminUrl}/redis-key-auth/keys`, {
@@ -737,6 +783,153 @@ describe("subscribers follow the configuration", () => {
     await waitFor("2 subscribers again", async () => (await numsub()) === 2, 5000);
     admin.disconnect();
     expect(g.unexpectedErrors()).toEqual([]);
+  });
+});
+
+describe("junk keys", () => {
+  it("12,000 well-formed unknown keys do not evict a valid key: with Redis then gone, it still authenticates", async () => {
+    const r8 = await startRedis();
+    const port = r8.port;
+    const keys8 = withScripts(new Redis({ port, maxRetriesPerRequest: 0 }));
+    keys8.on("error", () => undefined);
+    const g = await gateway({
+      _format_version: "3.0",
+      services: [{ name: "svc", url: upstreamUrl, routes: [{ name: "auth", paths: ["/auth"], plugins: [plugin(port, { cache_ttl: 300, negative_cache_ttl: 300, redis: { port, timeout: 500 } })] }] }],
+      consumers,
+    }, { workers: 1 });
+    await subscribed(keys8, 1);
+    const { key } = await createKey(keys8, { consumer: "alice" });
+    createdKeys.push(key);
+    expect((await getJson(`${g.proxyUrl}/auth/anything`, { headers: { apikey: key } })).status).toBe(200);
+
+    // More junk than the 10,000 entries a worker cache holds, over kept-alive connections.
+    const agent = new Agent({ keepAlive: true, maxSockets: 16 });
+    const status = (apikey: string) => new Promise<number>((res, rej) => {
+      const req = httpRequest(`${g.proxyUrl}/auth/anything`, { agent, headers: { apikey } }, (r) => {
+        r.resume();
+        r.on("end", () => res(r.statusCode ?? 0));
+      });
+      req.on("error", rej);
+      req.end();
+    });
+    const JUNK = 12_000;
+    const counts = new Map<number, number>();
+    await Promise.all(Array.from({ length: 16 }, async (_, lane) => {
+      for (let i = lane; i < JUNK; i += 16) {
+        const st = await status(`junk${String(i).padStart(39, "0")}`);
+        counts.set(st, (counts.get(st) ?? 0) + 1);
+      }
+    }));
+    agent.destroy();
+    expect(Object.fromEntries(counts)).toEqual({ 401: JUNK });
+
+    keys8.disconnect();
+    await r8.stop();
+    const res = await getJson(`${g.proxyUrl}/auth/anything`, { headers: { apikey: key } });
+    expect(res.status).toBe(200);
+    expect(res.body.headers["x-consumer-username"]).toBe("alice");
+    expect(g.unexpectedErrors(EXPECTED_REDIS_ERRORS)).toEqual([]);
+  }, 60_000);
+});
+
+describe("a config change during a Redis outage", () => {
+  it("keeps the cached keys: an unrelated POST /services does not turn a warm key into 500", async () => {
+    const r7 = await startRedis();
+    const port = r7.port;
+    const keys7 = withScripts(new Redis({ port, maxRetriesPerRequest: 0 }));
+    keys7.on("error", () => undefined);
+    const g = await gateway({
+      _format_version: "3.0",
+      services: [{ name: "svc", url: upstreamUrl, routes: [{ name: "auth", paths: ["/auth"], plugins: [plugin(port, { cache_ttl: 30, redis: { port, timeout: 500 } })] }] }],
+      consumers,
+    }, { workers: 1 });
+    await subscribed(keys7, 1);
+    const { key } = await createKey(keys7, { consumer: "alice" });
+    createdKeys.push(key);
+    expect((await getJson(`${g.proxyUrl}/auth/anything`, { headers: { apikey: key } })).status).toBe(200);
+    keys7.disconnect();
+    await r7.stop();
+    const statuses = async () => Promise.all(Array.from({ length: 30 }, async () => (await raw(`${g.proxyUrl}/auth/anything`, { headers: { apikey: key } })).status));
+    expect(await statuses()).toEqual(Array(30).fill(200));
+
+    const created = await getJson(`${g.adminUrl}/services`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ name: "unrelated", url: upstreamUrl }),
+    });
+    expect(created.status).toBe(201);
+    expect(await statuses()).toEqual(Array(30).fill(200));
+    const res = await getJson(`${g.proxyUrl}/auth/anything`, { headers: { apikey: key } });
+    expect(res.body.headers["x-consumer-username"]).toBe("alice");
+    expect(g.unexpectedErrors(EXPECTED_REDIS_ERRORS)).toEqual([]);
+  });
+});
+
+describe("401 answers on one worker", () => {
+  it("a text/plain 401 does not make the next 401 of that instance text/plain for a JSON client", async () => {
+    const g = await gateway({
+      _format_version: "3.0",
+      services: [{ name: "svc", url: upstreamUrl, routes: [{ name: "auth", paths: ["/auth"], plugins: [plugin(redisServer.port, { realm: "one" })] }] }],
+      consumers,
+    }, { workers: 1 });
+    const plain = await raw(`${g.proxyUrl}/auth/anything`, { headers: { accept: "text/plain" } });
+    expect(plain.status).toBe(401);
+    expect(plain.headers["content-type"]).toMatch(/^text\/plain/);
+    for (const accept of ["application/json", "*/*"]) {
+      const json = await raw(`${g.proxyUrl}/auth/anything`, { headers: { accept } });
+      expect(json.status).toBe(401);
+      expect(json.headers["content-type"]).toMatch(/^application\/json/);
+      expect(json.json()).toMatchObject({ message: "No API key found in request" });
+      expect(json.headers["www-authenticate"]).toBe('Key realm="one"');
+    }
+    expect(g.unexpectedErrors(EXPECTED_REDIS_ERRORS)).toEqual([]);
+  });
+});
+
+describe("key TTLs", () => {
+  /** Until the clock is `from` to `to` ms into a second (a whole-second truncation of the creation time costs that much). */
+  async function lateInASecond(from = 600, to = 850): Promise<void> {
+    for (let i = 0; i < 100 && !(Date.now() % 1000 >= from && Date.now() % 1000 < to); i++) await new Promise((r) => setTimeout(r, 10));
+  }
+  const TTL = 3;
+
+  it("a key created with ttl: 3 (Admin API, or the CLI's createKey) works at least 3 s, and less than 1 s more", async () => {
+    await lateInASecond();
+    const started = Date.now();
+    const [viaApi, viaCli] = await Promise.all([
+      getJson(`${gw.adminUrl}/redis-key-auth/keys`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ consumer: "alice", ttl: TTL }) }),
+      newKey({ ttl: TTL }),
+    ]);
+    expect(viaApi.status).toBe(201);
+    createdKeys.push(viaApi.body.key);
+    for (const expiresAt of [viaApi.body.expires_at, viaCli.expiresAt]) {
+      expect(expiresAt * 1000).toBeGreaterThanOrEqual(started + TTL * 1000);
+      expect(expiresAt * 1000).toBeLessThan(started + TTL * 1000 + 1000 + 100);
+    }
+    const status = async (key: string) => (await getJson(`${gw.proxyUrl}/auth/anything`, { headers: { apikey: key } })).status;
+    await sleepUntil(started + TTL * 1000 - 150);
+    expect([await status(viaApi.body.key), await status(viaCli.key)]).toEqual([200, 200]);
+    await sleepUntil(started + (TTL + 1) * 1000 + 200);
+    expect([await status(viaApi.body.key), await status(viaCli.key)]).toEqual([401, 401]);
+  });
+
+  it("krs keys create --ttl 3: the printed expiry is at least 3 s after the command started", async () => {
+    const url = `redis://127.0.0.1:${redisServer.port}/0`;
+    // Early in a second, so the CLI's start-up does not carry its creation into the next one.
+    await lateInASecond(0, 150);
+    const started = Date.now();
+    const out = await new Promise<string>((res, rej) => {
+      const child = spawn("node", [join(ROOT, "bin", "krs.mjs"), "keys", "create", "--consumer", "bob", "--ttl", String(TTL), "--redis", url], { stdio: ["ignore", "pipe", "inherit"] });
+      let text = "";
+      child.stdout.on("data", (c: Buffer) => (text += c.toString()));
+      child.on("error", rej);
+      child.on("close", (code) => (code === 0 ? res(text) : rej(new Error(`krs exited ${code}`))));
+    });
+    const lines = out.trimEnd().split("\n");
+    createdKeys.push(lines[lines.length - 1]);
+    const expires = Date.parse(/expires: (\S+)/.exec(out)![1]);
+    expect(expires).toBeGreaterThanOrEqual(started + TTL * 1000);
+    expect((await getJson(`${gw.proxyUrl}/auth/anything`, { headers: { apikey: lines[lines.length - 1] } })).status).toBe(200);
   });
 });
 

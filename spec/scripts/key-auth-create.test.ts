@@ -103,9 +103,23 @@ describe("key-auth-create", () => {
     expect(await create(redis, s, { id, secret: "exp", createdAt: 1_700_000_000, ttl: 3600 })).toEqual([1, 1_700_003_600]);
     const ttl = await redis.ttl(s.record(sha("exp")));
     expect(ttl).toBeGreaterThan(3590);
-    expect(ttl).toBeLessThanOrEqual(3600);
+    // One second past expires_at: Redis's cleanup never cuts the key short.
+    expect(ttl).toBeLessThanOrEqual(3601);
     expect(await redis.hget(s.record(sha("exp")), "expires_at")).toBe("1700003600");
     expect(await redis.zscore(s.expiring, id)).toBe("1700003600");
+  });
+
+  it("a TTL is at least that many seconds: a creation time with a fraction rounds expires_at up, created_at down", async () => {
+    const s = space();
+    const id = randomUUID();
+    expect(await create(redis, s, { id, secret: "frac", createdAt: 1_700_000_000.7, ttl: 3, now: 1_700_000_000.7 })).toEqual([1, 1_700_000_004]);
+    const record = await redis.hgetall(s.record(sha("frac")));
+    expect(record.created_at).toBe("1700000000");
+    expect(record.expires_at).toBe("1700000004");
+    expect(await redis.pttl(s.record(sha("frac")))).toBeGreaterThan(3000);
+    const entry = JSON.parse((await redis.hget(s.index, id))!);
+    expect([entry.created_at, entry.expires_at]).toEqual([1_700_000_000, 1_700_000_004]);
+    expect(await redis.zscore(s.expiring, id)).toBe("1700000004");
   });
 
   it("refuses an existing hash or id and writes nothing", async () => {

@@ -14,14 +14,16 @@ end
 describe("redis-key-auth schema", function()
   it("fills Kong key-auth's defaults, fail-closed fault tolerance and the cache TTLs", function()
     local c = ok({})
-    assert.same({ "apikey", "x-api-key" }, c.key_names)
+    assert.same({ "apikey" }, c.key_names)
     assert.is_true(c.key_in_header)
     assert.is_true(c.key_in_query)
     assert.is_false(c.key_in_body)
     assert.is_false(c.hide_credentials)
     assert.is_true(c.run_on_preflight)
     assert.is_nil(c.anonymous)
-    assert.equal("kong", c.realm)
+    -- Kong's realm is optional, without a default
+    assert.is_nil(c.realm)
+    assert.equal("my realm", ok({ realm = "my realm" }).realm)
     assert.equal(10, c.cache_ttl)
     assert.equal(1, c.negative_cache_ttl)
     assert.is_false(c.fault_tolerant)
@@ -81,8 +83,10 @@ describe("redis-key-auth helpers", function()
     assert.is_false(util.isId("8a6a4f9e-1d1b-4a53-9d07-0a1f2b3c4d01\n"))
   end)
 
-  it("wwwAuthenticate quotes the realm", function()
+  it("wwwAuthenticate: bare Key without a realm, the realm quoted with one", function()
+    assert.equal("Key", util.wwwAuthenticate(nil))
     assert.equal('Key realm="kong"', util.wwwAuthenticate("kong"))
+    assert.equal('Key realm=""', util.wwwAuthenticate(""))
     assert.equal('Key realm="a \\"b\\" \\\\ c"', util.wwwAuthenticate('a "b" \\ c'))
   end)
 
@@ -174,7 +178,17 @@ describe("redis-key-auth handler (stubbed PDK)", function()
         end,
       },
       response = {
-        error = function(status, message) out.status, out.message = status, message end,
+        -- Kong's PDK (kong/pdk/response.lua) writes the negotiated Content-Type into the
+        -- headers table it is given
+        error = function(status, message, headers)
+          headers = headers or {}
+          if headers["Content-Type"] == nil then
+            local accept = (req.headers or {}).accept or ""
+            headers["Content-Type"] = accept:find("text/plain", 1, true) and "text/plain; charset=utf-8" or "application/json; charset=utf-8"
+          end
+          out.status, out.message, out.headers = status, message, {}
+          for k, v in pairs(headers) do out.headers[k] = v end
+        end,
         exit = function(status, body) out.status, out.body = status, body end,
       },
       log = { info = function() end, err = function() end, warn = function() end, debug = function() end },
@@ -223,7 +237,7 @@ describe("redis-key-auth handler (stubbed PDK)", function()
   -- One request through access(); what it did is in `out`.
   local function access(c, request)
     req = request or { headers = { apikey = KEY } }
-    out.status, out.message, out.body, out.consumer, out.raw_body = nil, nil, nil, nil, nil
+    out.status, out.message, out.body, out.consumer, out.raw_body, out.headers = nil, nil, nil, nil, nil, nil
     out.upstream = {}
     handler.access(handler, c)
     return out
@@ -248,6 +262,32 @@ describe("redis-key-auth handler (stubbed PDK)", function()
     assert.equal(401, out.status)
     assert.equal("Unauthorized", out.message)
     assert.is_nil(out.consumer)
+  end)
+
+  it("a new headers table for every 401: one text/plain answer does not make the next ones text/plain", function()
+    local c = conf({ realm = "r" })
+    local o = access(c, { headers = { accept = "text/plain" } })
+    assert.equal(401, o.status)
+    assert.equal("text/plain; charset=utf-8", o.headers["Content-Type"])
+    o = access(c, { headers = { accept = "application/json" } })
+    assert.equal(401, o.status)
+    assert.same({ ["Content-Type"] = "application/json; charset=utf-8", ["WWW-Authenticate"] = 'Key realm="r"' }, o.headers)
+    o = access(conf({}), { headers = {} })
+    assert.same({ ["Content-Type"] = "application/json; charset=utf-8", ["WWW-Authenticate"] = "Key" }, o.headers)
+  end)
+
+  it("negative answers have a cache of their own: 12,000 unknown keys do not evict a valid one", function()
+    records[KEY] = record(UUID_ALICE)
+    local c = conf({ cache_ttl = 60, negative_cache_ttl = 60 })
+    assert.equal("alice", access(c).consumer.username)
+    for i = 1, 12000 do
+      local junk = string.format("%043d", i)
+      assert.equal(401, access(c, { headers = { apikey = junk } }).status)
+    end
+    redis_down = true
+    local o = access(c)
+    assert.is_nil(o.status)
+    assert.equal("alice", o.consumer.username)
   end)
 
   describe("hide_credentials with key_in_body", function()
@@ -368,6 +408,60 @@ describe("redis-key-auth handler (stubbed PDK)", function()
 
     it("after a subscription that stayed up 5 s, the next reconnect starts again at 0.2 s", function()
       assert.same({ 0.2, 0.4, 0.8, 0.2, 0.4, 0.8 }, rounded(run({ 0, 0, 0, 6, 0, 0 })))
+    end)
+  end)
+
+  -- Last: once configure has run, it decides which pools get a subscriber (the tests above
+  -- count on a subscriber starting with the first request).
+  describe("a config change during a Redis outage", function()
+    after_each(function() consumers[1] = { id = UUID_ALICE, username = "alice" } end)
+
+    it("keeps the cached keys of a Redis still in use: they keep authenticating", function()
+      records[KEY] = record(UUID_ALICE)
+      local c = conf({ cache_ttl = 30 })
+      assert.equal("alice", access(c).consumer.username)
+      redis_down = true
+      handler.configure(handler, { c, conf({}) })
+      for _ = 1, 30 do
+        local o = access(c)
+        assert.is_nil(o.status)
+        assert.equal("alice", o.consumer.username)
+      end
+      -- the same Redis under a new config table (Kong builds new ones on every change)
+      local same_redis = require("plugin_schema")("redis-key-auth").ok({ cache_ttl = 30, redis = { port = c.redis.port } })
+      handler.configure(handler, { same_redis })
+      assert.equal("alice", access(same_redis).consumer.username)
+    end)
+
+    it("looks the consumer up again: a consumer the new config removed loses its cached keys, Redis or not", function()
+      records[KEY] = record(UUID_ALICE)
+      local c = conf({ cache_ttl = 30 })
+      assert.equal("alice", access(c).consumer.username)
+      redis_down = true
+      consumers[1] = { id = UUID_ALICE, username = "alice", custom_id = "renamed" }
+      handler.configure(handler, { c })
+      local o = access(c)
+      assert.equal("renamed", o.upstream["x-consumer-custom-id"])
+      consumers[1] = nil
+      handler.configure(handler, { c })
+      o = access(c)
+      assert.equal(401, o.status)
+      assert.is_nil(o.consumer)
+      -- back in the config, Redis back: the key works again
+      consumers[1] = { id = UUID_ALICE, username = "alice" }
+      handler.configure(handler, { c })
+      redis_down = false
+      assert.equal("alice", access(c).consumer.username)
+    end)
+
+    it("drops the entries of a Redis no config uses any more (an instance removed or moved to another Redis)", function()
+      records[KEY] = record(UUID_ALICE)
+      local c = conf({ cache_ttl = 30 })
+      assert.equal("alice", access(c).consumer.username)
+      redis_down = true
+      handler.configure(handler, { conf({}) })
+      -- a request still running with the previous config finds an empty cache
+      assert.equal(500, access(c).status)
     end)
   end)
 end)

@@ -70,18 +70,22 @@ function unixNow(): number {
   return Math.floor(Date.now() / 1000);
 }
 
-/** Creates a key; `key` can be given (tests, benchmarks), otherwise a fresh one is drawn. */
+/**
+ * Creates a key; `key` can be given (tests, benchmarks), otherwise a fresh one is drawn.
+ * `now` (unix seconds) keeps its fraction: the script rounds the expiry up from it, so a
+ * key created with `ttl` lives at least `ttl` seconds.
+ */
 export async function createKey(redis: KeysRedis, input: NewKeyInput, opts: { key?: string; now?: number } = {}): Promise<CreatedKey> {
   const key = opts.key ?? newKey();
   const id = randomUUID();
-  const now = opts.now ?? unixNow();
+  const now = (opts.now ?? Date.now() / 1000).toFixed(3);
   const sha = hashKey(key);
   const [status, expiresAt] = await redis.keyAuthCreate(
     recordKey(sha), INDEX_KEY, EXPIRING_KEY,
     id, sha, input.consumerId ?? "", input.consumer, input.customId ?? "", now, input.ttl ?? 0, now,
   );
   if (status !== 1) throw new KeysError("a key with this id or hash exists already");
-  return { id, key, createdAt: now, expiresAt: Number(expiresAt) };
+  return { id, key, createdAt: Math.floor(Number(now)), expiresAt: Number(expiresAt) };
 }
 
 /** Revokes a key given as the key or its id; the revoked id, or undefined when there is no such key. */

@@ -22,7 +22,7 @@ interface Self {
 }
 type Endpoint = (this: void, self: Self, db: unknown, helpers: unknown) => void;
 
-const JSON_TYPE = { "Content-Type": "application/json; charset=utf-8" };
+const JSON_TYPE = "application/json; charset=utf-8";
 /** EXPIRE accepts more, but a key meant to outlive 68 years should have no TTL. */
 const MAX_TTL = 2147483647;
 const MAX_NAME = 1024;
@@ -116,7 +116,8 @@ const listKeys: Endpoint = (self) => {
   // Written by hand: Debian's cjson would encode an empty list as {}.
   const parts: string[] = [];
   for (const s of keys) parts.push(cjson.encode(shown(s))[0] ?? "null");
-  return kong.response.exit(200, `{"data":[${table.concat(parts, ",")}],"next":null}`, JSON_TYPE);
+  // A new headers table per call: Kong's PDK may write into the one it is given.
+  return kong.response.exit(200, `{"data":[${table.concat(parts, ",")}],"next":null}`, { "Content-Type": JSON_TYPE });
 };
 
 const revokeKey: Endpoint = (self) => {

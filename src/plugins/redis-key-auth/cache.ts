@@ -1,17 +1,21 @@
 /**
- * redis-key-auth's worker cache and its invalidation subscriber, one of each per Redis
+ * redis-key-auth's worker caches and their invalidation subscriber, one set per Redis
  * connection pool (plugin instances pointing at the same Redis share them).
  *
- * The cache holds valid keys for `cache_ttl` and unknown ones for `negative_cache_ttl`,
- * by the key's SHA-256. Revocations reach it through Redis pub/sub: each worker runs one
- * subscriber per pool in a timer that owns its connection (never a pooled or shared one)
- * and deletes the revoked hash the moment the message arrives. When the subscription is
- * (re)established the whole cache is dropped, since messages sent while it was down are
- * lost; `cache_ttl` bounds staleness should a message be lost anyway (plus a short
- * grace while Redis is unreachable: util.staleUsable).
+ * Two caches, by the key's SHA-256: valid keys for `cache_ttl`, and, in a cache of their
+ * own, unknown ones for `negative_cache_ttl` (anyone can send junk keys, so they must not
+ * push out keys known to be good). Revocations reach them through Redis pub/sub: each
+ * worker runs one subscriber per pool in a timer that owns its connection (never a pooled
+ * or shared one) and deletes the revoked hash the moment the message arrives. When the
+ * subscription is (re)established both caches are dropped, since messages sent while it
+ * was down are lost; `cache_ttl` bounds staleness should a message be lost anyway (plus a
+ * short grace while Redis is unreachable: util.staleUsable).
  *
  * Subscribers start from `configure` (Kong 3 calls it on every worker after each config
- * change) and stop when no config uses their Redis any more.
+ * change) and stop when no config uses their Redis any more. A config change keeps the
+ * caches of the Redis still in use: what Redis said about a key does not depend on the
+ * config. Only the consumer a valid key maps to does, so each entry notes the config
+ * version it was resolved in and is resolved again against Kong (no Redis) after a change.
  */
 import * as lrucache from "resty.lrucache";
 import * as client from "../../lib/redis/client";
@@ -21,8 +25,10 @@ import { CHANNEL } from "./store";
 
 /** Its own throttling key: a subscriber failing must not silence the request path's reports. */
 const LOG_TOPIC = "redis-key-auth:subscriber";
-/** Entries per pool and worker; least recently used keys go first. */
+/** Valid keys per pool and worker; least recently used keys go first. */
 const MAX_ENTRIES = 10000;
+/** Unknown keys per pool and worker, apart from the valid ones. */
+const MAX_UNKNOWN_ENTRIES = 10000;
 /** How often (ms) a quiet subscriber wakes to check whether it should stop. */
 const READ_TIMEOUT_MS = 1000;
 /** Seconds of silence after which the subscriber PINGs Redis, and waits that long again for the answer. */
@@ -40,21 +46,22 @@ const STABLE_AFTER = 5;
 export interface ValidKey {
   consumer: KongConsumer;
   credential: KongCredential;
+  /** The record's consumer reference (KeyRecord), to find the consumer again after a config change. */
+  consumer_id: string;
+  consumer_username: string;
+  /** The config version (configVersion()) `consumer` was looked up in. */
+  resolved_in: number;
   /** Unix seconds; 0 = never. */
   expires_at: number;
   /** ngx.now() when Redis said the key was valid: bounds its use during an outage. */
   checked_at: number;
 }
-/** The cached answer for a key Redis does not know (unknown, expired or revoked). */
+/** The cached answer for a key that is not valid: unknown to Redis (unknown, expired, revoked) or its consumer unknown to Kong. */
 export interface UnknownKey {
-  readonly unknown: true;
-  /** ngx.now() when Redis said it does not know the key: each instance's negative_cache_ttl counts from it. */
+  /** ngx.now() when Redis was asked: each instance's negative_cache_ttl counts from it. */
   checked_at: number;
-}
-export type CacheEntry = ValidKey | UnknownKey;
-
-export function isUnknown(this: void, entry: CacheEntry): entry is UnknownKey {
-  return (entry as UnknownKey).unknown === true;
+  /** Set when Redis knows the key but Kong did not know its consumer: the config version that said so. */
+  consumer_unknown_in?: number;
 }
 
 /** What one Redis lookup concluded: a valid key, or neither (invalid), or the Redis error. */
@@ -80,7 +87,8 @@ export interface PoolState {
   name: string;
   /** The latest config table for this pool (the subscriber connects with it). */
   conf: RedisConf;
-  cache: LruCache<CacheEntry>;
+  cache: LruCache<ValidKey>;
+  unknown: LruCache<UnknownKey>;
   /** Bumped by every invalidation: a lookup that raced one does not cache its answer. */
   generation: number;
   /** Lookups in progress by hash: one Redis call per key and worker, however many requests miss at once. */
@@ -97,6 +105,13 @@ let configureSeen = false;
 let wantedNames = new LuaTable<string, boolean>();
 /** The Redis of each enabled instance, first come first (the Admin API picks from them). */
 let configured: RedisConf[] = [];
+/** Bumped by every `configure`: consumers looked up before it must be looked up again. */
+let version = 0;
+
+/** The current config version: a cached consumer resolved in another one may be stale. */
+export function configVersion(this: void): number {
+  return version;
+}
 
 type ReadReply = (this: RestyRedis) => LuaMultiReturn<[RedisReply | undefined, string | undefined]>;
 type Subscribe = (this: RestyRedis, channel: string) => LuaMultiReturn<[RedisReply | false | undefined, string | undefined]>;
@@ -107,12 +122,14 @@ const PING = "*1\r\n$4\r\nPING\r\n";
 
 function invalidateAll(this: void, state: PoolState): void {
   state.cache.flush_all();
+  state.unknown.flush_all();
   state.generation++;
 }
 
-/** Applies one invalidation: the revoked key's hash leaves the cache at once. */
+/** Applies one invalidation: the revoked key's hash leaves the caches at once. */
 export function invalidate(this: void, state: PoolState, sha: string): void {
   state.cache.delete(sha);
+  state.unknown.delete(sha);
   state.generation++;
 }
 
@@ -217,9 +234,11 @@ function start(this: void, state: PoolState): void {
 }
 
 function newState(this: void, name: string, conf: RedisConf): PoolState {
-  const [cache, err] = lrucache.new<CacheEntry>(MAX_ENTRIES);
+  const [cache, err] = lrucache.new<ValidKey>(MAX_ENTRIES);
   if (cache === undefined) return error(`redis-key-auth: could not create the worker cache: ${err}`);
-  const state: PoolState = { name, conf, cache, generation: 0, inflight: new LuaTable(), running: false, stopped: false };
+  const [unknown, unknownErr] = lrucache.new<UnknownKey>(MAX_UNKNOWN_ENTRIES);
+  if (unknown === undefined) return error(`redis-key-auth: could not create the worker cache: ${unknownErr}`);
+  const state: PoolState = { name, conf, cache, unknown, generation: 0, inflight: new LuaTable(), running: false, stopped: false };
   pools.set(name, state);
   return state;
 }
@@ -243,11 +262,14 @@ export function stateFor(this: void, conf: RedisConf): PoolState {
 }
 
 /**
- * Kong's `configure`: one cache and subscriber per Redis in use; the rest are stopped.
- * Caches are emptied: their entries hold consumers of the previous configuration.
+ * Kong's `configure`: one cache and subscriber per Redis in use; the rest are stopped,
+ * their caches dropped. The caches of a Redis still in use are kept, through an outage
+ * too (a config change must not revoke what it does not concern); the consumers in them
+ * are looked up again (configVersion).
  */
 export function configure(this: void, redisConfs: RedisConf[]): void {
   if (ngx.get_phase() === "init") return;
+  version++;
   const wanted = new LuaTable<string, RedisConf>();
   const ordered: RedisConf[] = [];
   for (const conf of redisConfs) {
@@ -269,12 +291,7 @@ export function configure(this: void, redisConfs: RedisConf[]): void {
   }
   for (const [name, conf] of pairs(wanted)) {
     let state = pools.get(name);
-    if (state === undefined) {
-      state = newState(name, conf);
-    } else {
-      // Cached entries hold Kong consumers: a new config may have changed or removed them.
-      invalidateAll(state);
-    }
+    if (state === undefined) state = newState(name, conf);
     state.conf = conf;
     start(state);
   }

@@ -11,7 +11,7 @@ import * as semaphore from "ngx.semaphore";
 import * as fault from "../../lib/redis/fault";
 import { SUITE_VERSION } from "../../lib/version";
 import * as workerCache from "./cache";
-import type { CacheEntry, Flight, LookupResult, PoolState, ValidKey } from "./cache";
+import type { Flight, LookupResult, PoolState, ValidKey } from "./cache";
 import * as store from "./store";
 import type { KeyAuthConf, KeyRecord } from "./store";
 import { isId, removeQueryArg, staleUsable, wellFormed, wwwAuthenticate } from "./util";
@@ -27,7 +27,7 @@ const HEADER_ANONYMOUS = "X-Anonymous-Consumer";
 const ERR_DUPLICATE_API_KEY = "Duplicate API key found";
 const ERR_NO_API_KEY = "No API key found in request";
 const ERR_INVALID_AUTH_CRED = "Unauthorized";
-const ERR_UNEXPECTED = { message: "An unexpected error occurred" };
+const ERR_UNEXPECTED = "An unexpected error occurred";
 
 const FORM = "application/x-www-form-urlencoded";
 const JSON_MIME = "application/json";
@@ -37,20 +37,26 @@ const NOT_VALID: LookupResult = {};
 
 /** What each config table needs on every request, computed once per table. */
 interface Prepared {
-  challenge: KongHeaders;
+  /** The WWW-Authenticate value; the headers table around it is new on every 401 (Kong's PDK writes Content-Type into it). */
+  challenge: string;
   /** conf.anonymous, or undefined (whether Kong hands over nil or ngx.null). */
   anonymous?: string;
-  /** The anonymous consumer, looked up at most once per cache_ttl. */
+  /** The anonymous consumer, looked up at most once per cache_ttl and config version. */
   anonymousConsumer?: KongConsumer;
   anonymousUntil: number;
+  anonymousIn: number;
 }
 const prepared = setmetatable(new LuaTable<KeyAuthConf, Prepared>(), { __mode: "k" });
+
+/** An optional string field as Kong hands it over: nil or ngx.null when unset. */
+function optional(this: void, value: string | undefined): string | undefined {
+  return type(value) === "string" ? value : undefined;
+}
 
 function prepare(this: void, conf: KeyAuthConf): Prepared {
   let p = prepared.get(conf);
   if (p === undefined) {
-    const anonymous = type(conf.anonymous) === "string" ? conf.anonymous : undefined;
-    p = { challenge: { "WWW-Authenticate": wwwAuthenticate(conf.realm) }, anonymous, anonymousUntil: 0 };
+    p = { challenge: wwwAuthenticate(optional(conf.realm)), anonymous: optional(conf.anonymous), anonymousUntil: 0, anonymousIn: 0 };
     prepared.set(conf, p);
   }
   return p;
@@ -90,16 +96,17 @@ function clearConsumerHeaders(this: void): void {
 function setAnonymous(this: void, conf: KeyAuthConf, p: Prepared, anonymous: string): void {
   const now = ngx.now();
   let consumer = p.anonymousConsumer;
-  if (consumer === undefined || now >= p.anonymousUntil) {
+  if (consumer === undefined || now >= p.anonymousUntil || p.anonymousIn !== workerCache.configVersion()) {
     const [found, err] = kong.client.load_consumer(anonymous, true);
     if (err !== undefined) error(err);
     if (found === undefined) {
       kong.log.err(`anonymous consumer '${anonymous}' is configured but not found`);
-      return kong.response.exit(500, ERR_UNEXPECTED);
+      return kong.response.exit(500, { message: ERR_UNEXPECTED });
     }
     consumer = found;
     p.anonymousConsumer = found;
     p.anonymousUntil = now + conf.cache_ttl;
+    p.anonymousIn = workerCache.configVersion();
   }
   setConsumer(consumer, undefined);
 }
@@ -179,7 +186,7 @@ function findKey(this: void, conf: KeyAuthConf): LuaMultiReturn<[string | undefi
  * else by username. A key of a consumer Kong does not know is not valid, nor one pinned
  * to an id that is not a uuid (Kong's load_consumer raises on those: no consumer has one).
  */
-function consumerOf(this: void, record: KeyRecord): KongConsumer | undefined {
+function consumerOf(this: void, record: Pick<KeyRecord, "consumer_id" | "consumer_username">): KongConsumer | undefined {
   if (record.consumer_id !== "") {
     if (!isId(record.consumer_id)) return undefined;
     const [consumer, err] = kong.client.load_consumer(record.consumer_id);
@@ -191,8 +198,28 @@ function consumerOf(this: void, record: KeyRecord): KongConsumer | undefined {
   return consumer;
 }
 
+/**
+ * A cached valid key with its consumer as the current config has it. What Redis said
+ * still holds after a config change; the consumer is looked up again (Kong only, no
+ * Redis): nil when the new config no longer has it, and the entry becomes an unknown one.
+ */
+function current(this: void, conf: KeyAuthConf, state: PoolState, sha: string, entry: ValidKey): ValidKey | undefined {
+  const version = workerCache.configVersion();
+  if (entry.resolved_in === version) return entry;
+  const consumer = consumerOf(entry);
+  if (consumer === undefined) {
+    state.cache.delete(sha);
+    if (conf.negative_cache_ttl > 0) state.unknown.set(sha, { checked_at: ngx.now(), consumer_unknown_in: version }, conf.negative_cache_ttl);
+    return undefined;
+  }
+  entry.consumer = consumer;
+  entry.credential = { id: entry.credential.id, consumer: { id: consumer.id } };
+  entry.resolved_in = version;
+  return entry;
+}
+
 /** Asks Redis about one key (cache miss) and caches the answer. */
-function fetch(this: void, conf: KeyAuthConf, state: PoolState, sha: string, stale: CacheEntry | undefined): LookupResult {
+function fetch(this: void, conf: KeyAuthConf, state: PoolState, sha: string, stale: ValidKey | undefined): LookupResult {
   const generation = state.generation;
   const [record, err] = store.lookup(conf.redis, sha);
   const now = ngx.now();
@@ -200,12 +227,10 @@ function fetch(this: void, conf: KeyAuthConf, state: PoolState, sha: string, sta
     // Redis is down: a key this worker knew to be valid keeps working for a bounded time
     // (its expiry still holds); revocations need Redis too, and the cache is dropped when
     // it is back.
-    if (stale !== undefined && !workerCache.isUnknown(stale)) {
-      const known = stale as ValidKey;
-      if ((known.expires_at === 0 || known.expires_at > now) && staleUsable(now - known.checked_at, conf.cache_ttl, conf.fault_tolerant)) {
-        fault.logThrottled(PLUGIN, `redis unavailable: ${err ?? "unknown error"} (keys in the worker cache keep working)`, conf);
-        return { valid: known };
-      }
+    if (stale !== undefined && (stale.expires_at === 0 || stale.expires_at > now) && staleUsable(now - stale.checked_at, conf.cache_ttl, conf.fault_tolerant)) {
+      fault.logThrottled(PLUGIN, `redis unavailable: ${err ?? "unknown error"} (keys in the worker cache keep working)`, conf);
+      const known = current(conf, state, sha, stale);
+      return known !== undefined ? { valid: known } : NOT_VALID;
     }
     return { err: err ?? "unknown error" };
   }
@@ -213,8 +238,12 @@ function fetch(this: void, conf: KeyAuthConf, state: PoolState, sha: string, sta
   const live = record !== false && (record.expires_at === 0 || record.expires_at > now);
   const consumer = live ? consumerOf(record as KeyRecord) : undefined;
   if (consumer === undefined) {
+    // Whatever this worker knew of the key, Redis (or Kong) just said otherwise.
+    state.cache.delete(sha);
     if (live) kong.log.info(`key ${(record as KeyRecord).id} belongs to consumer '${(record as KeyRecord).consumer_username}', unknown to Kong`);
-    if (conf.negative_cache_ttl > 0) state.cache.set(sha, { unknown: true, checked_at: now }, conf.negative_cache_ttl);
+    if (conf.negative_cache_ttl > 0) {
+      state.unknown.set(sha, { checked_at: now, consumer_unknown_in: live ? workerCache.configVersion() : undefined }, conf.negative_cache_ttl);
+    }
     return NOT_VALID;
   }
 
@@ -222,9 +251,13 @@ function fetch(this: void, conf: KeyAuthConf, state: PoolState, sha: string, sta
   const valid: ValidKey = {
     consumer,
     credential: { id: found.id, consumer: { id: consumer.id } },
+    consumer_id: found.consumer_id,
+    consumer_username: found.consumer_username,
+    resolved_in: workerCache.configVersion(),
     expires_at: found.expires_at,
     checked_at: now,
   };
+  state.unknown.delete(sha);
   // An invalidation that arrived while Redis was being asked may concern this key.
   if (generation === state.generation) {
     const ttl = found.expires_at !== 0 ? math.min(conf.cache_ttl, found.expires_at - now) : conf.cache_ttl;
@@ -241,14 +274,18 @@ function check(this: void, conf: KeyAuthConf, apiKey: string): LuaMultiReturn<[V
   const sha = store.hashKey(apiKey);
   const state = workerCache.stateFor(conf.redis);
   let [hit, stale] = state.cache.get(sha);
+  // Instances on one Redis share these caches: an entry cached under a longer TTL is
+  // fresh only for as long as this instance's own cache_ttl / negative_cache_ttl allow.
   if (hit !== undefined) {
-    // Instances on one Redis share this cache: an entry cached under a longer TTL is
-    // fresh only for as long as this instance's own cache_ttl / negative_cache_ttl allow.
-    const unknown = workerCache.isUnknown(hit);
-    if (ngx.now() - hit.checked_at <= (unknown ? conf.negative_cache_ttl : conf.cache_ttl)) {
-      return $multi(unknown ? undefined : (hit as ValidKey), undefined);
-    }
+    if (ngx.now() - hit.checked_at <= conf.cache_ttl) return $multi(current(conf, state, sha, hit), undefined);
     stale = hit;
+  } else {
+    const [unknown] = state.unknown.get(sha);
+    // A consumer unknown to Kong may be known to a newer config: ask again then.
+    if (unknown !== undefined && ngx.now() - unknown.checked_at <= conf.negative_cache_ttl
+      && (unknown.consumer_unknown_in === undefined || unknown.consumer_unknown_in === workerCache.configVersion())) {
+      return $multi(undefined, undefined);
+    }
   }
 
   // Another request of this worker is asking Redis about this key: wait for its answer
@@ -306,7 +343,7 @@ const handler: KongPluginHandler<KeyAuthConf> = {
       }
     }
     if (anonymous !== undefined) return setAnonymous(conf, p, anonymous);
-    return kong.response.error(401, failure, p.challenge);
+    return kong.response.error(401, failure, { "WWW-Authenticate": p.challenge });
   },
 };
 

@@ -41,7 +41,8 @@ export interface KeyAuthConf {
   /** A consumer id or username; unset: requests without a valid key are refused. */
   anonymous?: string;
   run_on_preflight: boolean;
-  realm: string;
+  /** Unset: the challenge is a bare `Key`. */
+  realm?: string;
   /** Seconds a valid key stays in the worker cache. */
   cache_ttl: number;
   /** Seconds an unknown key stays in the worker cache as unknown. */
@@ -154,16 +155,19 @@ export function create(this: void, conf: RedisConf, input: NewKeyInput): LuaMult
   const id = newId();
   if (apiKey === undefined || id === undefined) return $multi(undefined, "no strong random bytes available");
   const sha = hashKey(apiKey);
-  const now = ngx.time();
+  // With its milliseconds, not the request's cached second: the script rounds the expiry
+  // up from the exact moment, so a key created with `ttl` lives at least `ttl` seconds.
+  ngx.update_time();
+  const now = ngx.now();
   const [reply, err] = client.script(conf, {
     script: "key-auth-create",
     keys: [recordKey(sha), INDEX_KEY, EXPIRING_KEY],
-    args: [id, sha, input.consumer_id ?? "", input.consumer_username, input.consumer_custom_id ?? "", now, input.ttl ?? 0, now],
+    args: [id, sha, input.consumer_id ?? "", input.consumer_username, input.consumer_custom_id ?? "", format("%.3f", now), input.ttl ?? 0, format("%.3f", now)],
   });
   if (reply === undefined || reply === false) return $multi(undefined, tostring(err));
   const [status, expiresAt] = [(reply as RedisReply[])[0], (reply as RedisReply[])[1]];
   if (status !== 1) return $multi(undefined, "a key with this id or hash exists already");
-  return $multi({ id, key: apiKey, created_at: now, expires_at: expiresAt as number }, undefined);
+  return $multi({ id, key: apiKey, created_at: math.floor(now), expires_at: expiresAt as number }, undefined);
 }
 
 /**

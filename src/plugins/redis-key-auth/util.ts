@@ -43,8 +43,13 @@ export function staleUsable(this: void, age: number, cacheTtl: number, faultTole
   return age <= cacheTtl + (faultTolerant ? STALE_GRACE_FAULT_TOLERANT : STALE_GRACE);
 }
 
-/** `Key realm="<realm>"`, the realm's quotes and backslashes escaped (RFC 7235 quoted-string). */
-export function wwwAuthenticate(this: void, realm: string): string {
+/**
+ * Kong's key-auth challenge: `Key realm="<realm>"` with a realm, bare `Key` without one.
+ * Unlike Kong, the realm's quotes and backslashes are escaped (RFC 7235 quoted-string),
+ * so a realm cannot end the quoted string early.
+ */
+export function wwwAuthenticate(this: void, realm: string | undefined): string {
+  if (realm === undefined) return "Key";
   const [escaped] = gsub(realm, '[\\"]', (c: string) => "\\" + c);
   return `Key realm="${escaped}"`;
 }

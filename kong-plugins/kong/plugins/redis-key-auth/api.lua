@@ -5,7 +5,7 @@ local configuredRedis = ____cache.configuredRedis
 local store = require("kong.plugins.redis-key-auth.store")
 local ____util = require("kong.plugins.redis-key-auth.util")
 local isId = ____util.isId
-local JSON_TYPE = {["Content-Type"] = "application/json; charset=utf-8"}
+local JSON_TYPE = "application/json; charset=utf-8"
 --- EXPIRE accepts more, but a key meant to outlive 68 years should have no TTL.
 local MAX_TTL = 2147483647
 local MAX_NAME = 1024
@@ -131,7 +131,7 @@ local function listKeys(____self)
     return kong.response.exit(
         200,
         ("{\"data\":[" .. table.concat(parts, ",")) .. "],\"next\":null}",
-        JSON_TYPE
+        {["Content-Type"] = JSON_TYPE}
     )
 end
 local function revokeKey(____self)

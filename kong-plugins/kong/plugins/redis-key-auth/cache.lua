@@ -8,8 +8,10 @@ local ____store = require("kong.plugins.redis-key-auth.store")
 local CHANNEL = ____store.CHANNEL
 --- Its own throttling key: a subscriber failing must not silence the request path's reports.
 local LOG_TOPIC = "redis-key-auth:subscriber"
---- Entries per pool and worker; least recently used keys go first.
+--- Valid keys per pool and worker; least recently used keys go first.
 local MAX_ENTRIES = 10000
+--- Unknown keys per pool and worker, apart from the valid ones.
+local MAX_UNKNOWN_ENTRIES = 10000
 --- How often (ms) a quiet subscriber wakes to check whether it should stop.
 local READ_TIMEOUT_MS = 1000
 --- Seconds of silence after which the subscriber PINGs Redis, and waits that long again for the answer.
@@ -20,23 +22,28 @@ local BACKOFF_MAX = 5
 -- a Redis that accepts SUBSCRIBE and drops the connection at once must not be hammered,
 -- nor the worker's cache be flushed by every reconnect.
 local STABLE_AFTER = 5
-function ____exports.isUnknown(entry)
-    return entry.unknown == true
-end
 local pools = {}
 --- Whether `configure` ran in this worker, and the pools its last call wants subscribed.
 local configureSeen = false
 local wantedNames = {}
 --- The Redis of each enabled instance, first come first (the Admin API picks from them).
 local configured = {}
+--- Bumped by every `configure`: consumers looked up before it must be looked up again.
+local version = 0
+--- The current config version: a cached consumer resolved in another one may be stale.
+function ____exports.configVersion()
+    return version
+end
 local PING = "*1\r\n$4\r\nPING\r\n"
 local function invalidateAll(state)
     state.cache:flush_all()
+    state.unknown:flush_all()
     state.generation = state.generation + 1
 end
---- Applies one invalidation: the revoked key's hash leaves the cache at once.
+--- Applies one invalidation: the revoked key's hash leaves the caches at once.
 function ____exports.invalidate(state, sha)
     state.cache:delete(sha)
+    state.unknown:delete(sha)
     state.generation = state.generation + 1
 end
 local function shouldStop(state)
@@ -158,10 +165,15 @@ local function newState(name, conf)
     if cache == nil then
         return error("redis-key-auth: could not create the worker cache: " .. tostring(err))
     end
+    local unknown, unknownErr = lrucache.new(MAX_UNKNOWN_ENTRIES)
+    if unknown == nil then
+        return error("redis-key-auth: could not create the worker cache: " .. tostring(unknownErr))
+    end
     local state = {
         name = name,
         conf = conf,
         cache = cache,
+        unknown = unknown,
         generation = 0,
         inflight = {},
         running = false,
@@ -189,12 +201,15 @@ function ____exports.stateFor(conf)
     end
     return created
 end
---- Kong's `configure`: one cache and subscriber per Redis in use; the rest are stopped.
--- Caches are emptied: their entries hold consumers of the previous configuration.
+--- Kong's `configure`: one cache and subscriber per Redis in use; the rest are stopped,
+-- their caches dropped. The caches of a Redis still in use are kept, through an outage
+-- too (a config change must not revoke what it does not concern); the consumers in them
+-- are looked up again (configVersion).
 function ____exports.configure(redisConfs)
     if ngx.get_phase() == "init" then
         return
     end
+    version = version + 1
     local wanted = {}
     local ordered = {}
     for ____, conf in ipairs(redisConfs) do
@@ -220,8 +235,6 @@ function ____exports.configure(redisConfs)
         local state = pools[name]
         if state == nil then
             state = newState(name, conf)
-        else
-            invalidateAll(state)
         end
         state.conf = conf
         start(state)

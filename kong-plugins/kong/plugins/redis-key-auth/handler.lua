@@ -21,27 +21,31 @@ local HEADER_ANONYMOUS = "X-Anonymous-Consumer"
 local ERR_DUPLICATE_API_KEY = "Duplicate API key found"
 local ERR_NO_API_KEY = "No API key found in request"
 local ERR_INVALID_AUTH_CRED = "Unauthorized"
-local ERR_UNEXPECTED = {message = "An unexpected error occurred"}
+local ERR_UNEXPECTED = "An unexpected error occurred"
 local FORM = "application/x-www-form-urlencoded"
 local JSON_MIME = "application/json"
 local EMPTY_BODY = {}
 --- The lookup result of an invalid key (shared: it carries nothing).
 local NOT_VALID = {}
 local prepared = setmetatable({}, {__mode = "k"})
+--- An optional string field as Kong hands it over: nil or ngx.null when unset.
+local function optional(value)
+    local ____temp_0
+    if type(value) == "string" then
+        ____temp_0 = value
+    else
+        ____temp_0 = nil
+    end
+    return ____temp_0
+end
 local function prepare(conf)
     local p = prepared[conf]
     if p == nil then
-        local ____temp_0
-        if type(conf.anonymous) == "string" then
-            ____temp_0 = conf.anonymous
-        else
-            ____temp_0 = nil
-        end
-        local anonymous = ____temp_0
         p = {
-            challenge = {["WWW-Authenticate"] = wwwAuthenticate(conf.realm)},
-            anonymous = anonymous,
-            anonymousUntil = 0
+            challenge = wwwAuthenticate(optional(conf.realm)),
+            anonymous = optional(conf.anonymous),
+            anonymousUntil = 0,
+            anonymousIn = 0
         }
         prepared[conf] = p
     end
@@ -86,18 +90,19 @@ end
 local function setAnonymous(conf, p, anonymous)
     local now = ngx.now()
     local consumer = p.anonymousConsumer
-    if consumer == nil or now >= p.anonymousUntil then
+    if consumer == nil or now >= p.anonymousUntil or p.anonymousIn ~= workerCache.configVersion() then
         local found, err = kong.client.load_consumer(anonymous, true)
         if err ~= nil then
             error(err)
         end
         if found == nil then
             kong.log.err(("anonymous consumer '" .. anonymous) .. "' is configured but not found")
-            return kong.response.exit(500, ERR_UNEXPECTED)
+            return kong.response.exit(500, {message = ERR_UNEXPECTED})
         end
         consumer = found
         p.anonymousConsumer = found
         p.anonymousUntil = now + conf.cache_ttl
+        p.anonymousIn = workerCache.configVersion()
     end
     setConsumer(consumer, nil)
 end
@@ -207,18 +212,44 @@ local function consumerOf(record)
     end
     return consumer
 end
+--- A cached valid key with its consumer as the current config has it. What Redis said
+-- still holds after a config change; the consumer is looked up again (Kong only, no
+-- Redis): nil when the new config no longer has it, and the entry becomes an unknown one.
+local function current(conf, state, sha, entry)
+    local version = workerCache.configVersion()
+    if entry.resolved_in == version then
+        return entry
+    end
+    local consumer = consumerOf(entry)
+    if consumer == nil then
+        state.cache:delete(sha)
+        if conf.negative_cache_ttl > 0 then
+            state.unknown:set(
+                sha,
+                {
+                    checked_at = ngx.now(),
+                    consumer_unknown_in = version
+                },
+                conf.negative_cache_ttl
+            )
+        end
+        return nil
+    end
+    entry.consumer = consumer
+    entry.credential = {id = entry.credential.id, consumer = {id = consumer.id}}
+    entry.resolved_in = version
+    return entry
+end
 --- Asks Redis about one key (cache miss) and caches the answer.
 local function fetch(conf, state, sha, stale)
     local generation = state.generation
     local record, err = store.lookup(conf.redis, sha)
     local now = ngx.now()
     if record == nil then
-        if stale ~= nil and not workerCache.isUnknown(stale) then
-            local known = stale
-            if (known.expires_at == 0 or known.expires_at > now) and staleUsable(now - known.checked_at, conf.cache_ttl, conf.fault_tolerant) then
-                fault.logThrottled(PLUGIN, ("redis unavailable: " .. (err or "unknown error")) .. " (keys in the worker cache keep working)", conf)
-                return {valid = known}
-            end
+        if stale ~= nil and (stale.expires_at == 0 or stale.expires_at > now) and staleUsable(now - stale.checked_at, conf.cache_ttl, conf.fault_tolerant) then
+            fault.logThrottled(PLUGIN, ("redis unavailable: " .. (err or "unknown error")) .. " (keys in the worker cache keep working)", conf)
+            local known = current(conf, state, sha, stale)
+            return known ~= nil and ({valid = known}) or NOT_VALID
         end
         return {err = err or "unknown error"}
     end
@@ -231,16 +262,33 @@ local function fetch(conf, state, sha, stale)
     end
     local consumer = ____live_1
     if consumer == nil then
+        state.cache:delete(sha)
         if live then
             kong.log.info(((("key " .. record.id) .. " belongs to consumer '") .. record.consumer_username) .. "', unknown to Kong")
         end
         if conf.negative_cache_ttl > 0 then
-            state.cache:set(sha, {unknown = true, checked_at = now}, conf.negative_cache_ttl)
+            state.unknown:set(
+                sha,
+                {
+                    checked_at = now,
+                    consumer_unknown_in = live and workerCache.configVersion() or nil
+                },
+                conf.negative_cache_ttl
+            )
         end
         return NOT_VALID
     end
     local found = record
-    local valid = {consumer = consumer, credential = {id = found.id, consumer = {id = consumer.id}}, expires_at = found.expires_at, checked_at = now}
+    local valid = {
+        consumer = consumer,
+        credential = {id = found.id, consumer = {id = consumer.id}},
+        consumer_id = found.consumer_id,
+        consumer_username = found.consumer_username,
+        resolved_in = workerCache.configVersion(),
+        expires_at = found.expires_at,
+        checked_at = now
+    }
+    state.unknown:delete(sha)
     if generation == state.generation then
         local ttl = found.expires_at ~= 0 and math.min(conf.cache_ttl, found.expires_at - now) or conf.cache_ttl
         if ttl > 0 then
@@ -256,17 +304,15 @@ local function check(conf, apiKey)
     local state = workerCache.stateFor(conf.redis)
     local hit, stale = state.cache:get(sha)
     if hit ~= nil then
-        local unknown = workerCache.isUnknown(hit)
-        if ngx.now() - hit.checked_at <= (unknown and conf.negative_cache_ttl or conf.cache_ttl) then
-            local ____unknown_2
-            if unknown then
-                ____unknown_2 = nil
-            else
-                ____unknown_2 = hit
-            end
-            return ____unknown_2, nil
+        if ngx.now() - hit.checked_at <= conf.cache_ttl then
+            return current(conf, state, sha, hit), nil
         end
         stale = hit
+    else
+        local unknown = state.unknown:get(sha)
+        if unknown ~= nil and ngx.now() - unknown.checked_at <= conf.negative_cache_ttl and (unknown.consumer_unknown_in == nil or unknown.consumer_unknown_in == workerCache.configVersion()) then
+            return nil, nil
+        end
     end
     local pending = state.inflight[sha]
     if pending ~= nil then
@@ -344,7 +390,7 @@ local handler = {
         if anonymous ~= nil then
             return setAnonymous(conf, p, anonymous)
         end
-        return kong.response.error(401, failure, p.challenge)
+        return kong.response.error(401, failure, {["WWW-Authenticate"] = p.challenge})
     end
 }
 local ____exports = handler

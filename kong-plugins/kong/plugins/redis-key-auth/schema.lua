@@ -32,9 +32,9 @@ local schema = {
                     type = "array",
                     required = true,
                     elements = typedefs.header_name,
-                    default = {"apikey", "x-api-key"},
+                    default = {"apikey"},
                     len_min = 1,
-                    description = "Names of the header, query argument or body field that carry the key; the first name found wins."
+                    description = "Names of the header, query argument or body field that carry the key; the first name found wins. Kong's default: `apikey` only."
                 }},
                 {key_in_header = {type = "boolean", required = true, default = true, description = "Look for the key in the request headers."}},
                 {key_in_query = {type = "boolean", required = true, default = true, description = "Look for the key in the query string."}},
@@ -42,7 +42,7 @@ local schema = {
                 {hide_credentials = {type = "boolean", required = true, default = false, description = "Remove the key from the header, query string or body (form or JSON; any other body goes upstream as sent) before proxying."}},
                 {anonymous = {type = "string", len_min = 1, description = "Consumer id or username used when a request has no valid key; it then goes on with `X-Anonymous-Consumer: true`. Unset: such requests get 401."}},
                 {run_on_preflight = {type = "boolean", required = true, default = true, description = "Authenticate OPTIONS (CORS preflight) requests too; false lets them through unauthenticated."}},
-                {realm = {type = "string", required = true, default = "kong", description = "Realm of the `WWW-Authenticate: Key realm=\"...\"` header sent with every 401."}},
+                {realm = {type = "string", description = "Realm of the `WWW-Authenticate` header sent with every 401: `Key realm=\"<realm>\"` when set, `Key` when unset (as Kong's key-auth)."}},
                 {cache_ttl = {
                     type = "number",
                     required = true,

@@ -121,7 +121,8 @@ function ____exports.create(conf, input)
         return nil, "no strong random bytes available"
     end
     local sha = ____exports.hashKey(apiKey)
-    local now = ngx.time()
+    ngx.update_time()
+    local now = ngx.now()
     local reply, err = client.script(
         conf,
         {
@@ -137,9 +138,9 @@ function ____exports.create(conf, input)
                 input.consumer_id or "",
                 input.consumer_username,
                 input.consumer_custom_id or "",
-                now,
+                format("%.3f", now),
                 input.ttl or 0,
-                now
+                format("%.3f", now)
             }
         }
     )
@@ -150,7 +151,12 @@ function ____exports.create(conf, input)
     if status ~= 1 then
         return nil, "a key with this id or hash exists already"
     end
-    return {id = id, key = apiKey, created_at = now, expires_at = expiresAt}, nil
+    return {
+        id = id,
+        key = apiKey,
+        created_at = math.floor(now),
+        expires_at = expiresAt
+    }, nil
 end
 --- Revokes a key given as the key itself or as its id (script key-auth-revoke, which
 -- also publishes the invalidation). Returns the revoked id, `false` when there is no

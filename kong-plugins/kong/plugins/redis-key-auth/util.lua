@@ -29,8 +29,13 @@ ____exports.STALE_GRACE_FAULT_TOLERANT = 300
 function ____exports.staleUsable(age, cacheTtl, faultTolerant)
     return age <= cacheTtl + (faultTolerant and ____exports.STALE_GRACE_FAULT_TOLERANT or ____exports.STALE_GRACE)
 end
---- `Key realm="<realm>"`, the realm's quotes and backslashes escaped (RFC 7235 quoted-string).
+--- Kong's key-auth challenge: `Key realm="<realm>"` with a realm, bare `Key` without one.
+-- Unlike Kong, the realm's quotes and backslashes are escaped (RFC 7235 quoted-string),
+-- so a realm cannot end the quoted string early.
 function ____exports.wwwAuthenticate(realm)
+    if realm == nil then
+        return "Key"
+    end
     local escaped = gsub(
         realm,
         "[\\\"]",
