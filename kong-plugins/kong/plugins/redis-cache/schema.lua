@@ -89,6 +89,13 @@ local schema = {
                     between = {1, 1000000},
                     description = "Entries each worker keeps in L1 (least recently used go first)."
                 }},
+                {l1_max_bytes = {
+                    type = "integer",
+                    required = true,
+                    default = 16777216,
+                    between = {0, 2147483647},
+                    description = "Bytes of responses (bodies and headers, plus 256 bytes per entry) all redis-cache instances together keep in one worker's L1; the least recently used entry leaves first. The smallest value among the enabled instances applies to the worker. 0 keeps nothing in L1."
+                }},
                 {lock_timeout = {
                     type = "integer",
                     required = true,
@@ -109,8 +116,9 @@ local schema = {
                     len_min = 16,
                     referenceable = true,
                     encrypted = true,
-                    description = "When set, entries are stored in Redis encrypted with AES-256-GCM under SHA-256 of this secret (a fresh nonce per entry); entries that fail authentication are treated as misses."
+                    description = "When set, new entries are stored in Redis encrypted with AES-256-GCM under SHA-256 of this secret (a fresh nonce per entry). Entries sealed under a key this node does not have are misses that are left in place; entries that fail authentication are misses that are replaced."
                 }},
+                {decryption_keys = {type = "array", encrypted = true, elements = {type = "string", len_min = 16, referenceable = true}, description = "Key rotation: further secrets whose entries are also read (never used to seal). Rotate by adding the new secret here on every node, then making it encryption_key (the old one moves here) on every node, then removing the old one."}},
                 {fault_tolerant = faultTolerantField(true)},
                 {redis = redisRecord()}
             }
