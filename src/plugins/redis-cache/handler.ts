@@ -421,6 +421,9 @@ function capture(this: void, st: RequestState): Capture | undefined {
   // HEAD is never stored (Kong neither): its entry would have no body, and nothing may
   // ever let a GET be answered from it.
   if (kong.request.get_method() === "HEAD") return undefined;
+  // No upstream response in nginx's variables (Kong's buffered proxying answers through a
+  // subrequest): the upstream's headers cannot be told from the plugins', so nothing is stored.
+  if (ngx.var["upstream_status"] === undefined) return undefined;
   const vary = policy.parseVary(ngx.header["Vary"]);
   if (vary === "*") return undefined;
   let ttl = conf.cache_ttl;

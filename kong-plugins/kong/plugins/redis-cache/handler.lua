@@ -483,6 +483,9 @@ local function capture(st)
     if kong.request.get_method() == "HEAD" then
         return nil
     end
+    if ngx.var.upstream_status == nil then
+        return nil
+    end
     local vary = policy.parseVary(ngx.header.Vary)
     if vary == "*" then
         return nil
