@@ -5,7 +5,9 @@
  * key with a slow upstream reach it once; uncacheable fills release the waiters at
  * once), refresh-ahead, sliding TTL, L1, purge of one key and of all, encryption (the
  * Redis value holds no plaintext; a corrupted value is a miss), max_body_size, hop-by-hop
- * headers, HEAD, and a Redis that is down. Also: requests the key cannot hold (more than
+ * headers, HEAD (never stored), Server and Via on hits, headers other plugins add (never
+ * stored), only-if-cached and min-fresh, the lock's TTL and a holder whose upstream times
+ * out, and a Redis that is down. Also: requests the key cannot hold (more than
  * 100 query arguments or headers, Authorization let in as an anonymous consumer) are
  * bypassed; an encrypted entry copied onto another key is a miss; content types with
  * parameters; the writer's queue bound under a slow Redis.
