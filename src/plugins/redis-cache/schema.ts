@@ -37,7 +37,7 @@ const schema: KongPluginSchema = {
               required: true,
               default: ["GET", "HEAD"],
               elements: { type: "string", one_of: METHODS },
-              description: "Request methods whose responses may be cached. The request body is not part of the cache key.",
+              description: "Request methods whose responses may be cached. The request body is not part of the cache key. HEAD responses are never stored (as in Kong), so HEAD requests always reach the upstream.",
             },
           },
           {
@@ -73,7 +73,7 @@ const schema: KongPluginSchema = {
               type: "boolean",
               required: true,
               default: false,
-              description: "Honour Cache-Control: on requests no-store and no-cache (bypass, refetch) and max-age; on responses no-store, no-cache, private (not stored), s-maxage and max-age (the TTL).",
+              description: "Honour Cache-Control: on requests no-store and no-cache (bypass, refetch), max-age and min-fresh (refetch an entry too old or expiring too soon) and only-if-cached (a stored response or 504, never the upstream); on responses no-store, no-cache, private (not stored), s-maxage and max-age (the TTL).",
             },
           },
           {
@@ -130,7 +130,7 @@ const schema: KongPluginSchema = {
               required: true,
               default: 1000,
               between: [1, 1000000],
-              description: "Entries each worker keeps in L1 (least recently used go first).",
+              description: "Entries each worker keeps in L1 for this instance (least recently used go first); l1_max_bytes bounds their bytes.",
             },
           },
           {

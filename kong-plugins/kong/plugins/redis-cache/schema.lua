@@ -39,7 +39,7 @@ local schema = {
                     required = true,
                     default = {"GET", "HEAD"},
                     elements = {type = "string", one_of = METHODS},
-                    description = "Request methods whose responses may be cached. The request body is not part of the cache key."
+                    description = "Request methods whose responses may be cached. The request body is not part of the cache key. HEAD responses are never stored (as in Kong), so HEAD requests always reach the upstream."
                 }},
                 {response_code = {
                     type = "array",
@@ -63,7 +63,7 @@ local schema = {
                     gt = 0,
                     description = "Seconds an entry is kept (with cache_control, when the response sets no max-age)."
                 }},
-                {cache_control = {type = "boolean", required = true, default = false, description = "Honour Cache-Control: on requests no-store and no-cache (bypass, refetch) and max-age; on responses no-store, no-cache, private (not stored), s-maxage and max-age (the TTL)."}},
+                {cache_control = {type = "boolean", required = true, default = false, description = "Honour Cache-Control: on requests no-store and no-cache (bypass, refetch), max-age and min-fresh (refetch an entry too old or expiring too soon) and only-if-cached (a stored response or 504, never the upstream); on responses no-store, no-cache, private (not stored), s-maxage and max-age (the TTL)."}},
                 {vary_headers = {type = "array", elements = {type = "string"}, description = "Request headers whose values are part of the cache key. A response's own Vary header is honoured as well."}},
                 {vary_query_params = {type = "array", elements = {type = "string"}, description = "Query arguments that are part of the cache key. Unset: all of them."}},
                 {ignore_uri_case = {type = "boolean", required = true, default = false, description = "Treat paths that differ only in letter case as the same resource."}},
@@ -87,7 +87,7 @@ local schema = {
                     required = true,
                     default = 1000,
                     between = {1, 1000000},
-                    description = "Entries each worker keeps in L1 (least recently used go first)."
+                    description = "Entries each worker keeps in L1 for this instance (least recently used go first); l1_max_bytes bounds their bytes."
                 }},
                 {l1_max_bytes = {
                     type = "integer",
