@@ -366,6 +366,14 @@ end)
 
 describe("redis-cache configuration fingerprint", function()
   local plugin_schema = require("plugin_schema")("redis-cache")
+  local saved_ngx
+  before_each(function()
+    saved_ngx = rawget(_G, "ngx")
+    _G.ngx = setmetatable({ now = function() return 1000 end, null = saved_ngx and saved_ngx.null or {} }, { __index = saved_ngx })
+  end)
+  after_each(function()
+    _G.ngx = saved_ngx
+  end)
 
   it("is equal for equal configurations in other tables, whatever Kong adds to them", function()
     local a = plugin_schema.ok({ cache_ttl = 60, vary_headers = { "Accept" } })
@@ -377,6 +385,27 @@ describe("redis-cache configuration fingerprint", function()
     assert.not_equal(state.fingerprint(a), state.fingerprint(plugin_schema.ok({ cache_ttl = 60, vary_headers = { "Accept", "X" } })))
     assert.not_equal(state.fingerprint(plugin_schema.ok({ encryption_key = string.rep("a", 16) })),
       state.fingerprint(plugin_schema.ok({ encryption_key = string.rep("b", 16) })))
+  end)
+
+  it("keeps one state (and L1) per configuration across config tables; configure drops the others and sets the budget", function()
+    local a = plugin_schema.ok({ l1_max_bytes = 1000 })
+    local copy = plugin_schema.ok({ l1_max_bytes = 1000 })
+    local noL1 = plugin_schema.ok({ l1_ttl = 0, l1_max_bytes = 10 })
+    state.setConfigs({ a, noL1 })
+    assert.equal(1000, l1.maxBytes())
+    local s = state.prepare(a)
+    assert.equal(s, state.prepare(copy))
+    l1.set(s.l1, "k", "v", 60, 1)
+    -- Another config list that still has it (say, a route was added): same state, same L1.
+    state.setConfigs({ plugin_schema.ok({ l1_max_bytes = 1000 }), plugin_schema.ok({ cache_ttl = 9 }) })
+    assert.equal(s, state.prepare(copy))
+    assert.equal("v", l1.get(state.prepare(copy).l1, "k"))
+    -- Gone from the list: its L1 is emptied and a config table that still points to it gets a new state.
+    state.setConfigs({ plugin_schema.ok({ cache_ttl = 9 }) })
+    assert.equal(l1.DEFAULT_MAX_BYTES, l1.maxBytes())
+    assert.is_nil(l1.get(s.l1, "k"))
+    assert.not_equal(s, state.prepare(a))
+    state.setConfigs({})
   end)
 end)
 

@@ -36,7 +36,7 @@ export interface Prepared {
 }
 
 /** Weak keys: the fast path from a config table to its state. */
-const prepared = setmetatable(new LuaTable<Conf, Prepared>(), { __mode: "k" });
+let prepared = setmetatable(new LuaTable<Conf, Prepared>(), { __mode: "k" });
 /** Every state by its configuration's fingerprint; pruned to the enabled ones by setConfigs. */
 let byFingerprint = new LuaTable<string, Prepared>();
 
@@ -145,7 +145,7 @@ export function prepare(this: void, conf: Conf): Prepared {
     prepared.set(conf, same);
     return same;
   }
-  if (conf.l1_max_bytes < l1cache.maxBytes()) l1cache.setMaxBytes(conf.l1_max_bytes);
+  if (conf.l1_ttl > 0 && conf.l1_max_bytes < l1cache.maxBytes()) l1cache.setMaxBytes(conf.l1_max_bytes);
   const methods = new LuaTable<string, boolean>();
   for (const m of conf.request_method) methods.set(m, true);
   const codes = new LuaTable<number, boolean>();
@@ -185,12 +185,14 @@ let enabled: Conf[] = [];
 
 /**
  * Called from the handler's `configure`: every enabled redis-cache configuration. States
- * of configurations no longer enabled are dropped with their L1 entries; the worker's L1
- * budget is the smallest l1_max_bytes among the enabled ones.
+ * of configurations no longer enabled are dropped with their L1 entries (and forgotten by
+ * every config table, so that purges reach every L1 still in use); the worker's L1 budget
+ * is the smallest l1_max_bytes among the enabled ones that use L1.
  */
 export function setConfigs(this: void, configs: Conf[] | undefined): void {
   enabled = configs ?? [];
   const kept = new LuaTable<string, Prepared>();
+  prepared = setmetatable(new LuaTable<Conf, Prepared>(), { __mode: "k" });
   let budget: number | undefined;
   for (const conf of enabled) {
     const print = fingerprint(conf);
@@ -199,7 +201,7 @@ export function setConfigs(this: void, configs: Conf[] | undefined): void {
       kept.set(print, state);
       prepared.set(conf, state);
     }
-    if (budget === undefined || conf.l1_max_bytes < budget) budget = conf.l1_max_bytes;
+    if (conf.l1_ttl > 0 && (budget === undefined || conf.l1_max_bytes < budget)) budget = conf.l1_max_bytes;
   }
   for (const [print, state] of pairs(byFingerprint)) {
     if (!kept.has(print) && state.l1 !== undefined) l1cache.flush(state.l1);

@@ -94,7 +94,7 @@ local schema = {
                     required = true,
                     default = 16777216,
                     between = {0, 2147483647},
-                    description = "Bytes of responses (bodies and headers, plus 256 bytes per entry) all redis-cache instances together keep in one worker's L1; the least recently used entry leaves first. The smallest value among the enabled instances applies to the worker. 0 keeps nothing in L1."
+                    description = "Bytes of responses (bodies and headers, plus 256 bytes per entry) all redis-cache instances together keep in one worker's L1; the least recently used entry leaves first. The smallest value among the enabled instances that use L1 applies to the worker. 0 keeps nothing in L1."
                 }},
                 {lock_timeout = {
                     type = "integer",

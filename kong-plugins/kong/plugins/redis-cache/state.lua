@@ -119,7 +119,7 @@ function ____exports.prepare(conf)
         prepared[conf] = same
         return same
     end
-    if conf.l1_max_bytes < l1cache.maxBytes() then
+    if conf.l1_ttl > 0 and conf.l1_max_bytes < l1cache.maxBytes() then
         l1cache.setMaxBytes(conf.l1_max_bytes)
     end
     local methods = {}
@@ -168,11 +168,13 @@ function ____exports.deleteL1(key)
 end
 local enabled = {}
 --- Called from the handler's `configure`: every enabled redis-cache configuration. States
--- of configurations no longer enabled are dropped with their L1 entries; the worker's L1
--- budget is the smallest l1_max_bytes among the enabled ones.
+-- of configurations no longer enabled are dropped with their L1 entries (and forgotten by
+-- every config table, so that purges reach every L1 still in use); the worker's L1 budget
+-- is the smallest l1_max_bytes among the enabled ones that use L1.
 function ____exports.setConfigs(configs)
     enabled = configs or ({})
     local kept = {}
+    prepared = setmetatable({}, {__mode = "k"})
     local budget
     for ____, conf in ipairs(enabled) do
         local ____print = ____exports.fingerprint(conf)
@@ -181,7 +183,7 @@ function ____exports.setConfigs(configs)
             kept[____print] = state
             prepared[conf] = state
         end
-        if budget == nil or conf.l1_max_bytes < budget then
+        if conf.l1_ttl > 0 and (budget == nil or conf.l1_max_bytes < budget) then
             budget = conf.l1_max_bytes
         end
     end
