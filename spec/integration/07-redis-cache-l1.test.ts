@@ -22,6 +22,8 @@ let control: Redis;
 let origin: Server;
 let originHits = 0;
 let gw: TestGateway;
+/** The declarative config: `extraRoutes` and the /keep instance's own settings vary. */
+let config: (keep?: Record<string, unknown>, extraRoutes?: object[]) => object;
 let seq = 0;
 const uniq = (label: string) => `${label}-${++seq}-${Date.now()}`;
 
@@ -36,23 +38,22 @@ beforeAll(async () => {
     res.end(body);
   });
   await new Promise<void>((r) => origin.listen(0, "127.0.0.1", r));
-  const cache = (config: Record<string, unknown>) => ({ name: "redis-cache", config: { l1_ttl: 60, content_type: ["text/plain"], redis: { port: redis.port }, ...config } });
-  gw = await gateway(
-    {
-      _format_version: "3.0",
-      services: [
-        {
-          name: "origin",
-          url: `http://127.0.0.1:${(origin.address() as AddressInfo).port}`,
-          routes: [
-            { name: "budget", paths: ["/budget"], plugins: [cache({ l1_max_bytes: BUDGET })] },
-            { name: "keep", paths: ["/keep"], plugins: [cache({})] },
-          ],
-        },
-      ],
-    },
-    { workers: 1 },
-  );
+  const cache = (extra: Record<string, unknown>) => ({ name: "redis-cache", config: { l1_ttl: 60, content_type: ["text/plain"], redis: { port: redis.port }, ...extra } });
+  config = (keep = {}, extraRoutes = []) => ({
+    _format_version: "3.0",
+    services: [
+      {
+        name: "origin",
+        url: `http://127.0.0.1:${(origin.address() as AddressInfo).port}`,
+        routes: [
+          { name: "budget", paths: ["/budget"], plugins: [cache({ l1_max_bytes: BUDGET })] },
+          { name: "keep", paths: ["/keep"], plugins: [cache(keep)] },
+          ...extraRoutes,
+        ],
+      },
+    ],
+  });
+  gw = await gateway(config(), { workers: 1 });
 }, 30_000);
 
 afterAll(async () => {
@@ -81,14 +82,11 @@ async function onlyInL1(cacheKey: string | null): Promise<void> {
   expect(await control.del(key)).toBe(1);
 }
 
-async function admin(method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> {
-  const res = await fetch(`${gw.adminUrl}${path}`, {
-    method,
-    headers: body === undefined ? {} : { "content-type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await res.text();
-  return { status: res.status, body: text === "" ? undefined : JSON.parse(text) };
+/** DB-less Kong's way to change the configuration (the local gateway's too). */
+async function postConfig(body: object): Promise<number> {
+  const res = await fetch(`${gw.adminUrl}/config`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  await res.text();
+  return res.status;
 }
 
 describe("l1_max_bytes", () => {
@@ -133,15 +131,15 @@ describe("configure", () => {
     expect((await get(p)).cache).toBe("Hit");
 
     // Another route appears: every plugin's config table is rebuilt, this one's values are not changed.
-    expect((await admin("POST", "/services/origin/routes", { name: uniq("other"), paths: [`/${uniq("other")}`] })).status).toBe(201);
+    const other = { name: "other", paths: ["/other"] };
+    expect(await postConfig(config({}, [other]))).toBe(201);
+    expect((await get("/other/x")).status).toBe(200);
     const kept = await get(p);
     expect(kept.cache).toBe("Hit");
     expect(kept.text).toBe(miss.text);
 
     // Its own config changes: its L1 goes (Redis has nothing, so a miss).
-    const plugins = await admin("GET", "/routes/keep/plugins");
-    const id = plugins.body.data[0].id as string;
-    expect((await admin("PATCH", `/plugins/${id}`, { config: { cache_ttl: 301 } })).status).toBe(200);
+    expect(await postConfig(config({ cache_ttl: 301 }, [other]))).toBe(201);
     expect((await get(p)).cache).toBe("Miss");
   });
 
