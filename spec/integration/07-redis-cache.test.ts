@@ -44,7 +44,7 @@ async function startOrigin(): Promise<Origin> {
     hits.set(url.pathname, n);
     hits.set(`${req.method} ${url.pathname}`, (hits.get(`${req.method} ${url.pathname}`) ?? 0) + 1);
     const reply = () => {
-      const headers: Record<string, string> = { "Content-Type": q.get("ct") ?? "application/json", "X-Origin-N": String(n) };
+      const headers: Record<string, string> = { "Content-Type": q.get("ct") ?? "application/json", "X-Origin-N": String(n), "X-Origin-Path": url.pathname };
       if (q.has("cc")) headers["Cache-Control"] = q.get("cc")!;
       if (q.has("vary")) headers["Vary"] = q.get("vary")!;
       if (q.has("expires")) headers["Expires"] = q.get("expires")!;
@@ -237,6 +237,15 @@ async function stored(cacheKey: string | null): Promise<string> {
   throw new Error(`entry ${key} was never stored`);
 }
 
+/** How many stored entries (any key) are responses for a path containing `id` (plain values only). */
+async function entriesFor(id: string): Promise<number> {
+  let n = 0;
+  for (const key of await control.keys("krs:redis-cache:v1:*:entry")) {
+    if (((await control.get(key)) ?? "").includes(`\nX-Origin-Path:/${id}\n`)) n++;
+  }
+  return n;
+}
+
 /** The fill lock of a key is gone (its holder gave it back). */
 async function unlocked(cacheKey: string | null): Promise<void> {
   const key = `krs:redis-cache:v1:{${await generation()}.${cacheKey}}:fill`;
@@ -297,7 +306,6 @@ describe("hit and miss", () => {
   it("never stores a HEAD response, so no GET (nor HEAD) is ever answered from one", async () => {
     const id = uniq("head");
     const p = `/nol1/${id}?size=30&ct=text/plain`;
-    const entriesBefore = (await control.keys("krs:redis-cache:v1:*:entry")).length;
     const head = await get(p, { method: "HEAD" });
     expect(head.status).toBe(200);
     expect(head.cache).toBe("Bypass");
@@ -306,7 +314,7 @@ describe("hit and miss", () => {
     expect(again.cache).toBe("Bypass");
     expect(origin.hits(`/${id}`, "HEAD")).toBe(2);
     await sleep(100);
-    expect((await control.keys("krs:redis-cache:v1:*:entry")).length).toBe(entriesBefore);
+    expect(await entriesFor(id)).toBe(0);
     // HEADs and GETs at once on a cold key: every GET gets the whole body.
     const mixed = await Promise.all(Array.from({ length: 10 }, (_, i) => get(p, { method: i % 2 === 0 ? "HEAD" : "GET" })));
     for (const [i, r] of mixed.entries()) {
@@ -317,6 +325,8 @@ describe("hit and miss", () => {
     expect(body.cache).toBe("Hit");
     expect(body.text).toBe("x".repeat(30));
     expect(body.headers.get("content-length")).toBe("30");
+    // The GET's is the only entry of this URL.
+    expect(await entriesFor(id)).toBe(1);
     expect((await get(p, { method: "HEAD" })).cache).toBe("Bypass");
   });
 
