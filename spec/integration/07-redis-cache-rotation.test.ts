@@ -48,7 +48,11 @@ beforeAll(async () => {
       {
         name: "origin",
         url: `http://127.0.0.1:${(origin.address() as AddressInfo).port}`,
-        routes: [{ name: "rot", paths: ["/rot"], plugins: [{ name: "redis-cache", config: { l1_ttl: 0, redis: { port: redis.port }, ...keys } }] }],
+        routes: [
+          { name: "rot", paths: ["/rot"], plugins: [{ name: "redis-cache", config: { l1_ttl: 0, redis: { port: redis.port }, ...keys } }] },
+          // Refresh-ahead from the first second of two.
+          { name: "rotfast", paths: ["/rotfast"], plugins: [{ name: "redis-cache", config: { l1_ttl: 0, cache_ttl: 2, refresh_ahead: 0.5, redis: { port: redis.port }, ...keys } }] },
+        ],
       },
     ],
   });
@@ -107,6 +111,18 @@ describe("two nodes with different keys on one Redis", () => {
     expect(again.cache).toBe("Hit");
     expect(again.json.n).toBe(1);
     expect(hits.get(path.replace("/rot", ""))).toBe(6);
+  });
+
+  it("give back the refresh lock of an entry they cannot read, so that a node that can refreshes it", async () => {
+    const path = `/rotfast/${uniq("refresh")}`;
+    const filled = await get(oldNode, path);
+    await stored(filled.key);
+    await sleep(1100);
+    // Inside the refresh window: the lookup hands the other node the refresh lock.
+    expect((await get(newNode, path)).cache).toBe("Miss");
+    await sleep(100);
+    const refreshed = await get(oldNode, path);
+    expect(refreshed.cache).toBe("Refresh");
   });
 
   it("log that they ignore an entry at most once per 10 s per worker, with no key material", async () => {

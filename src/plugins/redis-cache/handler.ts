@@ -262,6 +262,9 @@ function fromRedis(this: void, st: RequestState, wants: Wants): void {
       const [cached, decodeErr, foreign] = codec.decode(r.value!, p.keyring, storage.entryKey(r.gen, key));
       if (cached === undefined) {
         logThrottled(PLUGIN_NAME, `cache entry ${key} ignored (treated as a miss): ${decodeErr}`);
+        // The lookup handed this request the refresh lock of an entry it cannot use: give it
+        // back, so that a node that can read the entry refreshes it in time.
+        if (r.refresh === true) release(st, storage.refreshKey(r.gen, key), 0);
         if (foreign) {
           // Written by a node configured otherwise (another key, during a rotation): it is
           // left for the nodes that can read it, neither deleted nor overwritten.
@@ -331,9 +334,16 @@ function fromRedis(this: void, st: RequestState, wants: Wants): void {
 
 /** Gives the lock back (at most once); `uncacheable` lets the waiters go upstream at once. */
 function giveBack(this: void, st: RequestState, uncacheable: boolean): void {
-  if (st.done || st.lockKey === undefined || st.token === undefined) return;
+  if (st.done || st.lockKey === undefined) return;
   st.done = true;
-  const call = storage.releaseCall(st.lockKey, st.token, uncacheable && st.fillLock ? st.p.lockMs : 0);
+  release(st, st.lockKey, uncacheable && st.fillLock ? st.p.lockMs : 0);
+}
+
+/** Queues the release of a lock this request's token holds (see cache-release-1.lua). */
+function release(this: void, st: RequestState, lockKey: string, markerMs: number): void {
+  const token = st.token;
+  if (token === undefined) return;
+  const call = storage.releaseCall(lockKey, token, markerMs);
   writer.enqueueRelease(st.conf.redis, () => [call]);
 }
 
