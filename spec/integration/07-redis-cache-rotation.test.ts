@@ -56,11 +56,10 @@ beforeAll(async () => {
       },
     ],
   });
-  [oldNode, newNode, bothNode] = await Promise.all([
-    gateway(config({ encryption_key: K1 }), { workers: 1 }),
-    gateway(config({ encryption_key: K2 }), { workers: 1 }),
-    gateway(config({ encryption_key: K2, decryption_keys: [K1] }), { workers: 1 }),
-  ]);
+  // One after the other: a gateway still starting when another fails would outlive afterAll.
+  oldNode = await gateway(config({ encryption_key: K1 }), { workers: 1 });
+  newNode = await gateway(config({ encryption_key: K2 }), { workers: 1 });
+  bothNode = await gateway(config({ encryption_key: K2, decryption_keys: [K1] }), { workers: 1 });
 }, 30_000);
 
 afterAll(async () => {
