@@ -186,7 +186,10 @@ beforeAll(async () => {
     ],
     consumers: [{ username: "alice" }, { username: "bob" }, { username: "anonymous-caller" }],
   };
-  [gwA, gwB, gw1] = await Promise.all([gateway(config), gateway(config), gateway(config, { workers: 1 })]);
+  // One after the other: a gateway still starting when another fails would outlive afterAll.
+  gwA = await gateway(config);
+  gwB = await gateway(config);
+  gw1 = await gateway(config, { workers: 1 });
 }, 60_000);
 
 afterAll(async () => {
