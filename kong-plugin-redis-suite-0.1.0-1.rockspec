@@ -23,6 +23,7 @@ build = {
     ["kong.plugins.redis-cache.codec"] = "kong-plugins/kong/plugins/redis-cache/codec.lua",
     ["kong.plugins.redis-cache.conf"] = "kong-plugins/kong/plugins/redis-cache/conf.lua",
     ["kong.plugins.redis-cache.handler"] = "kong-plugins/kong/plugins/redis-cache/handler.lua",
+    ["kong.plugins.redis-cache.l1"] = "kong-plugins/kong/plugins/redis-cache/l1.lua",
     ["kong.plugins.redis-cache.policy"] = "kong-plugins/kong/plugins/redis-cache/policy.lua",
     ["kong.plugins.redis-cache.schema"] = "kong-plugins/kong/plugins/redis-cache/schema.lua",
     ["kong.plugins.redis-cache.state"] = "kong-plugins/kong/plugins/redis-cache/state.lua",

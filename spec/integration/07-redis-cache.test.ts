@@ -5,7 +5,9 @@
  * key with a slow upstream reach it once; uncacheable fills release the waiters at
  * once), refresh-ahead, sliding TTL, L1, purge of one key and of all, encryption (the
  * Redis value holds no plaintext; a corrupted value is a miss), max_body_size, hop-by-hop
- * headers, HEAD, and a Redis that is down. Also: requests the key cannot hold (more than
+ * headers, HEAD (never stored), Server and Via on hits, headers other plugins add (never
+ * stored), only-if-cached and min-fresh, the lock's TTL and a holder whose upstream times
+ * out, and a Redis that is down. Also: requests the key cannot hold (more than
  * 100 query arguments or headers, Authorization let in as an anonymous consumer) are
  * bypassed; an encrypted entry copied onto another key is a miss; content types with
  * parameters; the writer's queue bound under a slow Redis.
@@ -24,11 +26,12 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
  * The upstream behind most routes. The query decides the response: status, ct (content
  * type), delay (ms), cc (Cache-Control), vary, expires, cookie=1 (Set-Cookie), size (a body
  * of that many "x"), chunked=1 (no Content-Length). Otherwise a JSON body echoing the
- * request with `n`, the number of requests this path has seen. Hits are counted per path.
+ * request with `n`, the number of requests this path has seen; server (a Server header).
+ * Hits are counted per path, and per path and method.
  */
 interface Origin {
   port: number;
-  hits(path: string): number;
+  hits(path: string, method?: string): number;
   close(): Promise<void>;
 }
 
@@ -39,12 +42,14 @@ async function startOrigin(): Promise<Origin> {
     const q = url.searchParams;
     const n = (hits.get(url.pathname) ?? 0) + 1;
     hits.set(url.pathname, n);
+    hits.set(`${req.method} ${url.pathname}`, (hits.get(`${req.method} ${url.pathname}`) ?? 0) + 1);
     const reply = () => {
-      const headers: Record<string, string> = { "Content-Type": q.get("ct") ?? "application/json", "X-Origin-N": String(n) };
+      const headers: Record<string, string> = { "Content-Type": q.get("ct") ?? "application/json", "X-Origin-N": String(n), "X-Origin-Path": url.pathname };
       if (q.has("cc")) headers["Cache-Control"] = q.get("cc")!;
       if (q.has("vary")) headers["Vary"] = q.get("vary")!;
       if (q.has("expires")) headers["Expires"] = q.get("expires")!;
       if (q.get("cookie") === "1") headers["Set-Cookie"] = "session=abc";
+      if (q.has("server")) headers["Server"] = q.get("server")!;
       const body = q.has("size")
         ? "x".repeat(Number(q.get("size")))
         : JSON.stringify({
@@ -74,7 +79,7 @@ async function startOrigin(): Promise<Origin> {
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   return {
     port: (server.address() as AddressInfo).port,
-    hits: (path) => hits.get(path) ?? 0,
+    hits: (path, method) => hits.get(method === undefined ? path : `${method} ${path}`) ?? 0,
     close: () =>
       new Promise<void>((r) => {
         server.close(() => r());
@@ -86,6 +91,8 @@ async function startOrigin(): Promise<Origin> {
 // ---------------------------------------------------------------- setup
 
 let redis: RedisServer;
+/** redis-rate-limit's own Redis on the /rl route, stopped by a test. */
+let rlRedis: RedisServer;
 let control: Redis;
 let origin: Origin;
 let demoHits: () => Promise<Record<string, number>>;
@@ -110,6 +117,7 @@ function route(name: string, config: Record<string, unknown>, extra: Record<stri
 
 beforeAll(async () => {
   redis = await startRedis();
+  rlRedis = await startRedis();
   control = new Redis({ port: redis.port });
   origin = await startOrigin();
   const demo = await upstream();
@@ -152,7 +160,23 @@ beforeAll(async () => {
           route("fixed", { l1_ttl: 0, cache_ttl: 2, refresh_ahead: 0 }),
           route("enc", { l1_ttl: 0, encryption_key: ENCRYPTION_KEY }),
           route("small", { l1_ttl: 0, max_body_size: 100, content_type: ["*"] }),
+          {
+            name: "rl",
+            paths: ["/rl"],
+            plugins: [
+              { name: "redis-rate-limit", config: { minute: 1000, redis: { port: rlRedis.port, timeout: 200 } } },
+              { name: "redis-cache", config: { l1_ttl: 0, redis: { port: redis.port } } },
+            ],
+          },
         ],
+      },
+      {
+        // The upstream's answers take longer than this service waits for them.
+        name: "impatient",
+        url: `http://127.0.0.1:${origin.port}`,
+        read_timeout: 300,
+        retries: 0,
+        routes: [route("lockfail", { l1_ttl: 0, lock_timeout: 1000 })],
       },
       {
         name: "demo",
@@ -162,7 +186,10 @@ beforeAll(async () => {
     ],
     consumers: [{ username: "alice" }, { username: "bob" }, { username: "anonymous-caller" }],
   };
-  [gwA, gwB, gw1] = await Promise.all([gateway(config), gateway(config), gateway(config, { workers: 1 })]);
+  // One after the other: a gateway still starting when another fails would outlive afterAll.
+  gwA = await gateway(config);
+  gwB = await gateway(config);
+  gw1 = await gateway(config, { workers: 1 });
 }, 60_000);
 
 afterAll(async () => {
@@ -211,6 +238,15 @@ async function stored(cacheKey: string | null): Promise<string> {
     await sleep(20);
   }
   throw new Error(`entry ${key} was never stored`);
+}
+
+/** How many stored entries (any key) are responses for a path containing `id` (plain values only). */
+async function entriesFor(id: string): Promise<number> {
+  let n = 0;
+  for (const key of await control.keys("krs:redis-cache:v1:*:entry")) {
+    if (((await control.get(key)) ?? "").includes(`\nX-Origin-Path:/${id}\n`)) n++;
+  }
+  return n;
 }
 
 /** The fill lock of a key is gone (its holder gave it back). */
@@ -270,18 +306,46 @@ describe("hit and miss", () => {
     expect((await get(q)).cache).toBe("Miss");
   });
 
-  it("keeps HEAD apart from GET and replays the stored Content-Length", async () => {
-    const p = `/nol1/${uniq("head")}?size=30&ct=text/plain`;
+  it("never stores a HEAD response, so no GET (nor HEAD) is ever answered from one", async () => {
+    const id = uniq("head");
+    const p = `/nol1/${id}?size=30&ct=text/plain`;
     const head = await get(p, { method: "HEAD" });
-    expect(head.cache).toBe("Miss");
-    await stored(head.key);
+    expect(head.status).toBe(200);
+    expect(head.cache).toBe("Bypass");
+    expect(head.key).toBeNull();
     const again = await get(p, { method: "HEAD" });
-    expect(again.cache).toBe("Hit");
-    expect(again.headers.get("content-length")).toBe("30");
+    expect(again.cache).toBe("Bypass");
+    expect(origin.hits(`/${id}`, "HEAD")).toBe(2);
+    await sleep(100);
+    expect(await entriesFor(id)).toBe(0);
+    // HEADs and GETs at once on a cold key: every GET gets the whole body.
+    const mixed = await Promise.all(Array.from({ length: 10 }, (_, i) => get(p, { method: i % 2 === 0 ? "HEAD" : "GET" })));
+    for (const [i, r] of mixed.entries()) {
+      expect(r.status).toBe(200);
+      if (i % 2 === 1) expect(r.text).toBe("x".repeat(30));
+    }
     const body = await get(p);
-    expect(body.cache).toBe("Miss");
-    expect(body.key).not.toBe(head.key);
+    expect(body.cache).toBe("Hit");
     expect(body.text).toBe("x".repeat(30));
+    expect(body.headers.get("content-length")).toBe("30");
+    // The GET's is the only entry of this URL.
+    expect(await entriesFor(id)).toBe(1);
+    expect((await get(p, { method: "HEAD" })).cache).toBe("Bypass");
+  });
+
+  it("a hit replays the upstream's Server and the Via of the miss, as Kong does", async () => {
+    for (const q of ["server=origin%2F1.0", "ct=application/json"]) {
+      const p = `/nol1/${uniq("server")}?${q}`;
+      const miss = await get(p);
+      expect(miss.cache).toBe("Miss");
+      await stored(miss.key);
+      const hit = await get(p);
+      expect(hit.cache).toBe("Hit");
+      expect(hit.headers.get("server")).toBe(miss.headers.get("server"));
+      expect(hit.headers.get("via")).toBe(miss.headers.get("via"));
+      expect(miss.headers.get("via")).not.toBeNull();
+      if (q.startsWith("server")) expect(hit.headers.get("server")).toBe("origin/1.0");
+    }
   });
 
   it("never stores hop-by-hop headers; a chunked response is replayed with a Content-Length", async () => {
@@ -291,7 +355,7 @@ describe("hit and miss", () => {
     const key = await stored(first.key);
     const value = (await control.get(key))!;
     expect(value).toMatch(/^1\|300000\|\d+\|E\|200\n/);
-    expect(value.toLowerCase()).not.toMatch(/\n(transfer-encoding|content-length|connection|keep-alive|x-kong-[a-z-]+|via):/);
+    expect(value.toLowerCase()).not.toMatch(/\n(transfer-encoding|content-length|connection|keep-alive|x-kong-[a-z-]+):/);
     expect(value).toContain("\nX-Origin-N:1\n");
     const hit = await get(p);
     expect(hit.cache).toBe("Hit");
@@ -460,12 +524,75 @@ describe("cache_control", () => {
     }
   });
 
+  it("only-if-cached: 504 and never the upstream when nothing stored will do; the entry when it will", async () => {
+    const id = uniq("oic");
+    const p = `/cc/${id}`;
+    const none = await get(p, { headers: { "cache-control": "only-if-cached" } });
+    expect(none.status).toBe(504);
+    expect(origin.hits(`/${id}`)).toBe(0);
+    const a = await get(p);
+    expect(a.cache).toBe("Miss");
+    await stored(a.key);
+    const hit = await get(p, { headers: { "cache-control": "only-if-cached" } });
+    expect(hit.status).toBe(200);
+    expect(hit.cache).toBe("Hit");
+    await sleep(1100);
+    // Stored, but older than the client takes: still not the upstream.
+    const old = await get(p, { headers: { "cache-control": "only-if-cached, max-age=1" } });
+    expect(old.status).toBe(504);
+    expect(origin.hits(`/${id}`)).toBe(1);
+    // The lock it took on the cold key was given back: nobody waits for it.
+    const other = `/cc/${uniq("oic-lock")}`;
+    expect((await get(other, { headers: { "cache-control": "only-if-cached" } })).status).toBe(504);
+    const started = Date.now();
+    expect((await get(other)).cache).toBe("Miss");
+    expect(Date.now() - started).toBeLessThan(1500);
+  });
+
+  it("min-fresh: an entry that expires sooner than asked is refetched; max-age=0 always refetches", async () => {
+    const p = `/cc/${uniq("minfresh")}?cc=max-age%3D10`;
+    const a = await get(p);
+    expect(a.cache).toBe("Miss");
+    await stored(a.key);
+    expect((await get(p, { headers: { "cache-control": "min-fresh=5" } })).cache).toBe("Hit");
+    const refreshed = await get(p, { headers: { "cache-control": "min-fresh=20" } });
+    expect(refreshed.cache).toBe("Refresh");
+    expect(refreshed.json.n).toBe(2);
+    for (let i = 0; i < 50 && (await get(p)).json.n !== 2; i++) await sleep(20);
+    // Just stored, so its age is 0 s, yet max-age=0 takes no stored response.
+    const zero = await get(p, { headers: { "cache-control": "max-age=0" } });
+    expect(zero.cache).toBe("Refresh");
+    expect(zero.json.n).toBe(3);
+  });
+
   it("without cache_control, Cache-Control is ignored", async () => {
     const p = `/nol1/${uniq("nocc")}?cc=no-store`;
     const a = await get(p, { headers: { "cache-control": "no-cache" } });
     expect(a.cache).toBe("Miss");
     await stored(a.key);
     expect((await get(p, { headers: { "cache-control": "no-cache" } })).cache).toBe("Hit");
+  });
+});
+
+describe("headers other plugins add", () => {
+  it("are neither stored nor replayed: a hit carries only the upstream's (issue 18.8)", async () => {
+    const p = `/rl/${uniq("rl")}`;
+    const miss = await get(p);
+    expect(miss.cache).toBe("Miss");
+    expect(miss.headers.get("x-ratelimit-limit-minute")).toBe("1000");
+    const value = (await control.get(await stored(miss.key)))!;
+    expect(value).toContain("\nX-Origin-N:1\n");
+    expect(value.toLowerCase()).not.toContain("ratelimit");
+    expect(value.toLowerCase()).not.toContain("x-kong-");
+    // redis-rate-limit's Redis goes away: fault tolerant, it sets no headers; the hit must
+    // not replay those of the request that filled the entry.
+    await rlRedis.stop();
+    for (const gw of [gwA, gwB]) {
+      const hit = await get(p, {}, gw);
+      expect(hit.cache).toBe("Hit");
+      expect([...hit.headers.keys()].filter((h) => h.includes("ratelimit"))).toEqual([]);
+      expect(hit.headers.get("x-origin-n")).toBe("1");
+    }
   });
 });
 
@@ -580,6 +707,61 @@ describe("stampede lock", () => {
     expect(new Set(results.map((r) => r.text)).size).toBe(1);
   });
 
+  it("30 concurrent misses on one key of one worker (with L1) reach the upstream once", async () => {
+    const id = uniq("one-worker");
+    const results = await Promise.all(Array.from({ length: 30 }, () => get(`/basic/${id}?delay=300`, {}, gw1)));
+    expect(results.map((r) => r.status)).toEqual(Array(30).fill(200));
+    expect(origin.hits(`/${id}`)).toBe(1);
+    expect(results.filter((r) => r.cache === "Miss")).toHaveLength(1);
+    expect(new Set(results.map((r) => r.json.n))).toEqual(new Set([1]));
+  });
+
+  it("the fill lock is held with a TTL of lock_timeout, and is gone once the entry is stored", async () => {
+    const id = uniq("lockttl");
+    const p = `/nol1/${id}?delay=600`;
+    const pending = get(p);
+    let lockKey: string | undefined;
+    let pttl = -3;
+    for (let i = 0; i < 100 && lockKey === undefined; i++) {
+      const keys = await control.keys(`krs:redis-cache:v1:{${await generation()}.*}:fill`);
+      for (const k of keys) {
+        const t = await control.pttl(k);
+        if ((await control.get(k)) !== "!" && t > 0) {
+          lockKey = k;
+          pttl = t;
+        }
+      }
+      if (lockKey === undefined) await sleep(10);
+    }
+    expect(lockKey).toBeDefined();
+    expect(pttl).toBeGreaterThan(0);
+    expect(pttl).toBeLessThanOrEqual(3000);
+    const res = await pending;
+    expect(res.cache).toBe("Miss");
+    expect(lockKey).toBe(`krs:redis-cache:v1:{${await generation()}.${res.key}}:fill`);
+    await stored(res.key);
+    expect(await control.exists(lockKey!)).toBe(0);
+  });
+
+  it("when the holder's upstream times out, the waiters do not hang and the lock does not outlive lock_timeout", async () => {
+    // Service read_timeout 300 ms, lock_timeout 1000 ms, an upstream that takes 2 s.
+    const id = uniq("holder-timeout");
+    const p = `/lockfail/${id}?delay=2000`;
+    const started = Date.now();
+    const results = await Promise.all(Array.from({ length: 10 }, (_, i) => get(p, {}, i % 2 === 0 ? gwA : gwB)));
+    const elapsed = Date.now() - started;
+    expect(results.map((r) => r.status)).toEqual(Array(10).fill(504));
+    // At worst a waiter waits out lock_timeout, then times out upstream itself.
+    expect(elapsed).toBeLessThan(1000 + 300 + 2500);
+    const key = results.find((r) => r.key !== null)?.key;
+    expect(key).toMatch(/^[0-9a-f]{64}$/);
+    const lockKey = `krs:redis-cache:v1:{${await generation()}.${key}}:fill`;
+    expect(await control.pttl(lockKey)).toBeLessThanOrEqual(1000);
+    await sleep(1100);
+    expect(await control.exists(lockKey)).toBe(0);
+    expect(await control.exists(await entryKey(key!))).toBe(0);
+  });
+
   it("when the filling response is not cacheable, the waiters go upstream at once", async () => {
     const p = `/nol1/${uniq("slow500")}?status=500&delay=300`;
     const started = Date.now();
@@ -672,7 +854,7 @@ describe("encryption", () => {
     expect(a.cache).toBe("Miss");
     expect(a.text).toContain(secret);
     const value = (await control.getBuffer(await stored(a.key)))!;
-    expect(value.toString("latin1")).toMatch(/^1\|300000\|\d+\|C\|/);
+    expect(value.toString("latin1")).toMatch(/^1\|300000\|\d+\|K\|[0-9a-f]{8}\|/);
     expect(value.includes(secret)).toBe(false);
     expect(value.includes("application/json")).toBe(false);
     const hit = await get(p);
@@ -905,7 +1087,12 @@ describe("Redis down", () => {
 
 describe("error log", () => {
   it("has no unexpected errors", () => {
-    const expected = [/cache entry [0-9a-f]{64} ignored \(treated as a miss\): (entry failed authentication|unencrypted entry while encryption_key is set|malformed entry)/];
+    const expected = [
+      /cache entry [0-9a-f]{64} ignored \(treated as a miss\): (entry failed authentication|unencrypted entry while encryption_key is set|malformed entry)/,
+      // The /rl test stops redis-rate-limit's Redis; the holder-timeout test's upstream is too slow.
+      /\[redis-rate-limit\] redis unavailable/,
+      /upstream timed out/,
+    ];
     expect(gwA.unexpectedErrors(expected)).toEqual([]);
     expect(gwB.unexpectedErrors(expected)).toEqual([]);
     expect(gw1.unexpectedErrors(expected)).toEqual([]);

@@ -1,8 +1,11 @@
 -- redis-cache: its schema (through the local gateway's Kong validator), the cacheability
 -- rules (Cache-Control, Vary, content types), the stored value format with and without
--- AES-256-GCM, and krs.crypto itself.
+-- AES-256-GCM and key rotation, the worker cache (L1) and its byte budget, configuration
+-- fingerprints, and krs.crypto itself.
 local policy = require("kong.plugins.redis-cache.policy")
 local codec = require("kong.plugins.redis-cache.codec")
+local state = require("kong.plugins.redis-cache.state")
+local l1 = require("kong.plugins.redis-cache.l1")
 local crypto = require("krs.crypto")
 
 local plugin_schema = require("plugin_schema")("redis-cache")
@@ -22,6 +25,7 @@ describe("redis-cache schema", function()
       max_body_size = 1048576,
       l1_ttl = 5,
       l1_size = 1000,
+      l1_max_bytes = 16777216,
       lock_timeout = 3000,
       refresh_ahead = 0.2,
       sliding_ttl = false,
@@ -46,6 +50,10 @@ describe("redis-cache schema", function()
     assert.same({ ["config.encryption_key"] = "length must be at least 16" }, errors_of({ encryption_key = "short" }))
     assert.same({ ["config.cache_ttl"] = "value must be greater than 0" }, errors_of({ cache_ttl = 0 }))
     ok({ l1_ttl = 0, refresh_ahead = 0, encryption_key = string.rep("k", 16) })
+    assert.same({ ["config.decryption_keys.2"] = "length must be at least 16" },
+      errors_of({ encryption_key = string.rep("k", 16), decryption_keys = { string.rep("o", 16), "short" } }))
+    assert.same({ string.rep("o", 16) }, ok({ decryption_keys = { string.rep("o", 16) } }).decryption_keys)
+    assert.same({ ["config.l1_max_bytes"] = "value should be between 0 and 2147483647" }, errors_of({ l1_max_bytes = -1 }))
   end)
 
   it("accepts content types with parameters, as Kong proxy-cache does", function()
@@ -60,6 +68,10 @@ describe("redis-cache schema", function()
       if f.encryption_key then
         assert.is_true(f.encryption_key.encrypted)
         assert.is_true(f.encryption_key.referenceable)
+      end
+      if f.decryption_keys then
+        assert.is_true(f.decryption_keys.encrypted)
+        assert.is_true(f.decryption_keys.elements.referenceable)
       end
       local _, def = next(f)
       assert.is_string(def.description)
@@ -141,7 +153,22 @@ describe("redis-cache policy", function()
 end)
 
 describe("redis-cache stored values", function()
-  local key = crypto.sha256("a secret that is long enough")
+  -- A keyring as state.prepare builds it: seal with the first secret, open with any.
+  local function ring(seal, ...)
+    local keys, ring = {}, {}
+    if seal then
+      ring.sealKey = crypto.sha256(seal)
+      ring.sealId = state.keyId(ring.sealKey)
+      keys[ring.sealId] = ring.sealKey
+    end
+    for _, other in ipairs({ ... }) do
+      local aes = crypto.sha256(other)
+      keys[state.keyId(aes)] = aes
+    end
+    ring.keys = keys
+    return ring
+  end
+  local key = ring("a secret that is long enough")
   local entry = {
     kind = "E", status = 200, storedAt = 1700000000123, ttl = 300000,
     headers = { ["Content-Type"] = "application/json", ["X-Multi"] = { "a", "b" }, Empty = "" },
@@ -164,26 +191,29 @@ describe("redis-cache stored values", function()
     assert.equal(head, value:sub(1, #head))
   end)
 
-  it("keeps them encrypted: no plaintext, a fresh nonce each time", function()
+  it("keeps them encrypted, naming the key: no plaintext, a fresh nonce each time", function()
     local a = roundtrip(key)
     local b = roundtrip(key)
-    local head = "1|300000|1700000000123|C|"
+    local head = "1|300000|1700000000123|K|" .. key.sealId .. "|"
+    assert.matches("^%x%x%x%x%x%x%x%x$", key.sealId)
     assert.equal(head, a:sub(1, #head))
     assert.is_nil(a:find("line1", 1, true))
     assert.is_nil(a:find("application/json", 1, true))
+    assert.is_nil(a:find(key.sealKey, 1, true))
     assert.not_equal(a, b)
   end)
 
   it("rejects tampering with the ciphertext, the prefix (AAD), a wrong key and a mixed-up kind", function()
     local value = assert(codec.encodeEntry(entry, key, where))
     local flipped = value:sub(1, -3) .. string.char((value:byte(-2) + 1) % 256) .. value:sub(-1)
-    local out, err = codec.decode(flipped, key, where)
+    local out, err, foreign = codec.decode(flipped, key, where)
     assert.is_nil(out)
     assert.matches("failed authentication", err, 1, true)
-    out, err = codec.decode(value:gsub("^1|300000|", "1|999999|"), key, where)
+    assert.is_false(foreign)
+    out, err, foreign = codec.decode(value:gsub("^1|300000|", "1|999999|"), key, where)
     assert.is_nil(out)
     assert.matches("failed authentication", err, 1, true)
-    assert.is_nil(codec.decode(value, crypto.sha256("another key"), where))
+    assert.is_false(foreign)
     out, err = codec.decode(value, nil, where)
     assert.is_nil(out)
     assert.matches("no encryption_key", err, 1, true)
@@ -192,10 +222,55 @@ describe("redis-cache stored values", function()
     assert.matches("unencrypted entry", err, 1, true)
   end)
 
+  it("tells foreign entries (another node's key or setting: left alone) from corrupt ones (replaced)", function()
+    local old, new = "the old secret, 16+ chars", "the new secret, 16+ chars"
+    local sealedOld = assert(codec.encodeEntry(entry, ring(old), where))
+    -- Sealed under a key this node does not have: foreign, and the log line names no key.
+    local out, err, foreign = codec.decode(sealedOld, ring(new), where)
+    assert.is_nil(out)
+    assert.is_true(foreign)
+    assert.matches("a key this node does not have", err, 1, true)
+    assert.is_nil(err:find(crypto.sha256(old), 1, true))
+    assert.is_nil(err:find(old, 1, true))
+    -- Plain where this node encrypts, encrypted where it does not: foreign too.
+    assert.is_true(select(3, codec.decode(assert(codec.encodeEntry(entry, nil, where)), ring(new), where)))
+    assert.is_true(select(3, codec.decode(sealedOld, nil, where)))
+    -- Malformed: corrupt.
+    assert.is_false(select(3, codec.decode("1|1|1|K|zz|x", ring(new), where)))
+    assert.is_false(select(3, codec.decode("garbage", ring(new), where)))
+  end)
+
+  it("rotates keys: seals with encryption_key, opens with it or any of decryption_keys", function()
+    local old, new = "the old secret, 16+ chars", "the new secret, 16+ chars"
+    local sealedOld = assert(codec.encodeEntry(entry, ring(old), where))
+    local sealedNew = assert(codec.encodeEntry(entry, ring(new, old), where))
+    -- Step 1: the new key is only read. Step 2: it seals, the old one is still read.
+    assert.same(entry, codec.decode(sealedOld, ring(old, new), where))
+    assert.same(entry, codec.decode(sealedNew, ring(old, new), where))
+    assert.same(entry, codec.decode(sealedOld, ring(new, old), where))
+    assert.same(entry, codec.decode(sealedNew, ring(new), where))
+    assert.equal(ring(new).sealId, sealedNew:match("|K|(%x+)|"))
+    -- Without a seal key, entries are written plain and encrypted ones still read.
+    assert.same(entry, codec.decode(sealedOld, ring(nil, old), where))
+    assert.equal("E", assert(codec.encodeEntry(entry, ring(nil, old), where)):match("^1|%d+|%d+|(%a)|"))
+  end)
+
+  it("still reads entries written before key ids (kind C) under any of its keys", function()
+    local aes = crypto.sha256("the old secret, 16+ chars")
+    local head = "1|300000|1700000000123|C|"
+    local payload = "200\nContent-Type:text/plain\n\nhello"
+    local legacy = head .. assert(crypto.seal(aes, payload, head .. where))
+    local out = assert(codec.decode(legacy, ring("the new secret, 16+ chars", "the old secret, 16+ chars"), where))
+    assert.equal("hello", out.body)
+    local _, _, foreign = codec.decode(legacy, ring("the new secret, 16+ chars"), where)
+    assert.is_true(foreign)
+  end)
+
   it("rejects malformed values without raising", function()
     for _, v in ipairs({ "", "garbage", "1|x|1|E|200\n\n", "1|1|1|E|20\n\n", "1|1|1|E|200\nNoColon\n\n", "1|1|1|E|200\nA:1",
-      "1|1|1|Z|x", "1|1|1|V|", "1|1|1|C|short" }) do
-      local out, err = codec.decode(v, v:find("|C|", 1, true) and key or nil, where)
+      "1|1|1|Z|x", "1|1|1|V|", "1|1|1|C|short", "1|1|1|K|" .. key.sealId .. "|short", "1|1|1|K|short" }) do
+      local encrypted = v:find("|C|", 1, true) or v:find("|K|", 1, true)
+      local out, err = codec.decode(v, encrypted and key or nil, where)
       assert.is_nil(out, v)
       assert.is_string(err)
     end
@@ -218,6 +293,119 @@ describe("redis-cache stored values", function()
     assert.matches("failed authentication", err, 1, true)
     -- Plain entries carry no authentication: where they are read from does not matter.
     assert.same(entry, codec.decode(assert(codec.encodeEntry(entry, nil, where)), nil, "elsewhere"))
+  end)
+end)
+
+describe("redis-cache L1", function()
+  local saved_ngx, clock
+  before_each(function()
+    saved_ngx = rawget(_G, "ngx")
+    clock = 1000
+    _G.ngx = setmetatable({ now = function() return clock end }, { __index = saved_ngx })
+  end)
+  after_each(function()
+    l1.setMaxBytes(l1.DEFAULT_MAX_BYTES)
+    _G.ngx = saved_ngx
+  end)
+
+  local O = l1.ENTRY_OVERHEAD
+
+  it("bounds entries per cache (least recently used leave first) and expires them", function()
+    local c = l1.newL1(2)
+    l1.set(c, "a", "A", 10, 1)
+    l1.set(c, "b", "B", 10, 1)
+    assert.equal("A", l1.get(c, "a"))
+    l1.set(c, "c", "C", 10, 1)
+    assert.is_nil(l1.get(c, "b"))
+    assert.equal("A", l1.get(c, "a"))
+    assert.equal("C", l1.get(c, "c"))
+    clock = clock + 10
+    assert.is_nil(l1.get(c, "a"))
+    assert.equal(1, l1.count(c))
+  end)
+
+  it("bounds the bytes of every cache of the worker together", function()
+    l1.setMaxBytes(3 * (1000 + O))
+    local one, two = l1.newL1(100), l1.newL1(100)
+    l1.set(one, "a", "A", 60, 1000)
+    l1.set(two, "b", "B", 60, 1000)
+    l1.set(one, "c", "C", 60, 1000)
+    assert.equal(3 * (1000 + O), l1.usedBytes())
+    assert.equal("A", l1.get(one, "a"))
+    -- "b" is now the least recently used of the worker: it leaves for "d".
+    l1.set(two, "d", "D", 60, 1000)
+    assert.is_nil(l1.get(two, "b"))
+    assert.equal("A", l1.get(one, "a"))
+    assert.equal("C", l1.get(one, "c"))
+    assert.equal("D", l1.get(two, "d"))
+    -- Larger than the whole budget: not kept, and nothing else is pushed out.
+    l1.set(one, "huge", "H", 60, 4 * 1000)
+    assert.is_nil(l1.get(one, "huge"))
+    assert.equal(3, l1.count(one) + l1.count(two))
+    -- Replacing an entry charges its new size only; a smaller budget evicts at once.
+    l1.set(one, "a", "A2", 60, 10)
+    assert.equal(2 * (1000 + O) + 10 + O, l1.usedBytes())
+    l1.setMaxBytes(10 + O + 500)
+    assert.equal("A2", l1.get(one, "a"))
+    assert.equal(1, l1.count(one) + l1.count(two))
+    l1.flush(one)
+    l1.flush(two)
+    assert.equal(0, l1.usedBytes())
+  end)
+
+  it("500 entries of 512 KiB stay within a 16 MiB budget", function()
+    local c = l1.newL1(1000)
+    for i = 1, 500 do l1.set(c, "k" .. i, i, 60, 512 * 1024) end
+    assert.is_true(l1.usedBytes() <= l1.DEFAULT_MAX_BYTES)
+    assert.equal(math.floor(l1.DEFAULT_MAX_BYTES / (512 * 1024 + O)), l1.count(c))
+    assert.equal(500, l1.get(c, "k500"))
+    assert.is_nil(l1.get(c, "k1"))
+    l1.flush(c)
+  end)
+end)
+
+describe("redis-cache configuration fingerprint", function()
+  local plugin_schema = require("plugin_schema")("redis-cache")
+  local saved_ngx
+  before_each(function()
+    saved_ngx = rawget(_G, "ngx")
+    _G.ngx = setmetatable({ now = function() return 1000 end, null = saved_ngx and saved_ngx.null or {} }, { __index = saved_ngx })
+  end)
+  after_each(function()
+    _G.ngx = saved_ngx
+  end)
+
+  it("is equal for equal configurations in other tables, whatever Kong adds to them", function()
+    local a = plugin_schema.ok({ cache_ttl = 60, vary_headers = { "Accept" } })
+    local b = plugin_schema.ok({ cache_ttl = 60, vary_headers = { "Accept" } })
+    b.__seq__ = 7
+    b.__key__ = "plugins:x"
+    assert.equal(state.fingerprint(a), state.fingerprint(b))
+    assert.not_equal(state.fingerprint(a), state.fingerprint(plugin_schema.ok({ cache_ttl = 61, vary_headers = { "Accept" } })))
+    assert.not_equal(state.fingerprint(a), state.fingerprint(plugin_schema.ok({ cache_ttl = 60, vary_headers = { "Accept", "X" } })))
+    assert.not_equal(state.fingerprint(plugin_schema.ok({ encryption_key = string.rep("a", 16) })),
+      state.fingerprint(plugin_schema.ok({ encryption_key = string.rep("b", 16) })))
+  end)
+
+  it("keeps one state (and L1) per configuration across config tables; configure drops the others and sets the budget", function()
+    local a = plugin_schema.ok({ l1_max_bytes = 1000 })
+    local copy = plugin_schema.ok({ l1_max_bytes = 1000 })
+    local noL1 = plugin_schema.ok({ l1_ttl = 0, l1_max_bytes = 10 })
+    state.setConfigs({ a, noL1 })
+    assert.equal(1000, l1.maxBytes())
+    local s = state.prepare(a)
+    assert.equal(s, state.prepare(copy))
+    l1.set(s.l1, "k", "v", 60, 1)
+    -- Another config list that still has it (say, a route was added): same state, same L1.
+    state.setConfigs({ plugin_schema.ok({ l1_max_bytes = 1000 }), plugin_schema.ok({ cache_ttl = 9 }) })
+    assert.equal(s, state.prepare(copy))
+    assert.equal("v", l1.get(state.prepare(copy).l1, "k"))
+    -- Gone from the list: its L1 is emptied and a config table that still points to it gets a new state.
+    state.setConfigs({ plugin_schema.ok({ cache_ttl = 9 }) })
+    assert.equal(l1.DEFAULT_MAX_BYTES, l1.maxBytes())
+    assert.is_nil(l1.get(s.l1, "k"))
+    assert.not_equal(s, state.prepare(a))
+    state.setConfigs({})
   end)
 end)
 

@@ -23,12 +23,17 @@ export interface Conf {
   /** Seconds; 0 disables the worker cache. */
   l1_ttl: number;
   l1_size: number;
+  /** Bytes, for the whole worker (the smallest value among enabled instances applies). */
+  l1_max_bytes: number;
   /** Milliseconds. */
   lock_timeout: number;
   /** Fraction of the TTL (0 = off). */
   refresh_ahead: number;
   sliding_ttl: boolean;
+  /** Seals new entries. */
   encryption_key?: string;
+  /** Also accepted when reading (key rotation); never used to seal. */
+  decryption_keys?: string[];
   fault_tolerant: boolean;
   redis: RedisConf;
 }

@@ -6,7 +6,9 @@
  * access         key → L1 → Redis (one round trip: generation + lookup script); a hit is
  *                served with kong.response.exit; a cold key makes this request the
  *                filler or a waiter
- * header_filter  decides whether the upstream response may be stored
+ * header_filter  decides whether the upstream response may be stored, and what of it: the
+ *                upstream's headers only (not those other plugins added); on a hit, puts
+ *                back the Server and Via a miss of the same entry had
  * body_filter    buffers it (up to max_body_size) and, at the end, queues the store and
  *                the lock release for the worker's writer timer (no cosockets here)
  * log            gives back a lock still held (aborted responses)
@@ -17,12 +19,14 @@ import { SUITE_VERSION } from "../../lib/version";
 import { baseKey, variantKey } from "./cachekey";
 import * as codec from "./codec";
 import { PLUGIN_NAME, type Conf } from "./conf";
+import * as l1cache from "./l1";
 import * as policy from "./policy";
 import { prepare, setConfigs, type Prepared } from "./state";
 import * as storage from "./storage";
 import * as writer from "./writer";
 
 const floor = math.floor;
+const gsub = string.gsub;
 const lower = string.lower;
 const max = math.max;
 const min = math.min;
@@ -43,14 +47,21 @@ const WAIT_MAX = 0.05;
 
 /**
  * Never stored: hop-by-hop headers (RFC 9110 7.6.1), headers that describe one response
- * on its way (length, cookies, age), the gateway's per-request headers and the cache's own.
+ * on its way (length, cookies, age) and the cache's own.
  */
 const NOT_STORED = new LuaTable<string, boolean>();
 for (const name of [
   "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
-  "trailers", "transfer-encoding", "upgrade", "content-length", "set-cookie", "age", "via",
+  "trailers", "transfer-encoding", "upgrade", "content-length", "set-cookie", "age",
   "x-cache-status", "x-cache-key",
 ]) NOT_STORED.set(name, true);
+
+/**
+ * Stored as the client of the miss received them, whoever set them, and put back on a
+ * hit (the gateway gives a response of its own its own Server and no Via): a hit then
+ * looks like the miss, as in Kong, where a cache hit counts as proxied.
+ */
+const REPLAYED = ["Server", "Via"];
 
 interface Capture {
   status: number;
@@ -80,10 +91,12 @@ interface RequestState {
   capture?: Capture;
   /** The lock was given back or the store was scheduled. */
   done: boolean;
+  /** A hit: the entry served, for header_filter to put back REPLAYED. */
+  served?: codec.Entry;
 }
 
 interface StoreJob {
-  aesKey: string | undefined;
+  keyring: codec.Keyring | undefined;
   gen: string;
   base: string;
   key: string;
@@ -105,26 +118,68 @@ function newToken(this: void): string {
   return tokenPrefix + tokenCount;
 }
 
+/** Bytes an L1 copy holds: its body, header names and values, Vary names. */
+function sizeOf(this: void, cached: codec.Cached): number {
+  let size = 0;
+  if (cached.kind === "V") {
+    for (const name of cached.vary) size += name.length + 1;
+    return size;
+  }
+  size = cached.body.length;
+  for (const [name, value] of pairs(cached.headers)) {
+    size += name.length + 4;
+    if (type(value) === "table") for (const v of value as string[]) size += v.length + 4;
+    else size += (value as string).length;
+  }
+  return size;
+}
+
 function l1Put(this: void, p: Prepared, key: string, cached: codec.Cached, nowMs: number): void {
   if (p.l1 === undefined) return;
   let ttl = p.l1Ttl;
   // A copy never outlives its Redis entry (which a sliding TTL keeps extending).
   if (p.slidingArg === "0") ttl = min(ttl, (cached.storedAt + cached.ttl - nowMs) / 1000);
-  if (ttl > 0) p.l1.set(key, cached, ttl);
+  if (ttl > 0) l1cache.set(p.l1, key, cached, ttl, sizeOf(cached));
+}
+
+/** What the client's Cache-Control asks of a stored response (cache_control: true). */
+interface Wants {
+  /** max-age: seconds. */
+  maxAge?: number;
+  /** min-fresh: seconds the entry must still be fresh for. */
+  minFresh?: number;
+  /** only-if-cached: a stored response or 504, never the upstream. */
+  onlyIfCached: boolean;
+}
+
+const NO_WANTS: Wants = { onlyIfCached: false };
+
+/**
+ * Does the entry satisfy the client's max-age and min-fresh? max-age compares
+ * milliseconds: `max-age=0` takes no stored response at all (Kong compares whole seconds
+ * and serves one stored in the same second).
+ */
+function acceptable(this: void, e: codec.Entry, nowMs: number, wants: Wants): boolean {
+  const age = nowMs - e.storedAt;
+  if (wants.maxAge !== undefined && age > wants.maxAge * 1000) return false;
+  if (wants.minFresh !== undefined && e.ttl - age < wants.minFresh * 1000) return false;
+  return true;
 }
 
 /** May an L1 copy be served without asking Redis? Not inside the refresh-ahead window. */
-function fresh(this: void, p: Prepared, e: codec.Entry, nowMs: number, maxAge: number | undefined): boolean {
+function fresh(this: void, p: Prepared, e: codec.Entry, nowMs: number, wants: Wants): boolean {
   const age = nowMs - e.storedAt;
   if (p.slidingArg === "0" && age >= e.ttl) return false;
   if (p.refreshFraction > 0 && age >= e.ttl * (1 - p.refreshFraction)) return false;
-  return maxAge === undefined || age <= maxAge * 1000;
+  return acceptable(e, nowMs, wants);
 }
 
 /** Sends the entry. In Kong, kong.response.exit returns in access: callers return right after. */
 function serve(this: void, st: RequestState, e: codec.Entry, key: string, nowMs: number): void {
   st.status = HIT;
   st.key = key;
+  st.served = e;
+  // A fresh table each time: the PDK may change the one it is handed.
   const headers: KongHeaders = {};
   // Headers a plugin before this one has set already (rate-limit counters, ...) win over
   // their stored copies.
@@ -150,19 +205,33 @@ function goUpstream(this: void, st: RequestState, status: string, key: string, g
   st.mayStore = true;
 }
 
+/**
+ * Nothing stored may answer this request: with the client's `only-if-cached`, 504 and
+ * never the upstream (RFC 9111 5.2.1.7, as Kong), giving back any lock taken; else the
+ * request goes upstream as `status`.
+ */
+function notCached(this: void, st: RequestState, wants: Wants, status: string, key: string, gen: string): void {
+  if (!wants.onlyIfCached) return goUpstream(st, status, key, gen);
+  st.status = MISS;
+  st.key = key;
+  st.gen = gen;
+  giveBack(st, false);
+  return kong.response.exit(504);
+}
+
 // ---------------------------------------------------------------- access
 
 /** Serves the request from this worker's copy when it has a fresh one; true when served. */
-function fromL1(this: void, st: RequestState, l1: LruCache<codec.Cached>, nowMs: number, maxAge: number | undefined): boolean {
+function fromL1(this: void, st: RequestState, l1: l1cache.L1<codec.Cached>, nowMs: number, wants: Wants): boolean {
   let key = st.base;
-  let [cached] = l1.get(key);
+  let cached = l1cache.get(l1, key);
   if (cached !== undefined && cached.kind === "V") {
     const variant = variantKey(st.base, cached.vary);
     if (variant === undefined) return false;
     key = variant;
-    [cached] = l1.get(key);
+    cached = l1cache.get(l1, key);
   }
-  if (cached === undefined || cached.kind !== "E" || !fresh(st.p, cached, nowMs, maxAge)) return false;
+  if (cached === undefined || cached.kind !== "E" || !fresh(st.p, cached, nowMs, wants)) return false;
   serve(st, cached, key, nowMs);
   return true;
 }
@@ -172,7 +241,7 @@ function fromL1(this: void, st: RequestState, l1: LruCache<codec.Cached>, nowMs:
  * filler or refresher, or is let through (a waiter whose filler gave up or took longer
  * than lock_timeout).
  */
-function fromRedis(this: void, st: RequestState, maxAge: number | undefined): void {
+function fromRedis(this: void, st: RequestState, wants: Wants): void {
   const redis = st.conf.redis;
   const p = st.p;
   const token = newToken();
@@ -190,10 +259,22 @@ function fromRedis(this: void, st: RequestState, maxAge: number | undefined): vo
     st.gen = r.gen;
 
     if (r.kind === storage.HIT) {
-      const [cached, decodeErr] = codec.decode(r.value!, p.aesKey, storage.entryKey(r.gen, key));
+      const [cached, decodeErr, foreign] = codec.decode(r.value!, p.keyring, storage.entryKey(r.gen, key));
       if (cached === undefined) {
-        kong.log.err(`cache entry ${key} ignored (treated as a miss): ${decodeErr}`);
-        if (repaired) return goUpstream(st, MISS, key, r.gen);
+        logThrottled(PLUGIN_NAME, `cache entry ${key} ignored (treated as a miss): ${decodeErr}`);
+        // The lookup handed this request the refresh lock of an entry it cannot use: give it
+        // back, so that a node that can read the entry refreshes it in time.
+        if (r.refresh === true) release(st, storage.refreshKey(r.gen, key), 0);
+        if (foreign) {
+          // Written by a node configured otherwise (another key, during a rotation): it is
+          // left for the nodes that can read it, neither deleted nor overwritten.
+          if (wants.onlyIfCached) return notCached(st, wants, MISS, key, r.gen);
+          st.status = MISS;
+          st.key = key;
+          st.gen = r.gen;
+          return;
+        }
+        if (repaired) return notCached(st, wants, MISS, key, r.gen);
         // Remove it, then look again: this request may become the filler.
         repaired = true;
         const [, purgeErr] = storage.purge(redis, key);
@@ -201,7 +282,7 @@ function fromRedis(this: void, st: RequestState, maxAge: number | undefined): vo
         continue;
       }
       if (cached.kind === "V") {
-        if (followedVary) return goUpstream(st, MISS, key, r.gen);
+        if (followedVary) return notCached(st, wants, MISS, key, r.gen);
         followedVary = true;
         l1Put(p, key, cached, nowMs);
         const variant = variantKey(st.base, cached.vary);
@@ -217,20 +298,25 @@ function fromRedis(this: void, st: RequestState, maxAge: number | undefined): vo
       if (r.refresh === true) {
         st.lockKey = storage.refreshKey(r.gen, key);
         st.fillLock = false;
-        return goUpstream(st, REFRESH, key, r.gen);
+        if (wants.onlyIfCached) {
+          // Still fresh: served; the refresh is left to a request that may go upstream.
+          giveBack(st, false);
+        } else {
+          return goUpstream(st, REFRESH, key, r.gen);
+        }
       }
-      if (maxAge !== undefined && nowMs - cached.storedAt > maxAge * 1000) return goUpstream(st, REFRESH, key, r.gen);
+      if (!acceptable(cached, nowMs, wants)) return notCached(st, wants, REFRESH, key, r.gen);
       return serve(st, cached, key, nowMs);
     }
 
     if (r.kind === storage.FILL) {
       st.lockKey = storage.fillKey(r.gen, key);
       st.fillLock = true;
-      return goUpstream(st, MISS, key, r.gen);
+      return notCached(st, wants, MISS, key, r.gen);
     }
 
     // Another request is filling this key.
-    if (r.holder === storage.UNCACHEABLE) return goUpstream(st, MISS, key, r.gen);
+    if (r.holder === storage.UNCACHEABLE || wants.onlyIfCached) return notCached(st, wants, MISS, key, r.gen);
     const t = now();
     if (deadline === undefined) deadline = t + p.lockMs / 1000;
     if (t >= deadline) return goUpstream(st, MISS, key, r.gen);
@@ -238,8 +324,8 @@ function fromRedis(this: void, st: RequestState, maxAge: number | undefined): vo
     delay = min(delay * 2, WAIT_MAX);
     if (p.l1 !== undefined) {
       // Another request of this worker may have got it meanwhile.
-      const [cached] = p.l1.get(key);
-      if (cached !== undefined && cached.kind === "E") return serve(st, cached, key, now() * 1000);
+      const cached = l1cache.get(p.l1, key);
+      if (cached !== undefined && cached.kind === "E" && acceptable(cached, now() * 1000, wants)) return serve(st, cached, key, now() * 1000);
     }
   }
 }
@@ -248,9 +334,16 @@ function fromRedis(this: void, st: RequestState, maxAge: number | undefined): vo
 
 /** Gives the lock back (at most once); `uncacheable` lets the waiters go upstream at once. */
 function giveBack(this: void, st: RequestState, uncacheable: boolean): void {
-  if (st.done || st.lockKey === undefined || st.token === undefined) return;
+  if (st.done || st.lockKey === undefined) return;
   st.done = true;
-  const call = storage.releaseCall(st.lockKey, st.token, uncacheable && st.fillLock ? st.p.lockMs : 0);
+  release(st, st.lockKey, uncacheable && st.fillLock ? st.p.lockMs : 0);
+}
+
+/** Queues the release of a lock this request's token holds (see cache-release-1.lua). */
+function release(this: void, st: RequestState, lockKey: string, markerMs: number): void {
+  const token = st.token;
+  if (token === undefined) return;
+  const call = storage.releaseCall(lockKey, token, markerMs);
   writer.enqueueRelease(st.conf.redis, () => [call]);
 }
 
@@ -258,7 +351,7 @@ function giveBack(this: void, st: RequestState, uncacheable: boolean): void {
 function storeCalls(this: void, job: StoreJob): client.Call[] {
   const calls: client.Call[] = [];
   const entryKey = storage.entryKey(job.gen, job.key);
-  const [value, encodeErr] = codec.encodeEntry(job.entry, job.aesKey, entryKey);
+  const [value, encodeErr] = codec.encodeEntry(job.entry, job.keyring, entryKey);
   if (value === undefined) {
     logThrottled(PLUGIN_NAME, `could not encode a cache entry: ${encodeErr}`);
   } else {
@@ -280,7 +373,7 @@ function finishStore(this: void, st: RequestState, cap: Capture): void {
   l1Put(st.p, cap.key, entry, nowMs);
   if (cap.key !== st.base) l1Put(st.p, st.base, { kind: "V", vary: cap.vary, storedAt: nowMs, ttl: cap.ttlMs }, nowMs);
   const job: StoreJob = {
-    aesKey: st.p.aesKey,
+    keyring: st.p.keyring,
     gen: st.gen ?? "0",
     base: st.base,
     key: cap.key,
@@ -296,15 +389,28 @@ function finishStore(this: void, st: RequestState, cap: Capture): void {
   writer.enqueueStore(st.conf.redis, entry.body.length, () => storeCalls(job), release);
 }
 
-/** The response headers worth replaying on a hit: all but NOT_STORED and X-Kong-*. */
-function storedHeaders(this: void, keepLength: boolean): HeaderTable {
+/**
+ * The response headers worth replaying on a hit: those the upstream sent (as
+ * kong.service.response.get_headers() tells them apart: nginx's $upstream_http_* variables),
+ * but not NOT_STORED; plus REPLAYED as the client receives them. Headers that plugins or
+ * the gateway add (rate-limit counters, X-Kong-*) belong to one request and are not
+ * stored. A header sent once keeps the upstream's own value (a plugin that rewrites it
+ * does so again on the hit); a repeated one keeps the response's values (nginx's variable
+ * holds only the first).
+ */
+function storedHeaders(this: void): HeaderTable {
   const [all] = ngx.resp.get_headers(0, true);
   const out: HeaderTable = new LuaTable();
   for (const [name, value] of pairs(all)) {
     const l = lower(name);
-    if (NOT_STORED.has(l) && !(keepLength && l === "content-length")) continue;
-    if (sub(l, 1, 7) === "x-kong-") continue;
-    out.set(name, value);
+    if (NOT_STORED.has(l)) continue;
+    if (l === "server" || l === "via") {
+      out.set(name, value);
+      continue;
+    }
+    const upstream = ngx.var["upstream_http_" + gsub(l, "-", "_")[0]];
+    if (upstream === undefined) continue;
+    out.set(name, type(value) === "table" ? value : upstream);
   }
   return out;
 }
@@ -322,6 +428,12 @@ function capture(this: void, st: RequestState): Capture | undefined {
   const contentType = headerString(ngx.header["Content-Type"]);
   if (contentType === undefined || !policy.matchesType(p.types, contentType)) return undefined;
   if (ngx.header["Set-Cookie"] !== undefined) return undefined;
+  // HEAD is never stored (Kong neither): its entry would have no body, and nothing may
+  // ever let a GET be answered from it.
+  if (kong.request.get_method() === "HEAD") return undefined;
+  // No upstream response in nginx's variables (Kong's buffered proxying answers through a
+  // subrequest): the upstream's headers cannot be told from the plugins', so nothing is stored.
+  if (ngx.var["upstream_status"] === undefined) return undefined;
   const vary = policy.parseVary(ngx.header["Vary"]);
   if (vary === "*") return undefined;
   let ttl = conf.cache_ttl;
@@ -347,7 +459,7 @@ function capture(this: void, st: RequestState): Capture | undefined {
   }
   return {
     status,
-    headers: storedHeaders(kong.request.get_method() === "HEAD"),
+    headers: storedHeaders(),
     ttlMs: ttl * 1000,
     key,
     vary,
@@ -374,7 +486,9 @@ const handler: KongPluginHandler<Conf> = {
     const p = prepare(conf);
     const st: RequestState = { conf, p, status: BYPASS, base: "", fillLock: false, mayStore: false, done: false };
     kong.ctx.plugin[CTX_KEY] = st;
-    if (!p.methods.has(kong.request.get_method())) return;
+    const method = kong.request.get_method();
+    // HEAD responses are never stored, so a HEAD has nothing to look up.
+    if (!p.methods.has(method) || method === "HEAD") return;
     let requestCc: policy.Directives | undefined;
     if (conf.cache_control) {
       requestCc = policy.parseCacheControl(ngx.var["http_cache_control"]);
@@ -393,27 +507,37 @@ const handler: KongPluginHandler<Conf> = {
     if (base === undefined) return;
     st.base = base;
     st.key = st.base;
-    if (requestCc !== undefined && requestCc.has("no-cache")) {
+    const wants: Wants = requestCc === undefined ? NO_WANTS : {
+      maxAge: policy.seconds(requestCc, "max-age"),
+      minFresh: policy.seconds(requestCc, "min-fresh"),
+      onlyIfCached: requestCc.has("only-if-cached"),
+    };
+    if (requestCc !== undefined && requestCc.has("no-cache") && !wants.onlyIfCached) {
       // Fetched anew and stored for everyone else.
       return goUpstream(st, REFRESH, st.base, storage.knownGeneration(conf.redis));
     }
-    const maxAge = policy.seconds(requestCc, "max-age");
-    if (p.l1 !== undefined && fromL1(st, p.l1, now() * 1000, maxAge)) return;
-    fromRedis(st, maxAge);
+    if (p.l1 !== undefined && fromL1(st, p.l1, now() * 1000, wants)) return;
+    fromRedis(st, wants);
   },
 
   header_filter(conf) {
     const st = stateOf();
-    if (st === undefined || st.status === HIT) return;
+    if (st === undefined) return;
+    if (st.status === HIT) {
+      const served = st.served;
+      if (served === undefined) return;
+      for (const name of REPLAYED) {
+        const value = served.headers.get(name) ?? served.headers.get(lower(name));
+        if (value === undefined) kong.response.clear_header(name);
+        else ngx.header[name] = value;
+      }
+      return;
+    }
     if (st.mayStore) {
       const cap = capture(st);
       if (cap === undefined) {
         st.status = BYPASS;
         giveBack(st, true);
-      } else if (kong.request.get_method() === "HEAD") {
-        // No body will follow (nginx runs no body filter for a header-only response).
-        st.key = cap.key;
-        finishStore(st, cap);
       } else {
         st.capture = cap;
         st.key = cap.key;

@@ -37,7 +37,7 @@ const schema: KongPluginSchema = {
               required: true,
               default: ["GET", "HEAD"],
               elements: { type: "string", one_of: METHODS },
-              description: "Request methods whose responses may be cached. The request body is not part of the cache key.",
+              description: "Request methods whose responses may be cached. The request body is not part of the cache key. HEAD responses are never stored (as in Kong), so HEAD requests always reach the upstream.",
             },
           },
           {
@@ -73,7 +73,7 @@ const schema: KongPluginSchema = {
               type: "boolean",
               required: true,
               default: false,
-              description: "Honour Cache-Control: on requests no-store and no-cache (bypass, refetch) and max-age; on responses no-store, no-cache, private (not stored), s-maxage and max-age (the TTL).",
+              description: "Honour Cache-Control: on requests no-store and no-cache (bypass, refetch), max-age and min-fresh (refetch an entry too old or expiring too soon) and only-if-cached (a stored response or 504, never the upstream); on responses no-store, no-cache, private (not stored), s-maxage and max-age (the TTL).",
             },
           },
           {
@@ -130,7 +130,16 @@ const schema: KongPluginSchema = {
               required: true,
               default: 1000,
               between: [1, 1000000],
-              description: "Entries each worker keeps in L1 (least recently used go first).",
+              description: "Entries each worker keeps in L1 for this instance (least recently used go first); l1_max_bytes bounds their bytes.",
+            },
+          },
+          {
+            l1_max_bytes: {
+              type: "integer",
+              required: true,
+              default: 16777216,
+              between: [0, 2147483647],
+              description: "Bytes of responses (bodies and headers, plus 256 bytes per entry) all redis-cache instances together keep in one worker's L1; the least recently used entry leaves first. The smallest value among the enabled instances that use L1 applies to the worker. 0 keeps nothing in L1.",
             },
           },
           {
@@ -165,7 +174,15 @@ const schema: KongPluginSchema = {
               len_min: 16,
               referenceable: true,
               encrypted: true,
-              description: "When set, entries are stored in Redis encrypted with AES-256-GCM under SHA-256 of this secret (a fresh nonce per entry); entries that fail authentication are treated as misses.",
+              description: "When set, new entries are stored in Redis encrypted with AES-256-GCM under SHA-256 of this secret (a fresh nonce per entry). Entries sealed under a key this node does not have are misses that are left in place; entries that fail authentication are misses that are replaced.",
+            },
+          },
+          {
+            decryption_keys: {
+              type: "array",
+              encrypted: true,
+              elements: { type: "string", len_min: 16, referenceable: true },
+              description: "Key rotation: further secrets whose entries are also read (never used to seal). Rotate by adding the new secret here on every node, then making it encryption_key (the old one moves here) on every node, then removing the old one.",
             },
           },
           { fault_tolerant: faultTolerantField(true) },

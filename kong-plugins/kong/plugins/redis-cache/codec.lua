@@ -34,15 +34,16 @@ local function payloadOf(entry)
     parts[#parts + 1] = entry.body
     return concat(parts)
 end
---- The Redis value of an entry; encrypted when `key` (32 bytes) is given, and then bound
+--- The Redis value of an entry; encrypted when the keyring has a seal key, and then bound
 -- to `redisKey`, the key it is stored under.
-function ____exports.encodeEntry(entry, key, redisKey)
+function ____exports.encodeEntry(entry, keyring, redisKey)
     local payload = payloadOf(entry)
-    if key == nil then
+    local sealKey = keyring and keyring.sealKey
+    if keyring == nil or sealKey == nil then
         return prefix(entry.ttl, entry.storedAt, "E") .. payload, nil
     end
-    local head = prefix(entry.ttl, entry.storedAt, "C")
-    local sealed, err = crypto.seal(key, payload, head .. redisKey)
+    local head = (prefix(entry.ttl, entry.storedAt, "K") .. keyring.sealId) .. "|"
+    local sealed, err = crypto.seal(sealKey, payload, head .. redisKey)
     if sealed == nil then
         return nil, err
     end
@@ -96,13 +97,14 @@ local function decodePayload(payload, storedAt, ttl)
         ttl = ttl
     }, nil
 end
---- Decodes a Redis value read from `redisKey`. With `key` (32 bytes), entries must be
--- encrypted, and authenticate under it and that Redis key. Returns nil plus the reason
--- for anything else.
-function ____exports.decode(value, key, redisKey)
+--- Decodes a Redis value read from `redisKey`. With a seal key in `keyring`, entries must
+-- be encrypted, under one of its keys, and authenticate under it and that Redis key.
+-- Returns nil plus the reason for anything else, and `true` as third value when the
+-- value is foreign (see above) rather than corrupt.
+function ____exports.decode(value, keyring, redisKey)
     local ttlText, storedText, kind, restAt = match(value, "^1|(%d+)|(%d+)|(%a)|()")
     if restAt == nil then
-        return nil, "malformed entry: bad prefix"
+        return nil, "malformed entry: bad prefix", false
     end
     local ttl = tonumber(ttlText)
     local storedAt = tonumber(storedText)
@@ -113,30 +115,55 @@ function ____exports.decode(value, key, redisKey)
             vary[#vary + 1] = name
         end
         if #vary == 0 then
-            return nil, "malformed entry: empty Vary marker"
+            return nil, "malformed entry: empty Vary marker", false
         end
-        return {kind = "V", vary = vary, storedAt = storedAt, ttl = ttl}, nil
+        return {kind = "V", vary = vary, storedAt = storedAt, ttl = ttl}, nil, false
     end
     if kind == "E" then
-        if key ~= nil then
-            return nil, "unencrypted entry while encryption_key is set"
+        if (keyring and keyring.sealKey) ~= nil then
+            return nil, "unencrypted entry while encryption_key is set", true
         end
-        return decodePayload(rest, storedAt, ttl)
+        local entry, err = decodePayload(rest, storedAt, ttl)
+        return entry, err, false
     end
-    if kind == "C" then
-        if key == nil then
-            return nil, "encrypted entry while no encryption_key is set"
+    if kind == "K" then
+        local id, sealedAt = match(rest, "^(%x%x%x%x%x%x%x%x)|()")
+        if sealedAt == nil then
+            return nil, "malformed entry: bad key id", false
         end
+        if keyring == nil then
+            return nil, "encrypted entry while no encryption_key is set", true
+        end
+        local key = keyring.keys[id]
+        if key == nil then
+            return nil, ("entry sealed under a key this node does not have (key id " .. id) .. ")", true
+        end
+        local head = sub(value, 1, restAt + 8)
         local payload, err = crypto.open(
             key,
-            rest,
-            sub(value, 1, restAt - 1) .. redisKey
+            sub(rest, sealedAt),
+            head .. redisKey
         )
         if payload == nil then
-            return nil, "entry failed authentication: " .. tostring(err)
+            return nil, "entry failed authentication: " .. tostring(err), false
         end
-        return decodePayload(payload, storedAt, ttl)
+        local entry, payloadErr = decodePayload(payload, storedAt, ttl)
+        return entry, payloadErr, false
     end
-    return nil, "malformed entry: unknown kind " .. tostring(kind)
+    if kind == "C" then
+        if keyring == nil then
+            return nil, "encrypted entry while no encryption_key is set", true
+        end
+        local aad = sub(value, 1, restAt - 1) .. redisKey
+        for ____, key in pairs(keyring.keys) do
+            local payload = crypto.open(key, rest, aad)
+            if payload ~= nil then
+                local entry, payloadErr = decodePayload(payload, storedAt, ttl)
+                return entry, payloadErr, false
+            end
+        end
+        return nil, "entry without a key id opens under none of this node's keys", true
+    end
+    return nil, "malformed entry: unknown kind " .. tostring(kind), false
 end
 return ____exports
