@@ -27,6 +27,9 @@ interface Reply {
   remaining: number[];
 }
 
+/** The counters the script decided each window with: [start counted in, count, previous count]. */
+type Counted = [number, number, number];
+
 type Algorithm = "sliding" | "fixed";
 
 let port: number;
@@ -39,11 +42,19 @@ function client(): Redis {
   return r;
 }
 
-async function call(r: Redis, key: string, now: number, algorithm: Algorithm, windows: Window[], ttl = 120000): Promise<Reply> {
+async function callWithCounts(r: Redis, key: string, now: number, algorithm: Algorithm, windows: Window[], ttl = 120000): Promise<Reply & { counted: Counted[] }> {
   const args: (string | number)[] = [now, algorithm, ttl, windows.length];
   for (const w of windows) args.push(w.name, w.limit, w.start, w.length, w.prevStart, w.nextLength);
   const raw = await (r as unknown as { rateLimit(key: string, ...args: (string | number)[]): Promise<number[]> }).rateLimit(key, ...args);
-  return { admitted: raw[0] === 1, retry: raw[1]!, remaining: raw.slice(2) };
+  const n = windows.length;
+  expect(raw.length).toBe(2 + 4 * n);
+  const counted = windows.map((_, i): Counted => [raw[2 + n + 3 * i]!, raw[3 + n + 3 * i]!, raw[4 + n + 3 * i]!]);
+  return { admitted: raw[0] === 1, retry: raw[1]!, remaining: raw.slice(2, 2 + n), counted };
+}
+
+async function call(r: Redis, key: string, now: number, algorithm: Algorithm, windows: Window[], ttl = 120000): Promise<Reply> {
+  const { admitted, retry, remaining } = await callWithCounts(r, key, now, algorithm, windows, ttl);
+  return { admitted, retry, remaining };
 }
 
 /** The window of `length` ms containing `now`, aligned on the epoch (as the gateway computes it). */
