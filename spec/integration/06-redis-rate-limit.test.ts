@@ -416,7 +416,6 @@ describe("on one worker: every window's headers, the deny cache, the rejection b
   const MINUTE = 60_000;
   const DAY = 86_400_000;
   const endOfMonth = (t: number) => Date.UTC(new Date(t).getUTCFullYear(), new Date(t).getUTCMonth() + 1, 1);
-  const endOfYear = (t: number) => Date.UTC(new Date(t).getUTCFullYear() + 1, 0, 1);
   const EVERY_WINDOW = ["Second", "Minute", "Hour", "Day", "Month", "Year"];
   const NAMES = [...EVERY_WINDOW.flatMap((w) => [`X-RateLimit-Limit-${w}`, `X-RateLimit-Remaining-${w}`]), "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"];
 
@@ -473,7 +472,7 @@ describe("on one worker: every window's headers, the deny cache, the rejection b
     const id = client();
     const seen = [await hit(`${one.proxyUrl}/monthly`, { "X-Client": id }), await hit(`${one.proxyUrl}/monthly`, { "X-Client": id })];
     const rejected = await hit(`${one.proxyUrl}/monthly`, { "X-Client": id });
-    const within = (value: string | undefined, r: Res) => {
+    const within = (value: string | string[] | undefined, r: Res) => {
       expect(Number(value)).toBeGreaterThanOrEqual(Math.ceil((endOfMonth(r.sentAt) - r.doneAt) / 1000));
       expect(Number(value)).toBeLessThanOrEqual(Math.ceil((endOfMonth(r.sentAt) - r.sentAt) / 1000));
     };
