@@ -1,5 +1,6 @@
 -- redis-rate-limit: its schema (through the local gateway's Kong validator), its window
--- arithmetic (UTC calendar months and years), and the instance fields the gateway hands handlers.
+-- arithmetic (UTC calendar months and years), the instance fields the gateway hands handlers,
+-- and counts (the script's decision arithmetic the deny cache repeats) at exact boundaries.
 local config_loader = require("krs.gateway.config")
 local windows = require("kong.plugins.redis-rate-limit.windows")
 local cjson = require("cjson.safe")
