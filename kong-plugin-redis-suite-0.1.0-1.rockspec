@@ -36,6 +36,7 @@ build = {
     ["kong.plugins.redis-key-auth.store"] = "kong-plugins/kong/plugins/redis-key-auth/store.lua",
     ["kong.plugins.redis-key-auth.util"] = "kong-plugins/kong/plugins/redis-key-auth/util.lua",
     ["kong.plugins.redis-rate-limit.conf"] = "kong-plugins/kong/plugins/redis-rate-limit/conf.lua",
+    ["kong.plugins.redis-rate-limit.counts"] = "kong-plugins/kong/plugins/redis-rate-limit/counts.lua",
     ["kong.plugins.redis-rate-limit.handler"] = "kong-plugins/kong/plugins/redis-rate-limit/handler.lua",
     ["kong.plugins.redis-rate-limit.schema"] = "kong-plugins/kong/plugins/redis-rate-limit/schema.lua",
     ["kong.plugins.redis-rate-limit.windows"] = "kong-plugins/kong/plugins/redis-rate-limit/windows.lua",

@@ -32,13 +32,17 @@ then six values per window i = 1..n, starting at ARGV[5 + 6 * (i - 1)]:
   +4 start of the window before it (epoch ms)
   +5 length of the window after it (ms)
 
-Reply: a flat array of 2 + n integers
+Reply: a flat array of 2 + 4n integers
   [1]      1 when admitted (and counted), 0 when rejected
   [2]      milliseconds until the next request can be admitted, if nothing else is
            admitted meanwhile: >= 1 when rejected, and when this admitted request left a
            window with no room; 0 when the next request would be admitted now
   [2 + i]  remaining in window i: after this request when admitted; as it stands when
            rejected (0 for a window that rejects)
+  [2 + n + 3i - 2 .. 2 + n + 3i]  window i as this script decided it (after this request
+           when admitted): the start it counted in, its count and the previous window's.
+           While no request is admitted (until [2] has passed), these are the counters
+           every later call would read, so the gateway can answer as this script would.
 ]]
 
 local rcall = redis.call
@@ -135,6 +139,9 @@ for i = 1, n do
     if wait > retry then retry = wait end
   end
   reply[2 + i] = room
+  reply[2 + n + 3 * i - 2] = w.bucket
+  reply[2 + n + 3 * i - 1] = curr
+  reply[2 + n + 3 * i] = w.prev
 end
 reply[2] = retry
 

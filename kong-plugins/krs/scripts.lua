@@ -312,7 +312,7 @@ end
 purge()
 return { 0, "" }
 ]==] }
-scripts["rate-limit"] = { sha1 = "d8101dc302b2a799dcdc42db62bfcf014ac83910", numkeys = 1, source = [==[
+scripts["rate-limit"] = { sha1 = "9810accaa5e4614a5370778a38cd12bcac99a62a", numkeys = 1, source = [==[
 --[[
 rate-limit: decides one request against every configured window of one counter set
 (one plugin instance, one identifier) and counts it in all of them when, and only
@@ -347,13 +347,17 @@ then six values per window i = 1..n, starting at ARGV[5 + 6 * (i - 1)]:
   +4 start of the window before it (epoch ms)
   +5 length of the window after it (ms)
 
-Reply: a flat array of 2 + n integers
+Reply: a flat array of 2 + 4n integers
   [1]      1 when admitted (and counted), 0 when rejected
   [2]      milliseconds until the next request can be admitted, if nothing else is
            admitted meanwhile: >= 1 when rejected, and when this admitted request left a
            window with no room; 0 when the next request would be admitted now
   [2 + i]  remaining in window i: after this request when admitted; as it stands when
            rejected (0 for a window that rejects)
+  [2 + n + 3i - 2 .. 2 + n + 3i]  window i as this script decided it (after this request
+           when admitted): the start it counted in, its count and the previous window's.
+           While no request is admitted (until [2] has passed), these are the counters
+           every later call would read, so the gateway can answer as this script would.
 ]]
 
 local rcall = redis.call
@@ -450,6 +454,9 @@ for i = 1, n do
     if wait > retry then retry = wait end
   end
   reply[2 + i] = room
+  reply[2 + n + 3 * i - 2] = w.bucket
+  reply[2 + n + 3 * i - 1] = curr
+  reply[2 + n + 3 * i] = w.prev
 end
 reply[2] = retry
 

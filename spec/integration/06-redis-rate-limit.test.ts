@@ -3,16 +3,21 @@
  * nodes x 2 workers under a concurrent burst (both algorithms), the sliding window across
  * a boundary, every limit_by, Kong's headers and their values (the year window too),
  * hide_client_headers, the rejection response, Redis round trips per request (INFO
- * commandstats), and fault_tolerant both ways with Redis stopped.
+ * commandstats), and fault_tolerant both ways with Redis stopped. On a 1-worker gateway:
+ * every window's headers by exact name (all six), the worker's deny cache answering what
+ * the script would have answered at that moment, and a fresh headers table per rejection.
  */
 import { Agent, request as httpRequest, type IncomingHttpHeaders } from "node:http";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { defineScripts } from "../../src/cli/redis.js";
 import { gateway, startRedis, stopAll, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
 
 interface Res {
   status: number;
   headers: IncomingHttpHeaders;
+  /** Header names exactly as the gateway spelled them. */
+  rawNames: string[];
   body: string;
   /** Date.now() when the request was sent and when its response was complete. */
   sentAt: number;
@@ -28,7 +33,8 @@ function hit(url: string, headers: Record<string, string> = {}, localAddress?: s
       let body = "";
       r.setEncoding("utf8");
       r.on("data", (c: string) => (body += c));
-      r.on("end", () => resolve({ status: r.statusCode ?? 0, headers: r.headers, body, sentAt, doneAt: Date.now() }));
+      const rawNames = r.rawHeaders.filter((_, i) => i % 2 === 0);
+      r.on("end", () => resolve({ status: r.statusCode ?? 0, headers: r.headers, rawNames, body, sentAt, doneAt: Date.now() }));
     });
     req.on("error", reject);
     req.end();
@@ -45,6 +51,23 @@ async function intoWindow(length: number, after: number, before: number): Promis
     await sleep(into < after ? after - into : length - into + after);
   }
 }
+
+/** intoWindow for several windows at once, each as [length, after, before]; bounded. */
+async function intoWindows(...windows: [number, number, number][]): Promise<void> {
+  for (let tries = 0; tries < 1000; tries++) {
+    const now = Date.now();
+    const wait = Math.max(0, ...windows.map(([length, after, before]) => {
+      const into = now % length;
+      return into >= after && length - into >= before ? 0 : into < after ? after - into : length - into + after;
+    }));
+    if (wait === 0) return;
+    await sleep(Math.min(wait, 250));
+  }
+  throw new Error("no moment satisfied every window");
+}
+
+/** Every rate-limit header name of a response, spelled as sent, sorted. */
+const rateLimitNames = (r: Res) => r.rawNames.filter((h) => /ratelimit|retry-after/i.test(h)).sort();
 
 let redis: RedisServer;
 let control: Redis;
@@ -384,6 +407,179 @@ describe("no unexpected errors", () => {
   it("in either gateway's log", () => {
     expect(gwA.unexpectedErrors()).toEqual([]);
     expect(gwB.unexpectedErrors()).toEqual([]);
+  });
+});
+
+describe("on one worker: every window's headers, the deny cache, the rejection body", () => {
+  let one: TestGateway;
+  const SECOND = 1000;
+  const MINUTE = 60_000;
+  const DAY = 86_400_000;
+  const endOfMonth = (t: number) => Date.UTC(new Date(t).getUTCFullYear(), new Date(t).getUTCMonth() + 1, 1);
+  const EVERY_WINDOW = ["Second", "Minute", "Hour", "Day", "Month", "Year"];
+  const NAMES = [...EVERY_WINDOW.flatMap((w) => [`X-RateLimit-Limit-${w}`, `X-RateLimit-Remaining-${w}`]), "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"];
+
+  beforeAll(async () => {
+    const up = await upstream();
+    one = await gateway({
+      _format_version: "3.0",
+      services: [{
+        name: "svc-one",
+        url: `http://127.0.0.1:${up.port}/anything`,
+        routes: [
+          limitRoute("six", { second: 2, minute: 3, hour: 4, day: 5, month: 6, year: 7, algorithm: "fixed-window" }),
+          limitRoute("monthly", { month: 2, algorithm: "fixed-window" }),
+          limitRoute("deny-fixed", { second: 5, minute: 5, algorithm: "fixed-window" }),
+          limitRoute("deny-sliding", { second: 5, minute: 5 }),
+          limitRoute("plain-then-json", { minute: 1 }),
+        ],
+      }],
+    }, { workers: 1 });
+  });
+
+  /**
+   * Sends `count` requests one after another for a new client, at a moment `windows`
+   * allows, until all of them fall in one second (a busy machine may stretch them over
+   * a boundary; each try uses a new client, so counts never mix). Bounded.
+   */
+  async function inOneSecond(path: string, count: number, ...windows: [number, number, number][]): Promise<{ id: string; sent: Res[] }> {
+    for (let tries = 0; tries < 5; tries++) {
+      await intoWindows(...windows);
+      const id = client();
+      const sent: Res[] = [];
+      for (let i = 0; i < count; i++) sent.push(await hit(`${one.proxyUrl}${path}`, { "X-Client": id }));
+      if (Math.floor(sent[count - 1]!.doneAt / SECOND) === Math.floor(sent[0]!.sentAt / SECOND)) return { id, sent };
+    }
+    throw new Error(`${count} requests to ${path} never fit in one second`);
+  }
+
+  /** Calls to EVALSHA Redis has answered so far. */
+  const evalshaCalls = async () => Number(/cmdstat_evalsha:calls=(\d+)/.exec(await control.info("commandstats"))?.[1] ?? 0);
+
+  it("all six windows: X-RateLimit-Limit-<Window> and -Remaining-<Window> by exact name and value, RateLimit-*, Retry-After", async () => {
+    // in one second: the second window decides
+    const { sent: [first, second, third] } = await inOneSecond("/six", 3, [DAY, 500, 10_000], [MINUTE, 500, 5000], [SECOND, 20, 600]);
+    if (first === undefined || second === undefined || third === undefined) throw new Error("three responses expected");
+    expect([first.status, second.status, third.status]).toEqual([200, 200, 429]);
+    const limits = [2, 3, 4, 5, 6, 7];
+    const values = (r: Res) => Object.fromEntries(NAMES.filter((n) => n.startsWith("X-")).map((n) => [n, r.headers[n.toLowerCase()]]));
+    const expected = (used: number, rejected: boolean) => Object.fromEntries(EVERY_WINDOW.flatMap((w, i) => [
+      [`X-RateLimit-Limit-${w}`, String(limits[i])],
+      // a rejection counts nowhere; the window that rejects shows 0
+      [`X-RateLimit-Remaining-${w}`, String(rejected && i === 0 ? 0 : limits[i]! - used)],
+    ]));
+    expect(rateLimitNames(first)).toEqual([...NAMES].sort());
+    expect(rateLimitNames(second)).toEqual([...NAMES].sort());
+    expect(rateLimitNames(third)).toEqual([...NAMES, "Retry-After"].sort());
+    expect(values(first)).toEqual(expected(1, false));
+    expect(values(second)).toEqual(expected(2, false));
+    expect(values(third)).toEqual(expected(2, true));
+    // the window closest to its limit is the second: reset and retry at its end
+    expect([first.headers["ratelimit-limit"], first.headers["ratelimit-remaining"], first.headers["ratelimit-reset"]]).toEqual(["2", "1", "1"]);
+    expect([second.headers["ratelimit-remaining"], second.headers["ratelimit-reset"]]).toEqual(["0", "1"]);
+    expect([third.headers["ratelimit-remaining"], third.headers["ratelimit-reset"], third.headers["retry-after"]]).toEqual(["0", "1", "1"]);
+  });
+
+  it("a month window: X-RateLimit-*-Month, reset and Retry-After at the end of the calendar month (UTC), not after Kong's 30 days", async () => {
+    await intoWindows([DAY, 500, 10_000]);
+    const id = client();
+    const seen = [await hit(`${one.proxyUrl}/monthly`, { "X-Client": id }), await hit(`${one.proxyUrl}/monthly`, { "X-Client": id })];
+    const rejected = await hit(`${one.proxyUrl}/monthly`, { "X-Client": id });
+    const within = (value: string | string[] | undefined, r: Res) => {
+      expect(Number(value)).toBeGreaterThanOrEqual(Math.ceil((endOfMonth(r.sentAt) - r.doneAt) / 1000));
+      expect(Number(value)).toBeLessThanOrEqual(Math.ceil((endOfMonth(r.sentAt) - r.sentAt) / 1000));
+    };
+    seen.forEach((r, i) => {
+      expect(r.status).toBe(200);
+      expect(rateLimitNames(r)).toEqual(["RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "X-RateLimit-Limit-Month", "X-RateLimit-Remaining-Month"]);
+      expect([r.headers["x-ratelimit-limit-month"], r.headers["x-ratelimit-remaining-month"]]).toEqual(["2", String(1 - i)]);
+      within(r.headers["ratelimit-reset"], r);
+    });
+    expect(rejected.status).toBe(429);
+    expect(rejected.headers["x-ratelimit-remaining-month"]).toBe("0");
+    within(rejected.headers["retry-after"], rejected);
+    within(rejected.headers["ratelimit-reset"], rejected);
+  });
+
+  it("fixed: a 429 from the deny cache shows a window that rolled over as full again, as Redis would", async () => {
+    const { id, sent: burst } = await inOneSecond("/deny-fixed", 5, [MINUTE, 500, 10_000], [SECOND, 20, 500]);
+    expect(burst.map((r) => r.status)).toEqual([200, 200, 200, 200, 200]);
+    // both windows used up: the worker knows no request can be admitted before the minute ends
+    const before = await evalshaCalls();
+    const sameSecond = await hit(`${one.proxyUrl}/deny-fixed`, { "X-Client": id });
+    await sleep((Math.floor(burst[4]!.doneAt / SECOND) + 1) * SECOND + 100 - Date.now());
+    const nextSecond = await hit(`${one.proxyUrl}/deny-fixed`, { "X-Client": id });
+    expect(await evalshaCalls()).toBe(before); // both answered by the worker alone
+    expect(Math.floor(nextSecond.sentAt / SECOND)).toBeGreaterThan(Math.floor(burst[4]!.doneAt / SECOND));
+    expect(Math.floor(nextSecond.sentAt / MINUTE)).toBe(Math.floor(burst[0]!.sentAt / MINUTE));
+    for (const r of [sameSecond, nextSecond]) {
+      expect(r.status).toBe(429);
+      expect(r.headers["x-ratelimit-remaining-minute"]).toBe("0");
+      const endOfMinute = r.sentAt - (r.sentAt % MINUTE) + MINUTE;
+      expect(Number(r.headers["retry-after"])).toBeGreaterThanOrEqual(Math.ceil((endOfMinute - r.doneAt) / 1000));
+      expect(Number(r.headers["retry-after"])).toBeLessThanOrEqual(Math.ceil((endOfMinute - r.sentAt) / 1000));
+    }
+    expect(sameSecond.headers["x-ratelimit-remaining-second"]).toBe("0");
+    // a new second: its window is empty, as a call to Redis would say (Kong shows the same)
+    expect(nextSecond.headers["x-ratelimit-remaining-second"]).toBe("5");
+    expect(nextSecond.headers["ratelimit-remaining"]).toBe("0");
+  });
+
+  it("sliding: a 429 from the deny cache shows what the script answers at that moment", async () => {
+    const { id, sent: burst } = await inOneSecond("/deny-sliding", 5, [MINUTE, 500, 10_000], [SECOND, 20, 400]);
+    expect(burst.map((r) => r.status)).toEqual([200, 200, 200, 200, 200]);
+    const burstSecond = Math.floor(burst[0]!.sentAt / SECOND);
+    const [counterKey] = await control.keys(`krs:redis-rate-limit:v1:{*:header:${id}}`);
+    expect(counterKey).toBeDefined();
+    // The script itself is the oracle: it rejects here (the minute is used up), so asking
+    // it writes nothing. Its Remaining-Second only grows while nothing is admitted.
+    const oracle = defineScripts(new Redis({ port: redis.port }), { rateLimit: "rate-limit" }) as Redis & { rateLimit(key: string, ...args: (string | number)[]): Promise<number[]> };
+    const ask = async (now: number) => {
+      const args: (string | number)[] = [now, "sliding", 1, 2];
+      for (const [name, length] of [["second", SECOND], ["minute", MINUTE]] as const) {
+        const start = now - (now % length);
+        args.push(name, 5, start, length, start - length, length);
+      }
+      const reply = await oracle.rateLimit(counterKey!, ...args);
+      expect(reply[0]).toBe(0);
+      return reply[2]!;
+    };
+    const seen: number[] = [];
+    for (const into of [150, 400, 650, 900]) {
+      await sleep((burstSecond + 1) * SECOND + into - Date.now());
+      const before = await evalshaCalls();
+      const r = await hit(`${one.proxyUrl}/deny-sliding`, { "X-Client": id });
+      expect(await evalshaCalls()).toBe(before); // answered by the worker alone
+      expect(r.status).toBe(429);
+      expect(r.headers["x-ratelimit-remaining-minute"]).toBe("0");
+      const got = Number(r.headers["x-ratelimit-remaining-second"]);
+      expect(got).toBeGreaterThanOrEqual(await ask(r.sentAt));
+      expect(got).toBeLessThanOrEqual(await ask(r.doneAt));
+      seen.push(got);
+    }
+    oracle.disconnect();
+    // the previous second's 5 decay: about 0, 2, 3, 4 room (old replays showed 0 throughout)
+    expect(seen[seen.length - 1]).toBeGreaterThanOrEqual(3);
+    expect([...seen].sort((a, b) => a - b)).toEqual(seen);
+  });
+
+  it("a fresh headers table for every rejection: a text/plain 429, then a JSON one", async () => {
+    const id = client();
+    expect((await hit(`${one.proxyUrl}/plain-then-json`, { "X-Client": id })).status).toBe(200);
+    const plain = await hit(`${one.proxyUrl}/plain-then-json`, { "X-Client": id, Accept: "text/plain" });
+    const json = await hit(`${one.proxyUrl}/plain-then-json`, { "X-Client": id, Accept: "application/json" });
+    const plainAgain = await hit(`${one.proxyUrl}/plain-then-json`, { "X-Client": id, Accept: "text/plain" });
+    expect([plain.status, json.status, plainAgain.status]).toEqual([429, 429, 429]);
+    expect(plain.headers["content-type"]).toBe("text/plain; charset=utf-8");
+    expect(plain.body).toBe("API rate limit exceeded");
+    expect(json.headers["content-type"]).toBe("application/json; charset=utf-8");
+    expect(JSON.parse(json.body)).toEqual({ message: "API rate limit exceeded" });
+    expect(plainAgain.headers["content-type"]).toBe("text/plain; charset=utf-8");
+    for (const r of [plain, json, plainAgain]) expect(rateLimitNames(r)).toContain("Retry-After");
+  });
+
+  it("logs no unexpected error", () => {
+    expect(one.unexpectedErrors()).toEqual([]);
   });
 });
 

@@ -27,6 +27,9 @@ interface Reply {
   remaining: number[];
 }
 
+/** The counters the script decided each window with: [start counted in, count, previous count]. */
+type Counted = [number, number, number];
+
 type Algorithm = "sliding" | "fixed";
 
 let port: number;
@@ -39,11 +42,19 @@ function client(): Redis {
   return r;
 }
 
-async function call(r: Redis, key: string, now: number, algorithm: Algorithm, windows: Window[], ttl = 120000): Promise<Reply> {
+async function callWithCounts(r: Redis, key: string, now: number, algorithm: Algorithm, windows: Window[], ttl = 120000): Promise<Reply & { counted: Counted[] }> {
   const args: (string | number)[] = [now, algorithm, ttl, windows.length];
   for (const w of windows) args.push(w.name, w.limit, w.start, w.length, w.prevStart, w.nextLength);
   const raw = await (r as unknown as { rateLimit(key: string, ...args: (string | number)[]): Promise<number[]> }).rateLimit(key, ...args);
-  return { admitted: raw[0] === 1, retry: raw[1]!, remaining: raw.slice(2) };
+  const n = windows.length;
+  expect(raw.length).toBe(2 + 4 * n);
+  const counted = windows.map((_, i): Counted => [raw[2 + n + 3 * i]!, raw[3 + n + 3 * i]!, raw[4 + n + 3 * i]!]);
+  return { admitted: raw[0] === 1, retry: raw[1]!, remaining: raw.slice(2, 2 + n), counted };
+}
+
+async function call(r: Redis, key: string, now: number, algorithm: Algorithm, windows: Window[], ttl = 120000): Promise<Reply> {
+  const { admitted, retry, remaining } = await callWithCounts(r, key, now, algorithm, windows, ttl);
+  return { admitted, retry, remaining };
 }
 
 /** The window of `length` ms containing `now`, aligned on the epoch (as the gateway computes it). */
@@ -210,8 +221,14 @@ interface ModelWindow {
   prev: number;
 }
 
+/**
+ * Deliberately wrong readings of the rule, which the boundary cases must tell apart from
+ * it: the weight rounded down, `count + 1 < limit`, the elapsed time one millisecond long.
+ */
+type Variant = "documented" | "weight-floor" | "strict-limit" | "elapsed-plus-one";
+
 /** The documented decision on BigInts: count + 1 <= limit with the weight rounded up to 1/STEPS. */
-function decide(state: ModelWindow[], now: number, algorithm: Algorithm, windows: Window[]): { admitted: boolean; remaining: number[]; next: ModelWindow[] } {
+function decide(state: ModelWindow[], now: number, algorithm: Algorithm, windows: Window[], variant: Variant = "documented"): { admitted: boolean; remaining: number[]; next: ModelWindow[] } {
   let admitted = true;
   const remaining: number[] = [];
   const next: ModelWindow[] = [];
@@ -229,13 +246,14 @@ function decide(state: ModelWindow[], now: number, algorithm: Algorithm, windows
     if (algorithm === "fixed") {
       room = BigInt(w.limit - curr);
     } else {
-      const e = BigInt(now - w.start);
+      const e = BigInt(now - w.start + (variant === "elapsed-plus-one" ? 1 : 0));
       const len = BigInt(w.length);
-      const weight = ((len - e) * STEPS + len - 1n) / len; // ceil, non-negative
+      const weight = variant === "weight-floor" ? ((len - e) * STEPS) / len : ((len - e) * STEPS + len - 1n) / len; // ceil, non-negative
       const num = BigInt(w.limit) * STEPS - BigInt(prev) * weight;
       const fl = num >= 0n ? num / STEPS : -((-num + STEPS - 1n) / STEPS);
       room = fl - BigInt(curr);
     }
+    if (variant === "strict-limit") room -= 1n;
     if (room < 1n) {
       admitted = false;
       room = 0n;
@@ -289,19 +307,106 @@ describe("against the reference model", () => {
   }
 });
 
+/** The calendar month or year (UTC) containing `now`, as the gateway's windows.bounds computes it. */
+function calendar(name: string, limit: number, now: number, unit: "month" | "year"): Window {
+  const d = new Date(now);
+  const y = d.getUTCFullYear();
+  const m = unit === "year" ? 0 : d.getUTCMonth();
+  const step = unit === "year" ? 12 : 1;
+  const start = Date.UTC(y, m, 1);
+  const end = Date.UTC(y, m + step, 1);
+  return { name, limit, start, length: end - start, prevStart: Date.UTC(y, m - step, 1), nextLength: Date.UTC(y, m + 2 * step, 1) - end };
+}
+
+describe("exact boundaries against the reference model", () => {
+  const DAY = 86_400_000;
+  // One window per case; a time inside it picks the window (its bounds as the gateway computes them).
+  const SHAPES: { label: string; at: number; windows: (limit: number) => (t: number) => Window[] }[] = [
+    { label: "second", at: T0 + 17, windows: (limit) => (t) => [win("w", limit, 1000, t)] },
+    { label: "minute", at: T0 + 17, windows: (limit) => (t) => [win("w", limit, MIN, t)] },
+    { label: "hour", at: T0 + 17, windows: (limit) => (t) => [win("w", limit, 3_600_000, t)] },
+    { label: "day", at: Date.UTC(2026, 2, 3, 4), windows: (limit) => (t) => [win("w", limit, DAY, t)] },
+    { label: "February (28 days)", at: Date.UTC(2026, 1, 9), windows: (limit) => (t) => [calendar("w", limit, t, "month")] },
+    { label: "December (31 days)", at: Date.UTC(2026, 11, 9), windows: (limit) => (t) => [calendar("w", limit, t, "month")] },
+    { label: "leap year", at: Date.UTC(2024, 5, 9), windows: (limit) => (t) => [calendar("w", limit, t, "year")] },
+  ];
+  const LIMITS = [1, 2, 10, 37, 10_000_000_000];
+  const VARIANTS: Variant[] = ["weight-floor", "strict-limit", "elapsed-plus-one"];
+
+  /** The model's room (requests admitted now) for one window's counters, before any admission. */
+  function room(state: ModelWindow[], t: number, algorithm: Algorithm, windows: (t: number) => Window[]): number {
+    const d = decide(state, t, algorithm, windows(t));
+    return d.admitted ? d.remaining[0]! + 1 : 0;
+  }
+
+  /** The first ms in [from, to) at which the room is at least k (the room only grows while nothing is admitted), or undefined. */
+  function firstWithRoom(k: number, state: ModelWindow[], from: number, to: number, algorithm: Algorithm, windows: (t: number) => Window[]): number | undefined {
+    if (room(state, to - 1, algorithm, windows) < k) return undefined;
+    let lo = from - 1;
+    let hi = to - 1;
+    while (hi - lo > 1) {
+      const mid = Math.floor((lo + hi) / 2);
+      if (room(state, mid, algorithm, windows) >= k) hi = mid;
+      else lo = mid;
+    }
+    return hi;
+  }
+
+  for (const algorithm of ["sliding", "fixed"] as const) {
+    it(`${algorithm}: at and around each window's edges and each moment the room grows, counts at the limit and one over`, async () => {
+      const checks: { what: object; t: number; state: ModelWindow[]; windows: (t: number) => Window[] }[] = [];
+      for (const shape of SHAPES) {
+        for (const limit of LIMITS) {
+          const windows = shape.windows(limit);
+          const w = windows(shape.at);
+          const end = w[0]!.start + w[0]!.length;
+          const afterNext = end + w[0]!.nextLength;
+          const prevs = algorithm === "fixed" ? [0] : [...new Set([0, 1, Math.ceil(limit / 3), limit - 1, limit])].filter((p) => p >= 0 && p <= limit);
+          const currs = [...new Set([0, Math.floor(limit / 2), limit - 2, limit - 1, limit])].filter((c) => c >= 0);
+          for (const prev of prevs) {
+            for (const curr of currs) {
+              const state: ModelWindow[] = [{ start: w[0]!.start, count: curr, prev }];
+              const times = new Set([w[0]!.start, w[0]!.start + 1, end - 1, end, end + 1, afterNext - 1, afterNext]);
+              for (const k of [1, 2, 3]) {
+                const flip = firstWithRoom(k, state, w[0]!.start, afterNext, algorithm, windows);
+                if (flip !== undefined) for (const t of [flip - 1, flip, flip + 1]) if (t >= w[0]!.start) times.add(t);
+              }
+              for (const t of times) checks.push({ what: { shape: shape.label, limit, prev, curr, into: t - w[0]!.start }, t, state, windows });
+            }
+          }
+        }
+      }
+      const differs = new Map<Variant, number>(VARIANTS.map((v) => [v, 0]));
+      let admitted = 0;
+      for (let i = 0; i < checks.length; i += 200) {
+        await Promise.all(checks.slice(i, i + 200).map(async ({ what, t, state, windows }) => {
+          const key = freshKey();
+          const s = state[0]!;
+          await redis.hset(key, { "w:start": s.start!, "w:count": s.count, "w:prev": s.prev });
+          const got = await call(redis, key, t, algorithm, windows(t));
+          const want = decide(state, t, algorithm, windows(t));
+          const after = want.admitted ? want.next : state;
+          const blocked = !decide(after, t, algorithm, windows(t)).admitted;
+          const retry = blocked ? firstAdmission(after, t, algorithm, windows, 3 * 366 * DAY) - t : 0;
+          expect({ ...what, admitted: got.admitted, remaining: got.remaining, retry: got.retry }).toEqual({ ...what, admitted: want.admitted, remaining: want.remaining, retry });
+          if (got.admitted) admitted++;
+          for (const v of VARIANTS) {
+            const other = decide(state, t, algorithm, windows(t), v);
+            if (other.admitted !== want.admitted || other.remaining[0] !== want.remaining[0]) differs.set(v, differs.get(v)! + 1);
+          }
+        }));
+      }
+      console.log(`${algorithm}: ${checks.length} boundary checks, ${admitted} admitted; cases where a wrong reading differs: ${JSON.stringify(Object.fromEntries(differs))}`);
+      expect(admitted).toBeGreaterThan(checks.length / 10);
+      expect(checks.length - admitted).toBeGreaterThan(checks.length / 10);
+      // the cases tell each wrong reading apart from the rule (fixed windows have no weight or elapsed time)
+      for (const v of VARIANTS) if (algorithm === "sliding" || v === "strict-limit") expect({ v, differs: differs.get(v)! > 0 }).toEqual({ v, differs: true });
+    });
+  }
+});
+
 describe("six windows, up to a calendar year", () => {
   const DAY = 86_400_000;
-
-  /** The calendar month or year (UTC) containing `now`, as the gateway's windows.bounds computes it. */
-  function calendar(name: string, limit: number, now: number, unit: "month" | "year"): Window {
-    const d = new Date(now);
-    const y = d.getUTCFullYear();
-    const m = unit === "year" ? 0 : d.getUTCMonth();
-    const step = unit === "year" ? 12 : 1;
-    const start = Date.UTC(y, m, 1);
-    const end = Date.UTC(y, m + step, 1);
-    return { name, limit, start, length: end - start, prevStart: Date.UTC(y, m - step, 1), nextLength: Date.UTC(y, m + 2 * step, 1) - end };
-  }
 
   const LIMIT = 10_000_000_000;
   const all = (t: number, yearLimit: number): Window[] => [

@@ -1,5 +1,6 @@
 -- redis-rate-limit: its schema (through the local gateway's Kong validator), its window
--- arithmetic (UTC calendar months and years), and the instance fields the gateway hands handlers.
+-- arithmetic (UTC calendar months and years), the instance fields the gateway hands handlers,
+-- and counts (the script's decision arithmetic the deny cache repeats) at exact boundaries.
 local config_loader = require("krs.gateway.config")
 local windows = require("kong.plugins.redis-rate-limit.windows")
 local cjson = require("cjson.safe")
@@ -236,5 +237,104 @@ describe("the gateway's instance fields on a plugin config", function()
       assert.is_nil(decoded.route_id)
       assert.is_nil(decoded.service_id)
     end
+  end)
+end)
+
+describe("redis-rate-limit counts (the script's arithmetic, on the gateway for the deny cache)", function()
+  local counts = require("kong.plugins.redis-rate-limit.counts")
+  local STEPS = 262144
+  local DAY = 86400000
+  local floor = math.floor
+  local function ms(y, m, d) return windows.daysFromCivil(y, m, d) * DAY end
+
+  -- largest integer q with q * b <= a, exact for the integers here (all below 2^53)
+  local function idiv(a, b)
+    local q = floor(a / b)
+    while q * b > a do q = q - 1 end
+    while (q + 1) * b <= a do q = q + 1 end
+    return q
+  end
+
+  -- The documented rule, solved for time: with the previous window's weight rounded up to
+  -- a multiple of 1/STEPS and a request fitting iff count + 1 <= limit, the room is at
+  -- least k from the first millisecond e with ceil((L - e) * STEPS / L) <= W, where
+  -- W = floor((limit - curr - k) * STEPS / prev): e = L - floor(W * L / STEPS).
+  local function first_ms_with_room(k, limit, length, curr, prev)
+    local w = idiv((limit - curr - k) * STEPS, prev)
+    if w < 0 then return nil end
+    if w >= STEPS then return 0 end -- the weight never exceeds 1: room from the start
+    return length - idiv(w * length, STEPS)
+  end
+
+  it("gives the room back at exactly the millisecond the rule says, for every window length", function()
+    local lengths = { 1000, 60000, 3600000, DAY, 28 * DAY, 31 * DAY, 366 * DAY }
+    local checked = 0
+    for _, length in ipairs(lengths) do
+      for _, limit in ipairs({ 1, 2, 10, 37, 1e10 }) do
+        for _, prev in ipairs({ 1, math.ceil(limit / 3), limit - 1, limit }) do
+          for _, curr in ipairs({ 0, floor(limit / 2), limit - 1 }) do
+            for k = 1, 3 do
+              local e = prev > 0 and first_ms_with_room(k, limit, length, curr, prev)
+              if e and e > 0 and e < length then
+                local before = counts.roomIn(true, limit, length, e - 1, curr, prev)
+                local at = counts.roomIn(true, limit, length, e, curr, prev)
+                local what = string.format("length %d limit %d prev %d curr %d k %d at %d ms", length, limit, prev, curr, k, e)
+                assert.is_true(before < k, what .. ": room " .. before .. " one ms early")
+                assert.is_true(at >= k, what .. ": room " .. at)
+                checked = checked + 1
+              end
+            end
+          end
+        end
+      end
+    end
+    assert.is_true(checked > 200, "only " .. checked .. " boundaries")
+  end)
+
+  it("at the limit and one over: fixed counts, and sliding with no previous window", function()
+    for _, sliding in ipairs({ false, true }) do
+      assert.equal(1, counts.roomIn(sliding, 10, 60000, 59999, 9, 0))
+      assert.equal(0, counts.roomIn(sliding, 10, 60000, 0, 10, 0))
+      assert.equal(-1, counts.roomIn(sliding, 10, 60000, 0, 11, 0))
+    end
+    -- a previous window at the limit weighs all of it at the start, nothing of it at the end
+    assert.equal(0, counts.roomIn(true, 10, 60000, 0, 0, 10))
+    assert.equal(9, counts.roomIn(true, 10, 60000, 59999, 0, 10))
+    assert.equal(10, counts.roomIn(true, 10, 60000, 60000, 0, 10))
+  end)
+
+  it("picks the counters the script would: same window, the one before, a newer one, an older one", function()
+    local start = 1700000040000 -- a minute boundary
+    -- fixed: full until the window ends, then empty again
+    assert.equal(0, counts.remainingAt(false, 5, 60000, start + 59999, start, 5, 0))
+    assert.equal(5, counts.remainingAt(false, 5, 60000, start + 60000, start, 5, 0))
+    assert.equal(2, counts.remainingAt(false, 5, 60000, start + 10, start, 3, 0))
+    -- sliding: the counted window becomes the previous one, then is forgotten
+    assert.equal(0, counts.remainingAt(true, 5, 60000, start + 60000, start, 5, 4))
+    assert.equal(2, counts.remainingAt(true, 5, 60000, start + 60000 + 30000, start, 5, 4)) -- 5 - 2.5
+    assert.equal(5, counts.remainingAt(true, 5, 60000, start + 120000, start, 5, 4))
+    -- half-way through the counted window, its previous one weighs half
+    assert.equal(1, counts.remainingAt(true, 10, 60000, start + 30000, start, 4, 10)) -- 10 - 5 - 4
+    -- a window a node ahead of this one already counted in: used as it is, from its start
+    assert.equal(0, counts.remainingAt(false, 5, 60000, start - 50, start, 5, 0))
+    assert.equal(0, counts.remainingAt(true, 5, 60000, start - 50, start, 5, 0))
+    -- never negative
+    assert.equal(0, counts.remainingAt(false, 5, 60000, start + 1, start, 7, 0))
+  end)
+
+  it("uses calendar months: December counted, January weighs it over 31 days of its own", function()
+    local dec, jan = ms(2026, 12, 1), ms(2027, 1, 1)
+    assert.equal(0, counts.remainingAt(false, 3, windows.MONTH, jan - 1, dec, 3, 0))
+    assert.equal(3, counts.remainingAt(false, 3, windows.MONTH, jan, dec, 3, 0))
+    -- sliding: December's 31 weigh over January's 31 days (about one day in, one fits)
+    local e = first_ms_with_room(1, 31, 31 * DAY, 0, 31)
+    assert.is_true(e > DAY - 60000 and e < DAY + 60000)
+    assert.equal(0, counts.remainingAt(true, 31, windows.MONTH, jan + e - 1, dec, 31, 0))
+    assert.equal(1, counts.remainingAt(true, 31, windows.MONTH, jan + e, dec, 31, 0))
+    -- over a 28-day February, January's 31 decay at another pace
+    local feb = ms(2027, 2, 1)
+    local f = first_ms_with_room(1, 31, 28 * DAY, 0, 31)
+    assert.equal(0, counts.remainingAt(true, 31, windows.MONTH, feb + f - 1, jan, 31, 0))
+    assert.equal(1, counts.remainingAt(true, 31, windows.MONTH, feb + f, jan, 31, 0))
   end)
 end)

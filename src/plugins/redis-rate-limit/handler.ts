@@ -7,7 +7,10 @@
  * script also says when the next request can be admitted, once a window is used up (by
  * a rejection or by the admission that filled it): the worker remembers that time. The
  * response headers go out in header_filter (upstream headers must not override them);
- * a rejection carries them in its exit.
+ * a rejection carries them in its exit. A rejection from the worker's memory carries
+ * what the script would have answered at that moment: the script reports its counters
+ * with the wait, nothing changes them until the wait has passed, and counts.ts repeats
+ * the script's arithmetic on them.
  */
 import * as lrucache from "resty.lrucache";
 import { script } from "../../lib/redis/client";
@@ -15,6 +18,7 @@ import { onRedisFailure } from "../../lib/redis/fault";
 import { key, part } from "../../lib/keys";
 import { SUITE_VERSION } from "../../lib/version";
 import type { Conf } from "./conf";
+import { remainingAt } from "./counts";
 import { bounds, WINDOWS } from "./windows";
 
 const PLUGIN = "redis-rate-limit";
@@ -56,7 +60,10 @@ interface Prepared {
 interface Blocked {
   conf: Conf;
   retryAt: number;
-  remaining: number[];
+  /** Per window, as the script reported them: the start it counted in, its count, the previous window's. */
+  buckets: number[];
+  counts: number[];
+  prevs: number[];
 }
 
 const preparedByConf = setmetatable(new LuaTable<Conf, Prepared>(), { __mode: "k" });
@@ -164,25 +171,31 @@ const handler: KongPluginHandler<Conf> = {
     // the request's time as nginx cached it for this event loop iteration (as Kong reads it)
     const now = floor(ngx.now() * 1000 + 0.5);
 
-    const [blocked] = blockedCache.get(counterKey);
-    if (blocked !== undefined && blocked.conf === conf && now < blocked.retryAt) {
-      return reject(conf, p, now, blocked.remaining, blocked.retryAt - now);
-    }
-
     const windows = p.windows;
     const sliding = p.algorithm === "sliding";
+
+    const [blocked] = blockedCache.get(counterKey);
+    if (blocked !== undefined && blocked.conf === conf && now < blocked.retryAt) {
+      const remaining: number[] = [];
+      for (let i = 0; i < windows.length && !conf.hide_client_headers; i++) {
+        const w = windows[i];
+        remaining[i] = remainingAt(sliding, w.limit, w.length, now, blocked.buckets[i], blocked.counts[i], blocked.prevs[i]);
+      }
+      return reject(conf, p, now, remaining, blocked.retryAt - now);
+    }
+
     const args: (string | number)[] = [now, p.algorithm, 0, windows.length];
-    let n = 4;
+    let at = 4;
     let keep = 0;
     for (const w of windows) {
       const [start, length, prevStart, nextLength] = bounds(now, w.length);
-      args[n] = w.name;
-      args[n + 1] = w.limit;
-      args[n + 2] = start;
-      args[n + 3] = length;
-      args[n + 4] = prevStart;
-      args[n + 5] = nextLength;
-      n += 6;
+      args[at] = w.name;
+      args[at + 1] = w.limit;
+      args[at + 2] = start;
+      args[at + 3] = length;
+      args[at + 4] = prevStart;
+      args[at + 5] = nextLength;
+      at += 6;
       // fixed: the current window; sliding: also the next, which weighs this one
       const until = (sliding ? start + length + nextLength : start + length) - now;
       if (until > keep) keep = until;
@@ -194,12 +207,23 @@ const handler: KongPluginHandler<Conf> = {
       return onRedisFailure(PLUGIN, conf, reply === false ? `script ${SCRIPT} failed: ${err}` : err);
     }
     const r = reply as number[];
+    const n = windows.length;
     const remaining: number[] = [];
-    for (let i = 0; i < windows.length; i++) remaining[i] = r[2 + i];
+    for (let i = 0; i < n; i++) remaining[i] = r[2 + i];
     // A wait comes with every rejection, and with an admission that used a window up:
     // either way no request of this identifier can be admitted before it has passed.
     const retryMs = r[1];
-    if (retryMs > 0) blockedCache.set(counterKey, { conf, retryAt: now + retryMs, remaining }, retryMs / 1000);
+    if (retryMs > 0) {
+      const buckets: number[] = [];
+      const counts: number[] = [];
+      const prevs: number[] = [];
+      for (let i = 0; i < n; i++) {
+        buckets[i] = r[2 + n + 3 * i];
+        counts[i] = r[3 + n + 3 * i];
+        prevs[i] = r[4 + n + 3 * i];
+      }
+      blockedCache.set(counterKey, { conf, retryAt: now + retryMs, buckets, counts, prevs }, retryMs / 1000);
+    }
     if (r[0] !== 1) return reject(conf, p, now, remaining, retryMs);
     if (!conf.hide_client_headers) kong.ctx.plugin["headers"] = headersFor(p, now, remaining);
   },

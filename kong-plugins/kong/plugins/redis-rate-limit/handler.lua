@@ -9,6 +9,8 @@ local key = ____keys.key
 local part = ____keys.part
 local ____version = require("krs.version")
 local SUITE_VERSION = ____version.SUITE_VERSION
+local ____counts = require("kong.plugins.redis-rate-limit.counts")
+local remainingAt = ____counts.remainingAt
 local ____windows = require("kong.plugins.redis-rate-limit.windows")
 local bounds = ____windows.bounds
 local WINDOWS = ____windows.WINDOWS
@@ -144,30 +146,47 @@ local handler = {
             (((p.instance .. ":") .. kind) .. ":") .. part(value)
         )
         local now = floor(ngx.now() * 1000 + 0.5)
+        local windows = p.windows
+        local sliding = p.algorithm == "sliding"
         local blocked = blockedCache:get(counterKey)
         if blocked ~= nil and blocked.conf == conf and now < blocked.retryAt then
+            local remaining = {}
+            do
+                local i = 0
+                while i < #windows and not conf.hide_client_headers do
+                    local w = windows[i + 1]
+                    remaining[i + 1] = remainingAt(
+                        sliding,
+                        w.limit,
+                        w.length,
+                        now,
+                        blocked.buckets[i + 1],
+                        blocked.counts[i + 1],
+                        blocked.prevs[i + 1]
+                    )
+                    i = i + 1
+                end
+            end
             return reject(
                 conf,
                 p,
                 now,
-                blocked.remaining,
+                remaining,
                 blocked.retryAt - now
             )
         end
-        local windows = p.windows
-        local sliding = p.algorithm == "sliding"
         local args = {now, p.algorithm, 0, #windows}
-        local n = 4
+        local at = 4
         local keep = 0
         for ____, w in ipairs(windows) do
             local start, length, prevStart, nextLength = bounds(now, w.length)
-            args[n + 1] = w.name
-            args[n + 1 + 1] = w.limit
-            args[n + 2 + 1] = start
-            args[n + 3 + 1] = length
-            args[n + 4 + 1] = prevStart
-            args[n + 5 + 1] = nextLength
-            n = n + 6
+            args[at + 1] = w.name
+            args[at + 1 + 1] = w.limit
+            args[at + 2 + 1] = start
+            args[at + 3 + 1] = length
+            args[at + 4 + 1] = prevStart
+            args[at + 5 + 1] = nextLength
+            at = at + 6
             local ____until = (sliding and start + length + nextLength or start + length) - now
             if ____until > keep then
                 keep = ____until
@@ -183,17 +202,36 @@ local handler = {
             )
         end
         local r = reply
+        local n = #windows
         local remaining = {}
         do
             local i = 0
-            while i < #windows do
+            while i < n do
                 remaining[i + 1] = r[2 + i + 1]
                 i = i + 1
             end
         end
         local retryMs = r[2]
         if retryMs > 0 then
-            blockedCache:set(counterKey, {conf = conf, retryAt = now + retryMs, remaining = remaining}, retryMs / 1000)
+            local buckets = {}
+            local counts = {}
+            local prevs = {}
+            do
+                local i = 0
+                while i < n do
+                    buckets[i + 1] = r[2 + n + 3 * i + 1]
+                    counts[i + 1] = r[3 + n + 3 * i + 1]
+                    prevs[i + 1] = r[4 + n + 3 * i + 1]
+                    i = i + 1
+                end
+            end
+            blockedCache:set(counterKey, {
+                conf = conf,
+                retryAt = now + retryMs,
+                buckets = buckets,
+                counts = counts,
+                prevs = prevs
+            }, retryMs / 1000)
         end
         if r[1] ~= 1 then
             return reject(
