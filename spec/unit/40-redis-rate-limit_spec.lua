@@ -27,6 +27,10 @@ describe("redis-rate-limit schema", function()
     }, c)
   end)
 
+  it("takes an empty redis.password as Kong does (len_min 0: no AUTH)", function()
+    assert.equal("", ok({ minute = 10, redis = { password = "" } }).redis.password)
+  end)
+
   it("needs at least one limit", function()
     assert.same({
       ["@entity"] = "at least one of these fields must be non-empty: 'config.second', 'config.minute', 'config.hour', 'config.day', 'config.month', 'config.year'",

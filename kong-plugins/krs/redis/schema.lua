@@ -22,8 +22,8 @@ function ____exports.redisRecord()
             type = "string",
             referenceable = true,
             encrypted = true,
-            len_min = 1,
-            description = "Redis password (AUTH). Never logged."
+            len_min = 0,
+            description = "Redis password (AUTH); empty or unset sends no AUTH, as Kong. Never logged."
         }},
         {database = {
             type = "integer",

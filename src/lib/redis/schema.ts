@@ -31,7 +31,7 @@ export function redisRecord(this: void): SchemaField {
       { port: { type: "integer", required: true, default: 6379, between: [0, 65535], description: "Redis port." } },
       { timeout: { type: "integer", required: true, default: 2000, between: [1, 2147483646], description: "Connect, send and read timeout, in milliseconds." } },
       { username: { type: "string", referenceable: true, description: "ACL user name (Redis 6+); leave unset to authenticate with the password alone." } },
-      { password: { type: "string", referenceable: true, encrypted: true, len_min: 1, description: "Redis password (AUTH). Never logged." } },
+      { password: { type: "string", referenceable: true, encrypted: true, len_min: 0, description: "Redis password (AUTH); empty or unset sends no AUTH, as Kong. Never logged." } },
       { database: { type: "integer", required: true, default: 0, between: [0, 2147483647], description: "Database number (SELECT)." } },
       { ssl: { type: "boolean", required: true, default: false, description: "Connect with TLS." } },
       { ssl_verify: { type: "boolean", required: true, default: false, description: "Verify the server certificate against lua_ssl_trusted_certificate." } },
