@@ -32,6 +32,37 @@ function aliasDebianModules(this: void): void {
   }
 }
 
+type JsonEncode = (this: void, value: unknown) => LuaMultiReturn<[string | undefined, string | undefined]>;
+interface CjsonModule {
+  encode: JsonEncode;
+  encode_escape_forward_slash?: (this: void, escape: boolean) => void;
+}
+
+/**
+ * Kong runs cjson with encode_escape_forward_slash off, so "/" stays "/" in every JSON a
+ * plugin writes; Debian's lua-cjson 2.1.0 has no such switch and writes "\/". The gateway
+ * gives both modules Kong's output: each "\/" loses its one escaping backslash (escaped
+ * backslashes come in pairs before it, and stay).
+ */
+function unescapeForwardSlashes(this: void): void {
+  for (const name of ["cjson", "cjson.safe"]) {
+    const [ok, loaded] = pcall(require, name);
+    if (!ok || type(loaded) !== "table") continue;
+    const mod = loaded as CjsonModule;
+    if (mod.encode_escape_forward_slash !== undefined) {
+      mod.encode_escape_forward_slash(false);
+      continue;
+    }
+    const encode = mod.encode;
+    if (encode("/")[0] === '"/"') continue;
+    mod.encode = (value) => {
+      const [json, err] = encode(value);
+      if (json === undefined || string.find(json, "\\/", 1, true)[0] === undefined) return $multi(json, err);
+      return $multi(string.gsub(json, "\\/", "/")[0], undefined);
+    };
+  }
+}
+
 function readFile(this: void, path: string): string {
   const [file, err] = io.open(path, "r");
   if (file === undefined) error(`could not read ${path}: ${err}`, 0);
@@ -86,6 +117,7 @@ function loadHostsFile(this: void): void {
 
 export function init(this: void, optionsFile: string): void {
   aliasDebianModules();
+  unescapeForwardSlashes();
   loadHostsFile();
   const options = decodeFile(optionsFile) as GatewayOptions;
   setOptions(options);
@@ -203,7 +235,13 @@ export function access(this: void): void {
   const prefix = match.stripped_prefix;
   ngx.var["upstream_x_forwarded_prefix"] = prefix !== undefined && prefix !== "/" ? prefix : "";
   // Taken before plugins run, as Kong does: a plugin's clear_header does not change it.
-  const forwardedFor = ngx.var["http_x_forwarded_for"];
+  let forwardedFor = ngx.var["http_x_forwarded_for"];
+  if (forwardedFor !== undefined && string.find(forwardedFor, ", ", 1, true)[0] !== undefined) {
+    // nginx joins repeated headers; Kong (kong.tools.http.get_header) takes the first one.
+    const [requestHeaders] = ngx.req.get_headers();
+    const values = requestHeaders.get("x-forwarded-for");
+    forwardedFor = type(values) === "table" ? (values as string[])[0] : (values as string | undefined);
+  }
   const remoteAddr = ngx.var["remote_addr"] ?? "";
   ngx.var["upstream_x_forwarded_for"] = forwardedFor !== undefined ? `${forwardedFor}, ${remoteAddr}` : remoteAddr;
 
@@ -308,9 +346,14 @@ export function bodyFilter(this: void): void {
   const ctx = requestCtx();
   const exitBody = ctx.KRS_EXIT_BODY;
   if (exitBody !== undefined) {
-    // kong.response.exit in header_filter: its body replaces the upstream's.
-    if (ctx.KRS_EXIT_BODY_SENT === true) {
+    // kong.response.exit in header_filter: its body replaces the upstream's. Emptying a
+    // chunk drops its end-of-body mark, so the upstream's last chunk sets it again: an
+    // empty exit body would otherwise never end the response.
+    if (ctx.KRS_EXIT_BODY_SENT === true || exitBody === "") {
+      ctx.KRS_EXIT_BODY_SENT = true;
+      const last = ngx.arg[2];
       ngx.arg[1] = "";
+      if (last === true) ngx.arg[2] = true;
     } else {
       ctx.KRS_EXIT_BODY_SENT = true;
       ngx.arg[1] = exitBody;

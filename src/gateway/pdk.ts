@@ -324,13 +324,9 @@ export function setCtxStash(this: void, stash: (this: void) => void): void {
   stashCtx = stash;
 }
 
-/** Kong's cjson does not escape "/"; Debian's lua-cjson 2.1.0 always does. */
-const escapesSlash = cjson.encode("/")[0] !== '"/"';
+/** cjson's encode (Kong's output: the gateway's init makes "/" stay unescaped). */
 function encodeJson(this: void, value: unknown): LuaMultiReturn<[string | undefined, string | undefined]> {
-  const [json, err] = cjson.encode(value);
-  if (json === undefined || !escapesSlash || string.find(json, "\\/", 1, true)[0] === undefined) return $multi(json, err);
-  // Every "/" comes out as "\/": dropping that one backslash keeps escaped backslashes intact.
-  return $multi(string.gsub(json, "\\/", "/")[0], undefined);
+  return cjson.encode(value);
 }
 
 function send(this: void, status: number, body: string | undefined, headers: KongHeaders | undefined, isJson: boolean): never {
