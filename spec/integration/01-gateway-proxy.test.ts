@@ -119,7 +119,8 @@ describe("routing", () => {
     expect((await getJson(`${gw.proxyUrl}/methods/anything`, { method: "POST", body: "hi" })).body.body).toBe("hi");
     const miss = await getJson(`${gw.proxyUrl}/methods/anything`);
     expect(miss.status).toBe(404);
-    expect(miss.body).toEqual({ message: "no Route matched with those values" });
+    // Kong's error template: pretty JSON carrying the request id of the response.
+    expect(miss.body).toEqual({ message: "no Route matched with those values", request_id: miss.headers.get("x-kong-request-id") });
     expect(miss.headers.get("content-type")).toBe("application/json; charset=utf-8");
   });
 
@@ -149,7 +150,7 @@ describe("routing", () => {
   it("answers 502 in Kong's shape when the upstream refuses", async () => {
     const { status, body, headers } = await getJson(`${gw.proxyUrl}/down`);
     expect(status).toBe(502);
-    expect(body).toEqual({ message: "An invalid response was received from the upstream server" });
+    expect(body).toEqual({ message: "An invalid response was received from the upstream server", request_id: headers.get("x-kong-request-id") });
     // nginx's internal redirect to the error page drops ngx.ctx; the gateway restores it,
     // so header_filter and log still see the plugins chosen in access.
     expect(headers.get("x-second-source")).toBe("error");
@@ -212,7 +213,7 @@ describe("plugins", () => {
   it("a plugin raising an error → 500 in Kong's shape and an [error] line naming the plugin", async () => {
     const { status, body, headers } = await getJson(`${gw.proxyUrl}/boom`);
     expect(status).toBe(500);
-    expect(body).toEqual({ message: "An unexpected error occurred" });
+    expect(body).toEqual({ message: "An unexpected error occurred", request_id: headers.get("x-kong-request-id") });
     expect(headers.get("x-first-source")).toBe("error");
     const lines = gw.errorLog().filter((l) => l.includes("[error]") && l.includes("[krs-test-first]") && l.includes("boom from boom"));
     expect(lines.length).toBeGreaterThan(0);
@@ -239,14 +240,18 @@ describe("plugins", () => {
     }
   });
 
-  it("an exit without a body: Kong's default JSON message, or an empty body", async () => {
+  it("an exit without a body: Kong's error body for an error-page status, else nginx's page", async () => {
     const notFound = await fetch(`${gw.proxyUrl}/exit-404`);
     expect(notFound.status).toBe(404);
     expect(notFound.headers.get("content-type")).toBe("application/json; charset=utf-8");
-    expect(await notFound.json()).toEqual({ message: "Not found" });
+    expect(await notFound.json()).toEqual({ message: "Not found", request_id: notFound.headers.get("x-kong-request-id") });
+    const notFoundText = await fetch(`${gw.proxyUrl}/exit-404`, { headers: { accept: "text/plain" } });
+    expect(await notFoundText.text()).toBe(`Not found\nrequest_id: ${notFoundText.headers.get("x-kong-request-id")}\n`);
+    // 401 is not one of Kong's error_page statuses: nginx answers its own page, as under Kong.
     const unauthorized = await fetch(`${gw.proxyUrl}/exit-401`);
     expect(unauthorized.status).toBe(401);
-    expect(await unauthorized.text()).toBe("");
+    expect(unauthorized.headers.get("content-type")).toBe("text/html; charset=UTF-8");
+    expect(await unauthorized.text()).toContain("<title>401 Authorization Required</title>");
   });
 
   it("kong.log.serialize: credentials redacted, dotted set_serialize_value, copies of entities", async () => {
