@@ -5,7 +5,7 @@
  */
 import * as cjson from "cjson.safe";
 import * as balancer from "ngx.balancer";
-import { errorBody, normalizedRequestPath, pdk, requestCtx, responseType, setCtxStash, setNodeId, ERROR_MESSAGES } from "./pdk";
+import { errorBody, errorMessage, normalizedRequestPath, pdk, requestCtx, responseType, setCtxStash, setNodeId } from "./pdk";
 import { loadHandler, runAccess, runInitWorker, runLate, runRewrite } from "./plugins";
 import { activate, build, getOptions, getRuntime, initialConfig, setOptions, sync, type GatewayOptions } from "./runtime";
 import { handleAdmin } from "./admin";
@@ -306,7 +306,7 @@ export function errorPage(this: void): void {
   ctx.KRS_UNEXPECTED = true;
   // nginx's "request header too large" is a 400 on the wire, as in Kong.
   const status = ngx.status === 494 ? 400 : ngx.status;
-  const message = ERROR_MESSAGES[ngx.status] ?? string.format("The upstream server responded with %d", ngx.status);
+  const message = errorMessage(ngx.status);
   const accept = pdk.request.get_header("accept") ?? pdk.request.get_header("content-type") ?? "text/plain";
   const contentType = responseType(accept);
   const body = errorBody(contentType, message) ?? message;

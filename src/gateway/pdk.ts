@@ -244,7 +244,7 @@ const ERROR_MESSAGES: { [status: number]: string } = {
   508: "Loop detected", 510: "Not extended", 511: "Network authentication required",
 };
 
-function errorMessage(this: void, status: number): string {
+export function errorMessage(this: void, status: number): string {
   return ERROR_MESSAGES[status] ?? string.format("The upstream server responded with %d", status);
 }
 
@@ -324,11 +324,6 @@ export function setCtxStash(this: void, stash: (this: void) => void): void {
   stashCtx = stash;
 }
 
-/** cjson's encode (Kong's output: the gateway's init makes "/" stay unescaped). */
-function encodeJson(this: void, value: unknown): LuaMultiReturn<[string | undefined, string | undefined]> {
-  return cjson.encode(value);
-}
-
 function send(this: void, status: number, body: string | undefined, headers: KongHeaders | undefined, isJson: boolean): never {
   ngx.status = status;
   let hasContentType = false;
@@ -376,7 +371,7 @@ const response: KongResponseApi = {
     if (headers !== undefined) for (const [name, value] of pairs(headers)) checkHeader(name, type(value) === "table" ? "" : value);
     requestCtx().KRS_EXITED = true;
     if (body !== undefined && type(body) === "table") {
-      const [json, err] = encodeJson(body);
+      const [json, err] = cjson.encode(body);
       if (json === undefined) error("body encoding failed while flushing response: " + tostring(err), 2);
       return send(status, json, headers, true);
     }
@@ -388,7 +383,7 @@ const response: KongResponseApi = {
     if (status < 400 || status > 599) error("code must be a number between 400 and 599", 2);
     let text = message as unknown;
     if (text !== undefined && type(text) === "table") {
-      const [json, err] = encodeJson(text);
+      const [json, err] = cjson.encode(text);
       if (json === undefined) error("could not JSON encode the error message: " + tostring(err), 2);
       text = json;
     }
