@@ -5,7 +5,7 @@
  */
 import * as cjson from "cjson.safe";
 import * as balancer from "ngx.balancer";
-import { errorBody, errorMessage, normalizedRequestPath, pdk, requestCtx, responseType, setCtxStash, setNodeId } from "./pdk";
+import { errorBody, errorMessage, normalizePath, pdk, requestCtx, responseType, setCtxStash, setNodeId } from "./pdk";
 import { loadHandler, runAccess, runInitWorker, runLate, runRewrite } from "./plugins";
 import { activate, build, getOptions, getRuntime, initialConfig, setOptions, sync, type GatewayOptions } from "./runtime";
 import { handleAdmin } from "./admin";
@@ -209,7 +209,12 @@ export function access(this: void): void {
   const runtime = getRuntime()!;
   const ctx = requestCtx();
   const method = ngx.req.get_method();
-  const path = normalizedRequestPath();
+  // The path as the client sent it (still escaped, no query): X-Forwarded-Path, and once
+  // normalized what routing and kong.request.get_path see.
+  const requestUri = ngx.var["request_uri"] ?? "/";
+  const [queryAt] = string.find(requestUri, "?", 1, true);
+  const rawPath = queryAt !== undefined ? string.sub(requestUri, 1, queryAt - 1) : requestUri;
+  const path = normalizePath(rawPath);
   ctx.KRS_PATH = path;
   const match = runtime.router.match(method, ngx.var["http_host"], path);
   if (match === undefined) return pdk.response.error(404, NO_ROUTE);
@@ -228,10 +233,7 @@ export function access(this: void): void {
   ngx.var["upstream_host"] = match.route.preserve_host === true
     ? ngx.var["http_host"] ?? service.host
     : service.port === defaultPort ? service.host : `${service.host}:${service.port}`;
-  // The path as the client sent it (still escaped), without the query, as Kong sends it.
-  const requestUri = ngx.var["request_uri"] ?? "/";
-  const [queryAt] = string.find(requestUri, "?", 1, true);
-  ngx.var["upstream_x_forwarded_path"] = queryAt !== undefined ? string.sub(requestUri, 1, queryAt - 1) : requestUri;
+  ngx.var["upstream_x_forwarded_path"] = rawPath;
   const prefix = match.stripped_prefix;
   ngx.var["upstream_x_forwarded_prefix"] = prefix !== undefined && prefix !== "/" ? prefix : "";
   // Taken before plugins run, as Kong does: a plugin's clear_header does not change it.
@@ -327,17 +329,18 @@ export function headerFilter(this: void): void {
   // Kong's own headers come after the plugins', so a plugin cannot remove them.
   const header = ngx.header;
   header["X-Kong-Request-Id"] = ctx.KRS_REQUEST_ID ?? ngx.var["request_id"];
-  ngx.update_time();
-  const now = ngx.now();
   const accessEnded = ctx.KRS_ACCESS_ENDED;
   if (ctx.KRS_PROXIED === true && accessEnded !== undefined) {
-    header["X-Kong-Upstream-Latency"] = elapsedMs(accessEnded, now);
+    // nginx refreshed its clock when the upstream's answer woke it up: no update_time()
+    // (which formats every cached time string) on the proxied path.
+    header["X-Kong-Upstream-Latency"] = elapsedMs(accessEnded, ngx.now());
     header["X-Kong-Proxy-Latency"] = elapsedMs(ngx.req.start_time(), accessEnded);
     const via = header["Via"];
     header["Via"] = via === undefined ? VIA : `${tostring(type(via) === "table" ? table.concat(via as string[], ", ") : via)}, ${VIA}`;
     if (header["Server"] === undefined) header["Server"] = SERVER;
   } else {
-    header["X-Kong-Response-Latency"] = elapsedMs(ngx.req.start_time(), now);
+    ngx.update_time();
+    header["X-Kong-Response-Latency"] = elapsedMs(ngx.req.start_time(), ngx.now());
     header["Server"] = SERVER;
   }
 }
