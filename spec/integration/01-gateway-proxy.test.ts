@@ -20,9 +20,11 @@ beforeAll(async () => {
       data += chunk.toString("latin1");
       const end = data.indexOf("\r\n\r\n");
       if (end < 0) return;
-      raw.heads.push(data.slice(0, end));
+      const head = data.slice(0, end);
+      raw.heads.push(head);
       data = "";
-      socket.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok");
+      const via = head.startsWith("GET /base/via ") ? "Via: 1.0 upstream-proxy\r\n" : "";
+      socket.write(`HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n${via}\r\nok`);
     });
     socket.on("error", () => undefined);
   });
@@ -122,6 +124,16 @@ describe("routing", () => {
     // Kong's error template: pretty JSON carrying the request id of the response.
     expect(miss.body).toEqual({ message: "no Route matched with those values", request_id: miss.headers.get("x-kong-request-id") });
     expect(miss.headers.get("content-type")).toBe("application/json; charset=utf-8");
+  });
+
+  it("appends its Via to the client's (upstream) and to the upstream's (client), as Kong", async () => {
+    raw.heads.length = 0;
+    const res = await fetch(`${gw.proxyUrl}/raw/via`, { headers: { via: "1.1 client-proxy" } });
+    await res.arrayBuffer();
+    expect(raw.heads[0].split("\r\n")).toContain("Via: 1.1 client-proxy, 1.1 krs-gateway/0.1.0");
+    expect(raw.heads[0].split("\r\n")).toContain("Connection: keep-alive");
+    expect(res.headers.get("via")).toBe("1.0 upstream-proxy, 1.1 krs-gateway/0.1.0");
+    expect(res.headers.get("x-kong-proxy-latency")).toMatch(/^\d+$/);
   });
 
   it("matches exact and wildcard hosts", async () => {

@@ -335,13 +335,15 @@ export function headerFilter(this: void): void {
     // (which formats every cached time string) on the proxied path.
     header["X-Kong-Upstream-Latency"] = elapsedMs(accessEnded, ngx.now());
     header["X-Kong-Proxy-Latency"] = elapsedMs(ngx.req.start_time(), accessEnded);
-    const via = header["Via"];
-    header["Via"] = via === undefined ? VIA : `${tostring(type(via) === "table" ? table.concat(via as string[], ", ") : via)}, ${VIA}`;
+    // As Kong: the upstream's own Via, then ours (what a plugin set is replaced).
+    const upstreamVia = ngx.var["upstream_http_via"];
+    header["Via"] = upstreamVia === undefined ? VIA : `${upstreamVia}, ${VIA}`;
     if (header["Server"] === undefined) header["Server"] = SERVER;
   } else {
     ngx.update_time();
     header["X-Kong-Response-Latency"] = elapsedMs(ngx.req.start_time(), ngx.now());
-    header["Server"] = SERVER;
+    // Kong leaves Server out when a plugin's exit already says Via: <its server token>.
+    if (header["Via"] !== SERVER) header["Server"] = SERVER;
   }
 }
 
