@@ -21,6 +21,7 @@ declare -A NEED=(
   [cmd:wrk]=wrk
   [cmd:openssl]=openssl
   [cmd:curl]=curl
+  [cmd:python3]=python3
 )
 
 missing=()

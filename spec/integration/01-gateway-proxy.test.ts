@@ -20,9 +20,11 @@ beforeAll(async () => {
       data += chunk.toString("latin1");
       const end = data.indexOf("\r\n\r\n");
       if (end < 0) return;
-      raw.heads.push(data.slice(0, end));
+      const head = data.slice(0, end);
+      raw.heads.push(head);
       data = "";
-      socket.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok");
+      const via = head.startsWith("GET /base/via ") ? "Via: 1.0 upstream-proxy\r\n" : "";
+      socket.write(`HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n${via}\r\nok`);
     });
     socket.on("error", () => undefined);
   });
@@ -119,8 +121,19 @@ describe("routing", () => {
     expect((await getJson(`${gw.proxyUrl}/methods/anything`, { method: "POST", body: "hi" })).body.body).toBe("hi");
     const miss = await getJson(`${gw.proxyUrl}/methods/anything`);
     expect(miss.status).toBe(404);
-    expect(miss.body).toEqual({ message: "no Route matched with those values" });
+    // Kong's error template: pretty JSON carrying the request id of the response.
+    expect(miss.body).toEqual({ message: "no Route matched with those values", request_id: miss.headers.get("x-kong-request-id") });
     expect(miss.headers.get("content-type")).toBe("application/json; charset=utf-8");
+  });
+
+  it("appends its Via to the client's (upstream) and to the upstream's (client), as Kong", async () => {
+    raw.heads.length = 0;
+    const res = await fetch(`${gw.proxyUrl}/raw/via`, { headers: { via: "1.1 client-proxy" } });
+    await res.arrayBuffer();
+    expect(raw.heads[0].split("\r\n")).toContain("Via: 1.1 client-proxy, 1.1 krs-gateway/0.1.0");
+    expect(raw.heads[0].split("\r\n")).toContain("Connection: keep-alive");
+    expect(res.headers.get("via")).toBe("1.0 upstream-proxy, 1.1 krs-gateway/0.1.0");
+    expect(res.headers.get("x-kong-proxy-latency")).toMatch(/^\d+$/);
   });
 
   it("matches exact and wildcard hosts", async () => {
@@ -149,7 +162,7 @@ describe("routing", () => {
   it("answers 502 in Kong's shape when the upstream refuses", async () => {
     const { status, body, headers } = await getJson(`${gw.proxyUrl}/down`);
     expect(status).toBe(502);
-    expect(body).toEqual({ message: "An invalid response was received from the upstream server" });
+    expect(body).toEqual({ message: "An invalid response was received from the upstream server", request_id: headers.get("x-kong-request-id") });
     // nginx's internal redirect to the error page drops ngx.ctx; the gateway restores it,
     // so header_filter and log still see the plugins chosen in access.
     expect(headers.get("x-second-source")).toBe("error");
@@ -212,7 +225,7 @@ describe("plugins", () => {
   it("a plugin raising an error → 500 in Kong's shape and an [error] line naming the plugin", async () => {
     const { status, body, headers } = await getJson(`${gw.proxyUrl}/boom`);
     expect(status).toBe(500);
-    expect(body).toEqual({ message: "An unexpected error occurred" });
+    expect(body).toEqual({ message: "An unexpected error occurred", request_id: headers.get("x-kong-request-id") });
     expect(headers.get("x-first-source")).toBe("error");
     const lines = gw.errorLog().filter((l) => l.includes("[error]") && l.includes("[krs-test-first]") && l.includes("boom from boom"));
     expect(lines.length).toBeGreaterThan(0);
@@ -239,14 +252,18 @@ describe("plugins", () => {
     }
   });
 
-  it("an exit without a body: Kong's default JSON message, or an empty body", async () => {
+  it("an exit without a body: Kong's error body for an error-page status, else nginx's page", async () => {
     const notFound = await fetch(`${gw.proxyUrl}/exit-404`);
     expect(notFound.status).toBe(404);
     expect(notFound.headers.get("content-type")).toBe("application/json; charset=utf-8");
-    expect(await notFound.json()).toEqual({ message: "Not found" });
+    expect(await notFound.json()).toEqual({ message: "Not found", request_id: notFound.headers.get("x-kong-request-id") });
+    const notFoundText = await fetch(`${gw.proxyUrl}/exit-404`, { headers: { accept: "text/plain" } });
+    expect(await notFoundText.text()).toBe(`Not found\nrequest_id: ${notFoundText.headers.get("x-kong-request-id")}\n`);
+    // 401 is not one of Kong's error_page statuses: nginx answers its own page, as under Kong.
     const unauthorized = await fetch(`${gw.proxyUrl}/exit-401`);
     expect(unauthorized.status).toBe(401);
-    expect(await unauthorized.text()).toBe("");
+    expect(unauthorized.headers.get("content-type")).toBe("text/html; charset=UTF-8");
+    expect(await unauthorized.text()).toContain("<title>401 Authorization Required</title>");
   });
 
   it("kong.log.serialize: credentials redacted, dotted set_serialize_value, copies of entities", async () => {

@@ -153,17 +153,17 @@ describe("refusals (Kong key-auth's messages and WWW-Authenticate)", () => {
   it("no key: 401 No API key found in request", async () => {
     const res = await getJson(`${gw.proxyUrl}/auth/anything`);
     expect(res.status).toBe(401);
-    expect(res.body).toEqual({ message: "No API key found in request" });
+    expect(res.body).toEqual({ message: "No API key found in request", request_id: expect.stringMatching(/^[0-9a-f]{32}$/) });
     expect(res.headers.get("www-authenticate")).toBe("Key");
     const empty = await getJson(`${gw.proxyUrl}/auth/anything`, { headers: { apikey: "" } });
     expect(empty.status).toBe(401);
-    expect(empty.body).toEqual({ message: "No API key found in request" });
+    expect(empty.body).toEqual({ message: "No API key found in request", request_id: expect.stringMatching(/^[0-9a-f]{32}$/) });
   });
 
   it("unknown key: 401 Unauthorized", async () => {
     const res = await getJson(`${gw.proxyUrl}/auth/anything`, { headers: { apikey: "A".repeat(43) } });
     expect(res.status).toBe(401);
-    expect(res.body).toEqual({ message: "Unauthorized" });
+    expect(res.body).toEqual({ message: "Unauthorized", request_id: expect.stringMatching(/^[0-9a-f]{32}$/) });
     expect(res.headers.get("www-authenticate")).toBe("Key");
   });
 
@@ -171,11 +171,11 @@ describe("refusals (Kong key-auth's messages and WWW-Authenticate)", () => {
     const { key } = await newKey();
     const headers = await raw(`${gw.proxyUrl}/auth/anything`, { headers: { apikey: [key, "B".repeat(43)] } });
     expect(headers.status).toBe(401);
-    expect(headers.json()).toEqual({ message: "Duplicate API key found" });
+    expect(headers.json()).toEqual({ message: "Duplicate API key found", request_id: expect.stringMatching(/^[0-9a-f]{32}$/) });
     expect(headers.headers["www-authenticate"]).toBe("Key");
     const query = await getJson(`${gw.proxyUrl}/auth/anything?apikey=${key}&apikey=other`);
     expect(query.status).toBe(401);
-    expect(query.body).toEqual({ message: "Duplicate API key found" });
+    expect(query.body).toEqual({ message: "Duplicate API key found", request_id: expect.stringMatching(/^[0-9a-f]{32}$/) });
   });
 
   it("no realm set: a bare `Key` challenge, as Kong; a realm is sent quoted on every 401", async () => {
@@ -195,24 +195,24 @@ describe("refusals (Kong key-auth's messages and WWW-Authenticate)", () => {
     for (const value of headerValues) {
       const res = await raw(`${gw.proxyUrl}/auth/anything`, { headers: { apikey: value } });
       expect(res.status, JSON.stringify(value)).toBe(401);
-      expect(res.json()).toEqual({ message: "Unauthorized" });
+      expect(res.json()).toEqual({ message: "Unauthorized", request_id: expect.stringMatching(/^[0-9a-f]{32}$/) });
     }
     const queryValues = ["%0A", "abc%0Adef", "%7B%7D%3A", "%00", "%FF%FE", "x".repeat(3000), `${"A".repeat(42)}%0A`, "%E3%82%AD%E3%83%BC"];
     for (const value of queryValues) {
       const res = await raw(`${gw.proxyUrl}/auth/anything?apikey=${value}`);
       expect(res.status, value).toBe(401);
-      expect(res.json()).toEqual({ message: "Unauthorized" });
+      expect(res.json()).toEqual({ message: "Unauthorized", request_id: expect.stringMatching(/^[0-9a-f]{32}$/) });
     }
     for (const body of [{ apikey: "line\nbreak{:}" }, { apikey: "\u0000".repeat(43) }, { apikey: "🔑".repeat(20) }]) {
       const res = await raw(`${gw.proxyUrl}/body/anything`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
       expect(res.status).toBe(401);
-      expect(res.json()).toEqual({ message: "Unauthorized" });
+      expect(res.json()).toEqual({ message: "Unauthorized", request_id: expect.stringMatching(/^[0-9a-f]{32}$/) });
     }
     // Neither a string nor a repeated field: no key at all, as in Kong.
     const numeric = await raw(`${gw.proxyUrl}/body/anything`, { method: "POST", headers: { "content-type": "application/json" }, body: '{"apikey": 12345}' });
-    expect(numeric.json()).toEqual({ message: "No API key found in request" });
+    expect(numeric.json()).toEqual({ message: "No API key found in request", request_id: expect.stringMatching(/^[0-9a-f]{32}$/) });
     const bare = await raw(`${gw.proxyUrl}/auth/anything?apikey`);
-    expect(bare.json()).toEqual({ message: "No API key found in request" });
+    expect(bare.json()).toEqual({ message: "No API key found in request", request_id: expect.stringMatching(/^[0-9a-f]{32}$/) });
     expect(gw.unexpectedErrors(EXPECTED_REDIS_ERRORS)).toEqual([]);
   });
 });
@@ -273,7 +273,7 @@ describe("authentication", () => {
     const strangerName = await newKey({ consumer: "nobody-in-kong" });
     const refused = await getJson(`${gw.proxyUrl}/auth/anything`, { headers: { apikey: strangerName.key } });
     expect(refused.status).toBe(401);
-    expect(refused.body).toEqual({ message: "Unauthorized" });
+    expect(refused.body).toEqual({ message: "Unauthorized", request_id: expect.stringMatching(/^[0-9a-f]{32}$/) });
   });
 
   it("hide_credentials: the upstream sees no key in headers or query", async () => {
@@ -378,7 +378,7 @@ describe("expiry", () => {
     for (const path of ["/longcache/anything", "/auth/anything"]) {
       const res = await getJson(`${gw.proxyUrl}${path}`, { headers: { apikey: key } });
       expect(res.status).toBe(401);
-      expect(res.body).toEqual({ message: "Unauthorized" });
+      expect(res.body).toEqual({ message: "Unauthorized", request_id: expect.stringMatching(/^[0-9a-f]{32}$/) });
     }
   });
 });

@@ -226,7 +226,7 @@ describe("headers", () => {
     });
     const rejected = await hit(`${gwB.proxyUrl}/headers`, { "X-Client": id });
     expect(rejected.status).toBe(429);
-    expect(JSON.parse(rejected.body)).toEqual({ message: "API rate limit exceeded" });
+    expect(JSON.parse(rejected.body)).toEqual({ message: "API rate limit exceeded", request_id: expect.stringMatching(/^[0-9a-f]{32}$/) });
     expect(rejected.headers["content-type"]).toBe("application/json; charset=utf-8");
     expect(rejected.headers["x-ratelimit-remaining-minute"]).toBe("0");
     expect(rejected.headers["x-ratelimit-remaining-hour"]).toBe("2");
@@ -295,7 +295,7 @@ describe("headers", () => {
     expect((await hit(`${gwA.proxyUrl}/custom-error`, { "X-Client": id })).status).toBe(200);
     const r = await hit(`${gwA.proxyUrl}/custom-error`, { "X-Client": id });
     expect(r.status).toBe(503);
-    expect(JSON.parse(r.body)).toEqual({ message: "Slow down" });
+    expect(JSON.parse(r.body)).toEqual({ message: "Slow down", request_id: expect.stringMatching(/^[0-9a-f]{32}$/) });
     expect(Number(r.headers["retry-after"])).toBeGreaterThanOrEqual(1);
   });
 });

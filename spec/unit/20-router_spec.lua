@@ -104,13 +104,15 @@ describe("krs.gateway.router", function()
       assert.is_nil(r:match("GET", "www.example.org", "/"))
     end)
 
-    it("compares hosts case-insensitively", function()
+    it("compares hosts case-sensitively, as Kong does", function()
       local r = new_router({
-        route { id = "a", hosts = { "Example.COM" } },
-        route { id = "w", hosts = { "*.Wild.test" } },
+        route { id = "a", hosts = { "api.example.test" } },
+        route { id = "w", hosts = { "*.wild.test" } },
       })
-      assert.equal("a", id_of(r:match("GET", "EXAMPLE.com", "/")))
-      assert.equal("w", id_of(r:match("GET", "X.WILD.TEST", "/")))
+      assert.equal("a", id_of(r:match("GET", "api.example.test", "/")))
+      assert.is_nil(r:match("GET", "API.Example.TEST", "/"))
+      assert.equal("w", id_of(r:match("GET", "x.wild.test", "/")))
+      assert.is_nil(r:match("GET", "X.WILD.TEST", "/"))
     end)
 
     it("ignores the request port unless the route host has one", function()

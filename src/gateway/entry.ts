@@ -5,7 +5,7 @@
  */
 import * as cjson from "cjson.safe";
 import * as balancer from "ngx.balancer";
-import { pdk, requestCtx, setNodeId, ERROR_MESSAGES } from "./pdk";
+import { errorBody, errorMessage, normalizePath, pdk, requestCtx, responseType, setCtxStash, setNodeId } from "./pdk";
 import { loadHandler, runAccess, runInitWorker, runLate, runRewrite } from "./plugins";
 import { activate, build, getOptions, getRuntime, initialConfig, setOptions, sync, type GatewayOptions } from "./runtime";
 import { handleAdmin } from "./admin";
@@ -29,6 +29,37 @@ function aliasDebianModules(this: void): void {
     if (found !== undefined) continue;
     const [ok, mod] = pcall(require, "nginx." + name);
     if (ok) luaPackage.loaded.set(restyName, mod);
+  }
+}
+
+type JsonEncode = (this: void, value: unknown) => LuaMultiReturn<[string | undefined, string | undefined]>;
+interface CjsonModule {
+  encode: JsonEncode;
+  encode_escape_forward_slash?: (this: void, escape: boolean) => void;
+}
+
+/**
+ * Kong runs cjson with encode_escape_forward_slash off, so "/" stays "/" in every JSON a
+ * plugin writes; Debian's lua-cjson 2.1.0 has no such switch and writes "\/". The gateway
+ * gives both modules Kong's output: each "\/" loses its one escaping backslash (escaped
+ * backslashes come in pairs before it, and stay).
+ */
+function unescapeForwardSlashes(this: void): void {
+  for (const name of ["cjson", "cjson.safe"]) {
+    const [ok, loaded] = pcall(require, name);
+    if (!ok || type(loaded) !== "table") continue;
+    const mod = loaded as CjsonModule;
+    if (mod.encode_escape_forward_slash !== undefined) {
+      mod.encode_escape_forward_slash(false);
+      continue;
+    }
+    const encode = mod.encode;
+    if (encode("/")[0] === '"/"') continue;
+    mod.encode = (value) => {
+      const [json, err] = encode(value);
+      if (json === undefined || string.find(json, "\\/", 1, true)[0] === undefined) return $multi(json, err);
+      return $multi(string.gsub(json, "\\/", "/")[0], undefined);
+    };
   }
 }
 
@@ -86,6 +117,7 @@ function loadHostsFile(this: void): void {
 
 export function init(this: void, optionsFile: string): void {
   aliasDebianModules();
+  unescapeForwardSlashes();
   loadHostsFile();
   const options = decodeFile(optionsFile) as GatewayOptions;
   setOptions(options);
@@ -126,8 +158,12 @@ export function rewrite(this: void): void {
   runRewrite(getRuntime()!.plugins);
 }
 
-/** Bytes that may not stand raw in a request-target path (RFC 3986 pchar and "/"). */
-const UNSAFE_PATH_BYTE = "[^%w%-%._~!$&'()*+,;=:@/]";
+/**
+ * Bytes Kong escapes in the upstream path (kong.tools.uri.escape): anything but unreserved,
+ * reserved and "%", so existing escapes stay as they are and no space, CRLF or control byte
+ * reaches the upstream request line.
+ */
+const UNSAFE_PATH_BYTE = "[^%w!#%$&'%(%)%*%+,/:;=%?@%[%]%-_%.~%%]";
 
 function percentEncode(this: void, c: string): string {
   return string.format("%%%02X", string.byte(c));
@@ -139,21 +175,56 @@ export function escapePath(this: void, path: string): string {
 }
 
 const SERVER = "krs-gateway/0.1.0";
-const NO_ROUTE = { message: "no Route matched with those values" };
+const VIA = "1.1 " + SERVER;
+const NO_ROUTE = "no Route matched with those values";
+
+/** Hop-by-hop headers nginx's proxy module already handles itself (Kong's list). */
+const CONNECTION_TOKENS_KEPT = new LuaTable<string, boolean>();
+for (const token of ["keep-alive", "close", "upgrade"]) CONNECTION_TOKENS_KEPT.set(token, true);
+
+/** As Kong: the headers the client's Connection header names are not forwarded. */
+function clearHopByHopHeaders(this: void): void {
+  const connection = ngx.var["http_connection"];
+  if (connection === undefined || CONNECTION_TOKENS_KEPT.has(string.lower(connection))) return;
+  const upgrading = ngx.var["upstream_connection"] !== "keep-alive";
+  for (const [token] of string.gmatch(string.lower(connection), "[^,%s]+")) {
+    if (token === "upgrade") {
+      if (!upgrading) ngx.req.clear_header("upgrade");
+    } else if (token !== "keep-alive" && token !== "close") {
+      ngx.req.clear_header(token as string);
+    }
+  }
+}
+
+function stashCtx(this: void): void {
+  const ctx = requestCtx();
+  const requestId = ctx.KRS_REQUEST_ID ?? ngx.var["request_id"];
+  if (requestId === undefined) return;
+  ctx.KRS_REQUEST_ID = requestId;
+  stashed.set(requestId, ctx);
+}
+setCtxStash(stashCtx);
 
 export function access(this: void): void {
   const runtime = getRuntime()!;
   const ctx = requestCtx();
   const method = ngx.req.get_method();
-  const match = runtime.router.match(method, ngx.var["http_host"], ngx.var["uri"] ?? "/");
-  if (match === undefined) return pdk.response.exit(404, NO_ROUTE);
+  // The path as the client sent it (still escaped, no query): X-Forwarded-Path, and once
+  // normalized what routing and kong.request.get_path see.
+  const requestUri = ngx.var["request_uri"] ?? "/";
+  const [queryAt] = string.find(requestUri, "?", 1, true);
+  const rawPath = queryAt !== undefined ? string.sub(requestUri, 1, queryAt - 1) : requestUri;
+  const path = normalizePath(rawPath);
+  ctx.KRS_PATH = path;
+  const match = runtime.router.match(method, ngx.var["http_host"], path);
+  if (match === undefined) return pdk.response.error(404, NO_ROUTE);
   const service = runtime.config.servicesById.get(match.route.service?.id ?? "");
   ctx.route = runtime.routesById.get(match.route.id);
   ctx.service = service;
   if (service === undefined) {
     // Kong answers a route without a service once plugins had their say.
     runAccess(runtime.plugins);
-    return pdk.response.exit(503, { message: "no Service found with those values" });
+    return pdk.response.error(503, "no Service found with those values");
   }
 
   ctx.KRS_UPSTREAM_URI = match.upstream_uri;
@@ -162,23 +233,33 @@ export function access(this: void): void {
   ngx.var["upstream_host"] = match.route.preserve_host === true
     ? ngx.var["http_host"] ?? service.host
     : service.port === defaultPort ? service.host : `${service.host}:${service.port}`;
-  // The path as the client sent it (still escaped), without the query, as Kong sends it.
-  const requestUri = ngx.var["request_uri"] ?? "/";
-  const [queryAt] = string.find(requestUri, "?", 1, true);
-  ngx.var["upstream_x_forwarded_path"] = queryAt !== undefined ? string.sub(requestUri, 1, queryAt - 1) : requestUri;
-  ngx.var["upstream_x_forwarded_prefix"] = match.route.strip_path === true && match.matched_path !== undefined && string.sub(match.matched_path, 1, 1) !== "~" ? match.matched_path : "";
+  ngx.var["upstream_x_forwarded_path"] = rawPath;
+  const prefix = match.stripped_prefix;
+  ngx.var["upstream_x_forwarded_prefix"] = prefix !== undefined && prefix !== "/" ? prefix : "";
+  // Taken before plugins run, as Kong does: a plugin's clear_header does not change it.
+  let forwardedFor = ngx.var["http_x_forwarded_for"];
+  if (forwardedFor !== undefined && string.find(forwardedFor, ", ", 1, true)[0] !== undefined) {
+    // nginx joins repeated headers; Kong (kong.tools.http.get_header) takes the first one.
+    const [requestHeaders] = ngx.req.get_headers();
+    const values = requestHeaders.get("x-forwarded-for");
+    forwardedFor = type(values) === "table" ? (values as string[])[0] : (values as string | undefined);
+  }
+  const remoteAddr = ngx.var["remote_addr"] ?? "";
+  ngx.var["upstream_x_forwarded_for"] = forwardedFor !== undefined ? `${forwardedFor}, ${remoteAddr}` : remoteAddr;
 
   runAccess(runtime.plugins);
+  clearHopByHopHeaders();
   // Plugins may have changed the path (set_path) or the query (set_raw_query,
-  // hide_credentials): the upstream URI is final only now, as in Kong.
-  // The router works on nginx's decoded $uri: escape again, or a client could smuggle
-  // a "?", "#", space or CRLF into the upstream request line.
+  // hide_credentials): the upstream URI is final only now, as in Kong. An empty "?" the
+  // client sent stays.
   const finalArgs = ngx.var["args"];
   const finalPath = escapePath(ctx.KRS_UPSTREAM_URI ?? match.upstream_uri);
-  ngx.var["upstream_uri"] = finalArgs !== undefined && finalArgs !== "" ? `${finalPath}?${finalArgs}` : finalPath;
+  ngx.var["upstream_uri"] = (finalArgs !== undefined && finalArgs !== "") || string.byte(requestUri, -1) === 63
+    ? `${finalPath}?${finalArgs ?? ""}`
+    : finalPath;
 
   const ip = resolveHost(service.host);
-  if (ip === undefined) return pdk.response.exit(503, { message: "name resolution failed" });
+  if (ip === undefined) return pdk.response.error(503, "name resolution failed");
   (ctx as { KRS_UPSTREAM?: Upstream }).KRS_UPSTREAM = {
     host: ip,
     port: service.port,
@@ -188,11 +269,8 @@ export function access(this: void): void {
     read_timeout: (service.read_timeout ?? 60000) / 1000,
     tries: 0,
   };
-  const requestId = ngx.var["request_id"];
-  if (requestId !== undefined) {
-    ctx.KRS_REQUEST_ID = requestId;
-    stashed.set(requestId, ctx);
-  }
+  ctx.KRS_ACCESS_ENDED = ngx.now();
+  stashCtx();
 }
 
 export function balancerPhase(this: void): void {
@@ -219,41 +297,68 @@ function restoreStashedCtx(this: void): void {
   if (saved !== undefined) ngx.ctx = saved as unknown as typeof ngx.ctx;
 }
 
-/** Content of the error page nginx jumps to when the upstream fails (502/503/504). */
+/**
+ * The error page (Kong's error handler): nginx's own errors (bad requests, an unreachable
+ * or timing-out upstream) and bodyless exits with an error status. The body follows Accept
+ * (else the request's Content-Type, else text/plain, Kong's error_default_type).
+ */
 export function errorPage(this: void): void {
   restoreStashedCtx();
-  const status = ngx.status;
-  const message = ERROR_MESSAGES[status] ?? "An unexpected error occurred";
-  const body = cjson.encode({ message })[0]!;
-  ngx.header["Content-Type"] = "application/json; charset=utf-8";
+  const ctx = requestCtx();
+  ctx.KRS_UNEXPECTED = true;
+  // nginx's "request header too large" is a 400 on the wire, as in Kong.
+  const status = ngx.status === 494 ? 400 : ngx.status;
+  const message = errorMessage(ngx.status);
+  const accept = pdk.request.get_header("accept") ?? pdk.request.get_header("content-type") ?? "text/plain";
+  const contentType = responseType(accept);
+  const body = errorBody(contentType, message) ?? message;
+  ngx.status = status;
+  ngx.header["Content-Type"] = contentType;
   ngx.header["Content-Length"] = tostring(body.length);
   ngx.print(body);
+}
+
+function elapsedMs(this: void, from: number, to: number): string {
+  return tostring(math.max(0, math.floor((to - from) * 1000 + 0.5)));
 }
 
 export function headerFilter(this: void): void {
   const runtime = getRuntime()!;
   const ctx = requestCtx();
-  const started = ngx.req.start_time();
-  ngx.header["X-Kong-Request-Id"] = ctx.KRS_REQUEST_ID ?? ngx.var["request_id"];
-  if (ctx.KRS_PROXIED === true && ctx.KRS_EXITED !== true) {
-    const upstreamTime = tonumber(ngx.var["upstream_header_time"]);
-    if (upstreamTime !== undefined) ngx.header["X-Kong-Upstream-Latency"] = tostring(math.floor(upstreamTime * 1000 + 0.5));
-    ngx.header["Via"] = "1.1 " + SERVER;
-  } else {
-    ngx.header["Server"] = SERVER;
-    ngx.update_time();
-    ngx.header["X-Kong-Response-Latency"] = tostring(math.floor((ngx.now() - started) * 1000 + 0.5));
-  }
   runLate(runtime.plugins, "header_filter");
+  // Kong's own headers come after the plugins', so a plugin cannot remove them.
+  const header = ngx.header;
+  header["X-Kong-Request-Id"] = ctx.KRS_REQUEST_ID ?? ngx.var["request_id"];
+  const accessEnded = ctx.KRS_ACCESS_ENDED;
+  if (ctx.KRS_PROXIED === true && accessEnded !== undefined) {
+    // nginx refreshed its clock when the upstream's answer woke it up: no update_time()
+    // (which formats every cached time string) on the proxied path.
+    header["X-Kong-Upstream-Latency"] = elapsedMs(accessEnded, ngx.now());
+    header["X-Kong-Proxy-Latency"] = elapsedMs(ngx.req.start_time(), accessEnded);
+    // As Kong: the upstream's own Via, then ours (what a plugin set is replaced).
+    const upstreamVia = ngx.var["upstream_http_via"];
+    header["Via"] = upstreamVia === undefined ? VIA : `${upstreamVia}, ${VIA}`;
+    if (header["Server"] === undefined) header["Server"] = SERVER;
+  } else {
+    ngx.update_time();
+    header["X-Kong-Response-Latency"] = elapsedMs(ngx.req.start_time(), ngx.now());
+    // Kong leaves Server out when a plugin's exit already says Via: <its server token>.
+    if (header["Via"] !== SERVER) header["Server"] = SERVER;
+  }
 }
 
 export function bodyFilter(this: void): void {
   const ctx = requestCtx();
   const exitBody = ctx.KRS_EXIT_BODY;
   if (exitBody !== undefined) {
-    // kong.response.exit in header_filter: its body replaces the upstream's.
-    if (ctx.KRS_EXIT_BODY_SENT === true) {
+    // kong.response.exit in header_filter: its body replaces the upstream's. Emptying a
+    // chunk drops its end-of-body mark, so the upstream's last chunk sets it again: an
+    // empty exit body would otherwise never end the response.
+    if (ctx.KRS_EXIT_BODY_SENT === true || exitBody === "") {
+      ctx.KRS_EXIT_BODY_SENT = true;
+      const last = ngx.arg[2];
       ngx.arg[1] = "";
+      if (last === true) ngx.arg[2] = true;
     } else {
       ctx.KRS_EXIT_BODY_SENT = true;
       ngx.arg[1] = exitBody;

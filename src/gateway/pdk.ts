@@ -30,6 +30,10 @@ export interface RequestCtx {
   authenticated_consumer?: KongConsumer;
   authenticated_credential?: KongCredential;
   KRS_UPSTREAM_URI?: string;
+  /** The normalized request path (kong.request.get_path), computed once. */
+  KRS_PATH?: string;
+  /** ngx.now() when access ended: the start of the upstream wait (Kong's latencies). */
+  KRS_ACCESS_ENDED?: number;
   /** $request_id, read once in access (the key of the error-page ctx stash). */
   KRS_REQUEST_ID?: string;
 }
@@ -69,6 +73,52 @@ function firstValue(this: void, value: string | string[] | undefined): string | 
   return value as string;
 }
 
+/** Reserved characters (RFC 3986 gen-delims, sub-delims and "%"): Kong keeps them escaped. */
+const RESERVED_BYTES = new LuaTable<number, boolean>();
+for (const c of ["!", "*", "'", "(", ")", ";", ":", "@", "&", "=", "+", "$", ",", "/", "?", "%", "#", "[", "]"]) RESERVED_BYTES.set(string.byte(c), true);
+
+function decodeUnreserved(this: void, hex: string): string {
+  const code = tonumber(hex, 16)!;
+  return RESERVED_BYTES.has(code) ? "%" + string.upper(hex) : string.char(code);
+}
+
+/**
+ * Kong's path normalization (kong.tools.uri.normalize with merge_slashes): escapes of
+ * reserved characters stay (upper-cased), every other escape is decoded, dot segments are
+ * resolved and repeated slashes merged. What routing and kong.request.get_path see.
+ */
+export function normalizePath(this: void, path: string): string {
+  if (path === "" || path === "/") return path;
+  if (string.find(path, "%", 1, true)[0] !== undefined) path = string.gsub(path, "%%(%x%x)", decodeUnreserved)[0];
+  if (string.find(path, ".", 1, true)[0] === undefined && string.find(path, "//", 1, true)[0] === undefined) return path;
+  const segments: string[] = [];
+  let trailingSlash = false;
+  const leadingSlash = string.byte(path, 1) === 47;
+  for (const [segment, slash] of string.gmatch(leadingSlash ? string.sub(path, 2) : path, "([^/]*)(/?)")) {
+    const last = slash === "";
+    if (segment === "..") {
+      if (segments.length > 0) segments.pop();
+      trailingSlash = last;
+    } else if (segment === "." || segment === "") {
+      trailingSlash = last && (segment === "." || segments.length > 0 || leadingSlash);
+    } else {
+      segments.push(segment as string);
+      trailingSlash = false;
+    }
+    if (last) break;
+  }
+  const joined = table.concat(segments, "/");
+  if (joined === "") return leadingSlash || trailingSlash ? "/" : "";
+  return (leadingSlash ? "/" : "") + joined + (trailingSlash ? "/" : "");
+}
+
+/** The request-target's path as the client sent it (no query), normalized as Kong does. */
+export function normalizedRequestPath(this: void): string {
+  const requestUri = ngx.var["request_uri"] ?? "/";
+  const [queryAt] = string.find(requestUri, "?", 1, true);
+  return normalizePath(queryAt !== undefined ? string.sub(requestUri, 1, queryAt - 1) : requestUri);
+}
+
 /** Header name → nginx variable name; names come from plugin code and config, so it stays small. */
 const headerVariables = new LuaTable<string, string>();
 
@@ -91,7 +141,13 @@ const request: KongRequestApi = {
     return ngx.req.get_method();
   },
   get_path() {
-    return ngx.var["uri"] ?? "/";
+    const ctx = requestCtx();
+    let path = ctx.KRS_PATH;
+    if (path === undefined) {
+      path = normalizedRequestPath();
+      ctx.KRS_PATH = path;
+    }
+    return path;
   },
   get_raw_query() {
     return ngx.var["args"] ?? "";
@@ -156,30 +212,131 @@ function checkHeader(this: void, name: unknown, value: unknown): void {
   if (t !== "string" && t !== "number" && t !== "boolean") error(`invalid header value for "${name}": got ${t}, expected string, number or boolean`, 3);
 }
 
-/**
- * Statuses Kong's nginx template sends to its error handler: an exit with no body answers
- * its default JSON message. Other statuses without a body get an empty body.
- */
-const DEFAULT_BODY_STATUSES = new LuaTable<number, boolean>();
-for (const status of [400, 404, 405, 408, 411, 412, 413, 414, 417, 494, 500, 502, 503, 504]) DEFAULT_BODY_STATUSES.set(status, true);
+/** Kong's normalize_header: nginx drops a header set to "", Kong sends one space instead. */
+function headerValue(this: void, value: unknown): string {
+  const text = tostring(value);
+  return text === "" ? " " : text;
+}
 
-function send(this: void, status: number, body: string | undefined, headers: KongHeaders | undefined): never {
-  if (body === undefined && DEFAULT_BODY_STATUSES.has(status)) {
-    body = cjson.encode({ message: ERROR_MESSAGES[status] ?? "An unexpected error occurred" })[0];
-    const withType: KongHeaders = { "Content-Type": JSON_CONTENT_TYPE };
-    if (headers !== undefined) for (const [name, value] of pairs(headers)) withType[name as string] = value as string;
-    headers = withType;
+/** Kong's normalize_multi_header: an array of values stays an array, each value normalized. */
+function headerValues(this: void, value: unknown): string | string[] {
+  if (type(value) !== "table") return headerValue(value);
+  const values: string[] = [];
+  for (const v of value as unknown[]) values.push(headerValue(v));
+  return values;
+}
+
+/** Kong's messages for kong.response.error and its error handler, by status. */
+const ERROR_MESSAGES: { [status: number]: string } = {
+  400: "Bad request", 401: "Unauthorized", 402: "Payment required", 403: "Forbidden",
+  404: "Not found", 405: "Method not allowed", 406: "Not acceptable",
+  407: "Proxy authentication required", 408: "Request timeout", 409: "Conflict", 410: "Gone",
+  411: "Length required", 412: "Precondition failed", 413: "Payload too large",
+  414: "URI too long", 415: "Unsupported media type", 416: "Range not satisfiable",
+  417: "Expectation failed", 418: "I'm a teapot", 421: "Misdirected request",
+  422: "Unprocessable entity", 423: "Locked", 424: "Failed dependency", 425: "Too early",
+  426: "Upgrade required", 428: "Precondition required", 429: "Too many requests",
+  431: "Request header fields too large", 451: "Unavailable for legal reasons",
+  494: "Request header or cookie too large", 500: "An unexpected error occurred",
+  501: "Not implemented", 502: "An invalid response was received from the upstream server",
+  503: "The upstream server is currently unavailable", 504: "The upstream server is timing out",
+  505: "HTTP version not supported", 506: "Variant also negotiates", 507: "Insufficient storage",
+  508: "Loop detected", 510: "Not extended", 511: "Network authentication required",
+};
+
+export function errorMessage(this: void, status: number): string {
+  return ERROR_MESSAGES[status] ?? string.format("The upstream server responded with %d", status);
+}
+
+/** Kong's MIME types for error bodies, by media type or by its top-level type. */
+const ERROR_MIME_TYPES = new LuaTable<string, string>();
+ERROR_MIME_TYPES.set("application/json", JSON_CONTENT_TYPE);
+ERROR_MIME_TYPES.set("text/html", "text/html; charset=utf-8");
+ERROR_MIME_TYPES.set("text/plain", "text/plain; charset=utf-8");
+ERROR_MIME_TYPES.set("application/xml", "application/xml; charset=utf-8");
+ERROR_MIME_TYPES.set("application", JSON_CONTENT_TYPE);
+ERROR_MIME_TYPES.set("text", "text/plain; charset=utf-8");
+
+/** Kong's error templates (kong/tools/http.lua): the message, then the request id. */
+const ERROR_TEMPLATES = new LuaTable<string, string>();
+ERROR_TEMPLATES.set(JSON_CONTENT_TYPE, '{\n  "message":"%s",\n  "request_id":"%s"\n}');
+ERROR_TEMPLATES.set("text/html; charset=utf-8", '<!doctype html>\n<html>\n  <head>\n    <meta charset="utf-8">\n    <title>Error</title>\n  </head>\n  <body>\n    <h1>Error</h1>\n    <p>%s.</p>\n    <p>request_id: %s</p>\n  </body>\n</html>\n');
+ERROR_TEMPLATES.set("text/plain; charset=utf-8", "%s\nrequest_id: %s\n");
+ERROR_TEMPLATES.set("application/xml; charset=utf-8", '<?xml version="1.0" encoding="UTF-8"?>\n<error>\n  <message>%s</message>\n  <requestid>%s</requestid>\n</error>\n');
+for (const bare of ["application/json", "text/html", "text/plain", "application/xml"]) {
+  ERROR_TEMPLATES.set(bare, ERROR_TEMPLATES.get(ERROR_MIME_TYPES.get(bare))!);
+}
+
+/** Kong's get_mime_type: a media range to the MIME type of its error body (JSON when unknown). */
+function mimeType(this: void, mediaRange: string): string {
+  const [mediaType] = string.match(mediaRange, "^%s*([^;%s]*)");
+  const [main, sub] = string.match(mediaType ?? "", "^([^/]*)/(.*)$");
+  if (main === undefined || sub === undefined) return JSON_CONTENT_TYPE;
+  if (sub === "*") return main === "*" ? JSON_CONTENT_TYPE : ERROR_MIME_TYPES.get(main) ?? JSON_CONTENT_TYPE;
+  return ERROR_MIME_TYPES.get(mediaType!) ?? JSON_CONTENT_TYPE;
+}
+
+/** A media range with an optional q parameter, as Kong's Accept grammar reads it. */
+const MEDIA_RANGE = "^((?:[a-z0-9][a-z0-9-!#$&^_+.]+|\\*)/(?:[a-z0-9][a-z0-9-!#$&^_+.]+|\\*))"
+  + "(?:\\s*;\\s*q=(1(?:\\.0{0,3})?|0(?:\\.\\d{0,3})?)|\\s*;\\s*[a-z0-9][a-z0-9-!#$&^_+.]+(?:=[^;]*)?)*";
+
+/**
+ * Kong's get_response_type: the error body's MIME type for an Accept header (the values of
+ * repeated headers joined): the first media range with the highest q wins; JSON by default.
+ * Only error paths call it.
+ */
+export function responseType(this: void, accept: string | string[] | undefined): string {
+  if (accept === undefined) return JSON_CONTENT_TYPE;
+  const text = type(accept) === "table" ? table.concat(accept as string[], ",") : (accept as string);
+  let chosen = JSON_CONTENT_TYPE;
+  let best = 0;
+  for (const [part] of string.gmatch(text, "[^,]+")) {
+    const [trimmed] = string.match(part as string, "^%s*(.-)%s*$");
+    const [captures] = ngx.re.match(trimmed ?? "", MEDIA_RANGE, "ajoi");
+    if (captures !== undefined) {
+      const q = tonumber(captures[2]) ?? 1;
+      if (q > best) {
+        best = q;
+        chosen = mimeType(captures[1] as string);
+      }
+    }
   }
+  return chosen;
+}
+
+/** Kong's error body for a MIME type; undefined for a type Kong has no template for. */
+export function errorBody(this: void, mimeTypeName: string, message: string): string | undefined {
+  const template = ERROR_TEMPLATES.get(mimeTypeName);
+  if (template === undefined) return undefined;
+  return string.format(template, message, ngx.var["request_id"] ?? "");
+}
+
+/**
+ * Statuses nginx hands to the error page (the template's error_page): an exit without a
+ * body then answers Kong's error body instead of an empty one.
+ */
+const ERROR_PAGE_STATUSES = new LuaTable<number, boolean>();
+for (const status of [400, 404, 405, 408, 411, 412, 413, 414, 417, 494, 500, 502, 503, 504]) ERROR_PAGE_STATUSES.set(status, true);
+
+/** Set by the entry module: keeps ctx for the error page's internal redirect. */
+let stashCtx: (this: void) => void = () => undefined;
+export function setCtxStash(this: void, stash: (this: void) => void): void {
+  stashCtx = stash;
+}
+
+function send(this: void, status: number, body: string | undefined, headers: KongHeaders | undefined, isJson: boolean): never {
   ngx.status = status;
+  let hasContentType = false;
   let hasContentLength = false;
   if (headers !== undefined) {
     for (const [name, value] of pairs(headers)) {
       const lower = string.lower(name as string);
-      if (lower === "transfer-encoding") continue;
-      ngx.header[name as string] = value as string;
-      if (lower === "content-length") hasContentLength = true;
+      if (lower !== "transfer-encoding" && lower !== "transfer_encoding") ngx.header[name as string] = headerValues(value);
+      if (lower === "content-type" || lower === "content_type") hasContentType = true;
+      else if (lower === "content-length" || lower === "content_length") hasContentLength = true;
     }
   }
+  if (isJson && !hasContentType) ngx.header["Content-Type"] = JSON_CONTENT_TYPE;
   if (!hasContentLength) ngx.header["Content-Length"] = tostring(body !== undefined ? body.length : 0);
   if (ngx.get_phase() === "header_filter") {
     // No output in header_filter: body_filter sends this body in place of the upstream's
@@ -187,37 +344,14 @@ function send(this: void, status: number, body: string | undefined, headers: Kon
     requestCtx().KRS_EXIT_BODY = body ?? "";
     return undefined as never;
   }
-  // Always print, even "", so nginx sends these headers rather than its own error page.
-  ngx.print(body ?? "");
+  if (body === undefined) {
+    // As Kong: nginx finishes a bodyless exit; an error-page status gets Kong's error body.
+    if (ERROR_PAGE_STATUSES.has(status)) stashCtx();
+    return ngx.exit(status);
+  }
+  ngx.print(body);
   return ngx.exit(status);
 }
-
-function encodeBody(this: void, body: KongResponseBody | undefined, headers: KongHeaders | undefined): LuaMultiReturn<[string | undefined, KongHeaders | undefined]> {
-  if (body === undefined || type(body) === "string") return $multi(body as string | undefined, headers);
-  const [json, err] = cjson.encode(body);
-  if (json === undefined) error("body encoding failed: " + tostring(err), 3);
-  let hasContentType = false;
-  if (headers !== undefined) {
-    for (const [name] of pairs(headers)) if (string.lower(name as string) === "content-type") hasContentType = true;
-  }
-  if (!hasContentType) {
-    const withType: KongHeaders = {};
-    if (headers !== undefined) for (const [name, value] of pairs(headers)) withType[name as string] = value as string;
-    withType["Content-Type"] = JSON_CONTENT_TYPE;
-    headers = withType;
-  }
-  return $multi(json, headers);
-}
-
-/** Kong's default messages for kong.response.error. */
-const ERROR_MESSAGES: { [status: number]: string } = {
-  400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
-  405: "Method not allowed", 408: "Request timeout", 409: "Conflict", 411: "Length required",
-  412: "Precondition failed", 413: "Payload too large", 414: "URI too long",
-  415: "Unsupported media type", 429: "API rate limit exceeded",
-  500: "An unexpected error occurred", 502: "An invalid response was received from the upstream server",
-  503: "The upstream server is currently unavailable", 504: "The upstream server is timing out",
-};
 
 function checkExitPhase(this: void): void {
   const phase = ngx.get_phase();
@@ -236,48 +370,61 @@ const response: KongResponseApi = {
     if (headers !== undefined && type(headers) !== "table") error("headers must be a nil or table", 2);
     if (headers !== undefined) for (const [name, value] of pairs(headers)) checkHeader(name, type(value) === "table" ? "" : value);
     requestCtx().KRS_EXITED = true;
-    const [encoded, finalHeaders] = encodeBody(body, headers);
-    return send(status, encoded, finalHeaders);
+    if (body !== undefined && type(body) === "table") {
+      const [json, err] = cjson.encode(body);
+      if (json === undefined) error("body encoding failed while flushing response: " + tostring(err), 2);
+      return send(status, json, headers, true);
+    }
+    return send(status, body as string | undefined, headers, false);
   },
   error(status, message, headers) {
     checkExitPhase();
     if (type(status) !== "number") error("code must be a number", 2);
     if (status < 400 || status > 599) error("code must be a number between 400 and 599", 2);
-    requestCtx().KRS_EXITED = true;
-    const text = message ?? ERROR_MESSAGES[status] ?? "An error occurred";
-    const accept = request.get_header("accept") ?? "";
-    let contentType = JSON_CONTENT_TYPE;
-    let body: string;
-    if (string.find(accept, "text/plain", 1, true)[0] !== undefined && string.find(accept, "json", 1, true)[0] === undefined) {
-      contentType = "text/plain; charset=utf-8";
-      body = text;
-    } else {
-      body = cjson.encode({ message: text })[0] ?? "{}";
+    let text = message as unknown;
+    if (text !== undefined && type(text) === "table") {
+      const [json, err] = cjson.encode(text);
+      if (json === undefined) error("could not JSON encode the error message: " + tostring(err), 2);
+      text = json;
     }
-    const finalHeaders: KongHeaders = {};
-    if (headers !== undefined) for (const [name, value] of pairs(headers)) finalHeaders[name as string] = value as string;
-    let hasType = false;
-    for (const [name] of pairs(finalHeaders)) if (string.lower(name as string) === "content-type") hasType = true;
-    if (!hasType) finalHeaders["Content-Type"] = contentType;
-    return send(status, body, finalHeaders);
+    if (text !== undefined && type(text) !== "string") error("message must be a nil, a string or a table", 2);
+    if (headers !== undefined && type(headers) !== "table") error("headers must be a nil or table", 2);
+    if (headers !== undefined) for (const [name, value] of pairs(headers)) checkHeader(name, type(value) === "table" ? "" : value);
+    // As Kong: the negotiated Content-Type is written into the caller's own table.
+    const finalHeaders: KongHeaders = headers ?? {};
+    const given = finalHeaders["Content-Type"] as unknown;
+    let contentType: string;
+    if (given === undefined) {
+      const [requestHeaders] = ngx.req.get_headers();
+      contentType = responseType(requestHeaders.get("accept") as string | string[] | undefined);
+    } else {
+      contentType = type(given) === "table" ? (given as string[])[0] : tostring(given);
+    }
+    finalHeaders["Content-Type"] = contentType;
+    const body = errorBody(contentType, (text as string | undefined) ?? errorMessage(status));
+    if (body === undefined) error("no template found for MIME type " + contentType, 2);
+    requestCtx().KRS_EXITED = true;
+    return send(status, body, finalHeaders, false);
   },
   set_header(name, value) {
     checkHeader(name, value);
     if (ngx.headers_sent) error("headers have already been sent", 2);
-    ngx.header[name] = tostring(value);
+    const lower = string.lower(name);
+    if (lower === "transfer-encoding" || lower === "transfer_encoding") return;
+    ngx.header[name] = headerValue(value);
   },
   add_header(name, value) {
     checkHeader(name, value);
     if (ngx.headers_sent) error("headers have already been sent", 2);
     const existing = ngx.header[name];
     if (existing === undefined) {
-      ngx.header[name] = tostring(value);
+      ngx.header[name] = headerValue(value);
     } else if (type(existing) === "table") {
       const values = existing as string[];
-      values.push(tostring(value));
+      values.push(headerValue(value));
       ngx.header[name] = values;
     } else {
-      ngx.header[name] = [existing as string, tostring(value)];
+      ngx.header[name] = [existing as string, headerValue(value)];
     }
   },
   clear_header(name) {
@@ -320,7 +467,7 @@ const service: KongServiceApi = {
         ngx.var["upstream_host"] = tostring(value);
         return;
       }
-      ngx.req.set_header(name, tostring(value));
+      ngx.req.set_header(name, headerValue(value));
     },
     clear_header(name) {
       if (type(name) !== "string") error("header name must be a string", 2);

@@ -95,8 +95,6 @@ function resolve(this: void, scopes: LuaTable<string, PluginEntity>, s: string, 
     ?? scopes.get("::");
 }
 
-const UNEXPECTED_BODY = { message: "An unexpected error occurred" };
-
 /** Runs one phase handler; returns false when it raised (the error is logged naming the plugin). */
 function call(this: void, selected: Selected, phase: Phase): boolean {
   const fn = selected.plugin.handler[phase];
@@ -168,7 +166,8 @@ export function runLate(this: void, index: PluginIndex, phase: "header_filter" |
 
 function failRequest(this: void): never {
   requestCtx().KRS_UNEXPECTED = true;
-  return pdk.response.exit(500, UNEXPECTED_BODY);
+  // As Kong: Kong's error body, in the format the client's Accept asks for.
+  return pdk.response.error(500);
 }
 
 /**

@@ -4,13 +4,14 @@
  * Read from kong/router/compat.lua, atc.lua, transform.lua, utils.lua and atc-router's
  * router.rs; where this module and Kong differ, Kong is right.
  *
- * Matching: a route matches when every attribute it sets matches.
+ * Matching: a route matches when every attribute it sets matches. The path matched is
+ * Kong's normalized request path (pdk.normalizePath), not nginx's decoded $uri.
  * - methods: equal, case-sensitive ("GET" is not "get").
  * - hosts: the request host is split at its first ":" when what follows is a number.
  *   "example.com" is equal to the host part; "*.example.com" is a suffix match on
  *   ".example.com" (any depth); "example.*" a prefix match on "example.". A route host
  *   with a port also needs that port in the request host; without one, the port is
- *   ignored. Kong compares case-sensitively; hosts are case-insensitive here (DNS).
+ *   ignored. Case-sensitive, as in Kong: "API.example.test" does not match "api.example.test".
  * - paths: "/api" is a plain prefix of the normalized path ("/api" matches "/apix");
  *   "~re" is a regex matched as "^re" (ngx.re.find, options "jo").
  * - protocols, headers, snis, sources are not routed on (Kong answers a protocol
@@ -47,6 +48,8 @@ export interface RouteMatch {
   upstream_uri: string;
   /** The route path (prefix or regex) that matched, if any. */
   matched_path: string | undefined;
+  /** What strip_path cut from the request path (the prefix, or the text a regex matched). */
+  stripped_prefix: string | undefined;
 }
 
 export interface Router {
@@ -73,7 +76,6 @@ export interface RouterOptions {
 const sub = string.sub;
 const find = string.find;
 const byte = string.byte;
-const lower = string.lower;
 
 const SLASH = 47; // "/"
 const DOT = 46; // "."
@@ -185,6 +187,7 @@ function buildResult(m: Matcher, matchedPath: string | undefined, requestPath: s
     service: m.service,
     upstream_uri: upstreamUriV0(m.strip, sanitizePostfix(postfix), requestPath, m.servicePath),
     matched_path: matchedPath,
+    stripped_prefix: m.strip && matchedPath !== undefined ? sub(requestPath, 1, matchedLength) : undefined,
   };
 }
 
@@ -227,7 +230,7 @@ function routerMatch(this: Router, method: string, host: string | undefined, pat
   let hostName: string | undefined;
   let hostPort: number | undefined;
   if (host !== undefined && self.usesHosts) {
-    [hostName, hostPort] = splitHostPort(lower(host));
+    [hostName, hostPort] = splitHostPort(host);
   }
   const pathLength = path.length;
   for (const cls of self.classes) {
@@ -267,7 +270,7 @@ function routerMatch(this: Router, method: string, host: string | undefined, pat
 
 function addHosts(m: Matcher, hosts: string[]): void {
   for (const raw of hosts) {
-    const [host, port] = splitHostPort(lower(raw));
+    const [host, port] = splitHostPort(raw);
     if (byte(host, 1) === ASTERISK) {
       m.wildcardHosts.push({ text: sub(host, 2), suffix: true, port });
     } else if (byte(host, -1) === ASTERISK) {
