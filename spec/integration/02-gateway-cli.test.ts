@@ -180,7 +180,7 @@ services:
       });
       expect(patched.status).toBe(200);
       expect((await getJson(`${adminUrl}/consumers`, { method: "POST", body: new URLSearchParams([["username", "u"]]) })).status).toBe(201);
-      expect(readFileSync(join(prefix, "krs", "admin-state.jsonl"), "utf8")).toContain("{vault:\\/\\/env\\/KRS_TEST_PW}");
+      expect(readFileSync(join(prefix, "krs", "admin-state.jsonl"), "utf8")).toContain("{vault://env/KRS_TEST_PW}");
       expectOwnerOnly(prefix);
       for (const f of filesUnder(prefix)) expect(readFileSync(f).includes(password), f).toBe(false);
 

@@ -243,7 +243,7 @@ describe("authentication", () => {
     // With the default config a header Kong ignores is neither a key nor hidden.
     const notDefault = await getJson(`${gw.proxyUrl}/auth/anything`, { headers: { "X-API-Key": key } });
     expect(notDefault.status).toBe(401);
-    expect(notDefault.body).toEqual({ message: "No API key found in request" });
+    expect(notDefault.body).toEqual({ message: "No API key found in request", request_id: expect.stringMatching(/^[0-9a-f]{32}$/) });
     const second = await getJson(`${gw.proxyUrl}/two-names/anything`, { headers: { "X-API-Key": key } });
     expect(second.status).toBe(200);
     expect(second.body.headers["x-credential-identifier"]).toBe(id);

@@ -571,9 +571,9 @@ describe("on one worker: every window's headers, the deny cache, the rejection b
     const plainAgain = await hit(`${one.proxyUrl}/plain-then-json`, { "X-Client": id, Accept: "text/plain" });
     expect([plain.status, json.status, plainAgain.status]).toEqual([429, 429, 429]);
     expect(plain.headers["content-type"]).toBe("text/plain; charset=utf-8");
-    expect(plain.body).toBe("API rate limit exceeded");
+    expect(plain.body).toMatch(/^API rate limit exceeded\nrequest_id: [0-9a-f]{32}\n$/);
     expect(json.headers["content-type"]).toBe("application/json; charset=utf-8");
-    expect(JSON.parse(json.body)).toEqual({ message: "API rate limit exceeded" });
+    expect(JSON.parse(json.body)).toEqual({ message: "API rate limit exceeded", request_id: expect.stringMatching(/^[0-9a-f]{32}$/) });
     expect(plainAgain.headers["content-type"]).toBe("text/plain; charset=utf-8");
     for (const r of [plain, json, plainAgain]) expect(rateLimitNames(r)).toContain("Retry-After");
   });

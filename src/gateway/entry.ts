@@ -330,11 +330,20 @@ export function headerFilter(this: void): void {
   const header = ngx.header;
   header["X-Kong-Request-Id"] = ctx.KRS_REQUEST_ID ?? ngx.var["request_id"];
   const accessEnded = ctx.KRS_ACCESS_ENDED;
-  if (ctx.KRS_PROXIED === true && accessEnded !== undefined) {
-    // nginx refreshed its clock when the upstream's answer woke it up: no update_time()
-    // (which formats every cached time string) on the proxied path.
-    header["X-Kong-Upstream-Latency"] = elapsedMs(accessEnded, ngx.now());
-    header["X-Kong-Proxy-Latency"] = elapsedMs(ngx.req.start_time(), accessEnded);
+  const fromUpstream = ctx.KRS_PROXIED === true && accessEnded !== undefined;
+  if (fromUpstream || ctx.KONG_PROXIED === true) {
+    if (fromUpstream) {
+      // nginx refreshed its clock when the upstream's answer woke it up: no update_time()
+      // (which formats every cached time string) on the proxied path.
+      header["X-Kong-Upstream-Latency"] = elapsedMs(accessEnded, ngx.now());
+      header["X-Kong-Proxy-Latency"] = elapsedMs(ngx.req.start_time(), accessEnded);
+    } else {
+      // A plugin answered in the upstream's place and said so, as Kong's runloop reads it.
+      const waiting = ctx.KONG_WAITING_TIME;
+      const proxyLatency = ctx.KONG_PROXY_LATENCY;
+      if (waiting !== undefined) header["X-Kong-Upstream-Latency"] = tostring(math.floor(waiting));
+      if (proxyLatency !== undefined) header["X-Kong-Proxy-Latency"] = tostring(math.floor(proxyLatency));
+    }
     // As Kong: the upstream's own Via, then ours (what a plugin set is replaced).
     const upstreamVia = ngx.var["upstream_http_via"];
     header["Via"] = upstreamVia === undefined ? VIA : `${upstreamVia}, ${VIA}`;

@@ -36,6 +36,14 @@ export interface RequestCtx {
   KRS_ACCESS_ENDED?: number;
   /** $request_id, read once in access (the key of the error-page ctx stash). */
   KRS_REQUEST_ID?: string;
+  /**
+   * Kong's own ctx fields a plugin may set when it answers in the upstream's place (Kong's
+   * proxy-cache does on a hit): the response then gets Kong's proxied headers (the
+   * Server it carries is kept, Via is Kong's), with these latencies in milliseconds.
+   */
+  KONG_PROXIED?: boolean;
+  KONG_PROXY_LATENCY?: number;
+  KONG_WAITING_TIME?: number;
 }
 
 interface SerializeOp {
