@@ -135,6 +135,8 @@ describe("secrets on disk", () => {
     expect(mode(join(prefix, "krs"))).toBe("700");
     for (const f of ["config.json", "admin-state.jsonl", "gateway.json", "node_id"]) expect(`${f} ${mode(join(prefix, "krs", f))}`).toBe(`${f} 600`);
     expect(mode(join(prefix, "nginx.conf"))).toBe("600");
+    expect(mode(join(prefix, "logs"))).toBe("700");
+    for (const f of ["error.log", "access.log"]) expect(`${f} ${mode(join(prefix, "logs", f))}`).toBe(`${f} 600`);
   }
 
   it("files that may hold secrets are owner-only whatever the umask; vault references stay unresolved on disk", async () => {
@@ -167,11 +169,13 @@ services:
       expect(started.stderr).toBe("");
       expect(started.status).toBe(0);
       // The reference was resolved in memory: Redis (which wants the password) counts the request.
-      const limited = await fetch(`http://127.0.0.1:${proxy}/limited`);
+      const limited = await fetch(`http://127.0.0.1:${proxy}/limited?apikey=${password}-query`);
       await limited.arrayBuffer();
       expect(limited.status).toBe(200);
       expect(limited.headers.get("ratelimit-limit")).toBe("100");
       expectOwnerOnly(prefix);
+      // The access log has the request, not its query string (where API keys may travel).
+      await expect.poll(() => readFileSync(join(prefix, "logs", "access.log"), "utf8")).toContain('"GET /limited HTTP/1.1" 200');
 
       // Admin API changes are kept under the prefix: still owner-only, still the reference.
       const plugin = (await getJson(`${adminUrl}/plugins`)).body.data[0];
@@ -188,6 +192,8 @@ services:
       krs(["gateway", "stop", "--prefix", prefix]);
       for (const f of ["config.json", "admin-state.jsonl", "gateway.json", "node_id"]) chmodSync(join(prefix, "krs", f), 0o644);
       chmodSync(join(prefix, "krs"), 0o755);
+      chmodSync(join(prefix, "logs"), 0o755);
+      for (const f of ["error.log", "access.log"]) chmodSync(join(prefix, "logs", f), 0o644);
       const again = start();
       expect(again.status).toBe(0);
       expectOwnerOnly(prefix);

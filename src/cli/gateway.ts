@@ -220,6 +220,11 @@ export async function startGateway(opts: StartOptions): Promise<StartedGateway> 
   if (!(await portIsFree(admin.host, admin.port))) throw new GatewayError(`admin listen ${admin.host}:${admin.port}: address already in use`);
 
   for (const dir of ["logs", "tmp"]) mkdirSync(join(prefix, dir), { recursive: true });
+  // nginx's error lines name the request line, so a key sent in the query string
+  // (key_in_query) reaches error.log: the logs are the owner's alone too. nginx's master
+  // opens them before workers start, so workers running as another user need no access.
+  chmodSync(join(prefix, "logs"), PRIVATE_DIR);
+  for (const log of ["error.log", "access.log"]) touchPrivate(join(prefix, "logs", log));
   // krs/ holds the config and the Admin API state; only nginx's master reads it (workers,
   // which may run as another user, get what they need from the master), so it can be private.
   // The prefix itself is not: workers write request bodies under tmp/.
@@ -271,6 +276,7 @@ export async function startGateway(opts: StartOptions): Promise<StartedGateway> 
     admin_listen: listen(admin),
   }));
   writeFileSync(join(prefix, "logs", "error.log"), "");
+  chmodSync(join(prefix, "logs", "error.log"), PRIVATE_FILE);
 
   const started = spawnSync(nginx, ["-p", prefix + "/", "-c", "nginx.conf", "-e", "logs/error.log"], { encoding: "utf8" });
   if (started.status !== 0) throw new GatewayError(`nginx did not start: ${nginxFailure(prefix, started.stderr)}`);
