@@ -136,6 +136,16 @@ function decodePayload(this: void, payload: string, storedAt: number, ttl: numbe
 }
 
 /**
+ * When a value stops being fresh (stored at + ttl, epoch ms), read from its prefix
+ * without any key: sliding TTL extends the Redis key, never this. undefined: no prefix.
+ */
+export function expiresAt(this: void, value: string): number | undefined {
+  const [ttlText, storedText] = match(value, "^1|(%d+)|(%d+)|");
+  if (storedText === undefined) return undefined;
+  return tonumber(storedText)! + tonumber(ttlText)!;
+}
+
+/**
  * Decodes a Redis value read from `redisKey`. With a seal key in `keyring`, entries must
  * be encrypted, under one of its keys, and authenticate under it and that Redis key.
  * Returns nil plus the reason for anything else, and `true` as third value when the

@@ -33,6 +33,8 @@ export interface Prepared {
   refreshArg: string;
   refreshFraction: number;
   slidingArg: string;
+  /** The entry kinds this configuration reads, as the lookup script takes them (ARGV[6]). */
+  readableArg: string;
 }
 
 /** Weak keys: the fast path from a config table to its state. */
@@ -128,6 +130,19 @@ function keyringOf(this: void, conf: Conf): Keyring | undefined {
 }
 
 /**
+ * What the lookup script may treat as readable: plain entries without encryption_key;
+ * with it, encrypted entries without key id (tried under every key) and those sealed
+ * under one of its keys. The script extends and refreshes only these, so an entry this
+ * node cannot read expires on its own schedule whatever this node's traffic.
+ */
+function readableOf(this: void, keyring: Keyring | undefined): string {
+  if (keyring === undefined) return "E";
+  const kinds = ["C"];
+  for (const [id] of pairs(keyring.keys)) kinds.push("K" + id);
+  return table.concat(kinds, " ");
+}
+
+/**
  * The id an entry carries to name the key it is sealed with: 4 bytes of SHA-256 over the
  * AES key (itself SHA-256 of the secret). Anyone holding the ciphertext can already test
  * a guessed secret against it, so the id gives nothing more away.
@@ -151,6 +166,7 @@ export function prepare(this: void, conf: Conf): Prepared {
   const codes = new LuaTable<number, boolean>();
   for (const c of conf.response_code) codes.set(c, true);
   const l1 = conf.l1_ttl > 0 ? l1cache.newL1<Cached>(conf.l1_size) : undefined;
+  const keyring = keyringOf(conf);
   const state: Prepared = {
     methods,
     codes,
@@ -159,12 +175,13 @@ export function prepare(this: void, conf: Conf): Prepared {
     varyQuery: isSet(conf.vary_query_params) && conf.vary_query_params.length > 0 ? sortedUnique(conf.vary_query_params) : undefined,
     l1,
     l1Ttl: conf.l1_ttl,
-    keyring: keyringOf(conf),
+    keyring,
     ttlMs: conf.cache_ttl * 1000,
     lockMs: conf.lock_timeout,
     refreshArg: string.format("%.6f", conf.refresh_ahead),
     refreshFraction: conf.refresh_ahead,
     slidingArg: conf.sliding_ttl ? "1" : "0",
+    readableArg: readableOf(keyring),
   };
   prepared.set(conf, state);
   byFingerprint.set(print, state);

@@ -108,6 +108,20 @@ local function keyringOf(conf)
     end
     return {sealId = sealId, sealKey = sealKey, keys = keys}
 end
+--- What the lookup script may treat as readable: plain entries without encryption_key;
+-- with it, encrypted entries without key id (tried under every key) and those sealed
+-- under one of its keys. The script extends and refreshes only these, so an entry this
+-- node cannot read expires on its own schedule whatever this node's traffic.
+local function readableOf(keyring)
+    if keyring == nil then
+        return "E"
+    end
+    local kinds = {"C"}
+    for id in pairs(keyring.keys) do
+        kinds[#kinds + 1] = "K" .. id
+    end
+    return table.concat(kinds, " ")
+end
 function ____exports.prepare(conf)
     local cached = prepared[conf]
     if cached ~= nil then
@@ -131,6 +145,7 @@ function ____exports.prepare(conf)
         codes[c] = true
     end
     local l1 = conf.l1_ttl > 0 and l1cache.newL1(conf.l1_size) or nil
+    local keyring = keyringOf(conf)
     local state = {
         methods = methods,
         codes = codes,
@@ -139,12 +154,13 @@ function ____exports.prepare(conf)
         varyQuery = ____exports.isSet(conf.vary_query_params) and #conf.vary_query_params > 0 and sortedUnique(conf.vary_query_params) or nil,
         l1 = l1,
         l1Ttl = conf.l1_ttl,
-        keyring = keyringOf(conf),
+        keyring = keyring,
         ttlMs = conf.cache_ttl * 1000,
         lockMs = conf.lock_timeout,
         refreshArg = string.format("%.6f", conf.refresh_ahead),
         refreshFraction = conf.refresh_ahead,
-        slidingArg = conf.sliding_ttl and "1" or "0"
+        slidingArg = conf.sliding_ttl and "1" or "0",
+        readableArg = readableOf(keyring)
     }
     prepared[conf] = state
     byFingerprint[____print] = state
