@@ -317,10 +317,12 @@ function fromRedis(this: void, st: RequestState, wants: Wants): void {
     if (r.kind === storage.FOREIGN) {
       const [, reason] = codec.decode(r.value!, p.keyring, storage.entryKey(r.gen, key));
       logThrottled(PLUGIN_NAME, `cache entry ${key} ignored (treated as a miss): ${reason}`);
-      // This request fetches for this node while the others of this node wait for it.
+      // This request fetches for this node; the others of this worker wait for its copy in
+      // L1. Without L1 there is nothing to wait for: they are let through at once.
       st.lockKey = storage.fillKey(r.gen, key);
       st.fillLock = true;
       st.foreign = true;
+      if (p.l1 === undefined) giveBack(st, true);
       return notCached(st, wants, MISS, key, r.gen);
     }
 

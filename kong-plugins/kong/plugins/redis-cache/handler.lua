@@ -347,6 +347,9 @@ local function fromRedis(st, wants)
                 st.lockKey = storage.fillKey(r.gen, key)
                 st.fillLock = true
                 st.foreign = true
+                if p.l1 == nil then
+                    giveBack(st, true)
+                end
                 return notCached(
                     st,
                     wants,
@@ -484,19 +487,19 @@ local function storedHeaders()
         do
             local l = lower(name)
             if NOT_STORED[l] ~= nil then
-                goto __continue75
+                goto __continue76
             end
             if l == "server" or l == "via" then
                 out[name] = value
-                goto __continue75
+                goto __continue76
             end
             local upstream = ngx.var["upstream_http_" .. (gsub(l, "-", "_"))]
             if upstream == nil then
-                goto __continue75
+                goto __continue76
             end
             out[name] = type(value) == "table" and value or upstream
         end
-        ::__continue75::
+        ::__continue76::
     end
     return out
 end
