@@ -6,7 +6,7 @@
  *   new   encryption_key K2                       (a node not told about K1)
  *   both  encryption_key K2, decryption_keys [K1]  (mid-rotation)
  *
- *   plain no encryption_key
+ *   plain no encryption_key, decryption_keys [K2]  (turning encryption on, step 1)
  *
  * A node that cannot read an entry treats it as a miss and leaves it alone (no delete,
  * no overwrite) while the entry is fresh, so the nodes that can read it keep hitting; the
@@ -72,7 +72,7 @@ beforeAll(async () => {
   oldNode = await gateway(config({ encryption_key: K1 }), { workers: 1 });
   newNode = await gateway(config({ encryption_key: K2 }), { workers: 1 });
   bothNode = await gateway(config({ encryption_key: K2, decryption_keys: [K1] }), { workers: 1 });
-  plainNode = await gateway(config({}), { workers: 1 });
+  plainNode = await gateway(config({ decryption_keys: [K2] }), { workers: 1 });
 }, 40_000);
 
 afterAll(async () => {
@@ -222,6 +222,21 @@ describe("an unexpired entry a node cannot read, with L1", () => {
     expect(hits.get(path.replace("/rotl1", ""))).toBe(2);
     await sleep(200);
     expect((await control.getBuffer(await entryKey(filled.key)))!.equals(value)).toBe(true);
+  });
+});
+
+describe("turning encryption on: decryption_keys [K2] without encryption_key", () => {
+  it("writes plain entries and reads those sealed under K2, as the rotation procedure says", async () => {
+    const sealedPath = `/rot/${uniq("on-sealed")}`;
+    await stored((await get(newNode, sealedPath)).key);
+    const hit = await get(plainNode, sealedPath);
+    expect(hit.cache).toBe("Hit");
+    expect(hit.json.n).toBe(1);
+    const plainPath = `/rot/${uniq("on-plain")}`;
+    const filled = await get(plainNode, plainPath);
+    expect(filled.cache).toBe("Miss");
+    expect((await stored(filled.key)).toString("latin1")).toMatch(/^1\|\d+\|\d+\|E\|/);
+    expect((await get(plainNode, plainPath)).cache).toBe("Hit");
   });
 });
 

@@ -111,16 +111,25 @@ export function fingerprint(this: void, conf: Conf): string {
   return crypto.toHex(crypto.sha256(table.concat(out)));
 }
 
-/** The AES keys of a configuration: SHA-256 of each secret, sealing with encryption_key. */
+/**
+ * The AES keys of a configuration: SHA-256 of each secret, sealing with encryption_key.
+ * decryption_keys without encryption_key (the first step of turning encryption on):
+ * entries are written plain, and sealed ones are read.
+ */
 function keyringOf(this: void, conf: Conf): Keyring | undefined {
   const secret = conf.encryption_key;
-  if (!isSet(secret)) return undefined;
-  const sealKey = crypto.sha256(secret);
-  const sealId = keyId(sealKey);
-  const keys = new LuaTable<string, string>();
-  keys.set(sealId, sealKey);
   const extra = conf.decryption_keys;
-  if (isSet(extra)) {
+  const hasExtra = isSet(extra) && extra.length > 0;
+  if (!isSet(secret) && !hasExtra) return undefined;
+  const keys = new LuaTable<string, string>();
+  let sealKey: string | undefined;
+  let sealId: string | undefined;
+  if (isSet(secret)) {
+    sealKey = crypto.sha256(secret);
+    sealId = keyId(sealKey);
+    keys.set(sealId, sealKey);
+  }
+  if (hasExtra) {
     for (const other of extra) {
       const aes = crypto.sha256(other);
       keys.set(keyId(aes), aes);
@@ -131,13 +140,13 @@ function keyringOf(this: void, conf: Conf): Keyring | undefined {
 
 /**
  * What the lookup script may treat as readable: plain entries without encryption_key;
- * with it, encrypted entries without key id (tried under every key) and those sealed
- * under one of its keys. The script extends and refreshes only these, so an entry this
+ * encrypted entries without key id (tried under every key) and those sealed under one of
+ * its keys when it has any. The script extends and refreshes only these, so an entry this
  * node cannot read expires on its own schedule whatever this node's traffic.
  */
 function readableOf(this: void, keyring: Keyring | undefined): string {
   if (keyring === undefined) return "E";
-  const kinds = ["C"];
+  const kinds = keyring.sealKey === undefined ? ["E", "C"] : ["C"];
   for (const [id] of pairs(keyring.keys)) kinds.push("K" + id);
   return table.concat(kinds, " ");
 }
