@@ -24,7 +24,8 @@
  * A value this node cannot read is either foreign (sealed under a key it does not have,
  * or plain where it encrypts, or the reverse: written by a node configured otherwise, as
  * during a key rotation) or corrupt (malformed, or failing authentication under a key it
- * has). decode tells them apart so that the handler leaves foreign entries alone.
+ * has). decode tells them apart so that the handler leaves foreign entries alone while
+ * they are fresh (expiresAt, readable without a key) and replaces corrupt ones.
  * Pure Lua apart from krs.crypto; unit-tested.
  */
 import * as crypto from "../../lib/crypto";
