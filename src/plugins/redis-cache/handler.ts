@@ -329,11 +329,13 @@ function fromRedis(this: void, st: RequestState, wants: Wants): void {
     if (r.kind === storage.FILL) {
       st.lockKey = storage.fillKey(r.gen, key);
       st.fillLock = true;
+      st.foreign = false;
       return notCached(st, wants, MISS, key, r.gen);
     }
 
-    // Another request is filling this key.
-    if (r.foreign === true) st.foreign = true;
+    // Another request is filling this key. What is in the way is what the last look saw: a
+    // foreign entry gone meanwhile no longer keeps this request from storing.
+    st.foreign = r.foreign === true;
     if (r.holder === storage.UNCACHEABLE || wants.onlyIfCached) return notCached(st, wants, MISS, key, r.gen);
     const t = now();
     if (deadline === undefined) deadline = t + p.lockMs / 1000;

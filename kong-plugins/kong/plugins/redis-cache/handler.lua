@@ -361,6 +361,7 @@ local function fromRedis(st, wants)
             if r.kind == storage.FILL then
                 st.lockKey = storage.fillKey(r.gen, key)
                 st.fillLock = true
+                st.foreign = false
                 return notCached(
                     st,
                     wants,
@@ -369,9 +370,7 @@ local function fromRedis(st, wants)
                     r.gen
                 )
             end
-            if r.foreign == true then
-                st.foreign = true
-            end
+            st.foreign = r.foreign == true
             if r.holder == storage.UNCACHEABLE or wants.onlyIfCached then
                 return notCached(
                     st,
@@ -487,19 +486,19 @@ local function storedHeaders()
         do
             local l = lower(name)
             if NOT_STORED[l] ~= nil then
-                goto __continue76
+                goto __continue75
             end
             if l == "server" or l == "via" then
                 out[name] = value
-                goto __continue76
+                goto __continue75
             end
             local upstream = ngx.var["upstream_http_" .. (gsub(l, "-", "_"))]
             if upstream == nil then
-                goto __continue76
+                goto __continue75
             end
             out[name] = type(value) == "table" and value or upstream
         end
-        ::__continue76::
+        ::__continue75::
     end
     return out
 end
