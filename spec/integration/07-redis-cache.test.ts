@@ -549,6 +549,42 @@ describe("cache_control", () => {
     expect(Date.now() - started).toBeLessThan(1500);
   });
 
+  it("only-if-cached never takes the fill or the refresh lock, so a flood of them cannot hold up real requests", async () => {
+    const events: string[] = [];
+    const watcher = new Redis({ port: redis.port });
+    await control.config("SET", "notify-keyspace-events", "K$g");
+    try {
+      await watcher.psubscribe("__keyspace@0__:krs:redis-cache:v1:*");
+      watcher.on("pmessage", (_pattern: string, channel: string, event: string) => events.push(`${event} ${channel}`));
+      const warm = `/cc/${uniq("oic-refresh")}?cc=max-age%3D2`;
+      const filled = await get(warm);
+      const filledAt = Date.now();
+      await stored(filled.key);
+      // The filler's own lock events are over.
+      await sleep(200);
+      events.length = 0;
+      const cold = `/cc/${uniq("oic-flood")}`;
+      const flood = await Promise.all(Array.from({ length: 10 }, () => get(cold, { headers: { "cache-control": "only-if-cached" } })));
+      expect(flood.every((r) => r.status === 504)).toBe(true);
+      const cacheKey = flood[0]!.key;
+      expect(cacheKey).toMatch(/^[0-9a-f]{64}$/);
+      // Inside the refresh window (refresh_ahead 0.2 of 2 s) of the stored entry.
+      await sleep(filledAt + 1750 - Date.now());
+      const served = await get(warm, { headers: { "cache-control": "only-if-cached" } });
+      expect(served.cache).toBe("Hit");
+      await sleep(200);
+      const locks = events.filter((e) => / __keyspace@0__:.*\{\d+\.[0-9a-f]{64}\}:(fill|refresh)$/.test(e) && (e.includes(cacheKey!) || e.includes(filled.key!)));
+      expect(locks).toEqual([]);
+      // A real request is the filler at once.
+      const started = Date.now();
+      expect((await get(cold)).cache).toBe("Miss");
+      expect(Date.now() - started).toBeLessThan(1500);
+    } finally {
+      await control.config("SET", "notify-keyspace-events", "");
+      watcher.disconnect();
+    }
+  });
+
   it("min-fresh: an entry that expires sooner than asked is refetched; max-age=0 always refetches", async () => {
     const p = `/cc/${uniq("minfresh")}?cc=max-age%3D10`;
     const a = await get(p);

@@ -10,7 +10,7 @@ import { defineScripts } from "../../src/cli/redis.js";
 import { startRedis, stopAll } from "../helpers/services.js";
 
 
-type Reply = [1, string, 0 | 1] | [2] | [3, string];
+type Reply = [1, string, 0 | 1] | [2] | [3, string] | [3, string, 1] | [4, string];
 
 let port: number;
 let redis: Redis;
@@ -33,9 +33,20 @@ function freshKeys(): Keys {
   return { entry: `krs:redis-cache:v1:${tag}:entry`, fill: `krs:redis-cache:v1:${tag}:fill`, refresh: `krs:redis-cache:v1:${tag}:refresh` };
 }
 
-function lookup(r: Redis, k: Keys, token: string, now: number, opts: { lockMs?: number; refresh?: string; sliding?: boolean } = {}): Promise<Reply> {
+interface LookupOpts {
+  lockMs?: number;
+  refresh?: string;
+  sliding?: boolean;
+  /** ARGV[6]: the kinds the caller reads ("" = all). */
+  readable?: string;
+  /** ARGV[7]: take no lock (only-if-cached). */
+  peek?: boolean;
+}
+
+function lookup(r: Redis, k: Keys, token: string, now: number, opts: LookupOpts = {}): Promise<Reply> {
   return (r as unknown as { cacheLookup(...a: (string | number)[]): Promise<Reply> }).cacheLookup(
     k.entry, k.fill, k.refresh, token, opts.lockMs ?? 3000, now, opts.refresh ?? "0", opts.sliding === true ? "1" : "0",
+    opts.readable ?? "", opts.peek === true ? "1" : "0",
   );
 }
 
@@ -144,5 +155,91 @@ describe("entry present", () => {
     await redis.set(k.entry, "garbage", "PX", 10_000);
     expect(await lookup(redis, k, "t", T0, { refresh: "0.5", sliding: true })).toEqual([1, "garbage", 0]);
     expect(await redis.pttl(k.entry)).toBeLessThanOrEqual(10_000);
+  });
+});
+
+/** An encrypted entry as the gateway seals it (the payload is opaque to the script). */
+const sealed = (ttl: number, storedAt: number, keyId: string) => `1|${ttl}|${storedAt}|K|${keyId}|\x01\x02ciphertext`;
+const NODE_K2 = "C K0000beef";
+const NODE_BOTH = "C K0000beef K0000abcd";
+
+describe("an entry the caller cannot read (review finding 1)", () => {
+  it("sliding TTL extends only entries the caller reads: its own key ids, plain on a plain node, C and markers on an encrypting one", async () => {
+    const cases: [string, string, boolean][] = [
+      [sealed(60_000, T0, "0000abcd"), NODE_K2, false],
+      [sealed(60_000, T0, "0000abcd"), NODE_BOTH, true],
+      [sealed(60_000, T0, "0000beef"), NODE_K2, true],
+      [entry(60_000, T0), NODE_K2, false],
+      [entry(60_000, T0), "E", true],
+      [sealed(60_000, T0, "0000beef"), "E", false],
+      [entry(60_000, T0, "C"), NODE_K2, true],
+      [entry(60_000, T0, "C"), "E", false],
+      ["1|60000|" + T0 + "|V|accept-language", NODE_K2, true],
+    ];
+    for (const [value, readable, extended] of cases) {
+      const k = freshKeys();
+      await redis.set(k.entry, value, "PX", 1000);
+      await lookup(redis, k, "t", T0 + 10, { sliding: true, readable });
+      const pttl = await redis.pttl(k.entry);
+      if (extended) expect(pttl, `${readable} / ${value}`).toBeGreaterThan(59_000);
+      else expect(pttl, `${readable} / ${value}`).toBeLessThanOrEqual(1000);
+    }
+  });
+
+  it("while it is fresh: left as it is, no refresh lock; the first caller gets the fill lock ({4, value}), the others are told the holder and that it is foreign", async () => {
+    const k = freshKeys();
+    const v = sealed(10_000, T0, "0000abcd");
+    await redis.set(k.entry, v, "PX", 10_000);
+    expect(await lookup(redis, k, "tok-a", T0 + 9000, { refresh: "0.5", sliding: true, readable: NODE_K2, lockMs: 2500 })).toEqual([4, v]);
+    expect(await redis.get(k.fill)).toBe("tok-a");
+    expect(await redis.exists(k.refresh)).toBe(0);
+    expect(await lookup(redis, k, "tok-b", T0 + 9000, { refresh: "0.5", readable: NODE_K2 })).toEqual([3, "tok-a", 1]);
+    expect(await redis.get(k.entry)).toBe(v);
+    expect(await redis.pttl(k.entry)).toBeLessThanOrEqual(10_000);
+    // A node that reads it still hits it (and gets the refresh lock).
+    expect(await lookup(redis, k, "tok-c", T0 + 9000, { refresh: "0.5", readable: NODE_BOTH })).toEqual([1, v, 1]);
+  });
+
+  it("once its own TTL has passed (stored at + ttl, whatever its Redis TTL): deleted, and the caller gets the fill lock to replace it", async () => {
+    for (const value of [sealed(2000, T0, "0000abcd"), entry(2000, T0)]) {
+      const k = freshKeys();
+      // Kept alive past its TTL, as sliding TTL on a node that reads it would.
+      await redis.set(k.entry, value, "PX", 60_000);
+      expect(await lookup(redis, k, "tok", T0 + 2000, { sliding: true, readable: NODE_K2 })).toEqual([2]);
+      expect(await redis.exists(k.entry)).toBe(0);
+      expect(await redis.get(k.fill)).toBe("tok");
+    }
+  });
+
+  it("a stale entry the caller reads is left alone (sliding TTL serves it)", async () => {
+    const k = freshKeys();
+    const v = sealed(2000, T0, "0000beef");
+    await redis.set(k.entry, v, "PX", 60_000);
+    expect(await lookup(redis, k, "tok", T0 + 5000, { readable: NODE_K2 })).toEqual([1, v, 0]);
+    expect(await redis.get(k.entry)).toBe(v);
+  });
+});
+
+describe("peek (only-if-cached)", () => {
+  it("takes neither the fill lock on a cold key nor the refresh lock inside the refresh window", async () => {
+    const k = freshKeys();
+    expect(await lookup(redis, k, "peek", T0, { peek: true })).toEqual([3, ""]);
+    expect(await redis.exists(k.fill)).toBe(0);
+    // A real request still becomes the filler at once.
+    expect(await lookup(redis, k, "real", T0)).toEqual([2]);
+    expect(await lookup(redis, k, "peek", T0, { peek: true })).toEqual([3, "real"]);
+    const r = freshKeys();
+    const v = entry(10_000, T0);
+    await redis.set(r.entry, v, "PX", 10_000);
+    expect(await lookup(redis, r, "peek", T0 + 9000, { refresh: "0.5", peek: true })).toEqual([1, v, 0]);
+    expect(await redis.exists(r.refresh)).toBe(0);
+  });
+
+  it("returns a fresh entry the caller cannot read as it is (a miss for the gateway), taking no lock", async () => {
+    const k = freshKeys();
+    const v = sealed(10_000, T0, "0000abcd");
+    await redis.set(k.entry, v, "PX", 10_000);
+    expect(await lookup(redis, k, "peek", T0, { readable: NODE_K2, peek: true })).toEqual([1, v, 0]);
+    expect(await redis.exists(k.fill)).toBe(0);
   });
 });

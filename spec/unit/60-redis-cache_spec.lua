@@ -409,6 +409,54 @@ describe("redis-cache configuration fingerprint", function()
   end)
 end)
 
+describe("redis-cache keyring and readable kinds", function()
+  local plugin_schema = require("plugin_schema")("redis-cache")
+  local K1, K2 = string.rep("1", 16), string.rep("2", 16)
+  local function id(secret) return state.keyId(crypto.sha256(secret)) end
+  local function kinds(arg)
+    local out = {}
+    for k in arg:gmatch("%S+") do out[#out + 1] = k end
+    table.sort(out)
+    return out
+  end
+  local saved_ngx
+  before_each(function()
+    saved_ngx = rawget(_G, "ngx")
+    _G.ngx = setmetatable({ now = function() return 1000 end, null = saved_ngx and saved_ngx.null or {} }, { __index = saved_ngx })
+  end)
+  after_each(function()
+    state.setConfigs({})
+    _G.ngx = saved_ngx
+  end)
+
+  it("without keys: plain entries only", function()
+    local s = state.prepare(plugin_schema.ok({}))
+    assert.is_nil(s.keyring)
+    assert.same({ "E" }, kinds(s.readableArg))
+  end)
+
+  it("encryption_key and decryption_keys: every key id and legacy C, never plain", function()
+    local s = state.prepare(plugin_schema.ok({ encryption_key = K2, decryption_keys = { K1 } }))
+    assert.equal(id(K2), s.keyring.sealId)
+    assert.same(kinds("C K" .. id(K1) .. " K" .. id(K2)), kinds(s.readableArg))
+  end)
+
+  -- The documented first step of turning encryption on: write plain, read sealed entries.
+  it("decryption_keys alone: entries stay plain, and entries sealed under those keys are read", function()
+    local s = state.prepare(plugin_schema.ok({ decryption_keys = { K1 } }))
+    assert.is_table(s.keyring)
+    assert.is_nil(s.keyring.sealKey)
+    assert.same(kinds("E C K" .. id(K1)), kinds(s.readableArg))
+    local entry = { kind = "E", status = 200, storedAt = 1700000000000, ttl = 1000, headers = {}, body = "b" }
+    local sealed = codec.encodeEntry(entry, state.prepare(plugin_schema.ok({ encryption_key = K1 })).keyring, "rk")
+    local opened = codec.decode(sealed, s.keyring, "rk")
+    assert.equal("b", opened.body)
+    local plain = codec.encodeEntry(entry, s.keyring, "rk")
+    assert.matches("^1|1000|1700000000000|E|", plain)
+    assert.equal("b", codec.decode(plain, s.keyring, "rk").body)
+  end)
+end)
+
 describe("krs.crypto", function()
   it("computes SHA-256 and hex", function()
     assert.equal("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", crypto.toHex(crypto.sha256("abc")))

@@ -24,7 +24,8 @@
  * A value this node cannot read is either foreign (sealed under a key it does not have,
  * or plain where it encrypts, or the reverse: written by a node configured otherwise, as
  * during a key rotation) or corrupt (malformed, or failing authentication under a key it
- * has). decode tells them apart so that the handler leaves foreign entries alone.
+ * has). decode tells them apart so that the handler leaves foreign entries alone while
+ * they are fresh (expiresAt, readable without a key) and replaces corrupt ones.
  * Pure Lua apart from krs.crypto; unit-tested.
  */
 import * as crypto from "../../lib/crypto";
@@ -133,6 +134,16 @@ function decodePayload(this: void, payload: string, storedAt: number, ttl: numbe
     pos = lineEnd + 1;
   }
   return $multi({ kind: "E", status: tonumber(statusText)!, headers, body: sub(payload, pos + 1), storedAt, ttl }, undefined);
+}
+
+/**
+ * When a value stops being fresh (stored at + ttl, epoch ms), read from its prefix
+ * without any key: sliding TTL extends the Redis key, never this. undefined: no prefix.
+ */
+export function expiresAt(this: void, value: string): number | undefined {
+  const [ttlText, storedText] = match(value, "^1|(%d+)|(%d+)|");
+  if (storedText === undefined) return undefined;
+  return tonumber(storedText)! + tonumber(ttlText)!;
 }
 
 /**

@@ -93,6 +93,12 @@ interface RequestState {
   done: boolean;
   /** A hit: the entry served, for header_filter to put back REPLAYED. */
   served?: codec.Entry;
+  /**
+   * The key holds an unexpired entry this node cannot read: the response goes to L1
+   * only, and the entry is left to the nodes that can read it (no thrashing during a
+   * rolling key rotation).
+   */
+  foreign: boolean;
 }
 
 interface StoreJob {
@@ -253,7 +259,7 @@ function fromRedis(this: void, st: RequestState, wants: Wants): void {
   let delay = WAIT_FIRST;
   while (true) {
     const nowMs = now() * 1000;
-    const [r, err] = storage.lookup(redis, p, key, token, nowMs);
+    const [r, err] = storage.lookup(redis, p, key, token, nowMs, wants.onlyIfCached);
     if (r === undefined) return redisFailed(st, err);
     st.key = key;
     st.gen = r.gen;
@@ -265,9 +271,11 @@ function fromRedis(this: void, st: RequestState, wants: Wants): void {
         // The lookup handed this request the refresh lock of an entry it cannot use: give it
         // back, so that a node that can read the entry refreshes it in time.
         if (r.refresh === true) release(st, storage.refreshKey(r.gen, key), 0);
-        if (foreign) {
-          // Written by a node configured otherwise (another key, during a rotation): it is
-          // left for the nodes that can read it, neither deleted nor overwritten.
+        // Written by a node configured otherwise (a legacy entry none of this node's keys
+        // opens): left for the nodes that can read it, neither deleted nor overwritten,
+        // while it is fresh; once its own TTL has passed it is only in the way (sliding TTL
+        // would keep it forever), and is replaced like a corrupt one.
+        if (foreign && nowMs < (codec.expiresAt(r.value!) ?? 0)) {
           if (wants.onlyIfCached) return notCached(st, wants, MISS, key, r.gen);
           st.status = MISS;
           st.key = key;
@@ -295,27 +303,39 @@ function fromRedis(this: void, st: RequestState, wants: Wants): void {
         continue;
       }
       l1Put(p, key, cached, nowMs);
+      // Never handed to only-if-cached (a peek): the refresh is left to a request that may
+      // go upstream.
       if (r.refresh === true) {
         st.lockKey = storage.refreshKey(r.gen, key);
         st.fillLock = false;
-        if (wants.onlyIfCached) {
-          // Still fresh: served; the refresh is left to a request that may go upstream.
-          giveBack(st, false);
-        } else {
-          return goUpstream(st, REFRESH, key, r.gen);
-        }
+        return goUpstream(st, REFRESH, key, r.gen);
       }
       if (!acceptable(cached, nowMs, wants)) return notCached(st, wants, REFRESH, key, r.gen);
       return serve(st, cached, key, nowMs);
     }
 
-    if (r.kind === storage.FILL) {
+    if (r.kind === storage.FOREIGN) {
+      const [, reason] = codec.decode(r.value!, p.keyring, storage.entryKey(r.gen, key));
+      logThrottled(PLUGIN_NAME, `cache entry ${key} ignored (treated as a miss): ${reason}`);
+      // This request fetches for this node; the others of this worker wait for its copy in
+      // L1. Without L1 there is nothing to wait for: they are let through at once.
       st.lockKey = storage.fillKey(r.gen, key);
       st.fillLock = true;
+      st.foreign = true;
+      if (p.l1 === undefined) giveBack(st, true);
       return notCached(st, wants, MISS, key, r.gen);
     }
 
-    // Another request is filling this key.
+    if (r.kind === storage.FILL) {
+      st.lockKey = storage.fillKey(r.gen, key);
+      st.fillLock = true;
+      st.foreign = false;
+      return notCached(st, wants, MISS, key, r.gen);
+    }
+
+    // Another request is filling this key. What is in the way is what the last look saw: a
+    // foreign entry gone meanwhile no longer keeps this request from storing.
+    st.foreign = r.foreign === true;
     if (r.holder === storage.UNCACHEABLE || wants.onlyIfCached) return notCached(st, wants, MISS, key, r.gen);
     const t = now();
     if (deadline === undefined) deadline = t + p.lockMs / 1000;
@@ -367,11 +387,14 @@ function storeCalls(this: void, job: StoreJob): client.Call[] {
 }
 
 function finishStore(this: void, st: RequestState, cap: Capture): void {
-  st.done = true;
   const nowMs = now() * 1000;
   const entry: codec.Entry = { kind: "E", status: cap.status, headers: cap.headers, body: table.concat(cap.chunks), storedAt: nowMs, ttl: cap.ttlMs };
   l1Put(st.p, cap.key, entry, nowMs);
   if (cap.key !== st.base) l1Put(st.p, st.base, { kind: "V", vary: cap.vary, storedAt: nowMs, ttl: cap.ttlMs }, nowMs);
+  // Nothing for Redis: this worker's waiters find the response in L1; the others are let
+  // through at once (the "uncacheable" marker) rather than queue up for the lock one by one.
+  if (st.foreign) return giveBack(st, true);
+  st.done = true;
   const job: StoreJob = {
     keyring: st.p.keyring,
     gen: st.gen ?? "0",
@@ -484,7 +507,7 @@ const handler: KongPluginHandler<Conf> = {
 
   access(conf) {
     const p = prepare(conf);
-    const st: RequestState = { conf, p, status: BYPASS, base: "", fillLock: false, mayStore: false, done: false };
+    const st: RequestState = { conf, p, status: BYPASS, base: "", fillLock: false, mayStore: false, done: false, foreign: false };
     kong.ctx.plugin[CTX_KEY] = st;
     const method = kong.request.get_method();
     // HEAD responses are never stored, so a HEAD has nothing to look up.

@@ -33,6 +33,8 @@ export interface Prepared {
   refreshArg: string;
   refreshFraction: number;
   slidingArg: string;
+  /** The entry kinds this configuration reads, as the lookup script takes them (ARGV[6]). */
+  readableArg: string;
 }
 
 /** Weak keys: the fast path from a config table to its state. */
@@ -109,22 +111,44 @@ export function fingerprint(this: void, conf: Conf): string {
   return crypto.toHex(crypto.sha256(table.concat(out)));
 }
 
-/** The AES keys of a configuration: SHA-256 of each secret, sealing with encryption_key. */
+/**
+ * The AES keys of a configuration: SHA-256 of each secret, sealing with encryption_key.
+ * decryption_keys without encryption_key (the first step of turning encryption on):
+ * entries are written plain, and sealed ones are read.
+ */
 function keyringOf(this: void, conf: Conf): Keyring | undefined {
   const secret = conf.encryption_key;
-  if (!isSet(secret)) return undefined;
-  const sealKey = crypto.sha256(secret);
-  const sealId = keyId(sealKey);
-  const keys = new LuaTable<string, string>();
-  keys.set(sealId, sealKey);
   const extra = conf.decryption_keys;
-  if (isSet(extra)) {
+  const hasExtra = isSet(extra) && extra.length > 0;
+  if (!isSet(secret) && !hasExtra) return undefined;
+  const keys = new LuaTable<string, string>();
+  let sealKey: string | undefined;
+  let sealId: string | undefined;
+  if (isSet(secret)) {
+    sealKey = crypto.sha256(secret);
+    sealId = keyId(sealKey);
+    keys.set(sealId, sealKey);
+  }
+  if (hasExtra) {
     for (const other of extra) {
       const aes = crypto.sha256(other);
       keys.set(keyId(aes), aes);
     }
   }
   return { sealId, sealKey, keys };
+}
+
+/**
+ * What the lookup script may treat as readable: plain entries without encryption_key;
+ * encrypted entries without key id (tried under every key) and those sealed under one of
+ * its keys when it has any. The script extends and refreshes only these, so an entry this
+ * node cannot read expires on its own schedule whatever this node's traffic.
+ */
+function readableOf(this: void, keyring: Keyring | undefined): string {
+  if (keyring === undefined) return "E";
+  const kinds = keyring.sealKey === undefined ? ["E", "C"] : ["C"];
+  for (const [id] of pairs(keyring.keys)) kinds.push("K" + id);
+  return table.concat(kinds, " ");
 }
 
 /**
@@ -151,6 +175,7 @@ export function prepare(this: void, conf: Conf): Prepared {
   const codes = new LuaTable<number, boolean>();
   for (const c of conf.response_code) codes.set(c, true);
   const l1 = conf.l1_ttl > 0 ? l1cache.newL1<Cached>(conf.l1_size) : undefined;
+  const keyring = keyringOf(conf);
   const state: Prepared = {
     methods,
     codes,
@@ -159,12 +184,13 @@ export function prepare(this: void, conf: Conf): Prepared {
     varyQuery: isSet(conf.vary_query_params) && conf.vary_query_params.length > 0 ? sortedUnique(conf.vary_query_params) : undefined,
     l1,
     l1Ttl: conf.l1_ttl,
-    keyring: keyringOf(conf),
+    keyring,
     ttlMs: conf.cache_ttl * 1000,
     lockMs: conf.lock_timeout,
     refreshArg: string.format("%.6f", conf.refresh_ahead),
     refreshFraction: conf.refresh_ahead,
     slidingArg: conf.sliding_ttl ? "1" : "0",
+    readableArg: readableOf(keyring),
   };
   prepared.set(conf, state);
   byFingerprint.set(print, state);

@@ -51,18 +51,22 @@ export function knownGeneration(this: void, redis: RedisConf): string {
 export const HIT = 1;
 export const FILL = 2;
 export const WAIT = 3;
+/** An unexpired entry this node cannot read: the caller holds the fill lock, and must leave the entry alone. */
+export const FOREIGN = 4;
 /** The fill-lock value of a request whose response could not be cached. */
 export const UNCACHEABLE = "!";
 
 export interface Lookup {
-  /** HIT, FILL (the caller holds the fill lock) or WAIT (someone else does). */
+  /** HIT, FILL (the caller holds the fill lock), WAIT (someone else does) or FOREIGN. */
   kind: number;
-  /** HIT: the stored value. */
+  /** HIT, FOREIGN: the stored value. */
   value?: string;
   /** HIT: the caller holds the refresh lock. */
   refresh?: boolean;
-  /** WAIT: the holder's token, or UNCACHEABLE. */
+  /** WAIT: the holder's token, UNCACHEABLE, or "" (a peek, nobody holds it). */
   holder?: string;
+  /** WAIT: the key holds an unexpired entry this node cannot read. */
+  foreign?: boolean;
   /** The generation the keys were built with. */
   gen: string;
 }
@@ -72,8 +76,11 @@ function errorOf(this: void, reply: client.PipelineReply | undefined): string | 
   return undefined;
 }
 
-/** One cache read: cache-lookup-3.lua, with the generation read in the same round trip. */
-export function lookup(this: void, redis: RedisConf, p: Prepared, cacheKey: string, token: string, nowMs: number): LuaMultiReturn<[Lookup | undefined, string | undefined]> {
+/**
+ * One cache read: cache-lookup-3.lua, with the generation read in the same round trip.
+ * `peek`: take no lock (a request that may only be answered from the cache).
+ */
+export function lookup(this: void, redis: RedisConf, p: Prepared, cacheKey: string, token: string, nowMs: number, peek: boolean): LuaMultiReturn<[Lookup | undefined, string | undefined]> {
   let gen = generations.get(client.poolName(redis)) ?? "0";
   for (let attempt = 1; attempt <= 2; attempt++) {
     const [replies, err] = client.pipeline(redis, [
@@ -81,7 +88,7 @@ export function lookup(this: void, redis: RedisConf, p: Prepared, cacheKey: stri
       {
         script: "cache-lookup",
         keys: [entryKey(gen, cacheKey), fillKey(gen, cacheKey), refreshKey(gen, cacheKey)],
-        args: [token, p.lockMs, math.floor(nowMs), p.refreshArg, p.slidingArg],
+        args: [token, p.lockMs, math.floor(nowMs), p.refreshArg, p.slidingArg, p.readableArg, peek ? "1" : "0"],
       },
     ]);
     if (replies === undefined) return $multi(undefined, err);
@@ -99,7 +106,8 @@ export function lookup(this: void, redis: RedisConf, p: Prepared, cacheKey: stri
     const r = reply as RedisReply[];
     const kind = r[0] as number;
     if (kind === HIT) return $multi({ kind, value: r[1] as string, refresh: r[2] === 1, gen }, undefined);
-    if (kind === WAIT) return $multi({ kind, holder: r[1] as string, gen }, undefined);
+    if (kind === FOREIGN) return $multi({ kind, value: r[1] as string, gen }, undefined);
+    if (kind === WAIT) return $multi({ kind, holder: r[1] as string, foreign: r[2] === 1, gen }, undefined);
     return $multi({ kind, gen }, undefined);
   }
   return $multi(undefined, "the cache generation changed twice during one lookup");

@@ -97,6 +97,15 @@ local function decodePayload(payload, storedAt, ttl)
         ttl = ttl
     }, nil
 end
+--- When a value stops being fresh (stored at + ttl, epoch ms), read from its prefix
+-- without any key: sliding TTL extends the Redis key, never this. undefined: no prefix.
+function ____exports.expiresAt(value)
+    local ttlText, storedText = match(value, "^1|(%d+)|(%d+)|")
+    if storedText == nil then
+        return nil
+    end
+    return tonumber(storedText) + tonumber(ttlText)
+end
 --- Decodes a Redis value read from `redisKey`. With a seal key in `keyring`, entries must
 -- be encrypted, under one of its keys, and authenticate under it and that Redis key.
 -- Returns nil plus the reason for anything else, and `true` as third value when the

@@ -240,7 +240,8 @@ local function fromRedis(st, wants)
                 p,
                 key,
                 token,
-                nowMs
+                nowMs,
+                wants.onlyIfCached
             )
             if r == nil then
                 return redisFailed(st, err)
@@ -265,7 +266,7 @@ local function fromRedis(st, wants)
                             0
                         )
                     end
-                    if foreign then
+                    if foreign and nowMs < (codec.expiresAt(r.value) or 0) then
                         if wants.onlyIfCached then
                             return notCached(
                                 st,
@@ -320,11 +321,7 @@ local function fromRedis(st, wants)
                 if r.refresh == true then
                     st.lockKey = storage.refreshKey(r.gen, key)
                     st.fillLock = false
-                    if wants.onlyIfCached then
-                        giveBack(st, false)
-                    else
-                        return goUpstream(st, REFRESH, key, r.gen)
-                    end
+                    return goUpstream(st, REFRESH, key, r.gen)
                 end
                 if not acceptable(cached, nowMs, wants) then
                     return notCached(
@@ -337,9 +334,22 @@ local function fromRedis(st, wants)
                 end
                 return serve(st, cached, key, nowMs)
             end
-            if r.kind == storage.FILL then
+            if r.kind == storage.FOREIGN then
+                local ____, reason = codec.decode(
+                    r.value,
+                    p.keyring,
+                    storage.entryKey(r.gen, key)
+                )
+                logThrottled(
+                    PLUGIN_NAME,
+                    (("cache entry " .. key) .. " ignored (treated as a miss): ") .. tostring(reason)
+                )
                 st.lockKey = storage.fillKey(r.gen, key)
                 st.fillLock = true
+                st.foreign = true
+                if p.l1 == nil then
+                    giveBack(st, true)
+                end
                 return notCached(
                     st,
                     wants,
@@ -348,6 +358,19 @@ local function fromRedis(st, wants)
                     r.gen
                 )
             end
+            if r.kind == storage.FILL then
+                st.lockKey = storage.fillKey(r.gen, key)
+                st.fillLock = true
+                st.foreign = false
+                return notCached(
+                    st,
+                    wants,
+                    MISS,
+                    key,
+                    r.gen
+                )
+            end
+            st.foreign = r.foreign == true
             if r.holder == storage.UNCACHEABLE or wants.onlyIfCached then
                 return notCached(
                     st,
@@ -412,7 +435,6 @@ local function storeCalls(job)
     return calls
 end
 local function finishStore(st, cap)
-    st.done = true
     local nowMs = now() * 1000
     local entry = {
         kind = "E",
@@ -426,6 +448,10 @@ local function finishStore(st, cap)
     if cap.key ~= st.base then
         l1Put(st.p, st.base, {kind = "V", vary = cap.vary, storedAt = nowMs, ttl = cap.ttlMs}, nowMs)
     end
+    if st.foreign then
+        return giveBack(st, true)
+    end
+    st.done = true
     local job = {
         keyring = st.p.keyring,
         gen = st.gen or "0",
@@ -460,19 +486,19 @@ local function storedHeaders()
         do
             local l = lower(name)
             if NOT_STORED[l] ~= nil then
-                goto __continue74
+                goto __continue75
             end
             if l == "server" or l == "via" then
                 out[name] = value
-                goto __continue74
+                goto __continue75
             end
             local upstream = ngx.var["upstream_http_" .. (gsub(l, "-", "_"))]
             if upstream == nil then
-                goto __continue74
+                goto __continue75
             end
             out[name] = type(value) == "table" and value or upstream
         end
-        ::__continue74::
+        ::__continue75::
     end
     return out
 end
@@ -559,7 +585,8 @@ local handler = {
             base = "",
             fillLock = false,
             mayStore = false,
-            done = false
+            done = false,
+            foreign = false
         }
         kong.ctx.plugin[CTX_KEY] = st
         local method = kong.request.get_method()

@@ -90,23 +90,44 @@ function ____exports.fingerprint(conf)
     return crypto.toHex(crypto.sha256(table.concat(out)))
 end
 --- The AES keys of a configuration: SHA-256 of each secret, sealing with encryption_key.
+-- decryption_keys without encryption_key (the first step of turning encryption on):
+-- entries are written plain, and sealed ones are read.
 local function keyringOf(conf)
     local secret = conf.encryption_key
-    if not ____exports.isSet(secret) then
+    local extra = conf.decryption_keys
+    local hasExtra = ____exports.isSet(extra) and #extra > 0
+    if not ____exports.isSet(secret) and not hasExtra then
         return nil
     end
-    local sealKey = crypto.sha256(secret)
-    local sealId = ____exports.keyId(sealKey)
     local keys = {}
-    keys[sealId] = sealKey
-    local extra = conf.decryption_keys
-    if ____exports.isSet(extra) then
+    local sealKey
+    local sealId
+    if ____exports.isSet(secret) then
+        sealKey = crypto.sha256(secret)
+        sealId = ____exports.keyId(sealKey)
+        keys[sealId] = sealKey
+    end
+    if hasExtra then
         for ____, other in ipairs(extra) do
             local aes = crypto.sha256(other)
             keys[____exports.keyId(aes)] = aes
         end
     end
     return {sealId = sealId, sealKey = sealKey, keys = keys}
+end
+--- What the lookup script may treat as readable: plain entries without encryption_key;
+-- encrypted entries without key id (tried under every key) and those sealed under one of
+-- its keys when it has any. The script extends and refreshes only these, so an entry this
+-- node cannot read expires on its own schedule whatever this node's traffic.
+local function readableOf(keyring)
+    if keyring == nil then
+        return "E"
+    end
+    local kinds = keyring.sealKey == nil and ({"E", "C"}) or ({"C"})
+    for id in pairs(keyring.keys) do
+        kinds[#kinds + 1] = "K" .. id
+    end
+    return table.concat(kinds, " ")
 end
 function ____exports.prepare(conf)
     local cached = prepared[conf]
@@ -131,6 +152,7 @@ function ____exports.prepare(conf)
         codes[c] = true
     end
     local l1 = conf.l1_ttl > 0 and l1cache.newL1(conf.l1_size) or nil
+    local keyring = keyringOf(conf)
     local state = {
         methods = methods,
         codes = codes,
@@ -139,12 +161,13 @@ function ____exports.prepare(conf)
         varyQuery = ____exports.isSet(conf.vary_query_params) and #conf.vary_query_params > 0 and sortedUnique(conf.vary_query_params) or nil,
         l1 = l1,
         l1Ttl = conf.l1_ttl,
-        keyring = keyringOf(conf),
+        keyring = keyring,
         ttlMs = conf.cache_ttl * 1000,
         lockMs = conf.lock_timeout,
         refreshArg = string.format("%.6f", conf.refresh_ahead),
         refreshFraction = conf.refresh_ahead,
-        slidingArg = conf.sliding_ttl and "1" or "0"
+        slidingArg = conf.sliding_ttl and "1" or "0",
+        readableArg = readableOf(keyring)
     }
     prepared[conf] = state
     byFingerprint[____print] = state

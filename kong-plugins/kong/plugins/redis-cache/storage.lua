@@ -38,6 +38,8 @@ end
 ____exports.HIT = 1
 ____exports.FILL = 2
 ____exports.WAIT = 3
+--- An unexpired entry this node cannot read: the caller holds the fill lock, and must leave the entry alone.
+____exports.FOREIGN = 4
 --- The fill-lock value of a request whose response could not be cached.
 ____exports.UNCACHEABLE = "!"
 local function errorOf(reply)
@@ -47,7 +49,8 @@ local function errorOf(reply)
     return nil
 end
 --- One cache read: cache-lookup-3.lua, with the generation read in the same round trip.
-function ____exports.lookup(redis, p, cacheKey, token, nowMs)
+-- `peek`: take no lock (a request that may only be answered from the cache).
+function ____exports.lookup(redis, p, cacheKey, token, nowMs, peek)
     local gen = generations[client.poolName(redis)] or "0"
     do
         local attempt = 1
@@ -69,7 +72,9 @@ function ____exports.lookup(redis, p, cacheKey, token, nowMs)
                                 p.lockMs,
                                 math.floor(nowMs),
                                 p.refreshArg,
-                                p.slidingArg
+                                p.slidingArg,
+                                p.readableArg,
+                                peek and "1" or "0"
                             }
                         }
                     }
@@ -96,8 +101,11 @@ function ____exports.lookup(redis, p, cacheKey, token, nowMs)
                 if kind == ____exports.HIT then
                     return {kind = kind, value = r[2], refresh = r[3] == 1, gen = gen}, nil
                 end
+                if kind == ____exports.FOREIGN then
+                    return {kind = kind, value = r[2], gen = gen}, nil
+                end
                 if kind == ____exports.WAIT then
-                    return {kind = kind, holder = r[2], gen = gen}, nil
+                    return {kind = kind, holder = r[2], foreign = r[3] == 1, gen = gen}, nil
                 end
                 return {kind = kind, gen = gen}, nil
             end
