@@ -345,6 +345,9 @@ describe("hit and miss", () => {
       expect(hit.headers.get("via")).toBe(miss.headers.get("via"));
       expect(miss.headers.get("via")).not.toBeNull();
       if (q.startsWith("server")) expect(hit.headers.get("server")).toBe("origin/1.0");
+      // Proxied, as Kong's proxy-cache hit is (KONG_PROXIED): proxy latency, not response latency.
+      expect(hit.headers.get("x-kong-proxy-latency")).toMatch(/^\d+$/);
+      expect(hit.headers.get("x-kong-response-latency")).toBeNull();
     }
   });
 

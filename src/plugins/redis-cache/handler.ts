@@ -56,13 +56,6 @@ for (const name of [
   "x-cache-status", "x-cache-key",
 ]) NOT_STORED.set(name, true);
 
-/**
- * Stored as the client of the miss received them, whoever set them, and put back on a
- * hit (the gateway gives a response of its own its own Server and no Via): a hit then
- * looks like the miss, as in Kong, where a cache hit counts as proxied.
- */
-const REPLAYED = ["Server", "Via"];
-
 interface Capture {
   status: number;
   headers: HeaderTable;
@@ -91,8 +84,6 @@ interface RequestState {
   capture?: Capture;
   /** The lock was given back or the store was scheduled. */
   done: boolean;
-  /** A hit: the entry served, for header_filter to put back REPLAYED. */
-  served?: codec.Entry;
   /**
    * The key holds an unexpired entry this node cannot read: the response goes to L1
    * only, and the entry is left to the nodes that can read it (no thrashing during a
@@ -184,7 +175,6 @@ function fresh(this: void, p: Prepared, e: codec.Entry, nowMs: number, wants: Wa
 function serve(this: void, st: RequestState, e: codec.Entry, key: string, nowMs: number): void {
   st.status = HIT;
   st.key = key;
-  st.served = e;
   // A fresh table each time: the PDK may change the one it is handed.
   const headers: KongHeaders = {};
   // Headers a plugin before this one has set already (rate-limit counters, ...) win over
@@ -195,6 +185,11 @@ function serve(this: void, st: RequestState, e: codec.Entry, key: string, nowMs:
   headers[STATUS_HEADER] = HIT;
   headers[KEY_HEADER] = key;
   headers["Age"] = max(floor((nowMs - e.storedAt) / 1000), 0);
+  // As Kong's proxy-cache: the cached response stands in for the upstream's, so Kong adds
+  // its proxied headers (keeping the stored Server) rather than those of its own answers.
+  const ctx = ngx.ctx;
+  ctx.KONG_PROXIED = true;
+  ctx.KONG_PROXY_LATENCY = floor((ngx.now() - ngx.req.start_time()) * 1000);
   kong.response.exit(e.status, e.body, headers);
 }
 
@@ -415,9 +410,9 @@ function finishStore(this: void, st: RequestState, cap: Capture): void {
 /**
  * The response headers worth replaying on a hit: those the upstream sent (as
  * kong.service.response.get_headers() tells them apart: nginx's $upstream_http_* variables),
- * but not NOT_STORED; plus REPLAYED as the client receives them. Headers that plugins or
- * the gateway add (rate-limit counters, X-Kong-*) belong to one request and are not
- * stored. A header sent once keeps the upstream's own value (a plugin that rewrites it
+ * but not NOT_STORED. Headers that plugins or the gateway add (rate-limit counters,
+ * X-Kong-*, the gateway's Via) belong to one request and are not stored; on a hit the
+ * stored Server stands and the gateway adds its proxied headers (see serve). A header sent once keeps the upstream's own value (a plugin that rewrites it
  * does so again on the hit); a repeated one keeps the response's values (nginx's variable
  * holds only the first).
  */
@@ -427,10 +422,6 @@ function storedHeaders(this: void): HeaderTable {
   for (const [name, value] of pairs(all)) {
     const l = lower(name);
     if (NOT_STORED.has(l)) continue;
-    if (l === "server" || l === "via") {
-      out.set(name, value);
-      continue;
-    }
     const upstream = ngx.var["upstream_http_" + gsub(l, "-", "_")[0]];
     if (upstream === undefined) continue;
     out.set(name, type(value) === "table" ? value : upstream);
@@ -546,16 +537,7 @@ const handler: KongPluginHandler<Conf> = {
   header_filter(conf) {
     const st = stateOf();
     if (st === undefined) return;
-    if (st.status === HIT) {
-      const served = st.served;
-      if (served === undefined) return;
-      for (const name of REPLAYED) {
-        const value = served.headers.get(name) ?? served.headers.get(lower(name));
-        if (value === undefined) kong.response.clear_header(name);
-        else ngx.header[name] = value;
-      }
-      return;
-    }
+    if (st.status === HIT) return;
     if (st.mayStore) {
       const cap = capture(st);
       if (cap === undefined) {

@@ -75,10 +75,6 @@ for ____, name in ipairs({
 }) do
     NOT_STORED[name] = true
 end
---- Stored as the client of the miss received them, whoever set them, and put back on a
--- hit (the gateway gives a response of its own its own Server and no Via): a hit then
--- looks like the miss, as in Kong, where a cache hit counts as proxied.
-local REPLAYED = {"Server", "Via"}
 local tokenPrefix
 local tokenCount = 0
 --- A lock token unique across nodes, workers and requests.
@@ -162,7 +158,6 @@ end
 local function serve(st, e, key, nowMs)
     st.status = HIT
     st.key = key
-    st.served = e
     local headers = {}
     for name, value in pairs(e.headers) do
         if ngx.header[name] == nil then
@@ -175,6 +170,9 @@ local function serve(st, e, key, nowMs)
         floor((nowMs - e.storedAt) / 1000),
         0
     )
+    local ctx = ngx.ctx
+    ctx.KONG_PROXIED = true
+    ctx.KONG_PROXY_LATENCY = floor((ngx.now() - ngx.req.start_time()) * 1000)
     kong.response.exit(e.status, e.body, headers)
 end
 local function redisFailed(st, err)
@@ -474,9 +472,9 @@ local function finishStore(st, cap)
 end
 --- The response headers worth replaying on a hit: those the upstream sent (as
 -- kong.service.response.get_headers() tells them apart: nginx's $upstream_http_* variables),
--- but not NOT_STORED; plus REPLAYED as the client receives them. Headers that plugins or
--- the gateway add (rate-limit counters, X-Kong-*) belong to one request and are not
--- stored. A header sent once keeps the upstream's own value (a plugin that rewrites it
+-- but not NOT_STORED. Headers that plugins or the gateway add (rate-limit counters,
+-- X-Kong-*, the gateway's Via) belong to one request and are not stored; on a hit the
+-- stored Server stands and the gateway adds its proxied headers (see serve). A header sent once keeps the upstream's own value (a plugin that rewrites it
 -- does so again on the hit); a repeated one keeps the response's values (nginx's variable
 -- holds only the first).
 local function storedHeaders()
@@ -486,10 +484,6 @@ local function storedHeaders()
         do
             local l = lower(name)
             if NOT_STORED[l] ~= nil then
-                goto __continue75
-            end
-            if l == "server" or l == "via" then
-                out[name] = value
                 goto __continue75
             end
             local upstream = ngx.var["upstream_http_" .. (gsub(l, "-", "_"))]
@@ -647,18 +641,6 @@ local handler = {
             return
         end
         if st.status == HIT then
-            local served = st.served
-            if served == nil then
-                return
-            end
-            for ____, name in ipairs(REPLAYED) do
-                local value = served.headers[name] or served.headers[lower(name)]
-                if value == nil then
-                    kong.response.clear_header(name)
-                else
-                    ngx.header[name] = value
-                end
-            end
             return
         end
         if st.mayStore then
