@@ -21,13 +21,17 @@ const [tap, json] = process.argv.slice(2);
 const lines = readFileSync(tap, "utf8").split("\n");
 let passed = lines.filter((l) => /^ok \d+/.test(l)).length;
 let failed = lines.filter((l) => /^not ok \d+/.test(l)).length;
+let skipped = lines.filter((l) => /^ok \d+.*# skip/i.test(l)).length;
+passed -= skipped;
 if (existsSync(json)) {
   const report = JSON.parse(readFileSync(json, "utf8"));
   passed += report.numPassedTests;
   failed += report.numFailedTests;
+  skipped += report.numPendingTests + report.numTodoTests;
 } else {
   failed += 1; // vitest did not report at all
 }
-console.log(`${passed} passed, ${failed} failed`);
+// A skipped test is never counted as passed.
+console.log(`${passed} passed, ${failed} failed` + (skipped > 0 ? `, ${skipped} skipped` : ""));
 NODE
 exit $status
