@@ -1,0 +1,73 @@
+/**
+ * redis-ip-access: Kong ip-restriction's behaviour (allow, deny, status, message, deny
+ * before allow, priority 990) on the client address Kong's PDK reports
+ * (kong.client.get_forwarded_ip: the socket peer, or what a trusted_ips proxy forwarded).
+ *
+ * Hot path: one address parse and one bisection per list, against matchers compiled once
+ * per config table; no Redis.
+ */
+import { SUITE_VERSION } from "../../lib/version";
+import { compileList, contains, parseAddress } from "./ip";
+import type { Matcher } from "./ip";
+
+const ERR_NO_ADDRESS = "Cannot identify the client IP address, unix domain sockets are not supported.";
+const DEFAULT_STATUS = 403;
+
+interface IpAccessConf {
+  allow?: string[];
+  deny?: string[];
+  status?: number;
+  message?: string;
+}
+
+/** What each config table needs on every request, compiled once per table. */
+interface Prepared {
+  allow?: Matcher;
+  deny?: Matcher;
+  status: number;
+  message?: string;
+}
+const prepared = setmetatable(new LuaTable<IpAccessConf, Prepared>(), { __mode: "k" });
+
+/** A list as Kong hands it over: undefined when unset (nil or ngx.null) or empty. */
+function nonEmpty(this: void, list: string[] | undefined): string[] | undefined {
+  return type(list) === "table" && list!.length > 0 ? list : undefined;
+}
+
+function prepare(this: void, conf: IpAccessConf): Prepared {
+  let p = prepared.get(conf);
+  if (p === undefined) {
+    const allow = nonEmpty(conf.allow);
+    const deny = nonEmpty(conf.deny);
+    p = {
+      allow: allow !== undefined ? compileList(allow) : undefined,
+      deny: deny !== undefined ? compileList(deny) : undefined,
+      status: type(conf.status) === "number" ? conf.status! : DEFAULT_STATUS,
+      message: type(conf.message) === "string" ? conf.message : undefined,
+    };
+    prepared.set(conf, p);
+  }
+  return p;
+}
+
+function refuse(this: void, p: Prepared, address: string): never {
+  const message = p.message ?? `IP address not allowed: ${address}`;
+  kong.log.warn(message);
+  return kong.response.error(p.status, message);
+}
+
+const handler: KongPluginHandler<IpAccessConf> = {
+  PRIORITY: 990,
+  VERSION: SUITE_VERSION,
+
+  access(conf) {
+    const address = kong.client.get_forwarded_ip();
+    const bin = parseAddress(address);
+    if (bin === undefined) return kong.response.error(DEFAULT_STATUS, ERR_NO_ADDRESS);
+    const p = prepare(conf);
+    if (p.deny !== undefined && contains(p.deny, bin)) return refuse(p, address);
+    if (p.allow !== undefined && !contains(p.allow, bin)) return refuse(p, address);
+  },
+};
+
+export = handler;
