@@ -8,7 +8,8 @@
  */
 import { request as httpRequest } from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { gateway, stopAll, upstream, type TestGateway, type UpstreamServer } from "../helpers/services.js";
+import type { UpstreamServer } from "../../src/cli/upstream.js";
+import { gateway, stopAll, upstream, type TestGateway } from "../helpers/services.js";
 
 interface Res {
   status: number;
