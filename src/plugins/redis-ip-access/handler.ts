@@ -6,9 +6,14 @@
  * Hot path: one address parse and one bisection per list, against matchers compiled once
  * per config table; no Redis.
  */
+import * as fault from "../../lib/redis/fault";
+import type { RedisConf } from "../../lib/redis/schema";
 import { SUITE_VERSION } from "../../lib/version";
 import { compileList, contains, parseAddress } from "./ip";
 import type { Matcher } from "./ip";
+import { configure, matcherFor } from "./lists";
+
+const PLUGIN = "redis-ip-access";
 
 const ERR_NO_ADDRESS = "Cannot identify the client IP address, unix domain sockets are not supported.";
 const DEFAULT_STATUS = 403;
@@ -18,12 +23,21 @@ interface IpAccessConf {
   deny?: string[];
   status?: number;
   message?: string;
+  redis_allow_lists?: string[];
+  redis_deny_lists?: string[];
+  sync_interval: number;
+  fault_tolerant: boolean;
+  redis: RedisConf;
+  __plugin_id?: string;
+  plugin_instance_name?: string;
 }
 
 /** What each config table needs on every request, compiled once per table. */
 interface Prepared {
   allow?: Matcher;
   deny?: Matcher;
+  allowLists?: string[];
+  denyLists?: string[];
   status: number;
   message?: string;
 }
@@ -42,6 +56,8 @@ function prepare(this: void, conf: IpAccessConf): Prepared {
     p = {
       allow: allow !== undefined ? compileList(allow) : undefined,
       deny: deny !== undefined ? compileList(deny) : undefined,
+      allowLists: nonEmpty(conf.redis_allow_lists),
+      denyLists: nonEmpty(conf.redis_deny_lists),
       status: type(conf.status) === "number" ? conf.status! : DEFAULT_STATUS,
       message: type(conf.message) === "string" ? conf.message : undefined,
     };
@@ -60,13 +76,39 @@ const handler: KongPluginHandler<IpAccessConf> = {
   PRIORITY: 990,
   VERSION: SUITE_VERSION,
 
+  configure(configs) {
+    const redisConfs: RedisConf[] = [];
+    if (configs !== undefined) for (const conf of configs) redisConfs.push(conf.redis);
+    configure(redisConfs);
+  },
+
   access(conf) {
     const address = kong.client.get_forwarded_ip();
     const bin = parseAddress(address);
     if (bin === undefined) return kong.response.error(DEFAULT_STATUS, ERR_NO_ADDRESS);
     const p = prepare(conf);
     if (p.deny !== undefined && contains(p.deny, bin)) return refuse(p, address);
-    if (p.allow !== undefined && !contains(p.allow, bin)) return refuse(p, address);
+    if (p.denyLists !== undefined) {
+      for (const list of p.denyLists) {
+        const [m, err] = matcherFor(conf.redis, list, conf.sync_interval);
+        if (m === undefined) fault.onRedisFailure(PLUGIN, conf, `deny list '${list}' never loaded: ${err}`);
+        else if (contains(m, bin)) return refuse(p, address);
+      }
+    }
+    if (p.allow === undefined && p.allowLists === undefined) return;
+    if (p.allow !== undefined && contains(p.allow, bin)) return;
+    if (p.allowLists !== undefined) {
+      for (const list of p.allowLists) {
+        const [m, err] = matcherFor(conf.redis, list, conf.sync_interval);
+        if (m === undefined) {
+          fault.onRedisFailure(PLUGIN, conf, `allow list '${list}' never loaded: ${err}`);
+          // fault_tolerant: an allow list this worker never saw refuses nobody.
+          return;
+        }
+        if (contains(m, bin)) return;
+      }
+    }
+    return refuse(p, address);
   },
 };
 

@@ -4,7 +4,24 @@
  * config accepts is one every worker can compile, and a refused one is named.
  */
 import * as typedefs from "kong.db.schema.typedefs";
+import { faultTolerantField, redisRecord } from "../../lib/redis/schema";
 import { validateEntry } from "./ip";
+import { MAX_LIST_NAME, validListName } from "./store";
+
+function validateListName(this: void, value: unknown): LuaMultiReturn<[true | undefined, string | undefined]> {
+  if (validListName(value)) return $multi(true, undefined);
+  return $multi(undefined, `invalid list name: '${tostring(value)}' (letters, digits, '.', '_' and '-', at most ${MAX_LIST_NAME})`);
+}
+
+function listNames(this: void, description: string): SchemaField {
+  return { type: "array", elements: { type: "string", custom_validator: validateListName }, description };
+}
+
+function faultTolerant(this: void): SchemaField {
+  const field = faultTolerantField(true);
+  field.description = "What a request does when this worker has never loaded one of its Redis lists (Redis unreachable since start): true lets it go on as if that list were absent (a deny list denies nobody, an allow list refuses nobody); false answers 500. A list loaded once keeps applying while Redis is down, whatever this says.";
+  return field;
+}
 
 function entryList(this: void, description: string): SchemaField {
   return {
@@ -21,7 +38,7 @@ const schema: KongPluginSchema = {
     {
       config: {
         type: "record",
-        description: "IP and CIDR allow and deny lists, as Kong's ip-restriction: deny wins over allow.",
+        description: "IP and CIDR allow and deny lists, as Kong's ip-restriction (deny wins over allow), plus shared lists in Redis compiled in every worker.",
         fields: [
           { allow: entryList("IPv4/IPv6 addresses and CIDRs allowed; when set, any other client is refused. An IPv4-mapped IPv6 client matches its IPv4 entries.") },
           { deny: entryList("IPv4/IPv6 addresses and CIDRs refused, even when allow matches them.") },
@@ -38,11 +55,24 @@ const schema: KongPluginSchema = {
               description: "Message of a refusal (default Kong's `IP address not allowed: <client address>`).",
             },
           },
+          { redis_allow_lists: listNames("Shared lists in Redis whose entries are allowed as if they were in allow (managed with `krs ip allow` or the Admin API). Naming one makes allow apply even while the lists are empty.") },
+          { redis_deny_lists: listNames("Shared lists in Redis whose entries are denied as if they were in deny (managed with `krs ip deny`, the Admin API, or bans).") },
+          {
+            sync_interval: {
+              type: "number",
+              required: true,
+              default: 1,
+              between: [0.1, 60],
+              description: "Seconds between a worker's version checks of each Redis list: the longest a change waits should its pub/sub message be lost.",
+            },
+          },
+          { fault_tolerant: faultTolerant() },
+          { redis: redisRecord() },
         ],
       },
     },
   ],
-  entity_checks: [{ at_least_one_of: ["config.allow", "config.deny"] }],
+  entity_checks: [{ at_least_one_of: ["config.allow", "config.deny", "config.redis_allow_lists", "config.redis_deny_lists"] }],
 };
 
 export = schema;
