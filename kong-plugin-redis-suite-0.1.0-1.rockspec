@@ -33,6 +33,7 @@ build = {
     ["kong.plugins.redis-ip-access.handler"] = "kong-plugins/kong/plugins/redis-ip-access/handler.lua",
     ["kong.plugins.redis-ip-access.ip"] = "kong-plugins/kong/plugins/redis-ip-access/ip.lua",
     ["kong.plugins.redis-ip-access.lists"] = "kong-plugins/kong/plugins/redis-ip-access/lists.lua",
+    ["kong.plugins.redis-ip-access.names"] = "kong-plugins/kong/plugins/redis-ip-access/names.lua",
     ["kong.plugins.redis-ip-access.schema"] = "kong-plugins/kong/plugins/redis-ip-access/schema.lua",
     ["kong.plugins.redis-ip-access.store"] = "kong-plugins/kong/plugins/redis-ip-access/store.lua",
     ["kong.plugins.redis-key-auth.api"] = "kong-plugins/kong/plugins/redis-key-auth/api.lua",

@@ -3,13 +3,21 @@
  * deny over allow, CIDRs, IPv6, mapped addresses, status and message), the client address
  * as Kong's PDK gives it (X-Forwarded-For ignored from an untrusted peer, honoured from a
  * KONG_TRUSTED_IPS one, through nginx's realip module), hostile forwarding headers, and
- * invalid entries refused at start naming the value. Clients are told apart by the
+ * invalid entries refused at start naming the value. Shared lists in Redis: a change by
+ * the CLI seen by every worker of two gateways within 1 s (measured), a change whose
+ * message was lost seen through the version check, TTL entries gone on time, the Admin
+ * API, and Redis down (last lists keep applying; fault_tolerant for a worker that never
+ * loaded them). Clients are told apart by the
  * loopback address they send from (127.0.0.0/8 is all local on Linux).
  */
+import { spawnSync } from "node:child_process";
 import { request as httpRequest } from "node:http";
+import { join } from "node:path";
+import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { addEntry, listKeys, removeEntry, withScripts, type IpRedis } from "../../src/cli/ip.js";
 import type { UpstreamServer } from "../../src/cli/upstream.js";
-import { gateway, stopAll, upstream, type TestGateway } from "../helpers/services.js";
+import { gateway, ROOT, startRedis, stopAll, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
 
 interface Res {
   status: number;
@@ -169,5 +177,162 @@ describe("invalid entries", () => {
 
   it("refuses an untrustworthy KONG_TRUSTED_IPS entry at start", async () => {
     await expect(gateway(routes(up), { trustedIps: "127.0.0.1; evil" })).rejects.toThrow("KONG_TRUSTED_IPS");
+  });
+});
+
+// ---------------------------------------------------------------- shared lists in Redis
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe("shared lists in Redis", () => {
+  let redis: RedisServer;
+  let r: IpRedis;
+  let nodes: TestGateway[];
+  const clientAddr = (n: number) => `127.0.5.${n}`;
+
+  function listRoutes(port: number) {
+    const conf = (extra: object) => ({ sync_interval: 1, redis: { port }, ...extra });
+    return {
+      _format_version: "3.0",
+      services: [{
+        name: "svc",
+        url: `http://127.0.0.1:${up.port}/anything`,
+        routes: [
+          { name: "dyn", paths: ["/dyn"], plugins: [{ name: "redis-ip-access", config: conf({ redis_deny_lists: ["blocklist"] }) }] },
+          { name: "partners", paths: ["/partners"], plugins: [{ name: "redis-ip-access", config: conf({ allow: ["127.0.5.250"], redis_allow_lists: ["partners"], redis_deny_lists: ["blocklist"] }) }] },
+        ],
+      }],
+    };
+  }
+
+  /** `count` requests on fresh connections (spread over the workers): every status seen. */
+  async function statuses(gw: TestGateway, path: string, from: string, count = 16): Promise<Set<number>> {
+    const seen = new Set<number>();
+    const replies = await Promise.all(Array.from({ length: count }, () => hit(`${gw.proxyUrl}${path}`, from)));
+    for (const res of replies) seen.add(res.status);
+    return seen;
+  }
+
+  /** Ms until every node answers `status` only (polled), bounded by `limitMs`. */
+  async function until(path: string, from: string, status: number, limitMs: number): Promise<number> {
+    const started = Date.now();
+    while (Date.now() - started < limitMs) {
+      const all = await Promise.all(nodes.map((gw) => statuses(gw, path, from)));
+      if (all.every((s) => s.size === 1 && s.has(status))) return Date.now() - started;
+      await sleep(20);
+    }
+    throw new Error(`${path} from ${from} not ${status} on every node within ${limitMs} ms`);
+  }
+
+  beforeAll(async () => {
+    redis = await startRedis();
+    r = withScripts(new Redis(redis.port, "127.0.0.1", { maxRetriesPerRequest: 0, retryStrategy: () => null }));
+    // The last test stops Redis under this connection.
+    r.on("error", () => undefined);
+    nodes = [await gateway(listRoutes(redis.port)), await gateway(listRoutes(redis.port))];
+    // Every worker loads its lists on first use.
+    for (const gw of nodes) expect(await statuses(gw, "/dyn", clientAddr(1), 32)).toEqual(new Set([200]));
+  }, 60_000);
+
+  afterAll(() => {
+    r.disconnect();
+    // The last test stops Redis: the subscribers say they lost it.
+    for (const gw of nodes) expect(gw.unexpectedErrors([/\[redis-ip-access:lists\] change subscriber/])).toEqual([]);
+  });
+
+  it("a CLI change reaches every worker of both gateways within 1 s (propagation delay measured)", async () => {
+    const cli = spawnSync("node", [join(ROOT, "bin", "krs.mjs"), "ip", "deny", "add", "blocklist", `${clientAddr(3)}/32`, "--reason", "abuse", "--redis", `redis://127.0.0.1:${redis.port}/0`], { encoding: "utf8" });
+    expect(cli.stderr).toBe("");
+    expect(cli.status).toBe(0);
+    const delay = await until("/dyn", clientAddr(3), 403, 1000);
+    console.log(`redis-ip-access propagation (CLI add -> every worker of 2 gateways denies): ${delay} ms`);
+    expect(await statuses(nodes[0], "/dyn", clientAddr(4))).toEqual(new Set([200]));
+    expect(await removeEntry(r, "blocklist", `${clientAddr(3)}/32`)).toBe(true);
+    await until("/dyn", clientAddr(3), 200, 1000);
+  });
+
+  it("a change whose message was lost is seen through the version check within sync_interval", async () => {
+    const [entries, , version] = listKeys("blocklist");
+    // What the script does, without its PUBLISH.
+    await r.zadd(entries, "+inf", clientAddr(5));
+    await r.set(version, `${Date.now()}-lost`);
+    const delay = await until("/dyn", clientAddr(5), 403, 1600);
+    expect(delay).toBeGreaterThan(0);
+    await removeEntry(r, "blocklist", clientAddr(5));
+    await until("/dyn", clientAddr(5), 200, 1000);
+  });
+
+  it("an entry with a TTL is gone on every node on time", async () => {
+    const addedAt = Date.now();
+    await addEntry(r, "blocklist", clientAddr(6), 2, "short ban");
+    await until("/dyn", clientAddr(6), 403, 1000);
+    const gone = await until("/dyn", clientAddr(6), 200, 4000);
+    const lifetime = Date.now() - addedAt;
+    expect(lifetime).toBeGreaterThanOrEqual(2000);
+    expect(lifetime).toBeLessThan(2600);
+    expect(gone).toBeGreaterThan(0);
+  });
+
+  it("allow lists: static and Redis entries allow, the rest is refused; deny lists still win", async () => {
+    expect(await statuses(nodes[0], "/partners", "127.0.5.250")).toEqual(new Set([200]));
+    expect(await statuses(nodes[0], "/partners", clientAddr(7))).toEqual(new Set([403]));
+    await addEntry(r, "partners", "127.0.5.0/28");
+    await until("/partners", clientAddr(7), 200, 1000);
+    await addEntry(r, "blocklist", clientAddr(7));
+    await until("/partners", clientAddr(7), 403, 1000);
+    await removeEntry(r, "blocklist", clientAddr(7));
+    await removeEntry(r, "partners", "127.0.5.0/28");
+    await until("/partners", clientAddr(7), 403, 1000);
+  });
+
+  it("the Admin API adds, lists and removes entries, and refuses bad input naming it", async () => {
+    const admin = nodes[1].adminUrl;
+    const post = (list: string, body: object) => fetch(`${admin}/redis-ip-access/lists/${list}`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    const created = await post("partners", { cidr: "127.0.5.8/32", ttl: 3600, reason: "partner X" });
+    expect(created.status).toBe(201);
+    expect(await created.json()).toMatchObject({ list: "partners", cidr: "127.0.5.8/32", reason: "partner X" });
+    const listed = (await (await fetch(`${admin}/redis-ip-access/lists/partners`)).json()) as any;
+    expect(listed.data).toHaveLength(1);
+    expect(listed.data[0]).toMatchObject({ cidr: "127.0.5.8/32", reason: "partner X" });
+    expect(listed.data[0].expires_at).toBeGreaterThan(Date.now() / 1000 + 3500);
+    await until("/partners", clientAddr(8), 200, 1000);
+    for (const bad of ["1.2.3.4/33", "::1/129", "1.2.3", "fe80::1%eth0", ""]) {
+      const res = await post("partners", { cidr: bad });
+      expect(res.status, bad).toBe(400);
+      expect(((await res.json()) as any).message).toContain(`'${bad}'`);
+    }
+    expect((await post("bad name!", { cidr: "1.2.3.4" })).status).toBe(400);
+    const removed = await fetch(`${admin}/redis-ip-access/lists/partners/${encodeURIComponent("127.0.5.8/32")}`, { method: "DELETE" });
+    expect(removed.status).toBe(204);
+    expect((await fetch(`${admin}/redis-ip-access/lists/partners/${encodeURIComponent("127.0.5.8/32")}`, { method: "DELETE" })).status).toBe(404);
+    expect(((await (await fetch(`${admin}/redis-ip-access/lists/partners`)).json()) as any).data).toEqual([]);
+    await until("/partners", clientAddr(8), 403, 1000);
+  });
+
+  it("the CLI refuses bad input naming it, without touching Redis", () => {
+    for (const bad of ["1.2.3.4/33", "::1/129", "1.2.3", "fe80::1%eth0"]) {
+      const cli = spawnSync("node", [join(ROOT, "bin", "krs.mjs"), "ip", "deny", "add", "blocklist", bad, "--redis", "redis://127.0.0.1:1/0"], { encoding: "utf8" });
+      expect(cli.status, bad).toBe(2);
+      expect(cli.stderr).toContain(`'${bad}'`);
+    }
+  });
+
+  it("with Redis down, the lists compiled last keep applying, and fault_tolerant decides for a worker that never loaded them", async () => {
+    await addEntry(r, "blocklist", clientAddr(9), 0, "kept through the outage");
+    await until("/dyn", clientAddr(9), 403, 1000);
+    await redis.stop();
+    await sleep(1200);
+    for (const gw of nodes) {
+      expect(await statuses(gw, "/dyn", clientAddr(9))).toEqual(new Set([403]));
+      expect(await statuses(gw, "/dyn", clientAddr(10))).toEqual(new Set([200]));
+    }
+    const conf = (faultTolerant: boolean) => ({ _format_version: "3.0", services: [{ name: "s", url: `http://127.0.0.1:${up.port}/anything`, routes: [{ name: "r", paths: ["/"], plugins: [{ name: "redis-ip-access", config: { redis_deny_lists: ["blocklist"], fault_tolerant: faultTolerant, redis: { port: redis.port, timeout: 200 } } }] }] }] });
+    const open = await gateway(conf(true));
+    expect((await hit(`${open.proxyUrl}/`, clientAddr(9))).status).toBe(200);
+    const closed = await gateway(conf(false));
+    expect((await hit(`${closed.proxyUrl}/`, clientAddr(9))).status).toBe(500);
+    const expected = [/\[redis-ip-access(:lists)?\]/];
+    expect(open.unexpectedErrors(expected)).toEqual([]);
+    expect(closed.unexpectedErrors(expected)).toEqual([]);
   });
 });

@@ -13,6 +13,7 @@ import * as cjson from "cjson.safe";
 import type { RedisConf } from "../../lib/redis/schema";
 import { parseEntry } from "./ip";
 import { configuredRedis } from "./lists";
+import { validListName } from "./names";
 import * as store from "./store";
 
 type Params = LuaTable<string, unknown>;
@@ -43,7 +44,7 @@ function redisFor(this: void, params: Params): RedisConf {
 
 function listName(this: void, params: Params): string {
   const list = params.get("list");
-  if (!store.validListName(list)) return fail(400, `invalid list name: '${tostring(list)}'`);
+  if (!validListName(list)) return fail(400, `invalid list name: '${tostring(list)}'`);
   return list as string;
 }
 

@@ -6,7 +6,7 @@
 import * as typedefs from "kong.db.schema.typedefs";
 import { faultTolerantField, redisRecord } from "../../lib/redis/schema";
 import { validateEntry } from "./ip";
-import { MAX_LIST_NAME, validListName } from "./store";
+import { MAX_LIST_NAME, validListName } from "./names";
 
 function validateListName(this: void, value: unknown): LuaMultiReturn<[true | undefined, string | undefined]> {
   if (validListName(value)) return $multi(true, undefined);

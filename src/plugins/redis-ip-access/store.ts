@@ -13,14 +13,6 @@ const PLUGIN = "redis-ip-access";
 /** Where list changes are announced; the message is the list's name. */
 export const CHANNEL = "krs:redis-ip-access:v1:changes";
 
-/** Names of shared lists: short and plain, so that a name is its own key part. */
-export const LIST_NAME_PATTERN = "^[%w._-]+$";
-export const MAX_LIST_NAME = 64;
-
-export function validListName(this: void, name: unknown): boolean {
-  return type(name) === "string" && (name as string).length <= MAX_LIST_NAME && string.find(name as string, LIST_NAME_PATTERN)[0] !== undefined;
-}
-
 function listKeys(this: void, list: string): string[] {
   const tag = part(list);
   return [key(PLUGIN, tag, "entries"), key(PLUGIN, tag, "reasons"), key(PLUGIN, tag, "version")];

@@ -4,6 +4,8 @@ local ____ip = require("kong.plugins.redis-ip-access.ip")
 local parseEntry = ____ip.parseEntry
 local ____lists = require("kong.plugins.redis-ip-access.lists")
 local configuredRedis = ____lists.configuredRedis
+local ____names = require("kong.plugins.redis-ip-access.names")
+local validListName = ____names.validListName
 local store = require("kong.plugins.redis-ip-access.store")
 local JSON_TYPE = "application/json; charset=utf-8"
 local MAX_TTL = 2147483
@@ -32,7 +34,7 @@ local function redisFor(params)
 end
 local function listName(params)
     local list = params.list
-    if not store.validListName(list) then
+    if not validListName(list) then
         return fail(
             400,
             ("invalid list name: '" .. tostring(list)) .. "'"

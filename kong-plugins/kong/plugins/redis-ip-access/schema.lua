@@ -5,9 +5,9 @@ local faultTolerantField = ____schema.faultTolerantField
 local redisRecord = ____schema.redisRecord
 local ____ip = require("kong.plugins.redis-ip-access.ip")
 local validateEntry = ____ip.validateEntry
-local ____store = require("kong.plugins.redis-ip-access.store")
-local MAX_LIST_NAME = ____store.MAX_LIST_NAME
-local validListName = ____store.validListName
+local ____names = require("kong.plugins.redis-ip-access.names")
+local MAX_LIST_NAME = ____names.MAX_LIST_NAME
+local validListName = ____names.validListName
 local function validateListName(value)
     if validListName(value) then
         return true, nil

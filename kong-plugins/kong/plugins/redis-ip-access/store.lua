@@ -7,12 +7,6 @@ local part = ____keys.part
 local PLUGIN = "redis-ip-access"
 --- Where list changes are announced; the message is the list's name.
 ____exports.CHANNEL = "krs:redis-ip-access:v1:changes"
---- Names of shared lists: short and plain, so that a name is its own key part.
-____exports.LIST_NAME_PATTERN = "^[%w._-]+$"
-____exports.MAX_LIST_NAME = 64
-function ____exports.validListName(name)
-    return type(name) == "string" and #name <= ____exports.MAX_LIST_NAME and (string.find(name, ____exports.LIST_NAME_PATTERN)) ~= nil
-end
 local function listKeys(list)
     local tag = part(list)
     return {
