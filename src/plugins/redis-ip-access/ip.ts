@@ -113,6 +113,26 @@ function bounds(this: void, bin: string, prefix: number): LuaMultiReturn<[string
   return $multi(char(...first), char(...last));
 }
 
+function v4String(this: void, n: number): string {
+  return char(floor(n / 16777216) % 256, floor(n / 65536) % 256, floor(n / 256) % 256, n % 256);
+}
+
+/** The common case, without the general path's tables: "a.b.c.d" or "a.b.c.d/p". */
+function parseV4Entry(this: void, s: string): LuaMultiReturn<[string | undefined, string | undefined]> {
+  const [a, b, c, d, p] = match(s, "^(%d%d?%d?)%.(%d%d?%d?)%.(%d%d?%d?)%.(%d%d?%d?)/?(%d?%d?)$");
+  if (a === undefined) return $multi(undefined, undefined);
+  const [na, nb, nc, nd] = [tonumber(a)!, tonumber(b)!, tonumber(c)!, tonumber(d)!];
+  if (na > 255 || nb > 255 || nc > 255 || nd > 255) return $multi(undefined, undefined);
+  const hasSlash = find(s, "/", 1, true)[0] !== undefined;
+  if (hasSlash && p === "") return $multi(undefined, undefined);
+  const prefix = hasSlash ? tonumber(p)! : 32;
+  if (prefix > 32) return $multi(undefined, undefined);
+  const n = ((na * 256 + nb) * 256 + nc) * 256 + nd;
+  const span = 2 ** (32 - prefix);
+  const first = n - (n % span);
+  return $multi(v4String(first), v4String(first + span - 1));
+}
+
 /**
  * An address or CIDR as its first and last address (same width), or undefined and why,
  * naming the value. An address alone is a /32 or /128.
@@ -120,6 +140,8 @@ function bounds(this: void, bin: string, prefix: number): LuaMultiReturn<[string
 export function parseEntry(this: void, text: unknown): LuaMultiReturn<[string | undefined, string | undefined, string | undefined]> {
   if (type(text) !== "string") return $multi(undefined, undefined, "invalid ip or cidr range: not a string");
   const s = text as string;
+  const [fastFirst, fastLast] = parseV4Entry(s);
+  if (fastFirst !== undefined) return $multi(fastFirst, fastLast, undefined);
   const shown = s.length > MAX_TEXT ? sub(s, 1, MAX_TEXT) + "..." : s;
   const [slash] = find(s, "/", 1, true);
   const addrText = slash === undefined ? s : sub(s, 1, slash - 1);

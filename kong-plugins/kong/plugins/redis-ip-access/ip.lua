@@ -168,6 +168,37 @@ local function bounds(bin, prefix)
     end
     return char(unpack(first)), char(unpack(last))
 end
+local function v4String(n)
+    return char(
+        floor(n / 16777216) % 256,
+        floor(n / 65536) % 256,
+        floor(n / 256) % 256,
+        n % 256
+    )
+end
+--- The common case, without the general path's tables: "a.b.c.d" or "a.b.c.d/p".
+local function parseV4Entry(s)
+    local a, b, c, d, p = match(s, "^(%d%d?%d?)%.(%d%d?%d?)%.(%d%d?%d?)%.(%d%d?%d?)/?(%d?%d?)$")
+    if a == nil then
+        return nil, nil
+    end
+    local na, nb, nc, nd = tonumber(a), tonumber(b), tonumber(c), tonumber(d)
+    if na > 255 or nb > 255 or nc > 255 or nd > 255 then
+        return nil, nil
+    end
+    local hasSlash = (find(s, "/", 1, true)) ~= nil
+    if hasSlash and p == "" then
+        return nil, nil
+    end
+    local prefix = hasSlash and tonumber(p) or 32
+    if prefix > 32 then
+        return nil, nil
+    end
+    local n = ((na * 256 + nb) * 256 + nc) * 256 + nd
+    local span = 2 ^ (32 - prefix)
+    local first = n - n % span
+    return v4String(first), v4String(first + span - 1)
+end
 --- An address or CIDR as its first and last address (same width), or undefined and why,
 -- naming the value. An address alone is a /32 or /128.
 function ____exports.parseEntry(text)
@@ -175,6 +206,10 @@ function ____exports.parseEntry(text)
         return nil, nil, "invalid ip or cidr range: not a string"
     end
     local s = text
+    local fastFirst, fastLast = parseV4Entry(s)
+    if fastFirst ~= nil then
+        return fastFirst, fastLast, nil
+    end
     local shown = #s > MAX_TEXT and sub(s, 1, MAX_TEXT) .. "..." or s
     local slash = find(s, "/", 1, true)
     local addrText = slash == nil and s or sub(s, 1, slash - 1)
