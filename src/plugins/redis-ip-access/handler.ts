@@ -11,7 +11,9 @@ import type { RedisConf } from "../../lib/redis/schema";
 import { SUITE_VERSION } from "../../lib/version";
 import { compileList, contains, parseAddress } from "./ip";
 import type { Matcher } from "./ip";
-import { configure, matcherFor } from "./lists";
+import * as lrucache from "resty.lrucache";
+import { configure, matcherOf, stateFor } from "./lists";
+import type { ListState } from "./lists";
 
 const PLUGIN = "redis-ip-access";
 
@@ -36,8 +38,8 @@ interface IpAccessConf {
 interface Prepared {
   allow?: Matcher;
   deny?: Matcher;
-  allowLists?: string[];
-  denyLists?: string[];
+  allowLists?: ListState[];
+  denyLists?: ListState[];
   status: number;
   message?: string;
 }
@@ -48,6 +50,26 @@ function nonEmpty(this: void, list: string[] | undefined): string[] | undefined 
   return type(list) === "table" && list!.length > 0 ? list : undefined;
 }
 
+function states(this: void, conf: IpAccessConf, names: string[] | undefined): ListState[] | undefined {
+  const lists = nonEmpty(names);
+  if (lists === undefined) return undefined;
+  const out: ListState[] = [];
+  for (const name of lists) out.push(stateFor(conf.redis, name, conf.sync_interval));
+  return out;
+}
+
+/** Parsed client addresses: most requests come from addresses seen a moment ago. */
+const [addresses] = lrucache.new<string>(10000);
+
+function binaryAddress(this: void, text: string): string | undefined {
+  let bin = addresses!.get(text)[0];
+  if (bin === undefined) {
+    bin = parseAddress(text);
+    if (bin !== undefined) addresses!.set(text, bin);
+  }
+  return bin;
+}
+
 function prepare(this: void, conf: IpAccessConf): Prepared {
   let p = prepared.get(conf);
   if (p === undefined) {
@@ -56,8 +78,8 @@ function prepare(this: void, conf: IpAccessConf): Prepared {
     p = {
       allow: allow !== undefined ? compileList(allow) : undefined,
       deny: deny !== undefined ? compileList(deny) : undefined,
-      allowLists: nonEmpty(conf.redis_allow_lists),
-      denyLists: nonEmpty(conf.redis_deny_lists),
+      allowLists: states(conf, conf.redis_allow_lists),
+      denyLists: states(conf, conf.redis_deny_lists),
       status: type(conf.status) === "number" ? conf.status! : DEFAULT_STATUS,
       message: type(conf.message) === "string" ? conf.message : undefined,
     };
@@ -84,24 +106,24 @@ const handler: KongPluginHandler<IpAccessConf> = {
 
   access(conf) {
     const address = kong.client.get_forwarded_ip();
-    const bin = parseAddress(address);
+    const bin = binaryAddress(address);
     if (bin === undefined) return kong.response.error(DEFAULT_STATUS, ERR_NO_ADDRESS);
     const p = prepare(conf);
     if (p.deny !== undefined && contains(p.deny, bin)) return refuse(p, address);
     if (p.denyLists !== undefined) {
-      for (const list of p.denyLists) {
-        const [m, err] = matcherFor(conf.redis, list, conf.sync_interval);
-        if (m === undefined) fault.onRedisFailure(PLUGIN, conf, `deny list '${list}' never loaded: ${err}`);
+      for (const state of p.denyLists) {
+        const [m, err] = matcherOf(state);
+        if (m === undefined) fault.onRedisFailure(PLUGIN, conf, `deny list '${state.list}' never loaded: ${err}`);
         else if (contains(m, bin)) return refuse(p, address);
       }
     }
     if (p.allow === undefined && p.allowLists === undefined) return;
     if (p.allow !== undefined && contains(p.allow, bin)) return;
     if (p.allowLists !== undefined) {
-      for (const list of p.allowLists) {
-        const [m, err] = matcherFor(conf.redis, list, conf.sync_interval);
+      for (const state of p.allowLists) {
+        const [m, err] = matcherOf(state);
         if (m === undefined) {
-          fault.onRedisFailure(PLUGIN, conf, `allow list '${list}' never loaded: ${err}`);
+          fault.onRedisFailure(PLUGIN, conf, `allow list '${state.list}' never loaded: ${err}`);
           // fault_tolerant: an allow list this worker never saw refuses nobody.
           return;
         }

@@ -30,6 +30,7 @@ export interface ListState {
   list: string;
   pool: string;
   conf: RedisConf;
+  poolState: PoolState;
   /** The shortest sync_interval of the configs that use the list. */
   syncInterval: number;
   /** Undefined until the first successful load. */
@@ -201,7 +202,7 @@ function subscriber(this: void, premature: boolean, pool: string, poolState: Poo
   poolState.running = false;
 }
 
-function ensureTimers(this: void, pool: string, conf: RedisConf): void {
+function ensureTimers(this: void, pool: string, conf: RedisConf): PoolState {
   if (!tickerStarted) {
     const [ok, err] = ngx.timer.every(TICK, tick);
     if (ok !== undefined) tickerStarted = true;
@@ -220,36 +221,41 @@ function ensureTimers(this: void, pool: string, conf: RedisConf): void {
       logThrottled(LOG_TOPIC, `could not start the change subscriber: ${err}`);
     }
   }
+  return poolState;
+}
+
+/** The worker's state of a list (created on first use); the handler keeps it per config table. */
+export function stateFor(this: void, conf: RedisConf, list: string, syncInterval: number): ListState {
+  const pool = client.poolName(conf);
+  const id = pool + "\0" + list;
+  let state = states.get(id);
+  if (state === undefined) {
+    const poolState = ensureTimers(pool, conf);
+    state = { list, pool, conf, poolState, syncInterval, version: "", firsts: [], lasts: [], expires: [], nextExpiry: math.huge, checkAt: 0, dirty: false, loading: false, failedAt: -math.huge, loadedAt: 0 };
+    states.set(id, state);
+  } else if (syncInterval < state.syncInterval) {
+    state.syncInterval = syncInterval;
+  }
+  return state;
 }
 
 /**
  * The compiled list for a request (access phase), loading it on first use. Returns the
  * matcher, or undefined and the Redis error when this worker never loaded the list.
+ * Hot path: two field reads once the list is loaded and its timers run.
  */
-export function matcherFor(this: void, conf: RedisConf, list: string, syncInterval: number): LuaMultiReturn<[Matcher | undefined, string | undefined]> {
-  const pool = client.poolName(conf);
-  const id = pool + "\0" + list;
-  let state = states.get(id);
-  if (state === undefined) {
-    state = { list, pool, conf, syncInterval, version: "", firsts: [], lasts: [], expires: [], nextExpiry: math.huge, checkAt: 0, dirty: false, loading: false, failedAt: -math.huge, loadedAt: 0 };
-    states.set(id, state);
-  } else if (syncInterval < state.syncInterval) {
-    state.syncInterval = syncInterval;
-  }
-  ensureTimers(pool, conf);
+export function matcherOf(this: void, state: ListState): LuaMultiReturn<[Matcher | undefined, string | undefined]> {
+  const matcher = state.matcher;
+  if (matcher !== undefined && tickerStarted && state.poolState.running) return $multi(matcher, undefined);
+  state.poolState = ensureTimers(state.pool, state.conf);
   if (state.matcher !== undefined) return $multi(state.matcher, undefined);
   // Another request of this worker is loading it: wait for that load, within the Redis timeout.
-  for (let waited = 0; state.loading && waited < conf.timeout; waited += 10) ngx.sleep(0.01);
+  for (let waited = 0; state.loading && waited < state.conf.timeout; waited += 10) ngx.sleep(0.01);
   if (state.matcher !== undefined) return $multi(state.matcher, undefined);
   if (ngx.now() - state.failedAt < RETRY_AFTER) return $multi(undefined, "the list could not be loaded yet");
   const err = reload(state);
   if (err !== undefined) return $multi(undefined, err);
   return $multi(state.matcher, undefined);
-}
-
-/** For tests and the docs' staleness bound: what this worker holds of a list. */
-export function stateOf(this: void, conf: RedisConf, list: string): ListState | undefined {
-  return states.get(client.poolName(conf) + "\0" + list);
 }
 
 let configured: RedisConf[] = [];

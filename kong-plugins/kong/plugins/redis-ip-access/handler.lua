@@ -6,9 +6,11 @@ local ____ip = require("kong.plugins.redis-ip-access.ip")
 local compileList = ____ip.compileList
 local contains = ____ip.contains
 local parseAddress = ____ip.parseAddress
+local lrucache = require("resty.lrucache")
 local ____lists = require("kong.plugins.redis-ip-access.lists")
 local configure = ____lists.configure
-local matcherFor = ____lists.matcherFor
+local matcherOf = ____lists.matcherOf
+local stateFor = ____lists.stateFor
 local PLUGIN = "redis-ip-access"
 local ERR_NO_ADDRESS = "Cannot identify the client IP address, unix domain sockets are not supported."
 local DEFAULT_STATUS = 403
@@ -23,6 +25,28 @@ local function nonEmpty(list)
     end
     return ____temp_0
 end
+local function states(conf, names)
+    local lists = nonEmpty(names)
+    if lists == nil then
+        return nil
+    end
+    local out = {}
+    for ____, name in ipairs(lists) do
+        out[#out + 1] = stateFor(conf.redis, name, conf.sync_interval)
+    end
+    return out
+end
+local addresses = lrucache.new(10000)
+local function binaryAddress(text)
+    local bin = (addresses:get(text))
+    if bin == nil then
+        bin = parseAddress(text)
+        if bin ~= nil then
+            addresses:set(text, bin)
+        end
+    end
+    return bin
+end
 local function prepare(conf)
     local p = prepared[conf]
     if p == nil then
@@ -30,8 +54,8 @@ local function prepare(conf)
         local deny = nonEmpty(conf.deny)
         local ____temp_2 = allow ~= nil and compileList(allow) or nil
         local ____temp_3 = deny ~= nil and compileList(deny) or nil
-        local ____nonEmpty_result_4 = nonEmpty(conf.redis_allow_lists)
-        local ____nonEmpty_result_5 = nonEmpty(conf.redis_deny_lists)
+        local ____states_result_4 = states(conf, conf.redis_allow_lists)
+        local ____states_result_5 = states(conf, conf.redis_deny_lists)
         local ____temp_6 = type(conf.status) == "number" and conf.status or DEFAULT_STATUS
         local ____temp_1
         if type(conf.message) == "string" then
@@ -42,8 +66,8 @@ local function prepare(conf)
         p = {
             allow = ____temp_2,
             deny = ____temp_3,
-            allowLists = ____nonEmpty_result_4,
-            denyLists = ____nonEmpty_result_5,
+            allowLists = ____states_result_4,
+            denyLists = ____states_result_5,
             status = ____temp_6,
             message = ____temp_1
         }
@@ -70,7 +94,7 @@ local handler = {
     end,
     access = function(self, conf)
         local address = kong.client.get_forwarded_ip()
-        local bin = parseAddress(address)
+        local bin = binaryAddress(address)
         if bin == nil then
             return kong.response.error(DEFAULT_STATUS, ERR_NO_ADDRESS)
         end
@@ -79,13 +103,13 @@ local handler = {
             return refuse(p, address)
         end
         if p.denyLists ~= nil then
-            for ____, list in ipairs(p.denyLists) do
-                local m, err = matcherFor(conf.redis, list, conf.sync_interval)
+            for ____, state in ipairs(p.denyLists) do
+                local m, err = matcherOf(state)
                 if m == nil then
                     fault.onRedisFailure(
                         PLUGIN,
                         conf,
-                        (("deny list '" .. list) .. "' never loaded: ") .. tostring(err)
+                        (("deny list '" .. state.list) .. "' never loaded: ") .. tostring(err)
                     )
                 elseif contains(m, bin) then
                     return refuse(p, address)
@@ -99,13 +123,13 @@ local handler = {
             return
         end
         if p.allowLists ~= nil then
-            for ____, list in ipairs(p.allowLists) do
-                local m, err = matcherFor(conf.redis, list, conf.sync_interval)
+            for ____, state in ipairs(p.allowLists) do
+                local m, err = matcherOf(state)
                 if m == nil then
                     fault.onRedisFailure(
                         PLUGIN,
                         conf,
-                        (("allow list '" .. list) .. "' never loaded: ") .. tostring(err)
+                        (("allow list '" .. state.list) .. "' never loaded: ") .. tostring(err)
                     )
                     return
                 end

@@ -229,18 +229,20 @@ local function ensureTimers(pool, conf)
             )
         end
     end
+    return poolState
 end
---- The compiled list for a request (access phase), loading it on first use. Returns the
--- matcher, or undefined and the Redis error when this worker never loaded the list.
-function ____exports.matcherFor(conf, list, syncInterval)
+--- The worker's state of a list (created on first use); the handler keeps it per config table.
+function ____exports.stateFor(conf, list, syncInterval)
     local pool = client.poolName(conf)
     local id = (pool .. "\0") .. list
     local state = states[id]
     if state == nil then
+        local poolState = ensureTimers(pool, conf)
         state = {
             list = list,
             pool = pool,
             conf = conf,
+            poolState = poolState,
             syncInterval = syncInterval,
             version = "",
             firsts = {},
@@ -257,13 +259,23 @@ function ____exports.matcherFor(conf, list, syncInterval)
     elseif syncInterval < state.syncInterval then
         state.syncInterval = syncInterval
     end
-    ensureTimers(pool, conf)
+    return state
+end
+--- The compiled list for a request (access phase), loading it on first use. Returns the
+-- matcher, or undefined and the Redis error when this worker never loaded the list.
+-- Hot path: two field reads once the list is loaded and its timers run.
+function ____exports.matcherOf(state)
+    local matcher = state.matcher
+    if matcher ~= nil and tickerStarted and state.poolState.running then
+        return matcher, nil
+    end
+    state.poolState = ensureTimers(state.pool, state.conf)
     if state.matcher ~= nil then
         return state.matcher, nil
     end
     do
         local waited = 0
-        while state.loading and waited < conf.timeout do
+        while state.loading and waited < state.conf.timeout do
             ngx.sleep(0.01)
             waited = waited + 10
         end
@@ -279,10 +291,6 @@ function ____exports.matcherFor(conf, list, syncInterval)
         return nil, err
     end
     return state.matcher, nil
-end
---- For tests and the docs' staleness bound: what this worker holds of a list.
-function ____exports.stateOf(conf, list)
-    return states[(client.poolName(conf) .. "\0") .. list]
 end
 local configured = {}
 --- Kong's `configure`: the Redis of each enabled instance, first come first, one per pool (the Admin API picks from them).
