@@ -251,6 +251,23 @@ describe("shared lists in Redis", () => {
     await until("/dyn", clientAddr(3), 200, 1000);
   });
 
+  it("requests cost no Redis round trip once a worker has its lists", async () => {
+    const calls = async () => {
+      const info = await r.info("commandstats");
+      let total = 0;
+      for (const m of info.matchAll(/^cmdstat_(\w+):calls=(\d+)/gm)) if (m[1] !== "info") total += Number(m[2]);
+      return total;
+    };
+    const before = await calls();
+    const startedAt = Date.now();
+    for (let i = 0; i < 10; i++) for (const gw of nodes) await statuses(gw, "/dyn", clientAddr(20 + i), 20);
+    const seconds = (Date.now() - startedAt) / 1000;
+    const made = (await calls()) - before;
+    // 400 requests; only the workers' periodic version checks (one GET per list and
+    // second, 4 workers) may have reached Redis meanwhile.
+    expect(made).toBeLessThanOrEqual(4 * (Math.ceil(seconds) + 1));
+  });
+
   it("a change whose message was lost is seen through the version check within sync_interval", async () => {
     const [entries, , version] = listKeys("blocklist");
     // What the script does, without its PUBLISH.
