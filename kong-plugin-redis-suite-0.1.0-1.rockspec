@@ -30,6 +30,7 @@ build = {
     ["kong.plugins.redis-cache.storage"] = "kong-plugins/kong/plugins/redis-cache/storage.lua",
     ["kong.plugins.redis-cache.writer"] = "kong-plugins/kong/plugins/redis-cache/writer.lua",
     ["kong.plugins.redis-ip-access.api"] = "kong-plugins/kong/plugins/redis-ip-access/api.lua",
+    ["kong.plugins.redis-ip-access.bans"] = "kong-plugins/kong/plugins/redis-ip-access/bans.lua",
     ["kong.plugins.redis-ip-access.handler"] = "kong-plugins/kong/plugins/redis-ip-access/handler.lua",
     ["kong.plugins.redis-ip-access.ip"] = "kong-plugins/kong/plugins/redis-ip-access/ip.lua",
     ["kong.plugins.redis-ip-access.lists"] = "kong-plugins/kong/plugins/redis-ip-access/lists.lua",

@@ -7,7 +7,8 @@
  * the CLI seen by every worker of two gateways within 1 s (measured), a change whose
  * message was lost seen through the version check, TTL entries gone on time, the Admin
  * API, and Redis down (last lists keep applying; fault_tolerant for a worker that never
- * loaded them). Clients are told apart by the
+ * loaded them). Automatic bans: N 401s from one client across two gateways ban it on both,
+ * logged once, visible in the list, and expire. Clients are told apart by the
  * loopback address they send from (127.0.0.0/8 is all local on Linux).
  */
 import { spawnSync } from "node:child_process";
@@ -351,5 +352,56 @@ describe("shared lists in Redis", () => {
     const expected = [/\[redis-ip-access(:lists)?\]/];
     expect(open.unexpectedErrors(expected)).toEqual([]);
     expect(closed.unexpectedErrors(expected)).toEqual([]);
+  });
+});
+
+describe("automatic bans", () => {
+  let redis: RedisServer;
+  let r: IpRedis;
+  let nodes: TestGateway[];
+  const banConf = (port: number) => ({
+    _format_version: "3.0",
+    services: [{
+      name: "s",
+      url: `http://127.0.0.1:${up.port}/status/401`,
+      routes: [{ name: "login", paths: ["/login"], plugins: [{ name: "redis-ip-access", config: { redis_deny_lists: ["bans"], ban: { statuses: [401], threshold: 4, window: 30, duration: 2, list: "bans" }, redis: { port } } }] }],
+    }],
+  });
+
+  beforeAll(async () => {
+    redis = await startRedis();
+    r = withScripts(new Redis(redis.port, "127.0.0.1"));
+    nodes = [await gateway(banConf(redis.port)), await gateway(banConf(redis.port))];
+  }, 60_000);
+
+  afterAll(() => r.disconnect());
+
+  it("N 401s from one client, counted across nodes, ban it on every node, once, with a reason; the ban expires", async () => {
+    const client = "127.0.7.1";
+    // Two 401s on each node: four in all, none enough on its own node.
+    for (const gw of nodes) for (let i = 0; i < 2; i++) expect((await hit(`${gw.proxyUrl}/login`, client)).status).toBe(401);
+    const bannedAt = Date.now();
+    for (let tries = 0; ; tries++) {
+      const all = await Promise.all(nodes.map((gw) => hit(`${gw.proxyUrl}/login`, client)));
+      if (all.every((res) => res.status === 403)) {
+        expect(all[0].json().message).toBe(`IP address not allowed: ${client}`);
+        break;
+      }
+      expect(tries).toBeLessThan(50);
+      await sleep(20);
+    }
+    expect(Date.now() - bannedAt).toBeLessThan(1000);
+    // Another client is not affected.
+    expect((await hit(`${nodes[0].proxyUrl}/login`, "127.0.7.2")).status).toBe(401);
+    const listed = await (await import("../../src/cli/ip.js")).listEntries(r, "bans");
+    expect(listed).toHaveLength(1);
+    expect(listed[0].cidr).toBe(client);
+    expect(listed[0].reason).toContain("auto-ban");
+    const logged = nodes.flatMap((gw) => gw.errorLog().filter((l) => l.includes(`banned ${client}`)));
+    expect(logged).toHaveLength(1);
+    // The ban ends on time, on every node.
+    await sleep(Math.max(0, bannedAt + 2300 - Date.now()));
+    for (const gw of nodes) expect((await hit(`${gw.proxyUrl}/login`, client)).status, "after the ban").toBe(401);
+    for (const gw of nodes) expect(gw.unexpectedErrors()).toEqual([]);
   });
 });

@@ -12,6 +12,8 @@ import { SUITE_VERSION } from "../../lib/version";
 import { compileList, contains, parseAddress } from "./ip";
 import type { Matcher } from "./ip";
 import * as lrucache from "resty.lrucache";
+import * as bans from "./bans";
+import type { BanConf } from "./bans";
 import { configure, matcherOf, stateFor } from "./lists";
 import type { ListState } from "./lists";
 
@@ -28,6 +30,7 @@ interface IpAccessConf {
   redis_allow_lists?: string[];
   redis_deny_lists?: string[];
   sync_interval: number;
+  ban: BanConf;
   fault_tolerant: boolean;
   redis: RedisConf;
   __plugin_id?: string;
@@ -42,6 +45,8 @@ interface Prepared {
   denyLists?: ListState[];
   status: number;
   message?: string;
+  /** ban.statuses as a set; undefined when bans are off. */
+  banStatuses?: LuaTable<number, boolean>;
 }
 const prepared = setmetatable(new LuaTable<IpAccessConf, Prepared>(), { __mode: "k" });
 
@@ -56,6 +61,24 @@ function states(this: void, conf: IpAccessConf, names: string[] | undefined): Li
   const out: ListState[] = [];
   for (const name of lists) out.push(stateFor(conf.redis, name, conf.sync_interval));
   return out;
+}
+
+/** The deny lists, with the ban list when bans are on (what bans add must deny). */
+function withBanList(this: void, conf: IpAccessConf): string[] | undefined {
+  const names = nonEmpty(conf.redis_deny_lists);
+  const ban = conf.ban;
+  if (type(ban) !== "table" || ban.threshold <= 0) return names;
+  const out: string[] = [];
+  if (names !== undefined) for (const name of names) if (name !== ban.list) out.push(name);
+  out.push(ban.list);
+  return out;
+}
+
+function banStatuses(this: void, ban: BanConf | undefined): LuaTable<number, boolean> | undefined {
+  if (ban === undefined || type(ban) !== "table" || ban.threshold <= 0) return undefined;
+  const set = new LuaTable<number, boolean>();
+  for (const status of ban.statuses) set.set(status, true);
+  return set;
 }
 
 /** Parsed client addresses: most requests come from addresses seen a moment ago. */
@@ -79,7 +102,8 @@ function prepare(this: void, conf: IpAccessConf): Prepared {
       allow: allow !== undefined ? compileList(allow) : undefined,
       deny: deny !== undefined ? compileList(deny) : undefined,
       allowLists: states(conf, conf.redis_allow_lists),
-      denyLists: states(conf, conf.redis_deny_lists),
+      denyLists: states(conf, withBanList(conf)),
+      banStatuses: banStatuses(conf.ban),
       status: type(conf.status) === "number" ? conf.status! : DEFAULT_STATUS,
       message: type(conf.message) === "string" ? conf.message : undefined,
     };
@@ -89,6 +113,9 @@ function prepare(this: void, conf: IpAccessConf): Prepared {
 }
 
 function refuse(this: void, p: Prepared, address: string): never {
+  // A refusal of ours is not the client's misbehaviour: it must not count towards (or
+  // renew) a ban.
+  ngx.ctx.krs_ip_access_refused = true;
   const message = p.message ?? `IP address not allowed: ${address}`;
   kong.log.warn(message);
   return kong.response.error(p.status, message);
@@ -131,6 +158,15 @@ const handler: KongPluginHandler<IpAccessConf> = {
       }
     }
     return refuse(p, address);
+  },
+
+  log(conf) {
+    const p = prepared.get(conf);
+    const statuses = p !== undefined ? p.banStatuses : banStatuses(conf.ban);
+    if (statuses === undefined || ngx.ctx.krs_ip_access_refused === true) return;
+    const address = kong.client.get_forwarded_ip();
+    if (binaryAddress(address) === undefined) return;
+    bans.count(conf.redis, conf.ban, statuses, kong.response.get_status(), address);
   },
 };
 

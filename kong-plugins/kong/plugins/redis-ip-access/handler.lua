@@ -7,6 +7,7 @@ local compileList = ____ip.compileList
 local contains = ____ip.contains
 local parseAddress = ____ip.parseAddress
 local lrucache = require("resty.lrucache")
+local bans = require("kong.plugins.redis-ip-access.bans")
 local ____lists = require("kong.plugins.redis-ip-access.lists")
 local configure = ____lists.configure
 local matcherOf = ____lists.matcherOf
@@ -36,6 +37,34 @@ local function states(conf, names)
     end
     return out
 end
+--- The deny lists, with the ban list when bans are on (what bans add must deny).
+local function withBanList(conf)
+    local names = nonEmpty(conf.redis_deny_lists)
+    local ban = conf.ban
+    if type(ban) ~= "table" or ban.threshold <= 0 then
+        return names
+    end
+    local out = {}
+    if names ~= nil then
+        for ____, name in ipairs(names) do
+            if name ~= ban.list then
+                out[#out + 1] = name
+            end
+        end
+    end
+    out[#out + 1] = ban.list
+    return out
+end
+local function banStatuses(ban)
+    if ban == nil or type(ban) ~= "table" or ban.threshold <= 0 then
+        return nil
+    end
+    local set = {}
+    for ____, status in ipairs(ban.statuses) do
+        set[status] = true
+    end
+    return set
+end
 local addresses = lrucache.new(10000)
 local function binaryAddress(text)
     local bin = (addresses:get(text))
@@ -55,8 +84,12 @@ local function prepare(conf)
         local ____temp_2 = allow ~= nil and compileList(allow) or nil
         local ____temp_3 = deny ~= nil and compileList(deny) or nil
         local ____states_result_4 = states(conf, conf.redis_allow_lists)
-        local ____states_result_5 = states(conf, conf.redis_deny_lists)
-        local ____temp_6 = type(conf.status) == "number" and conf.status or DEFAULT_STATUS
+        local ____states_result_5 = states(
+            conf,
+            withBanList(conf)
+        )
+        local ____banStatuses_result_6 = banStatuses(conf.ban)
+        local ____temp_7 = type(conf.status) == "number" and conf.status or DEFAULT_STATUS
         local ____temp_1
         if type(conf.message) == "string" then
             ____temp_1 = conf.message
@@ -68,7 +101,8 @@ local function prepare(conf)
             deny = ____temp_3,
             allowLists = ____states_result_4,
             denyLists = ____states_result_5,
-            status = ____temp_6,
+            banStatuses = ____banStatuses_result_6,
+            status = ____temp_7,
             message = ____temp_1
         }
         prepared[conf] = p
@@ -76,6 +110,7 @@ local function prepare(conf)
     return p
 end
 local function refuse(p, address)
+    ngx.ctx.krs_ip_access_refused = true
     local message = p.message or "IP address not allowed: " .. address
     kong.log.warn(message)
     return kong.response.error(p.status, message)
@@ -139,6 +174,30 @@ local handler = {
             end
         end
         return refuse(p, address)
+    end,
+    log = function(self, conf)
+        local p = prepared[conf]
+        local ____temp_8
+        if p ~= nil then
+            ____temp_8 = p.banStatuses
+        else
+            ____temp_8 = banStatuses(conf.ban)
+        end
+        local statuses = ____temp_8
+        if statuses == nil or ngx.ctx.krs_ip_access_refused == true then
+            return
+        end
+        local address = kong.client.get_forwarded_ip()
+        if binaryAddress(address) == nil then
+            return
+        end
+        bans.count(
+            conf.redis,
+            conf.ban,
+            statuses,
+            kong.response.get_status(),
+            address
+        )
     end
 }
 local ____exports = handler

@@ -46,6 +46,44 @@ local schema = {
                     between = {0.1, 60},
                     description = "Seconds between a worker's version checks of each Redis list: the longest a change waits should its pub/sub message be lost."
                 }},
+                {ban = {type = "record", required = true, description = "Automatic bans: a client that gets `threshold` responses with one of `statuses` within `window` seconds (counted across all nodes) is added to the Redis list `list` for `duration` seconds. That list then denies on every node (it is applied as a deny list even when redis_deny_lists does not name it; a config with bans only names it there, since one of allow, deny and the list fields must be set). threshold 0 (the default) turns bans off.", fields = {
+                    {statuses = {
+                        type = "array",
+                        required = true,
+                        default = {401, 403, 429},
+                        len_min = 1,
+                        elements = {type = "integer", between = {100, 599}},
+                        description = "Response statuses that count."
+                    }},
+                    {threshold = {
+                        type = "integer",
+                        required = true,
+                        default = 0,
+                        between = {0, 1000000},
+                        description = "Counted responses that make a ban; 0: no bans."
+                    }},
+                    {window = {
+                        type = "integer",
+                        required = true,
+                        default = 60,
+                        between = {1, 86400},
+                        description = "Seconds the count runs from a client's first counted response."
+                    }},
+                    {duration = {
+                        type = "integer",
+                        required = true,
+                        default = 600,
+                        between = {1, 31536000},
+                        description = "Seconds a ban lasts."
+                    }},
+                    {list = {
+                        type = "string",
+                        required = true,
+                        default = "blocklist",
+                        custom_validator = validateListName,
+                        description = "The Redis list bans go to."
+                    }}
+                }}},
                 {fault_tolerant = faultTolerant()},
                 {redis = redisRecord()}
             }
