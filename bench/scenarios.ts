@@ -128,6 +128,23 @@ async function createBenchKey(env: BenchEnv): Promise<void> {
   }
 }
 
+/** 100,000 distinct /24s in one Redis deny list, none of them the client's (127.0.0.1). */
+async function seedIpAccess100k(env: BenchEnv): Promise<void> {
+  const { Redis } = await import("ioredis");
+  const { addEntry, listKeys, withScripts } = await import("../src/cli/ip.js");
+  const redis = withScripts(new Redis({ port: env.redisPort }));
+  try {
+    const [entries] = listKeys("bench-100k");
+    const members: (string | number)[] = [];
+    for (let i = 0; i < 100_000; i++) members.push("+inf", `${10 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}.0/24`);
+    for (let i = 0; i < members.length; i += 20_000) await redis.zadd(entries, ...members.slice(i, i + 20_000));
+    // One entry through the script: it sets the version every worker compares.
+    await addEntry(redis, "bench-100k", "192.0.2.0/24", 0, "bench");
+  } finally {
+    redis.disconnect();
+  }
+}
+
 export const SCENARIOS: Scenario[] = [
   {
     name: "upstream-direct",
@@ -175,6 +192,16 @@ export const SCENARIOS: Scenario[] = [
       }),
     setup: createBenchKey,
     headers: { apikey: BENCH_API_KEY },
+    path: "/",
+    baseline: "gateway-no-plugins",
+  },
+  {
+    name: "ip-access-100k",
+    description: "redis-ip-access, 100,000 CIDRs in a Redis deny list compiled in every worker, allowed client: no Redis call per request",
+    target: "gateway",
+    needsRedis: true,
+    config: (env) => oneService(env, { plugins: [{ name: "redis-ip-access", config: { redis_deny_lists: ["bench-100k"], redis: { port: env.redisPort } } }] }),
+    setup: seedIpAccess100k,
     path: "/",
     baseline: "gateway-no-plugins",
   },

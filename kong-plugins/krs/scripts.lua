@@ -207,6 +207,258 @@ else
 end
 return 1
 ]==] }
+scripts["ip-access-add"] = { sha1 = "3ce24a30f73ce5613da49cd5fd2131cffe3f381b", numkeys = 3, source = [==[
+-- redis-ip-access: add (or replace) one entry of a shared list and tell every worker.
+--
+-- Sets the entry's expiry and reason, drops entries expired by ARGV[4], gives the list a
+-- new version and PUBLISHes the list's name, in one script: a list never changes in Redis
+-- without a new version (what the periodic check compares) and the message (what the
+-- subscribers act on). The three keys live as long as the list's longest-lived entry
+-- (PEXPIREAT), or without a TTL while it holds an entry without one (docs/redis-keys.md).
+--
+-- KEYS[1]  entries  krs:redis-ip-access:v1:{<list>}:entries   zset  entry -> expires_at ms (+inf: never)
+-- KEYS[2]  reasons  krs:redis-ip-access:v1:{<list>}:reasons   hash  entry -> reason
+-- KEYS[3]  version  krs:redis-ip-access:v1:{<list>}:version   string
+--
+-- ARGV[1]  entry       the address or CIDR, validated by the caller
+-- ARGV[2]  expires_at  unix ms; 0 = never
+-- ARGV[3]  reason      text; "" = none
+-- ARGV[4]  now         unix ms, the caller's clock
+-- ARGV[5]  channel     krs:redis-ip-access:v1:changes
+-- ARGV[6]  list        the list's name, the message published
+--
+-- Reply: { added, version }  added = 1 for a new entry, 0 when it replaced one; version
+--                            the list's new version string
+--
+-- Clock: only ARGV[4] (and ARGV[2]), the caller's.
+local rcall = redis.call
+
+local entries = KEYS[1]
+local reasons = KEYS[2]
+local versionKey = KEYS[3]
+
+local entry = ARGV[1]
+local expiresAt = tonumber(ARGV[2])
+local reason = ARGV[3]
+local now = tonumber(ARGV[4])
+local channel = ARGV[5]
+local list = ARGV[6]
+
+local expired = rcall("ZRANGEBYSCORE", entries, "-inf", now)
+for i = 1, #expired do rcall("HDEL", reasons, expired[i]) end
+rcall("ZREMRANGEBYSCORE", entries, "-inf", now)
+
+local score = expiresAt > 0 and expiresAt or "+inf"
+local added = rcall("ZADD", entries, score, entry)
+if reason ~= "" then
+  rcall("HSET", reasons, entry, reason)
+else
+  rcall("HDEL", reasons, entry)
+end
+
+-- A version is unique across the list's lifetimes (the caller's ms plus a sequence), so
+-- a worker that missed a deletion and a re-creation still sees a different one.
+local previous = rcall("GET", versionKey)
+local seq = 0
+if previous then seq = tonumber(string.match(previous, "%-(%d+)$")) or 0 end
+local version = ARGV[4] .. "-" .. (seq + 1)
+rcall("SET", versionKey, version)
+
+local last = rcall("ZREVRANGE", entries, 0, 0, "WITHSCORES")
+if last[2] == "inf" then
+  rcall("PERSIST", entries)
+  rcall("PERSIST", reasons)
+  rcall("PERSIST", versionKey)
+else
+  local until_ = tonumber(last[2])
+  rcall("PEXPIREAT", entries, until_)
+  if rcall("EXISTS", reasons) == 1 then rcall("PEXPIREAT", reasons, until_) end
+  -- The version outlives the entries by a day: a worker that checks after they expired
+  -- still sees the list changed (its entries are gone there too, by their own expiry).
+  rcall("PEXPIREAT", versionKey, until_ + 86400000)
+end
+
+rcall("PUBLISH", channel, list)
+return { added, version }
+]==] }
+scripts["ip-access-hit"] = { sha1 = "9eacf88a77859a529687a9d88fe9f2e3de5db57b", numkeys = 4, source = [==[
+-- redis-ip-access: count one client's ban-worthy responses (a batch from one worker) and
+-- ban it when it reaches the threshold, in one script: the count is shared by every node,
+-- and exactly one call (the one that crosses the threshold) adds the ban and publishes it.
+--
+-- The counter is a fixed window that starts at the client's first counted response.
+-- A client already banned (a live entry in the list) is not banned again, and its
+-- counter is dropped when the ban is added.
+--
+-- KEYS[1]  counter  krs:redis-ip-access:v1:{<list>}:hits:<part(address)>  string  integer
+-- KEYS[2]  entries  krs:redis-ip-access:v1:{<list>}:entries   zset  entry -> expires_at ms (+inf: never)
+-- KEYS[3]  reasons  krs:redis-ip-access:v1:{<list>}:reasons   hash  entry -> reason
+-- KEYS[4]  version  krs:redis-ip-access:v1:{<list>}:version   string
+--
+-- ARGV[1]  count       responses in this batch (>= 1)
+-- ARGV[2]  window      ms the counter lives from its first response
+-- ARGV[3]  threshold   responses that make a ban
+-- ARGV[4]  expires_at  unix ms the ban ends
+-- ARGV[5]  reason      text stored with the ban
+-- ARGV[6]  now         unix ms, the caller's clock
+-- ARGV[7]  channel     krs:redis-ip-access:v1:changes
+-- ARGV[8]  list        the list's name, the message published
+-- ARGV[9]  entry       the client address (the list entry)
+--
+-- Reply: { banned, count }  banned = 1 when this call added the ban; count the counter
+--                           after this batch
+--
+-- Clock: only ARGV[4] and ARGV[6], the caller's.
+local rcall = redis.call
+
+local counter = KEYS[1]
+local entries = KEYS[2]
+local reasons = KEYS[3]
+local versionKey = KEYS[4]
+
+local count = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local threshold = tonumber(ARGV[3])
+local expiresAt = tonumber(ARGV[4])
+local reason = ARGV[5]
+local now = tonumber(ARGV[6])
+local entry = ARGV[9]
+
+local total = rcall("INCRBY", counter, count)
+if total == count then rcall("PEXPIRE", counter, window) end
+if total < threshold then return { 0, total } end
+
+local score = rcall("ZSCORE", entries, entry)
+if score and (score == "inf" or tonumber(score) > now) then return { 0, total } end
+
+rcall("ZADD", entries, expiresAt, entry)
+rcall("HSET", reasons, entry, reason)
+rcall("DEL", counter)
+
+local previous = rcall("GET", versionKey)
+local seq = 0
+if previous then seq = tonumber(string.match(previous, "%-(%d+)$")) or 0 end
+rcall("SET", versionKey, ARGV[6] .. "-" .. (seq + 1))
+
+-- The keys' lifetimes, as ip-access-add-3.lua sets them.
+local last = rcall("ZREVRANGE", entries, 0, 0, "WITHSCORES")
+if last[2] == "inf" then
+  rcall("PERSIST", entries)
+  rcall("PERSIST", reasons)
+  rcall("PERSIST", versionKey)
+else
+  local until_ = tonumber(last[2])
+  rcall("PEXPIREAT", entries, until_)
+  rcall("PEXPIREAT", reasons, until_)
+  rcall("PEXPIREAT", versionKey, until_ + 86400000)
+end
+
+rcall("PUBLISH", ARGV[7], ARGV[8])
+return { 1, total }
+]==] }
+scripts["ip-access-load"] = { sha1 = "8693bfda1c02fb413c431d7ad2e9773a7e338a4a", numkeys = 3, source = [==[
+-- redis-ip-access: read one shared list as of one version (what a worker compiles, and
+-- what `list` shows). Read-only: expired entries are skipped, not removed.
+--
+-- KEYS[1]  entries  krs:redis-ip-access:v1:{<list>}:entries   zset  entry -> expires_at ms (+inf: never)
+-- KEYS[2]  reasons  krs:redis-ip-access:v1:{<list>}:reasons   hash  entry -> reason
+-- KEYS[3]  version  krs:redis-ip-access:v1:{<list>}:version   string
+--
+-- ARGV[1]  now           unix ms, the caller's clock
+-- ARGV[2]  with_reasons  "1": reasons too (listing); "0": not (a worker needs none)
+--
+-- Reply: { version, entries, reasons }
+--   version  the list's version, "" when it has none
+--   entries  { entry, expires_at, entry, expires_at, ... }  expires_at unix ms as a
+--            string, "0" = never
+--   reasons  { reason, ... } in the order of entries ("" = none), or {} without ARGV[2]
+--
+-- Clock: only ARGV[1], the caller's.
+local rcall = redis.call
+
+local now = ARGV[1]
+local withReasons = ARGV[2] == "1"
+
+local version = rcall("GET", KEYS[3]) or ""
+local live = rcall("ZRANGEBYSCORE", KEYS[1], "(" .. now, "+inf", "WITHSCORES")
+local names = {}
+for i = 2, #live, 2 do
+  if live[i] == "inf" then live[i] = "0" end
+  names[#names + 1] = live[i - 1]
+end
+local reasonList = {}
+if withReasons and #names > 0 then
+  -- HGETALL rather than HMGET: unpacking 100,000 names would overflow Lua's stack.
+  local all = rcall("HGETALL", KEYS[2])
+  local byName = {}
+  for i = 1, #all, 2 do byName[all[i]] = all[i + 1] end
+  for i = 1, #names do reasonList[i] = byName[names[i]] or "" end
+end
+return { version, live, reasonList }
+]==] }
+scripts["ip-access-remove"] = { sha1 = "9ce6983b69dea23349ab9f3cef29859a8ea8cbf6", numkeys = 3, source = [==[
+-- redis-ip-access: remove one entry of a shared list and tell every worker.
+--
+-- Removes the entry and its reason, drops entries expired by ARGV[2]; when something was
+-- removed, gives the list a new version and PUBLISHes its name (see ip-access-add-3.lua).
+-- An emptied list leaves only its version, for a day.
+--
+-- KEYS[1]  entries  krs:redis-ip-access:v1:{<list>}:entries   zset  entry -> expires_at ms (+inf: never)
+-- KEYS[2]  reasons  krs:redis-ip-access:v1:{<list>}:reasons   hash  entry -> reason
+-- KEYS[3]  version  krs:redis-ip-access:v1:{<list>}:version   string
+--
+-- ARGV[1]  entry    the address or CIDR, as it was added
+-- ARGV[2]  now      unix ms, the caller's clock
+-- ARGV[3]  channel  krs:redis-ip-access:v1:changes
+-- ARGV[4]  list     the list's name, the message published
+--
+-- Reply: { removed, version }  removed = 1, or 0 when the list had no such live entry;
+--                              version the list's version ("" when it has none)
+--
+-- Clock: only ARGV[2], the caller's.
+local rcall = redis.call
+
+local entries = KEYS[1]
+local reasons = KEYS[2]
+local versionKey = KEYS[3]
+
+local entry = ARGV[1]
+local now = tonumber(ARGV[2])
+local channel = ARGV[3]
+local list = ARGV[4]
+
+local score = rcall("ZSCORE", entries, entry)
+local live = score and (score == "inf" or tonumber(score) > now)
+rcall("ZREM", entries, entry)
+rcall("HDEL", reasons, entry)
+
+local expired = rcall("ZRANGEBYSCORE", entries, "-inf", now)
+for i = 1, #expired do rcall("HDEL", reasons, expired[i]) end
+local pruned = rcall("ZREMRANGEBYSCORE", entries, "-inf", now)
+
+if not live and pruned == 0 then
+  return { 0, rcall("GET", versionKey) or "" }
+end
+
+local previous = rcall("GET", versionKey)
+local seq = 0
+if previous then seq = tonumber(string.match(previous, "%-(%d+)$")) or 0 end
+local version = ARGV[2] .. "-" .. (seq + 1)
+rcall("SET", versionKey, version)
+
+local last = rcall("ZREVRANGE", entries, 0, 0, "WITHSCORES")
+if last[2] == nil then
+  rcall("DEL", entries, reasons)
+  rcall("PEXPIRE", versionKey, 86400000)
+elseif last[2] == "inf" then
+  rcall("PERSIST", versionKey)
+else
+  rcall("PEXPIREAT", versionKey, tonumber(last[2]) + 86400000)
+end
+
+rcall("PUBLISH", channel, list)
+return { live and 1 or 0, version }
+]==] }
 scripts["key-auth-create"] = { sha1 = "c4069f77be514ade797d80d2f9f51b0efbe34797", numkeys = 3, source = [==[
 -- redis-key-auth: store a new API key (its SHA-256, never the key) and index it, atomically.
 --

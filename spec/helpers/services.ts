@@ -106,6 +106,10 @@ export interface GatewayOptions {
   logLevel?: string;
   /** PEM bundle for cosocket TLS verification (KONG_LUA_SSL_TRUSTED_CERTIFICATE). */
   trustedCertificate?: string;
+  /** KONG_TRUSTED_IPS, KONG_REAL_IP_HEADER, KONG_REAL_IP_RECURSIVE. */
+  trustedIps?: string;
+  realIpHeader?: string;
+  realIpRecursive?: string;
   /** Real Kong only: run it on Postgres (Admin API writes) instead of DB-less. The local gateway always takes writes. */
   database?: boolean;
 }
@@ -135,6 +139,9 @@ export async function gateway(config: object, opts: GatewayOptions = {}): Promis
     luaPackagePath: FIXTURE_LUA_PATH,
     logLevel: opts.logLevel ?? "notice",
     trustedCertificate: opts.trustedCertificate,
+    trustedIps: opts.trustedIps,
+    realIpHeader: opts.realIpHeader,
+    realIpRecursive: opts.realIpRecursive,
   });
   const stop = async () => {
     await stopGateway(prefix);

@@ -28,6 +28,12 @@ export interface StartOptions {
   timeout?: number;
   /** Like KONG_LUA_SSL_TRUSTED_CERTIFICATE (which is the default). */
   trustedCertificate?: string;
+  /** Like KONG_TRUSTED_IPS (the default): comma-separated addresses/CIDRs whose forwarding headers are believed. */
+  trustedIps?: string;
+  /** Like KONG_REAL_IP_HEADER (the default; Kong's default X-Real-IP). */
+  realIpHeader?: string;
+  /** Like KONG_REAL_IP_RECURSIVE (the default; Kong's default off). */
+  realIpRecursive?: string;
 }
 
 const NGINX_CANDIDATES = ["/usr/sbin/nginx", "/usr/local/openresty/nginx/sbin/nginx", "/usr/bin/nginx"];
@@ -117,6 +123,27 @@ async function waitForAdmin(url: string, pid: () => number | undefined, timeoutM
     await new Promise((r) => setTimeout(r, 50));
   }
   return false;
+}
+
+/**
+ * Kong's trusted_ips / real_ip_header / real_ip_recursive, rendered as Kong's nginx
+ * template does (nginx's realip module): only a peer in trusted_ips may say, through the
+ * header, which address the request comes from; everyone else is its own socket address.
+ * Kong's defaults: no trusted peer, X-Real-IP, off. "unix:" is nginx's own token.
+ */
+function realIpDirectives(trustedIps: string, header: string, recursive: string): string {
+  const lines: string[] = [];
+  for (const raw of trustedIps.split(",")) {
+    const entry = raw.trim();
+    if (entry === "" || entry === "NONE") continue;
+    if (entry !== "unix:" && !/^[0-9A-Fa-f:.]+(\/\d{1,3})?$/.test(entry)) throw new GatewayError(`KONG_TRUSTED_IPS: invalid address or CIDR '${entry}'`);
+    lines.push(`set_real_ip_from ${entry};`);
+  }
+  if (!/^[A-Za-z0-9_-]+$/.test(header)) throw new GatewayError(`KONG_REAL_IP_HEADER: invalid header name '${header}'`);
+  if (header === "proxy_protocol") throw new GatewayError("KONG_REAL_IP_HEADER: proxy_protocol is not supported by the local gateway");
+  if (recursive !== "on" && recursive !== "off") throw new GatewayError(`KONG_REAL_IP_RECURSIVE: expected on or off, got '${recursive}'`);
+  lines.push(`real_ip_header ${header};`, `real_ip_recursive ${recursive};`);
+  return lines.join("\n        ");
 }
 
 const SYSTEM_CA_BUNDLES = ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"];
@@ -274,6 +301,11 @@ export async function startGateway(opts: StartOptions): Promise<StartedGateway> 
     lua_ssl_verify_depth: process.env.KONG_LUA_SSL_VERIFY_DEPTH ?? "1",
     proxy_listen: listen(proxy),
     admin_listen: listen(admin),
+    real_ip: realIpDirectives(
+      opts.trustedIps ?? process.env.KONG_TRUSTED_IPS ?? "",
+      opts.realIpHeader ?? process.env.KONG_REAL_IP_HEADER ?? "X-Real-IP",
+      opts.realIpRecursive ?? process.env.KONG_REAL_IP_RECURSIVE ?? "off",
+    ),
   }));
   writeFileSync(join(prefix, "logs", "error.log"), "");
   chmodSync(join(prefix, "logs", "error.log"), PRIVATE_FILE);
@@ -322,7 +354,8 @@ const USAGE = `usage:
   krs gateway stop --prefix DIR
 
 environment: KONG_PLUGINS (default "bundled"), KONG_LUA_PACKAGE_PATH, KONG_LOG_LEVEL,
-  KONG_LUA_SSL_TRUSTED_CERTIFICATE (default "system"), KONG_LUA_SSL_VERIFY_DEPTH (default 1), KRS_NGINX`;
+  KONG_LUA_SSL_TRUSTED_CERTIFICATE (default "system"), KONG_LUA_SSL_VERIFY_DEPTH (default 1), KONG_TRUSTED_IPS (default none),
+  KONG_REAL_IP_HEADER (default X-Real-IP), KONG_REAL_IP_RECURSIVE (default off), KRS_NGINX`;
 
 export async function gatewayCommand(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;

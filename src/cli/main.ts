@@ -2,6 +2,7 @@
 import { UsageError } from "./args.js";
 import { cacheCommand } from "./cache.js";
 import { GatewayError, gatewayCommand } from "./gateway.js";
+import { ipCommand } from "./ip.js";
 import { keysCommand } from "./keys.js";
 import { upstreamCommand } from "./upstream.js";
 
@@ -12,7 +13,8 @@ const USAGE = `usage: krs <command> ...
   krs keys create --consumer USERNAME [--consumer-id ID] [--custom-id ID] [--ttl SECONDS] [--redis URL]
   krs keys revoke KEY_OR_ID [--redis URL]
   krs keys list [--consumer USERNAME] [--json] [--redis URL]
-  krs cache purge [KEY] [--redis URL]     drop one redis-cache entry (an X-Cache-Key), or all of them`;
+  krs cache purge [KEY] [--redis URL]     drop one redis-cache entry (an X-Cache-Key), or all of them
+  krs ip deny|allow add|remove|list LIST [CIDR] [--ttl 1h] [--reason TEXT] [--redis URL]`;
 
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -26,6 +28,8 @@ export async function main(argv: string[]): Promise<number> {
         return await cacheCommand(rest);
       case "keys":
         return await keysCommand(rest);
+      case "ip":
+        return await ipCommand(rest);
       case undefined:
       case "help":
       case "--help":

@@ -244,8 +244,10 @@ export function access(this: void): void {
     const values = requestHeaders.get("x-forwarded-for");
     forwardedFor = type(values) === "table" ? (values as string[])[0] : (values as string | undefined);
   }
-  const remoteAddr = ngx.var["remote_addr"] ?? "";
-  ngx.var["upstream_x_forwarded_for"] = forwardedFor !== undefined ? `${forwardedFor}, ${remoteAddr}` : remoteAddr;
+  // As Kong: the peer that sent the header is appended (realip_remote_addr: the trusted
+  // proxy, not the address the realip module took from the header).
+  const peerAddr = ngx.var["realip_remote_addr"] ?? ngx.var["remote_addr"] ?? "";
+  ngx.var["upstream_x_forwarded_for"] = forwardedFor !== undefined ? `${forwardedFor}, ${peerAddr}` : (ngx.var["remote_addr"] ?? "");
 
   runAccess(runtime.plugins);
   clearHopByHopHeaders();

@@ -1,0 +1,256 @@
+/**
+ * IPv4/IPv6 addresses and CIDRs as fixed-width binary strings, and the matcher every
+ * worker compiles from a list: merged, sorted ranges, one per family, searched by
+ * bisection (O(log n) per lookup, whatever the list's size).
+ *
+ * IPv4 is 4 bytes, IPv6 16. An IPv4-mapped IPv6 address (::ffff:a.b.c.d), and a CIDR
+ * inside ::ffff:0:0/96, is taken as the IPv4 one, so a mapped client matches its IPv4
+ * rules. Binary strings of one width compare in address order with Lua's `<` (LuaJIT
+ * compares bytes, not by locale).
+ *
+ * Pure Lua (no ngx): the schema validates with the same parser the matcher uses, so an
+ * entry the config accepts is one the matcher understands.
+ */
+const char = string.char;
+const byte = string.byte;
+const sub = string.sub;
+const find = string.find;
+const match = string.match;
+const floor = math.floor;
+
+const MAPPED_PREFIX = string.rep(char(0), 10) + char(255, 255);
+/** An address longer than this is not one (the longest IPv6 text with an IPv4 tail is 45). */
+const MAX_TEXT = 64;
+
+function parseV4(this: void, text: string): string | undefined {
+  const [a, b, c, d] = match(text, "^(%d%d?%d?)%.(%d%d?%d?)%.(%d%d?%d?)%.(%d%d?%d?)$");
+  if (a === undefined) return undefined;
+  const octets = [tonumber(a)!, tonumber(b)!, tonumber(c)!, tonumber(d)!];
+  for (const o of octets) if (o > 255) return undefined;
+  return char(octets[0], octets[1], octets[2], octets[3]);
+}
+
+/** Hex groups separated by ":" (no empty group), as 16-bit numbers; an IPv4 tail counts as two. */
+function groups(this: void, text: string, allowV4Tail: boolean, out: number[]): boolean {
+  if (text === "") return true;
+  let start = 1;
+  const length = text.length;
+  while (start <= length + 1) {
+    let [stop] = find(text, ":", start, true);
+    const last = stop === undefined;
+    if (stop === undefined) stop = length + 1;
+    const group = sub(text, start, stop - 1);
+    if (last && allowV4Tail && find(group, ".", 1, true)[0] !== undefined) {
+      const v4 = parseV4(group);
+      if (v4 === undefined) return false;
+      const [b1, b2, b3, b4] = byte(v4, 1, 4);
+      out.push(b1 * 256 + b2);
+      out.push(b3 * 256 + b4);
+      return true;
+    }
+    if (match(group, "^%x%x?%x?%x?$")[0] === undefined) return false;
+    out.push(tonumber(group, 16)!);
+    if (last) return true;
+    start = stop + 1;
+  }
+  return false;
+}
+
+function parseV6(this: void, text: string): string | undefined {
+  if (match(text, "^[%x:.]+$")[0] === undefined) return undefined;
+  const [gap] = find(text, "::", 1, true);
+  const head: number[] = [];
+  const tail: number[] = [];
+  if (gap === undefined) {
+    if (!groups(text, true, head) || head.length !== 8) return undefined;
+  } else {
+    if (find(text, "::", gap + 1, true)[0] !== undefined) return undefined;
+    if (!groups(sub(text, 1, gap - 1), false, head) || !groups(sub(text, gap + 2), true, tail)) return undefined;
+    if (head.length + tail.length > 7) return undefined;
+    const zeros = 8 - head.length - tail.length;
+    for (let i = 0; i < zeros; i++) head.push(0);
+    for (const g of tail) head.push(g);
+  }
+  const bytes: number[] = [];
+  for (const g of head) {
+    bytes.push(floor(g / 256));
+    bytes.push(g % 256);
+  }
+  return char(...bytes);
+}
+
+/** The address as 4 (IPv4, also when mapped into IPv6) or 16 bytes; undefined when it is not one. */
+export function parseAddress(this: void, text: unknown): string | undefined {
+  if (type(text) !== "string") return undefined;
+  const s = text as string;
+  if (s === "" || s.length > MAX_TEXT) return undefined;
+  if (find(s, ":", 1, true)[0] === undefined) return parseV4(s);
+  const v6 = parseV6(s);
+  if (v6 !== undefined && sub(v6, 1, 12) === MAPPED_PREFIX) return sub(v6, 13);
+  return v6;
+}
+
+/** The first and last address of `bin`'s /prefix network. */
+function bounds(this: void, bin: string, prefix: number): LuaMultiReturn<[string, string]> {
+  const first: number[] = [];
+  const last: number[] = [];
+  for (let i = 0; i < bin.length; i++) {
+    const b = byte(bin, i + 1);
+    const kept = prefix - 8 * i;
+    if (kept >= 8) {
+      first.push(b);
+      last.push(b);
+    } else if (kept <= 0) {
+      first.push(0);
+      last.push(255);
+    } else {
+      const span = 2 ** (8 - kept);
+      const low = b - (b % span);
+      first.push(low);
+      last.push(low + span - 1);
+    }
+  }
+  return $multi(char(...first), char(...last));
+}
+
+function v4String(this: void, n: number): string {
+  return char(floor(n / 16777216) % 256, floor(n / 65536) % 256, floor(n / 256) % 256, n % 256);
+}
+
+/** The common case, without the general path's tables: "a.b.c.d" or "a.b.c.d/p". */
+function parseV4Entry(this: void, s: string): LuaMultiReturn<[string | undefined, string | undefined]> {
+  const [a, b, c, d, p] = match(s, "^(%d%d?%d?)%.(%d%d?%d?)%.(%d%d?%d?)%.(%d%d?%d?)/?(%d?%d?)$");
+  if (a === undefined) return $multi(undefined, undefined);
+  const [na, nb, nc, nd] = [tonumber(a)!, tonumber(b)!, tonumber(c)!, tonumber(d)!];
+  if (na > 255 || nb > 255 || nc > 255 || nd > 255) return $multi(undefined, undefined);
+  const hasSlash = find(s, "/", 1, true)[0] !== undefined;
+  if (hasSlash && p === "") return $multi(undefined, undefined);
+  const prefix = hasSlash ? tonumber(p)! : 32;
+  if (prefix > 32) return $multi(undefined, undefined);
+  const n = ((na * 256 + nb) * 256 + nc) * 256 + nd;
+  const span = 2 ** (32 - prefix);
+  const first = n - (n % span);
+  return $multi(v4String(first), v4String(first + span - 1));
+}
+
+/**
+ * An address or CIDR as its first and last address (same width), or undefined and why,
+ * naming the value. An address alone is a /32 or /128.
+ */
+export function parseEntry(this: void, text: unknown): LuaMultiReturn<[string | undefined, string | undefined, string | undefined]> {
+  if (type(text) !== "string") return $multi(undefined, undefined, "invalid ip or cidr range: not a string");
+  const s = text as string;
+  const [fastFirst, fastLast] = parseV4Entry(s);
+  if (fastFirst !== undefined) return $multi(fastFirst, fastLast, undefined);
+  const shown = s.length > MAX_TEXT ? sub(s, 1, MAX_TEXT) + "..." : s;
+  const [slash] = find(s, "/", 1, true);
+  const addrText = slash === undefined ? s : sub(s, 1, slash - 1);
+  if (find(addrText, "%", 1, true)[0] !== undefined) return $multi(undefined, undefined, `invalid ip or cidr range: '${shown}' (zone ids are not allowed)`);
+  let bin: string | undefined;
+  let isV6Text = find(addrText, ":", 1, true)[0] !== undefined;
+  if (addrText !== "" && addrText.length <= MAX_TEXT) bin = isV6Text ? parseV6(addrText) : parseV4(addrText);
+  if (bin === undefined) return $multi(undefined, undefined, `invalid ip or cidr range: '${shown}'`);
+  const max = bin.length * 8;
+  let prefix = max;
+  if (slash !== undefined) {
+    const prefixText = sub(s, slash + 1);
+    if (match(prefixText, "^%d%d?%d?$")[0] === undefined || tonumber(prefixText)! > max) {
+      return $multi(undefined, undefined, `invalid ip or cidr range: '${shown}' (the prefix length must be 0-${max})`);
+    }
+    prefix = tonumber(prefixText)!;
+  }
+  if (isV6Text && sub(bin, 1, 12) === MAPPED_PREFIX && prefix >= 96) {
+    bin = sub(bin, 13);
+    prefix = prefix - 96;
+    isV6Text = false;
+  }
+  const [first, last] = bounds(bin, prefix);
+  return $multi(first, last, undefined);
+}
+
+/** Kong's schema custom_validator shape: true, or nil and the message. */
+export function validateEntry(this: void, value: unknown): LuaMultiReturn<[true | undefined, string | undefined]> {
+  const [first, , err] = parseEntry(value);
+  if (first === undefined) return $multi(undefined, err);
+  return $multi(true, undefined);
+}
+
+/** Merged ranges of one width, sorted: starts[i] <= ends[i] < starts[i + 1]. */
+interface Ranges {
+  starts: string[];
+  ends: string[];
+}
+
+export interface Matcher {
+  v4: Ranges;
+  v6: Ranges;
+  /** Entries it was built from. */
+  size: number;
+}
+
+function merge(this: void, spans: string[], width: number): Ranges {
+  // One string per span, first then last: the default comparator sorts them by first
+  // address without a Lua callback per comparison (100,000 entries load in milliseconds).
+  table.sort(spans);
+  const starts: string[] = [];
+  const ends: string[] = [];
+  let n = 0;
+  for (const span of spans) {
+    const first = sub(span, 1, width);
+    const last = sub(span, width + 1);
+    if (n > 0 && first <= ends[n - 1]) {
+      if (last > ends[n - 1]) ends[n - 1] = last;
+    } else {
+      starts[n] = first;
+      ends[n] = last;
+      n++;
+    }
+  }
+  return { starts, ends };
+}
+
+/** A matcher from (first, last) pairs as parseEntry returns them. */
+export function compile(this: void, firsts: string[], lasts: string[]): Matcher {
+  const v4: string[] = [];
+  const v6: string[] = [];
+  for (let i = 0; i < firsts.length; i++) {
+    const first = firsts[i];
+    if (first.length === 4) v4.push(first + lasts[i]);
+    else v6.push(first + lasts[i]);
+  }
+  return { v4: merge(v4, 4), v6: merge(v6, 16), size: firsts.length };
+}
+
+/** A matcher from a list of textual entries; raises on an invalid one (schemas validate them first). */
+export function compileList(this: void, entries: string[] | undefined): Matcher {
+  const firsts: string[] = [];
+  const lasts: string[] = [];
+  if (entries !== undefined && type(entries) === "table") {
+    for (const entry of entries) {
+      const [first, last, err] = parseEntry(entry);
+      if (first === undefined) error(err!);
+      firsts.push(first);
+      lasts.push(last!);
+    }
+  }
+  return compile(firsts, lasts);
+}
+
+/** Whether the binary address `bin` (from parseAddress) is in one of the matcher's ranges. */
+export function contains(this: void, m: Matcher, bin: string): boolean {
+  const ranges = bin.length === 4 ? m.v4 : m.v6;
+  const starts = ranges.starts;
+  let lo = 0;
+  let hi = starts.length - 1;
+  let found = -1;
+  while (lo <= hi) {
+    const mid = floor((lo + hi) / 2);
+    if (starts[mid] <= bin) {
+      found = mid;
+      lo = mid + 1;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return found >= 0 && bin <= ranges.ends[found];
+}
