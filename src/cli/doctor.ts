@@ -1,0 +1,2 @@
+import type { Register } from "./command.js";
+export const registerDoctor: Register = () => {};
