@@ -82,7 +82,9 @@ export async function purge(redis: Redis, where: string, opts: PurgeOptions, onP
 }
 
 export function formatPurge(r: PurgeReport): string {
+  const order = [...keyKindsOf(r.plugin).map((k) => k.kind), "(unknown)"];
   const perKind = Object.entries(r.removed)
+    .sort(([a], [b]) => order.indexOf(a) - order.indexOf(b))
     .filter(([, n]) => n > 0)
     .map(([k, n]) => `${k} ${n}`)
     .join(", ");
