@@ -47,7 +47,7 @@ export function bundledPlugins(root = suiteRoot()): string[] {
   return readdirSync(dir).filter((name) => existsSync(join(dir, name, "handler.lua"))).sort();
 }
 
-function expandPlugins(list: string, root: string): string[] {
+export function expandPlugins(list: string, root: string): string[] {
   const out: string[] = [];
   for (const raw of list.split(",")) {
     const name = raw.trim();
