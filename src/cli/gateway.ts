@@ -347,6 +347,9 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     console.log(stopped ? `gateway stopped (${resolve(prefix)})` : `no gateway running under ${resolve(prefix)}`);
     return 0;
   }
-  console.error(USAGE);
-  return sub === undefined || sub === "help" || sub === "--help" ? 0 : 2;
+  if (sub === undefined || sub === "help" || sub === "--help") {
+    console.log(USAGE);
+    return 0;
+  }
+  throw new UsageError(`gateway: unknown subcommand '${sub}' (start, stop; krs gateway --help)`);
 }

@@ -51,7 +51,7 @@ export async function main(argv: string[]): Promise<number> {
   const status = { code: 0 };
   const krs = program(status);
   if (argv.length === 0) {
-    console.log(krs.helpInformation().replace(/\n$/, ""));
+    krs.outputHelp();
     return 0;
   }
   try {
@@ -64,6 +64,8 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 async function ownParser(run: (argv: string[]) => Promise<number>, argv: string[]): Promise<number> {
+  // `krs keys create --help` and the like: the command's whole usage.
+  if (argv.includes("--help") || argv.includes("-h")) argv = ["--help"];
   try {
     return await run(argv);
   } catch (e) {

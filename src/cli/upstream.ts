@@ -248,7 +248,7 @@ export async function upstreamCommand(argv: string[]): Promise<number> {
   }
   const args = parseArgs(argv);
   if (typeof args === "string") {
-    console.error(`krs upstream: ${args}\n${USAGE}`);
+    console.error(`krs upstream: ${args} (krs upstream --help)`);
     return 2;
   }
   let server: UpstreamServer;
