@@ -62,6 +62,8 @@ interface ScenarioBase {
   wrkLua?: string;
   /** Name of the scenario this one is compared with; it runs in the same invocation. */
   baseline?: string;
+  /** The req/s ratio to the baseline this scenario should reach (the chart's goal line). */
+  goal?: number;
   /** Status a single check request must get before the load starts (default 200).
    *  When it is >= 400, wrk's error-status count is expected and not flagged. */
   expectStatus?: number;
@@ -142,6 +144,7 @@ export const SCENARIOS: Scenario[] = [
     config: (env) => oneService(env),
     path: "/",
     baseline: "upstream-direct",
+    goal: 0.35,
   },
   {
     name: "rate-limit-under-limit",
@@ -151,6 +154,7 @@ export const SCENARIOS: Scenario[] = [
     config: (env) => oneService(env, { plugins: [{ name: "redis-rate-limit", config: { minute: 1_000_000_000, redis: { port: env.redisPort } } }] }),
     path: "/",
     baseline: "gateway-no-plugins",
+    goal: 0.4,
   },
   {
     name: "rate-limit-rejecting",
@@ -162,6 +166,7 @@ export const SCENARIOS: Scenario[] = [
     path: "/",
     expectStatus: 429,
     baseline: "gateway-no-plugins",
+    goal: 0.9,
   },
   {
     name: "key-auth-warm",
@@ -177,6 +182,7 @@ export const SCENARIOS: Scenario[] = [
     headers: { apikey: BENCH_API_KEY },
     path: "/",
     baseline: "gateway-no-plugins",
+    goal: 0.8,
   },
   {
     name: "cache-l1-hit",
@@ -186,6 +192,7 @@ export const SCENARIOS: Scenario[] = [
     config: (env) => oneService(env, { plugins: [{ name: "redis-cache", config: { redis: { port: env.redisPort } } }] }),
     path: "/",
     baseline: "gateway-no-plugins",
+    goal: 0.9,
   },
   {
     name: "cache-l2-hit",
@@ -195,6 +202,7 @@ export const SCENARIOS: Scenario[] = [
     config: (env) => oneService(env, { plugins: [{ name: "redis-cache", config: { l1_ttl: 0, redis: { port: env.redisPort } } }] }),
     path: "/",
     baseline: "gateway-no-plugins",
+    goal: 0.5,
   },
   {
     name: "cache-miss",
@@ -211,6 +219,7 @@ export const SCENARIOS: Scenario[] = [
       "function request() n = n + 1; return wrk.format(nil, \"/?miss=\" .. tid .. \"-\" .. n) end",
     ].join("\n"),
     baseline: "gateway-no-plugins",
+    goal: 0.25,
   },
   {
     name: "nginx-proxy-cache-hit",
