@@ -232,6 +232,22 @@ describe("krs purge", () => {
     expect((await run("purge", "--plugin", "redis-cache", "--redis", url, "--json")).out).toContain(`"total": 0`);
   }, 60_000);
 
+  it("removes the redis-cache generation only after every entry (else old entries of generation 0 could be read again)", async () => {
+    await redis.flushdb();
+    await fill(redis, { rl: 0, ka: 0, cache: 2000, other: 0 }, 0);
+    const monitor = await redis.monitor();
+    const unlinked: string[] = [];
+    monitor.on("monitor", (_time: string, args: string[]) => {
+      if (String(args[0]).toLowerCase() === "unlink") unlinked.push(...args.slice(1));
+    });
+    const r = await run("purge", "--plugin", "redis-cache", "--redis", url, "--batch", "100");
+    expect(r.code).toBe(0);
+    for (let i = 0; i < 100 && unlinked.length < 2001; i++) await new Promise((res) => setTimeout(res, 20));
+    monitor.disconnect();
+    expect(unlinked).toHaveLength(2001);
+    expect(unlinked.indexOf("krs:redis-cache:v1:{ns}:generation")).toBe(2000);
+  });
+
   it("--kind and --match narrow it down; --max-ops-per-sec paces it", async () => {
     await redis.flushdb();
     const made = await fill(redis, { rl: 3000, ka: 1000, cache: 0, other: 0 });
