@@ -66,3 +66,17 @@ describe("bad arguments", () => {
     });
   }
 });
+
+describe("arguments that start with one dash", () => {
+  it("stay arguments: an API key may start with '-' (base64url)", () => {
+    const r = krs("keys", "revoke", "-Zm9vYmFy");
+    expect(r.stderr.trim()).toMatch(/^krs: could not connect to redis at redis:\/\/127\.0\.0\.1:1/);
+    expect(r.status).toBe(1);
+  });
+
+  it("--switch=value is refused in one line", () => {
+    const r = krs("keys", "list", "--json=yes");
+    expect(r).toMatchObject({ status: 2, stderr: "krs: --json takes no value\n" });
+  });
+});
+
