@@ -152,7 +152,8 @@ export function formatInspect(r: InspectReport): string {
     k.plugin,
     k.kind,
     String(k.count),
-    k.memory.error === 0 ? bytes(k.memory.bytes) : `${bytes(k.memory.bytes)} ± ${bytes(k.memory.error)}`,
+    // "~": extrapolated from a sample (all of whose keys had one size when no ± follows).
+    `${k.memory.sampled < k.count ? "~" : ""}${bytes(k.memory.bytes)}${k.memory.error > 0 ? ` ± ${bytes(k.memory.error)}` : ""}`,
     `${k.memory.sampled}/${k.count}`,
     ...TTL_BUCKETS.map((b) => String(k.ttl[b])),
     k.missingTtl > 0 ? paint("red", `${k.missingTtl} FLAGGED`) : "0",
