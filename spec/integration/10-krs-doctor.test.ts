@@ -81,6 +81,32 @@ describe("krs doctor on real Redis", () => {
     expect(r.out).not.toMatch(/wrong-pw|right-pw/);
   });
 
+  it("finds a password Redis does not want (the gateway's AUTH is refused) and a database out of range", async () => {
+    const redis = await startRedis(["--databases", "4"]);
+    const file = configFile([
+      { name: "redis-rate-limit", config: { minute: 5, redis: { port: redis.port, password: "not-needed" } } },
+      { name: "redis-cache", config: { redis: { port: redis.port, database: 9 } } },
+    ]);
+    const r = await run("doctor", "--config", file);
+    expect(r.code).toBe(2);
+    expect(r.out).toMatch(/^error redis-rate-limit \(route r\): .*AUTH refused: .*without any password configured.* → Redis has no password: remove config.redis.password/m);
+    expect(r.out).toMatch(/^error redis-cache \(route r\): Redis redis:\/\/127\.0\.0\.1:\d+\/9: .*DB index is out of range → set config.redis.database/m);
+    expect(r.out).not.toContain("not-needed");
+  });
+
+  it("--redis checks one more server with the URL's credentials", async () => {
+    const redis = await startRedis(["--requirepass", "url-pw", "--maxmemory-policy", "allkeys-random"]);
+    const file = configFile([]);
+    const r = await run("doctor", "--config", file, "--redis", `redis://:url-pw@127.0.0.1:${redis.port}/0`);
+    expect(r.out).toMatch(new RegExp(`^warn\\s+Redis redis://:\\*\\*\\*@127\\.0\\.0\\.1:${redis.port}/0: maxmemory-policy allkeys-random`, "m"));
+    expect(r.out).not.toContain("url-pw");
+    expect(r.code).toBe(1);
+    const bad = await run("doctor", "--config", file, "--redis", `redis://:nope-pw@127.0.0.1:${redis.port}/0`);
+    expect(bad.code).toBe(2);
+    expect(bad.err).toMatch(/^krs doctor: could not connect to redis at redis:\/\/:\*\*\*@127\.0\.0\.1:\d+\/0: AUTH refused: WRONGPASS/);
+    expect(bad.err).not.toContain("nope-pw");
+  });
+
   it("finds an unreachable Redis and a vault reference unset here", async () => {
     const file = configFile([{ name: "redis-rate-limit", config: { minute: 5, redis: { port: 1, password: "{vault://env/krs-doctor-test-pw}" } } }]);
     const r = await run("doctor", "--config", file);

@@ -92,6 +92,7 @@ function versionAtLeast(version: string, min: string): boolean {
 
 /** Turns a connection error into what to change. */
 function connectFix(error: string): string {
+  if (/without any password configured/i.test(error)) return "Redis has no password: remove config.redis.password (the gateway's AUTH is refused), or set requirepass";
   if (/WRONGPASS|invalid username-password|invalid password/i.test(error)) return "set config.redis.password (and username with ACLs) to what Redis expects";
   if (/NOAUTH|Authentication required/i.test(error)) return "Redis requires a password: set config.redis.password";
   if (/DB index is out of range/i.test(error)) return "set config.redis.database within Redis's `databases`";
@@ -225,10 +226,11 @@ function connectOptions(r: RedisSettings): RedisOptions {
   return {
     host: r.host,
     port: r.port,
-    db: r.database,
-    username: r.username,
-    password: r.password,
     tls: r.ssl ? { rejectUnauthorized: r.ssl_verify, servername: r.server_name } : undefined,
+    // RESP2, as lua-resty-redis speaks: no HELLO before our own AUTH.
+    protocol: 2,
+    // The ready check (INFO) would run before our AUTH.
+    enableReadyCheck: false,
     connectTimeout: Math.max(1, r.timeout),
     lazyConnect: true,
     maxRetriesPerRequest: 0,
@@ -237,19 +239,32 @@ function connectOptions(r: RedisSettings): RedisOptions {
   };
 }
 
-async function tryConnect(options: RedisOptions): Promise<{ redis?: Redis; error?: string }> {
+/**
+ * Connects, then sends AUTH and SELECT itself, as the gateway does (src/lib/redis/client.ts):
+ * ioredis would let an AUTH refused by a Redis without a password pass with a warning, where
+ * the gateway refuses the connection.
+ */
+async function tryConnect(options: RedisOptions, auth: { username?: string; password?: string; database: number }): Promise<{ redis?: Redis; error?: string }> {
   const redis = new Redis(options);
   let reason: Error | undefined;
   redis.on("error", (e: Error) => (reason = e));
   try {
     await redis.connect();
+    if (auth.password !== undefined) {
+      try {
+        await (auth.username !== undefined ? redis.call("AUTH", auth.username, auth.password) : redis.call("AUTH", auth.password));
+      } catch (e) {
+        throw new Error(`AUTH refused: ${(e as Error).message}`);
+      }
+    }
+    if (auth.database !== 0) await redis.select(auth.database);
     await redis.ping();
     return { redis };
   } catch (e) {
     redis.disconnect();
-    const message = (reason ?? (e as Error)).message;
+    const message = (e instanceof Error && e.message.startsWith("AUTH refused") ? e : (reason ?? (e as Error))).message;
     // Never a password in a finding, whatever the server echoes.
-    return { error: options.password ? message.split(options.password).join("***") : message };
+    return { error: auth.password ? message.split(auth.password).join("***") : message };
   }
 }
 
@@ -290,7 +305,7 @@ export async function gather(configPath: string, extraRedisUrl?: string): Promis
   const seen = new Map<string, Redis | undefined>();
   try {
     for (const u of facts.uses) {
-      const { redis, error } = await tryConnect(connectOptions(u.redis));
+      const { redis, error } = await tryConnect(connectOptions(u.redis), u.redis);
       facts.connectErrors.push(error);
       const endpoint = endpointOf(u.redis);
       if (redis !== undefined && !seen.has(endpoint)) {
@@ -299,7 +314,8 @@ export async function gather(configPath: string, extraRedisUrl?: string): Promis
       } else redis?.disconnect();
     }
     if (extraRedisUrl !== undefined) {
-      const { redis, error } = await tryConnect({ ...connectOptions({ host: "127.0.0.1", port: 6379, database: 0, ssl: false, ssl_verify: false, timeout: 5000 }), ...parseUrl(extraRedisUrl) });
+      const { auth, ...target } = parseUrl(extraRedisUrl);
+      const { redis, error } = await tryConnect({ ...connectOptions({ host: "127.0.0.1", port: 6379, database: 0, ssl: false, ssl_verify: false, timeout: 5000 }), ...target }, auth);
       if (redis === undefined) throw new Error(`could not connect to redis at ${redactedUrl(extraRedisUrl)}: ${error}`);
       facts.servers.push(await serverFacts(redis, redactedUrl(extraRedisUrl)));
       redis.disconnect();
@@ -310,16 +326,18 @@ export async function gather(configPath: string, extraRedisUrl?: string): Promis
   return facts;
 }
 
-function parseUrl(url: string): RedisOptions {
+function parseUrl(url: string): RedisOptions & { auth: { username?: string; password?: string; database: number } } {
   if (!/^rediss?:\/\//.test(url)) throw new UsageError(`--redis: expected redis://[user:pass@]host:port/db, got '${url}'`);
   const u = new URL(url);
   return {
     host: u.hostname || "127.0.0.1",
     port: Number(u.port || 6379),
-    db: Number(u.pathname.replace(/^\//, "") || 0),
-    username: u.username ? decodeURIComponent(u.username) : undefined,
-    password: u.password ? decodeURIComponent(u.password) : undefined,
     tls: u.protocol === "rediss:" ? {} : undefined,
+    auth: {
+      username: u.username ? decodeURIComponent(u.username) : undefined,
+      password: u.password ? decodeURIComponent(u.password) : undefined,
+      database: Number(u.pathname.replace(/^\//, "") || 0),
+    },
   };
 }
 
