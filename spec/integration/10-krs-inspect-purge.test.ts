@@ -264,6 +264,23 @@ describe("krs purge", () => {
     expect(await redis.dbsize()).toBe(3000 - plugin3 + 3); // + ids, expiring, generation
   }, 60_000);
 
+  it("Ctrl-C stops after the batch in flight, says how many went, and keeps the generation", async () => {
+    await redis.flushdb();
+    await fill(redis, { rl: 0, ka: 0, cache: 3000, other: 0 });
+    expect(await redis.dbsize()).toBe(3003); // + key-auth ids and expiring, + generation
+    const child = spawn("node", [KRS, "purge", "--plugin", "redis-cache", "--redis", url, "--batch", "50", "--max-ops-per-sec", "500"], { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    child.stdout.on("data", (d) => (out += d));
+    await new Promise((r) => setTimeout(r, 1500));
+    child.kill("SIGINT");
+    const code = await new Promise<number | null>((r) => child.once("exit", (c) => r(c)));
+    expect(code).toBe(130);
+    const removed = Number(/^removed (\d+) redis-cache keys .*; interrupted before the end, run again to finish$/m.exec(out)?.[1]);
+    expect(removed).toBeGreaterThan(0);
+    expect(await redis.dbsize(), out).toBe(3003 - removed);
+    expect(await redis.exists("krs:redis-cache:v1:{ns}:generation")).toBe(1);
+  }, 30_000);
+
   it("says in one line when Redis cannot be reached", async () => {
     const r = await run("purge", "--plugin", "redis-cache", "--redis", "redis://:secret-pw@127.0.0.1:1");
     expect(r.code).toBe(1);
