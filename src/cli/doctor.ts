@@ -12,7 +12,7 @@ import type { Command } from "commander";
 import { Option } from "commander";
 import { Redis, type RedisOptions } from "ioredis";
 import { parse as parseYaml } from "yaml";
-import { failureLine, jsonOption, redisOption, UsageError, type Register } from "./command.js";
+import { failureLine, jsonOption, UsageError, type Register } from "./command.js";
 import { expandPlugins } from "./gateway.js";
 import { knownPlugins } from "./key-kinds.js";
 import { suiteRoot } from "./paths.js";
@@ -351,7 +351,7 @@ export const registerDoctor: Register = (program: Command, run) => {
     .command("doctor")
     .description("check a deployment: Redis reachable with each plugin's settings, eviction policy, persistence, version, clocks, the config valid; exit 0 ok, 1 warnings, 2 errors")
     .addOption(new Option("--config <file>", "the declarative config (kong.yml)").makeOptionMandatory())
-    .addOption(redisOption().default(undefined, "the plugins' own settings").argParser((v) => v))
+    .addOption(new Option("--redis <url>", "also check this Redis server, with the URL's credentials (redis://[user:pass@]host:port/db, rediss:// for TLS)"))
     .addOption(jsonOption())
     .action(
       run("doctor", async (opts: { config: string; redis?: string; json?: boolean }) => {
