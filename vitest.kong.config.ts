@@ -32,6 +32,7 @@ export default defineConfig({
       "spec/integration/05-rock.test.ts",
       "spec/integration/06-compose.test.ts",
       "spec/integration/upstream.test.ts",
+      "spec/integration/10-krs-*.test.ts",
     ],
     // A Kong container per gateway(): fewer at once than local gateways, and pulls take a while.
     fileParallelism: true,

@@ -1,5 +1,8 @@
 // The benchmark report: comparison with baselines, the console table, latest.md.
 
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import type { WrkResult } from "./wrk.js";
 
 export interface Comparison {
@@ -138,4 +141,31 @@ export function markdown(report: Report): string {
     "",
   ];
   return lines.join("\n");
+}
+
+/** latest.md and latest.svg from a report (`make bench` and `npm run bench:report`). */
+export async function writeLatest(report: Report, dir: string): Promise<string[]> {
+  const { chartSvg } = await import("./chart.js");
+  const { SCENARIOS } = await import("./scenarios.js");
+  const goals = Object.fromEntries(SCENARIOS.map((s) => [s.name, s.goal]));
+  const md = path.join(dir, "latest.md");
+  const svg = path.join(dir, "latest.svg");
+  writeFileSync(md, markdown(report));
+  writeFileSync(svg, await chartSvg(report, goals));
+  return [md, svg];
+}
+
+/** The newest report JSON in `dir` (file names are ISO timestamps). */
+export function newestReport(dir: string): string {
+  const files = readdirSync(dir).filter((f) => /^\d{4}-.*\.json$/.test(f)).sort();
+  if (files.length === 0) throw new Error(`no benchmark JSON in ${dir}: run make bench`);
+  return path.join(dir, files[files.length - 1]);
+}
+
+// `npm run bench:report [FILE.json]`: redraws latest.md and latest.svg from the JSON, so neither can drift from it.
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), "results");
+  const file = process.argv[2] ?? newestReport(dir);
+  const written = await writeLatest(JSON.parse(readFileSync(file, "utf8")) as Report, dir);
+  console.log(`bench:report: ${path.relative(process.cwd(), file)} -> ${written.map((w) => path.relative(process.cwd(), w)).join(", ")}`);
 }

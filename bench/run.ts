@@ -27,7 +27,7 @@ import {
   startNginxUpstream,
   startRedis,
 } from "./procs.js";
-import { compare, consoleTable, flagsFor, markdown, NOTE, type Report, type ScenarioResult, type Settings } from "./report.js";
+import { compare, consoleTable, flagsFor, NOTE, writeLatest, type Report, type ScenarioResult, type Settings } from "./report.js";
 import { SCENARIOS, type BenchEnv, type Scenario } from "./scenarios.js";
 import { runWrk, stopRunningWrk, wrkRequestScript } from "./wrk.js";
 
@@ -303,10 +303,10 @@ async function main(argv: string[]): Promise<number> {
   mkdirSync(RESULTS_DIR, { recursive: true });
   const jsonFile = path.join(RESULTS_DIR, `${timestamp(date)}.json`);
   writeFileSync(jsonFile, `${JSON.stringify(report, null, 2)}\n`);
-  writeFileSync(path.join(RESULTS_DIR, "latest.md"), markdown(report));
+  await writeLatest(report, RESULTS_DIR);
 
   console.log(`\n${consoleTable(results)}\n\n${NOTE}\n`);
-  console.log(`bench: wrote ${path.relative(process.cwd(), jsonFile)} and ${path.relative(process.cwd(), path.join(RESULTS_DIR, "latest.md"))}`);
+  console.log(`bench: wrote ${path.relative(process.cwd(), jsonFile)} and ${path.relative(process.cwd(), path.join(RESULTS_DIR, "latest.md"))} (+ latest.svg)`);
 
   const failed = results.filter((r) => r.status === "failed");
   const flagged = results.filter((r) => r.status === "flagged");

@@ -62,6 +62,8 @@ interface ScenarioBase {
   wrkLua?: string;
   /** Name of the scenario this one is compared with; it runs in the same invocation. */
   baseline?: string;
+  /** The req/s ratio to the baseline this scenario should reach (the chart's goal line). */
+  goal?: number;
   /** Status a single check request must get before the load starts (default 200).
    *  When it is >= 400, wrk's error-status count is expected and not flagged. */
   expectStatus?: number;
@@ -159,6 +161,7 @@ export const SCENARIOS: Scenario[] = [
     config: (env) => oneService(env),
     path: "/",
     baseline: "upstream-direct",
+    goal: 0.35,
   },
   {
     name: "rate-limit-under-limit",
@@ -168,6 +171,7 @@ export const SCENARIOS: Scenario[] = [
     config: (env) => oneService(env, { plugins: [{ name: "redis-rate-limit", config: { minute: 1_000_000_000, redis: { port: env.redisPort } } }] }),
     path: "/",
     baseline: "gateway-no-plugins",
+    goal: 0.4,
   },
   {
     name: "rate-limit-rejecting",
@@ -179,6 +183,7 @@ export const SCENARIOS: Scenario[] = [
     path: "/",
     expectStatus: 429,
     baseline: "gateway-no-plugins",
+    goal: 0.9,
   },
   {
     name: "key-auth-warm",
@@ -194,6 +199,7 @@ export const SCENARIOS: Scenario[] = [
     headers: { apikey: BENCH_API_KEY },
     path: "/",
     baseline: "gateway-no-plugins",
+    goal: 0.8,
   },
   {
     name: "ip-access-100k",
@@ -213,6 +219,7 @@ export const SCENARIOS: Scenario[] = [
     config: (env) => oneService(env, { plugins: [{ name: "redis-cache", config: { redis: { port: env.redisPort } } }] }),
     path: "/",
     baseline: "gateway-no-plugins",
+    goal: 0.9,
   },
   {
     name: "cache-l2-hit",
@@ -222,6 +229,7 @@ export const SCENARIOS: Scenario[] = [
     config: (env) => oneService(env, { plugins: [{ name: "redis-cache", config: { l1_ttl: 0, redis: { port: env.redisPort } } }] }),
     path: "/",
     baseline: "gateway-no-plugins",
+    goal: 0.5,
   },
   {
     name: "cache-miss",
@@ -238,6 +246,7 @@ export const SCENARIOS: Scenario[] = [
       "function request() n = n + 1; return wrk.format(nil, \"/?miss=\" .. tid .. \"-\" .. n) end",
     ].join("\n"),
     baseline: "gateway-no-plugins",
+    goal: 0.25,
   },
   {
     name: "nginx-proxy-cache-hit",

@@ -53,7 +53,7 @@ export function bundledPlugins(root = suiteRoot()): string[] {
   return readdirSync(dir).filter((name) => existsSync(join(dir, name, "handler.lua"))).sort();
 }
 
-function expandPlugins(list: string, root: string): string[] {
+export function expandPlugins(list: string, root: string): string[] {
   const out: string[] = [];
   for (const raw of list.split(",")) {
     const name = raw.trim();
@@ -380,6 +380,9 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     console.log(stopped ? `gateway stopped (${resolve(prefix)})` : `no gateway running under ${resolve(prefix)}`);
     return 0;
   }
-  console.error(USAGE);
-  return sub === undefined || sub === "help" || sub === "--help" ? 0 : 2;
+  if (sub === undefined || sub === "help" || sub === "--help") {
+    console.log(USAGE);
+    return 0;
+  }
+  throw new UsageError(`gateway: unknown subcommand '${sub}' (start, stop; krs gateway --help)`);
 }

@@ -193,7 +193,7 @@ export async function keysCommand(argv: string[]): Promise<number> {
     return sub === undefined ? 2 : 0;
   }
   const valueFlags = sub === "create" ? ["consumer", "consumer-id", "custom-id", "ttl", "redis"] : sub === "list" ? ["consumer", "redis"] : ["redis"];
-  if (sub !== "create" && sub !== "revoke" && sub !== "list") throw new UsageError(`keys: unknown subcommand '${sub}'\n${USAGE}`);
+  if (sub !== "create" && sub !== "revoke" && sub !== "list") throw new UsageError(`keys: unknown subcommand '${sub}' (create, revoke, list; krs keys --help)`);
   const args = parseArgs(rest, valueFlags, sub === "list" ? ["json"] : []);
   const url = redisUrlFrom(args.flags.get("redis"));
 

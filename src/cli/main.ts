@@ -1,46 +1,78 @@
-/** `krs`: the kong-redis-suite command line. */
+/** `krs`: the kong-redis-suite command line (commander). */
+import { Command, CommanderError } from "commander";
 import { UsageError } from "./args.js";
 import { cacheCommand } from "./cache.js";
+import { failureLine, type Register, type Run } from "./command.js";
+import { registerDoctor } from "./doctor.js";
 import { GatewayError, gatewayCommand } from "./gateway.js";
+import { registerInspect } from "./inspect.js";
 import { ipCommand } from "./ip.js";
 import { keysCommand } from "./keys.js";
+import { registerPurge } from "./purge.js";
 import { upstreamCommand } from "./upstream.js";
 
-const USAGE = `usage: krs <command> ...
-  krs gateway start --config FILE --prefix DIR [--proxy HOST:PORT] [--admin HOST:PORT] [--workers N]
-  krs gateway stop --prefix DIR
-  krs upstream [--port P] [--host H]      demo upstream (httpbin-like)
-  krs keys create --consumer USERNAME [--consumer-id ID] [--custom-id ID] [--ttl SECONDS] [--redis URL]
-  krs keys revoke KEY_OR_ID [--redis URL]
-  krs keys list [--consumer USERNAME] [--json] [--redis URL]
-  krs cache purge [KEY] [--redis URL]     drop one redis-cache entry (an X-Cache-Key), or all of them
-  krs ip deny|allow add|remove|list LIST [CIDR] [--ttl 1h] [--reason TEXT] [--redis URL]`;
+/** Commands on commander, one line each. */
+const COMMANDS: Register[] = [
+  registerInspect,
+  registerPurge,
+  registerDoctor,
+];
+
+/** Commands that still parse their own arguments (src/cli/args.ts); listed in `krs --help`. */
+const OWN_PARSER: Record<string, { run: (argv: string[]) => Promise<number>; usage: string }> = {
+  gateway: { run: gatewayCommand, usage: "gateway start|stop ...     the local gateway (krs gateway --help)" },
+  upstream: { run: upstreamCommand, usage: "upstream [--port P] [--host H]   demo upstream (httpbin-like)" },
+  keys: { run: keysCommand, usage: "keys create|revoke|list ...   redis-key-auth API keys (krs keys --help)" },
+  cache: { run: cacheCommand, usage: "cache purge [KEY] [--redis URL]   drop one redis-cache entry, or all of them" },
+  ip: { run: ipCommand, usage: "ip deny|allow add|remove|list LIST [CIDR] [--ttl 1h] [--reason TEXT] [--redis URL]   redis-ip-access lists" },
+};
+
+function program(status: { code: number }): Command {
+  const out = (s: string) => console.log(s.replace(/\n$/, ""));
+  const err = (s: string) => console.error(s.replace(/\n$/, ""));
+  const krs = new Command("krs")
+    .description("kong-redis-suite operations")
+    .exitOverride()
+    .configureOutput({ writeOut: out, writeErr: err, outputError: (s, write) => write(`krs: ${s.replace(/^error: /, "")}`) })
+    .addHelpText("after", "\nAlso:\n" + Object.values(OWN_PARSER).map((c) => `  ${c.usage}`).join("\n"));
+  const run: Run = (name, fn) => async (...args) => {
+    try {
+      status.code = await fn(...args);
+    } catch (e) {
+      console.error(failureLine(name, e));
+      status.code = e instanceof UsageError ? 2 : 1;
+    }
+  };
+  for (const register of COMMANDS) register(krs, run);
+  return krs;
+}
 
 export async function main(argv: string[]): Promise<number> {
-  const [command, ...rest] = argv;
+  const own = argv[0] === undefined ? undefined : OWN_PARSER[argv[0]];
+  if (own !== undefined) return ownParser(own.run, argv.slice(1));
+  const status = { code: 0 };
+  const krs = program(status);
+  if (argv.length === 0) {
+    krs.outputHelp();
+    return 0;
+  }
   try {
-    switch (command) {
-      case "gateway":
-        return await gatewayCommand(rest);
-      case "upstream":
-        return await upstreamCommand(rest);
-      case "cache":
-        return await cacheCommand(rest);
-      case "keys":
-        return await keysCommand(rest);
-      case "ip":
-        return await ipCommand(rest);
-      case undefined:
-      case "help":
-      case "--help":
-        console.log(USAGE);
-        return 0;
-      default:
-        throw new UsageError(`unknown command '${command}'`);
-    }
+    await krs.parseAsync(argv, { from: "user" });
+    return status.code;
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
+    throw e;
+  }
+}
+
+async function ownParser(run: (argv: string[]) => Promise<number>, argv: string[]): Promise<number> {
+  // `krs keys create --help` and the like: the command's whole usage.
+  if (argv.includes("--help") || argv.includes("-h")) argv = ["--help"];
+  try {
+    return await run(argv);
   } catch (e) {
     if (e instanceof UsageError) {
-      console.error(`krs: ${e.message}\n${USAGE}`);
+      console.error(`krs: ${e.message}`);
       return 2;
     }
     if (e instanceof GatewayError) {

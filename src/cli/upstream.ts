@@ -4,6 +4,7 @@
 import { randomBytes } from "node:crypto";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
+import { parseArgs as nodeParseArgs } from "node:util";
 
 export interface UpstreamServer {
   port: number;
@@ -219,25 +220,24 @@ export function startUpstream(opts: { host?: string; port?: number }): Promise<U
 const USAGE = "usage: krs upstream [--host HOST] [--port PORT]";
 
 function parseArgs(argv: string[]): { host: string; port: number } | string {
-  let host = DEFAULT_HOST;
-  let port = DEFAULT_PORT;
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i] ?? "";
-    const eq = arg.indexOf("=");
-    const name = eq >= 0 ? arg.slice(0, eq) : arg;
-    const inline = eq >= 0 ? arg.slice(eq + 1) : undefined;
-    if (name !== "--host" && name !== "--port") return `unknown argument: ${arg}`;
-    const value = inline ?? argv[++i];
-    if (value === undefined || value === "") return `${name} needs a value`;
-    if (name === "--host") {
-      host = value;
-    } else {
-      const n = intSegment(value);
-      if (n === undefined || n > 65535) return `invalid port: ${value}`;
-      port = n;
-    }
+  let values: { host?: string; port?: string };
+  try {
+    ({ values } = nodeParseArgs({ args: argv, options: { host: { type: "string" }, port: { type: "string" } }, strict: true, allowPositionals: false }));
+  } catch (e) {
+    const err = e as Error & { code?: string };
+    const quoted = /'([^']*)'/.exec(err.message)?.[1] ?? "";
+    if (err.code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE") return `${quoted.split(" ")[0]} needs a value`;
+    return `unknown argument: ${argv.find((a) => a === quoted || a.startsWith(quoted + "=")) ?? quoted}`;
   }
-  return { host, port };
+  if (values.host === "") return "--host needs a value";
+  if (values.port === "") return "--port needs a value";
+  let port = DEFAULT_PORT;
+  if (values.port !== undefined) {
+    const n = intSegment(values.port);
+    if (n === undefined || n > 65535) return `invalid port: ${values.port}`;
+    port = n;
+  }
+  return { host: values.host ?? DEFAULT_HOST, port };
 }
 
 /** CLI: `krs upstream [--port P] [--host H]`; runs until SIGINT/SIGTERM; prints one line with the URL. Returns exit code. */
@@ -248,7 +248,7 @@ export async function upstreamCommand(argv: string[]): Promise<number> {
   }
   const args = parseArgs(argv);
   if (typeof args === "string") {
-    console.error(`krs upstream: ${args}\n${USAGE}`);
+    console.error(`krs upstream: ${args} (krs upstream --help)`);
     return 2;
   }
   let server: UpstreamServer;

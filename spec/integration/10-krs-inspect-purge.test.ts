@@ -1,0 +1,290 @@
+/**
+ * `krs inspect` and `krs purge` on real redis-server processes filled by the test with keys
+ * of every kind in src/cli/key-kinds.ts (the table docs/redis-keys.md is generated from).
+ */
+import { spawn, spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { join } from "node:path";
+import { Redis } from "ioredis";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { main } from "../../src/cli/main.js";
+import { KEY_KINDS } from "../../src/cli/key-kinds.js";
+import type { InspectReport } from "../../src/cli/inspect.js";
+import { ROOT, startRedis, stopAll } from "../helpers/services.js";
+
+const KRS = join(ROOT, "bin", "krs.mjs");
+
+async function run(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  const out: string[] = [];
+  const err: string[] = [];
+  const log = vi.spyOn(console, "log").mockImplementation((...a: unknown[]) => void out.push(a.join(" ")));
+  const error = vi.spyOn(console, "error").mockImplementation((...a: unknown[]) => void err.push(a.join(" ")));
+  try {
+    const code = await main(argv);
+    return { code, out: out.join("\n"), err: err.join("\n") };
+  } finally {
+    log.mockRestore();
+    error.mockRestore();
+  }
+}
+
+const sha = (s: string) => createHash("sha256").update(s).digest("hex");
+const pad = (i: number) => "x".repeat(10 + (i * 7919) % 300);
+
+/** Keys of every kind; sizes vary so the memory estimate has something to estimate. */
+async function fill(redis: Redis, n: { rl: number; ka: number; cache: number; other: number }, gen = 3): Promise<Record<string, string[]>> {
+  const made: Record<string, string[]> = { counters: [], key: [], ids: [], expiring: [], generation: [], entry: [], fill: [], refresh: [], other: [] };
+  let p = redis.pipeline();
+  let queued = 0;
+  const flush = async (force = false) => {
+    if (queued >= 5000 || (force && queued > 0)) {
+      await p.exec();
+      p = redis.pipeline();
+      queued = 0;
+    }
+  };
+  for (let i = 0; i < n.rl; i++) {
+    const k = `krs:redis-rate-limit:v1:{plugin-${i % 7}:ip:10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}}`;
+    p.hset(k, "minute:start", "1", "minute:count", pad(i), "minute:prev", "0");
+    p.pexpire(k, 600_000 + i);
+    made.counters.push(k);
+    queued++;
+    await flush();
+  }
+  for (let i = 0; i < n.ka; i++) {
+    const k = `krs:redis-key-auth:v1:{k}:key:${sha("key" + i)}`;
+    p.hset(k, "id", `id-${i}`, "consumer_username", pad(i), "expires_at", "0");
+    if (i % 2 === 0) p.expire(k, 7200);
+    made.key.push(k);
+    queued++;
+    await flush();
+  }
+  p.hset("krs:redis-key-auth:v1:{k}:ids", "a", "{}");
+  p.zadd("krs:redis-key-auth:v1:{k}:expiring", 1, "a");
+  made.ids.push("krs:redis-key-auth:v1:{k}:ids");
+  made.expiring.push("krs:redis-key-auth:v1:{k}:expiring");
+  p.set("krs:redis-cache:v1:{ns}:generation", String(gen));
+  made.generation.push("krs:redis-cache:v1:{ns}:generation");
+  for (let i = 0; i < n.cache; i++) {
+    const tag = `{${gen}.${sha("c" + i)}}`;
+    const kind = i % 10 < 8 ? "entry" : i % 10 === 8 ? "fill" : "refresh";
+    const k = `krs:redis-cache:v1:${tag}:${kind}`;
+    p.set(k, kind === "entry" ? `1|60000|0|E|${pad(i)}` : "tok", "PX", kind === "entry" ? 90_000_000 : 600_000);
+    made[kind].push(k);
+    queued++;
+    await flush();
+  }
+  for (let i = 0; i < n.other; i++) {
+    p.set(`app:session:${i}`, "v");
+    made.other.push(`app:session:${i}`);
+    queued++;
+    await flush();
+  }
+  await flush(true);
+  return made;
+}
+
+async function allKeys(redis: Redis): Promise<Set<string>> {
+  const keys = new Set<string>();
+  let cursor = "0";
+  do {
+    const [next, batch] = await redis.scan(cursor, "COUNT", 5000);
+    cursor = next;
+    for (const k of batch) keys.add(k);
+  } while (cursor !== "0");
+  return keys;
+}
+
+afterAll(stopAll);
+
+describe("krs inspect on 200,000 suite keys", () => {
+  let redis: Redis;
+  let url: string;
+  let made: Record<string, string[]>;
+  const planted = "krs:redis-rate-limit:v1:{plugin-0:ip:planted}";
+
+  beforeAll(async () => {
+    const server = await startRedis();
+    url = `redis://127.0.0.1:${server.port}`;
+    redis = new Redis({ port: server.port });
+    made = await fill(redis, { rl: 80_000, ka: 40_000, cache: 79_997, other: 1000 });
+    await redis.hset(planted, "minute:count", "1"); // no TTL: must be flagged
+    made.counters.push(planted);
+  }, 120_000);
+  afterAll(() => redis?.disconnect());
+
+  it("counts every kind exactly, estimates memory within its stated error, flags the key without TTL", async () => {
+    const r = await run("inspect", "--redis", url, "--json", "--sample", "300");
+    expect(r.err).toBe("");
+    expect(r.code).toBe(0);
+    const report = JSON.parse(r.out) as InspectReport;
+    const suiteKeys = Object.entries(made).filter(([k]) => k !== "other").reduce((a, [, v]) => a + v.length, 0);
+    expect(suiteKeys).toBeGreaterThanOrEqual(200_000);
+    expect(report).toMatchObject({ dbsize: suiteKeys + 1000, scanned: suiteKeys + 1000, complete: true, otherKeys: 1000 });
+    for (const kind of KEY_KINDS.filter((k) => !k.channel)) {
+      const row = report.kinds.find((k) => k.plugin === kind.plugin && k.kind === kind.kind)!;
+      expect(row, kind.kind).toBeDefined();
+      expect(row.count, kind.kind).toBe(made[kind.kind].length);
+      // The real total, to hold the estimate against.
+      const p = redis.pipeline();
+      for (const k of made[kind.kind]) p.memory("USAGE", k);
+      const actual = ((await p.exec()) ?? []).reduce((a, [, v]) => a + Number(v), 0);
+      expect(row.memory.sampled, kind.kind).toBe(Math.min(300, row.count));
+      expect(Math.abs(row.memory.bytes - actual), `${kind.kind}: ${row.memory.bytes} ± ${row.memory.error} vs ${actual}`).toBeLessThanOrEqual(row.memory.error);
+      // Sizes vary in these kinds (pad()): the estimate must say it is one, and a useful one.
+      if (["counters", "key", "entry"].includes(kind.kind)) {
+        expect(row.memory.error).toBeGreaterThan(0);
+        expect(row.memory.error).toBeLessThan(actual * 0.2);
+      }
+    }
+    const counters = report.kinds.find((k) => k.kind === "counters")!;
+    expect(counters).toMatchObject({ missingTtl: 1, missingTtlExamples: [planted] });
+    expect(counters.ttl.none).toBe(1);
+    expect(counters.ttl["<1h"]).toBe(80_000);
+    // Optional TTL: half the API keys live until revoked, and that is no finding.
+    expect(report.kinds.find((k) => k.kind === "key")).toMatchObject({ missingTtl: 0, ttl: { none: 20_000, "<1d": 20_000 } });
+    expect(report.kinds.find((k) => k.kind === "generation")).toMatchObject({ count: 1, missingTtl: 0 });
+  }, 120_000);
+
+  it("prints a table naming the flagged key, with --plugin only that plugin", async () => {
+    const r = await run("inspect", "--redis", url, "--plugin", "redis-rate-limit", "--batch", "5000");
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/^redis-rate-limit\s+counters\s+80001\s/m);
+    expect(r.out).not.toMatch(/redis-cache|redis-key-auth|other keys/);
+    expect(r.out).toContain(`flagged: 1 redis-rate-limit counters keys without a TTL`);
+    expect(r.out).toContain(planted);
+    expect(r.out).not.toMatch(/\x1b\[/); // not a terminal: no colors
+  }, 60_000);
+
+  it("shows a progress bar and colors on a terminal only, and no colors with NO_COLOR", () => {
+    const viaTty = (env: Record<string, string>) =>
+      spawnSync("script", ["-qec", `node ${KRS} inspect --plugin redis-rate-limit --redis ${url}`, "/dev/null"], { encoding: "utf8", env: { ...process.env, ...env }, timeout: 60_000 });
+    const tty = viaTty({});
+    expect(tty.status).toBe(0);
+    expect(tty.stdout).toMatch(/keys\/s \| ETA/);
+    expect(tty.stdout).toMatch(/\x1b\[31m/);
+    const noColor = viaTty({ NO_COLOR: "1" });
+    expect(noColor.stdout).toContain("FLAGGED");
+    expect(noColor.stdout).not.toMatch(/\x1b\[3\dm/);
+    const piped = spawnSync("node", [KRS, "inspect", "--plugin", "redis-rate-limit", "--redis", url], { encoding: "utf8", timeout: 60_000 });
+    expect(piped.status).toBe(0);
+    expect(piped.stderr).toBe("");
+    expect(piped.stdout).not.toMatch(/keys\/s|\x1b\[/);
+  }, 120_000);
+
+  it("Ctrl-C stops the walk and prints what it has (exit 130)", async () => {
+    const child = spawn("node", [KRS, "inspect", "--redis", url, "--batch", "100", "--max-ops-per-sec", "2000", "--json"], { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    child.stdout.on("data", (d) => (out += d));
+    await new Promise((r) => setTimeout(r, 1500));
+    child.kill("SIGINT");
+    const code = await new Promise<number | null>((r) => child.once("exit", (c) => r(c)));
+    expect(code).toBe(130);
+    const report = JSON.parse(out) as InspectReport;
+    expect(report.complete).toBe(false);
+    expect(report.scanned).toBeGreaterThan(0);
+    expect(report.scanned).toBeLessThan(report.dbsize);
+  }, 30_000);
+});
+
+describe("krs purge", () => {
+  let redis: Redis;
+  let url: string;
+
+  beforeAll(async () => {
+    const server = await startRedis();
+    url = `redis://127.0.0.1:${server.port}`;
+    redis = new Redis({ port: server.port });
+  });
+  afterAll(() => redis?.disconnect());
+
+  it("refuses without --plugin, or with an unknown plugin or kind, and removes nothing", async () => {
+    await redis.flushdb();
+    await fill(redis, { rl: 10, ka: 10, cache: 10, other: 10 });
+    const before = await redis.dbsize();
+    for (const [argv, msg] of [
+      [[], /purge needs --plugin/],
+      [["--plugin", "redis-nope"], /unknown plugin 'redis-nope'/],
+      [["--plugin", "redis-cache", "--kind", "counters"], /redis-cache has no key kind 'counters' \(kinds: generation, entry, fill, refresh\)/],
+    ] as const) {
+      const r = await run("purge", "--redis", url, ...argv);
+      expect(r.code).toBe(2);
+      expect(r.err).toMatch(msg);
+      expect(r.err.split("\n")).toHaveLength(1);
+    }
+    expect(await redis.dbsize()).toBe(before);
+  });
+
+  it("removes exactly one plugin's keys and nothing else, and says how many", async () => {
+    await redis.flushdb();
+    const made = await fill(redis, { rl: 3000, ka: 2000, cache: 3000, other: 500 });
+    await redis.set("krs:redis-cache:v2:{ns}:other-version", "x", "EX", 60); // the plugin's too, of no kind in the table
+    await redis.set("krs:redis-cachet:v1:{x}:entry", "x"); // a longer plugin name is not redis-cache
+    const dry = await run("purge", "--plugin", "redis-cache", "--dry-run", "--redis", url);
+    expect(dry).toMatchObject({ code: 0, out: `dry run: would remove 3002 redis-cache keys from ${url} (generation 1, entry 2400, fill 300, refresh 300, (unknown) 1)` });
+    expect(await redis.exists(made.entry[0], made.generation[0])).toBe(2);
+    const r = await run("purge", "--plugin", "redis-cache", "--redis", url, "--batch", "250");
+    expect(r).toMatchObject({ code: 0, out: `removed 3002 redis-cache keys from ${url} (generation 1, entry 2400, fill 300, refresh 300, (unknown) 1)` });
+    const left = await allKeys(redis);
+    const expected = new Set([...made.counters, ...made.key, ...made.ids, ...made.expiring, ...made.other, "krs:redis-cachet:v1:{x}:entry"]);
+    expect(left.size).toBe(expected.size);
+    for (const k of expected) expect(left.has(k), k).toBe(true);
+    expect((await run("purge", "--plugin", "redis-cache", "--redis", url, "--json")).out).toContain(`"total": 0`);
+  }, 60_000);
+
+  it("removes the redis-cache generation only after every entry (else old entries of generation 0 could be read again)", async () => {
+    await redis.flushdb();
+    await fill(redis, { rl: 0, ka: 0, cache: 2000, other: 0 }, 0);
+    const monitor = await redis.monitor();
+    const unlinked: string[] = [];
+    monitor.on("monitor", (_time: string, args: string[]) => {
+      if (String(args[0]).toLowerCase() === "unlink") unlinked.push(...args.slice(1));
+    });
+    const r = await run("purge", "--plugin", "redis-cache", "--redis", url, "--batch", "100");
+    expect(r.code).toBe(0);
+    for (let i = 0; i < 100 && unlinked.length < 2001; i++) await new Promise((res) => setTimeout(res, 20));
+    monitor.disconnect();
+    expect(unlinked).toHaveLength(2001);
+    expect(unlinked.indexOf("krs:redis-cache:v1:{ns}:generation")).toBe(2000);
+  });
+
+  it("--kind and --match narrow it down; --max-ops-per-sec paces it", async () => {
+    await redis.flushdb();
+    const made = await fill(redis, { rl: 3000, ka: 1000, cache: 0, other: 0 });
+    const started = Date.now();
+    const r = await run("purge", "--plugin", "redis-key-auth", "--kind", "key", "--redis", url, "--max-ops-per-sec", "1000", "--batch", "100");
+    const took = Date.now() - started;
+    expect(r.out).toBe(`removed 1000 redis-key-auth keys from ${url} (key 1000)`);
+    // 1000 keys and 40-odd SCANs at 1000 ops/s cannot take less than a second.
+    expect(took).toBeGreaterThanOrEqual(1000);
+    expect(await redis.exists(made.ids[0], made.expiring[0])).toBe(2);
+    const m = await run("purge", "--plugin", "redis-rate-limit", "--match", "krs:redis-rate-limit:v1:{plugin-3:*", "--redis", url);
+    const plugin3 = made.counters.filter((k) => k.includes("{plugin-3:")).length;
+    expect(m.out).toBe(`removed ${plugin3} redis-rate-limit keys from ${url} (counters ${plugin3})`);
+    expect(await redis.dbsize()).toBe(3000 - plugin3 + 3); // + ids, expiring, generation
+  }, 60_000);
+
+  it("Ctrl-C stops after the batch in flight, says how many went, and keeps the generation", async () => {
+    await redis.flushdb();
+    await fill(redis, { rl: 0, ka: 0, cache: 3000, other: 0 });
+    expect(await redis.dbsize()).toBe(3003); // + key-auth ids and expiring, + generation
+    const child = spawn("node", [KRS, "purge", "--plugin", "redis-cache", "--redis", url, "--batch", "50", "--max-ops-per-sec", "500"], { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    child.stdout.on("data", (d) => (out += d));
+    await new Promise((r) => setTimeout(r, 1500));
+    child.kill("SIGINT");
+    const code = await new Promise<number | null>((r) => child.once("exit", (c) => r(c)));
+    expect(code).toBe(130);
+    const removed = Number(/^removed (\d+) redis-cache keys .*; interrupted before the end, run again to finish$/m.exec(out)?.[1]);
+    expect(removed).toBeGreaterThan(0);
+    expect(await redis.dbsize(), out).toBe(3003 - removed);
+    expect(await redis.exists("krs:redis-cache:v1:{ns}:generation")).toBe(1);
+  }, 30_000);
+
+  it("says in one line when Redis cannot be reached", async () => {
+    const r = await run("purge", "--plugin", "redis-cache", "--redis", "redis://:secret-pw@127.0.0.1:1");
+    expect(r.code).toBe(1);
+    expect(r.err).toMatch(/^krs purge: could not connect to redis at redis:\/\/:\*\*\*@127\.0\.0\.1:1/);
+    expect(r.err).not.toContain("secret-pw");
+  });
+});

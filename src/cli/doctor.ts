@@ -1,0 +1,371 @@
+/**
+ * `krs doctor --config kong.yml`: checks a deployment and prints one line per finding with
+ * what to do. Facts are gathered first (the config, each plugin's Redis reached with that
+ * plugin's own settings, each server's policy, persistence, version and clock), then
+ * judged by `evaluate`, a pure function. Exit 0 all good, 1 warnings, 2 errors.
+ */
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import type { Command } from "commander";
+import { Option } from "commander";
+import { Redis, type RedisOptions } from "ioredis";
+import { parse as parseYaml } from "yaml";
+import { failureLine, jsonOption, UsageError, type Register } from "./command.js";
+import { expandPlugins } from "./gateway.js";
+import { knownPlugins } from "./key-kinds.js";
+import { suiteRoot } from "./paths.js";
+import { redactedUrl } from "./redis.js";
+import { paint } from "./ui.js";
+
+/** Multi-field HSET in the scripts (redis-lua/); UNLINK and MEMORY USAGE in krs. */
+export const MIN_REDIS_VERSION = "4.0.0";
+/** redis-rate-limit keeps counters 2 s past their window for clock skew; more than that over- or under-counts. */
+export const MAX_CLOCK_SKEW_MS = 2000;
+/** Plugins whose data is credentials or revocations: lost on a Redis restart without persistence. */
+const CREDENTIAL_PLUGINS = ["redis-key-auth", "redis-jwt"];
+/** Plugins whose keys an allkeys-* eviction turns into wrong answers. */
+const EVICTION_SENSITIVE = ["redis-rate-limit", "redis-key-auth", "redis-jwt", "redis-usage", "redis-ip-access"];
+
+export type Level = "ok" | "warn" | "error";
+export interface Finding {
+  level: Level;
+  message: string;
+  /** What to do; absent for ok. */
+  fix?: string;
+}
+
+export interface RedisSettings {
+  host: string;
+  port: number;
+  database: number;
+  username?: string;
+  password?: string;
+  ssl: boolean;
+  ssl_verify: boolean;
+  server_name?: string;
+  timeout: number;
+}
+
+export interface PluginUse {
+  name: string;
+  /** Where in the file: `route demo`, `global`, … */
+  where: string;
+  redis: RedisSettings;
+  /** Vault references this shell could not resolve (env var unset). */
+  unresolved: string[];
+}
+
+export interface ServerFacts {
+  endpoint: string;
+  version?: string;
+  maxmemoryPolicy?: string;
+  maxmemory?: number;
+  usedMemory?: number;
+  /** undefined: CONFIG GET refused (managed Redis). */
+  persistence?: { aof: boolean; rdb: boolean };
+  clockSkewMs?: number;
+  cluster?: boolean;
+}
+
+export interface Facts {
+  config: string;
+  /** One line from the validator, or undefined when the file validates. */
+  invalid?: string;
+  uses: PluginUse[];
+  /** Per use, in the same order: undefined = reached and authenticated. */
+  connectErrors: (string | undefined)[];
+  servers: ServerFacts[];
+}
+
+function endpointOf(r: RedisSettings): string {
+  return `${r.ssl ? "rediss" : "redis"}://${r.host}:${r.port}/${r.database}`;
+}
+
+function versionAtLeast(version: string, min: string): boolean {
+  const a = version.split(".").map(Number);
+  const b = min.split(".").map(Number);
+  for (let i = 0; i < 3; i++) if ((a[i] ?? 0) !== (b[i] ?? 0)) return (a[i] ?? 0) > (b[i] ?? 0);
+  return true;
+}
+
+/** Turns a connection error into what to change. */
+function connectFix(error: string): string {
+  if (/without any password configured/i.test(error)) return "Redis has no password: remove config.redis.password (the gateway's AUTH is refused), or set requirepass";
+  if (/WRONGPASS|invalid username-password|invalid password/i.test(error)) return "set config.redis.password (and username with ACLs) to what Redis expects";
+  if (/NOAUTH|Authentication required/i.test(error)) return "Redis requires a password: set config.redis.password";
+  if (/DB index is out of range/i.test(error)) return "set config.redis.database within Redis's `databases`";
+  if (/ECONNREFUSED/.test(error)) return "start Redis there, or fix config.redis.host/port";
+  if (/ETIMEDOUT|timed out|timeout/i.test(error)) return "check the network path and config.redis.timeout";
+  if (/SSL|TLS|certificate|wrong version number/i.test(error)) return "match config.redis.ssl/ssl_verify/server_name to the server's TLS setup";
+  return "fix config.redis so this node can reach Redis";
+}
+
+/** The judgement: pure, so every rule is tested without planting each problem. */
+export function evaluate(f: Facts): Finding[] {
+  const out: Finding[] = [];
+  if (f.invalid !== undefined) out.push({ level: "error", message: `${f.config}: ${f.invalid}`, fix: f.invalid.startsWith("cannot validate") ? "run make build (or check that luajit is installed)" : "fix the file: the gateway refuses to start with it" });
+  else out.push({ level: "ok", message: `${f.config}: every plugin known and valid` });
+  const present = new Set(f.uses.map((u) => u.name));
+  f.uses.forEach((u, i) => {
+    for (const ref of u.unresolved) out.push({ level: "warn", message: `${u.name} (${u.where}): ${ref} is not set in this environment, so it resolves to ""`, fix: "export it where the gateway runs (Kong's env vault reads the same variable)" });
+    const err = f.connectErrors[i];
+    if (err === undefined) out.push({ level: "ok", message: `${u.name} (${u.where}): Redis ${endpointOf(u.redis)} reachable with its settings` });
+    else out.push({ level: "error", message: `${u.name} (${u.where}): Redis ${endpointOf(u.redis)}: ${err}`, fix: connectFix(err) });
+  });
+  for (const s of f.servers) {
+    const at = `Redis ${s.endpoint}`;
+    if (s.version !== undefined) {
+      if (versionAtLeast(s.version, MIN_REDIS_VERSION)) out.push({ level: "ok", message: `${at}: version ${s.version}` });
+      else out.push({ level: "error", message: `${at}: version ${s.version} is older than ${MIN_REDIS_VERSION}, which the scripts need (multi-field HSET)`, fix: `upgrade Redis to ${MIN_REDIS_VERSION} or newer` });
+    }
+    if (s.cluster) out.push({ level: "warn", message: `${at}: Redis Cluster: krs inspect/purge do not walk every master yet`, fix: "run them against each master" });
+    const policy = s.maxmemoryPolicy;
+    if (policy === undefined) out.push({ level: "warn", message: `${at}: could not read maxmemory-policy (CONFIG GET refused)`, fix: "check it in your provider's console: it must not be allkeys-*" });
+    else if (policy.startsWith("allkeys-")) {
+      const hit = EVICTION_SENSITIVE.filter((p) => present.has(p));
+      out.push({
+        level: "warn",
+        message: `${at}: maxmemory-policy ${policy} can evict any key: ${hit.length > 0 ? hit.join(", ") + ": " : ""}evicted rate-limit counters over-admit, evicted API keys are refused, evicted revocations revive tokens`,
+        fix: "use noeviction (or volatile-*, with enough maxmemory), or a separate Redis for redis-cache",
+      });
+    } else if (policy === "noeviction" && present.has("redis-cache") && s.maxmemory && s.usedMemory !== undefined && s.usedMemory >= 0.9 * s.maxmemory) {
+      out.push({ level: "warn", message: `${at}: noeviction with memory ${Math.round((100 * s.usedMemory) / s.maxmemory)}% full: writes (cache stores, counters) start failing at maxmemory`, fix: "raise maxmemory, lower cache_ttl, or give redis-cache its own Redis with volatile-lru" });
+    } else out.push({ level: "ok", message: `${at}: maxmemory-policy ${policy}` });
+    const creds = CREDENTIAL_PLUGINS.filter((p) => present.has(p));
+    if (creds.length > 0) {
+      if (s.persistence === undefined) out.push({ level: "warn", message: `${at}: could not read persistence settings (CONFIG GET refused) while ${creds.join(", ")} keep credentials there`, fix: "make sure AOF or RDB snapshots are on" });
+      else if (!s.persistence.aof && !s.persistence.rdb) out.push({ level: "warn", message: `${at}: persistence is off (no AOF, no RDB) while ${creds.join(", ")} keep credentials there: a restart loses every API key`, fix: "turn on appendonly yes (or RDB snapshots)" });
+      else out.push({ level: "ok", message: `${at}: persistence ${s.persistence.aof ? "AOF" : "RDB"}` });
+    }
+    if (s.clockSkewMs !== undefined) {
+      if (Math.abs(s.clockSkewMs) > MAX_CLOCK_SKEW_MS) out.push({ level: "warn", message: `${at}: clock ${s.clockSkewMs > 0 ? "ahead of" : "behind"} this host by ${Math.abs(s.clockSkewMs)} ms (more than ${MAX_CLOCK_SKEW_MS} ms): windows and TTLs disagree`, fix: "run NTP (chrony) on the gateways and the Redis host" });
+      else out.push({ level: "ok", message: `${at}: clock within ${Math.abs(s.clockSkewMs)} ms of this host` });
+    }
+  }
+  return out;
+}
+
+export function exitStatus(findings: Finding[]): number {
+  if (findings.some((f) => f.level === "error")) return 2;
+  return findings.some((f) => f.level === "warn") ? 1 : 0;
+}
+
+// ------------------------------------------------------------------ gathering facts
+
+/** Kong's env vault: `{vault://env/my-secret}` reads MY_SECRET. */
+function resolveVault(value: unknown, unresolved: string[]): string | undefined {
+  if (typeof value !== "string") return undefined;
+  const m = /^\{vault:\/\/env\/([^/}#?]+)\}$/.exec(value.trim());
+  if (m === null) return value;
+  const name = m[1].toUpperCase().replace(/-/g, "_");
+  const v = process.env[name];
+  if (v === undefined) unresolved.push(name);
+  return v ?? "";
+}
+
+function redisSettings(config: Record<string, unknown> | undefined, unresolved: string[]): RedisSettings {
+  const r = (config?.redis ?? {}) as Record<string, unknown>;
+  return {
+    host: (r.host as string) ?? "127.0.0.1",
+    port: Number(r.port ?? 6379),
+    database: Number(r.database ?? 0),
+    username: resolveVault(r.username, unresolved) || undefined,
+    password: resolveVault(r.password, unresolved) || undefined,
+    ssl: r.ssl === true,
+    ssl_verify: r.ssl_verify === true,
+    server_name: (r.server_name as string) ?? undefined,
+    timeout: Number(r.timeout ?? 2000),
+  };
+}
+
+/** Every Redis-backed plugin in the file, where it is. */
+export function redisPlugins(doc: any): PluginUse[] {
+  const uses: PluginUse[] = [];
+  const suite = new Set(knownPlugins());
+  const visit = (plugins: unknown, where: string) => {
+    if (!Array.isArray(plugins)) return;
+    for (const p of plugins) {
+      if (p === null || typeof p !== "object" || typeof p.name !== "string") continue;
+      if (!suite.has(p.name) && !(p.config && typeof p.config.redis === "object")) continue;
+      const unresolved: string[] = [];
+      uses.push({ name: p.name, where, redis: redisSettings(p.config, unresolved), unresolved });
+    }
+  };
+  visit(doc?.plugins, "global");
+  for (const s of Array.isArray(doc?.services) ? doc.services : []) {
+    visit(s?.plugins, `service ${s?.name ?? "?"}`);
+    for (const r of Array.isArray(s?.routes) ? s.routes : []) visit(r?.plugins, `route ${r?.name ?? "?"}`);
+  }
+  for (const r of Array.isArray(doc?.routes) ? doc.routes : []) visit(r?.plugins, `route ${r?.name ?? "?"}`);
+  for (const c of Array.isArray(doc?.consumers) ? doc.consumers : []) visit(c?.plugins, `consumer ${c?.username ?? c?.custom_id ?? "?"}`);
+  return uses;
+}
+
+/** The gateway's own validator (build/gateway/krs/gateway/validate.lua on LuaJIT): the same checks as `krs gateway start`. */
+function validate(doc: unknown): string | undefined {
+  const root = suiteRoot();
+  const validator = join(root, "build", "gateway", "krs", "gateway", "validate.lua");
+  if (!existsSync(validator)) return `cannot validate: the gateway is not built (${validator}); run make build`;
+  const dir = mkdtempSync(join(tmpdir(), "krs-doctor-"));
+  try {
+    writeFileSync(join(dir, "config.json"), JSON.stringify(doc ?? {}), { mode: 0o600 });
+    writeFileSync(join(dir, "gateway.json"), JSON.stringify({ plugins: expandPlugins(process.env.KONG_PLUGINS ?? "bundled", root) }), { mode: 0o600 });
+    const luaPath = [...(process.env.KONG_LUA_PACKAGE_PATH ?? "").split(";").filter((p) => p !== ""), join(root, "kong-plugins", "?.lua"), join(root, "build", "gateway", "?.lua")].join(";") + ";";
+    const check = spawnSync("luajit", ["-e", `package.path=${JSON.stringify(luaPath)}..package.path`, validator, join(dir, "gateway.json"), join(dir, "config.json")], { encoding: "utf8" });
+    if (check.error) return `cannot validate: ${check.error.message}`;
+    if (check.status === 0) return undefined;
+    return (check.stderr || check.stdout).trim().split("\n")[0].replace(/^invalid declarative config: /, "") || `validation failed (exit ${check.status})`;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function connectOptions(r: RedisSettings): RedisOptions {
+  return {
+    host: r.host,
+    port: r.port,
+    tls: r.ssl ? { rejectUnauthorized: r.ssl_verify, servername: r.server_name } : undefined,
+    // RESP2, as lua-resty-redis speaks: no HELLO before our own AUTH.
+    protocol: 2,
+    // The ready check (INFO) would run before our AUTH.
+    enableReadyCheck: false,
+    connectTimeout: Math.max(1, r.timeout),
+    lazyConnect: true,
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+    enableOfflineQueue: false,
+  };
+}
+
+/**
+ * Connects, then sends AUTH and SELECT itself, as the gateway does (src/lib/redis/client.ts):
+ * ioredis would let an AUTH refused by a Redis without a password pass with a warning, where
+ * the gateway refuses the connection.
+ */
+async function tryConnect(options: RedisOptions, auth: { username?: string; password?: string; database: number }): Promise<{ redis?: Redis; error?: string }> {
+  const redis = new Redis(options);
+  let reason: Error | undefined;
+  redis.on("error", (e: Error) => (reason = e));
+  try {
+    await redis.connect();
+    if (auth.password !== undefined) {
+      try {
+        await (auth.username !== undefined ? redis.call("AUTH", auth.username, auth.password) : redis.call("AUTH", auth.password));
+      } catch (e) {
+        throw new Error(`AUTH refused: ${(e as Error).message}`);
+      }
+    }
+    if (auth.database !== 0) await redis.select(auth.database);
+    await redis.ping();
+    return { redis };
+  } catch (e) {
+    redis.disconnect();
+    const message = (e instanceof Error && e.message.startsWith("AUTH refused") ? e : (reason ?? (e as Error))).message;
+    // Never a password in a finding, whatever the server echoes.
+    return { error: auth.password ? message.split(auth.password).join("***") : message };
+  }
+}
+
+async function serverFacts(redis: Redis, endpoint: string): Promise<ServerFacts> {
+  const facts: ServerFacts = { endpoint };
+  const info = await redis.info();
+  const field = (name: string) => new RegExp(`^${name}:(.*)$`, "m").exec(info)?.[1]?.trim();
+  facts.version = field("redis_version");
+  facts.usedMemory = Number(field("used_memory") ?? NaN);
+  facts.cluster = field("cluster_enabled") === "1";
+  try {
+    const [, policy] = (await redis.config("GET", "maxmemory-policy")) as string[];
+    const [, maxmemory] = (await redis.config("GET", "maxmemory")) as string[];
+    const [, save] = (await redis.config("GET", "save")) as string[];
+    const [, aof] = (await redis.config("GET", "appendonly")) as string[];
+    facts.maxmemoryPolicy = policy;
+    facts.maxmemory = Number(maxmemory);
+    facts.persistence = { aof: aof === "yes", rdb: (save ?? "").trim() !== "" };
+  } catch {
+    // CONFIG is often renamed away on managed Redis: reported as unknown, not as a failure.
+  }
+  const before = Date.now();
+  const [sec, usec] = await redis.time();
+  const after = Date.now();
+  facts.clockSkewMs = Math.round(Number(sec) * 1000 + Number(usec) / 1000 - (before + after) / 2);
+  return facts;
+}
+
+export async function gather(configPath: string, extraRedisUrl?: string): Promise<Facts> {
+  if (!existsSync(configPath)) throw new UsageError(`--config: no such file ${configPath}`);
+  let doc: unknown;
+  try {
+    doc = parseYaml(readFileSync(configPath, "utf8"));
+  } catch (e) {
+    return { config: configPath, invalid: `YAML syntax error: ${(e as Error).message.split("\n")[0]}`, uses: [], connectErrors: [], servers: [] };
+  }
+  const facts: Facts = { config: configPath, invalid: validate(doc), uses: redisPlugins(doc), connectErrors: [], servers: [] };
+  const seen = new Map<string, Redis | undefined>();
+  try {
+    for (const u of facts.uses) {
+      const { redis, error } = await tryConnect(connectOptions(u.redis), u.redis);
+      facts.connectErrors.push(error);
+      const endpoint = endpointOf(u.redis);
+      if (redis !== undefined && !seen.has(endpoint)) {
+        seen.set(endpoint, redis);
+        facts.servers.push(await serverFacts(redis, endpoint));
+      } else redis?.disconnect();
+    }
+    if (extraRedisUrl !== undefined) {
+      const { auth, ...target } = parseUrl(extraRedisUrl);
+      const { redis, error } = await tryConnect({ ...connectOptions({ host: "127.0.0.1", port: 6379, database: 0, ssl: false, ssl_verify: false, timeout: 5000 }), ...target }, auth);
+      if (redis === undefined) throw new Error(`could not connect to redis at ${redactedUrl(extraRedisUrl)}: ${error}`);
+      facts.servers.push(await serverFacts(redis, redactedUrl(extraRedisUrl)));
+      redis.disconnect();
+    }
+  } finally {
+    for (const r of seen.values()) r?.disconnect();
+  }
+  return facts;
+}
+
+function parseUrl(url: string): RedisOptions & { auth: { username?: string; password?: string; database: number } } {
+  if (!/^rediss?:\/\//.test(url)) throw new UsageError(`--redis: expected redis://[user:pass@]host:port/db, got '${url}'`);
+  const u = new URL(url);
+  return {
+    host: u.hostname || "127.0.0.1",
+    port: Number(u.port || 6379),
+    tls: u.protocol === "rediss:" ? {} : undefined,
+    auth: {
+      username: u.username ? decodeURIComponent(u.username) : undefined,
+      password: u.password ? decodeURIComponent(u.password) : undefined,
+      database: Number(u.pathname.replace(/^\//, "") || 0),
+    },
+  };
+}
+
+export function formatFinding(f: Finding): string {
+  const tag = f.level === "ok" ? paint("green", "ok   ") : f.level === "warn" ? paint("yellow", "warn ") : paint("red", "error");
+  return `${tag} ${f.message}${f.fix ? ` → ${f.fix}` : ""}`;
+}
+
+export const registerDoctor: Register = (program: Command, run) => {
+  program
+    .command("doctor")
+    .description("check a deployment: Redis reachable with each plugin's settings, eviction policy, persistence, version, clocks, the config valid; exit 0 ok, 1 warnings, 2 errors")
+    .addOption(new Option("--config <file>", "the declarative config (kong.yml)").makeOptionMandatory())
+    .addOption(new Option("--redis <url>", "also check this Redis server, with the URL's credentials (redis://[user:pass@]host:port/db, rediss:// for TLS)"))
+    .addOption(jsonOption())
+    .action(
+      run("doctor", async (opts: { config: string; redis?: string; json?: boolean }) => {
+        let facts: Facts;
+        try {
+          facts = await gather(resolve(opts.config), opts.redis);
+        } catch (e) {
+          if (e instanceof UsageError) throw e;
+          console.error(failureLine("doctor", e));
+          return 2;
+        }
+        const findings = evaluate({ ...facts, config: opts.config });
+        console.log(opts.json ? JSON.stringify({ findings, status: exitStatus(findings) }, null, 2) : findings.map(formatFinding).join("\n"));
+        return exitStatus(findings);
+      }),
+    );
+};

@@ -1,0 +1,130 @@
+/**
+ * `krs purge --plugin P`: removes one plugin's keys (or one kind of them, or those matching
+ * a glob) with SCAN + UNLINK in batches, paced so a production Redis keeps serving.
+ * Refuses to run without --plugin: nothing removes every plugin's keys by accident.
+ */
+import type { Command } from "commander";
+import { Option } from "commander";
+import type { Redis } from "ioredis";
+import { classify, keyKindsOf, knownPlugins } from "./key-kinds.js";
+import { failureLine, jsonOption, positiveInt, redisOption, wholeNumber, UsageError, type Register } from "./command.js";
+import { connectRedis, redactedUrl, redisUrlFrom } from "./redis.js";
+import { globToRegExp, Pacer, refuseCluster, scanAll } from "./scan.js";
+import { progress } from "./ui.js";
+
+export interface PurgeOptions {
+  plugin: string;
+  kind?: string;
+  match?: string;
+  dryRun: boolean;
+  batch: number;
+  maxOpsPerSec: number;
+}
+
+export interface PurgeReport {
+  redis: string;
+  plugin: string;
+  dryRun: boolean;
+  complete: boolean;
+  scanned: number;
+  /** Keys removed (or, in a dry run, that would be), per kind (`(unknown)`: under the plugin's prefix, of no kind in the table). */
+  removed: Record<string, number>;
+  total: number;
+}
+
+export async function purge(redis: Redis, where: string, opts: PurgeOptions, onProgress?: (scanned: number, total: number) => void): Promise<PurgeReport> {
+  await refuseCluster(redis);
+  const dbsize = await redis.dbsize();
+  const glob = opts.match === undefined ? undefined : globToRegExp(opts.match);
+  const removed: Record<string, number> = {};
+  const deferred: { key: string; kind: string }[] = [];
+  const unlink = async (batch: { key: string; kind: string }[]): Promise<number> => {
+    if (batch.length === 0) return 0;
+    if (opts.dryRun) {
+      // A dry run counts only what still exists, as UNLINK would.
+      const exists = await Promise.all(batch.map(({ key }) => redis.exists(key)));
+      batch.forEach(({ kind }, i) => (removed[kind] = (removed[kind] ?? 0) + exists[i]));
+      return batch.length;
+    }
+    // UNLINK per key, pipelined: its reply says whether that key was still there.
+    const pipeline = redis.pipeline();
+    for (const { key } of batch) pipeline.unlink(key);
+    const replies = (await pipeline.exec()) ?? [];
+    batch.forEach(({ kind }, i) => {
+      const [err, n] = replies[i] ?? [];
+      if (err) throw err;
+      removed[kind] = (removed[kind] ?? 0) + Number(n);
+    });
+    return batch.length;
+  };
+  const result = await scanAll(redis, {
+    batch: opts.batch,
+    maxOpsPerSec: opts.maxOpsPerSec,
+    onProgress: (scanned) => onProgress?.(scanned, dbsize),
+    onBatch: async (keys) => {
+      const now: { key: string; kind: string }[] = [];
+      for (const key of keys) {
+        const c = classify(key);
+        if (c === undefined || c.plugin !== opts.plugin) continue;
+        if (opts.kind !== undefined && c.kind?.kind !== opts.kind) continue;
+        if (glob !== undefined && !glob.test(key)) continue;
+        const entry = { key, kind: c.kind?.kind ?? "(unknown)" };
+        if (c.kind?.purgeLast && opts.kind === undefined) deferred.push(entry);
+        else now.push(entry);
+      }
+      return unlink(now);
+    },
+  });
+  // Only once everything else is gone (and only after a complete walk): see KeyKind.purgeLast.
+  if (result.complete) await new Pacer(opts.maxOpsPerSec).spend(await unlink(deferred));
+  const total = Object.values(removed).reduce((a, b) => a + b, 0);
+  return { redis: where, plugin: opts.plugin, dryRun: opts.dryRun, complete: result.complete, scanned: result.scanned, removed, total };
+}
+
+export function formatPurge(r: PurgeReport): string {
+  const order = [...keyKindsOf(r.plugin).map((k) => k.kind), "(unknown)"];
+  const perKind = Object.entries(r.removed)
+    .sort(([a], [b]) => order.indexOf(a) - order.indexOf(b))
+    .filter(([, n]) => n > 0)
+    .map(([k, n]) => `${k} ${n}`)
+    .join(", ");
+  const verb = r.dryRun ? "dry run: would remove" : "removed";
+  return `${verb} ${r.total} ${r.plugin} keys from ${r.redis}${perKind ? ` (${perKind})` : ""}${r.complete ? "" : "; interrupted before the end, run again to finish"}`;
+}
+
+export const registerPurge: Register = (program: Command, run) => {
+  program
+    .command("purge")
+    .description("remove one plugin's keys (SCAN + UNLINK in batches, rate-limited); --plugin is required")
+    .addOption(new Option("--plugin <name>", `whose keys (${knownPlugins().join(", ")}); required`))
+    .addOption(new Option("--kind <kind>", "only this key kind of the plugin (docs/redis-keys.md)"))
+    .addOption(new Option("--match <glob>", "only keys whose name matches this Redis glob as well"))
+    .addOption(new Option("--dry-run", "count what would be removed, remove nothing"))
+    .addOption(redisOption())
+    .addOption(new Option("--batch <n>", "SCAN COUNT per batch, and keys per UNLINK pipeline").default(500).argParser(positiveInt("--batch", 100_000)))
+    .addOption(new Option("--max-ops-per-sec <n>", "at most this many keys scanned-and-unlinked a second (0 = no limit)").default(5000).argParser(wholeNumber("--max-ops-per-sec")))
+    .addOption(jsonOption())
+    .action(
+      run("purge", async (opts: { plugin?: string; kind?: string; match?: string; dryRun?: boolean; redis?: string; batch: number; maxOpsPerSec: number; json?: boolean }) => {
+        if (opts.plugin === undefined) throw new UsageError(`purge needs --plugin (one of ${knownPlugins().join(", ")}); it never removes every plugin's keys`);
+        if (!knownPlugins().includes(opts.plugin)) throw new UsageError(`--plugin: unknown plugin '${opts.plugin}' (known: ${knownPlugins().join(", ")})`);
+        const kinds = keyKindsOf(opts.plugin).map((k) => k.kind);
+        if (opts.kind !== undefined && !kinds.includes(opts.kind)) throw new UsageError(`--kind: ${opts.plugin} has no key kind '${opts.kind}' (kinds: ${kinds.join(", ")})`);
+        const url = redisUrlFrom(opts.redis);
+        const redis = await connectRedis(url);
+        const bar = progress(opts.dryRun ? "purge (dry run)" : "purge");
+        try {
+          const report = await purge(redis, redactedUrl(url), { ...opts, plugin: opts.plugin, dryRun: opts.dryRun === true }, (s, t) => bar.update(s, t));
+          bar.stop();
+          console.log(opts.json ? JSON.stringify(report, null, 2) : formatPurge(report));
+          return report.complete ? 0 : 130;
+        } catch (e) {
+          bar.stop();
+          console.error(failureLine("purge", e));
+          return 1;
+        } finally {
+          redis.disconnect();
+        }
+      }),
+    );
+};
