@@ -32,8 +32,11 @@ const sha = (s: string) => createHash("sha256").update(s).digest("hex");
 const pad = (i: number) => "x".repeat(10 + (i * 7919) % 300);
 
 /** Keys of every kind; sizes vary so the memory estimate has something to estimate. */
-async function fill(redis: Redis, n: { rl: number; ka: number; cache: number; other: number }, gen = 3): Promise<Record<string, string[]>> {
-  const made: Record<string, string[]> = { counters: [], key: [], ids: [], expiring: [], generation: [], entry: [], fill: [], refresh: [], other: [] };
+async function fill(redis: Redis, n: { rl: number; ka: number; cache: number; other: number; ip?: number }, gen = 3): Promise<Record<string, string[]>> {
+  const made: Record<string, string[]> = {
+    counters: [], key: [], ids: [], expiring: [], generation: [], entry: [], fill: [], refresh: [], other: [],
+    entries: [], reasons: [], version: [], hits: [],
+  };
   let p = redis.pipeline();
   let queued = 0;
   const flush = async (force = false) => {
@@ -74,6 +77,22 @@ async function fill(redis: Redis, n: { rl: number; ka: number; cache: number; ot
     queued++;
     await flush();
   }
+  // redis-ip-access: n.ip lists, each with its entries, reasons, version and one ban counter.
+  for (let i = 0; i < (n.ip ?? 0); i++) {
+    const base = `krs:redis-ip-access:v1:{list-${i}}`;
+    p.zadd(`${base}:entries`, Date.now() + 600_000, `203.0.113.${i % 256}`);
+    p.pexpire(`${base}:entries`, 600_000);
+    p.hset(`${base}:reasons`, `203.0.113.${i % 256}`, pad(i));
+    p.pexpire(`${base}:reasons`, 600_000);
+    p.set(`${base}:version`, `${Date.now()}-${i}`, "PX", 600_000);
+    p.set(`${base}:hits:198.51.100.${i % 256}`, "1", "PX", 600_000);
+    made.entries.push(`${base}:entries`);
+    made.reasons.push(`${base}:reasons`);
+    made.version.push(`${base}:version`);
+    made.hits.push(`${base}:hits:198.51.100.${i % 256}`);
+    queued += 6;
+    await flush();
+  }
   for (let i = 0; i < n.other; i++) {
     p.set(`app:session:${i}`, "v");
     made.other.push(`app:session:${i}`);
@@ -107,7 +126,7 @@ describe("krs inspect on 200,000 suite keys", () => {
     const server = await startRedis();
     url = `redis://127.0.0.1:${server.port}`;
     redis = new Redis({ port: server.port });
-    made = await fill(redis, { rl: 80_000, ka: 40_000, cache: 79_997, other: 1000 });
+    made = await fill(redis, { rl: 80_000, ka: 40_000, cache: 79_997, other: 1000, ip: 50 });
     await redis.hset(planted, "minute:count", "1"); // no TTL: must be flagged
     made.counters.push(planted);
   }, 120_000);
