@@ -341,4 +341,15 @@ describe("krs inspect and purge on a Redis shared with another application", () 
     expect(await redis.dbsize()).toBe(before - removed);
     expect(await redis.exists("app:session:0", "app:session:2999")).toBe(2);
   }, 30_000);
+
+  it("inspect is paced by default (5,000 keys a second)", async () => {
+    await redis.flushdb();
+    await fill(redis, { rl: 0, ka: 0, cache: 0, other: 8000 });
+    const started = Date.now();
+    const r = await run("inspect", "--redis", url, "--json");
+    const took = Date.now() - started;
+    expect(JSON.parse(r.out)).toMatchObject({ otherKeys: 8000, complete: true });
+    // 8,000 keys examined at 5,000 keys/s cannot take less than 1.6 s.
+    expect(took).toBeGreaterThanOrEqual(1500);
+  }, 30_000);
 });

@@ -176,7 +176,7 @@ export const registerInspect: Register = (program: Command, run) => {
     .addOption(new Option("--plugin <name>", `only this plugin's keys (${knownPlugins().join(", ")})`))
     .addOption(new Option("--batch <n>", "SCAN COUNT per batch").default(1000).argParser(positiveInt("--batch", 100_000)))
     .addOption(new Option("--sample <n>", "keys per kind sampled for MEMORY USAGE").default(200).argParser(positiveInt("--sample", 100_000)))
-    .addOption(new Option("--max-ops-per-sec <n>", "pace the walk (0 = no limit)").default(0).argParser(wholeNumber("--max-ops-per-sec")))
+    .addOption(new Option("--max-ops-per-sec <n>", "at most this many keys a second: each SCAN counts as its --batch keys examined, each key whose TTL is read as one more (0 = no limit)").default(5000).argParser(wholeNumber("--max-ops-per-sec")))
     .addOption(jsonOption())
     .action(
       run("inspect", async (opts: { redis?: string; plugin?: string; batch: number; sample: number; maxOpsPerSec: number; json?: boolean }) => {
