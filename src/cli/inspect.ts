@@ -163,7 +163,9 @@ export function formatInspect(r: InspectReport): string {
   lines.push(pad(header), ...rows.map(pad));
   if (r.otherKeys > 0) lines.push(`${r.otherKeys} other keys (not the suite's)`);
   for (const k of r.kinds) {
-    if (k.missingTtl > 0) lines.push(paint("red", `flagged: ${k.missingTtl} ${k.plugin} ${k.kind} keys without a TTL (the table in docs/redis-keys.md says they must have one), e.g. ${k.missingTtlExamples.join(", ")}`));
+    if (k.missingTtl === 0) continue;
+    const why = k.kind === "(unknown)" ? "of no kind in the table in docs/redis-keys.md" : "the table in docs/redis-keys.md says they must have one";
+    lines.push(paint("red", `flagged: ${k.missingTtl} ${k.plugin} ${k.kind} keys without a TTL (${why}), e.g. ${k.missingTtlExamples.join(", ")}`));
   }
   return lines.join("\n");
 }
