@@ -150,6 +150,18 @@ describe("krs doctor on real Redis", () => {
     expect(b.out).toMatch(/^error .*no_such_field/m);
   });
 
+  it("reports every invalid plugin entry, not only the first", async () => {
+    const file = configFile([
+      { name: "redis-key-auth", config: { bogus_one: 1 } },
+      { name: "redis-rate-limit", config: { minute: 5, bogus_two: 1 } },
+      { name: "redis-cache", config: {} },
+    ]);
+    const r = await run("doctor", "--config", file);
+    expect(r.code).toBe(2);
+    const errors = r.out.split("\n").filter((l) => l.startsWith("error") && l.includes("kong.yml"));
+    expect(errors).toEqual([expect.stringMatching(/redis-key-auth.*bogus_one: unknown field/), expect.stringMatching(/redis-rate-limit.*bogus_two: unknown field/)]);
+  });
+
   it("needs --config, and says so in one line (exit 2)", async () => {
     const r = await run("doctor");
     expect(r.code).toBe(2);

@@ -88,6 +88,8 @@ export interface Facts {
   notValidated?: string[];
   /** One line from the validator, or undefined when the file validates. */
   invalid?: string;
+  /** Further problems in the file, one line each (each plugin entry validated alone). */
+  moreInvalid?: string[];
   uses: PluginUse[];
   /** Per use, in the same order: undefined = reached and authenticated. */
   connectErrors: (string | undefined)[];
@@ -126,7 +128,8 @@ function connectFix(error: string): string {
 export function evaluate(f: Facts): Finding[] {
   const out: Finding[] = [];
   if (f.invalid !== undefined) out.push({ level: "error", message: `${f.config}: ${f.invalid}`, fix: f.invalid.startsWith("cannot validate") ? "run make build (or check that luajit is installed)" : "fix the file: the gateway refuses to start with it" });
-  else out.push({ level: "ok", message: `${f.config}: every ${f.notValidated?.length ? "suite " : ""}plugin known and valid` });
+  for (const more of f.moreInvalid ?? []) out.push({ level: "error", message: `${f.config}: ${more}`, fix: "fix the file: the gateway refuses to start with it" });
+  if (f.invalid === undefined) out.push({ level: "ok", message: `${f.config}: every ${f.notValidated?.length ? "suite " : ""}plugin known and valid` });
   if (f.notValidated?.length) out.push({ level: "info", message: `${f.config}: Kong bundled plugins not validated here: ${f.notValidated.join(", ")}` });
   const present = new Set(f.uses.map((u) => u.name));
   /** Which plugins keep data on a server: policy and persistence are the server's, whatever the database. */
@@ -227,19 +230,13 @@ function usesItsRedis(config: any): boolean {
   return typeof config.redis.host === "string";
 }
 
-/** The file with Kong's bundled plugins left out (the local gateway has no schema for them), and their names. */
-export function withoutBundledPlugins(doc: any): { doc: unknown; removed: string[] } {
-  const bundled = new Set(KONG_BUNDLED_PLUGINS);
-  const suite = new Set(knownPlugins());
-  const removed = new Set<string>();
+/** A copy of the file without the plugin entries `drop` picks (called once per entry, in file order). */
+function filterPlugins(doc: any, drop: (plugin: any, index: number) => boolean): unknown {
   const copy = structuredClone(doc);
+  let index = 0;
   const strip = (holder: any) => {
     if (holder === null || typeof holder !== "object" || !Array.isArray(holder.plugins)) return;
-    holder.plugins = holder.plugins.filter((p: any) => {
-      const drop = p !== null && typeof p === "object" && bundled.has(p.name) && !suite.has(p.name);
-      if (drop) removed.add(p.name);
-      return !drop;
-    });
+    holder.plugins = holder.plugins.filter((p: any) => !drop(p, index++));
   };
   strip(copy);
   for (const s of Array.isArray(copy?.services) ? copy.services : []) {
@@ -247,7 +244,44 @@ export function withoutBundledPlugins(doc: any): { doc: unknown; removed: string
     for (const r of Array.isArray(s?.routes) ? s.routes : []) strip(r);
   }
   for (const key of ["routes", "consumers", "consumer_groups"]) for (const e of Array.isArray(copy?.[key]) ? copy[key] : []) strip(e);
+  return copy;
+}
+
+/** The file with Kong's bundled plugins left out (the local gateway has no schema for them), and their names. */
+export function withoutBundledPlugins(doc: any): { doc: unknown; removed: string[] } {
+  const bundled = new Set(KONG_BUNDLED_PLUGINS);
+  const suite = new Set(knownPlugins());
+  const removed = new Set<string>();
+  const copy = filterPlugins(doc, (p) => {
+    const drop = p !== null && typeof p === "object" && bundled.has(p.name) && !suite.has(p.name);
+    if (drop) removed.add(p.name);
+    return drop;
+  });
   return { doc: copy, removed: [...removed].sort() };
+}
+
+/** Validations beyond the first: one per plugin entry, so one bad entry does not hide the others. */
+const MAX_ENTRY_VALIDATIONS = 50;
+
+/**
+ * Every problem the validator finds, not only its first: the loader stops at the first
+ * invalid entity, so each plugin entry is validated alone (the others left out), then the
+ * entities without any plugin.
+ */
+function validateEach(doc: unknown): string[] {
+  const first = validate(doc);
+  if (first === undefined) return [];
+  if (first.startsWith("cannot validate")) return [first];
+  let entries = 0;
+  filterPlugins(doc, () => (entries++, false));
+  const found = new Set<string>([first]);
+  for (let i = 0; i < Math.min(entries, MAX_ENTRY_VALIDATIONS); i++) {
+    const e = validate(filterPlugins(doc, (_p, index) => index !== i));
+    if (e !== undefined) found.add(e);
+  }
+  const entities = validate(filterPlugins(doc, () => true));
+  if (entities !== undefined) found.add(entities);
+  return [...found];
 }
 
 /** Every Redis-backed plugin in the file, where it is. */
@@ -372,7 +406,8 @@ export async function gather(configPath: string, extraRedisUrl?: string): Promis
     return { config: configPath, invalid: `YAML syntax error: ${(e as Error).message.split("\n")[0]}`, uses: [], connectErrors: [], servers: [] };
   }
   const suiteOnly = withoutBundledPlugins(doc);
-  const facts: Facts = { config: configPath, invalid: validate(suiteOnly.doc), notValidated: suiteOnly.removed, uses: redisPlugins(doc), connectErrors: [], servers: [] };
+  const [invalid, ...moreInvalid] = validateEach(suiteOnly.doc);
+  const facts: Facts = { config: configPath, invalid, moreInvalid, notValidated: suiteOnly.removed, uses: redisPlugins(doc), connectErrors: [], servers: [] };
   const seen = new Map<string, Redis | undefined>();
   try {
     for (const u of facts.uses) {
