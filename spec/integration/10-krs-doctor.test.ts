@@ -115,6 +115,53 @@ describe("krs doctor on real Redis", () => {
     expect(r.out).toMatch(/^error redis-rate-limit \(route r\): Redis redis:\/\/127\.0\.0\.1:1\/0: connect ECONNREFUSED.* → start Redis there/m);
   });
 
+  it("judges eviction and persistence per server: a cache-only allkeys-lru Redis is fine next to a noeviction one for rate-limit and key-auth", async () => {
+    const cache = await startRedis(["--maxmemory-policy", "allkeys-lru"]);
+    const state = await startRedis(["--appendonly", "yes"]);
+    const file = configFile([
+      { name: "redis-cache", config: { redis: { port: cache.port } } },
+      { name: "redis-rate-limit", config: { minute: 5, redis: { port: state.port } } },
+      { name: "redis-key-auth", config: { redis: { port: state.port } } },
+    ]);
+    const r = await run("doctor", "--config", file);
+    expect(r.out).toMatch(new RegExp(`^ok\\s+Redis redis://127\\.0\\.0\\.1:${cache.port}/0: maxmemory-policy allkeys-lru`, "m"));
+    expect(r.out).not.toMatch(new RegExp(`Redis redis://127\\.0\\.0\\.1:${cache.port}/0: persistence`));
+    expect(r.code, r.out).toBe(0);
+  });
+
+  it("leaves Kong's bundled plugins out of validation (one info line), validates the suite's, and does not connect-test rate-limiting with policy local", async () => {
+    const redis = await startRedis(["--appendonly", "yes"]);
+    const file = configFile([
+      { name: "ip-restriction", config: { allow: ["127.0.0.1"] } },
+      { name: "rate-limiting", config: { minute: 5, policy: "local", redis: { port: 1 } } },
+      { name: "redis-key-auth", config: { redis: { port: redis.port } } },
+    ]);
+    const r = await run("doctor", "--config", file);
+    expect(r.out).toMatch(/^info\s+.*Kong bundled plugins not validated here: ip-restriction, rate-limiting$/m);
+    expect(r.out).toMatch(/^ok\s+.*every suite plugin known and valid/m);
+    expect(r.out).not.toMatch(/^\S+\s+rate-limiting \(route r\)/m);
+    expect(r.code, r.out).toBe(0);
+    const bad = configFile([
+      { name: "ip-restriction", config: { allow: ["127.0.0.1"] } },
+      { name: "redis-key-auth", config: { no_such_field: 1, redis: { port: redis.port } } },
+    ]);
+    const b = await run("doctor", "--config", bad);
+    expect(b.code).toBe(2);
+    expect(b.out).toMatch(/^error .*no_such_field/m);
+  });
+
+  it("reports every invalid plugin entry, not only the first", async () => {
+    const file = configFile([
+      { name: "redis-key-auth", config: { bogus_one: 1 } },
+      { name: "redis-rate-limit", config: { minute: 5, bogus_two: 1 } },
+      { name: "redis-cache", config: {} },
+    ]);
+    const r = await run("doctor", "--config", file);
+    expect(r.code).toBe(2);
+    const errors = r.out.split("\n").filter((l) => l.startsWith("error") && l.includes("kong.yml"));
+    expect(errors).toEqual([expect.stringMatching(/redis-key-auth.*bogus_one: unknown field/), expect.stringMatching(/redis-rate-limit.*bogus_two: unknown field/)]);
+  });
+
   it("needs --config, and says so in one line (exit 2)", async () => {
     const r = await run("doctor");
     expect(r.code).toBe(2);
@@ -143,6 +190,16 @@ describe("doctor's judgement", () => {
   it("clocks more than 2 s apart are a warning", () => {
     expect(evaluate(base({ clockSkewMs: -2500 })).find((x) => x.level === "warn")?.message).toMatch(/clock behind this host by 2500 ms/);
     expect(exitStatus(evaluate(base({ clockSkewMs: 1500 })))).toBe(0);
+  });
+
+  it("volatile-* warns when a plugin with TTL'd keys uses that server, not for a cache-only one", () => {
+    for (const plugin of ["redis-rate-limit", "redis-key-auth", "redis-ip-access"]) {
+      const f = evaluate(base({ maxmemoryPolicy: "volatile-lru" }, [plugin]));
+      const warn = f.find((x) => x.level === "warn");
+      expect(warn?.message).toMatch(new RegExp(`volatile-lru evicts exactly the keys with a TTL: ${plugin}`));
+      expect(warn?.fix).toMatch(/noeviction.*separate Redis for redis-cache/);
+    }
+    expect(exitStatus(evaluate(base({ maxmemoryPolicy: "volatile-ttl" })))).toBe(0);
   });
 
   it("noeviction with a nearly full cache warns; CONFIG refused is said, not guessed", () => {

@@ -25,10 +25,23 @@ export const MIN_REDIS_VERSION = "4.0.0";
 export const MAX_CLOCK_SKEW_MS = 2000;
 /** Plugins whose data is credentials or revocations: lost on a Redis restart without persistence. */
 const CREDENTIAL_PLUGINS = ["redis-key-auth", "redis-jwt"];
-/** Plugins whose keys an allkeys-* eviction turns into wrong answers. */
+/** Plugins whose keys (many with a TTL) any eviction, allkeys-* or volatile-*, turns into wrong answers. */
 const EVICTION_SENSITIVE = ["redis-rate-limit", "redis-key-auth", "redis-jwt", "redis-usage", "redis-ip-access"];
+/**
+ * Kong's bundled plugins (kong/constants.lua BUNDLED_PLUGINS, Kong 3.9): a real Kong config
+ * carries them next to the suite's, and the local gateway has no schema for them.
+ */
+export const KONG_BUNDLED_PLUGINS = [
+  "jwt", "acl", "correlation-id", "cors", "oauth2", "tcp-log", "udp-log", "file-log", "http-log", "key-auth", "hmac-auth", "basic-auth",
+  "ip-restriction", "request-transformer", "response-transformer", "request-size-limiting", "rate-limiting", "response-ratelimiting",
+  "syslog", "loggly", "datadog", "ldap-auth", "statsd", "bot-detection", "aws-lambda", "request-termination", "prometheus", "proxy-cache",
+  "session", "acme", "grpc-gateway", "grpc-web", "pre-function", "post-function", "azure-functions", "zipkin", "opentelemetry",
+  "ai-proxy", "ai-prompt-decorator", "ai-prompt-template", "ai-prompt-guard", "ai-request-transformer", "ai-response-transformer",
+  "standard-webhooks", "redirect",
+];
 
-export type Level = "ok" | "warn" | "error";
+/** info: said, never counted towards the exit status. */
+export type Level = "ok" | "info" | "warn" | "error";
 export interface Finding {
   level: Level;
   message: string;
@@ -71,8 +84,12 @@ export interface ServerFacts {
 
 export interface Facts {
   config: string;
+  /** Kong bundled plugins in the file, left out of validation. */
+  notValidated?: string[];
   /** One line from the validator, or undefined when the file validates. */
   invalid?: string;
+  /** Further problems in the file, one line each (each plugin entry validated alone). */
+  moreInvalid?: string[];
   uses: PluginUse[];
   /** Per use, in the same order: undefined = reached and authenticated. */
   connectErrors: (string | undefined)[];
@@ -81,6 +98,11 @@ export interface Facts {
 
 function endpointOf(r: RedisSettings): string {
   return `${r.ssl ? "rediss" : "redis"}://${r.host}:${r.port}/${r.database}`;
+}
+
+/** `host:port` of an endpoint, without scheme, credentials or database. */
+function serverOf(endpoint: string): string {
+  return endpoint.replace(/^[a-z]+:\/\/(?:[^@/]*@)?/, "").replace(/\/\d*$/, "");
 }
 
 function versionAtLeast(version: string, min: string): boolean {
@@ -106,8 +128,17 @@ function connectFix(error: string): string {
 export function evaluate(f: Facts): Finding[] {
   const out: Finding[] = [];
   if (f.invalid !== undefined) out.push({ level: "error", message: `${f.config}: ${f.invalid}`, fix: f.invalid.startsWith("cannot validate") ? "run make build (or check that luajit is installed)" : "fix the file: the gateway refuses to start with it" });
-  else out.push({ level: "ok", message: `${f.config}: every plugin known and valid` });
+  for (const more of f.moreInvalid ?? []) out.push({ level: "error", message: `${f.config}: ${more}`, fix: "fix the file: the gateway refuses to start with it" });
+  if (f.invalid === undefined) out.push({ level: "ok", message: `${f.config}: every ${f.notValidated?.length ? "suite " : ""}plugin known and valid` });
+  if (f.notValidated?.length) out.push({ level: "info", message: `${f.config}: Kong bundled plugins not validated here: ${f.notValidated.join(", ")}` });
   const present = new Set(f.uses.map((u) => u.name));
+  /** Which plugins keep data on a server: policy and persistence are the server's, whatever the database. */
+  const usersOf = (s: ServerFacts): Set<string> => {
+    const server = serverOf(s.endpoint);
+    const users = f.uses.filter((u) => serverOf(endpointOf(u.redis)) === server).map((u) => u.name);
+    // A --redis server no plugin names: judged by everything in the file.
+    return users.length > 0 ? new Set(users) : present;
+  };
   f.uses.forEach((u, i) => {
     for (const ref of u.unresolved) out.push({ level: "warn", message: `${u.name} (${u.where}): ${ref} is not set in this environment, so it resolves to ""`, fix: "export it where the gateway runs (Kong's env vault reads the same variable)" });
     const err = f.connectErrors[i];
@@ -116,6 +147,7 @@ export function evaluate(f: Facts): Finding[] {
   });
   for (const s of f.servers) {
     const at = `Redis ${s.endpoint}`;
+    const users = usersOf(s);
     if (s.version !== undefined) {
       if (versionAtLeast(s.version, MIN_REDIS_VERSION)) out.push({ level: "ok", message: `${at}: version ${s.version}` });
       else out.push({ level: "error", message: `${at}: version ${s.version} is older than ${MIN_REDIS_VERSION}, which the scripts need (multi-field HSET)`, fix: `upgrade Redis to ${MIN_REDIS_VERSION} or newer` });
@@ -123,17 +155,24 @@ export function evaluate(f: Facts): Finding[] {
     if (s.cluster) out.push({ level: "warn", message: `${at}: Redis Cluster: krs inspect/purge do not walk every master yet`, fix: "run them against each master" });
     const policy = s.maxmemoryPolicy;
     if (policy === undefined) out.push({ level: "warn", message: `${at}: could not read maxmemory-policy (CONFIG GET refused)`, fix: "check it in your provider's console: it must not be allkeys-*" });
-    else if (policy.startsWith("allkeys-")) {
-      const hit = EVICTION_SENSITIVE.filter((p) => present.has(p));
+    else if (policy.startsWith("allkeys-") && (users.size === 0 || EVICTION_SENSITIVE.some((p) => users.has(p)))) {
+      const hit = EVICTION_SENSITIVE.filter((p) => users.has(p));
       out.push({
         level: "warn",
         message: `${at}: maxmemory-policy ${policy} can evict any key: ${hit.length > 0 ? hit.join(", ") + ": " : ""}evicted rate-limit counters over-admit, evicted API keys are refused, evicted revocations revive tokens`,
-        fix: "use noeviction (or volatile-*, with enough maxmemory), or a separate Redis for redis-cache",
+        fix: "use noeviction, and a separate Redis for redis-cache",
       });
-    } else if (policy === "noeviction" && present.has("redis-cache") && s.maxmemory && s.usedMemory !== undefined && s.usedMemory >= 0.9 * s.maxmemory) {
+    } else if (policy.startsWith("volatile-") && EVICTION_SENSITIVE.some((p) => users.has(p))) {
+      const hit = EVICTION_SENSITIVE.filter((p) => users.has(p));
+      out.push({
+        level: "warn",
+        message: `${at}: maxmemory-policy ${policy} evicts exactly the keys with a TTL: ${hit.join(", ")}: rate-limit counters, API keys with a TTL, ip-access bans and lists`,
+        fix: "use noeviction, and a separate Redis for redis-cache",
+      });
+    } else if (policy === "noeviction" && users.has("redis-cache") && s.maxmemory && s.usedMemory !== undefined && s.usedMemory >= 0.9 * s.maxmemory) {
       out.push({ level: "warn", message: `${at}: noeviction with memory ${Math.round((100 * s.usedMemory) / s.maxmemory)}% full: writes (cache stores, counters) start failing at maxmemory`, fix: "raise maxmemory, lower cache_ttl, or give redis-cache its own Redis with volatile-lru" });
     } else out.push({ level: "ok", message: `${at}: maxmemory-policy ${policy}` });
-    const creds = CREDENTIAL_PLUGINS.filter((p) => present.has(p));
+    const creds = CREDENTIAL_PLUGINS.filter((p) => users.has(p));
     if (creds.length > 0) {
       if (s.persistence === undefined) out.push({ level: "warn", message: `${at}: could not read persistence settings (CONFIG GET refused) while ${creds.join(", ")} keep credentials there`, fix: "make sure AOF or RDB snapshots are on" });
       else if (!s.persistence.aof && !s.persistence.rdb) out.push({ level: "warn", message: `${at}: persistence is off (no AOF, no RDB) while ${creds.join(", ")} keep credentials there: a restart loses every API key`, fix: "turn on appendonly yes (or RDB snapshots)" });
@@ -180,6 +219,71 @@ function redisSettings(config: Record<string, unknown> | undefined, unresolved: 
   };
 }
 
+/**
+ * A plugin outside the suite with a config.redis record (Kong's rate-limiting) keeps data
+ * there only with policy redis; without a policy field, only when it names a host: never
+ * connect-tested with the defaults filled in.
+ */
+function usesItsRedis(config: any): boolean {
+  if (config === null || typeof config !== "object" || config.redis === null || typeof config.redis !== "object") return false;
+  if (config.policy !== undefined) return config.policy === "redis";
+  return typeof config.redis.host === "string";
+}
+
+/** A copy of the file without the plugin entries `drop` picks (called once per entry, in file order). */
+function filterPlugins(doc: any, drop: (plugin: any, index: number) => boolean): unknown {
+  const copy = structuredClone(doc);
+  let index = 0;
+  const strip = (holder: any) => {
+    if (holder === null || typeof holder !== "object" || !Array.isArray(holder.plugins)) return;
+    holder.plugins = holder.plugins.filter((p: any) => !drop(p, index++));
+  };
+  strip(copy);
+  for (const s of Array.isArray(copy?.services) ? copy.services : []) {
+    strip(s);
+    for (const r of Array.isArray(s?.routes) ? s.routes : []) strip(r);
+  }
+  for (const key of ["routes", "consumers", "consumer_groups"]) for (const e of Array.isArray(copy?.[key]) ? copy[key] : []) strip(e);
+  return copy;
+}
+
+/** The file with Kong's bundled plugins left out (the local gateway has no schema for them), and their names. */
+export function withoutBundledPlugins(doc: any): { doc: unknown; removed: string[] } {
+  const bundled = new Set(KONG_BUNDLED_PLUGINS);
+  const suite = new Set(knownPlugins());
+  const removed = new Set<string>();
+  const copy = filterPlugins(doc, (p) => {
+    const drop = p !== null && typeof p === "object" && bundled.has(p.name) && !suite.has(p.name);
+    if (drop) removed.add(p.name);
+    return drop;
+  });
+  return { doc: copy, removed: [...removed].sort() };
+}
+
+/** Validations beyond the first: one per plugin entry, so one bad entry does not hide the others. */
+const MAX_ENTRY_VALIDATIONS = 50;
+
+/**
+ * Every problem the validator finds, not only its first: the loader stops at the first
+ * invalid entity, so each plugin entry is validated alone (the others left out), then the
+ * entities without any plugin.
+ */
+function validateEach(doc: unknown): string[] {
+  const first = validate(doc);
+  if (first === undefined) return [];
+  if (first.startsWith("cannot validate")) return [first];
+  let entries = 0;
+  filterPlugins(doc, () => (entries++, false));
+  const found = new Set<string>([first]);
+  for (let i = 0; i < Math.min(entries, MAX_ENTRY_VALIDATIONS); i++) {
+    const e = validate(filterPlugins(doc, (_p, index) => index !== i));
+    if (e !== undefined) found.add(e);
+  }
+  const entities = validate(filterPlugins(doc, () => true));
+  if (entities !== undefined) found.add(entities);
+  return [...found];
+}
+
 /** Every Redis-backed plugin in the file, where it is. */
 export function redisPlugins(doc: any): PluginUse[] {
   const uses: PluginUse[] = [];
@@ -188,7 +292,7 @@ export function redisPlugins(doc: any): PluginUse[] {
     if (!Array.isArray(plugins)) return;
     for (const p of plugins) {
       if (p === null || typeof p !== "object" || typeof p.name !== "string") continue;
-      if (!suite.has(p.name) && !(p.config && typeof p.config.redis === "object")) continue;
+      if (!suite.has(p.name) && !usesItsRedis(p.config)) continue;
       const unresolved: string[] = [];
       uses.push({ name: p.name, where, redis: redisSettings(p.config, unresolved), unresolved });
     }
@@ -301,7 +405,9 @@ export async function gather(configPath: string, extraRedisUrl?: string): Promis
   } catch (e) {
     return { config: configPath, invalid: `YAML syntax error: ${(e as Error).message.split("\n")[0]}`, uses: [], connectErrors: [], servers: [] };
   }
-  const facts: Facts = { config: configPath, invalid: validate(doc), uses: redisPlugins(doc), connectErrors: [], servers: [] };
+  const suiteOnly = withoutBundledPlugins(doc);
+  const [invalid, ...moreInvalid] = validateEach(suiteOnly.doc);
+  const facts: Facts = { config: configPath, invalid, moreInvalid, notValidated: suiteOnly.removed, uses: redisPlugins(doc), connectErrors: [], servers: [] };
   const seen = new Map<string, Redis | undefined>();
   try {
     for (const u of facts.uses) {
@@ -342,7 +448,7 @@ function parseUrl(url: string): RedisOptions & { auth: { username?: string; pass
 }
 
 export function formatFinding(f: Finding): string {
-  const tag = f.level === "ok" ? paint("green", "ok   ") : f.level === "warn" ? paint("yellow", "warn ") : paint("red", "error");
+  const tag = f.level === "ok" ? paint("green", "ok   ") : f.level === "info" ? "info " : f.level === "warn" ? paint("yellow", "warn ") : paint("red", "error");
   return `${tag} ${f.message}${f.fix ? ` → ${f.fix}` : ""}`;
 }
 

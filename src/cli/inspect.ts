@@ -163,7 +163,9 @@ export function formatInspect(r: InspectReport): string {
   lines.push(pad(header), ...rows.map(pad));
   if (r.otherKeys > 0) lines.push(`${r.otherKeys} other keys (not the suite's)`);
   for (const k of r.kinds) {
-    if (k.missingTtl > 0) lines.push(paint("red", `flagged: ${k.missingTtl} ${k.plugin} ${k.kind} keys without a TTL (the table in docs/redis-keys.md says they must have one), e.g. ${k.missingTtlExamples.join(", ")}`));
+    if (k.missingTtl === 0) continue;
+    const why = k.kind === "(unknown)" ? "of no kind in the table in docs/redis-keys.md" : "the table in docs/redis-keys.md says they must have one";
+    lines.push(paint("red", `flagged: ${k.missingTtl} ${k.plugin} ${k.kind} keys without a TTL (${why}), e.g. ${k.missingTtlExamples.join(", ")}`));
   }
   return lines.join("\n");
 }
@@ -176,7 +178,7 @@ export const registerInspect: Register = (program: Command, run) => {
     .addOption(new Option("--plugin <name>", `only this plugin's keys (${knownPlugins().join(", ")})`))
     .addOption(new Option("--batch <n>", "SCAN COUNT per batch").default(1000).argParser(positiveInt("--batch", 100_000)))
     .addOption(new Option("--sample <n>", "keys per kind sampled for MEMORY USAGE").default(200).argParser(positiveInt("--sample", 100_000)))
-    .addOption(new Option("--max-ops-per-sec <n>", "pace the walk (0 = no limit)").default(0).argParser(wholeNumber("--max-ops-per-sec")))
+    .addOption(new Option("--max-ops-per-sec <n>", "at most this many keys a second: each SCAN counts as its --batch keys examined, each key whose TTL is read as one more (0 = no limit)").default(5000).argParser(wholeNumber("--max-ops-per-sec")))
     .addOption(jsonOption())
     .action(
       run("inspect", async (opts: { redis?: string; plugin?: string; batch: number; sample: number; maxOpsPerSec: number; json?: boolean }) => {

@@ -6,7 +6,7 @@
 import type { Command } from "commander";
 import { Option } from "commander";
 import type { Redis } from "ioredis";
-import { classify, keyKindsOf, knownPlugins } from "./key-kinds.js";
+import { classify, keyKindsOf, knownPlugins, pluginPrefix } from "./key-kinds.js";
 import { failureLine, jsonOption, positiveInt, redisOption, wholeNumber, UsageError, type Register } from "./command.js";
 import { connectRedis, redactedUrl, redisUrlFrom } from "./redis.js";
 import { globToRegExp, Pacer, refuseCluster, scanAll } from "./scan.js";
@@ -26,6 +26,7 @@ export interface PurgeReport {
   plugin: string;
   dryRun: boolean;
   complete: boolean;
+  /** Keys under the plugin's prefix that SCAN MATCH returned. */
   scanned: number;
   /** Keys removed (or, in a dry run, that would be), per kind (`(unknown)`: under the plugin's prefix, of no kind in the table). */
   removed: Record<string, number>;
@@ -60,7 +61,8 @@ export async function purge(redis: Redis, where: string, opts: PurgeOptions, onP
   const result = await scanAll(redis, {
     batch: opts.batch,
     maxOpsPerSec: opts.maxOpsPerSec,
-    onProgress: (scanned) => onProgress?.(scanned, dbsize),
+    match: `${globEscape(pluginPrefix(opts.plugin))}*`,
+    onProgress: (examined) => onProgress?.(Math.min(examined, dbsize), dbsize),
     onBatch: async (keys) => {
       const now: { key: string; kind: string }[] = [];
       for (const key of keys) {
@@ -79,6 +81,11 @@ export async function purge(redis: Redis, where: string, opts: PurgeOptions, onP
   if (result.complete) await new Pacer(opts.maxOpsPerSec).spend(await unlink(deferred));
   const total = Object.values(removed).reduce((a, b) => a + b, 0);
   return { redis: where, plugin: opts.plugin, dryRun: opts.dryRun, complete: result.complete, scanned: result.scanned, removed, total };
+}
+
+/** A literal as a Redis glob. */
+function globEscape(text: string): string {
+  return text.replace(/[*?[\]\\]/g, "\\$&");
 }
 
 export function formatPurge(r: PurgeReport): string {
@@ -102,7 +109,7 @@ export const registerPurge: Register = (program: Command, run) => {
     .addOption(new Option("--dry-run", "count what would be removed, remove nothing"))
     .addOption(redisOption())
     .addOption(new Option("--batch <n>", "SCAN COUNT per batch, and keys per UNLINK pipeline").default(500).argParser(positiveInt("--batch", 100_000)))
-    .addOption(new Option("--max-ops-per-sec <n>", "at most this many keys scanned-and-unlinked a second (0 = no limit)").default(5000).argParser(wholeNumber("--max-ops-per-sec")))
+    .addOption(new Option("--max-ops-per-sec <n>", "at most this many keys a second: each SCAN counts as its --batch keys examined, each key unlinked as one more (0 = no limit)").default(5000).argParser(wholeNumber("--max-ops-per-sec")))
     .addOption(jsonOption())
     .action(
       run("purge", async (opts: { plugin?: string; kind?: string; match?: string; dryRun?: boolean; redis?: string; batch: number; maxOpsPerSec: number; json?: boolean }) => {

@@ -1,6 +1,6 @@
 /**
  * The one way the operations commands walk Redis: SCAN with COUNT in batches (never
- * KEYS), paced to at most `maxOpsPerSec` commands' worth of keys a second, stopped
+ * KEYS), paced to at most `maxOpsPerSec` keys a second (scanned and followed up), stopped
  * cleanly by Ctrl-C after the batch in flight.
  */
 import type { Redis } from "ioredis";
@@ -8,14 +8,18 @@ import type { Redis } from "ioredis";
 export interface ScanOptions {
   /** SCAN's COUNT hint, and the size of each follow-up batch. */
   batch: number;
-  /** 0 = unpaced. Every key of a batch's follow-up commands counts as one op, the SCAN as one. */
+  /** 0 = unpaced. Keys a second: each SCAN counts as the `batch` keys it examines, each key of a batch's follow-up commands as one more. */
   maxOpsPerSec: number;
-  /** Called once per batch with the keys SCAN returned; returns how many ops it sent. */
+  /** SCAN MATCH glob, so Redis filters out other applications' key names before they travel. */
+  match?: string;
+  /** Called once per batch with the keys SCAN returned; returns how many keys it sent commands for. */
   onBatch(keys: string[]): Promise<number>;
-  onProgress?(scanned: number): void;
+  /** With the keys examined so far (about COUNT per SCAN: with MATCH, more than returned). */
+  onProgress?(examined: number): void;
 }
 
 export interface ScanResult {
+  /** Keys SCAN returned (with MATCH, the matching ones only). */
   scanned: number;
   /** false when Ctrl-C stopped the walk before the cursor came back to 0. */
   complete: boolean;
@@ -46,14 +50,17 @@ export async function scanAll(redis: Redis, opts: ScanOptions): Promise<ScanResu
   const pacer = new Pacer(opts.maxOpsPerSec);
   let cursor = "0";
   let scanned = 0;
+  let examined = 0;
   try {
     do {
-      await pacer.spend(1);
-      const [next, keys] = await redis.scan(cursor, "COUNT", opts.batch);
+      const [next, keys] = opts.match === undefined ? await redis.scan(cursor, "COUNT", opts.batch) : await redis.scan(cursor, "MATCH", opts.match, "COUNT", opts.batch);
       cursor = next;
+      // SCAN examines about COUNT keys whatever MATCH lets through.
+      await pacer.spend(Math.max(opts.batch, keys.length));
       scanned += keys.length;
+      examined += Math.max(opts.batch, keys.length);
       if (keys.length > 0) await pacer.spend(await opts.onBatch(keys));
-      opts.onProgress?.(scanned);
+      opts.onProgress?.(opts.match === undefined ? scanned : examined);
     } while (cursor !== "0" && !interrupted);
   } finally {
     process.off("SIGINT", onSigint);
