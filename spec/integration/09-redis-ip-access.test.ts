@@ -18,7 +18,7 @@ import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { addEntry, listKeys, removeEntry, withScripts, type IpRedis } from "../../src/cli/ip.js";
 import type { UpstreamServer } from "../../src/cli/upstream.js";
-import { gateway, ROOT, startRedis, stopAll, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
+import { freePort, gateway, ROOT, startRedis, stopAll, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
 
 interface Res {
   status: number;
@@ -352,6 +352,33 @@ describe("shared lists in Redis", () => {
     const expected = [/\[redis-ip-access(:lists)?\]/];
     expect(open.unexpectedErrors(expected)).toEqual([]);
     expect(closed.unexpectedErrors(expected)).toEqual([]);
+  });
+});
+
+describe("an allow list a worker never loaded (Redis unreachable)", () => {
+  it("is as if absent: the static allow still refuses others; fault_tolerant false answers 500; true lets through only when no allow source was left", async () => {
+    const deadPort = await freePort();
+    const plugin = (config: object) => [{ name: "redis-ip-access", config: { redis_allow_lists: ["partners"], redis: { port: deadPort, timeout: 200 }, ...config } }];
+    const gw = await gateway({
+      _format_version: "3.0",
+      services: [{
+        name: "s",
+        url: `http://127.0.0.1:${up.port}/anything`,
+        routes: [
+          { name: "static-open", paths: ["/static-open"], plugins: plugin({ allow: ["10.0.0.0/8"], fault_tolerant: true }) },
+          { name: "static-closed", paths: ["/static-closed"], plugins: plugin({ allow: ["10.0.0.0/8"], fault_tolerant: false }) },
+          { name: "listed-closed", paths: ["/listed-closed"], plugins: plugin({ allow: ["127.0.6.1"], fault_tolerant: false }) },
+          { name: "list-only-open", paths: ["/list-only-open"], plugins: plugin({ fault_tolerant: true }) },
+        ],
+      }],
+    });
+    for (let i = 0; i < 4; i++) {
+      expect((await hit(`${gw.proxyUrl}/static-open`, "127.0.6.1")).status, "static allow still applies").toBe(403);
+      expect((await hit(`${gw.proxyUrl}/static-closed`, "127.0.6.1")).status, "the list might have held it").toBe(500);
+      expect((await hit(`${gw.proxyUrl}/listed-closed`, "127.0.6.1")).status, "statically allowed").toBe(200);
+      expect((await hit(`${gw.proxyUrl}/list-only-open`, "127.0.6.1")).status, "no allow source left").toBe(200);
+    }
+    expect(gw.unexpectedErrors([/\[redis-ip-access(:lists)?\]/])).toEqual([]);
   });
 });
 

@@ -146,16 +146,26 @@ const handler: KongPluginHandler<IpAccessConf> = {
     }
     if (p.allow === undefined && p.allowLists === undefined) return;
     if (p.allow !== undefined && contains(p.allow, bin)) return;
+    // A list this worker never loaded is as if absent: it must not switch off the static
+    // allow or a loaded list by letting everyone through.
+    let consulted = p.allow !== undefined;
+    let unloaded: string | undefined;
     if (p.allowLists !== undefined) {
       for (const state of p.allowLists) {
         const [m, err] = matcherOf(state);
-        if (m === undefined) {
-          fault.onRedisFailure(PLUGIN, conf, `allow list '${state.list}' never loaded: ${err}`);
-          // fault_tolerant: an allow list this worker never saw refuses nobody.
-          return;
+        if (m === undefined) unloaded = unloaded ?? `allow list '${state.list}' never loaded: ${err}`;
+        else {
+          consulted = true;
+          if (contains(m, bin)) return;
         }
-        if (contains(m, bin)) return;
       }
+    }
+    // fault_tolerant false: an unloaded list might have held this client, so the answer is
+    // an outage (500), never a refusal that looks final. fault_tolerant true: refuse if any
+    // allow source could be consulted; let through only when none could.
+    if (unloaded !== undefined) {
+      fault.onRedisFailure(PLUGIN, conf, unloaded);
+      if (!consulted) return;
     }
     return refuse(p, address);
   },

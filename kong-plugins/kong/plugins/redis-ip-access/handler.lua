@@ -157,20 +157,25 @@ local handler = {
         if p.allow ~= nil and contains(p.allow, bin) then
             return
         end
+        local consulted = p.allow ~= nil
+        local unloaded
         if p.allowLists ~= nil then
             for ____, state in ipairs(p.allowLists) do
                 local m, err = matcherOf(state)
                 if m == nil then
-                    fault.onRedisFailure(
-                        PLUGIN,
-                        conf,
-                        (("allow list '" .. state.list) .. "' never loaded: ") .. tostring(err)
-                    )
-                    return
+                    unloaded = unloaded or (("allow list '" .. state.list) .. "' never loaded: ") .. tostring(err)
+                else
+                    consulted = true
+                    if contains(m, bin) then
+                        return
+                    end
                 end
-                if contains(m, bin) then
-                    return
-                end
+            end
+        end
+        if unloaded ~= nil then
+            fault.onRedisFailure(PLUGIN, conf, unloaded)
+            if not consulted then
+                return
             end
         end
         return refuse(p, address)
