@@ -355,6 +355,35 @@ describe("shared lists in Redis", () => {
   });
 });
 
+describe("a list whose reload fails (Redis frozen right after a change message)", () => {
+  it("still drops its TTL entries on time", async () => {
+    const redis = await startRedis();
+    const r = withScripts(new Redis(redis.port, "127.0.0.1", { maxRetriesPerRequest: 0, retryStrategy: () => null }));
+    r.on("error", () => undefined);
+    const config = { redis_deny_lists: ["blocklist"], sync_interval: 1, redis: { port: redis.port, timeout: 300 } };
+    const gw = await gateway({ _format_version: "3.0", services: [{ name: "s", url: `http://127.0.0.1:${up.port}/anything`, routes: [{ name: "r", paths: ["/"], plugins: [{ name: "redis-ip-access", config }] }] }] });
+    const seen = async (from: string) => new Set((await Promise.all(Array.from({ length: 16 }, () => hit(`${gw.proxyUrl}/`, from)))).map((res) => res.status));
+    try {
+      expect(await seen("127.0.8.1")).toEqual(new Set([200]));
+      await addEntry(r, "blocklist", "127.0.8.1", 3, "short ban");
+      const deadline = Date.now() + 1500;
+      const onlyRefused = async () => { const s = await seen("127.0.8.1"); return s.size === 1 && s.has(403); };
+      while (Date.now() < deadline && !(await onlyRefused())) await sleep(20);
+      const addedAt = Date.now();
+      expect(await seen("127.0.8.1")).toEqual(new Set([403]));
+      // This change marks the list dirty on every worker; the freeze makes each reload fail.
+      await addEntry(r, "blocklist", "127.0.8.2", 0, "kept");
+      redis.process.kill("SIGSTOP");
+      await sleep(Math.max(0, addedAt + 3000 + 1500 - Date.now()));
+      expect(await seen("127.0.8.1"), "the TTL entry outlived its TTL").toEqual(new Set([200]));
+    } finally {
+      redis.process.kill("SIGCONT");
+      r.disconnect();
+    }
+    expect(gw.unexpectedErrors([/\[redis-ip-access(:lists)?\]/])).toEqual([]);
+  }, 20_000);
+});
+
 describe("an allow list a worker never loaded (Redis unreachable)", () => {
   it("is as if absent: the static allow still refuses others; fault_tolerant false answers 500; true lets through only when no allow source was left", async () => {
     const deadPort = await freePort();
