@@ -95,7 +95,7 @@ describe("ip-access scripts", () => {
     const counter = "krs:redis-ip-access:v1:{s-bans}:hits:10.6.6.6";
     const reply = await redis.eval(hit, 4, counter, entries, reasons, version, "1", "60000", "1", String(now + 60000), "too many 401", String(now), CHANNEL, "s-bans", "10.6.6.6");
     expect(reply).toEqual([1, 1]);
-    expect(await redis.zrange(entries, 0, -1)).toEqual(["10.6.6.6"]);
+    expect(await redis.zrange(entries, "0", "-1")).toEqual(["10.6.6.6"]);
     expect(await redis.hgetall(reasons)).toEqual({ "10.6.6.6": "too many 401" });
     expect(await redis.pttl(entries)).toBeGreaterThan(59000);
   });
