@@ -355,6 +355,22 @@ describe("shared lists in Redis", () => {
   });
 });
 
+describe("the Admin API's Redis", () => {
+  it("comes only from instances that use Redis, and a 503 names its host:port", async () => {
+    const [staticPort, listPort] = [await freePort(), await freePort()];
+    const svc = (routes: object[]) => ({ _format_version: "3.0", services: [{ name: "s", url: `http://127.0.0.1:${up.port}/anything`, routes }] });
+    const staticOnly = { name: "static", paths: ["/static"], plugins: [{ name: "redis-ip-access", config: { deny: ["127.0.0.3"], redis: { port: staticPort, timeout: 200 } } }] };
+    const listed = { name: "listed", paths: ["/listed"], plugins: [{ name: "redis-ip-access", config: { redis_deny_lists: ["blocklist"], redis: { port: listPort, timeout: 200 } } }] };
+    const onlyStatic = await gateway(svc([staticOnly]));
+    const none = await fetch(`${onlyStatic.adminUrl}/redis-ip-access/lists/blocklist`);
+    expect(none.status).toBe(409);
+    const both = await gateway(svc([staticOnly, listed]));
+    const down = await fetch(`${both.adminUrl}/redis-ip-access/lists/blocklist`);
+    expect(down.status).toBe(503);
+    expect(((await down.json()) as any).message).toContain(`127.0.0.1:${listPort}`);
+  });
+});
+
 describe("a list whose reload fails (Redis frozen right after a change message)", () => {
   it("still drops its TTL entries on time", async () => {
     const redis = await startRedis();

@@ -112,6 +112,10 @@ function prepare(this: void, conf: IpAccessConf): Prepared {
   return p;
 }
 
+function usesRedis(this: void, conf: IpAccessConf): boolean {
+  return nonEmpty(conf.redis_allow_lists) !== undefined || nonEmpty(conf.redis_deny_lists) !== undefined || (conf.ban !== undefined && conf.ban.threshold > 0);
+}
+
 function refuse(this: void, p: Prepared, address: string): never {
   // A refusal of ours is not the client's misbehaviour: it must not count towards (or
   // renew) a ban.
@@ -127,7 +131,9 @@ const handler: KongPluginHandler<IpAccessConf> = {
 
   configure(configs) {
     const redisConfs: RedisConf[] = [];
-    if (configs !== undefined) for (const conf of configs) redisConfs.push(conf.redis);
+    // Only instances that keep something in Redis: a static-only one (default Redis
+    // 127.0.0.1:6379) would otherwise make the Admin API talk to a Redis no list uses.
+    if (configs !== undefined) for (const conf of configs) if (usesRedis(conf)) redisConfs.push(conf.redis);
     configure(redisConfs);
   },
 

@@ -109,6 +109,9 @@ local function prepare(conf)
     end
     return p
 end
+local function usesRedis(conf)
+    return nonEmpty(conf.redis_allow_lists) ~= nil or nonEmpty(conf.redis_deny_lists) ~= nil or conf.ban ~= nil and conf.ban.threshold > 0
+end
 local function refuse(p, address)
     ngx.ctx.krs_ip_access_refused = true
     local message = p.message or "IP address not allowed: " .. address
@@ -122,7 +125,9 @@ local handler = {
         local redisConfs = {}
         if configs ~= nil then
             for ____, conf in ipairs(configs) do
-                redisConfs[#redisConfs + 1] = conf.redis
+                if usesRedis(conf) then
+                    redisConfs[#redisConfs + 1] = conf.redis
+                end
             end
         end
         configure(redisConfs)
