@@ -112,7 +112,7 @@ describe("ip-access scripts", () => {
   });
 
   it("refuses bad entries and list names before Redis, naming them", async () => {
-    for (const bad of ["1.2.3.4/33", "::1/129", "1.2.3", "fe80::1%eth0", ""]) {
+    for (const bad of ["1.2.3.4/33", "::1/129", "1.2.3", "fe80::1%eth0", "", "01.2.3.4", "1.2.3.4/08"]) {
       await expect(addEntry(redis, "s6", bad)).rejects.toThrow(`'${bad}'`);
     }
     await expect(addEntry(redis, "bad name", "1.2.3.4")).rejects.toThrow("invalid list name");
