@@ -448,6 +448,19 @@ describe("automatic bans", () => {
 
   afterAll(() => r.disconnect());
 
+  it("an IPv4-mapped client is counted and banned as its IPv4 address", async () => {
+    const proxied = await gateway(banConf(redis.port), { trustedIps: TRUSTED_PROXY, realIpHeader: "X-Forwarded-For" });
+    const client = "127.0.7.9";
+    for (const via of [client, `::ffff:${client}`, client, `::ffff:${client}`]) {
+      expect((await hit(`${proxied.proxyUrl}/login`, TRUSTED_PROXY, { "X-Forwarded-For": via })).status).toBe(401);
+    }
+    const deadline = Date.now() + 2000;
+    while (Date.now() < deadline && (await r.zscore(listKeys("bans")[0], client)) === null) await sleep(50);
+    expect(await r.zscore(listKeys("bans")[0], client)).not.toBeNull();
+    expect(await r.zscore(listKeys("bans")[0], `::ffff:${client}`)).toBeNull();
+    await removeEntry(r, "bans", client);
+  });
+
   it("N 401s from one client, counted across nodes, ban it on every node, once, with a reason; the ban expires", async () => {
     const client = "127.0.7.1";
     // Two 401s on each node: four in all, none enough on its own node.

@@ -180,8 +180,11 @@ const handler: KongPluginHandler<IpAccessConf> = {
     const p = prepared.get(conf);
     const statuses = p !== undefined ? p.banStatuses : banStatuses(conf.ban);
     if (statuses === undefined || ngx.ctx.krs_ip_access_refused === true) return;
-    const address = kong.client.get_forwarded_ip();
-    if (binaryAddress(address) === undefined) return;
+    const forwarded = kong.client.get_forwarded_ip();
+    const bin = binaryAddress(forwarded);
+    if (bin === undefined) return;
+    // One client, one count and one ban: a mapped ::ffff:a.b.c.d is counted as a.b.c.d.
+    const address = bin.length === 4 ? `${string.byte(bin, 1)}.${string.byte(bin, 2)}.${string.byte(bin, 3)}.${string.byte(bin, 4)}` : forwarded;
     bans.count(conf.redis, conf.ban, statuses, kong.response.get_status(), address);
   },
 };

@@ -197,10 +197,12 @@ local handler = {
         if statuses == nil or ngx.ctx.krs_ip_access_refused == true then
             return
         end
-        local address = kong.client.get_forwarded_ip()
-        if binaryAddress(address) == nil then
+        local forwarded = kong.client.get_forwarded_ip()
+        local bin = binaryAddress(forwarded)
+        if bin == nil then
             return
         end
+        local address = #bin == 4 and (((((tostring(string.byte(bin, 1)) .. ".") .. tostring(string.byte(bin, 2))) .. ".") .. tostring(string.byte(bin, 3))) .. ".") .. tostring(string.byte(bin, 4)) or forwarded
         bans.count(
             conf.redis,
             conf.ban,
