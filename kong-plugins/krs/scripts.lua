@@ -281,14 +281,15 @@ end
 rcall("PUBLISH", channel, list)
 return { added, version }
 ]==] }
-scripts["ip-access-hit"] = { sha1 = "9eacf88a77859a529687a9d88fe9f2e3de5db57b", numkeys = 4, source = [==[
+scripts["ip-access-hit"] = { sha1 = "44bd88b92f5118306e81f52f312afd2c8a24222e", numkeys = 4, source = [==[
 -- redis-ip-access: count one client's ban-worthy responses (a batch from one worker) and
 -- ban it when it reaches the threshold, in one script: the count is shared by every node,
 -- and exactly one call (the one that crosses the threshold) adds the ban and publishes it.
 --
 -- The counter is a fixed window that starts at the client's first counted response.
 -- A client already banned (a live entry in the list) is not banned again, and its
--- counter is dropped when the ban is added.
+-- counter is dropped when the ban is added. Adding a ban drops the list's expired entries
+-- and their reasons.
 --
 -- KEYS[1]  counter  krs:redis-ip-access:v1:{<list>}:hits:<part(address)>  string  integer
 -- KEYS[2]  entries  krs:redis-ip-access:v1:{<list>}:entries   zset  entry -> expires_at ms (+inf: never)
@@ -330,6 +331,12 @@ if total < threshold then return { 0, total } end
 
 local score = rcall("ZSCORE", entries, entry)
 if score and (score == "inf" or tonumber(score) > now) then return { 0, total } end
+
+-- Expired bans go here as in ip-access-add-3.lua: the ban list is changed by this script
+-- far more often than by add, and would otherwise grow without bound.
+local expired = rcall("ZRANGEBYSCORE", entries, "-inf", now)
+for i = 1, #expired do rcall("HDEL", reasons, expired[i]) end
+rcall("ZREMRANGEBYSCORE", entries, "-inf", now)
 
 rcall("ZADD", entries, expiresAt, entry)
 rcall("HSET", reasons, entry, reason)

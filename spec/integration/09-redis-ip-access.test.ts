@@ -18,7 +18,7 @@ import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { addEntry, listKeys, removeEntry, withScripts, type IpRedis } from "../../src/cli/ip.js";
 import type { UpstreamServer } from "../../src/cli/upstream.js";
-import { gateway, ROOT, startRedis, stopAll, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
+import { freePort, gateway, ROOT, startRedis, stopAll, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
 
 interface Res {
   status: number;
@@ -355,6 +355,78 @@ describe("shared lists in Redis", () => {
   });
 });
 
+describe("the Admin API's Redis", () => {
+  it("comes only from instances that use Redis, and a 503 names its host:port", async () => {
+    const [staticPort, listPort] = [await freePort(), await freePort()];
+    const svc = (routes: object[]) => ({ _format_version: "3.0", services: [{ name: "s", url: `http://127.0.0.1:${up.port}/anything`, routes }] });
+    const staticOnly = { name: "static", paths: ["/static"], plugins: [{ name: "redis-ip-access", config: { deny: ["127.0.0.3"], redis: { port: staticPort, timeout: 200 } } }] };
+    const listed = { name: "listed", paths: ["/listed"], plugins: [{ name: "redis-ip-access", config: { redis_deny_lists: ["blocklist"], redis: { port: listPort, timeout: 200 } } }] };
+    const onlyStatic = await gateway(svc([staticOnly]));
+    const none = await fetch(`${onlyStatic.adminUrl}/redis-ip-access/lists/blocklist`);
+    expect(none.status).toBe(409);
+    const both = await gateway(svc([staticOnly, listed]));
+    const down = await fetch(`${both.adminUrl}/redis-ip-access/lists/blocklist`);
+    expect(down.status).toBe(503);
+    expect(((await down.json()) as any).message).toContain(`127.0.0.1:${listPort}`);
+  });
+});
+
+describe("a list whose reload fails (Redis frozen right after a change message)", () => {
+  it("still drops its TTL entries on time", async () => {
+    const redis = await startRedis();
+    const r = withScripts(new Redis(redis.port, "127.0.0.1", { maxRetriesPerRequest: 0, retryStrategy: () => null }));
+    r.on("error", () => undefined);
+    const config = { redis_deny_lists: ["blocklist"], sync_interval: 1, redis: { port: redis.port, timeout: 300 } };
+    const gw = await gateway({ _format_version: "3.0", services: [{ name: "s", url: `http://127.0.0.1:${up.port}/anything`, routes: [{ name: "r", paths: ["/"], plugins: [{ name: "redis-ip-access", config }] }] }] });
+    const seen = async (from: string) => new Set((await Promise.all(Array.from({ length: 16 }, () => hit(`${gw.proxyUrl}/`, from)))).map((res) => res.status));
+    try {
+      expect(await seen("127.0.8.1")).toEqual(new Set([200]));
+      await addEntry(r, "blocklist", "127.0.8.1", 3, "short ban");
+      const deadline = Date.now() + 1500;
+      const onlyRefused = async () => { const s = await seen("127.0.8.1"); return s.size === 1 && s.has(403); };
+      while (Date.now() < deadline && !(await onlyRefused())) await sleep(20);
+      const addedAt = Date.now();
+      expect(await seen("127.0.8.1")).toEqual(new Set([403]));
+      // This change marks the list dirty on every worker; the freeze makes each reload fail.
+      await addEntry(r, "blocklist", "127.0.8.2", 0, "kept");
+      redis.process.kill("SIGSTOP");
+      await sleep(Math.max(0, addedAt + 3000 + 1500 - Date.now()));
+      expect(await seen("127.0.8.1"), "the TTL entry outlived its TTL").toEqual(new Set([200]));
+    } finally {
+      redis.process.kill("SIGCONT");
+      r.disconnect();
+    }
+    expect(gw.unexpectedErrors([/\[redis-ip-access(:lists)?\]/])).toEqual([]);
+  }, 20_000);
+});
+
+describe("an allow list a worker never loaded (Redis unreachable)", () => {
+  it("is as if absent: the static allow still refuses others; fault_tolerant false answers 500; true lets through only when no allow source was left", async () => {
+    const deadPort = await freePort();
+    const plugin = (config: object) => [{ name: "redis-ip-access", config: { redis_allow_lists: ["partners"], redis: { port: deadPort, timeout: 200 }, ...config } }];
+    const gw = await gateway({
+      _format_version: "3.0",
+      services: [{
+        name: "s",
+        url: `http://127.0.0.1:${up.port}/anything`,
+        routes: [
+          { name: "static-open", paths: ["/static-open"], plugins: plugin({ allow: ["10.0.0.0/8"], fault_tolerant: true }) },
+          { name: "static-closed", paths: ["/static-closed"], plugins: plugin({ allow: ["10.0.0.0/8"], fault_tolerant: false }) },
+          { name: "listed-closed", paths: ["/listed-closed"], plugins: plugin({ allow: ["127.0.6.1"], fault_tolerant: false }) },
+          { name: "list-only-open", paths: ["/list-only-open"], plugins: plugin({ fault_tolerant: true }) },
+        ],
+      }],
+    });
+    for (let i = 0; i < 4; i++) {
+      expect((await hit(`${gw.proxyUrl}/static-open`, "127.0.6.1")).status, "static allow still applies").toBe(403);
+      expect((await hit(`${gw.proxyUrl}/static-closed`, "127.0.6.1")).status, "the list might have held it").toBe(500);
+      expect((await hit(`${gw.proxyUrl}/listed-closed`, "127.0.6.1")).status, "statically allowed").toBe(200);
+      expect((await hit(`${gw.proxyUrl}/list-only-open`, "127.0.6.1")).status, "no allow source left").toBe(200);
+    }
+    expect(gw.unexpectedErrors([/\[redis-ip-access(:lists)?\]/])).toEqual([]);
+  });
+});
+
 describe("automatic bans", () => {
   let redis: RedisServer;
   let r: IpRedis;
@@ -375,6 +447,19 @@ describe("automatic bans", () => {
   }, 60_000);
 
   afterAll(() => r.disconnect());
+
+  it("an IPv4-mapped client is counted and banned as its IPv4 address", async () => {
+    const proxied = await gateway(banConf(redis.port), { trustedIps: TRUSTED_PROXY, realIpHeader: "X-Forwarded-For" });
+    const client = "127.0.7.9";
+    for (const via of [client, `::ffff:${client}`, client, `::ffff:${client}`]) {
+      expect((await hit(`${proxied.proxyUrl}/login`, TRUSTED_PROXY, { "X-Forwarded-For": via })).status).toBe(401);
+    }
+    const deadline = Date.now() + 2000;
+    while (Date.now() < deadline && (await r.zscore(listKeys("bans")[0], client)) === null) await sleep(50);
+    expect(await r.zscore(listKeys("bans")[0], client)).not.toBeNull();
+    expect(await r.zscore(listKeys("bans")[0], `::ffff:${client}`)).toBeNull();
+    await removeEntry(r, "bans", client);
+  });
 
   it("N 401s from one client, counted across nodes, ban it on every node, once, with a reason; the ban expires", async () => {
     const client = "127.0.7.1";

@@ -6,6 +6,7 @@
  * the 100,000-entry measurement (Redis read time, worker parse+compile time and memory).
  */
 import { spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -85,6 +86,20 @@ describe("ip-access scripts", () => {
     expect(await redis.zscore(entries, "10.9.9.9")).toBeNull();
   });
 
+  it("hit: a ban prunes expired entries and their reasons, as add does", async () => {
+    const [entries, reasons, version] = listKeys("s-bans");
+    const now = Date.now();
+    await redis.zadd(entries, now - 1000, "10.7.7.7");
+    await redis.hset(reasons, "10.7.7.7", "old ban");
+    const hit = readFileSync(join(ROOT, "redis-lua", "ip-access-hit-4.lua"), "utf8");
+    const counter = "krs:redis-ip-access:v1:{s-bans}:hits:10.6.6.6";
+    const reply = await redis.eval(hit, 4, counter, entries, reasons, version, "1", "60000", "1", String(now + 60000), "too many 401", String(now), CHANNEL, "s-bans", "10.6.6.6");
+    expect(reply).toEqual([1, 1]);
+    expect(await redis.zrange(entries, "0", "-1")).toEqual(["10.6.6.6"]);
+    expect(await redis.hgetall(reasons)).toEqual({ "10.6.6.6": "too many 401" });
+    expect(await redis.pttl(entries)).toBeGreaterThan(59000);
+  });
+
   it("versions differ across a list's lifetimes (a worker that missed a delete and re-add still reloads)", async () => {
     const [, , version] = listKeys("s5");
     await addEntry(redis, "s5", "10.0.0.1");
@@ -97,7 +112,7 @@ describe("ip-access scripts", () => {
   });
 
   it("refuses bad entries and list names before Redis, naming them", async () => {
-    for (const bad of ["1.2.3.4/33", "::1/129", "1.2.3", "fe80::1%eth0", ""]) {
+    for (const bad of ["1.2.3.4/33", "::1/129", "1.2.3", "fe80::1%eth0", "", "01.2.3.4", "1.2.3.4/08"]) {
       await expect(addEntry(redis, "s6", bad)).rejects.toThrow(`'${bad}'`);
     }
     await expect(addEntry(redis, "bad name", "1.2.3.4")).rejects.toThrow("invalid list name");

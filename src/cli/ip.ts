@@ -34,7 +34,8 @@ export function checkEntry(entry: string): string {
   if (slash >= 0) {
     const max = family === 4 ? 32 : 128;
     const prefix = entry.slice(slash + 1);
-    if (!/^\d{1,3}$/.test(prefix) || Number(prefix) > max) throw new IpListError(`invalid ip or cidr range: '${entry}' (the prefix length must be 0-${max})`);
+    // No leading zero, as the gateway (and Kong) refuse one.
+    if (!/^(0|[1-9]\d{0,2})$/.test(prefix) || Number(prefix) > max) throw new IpListError(`invalid ip or cidr range: '${entry}' (the prefix length must be 0-${max})`);
   }
   return entry;
 }

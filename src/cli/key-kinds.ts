@@ -100,7 +100,7 @@ export const KEY_KINDS: readonly KeyKind[] = [
     type: "sorted set: entry (address or CIDR as written) → expiry, epoch ms (`+inf`: never)",
     ttlRule: "optional",
     ttl: "`PEXPIREAT` the latest entry's expiry, set by every add; **none while the list holds an entry without TTL: such an entry lives until removed**",
-    what: "one shared allow/deny list; read whole by each gateway worker (redis-lua/ip-access-load-3.lua), changed only by ip-access-add-3.lua and ip-access-remove-3.lua, which drop expired entries",
+    what: "one shared allow/deny list; read whole by each gateway worker (redis-lua/ip-access-load-3.lua), changed only by ip-access-add-3.lua, ip-access-remove-3.lua and (for the ban list) ip-access-hit-4.lua, each of which drops expired entries and their reasons",
   },
   {
     plugin: "redis-ip-access",

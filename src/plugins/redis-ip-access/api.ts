@@ -42,6 +42,11 @@ function redisFor(this: void, params: Params): RedisConf {
   return fail(400, `redis: no enabled redis-ip-access plugin uses ${wanted as string}`);
 }
 
+/** Where the Admin API failed to reach: host and port only, never the password. */
+function unreachable(this: void, what: string, conf: RedisConf): never {
+  return fail(503, `${what} (Redis at ${conf.host}:${conf.port})`);
+}
+
 function listName(this: void, params: Params): string {
   const list = params.get("list");
   if (!validListName(list)) return fail(400, `invalid list name: '${tostring(list)}'`);
@@ -77,7 +82,7 @@ const addEntry: Endpoint = (self) => {
   const [added, err] = store.add(conf, list, cidr, ttl, reason);
   if (added === undefined) {
     kong.log.err("could not add a list entry: ", err);
-    return fail(503, "could not store the entry in Redis");
+    return unreachable("could not store the entry in Redis", conf);
   }
   const expiresAt = ttl > 0 ? math.floor(ngx.now()) + ttl : cjson.null;
   return kong.response.exit(added ? 201 : 200, { list, cidr, expires_at: expiresAt, reason: reason !== "" ? reason : cjson.null });
@@ -89,7 +94,7 @@ const listEntries: Endpoint = (self) => {
   const [snapshot, err] = store.load(conf, list, true);
   if (snapshot === undefined) {
     kong.log.err("could not read a list: ", err);
-    return fail(503, "could not read the list from Redis");
+    return unreachable("could not read the list from Redis", conf);
   }
   // Written by hand: Debian's cjson would encode an empty list as {}.
   const parts: string[] = [];
@@ -108,7 +113,7 @@ const removeEntry: Endpoint = (self) => {
   const [removed, err] = store.remove(conf, list, cidr);
   if (removed === undefined) {
     kong.log.err("could not remove a list entry: ", err);
-    return fail(503, "could not remove the entry in Redis");
+    return unreachable("could not remove the entry in Redis", conf);
   }
   if (!removed) return fail(404, "Not found");
   return kong.response.exit(204);

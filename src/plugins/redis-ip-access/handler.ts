@@ -112,6 +112,10 @@ function prepare(this: void, conf: IpAccessConf): Prepared {
   return p;
 }
 
+function usesRedis(this: void, conf: IpAccessConf): boolean {
+  return nonEmpty(conf.redis_allow_lists) !== undefined || nonEmpty(conf.redis_deny_lists) !== undefined || (conf.ban !== undefined && conf.ban.threshold > 0);
+}
+
 function refuse(this: void, p: Prepared, address: string): never {
   // A refusal of ours is not the client's misbehaviour: it must not count towards (or
   // renew) a ban.
@@ -127,7 +131,9 @@ const handler: KongPluginHandler<IpAccessConf> = {
 
   configure(configs) {
     const redisConfs: RedisConf[] = [];
-    if (configs !== undefined) for (const conf of configs) redisConfs.push(conf.redis);
+    // Only instances that keep something in Redis: a static-only one (default Redis
+    // 127.0.0.1:6379) would otherwise make the Admin API talk to a Redis no list uses.
+    if (configs !== undefined) for (const conf of configs) if (usesRedis(conf)) redisConfs.push(conf.redis);
     configure(redisConfs);
   },
 
@@ -146,16 +152,26 @@ const handler: KongPluginHandler<IpAccessConf> = {
     }
     if (p.allow === undefined && p.allowLists === undefined) return;
     if (p.allow !== undefined && contains(p.allow, bin)) return;
+    // A list this worker never loaded is as if absent: it must not switch off the static
+    // allow or a loaded list by letting everyone through.
+    let consulted = p.allow !== undefined;
+    let unloaded: string | undefined;
     if (p.allowLists !== undefined) {
       for (const state of p.allowLists) {
         const [m, err] = matcherOf(state);
-        if (m === undefined) {
-          fault.onRedisFailure(PLUGIN, conf, `allow list '${state.list}' never loaded: ${err}`);
-          // fault_tolerant: an allow list this worker never saw refuses nobody.
-          return;
+        if (m === undefined) unloaded = unloaded ?? `allow list '${state.list}' never loaded: ${err}`;
+        else {
+          consulted = true;
+          if (contains(m, bin)) return;
         }
-        if (contains(m, bin)) return;
       }
+    }
+    // fault_tolerant false: an unloaded list might have held this client, so the answer is
+    // an outage (500), never a refusal that looks final. fault_tolerant true: refuse if any
+    // allow source could be consulted; let through only when none could.
+    if (unloaded !== undefined) {
+      fault.onRedisFailure(PLUGIN, conf, unloaded);
+      if (!consulted) return;
     }
     return refuse(p, address);
   },
@@ -164,8 +180,11 @@ const handler: KongPluginHandler<IpAccessConf> = {
     const p = prepared.get(conf);
     const statuses = p !== undefined ? p.banStatuses : banStatuses(conf.ban);
     if (statuses === undefined || ngx.ctx.krs_ip_access_refused === true) return;
-    const address = kong.client.get_forwarded_ip();
-    if (binaryAddress(address) === undefined) return;
+    const forwarded = kong.client.get_forwarded_ip();
+    const bin = binaryAddress(forwarded);
+    if (bin === undefined) return;
+    // One client, one count and one ban: a mapped ::ffff:a.b.c.d is counted as a.b.c.d.
+    const address = bin.length === 4 ? `${string.byte(bin, 1)}.${string.byte(bin, 2)}.${string.byte(bin, 3)}.${string.byte(bin, 4)}` : forwarded;
     bans.count(conf.redis, conf.ban, statuses, kong.response.get_status(), address);
   },
 };

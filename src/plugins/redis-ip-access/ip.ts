@@ -22,9 +22,18 @@ const MAPPED_PREFIX = string.rep(char(0), 10) + char(255, 255);
 /** An address longer than this is not one (the longest IPv6 text with an IPv4 tail is 45). */
 const MAX_TEXT = 64;
 
+/**
+ * A leading zero ("01", "08") is refused, as Kong (inet_pton) does: other parsers read such
+ * a part as octal, so the same text would mean another address elsewhere.
+ */
+function leadingZero(this: void, digits: string): boolean {
+  return digits.length > 1 && sub(digits, 1, 1) === "0";
+}
+
 function parseV4(this: void, text: string): string | undefined {
   const [a, b, c, d] = match(text, "^(%d%d?%d?)%.(%d%d?%d?)%.(%d%d?%d?)%.(%d%d?%d?)$");
   if (a === undefined) return undefined;
+  if (leadingZero(a) || leadingZero(b!) || leadingZero(c!) || leadingZero(d!)) return undefined;
   const octets = [tonumber(a)!, tonumber(b)!, tonumber(c)!, tonumber(d)!];
   for (const o of octets) if (o > 255) return undefined;
   return char(octets[0], octets[1], octets[2], octets[3]);
@@ -121,6 +130,7 @@ function v4String(this: void, n: number): string {
 function parseV4Entry(this: void, s: string): LuaMultiReturn<[string | undefined, string | undefined]> {
   const [a, b, c, d, p] = match(s, "^(%d%d?%d?)%.(%d%d?%d?)%.(%d%d?%d?)%.(%d%d?%d?)/?(%d?%d?)$");
   if (a === undefined) return $multi(undefined, undefined);
+  if (leadingZero(a) || leadingZero(b!) || leadingZero(c!) || leadingZero(d!) || leadingZero(p!)) return $multi(undefined, undefined);
   const [na, nb, nc, nd] = [tonumber(a)!, tonumber(b)!, tonumber(c)!, tonumber(d)!];
   if (na > 255 || nb > 255 || nc > 255 || nd > 255) return $multi(undefined, undefined);
   const hasSlash = find(s, "/", 1, true)[0] !== undefined;
@@ -154,7 +164,7 @@ export function parseEntry(this: void, text: unknown): LuaMultiReturn<[string | 
   let prefix = max;
   if (slash !== undefined) {
     const prefixText = sub(s, slash + 1);
-    if (match(prefixText, "^%d%d?%d?$")[0] === undefined || tonumber(prefixText)! > max) {
+    if (match(prefixText, "^%d%d?%d?$")[0] === undefined || leadingZero(prefixText) || tonumber(prefixText)! > max) {
       return $multi(undefined, undefined, `invalid ip or cidr range: '${shown}' (the prefix length must be 0-${max})`);
     }
     prefix = tonumber(prefixText)!;

@@ -136,9 +136,10 @@ function tick(this: void, premature: boolean): void {
       if (state.dirty) {
         const loadErr = reload(state);
         if (loadErr !== undefined) logThrottled(LOG_TOPIC, `list '${state.list}': reload failed, keeping the last compiled one: ${loadErr}`);
-      } else if (nowMs() >= state.nextExpiry) {
-        recompile(state, nowMs());
       }
+      // Independent of the reload: a failed one keeps the list dirty for the whole outage,
+      // and its TTL entries must still go on time (from the last snapshot).
+      if (nowMs() >= state.nextExpiry) recompile(state, nowMs());
     }
   });
   ticking = false;

@@ -76,7 +76,7 @@ const schema: KongPluginSchema = {
                 { threshold: { type: "integer", required: true, default: 0, between: [0, 1000000], description: "Counted responses that make a ban; 0: no bans." } },
                 { window: { type: "integer", required: true, default: 60, between: [1, 86400], description: "Seconds the count runs from a client's first counted response." } },
                 { duration: { type: "integer", required: true, default: 600, between: [1, 31536000], description: "Seconds a ban lasts." } },
-                { list: { type: "string", required: true, default: "blocklist", custom_validator: validateListName, description: "The Redis list bans go to." } },
+                { list: { type: "string", required: true, default: "bans", custom_validator: validateListName, description: "The Redis list bans go to: keep it apart from hand-managed lists, since every ban reloads it on every worker." } },
               ],
             },
           },

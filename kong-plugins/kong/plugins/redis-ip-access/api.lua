@@ -32,6 +32,13 @@ local function redisFor(params)
     end
     return fail(400, "redis: no enabled redis-ip-access plugin uses " .. wanted)
 end
+--- Where the Admin API failed to reach: host and port only, never the password.
+local function unreachable(what, conf)
+    return fail(
+        503,
+        ((((what .. " (Redis at ") .. conf.host) .. ":") .. tostring(conf.port)) .. ")"
+    )
+end
 local function listName(params)
     local list = params.list
     if not validListName(list) then
@@ -99,7 +106,7 @@ local function addEntry(____self)
     )
     if added == nil then
         kong.log.err("could not add a list entry: ", err)
-        return fail(503, "could not store the entry in Redis")
+        return unreachable("could not store the entry in Redis", conf)
     end
     local expiresAt = ttl > 0 and math.floor(ngx.now()) + ttl or cjson.null
     return kong.response.exit(added and 201 or 200, {list = list, cidr = cidr, expires_at = expiresAt, reason = reason ~= "" and reason or cjson.null})
@@ -110,7 +117,7 @@ local function listEntries(____self)
     local snapshot, err = store.load(conf, list, true)
     if snapshot == nil then
         kong.log.err("could not read a list: ", err)
-        return fail(503, "could not read the list from Redis")
+        return unreachable("could not read the list from Redis", conf)
     end
     local parts = {}
     do
@@ -135,7 +142,7 @@ local function removeEntry(____self)
     local removed, err = store.remove(conf, list, cidr)
     if removed == nil then
         kong.log.err("could not remove a list entry: ", err)
-        return fail(503, "could not remove the entry in Redis")
+        return unreachable("could not remove the entry in Redis", conf)
     end
     if not removed then
         return fail(404, "Not found")

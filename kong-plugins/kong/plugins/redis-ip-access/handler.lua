@@ -109,6 +109,9 @@ local function prepare(conf)
     end
     return p
 end
+local function usesRedis(conf)
+    return nonEmpty(conf.redis_allow_lists) ~= nil or nonEmpty(conf.redis_deny_lists) ~= nil or conf.ban ~= nil and conf.ban.threshold > 0
+end
 local function refuse(p, address)
     ngx.ctx.krs_ip_access_refused = true
     local message = p.message or "IP address not allowed: " .. address
@@ -122,7 +125,9 @@ local handler = {
         local redisConfs = {}
         if configs ~= nil then
             for ____, conf in ipairs(configs) do
-                redisConfs[#redisConfs + 1] = conf.redis
+                if usesRedis(conf) then
+                    redisConfs[#redisConfs + 1] = conf.redis
+                end
             end
         end
         configure(redisConfs)
@@ -157,20 +162,25 @@ local handler = {
         if p.allow ~= nil and contains(p.allow, bin) then
             return
         end
+        local consulted = p.allow ~= nil
+        local unloaded
         if p.allowLists ~= nil then
             for ____, state in ipairs(p.allowLists) do
                 local m, err = matcherOf(state)
                 if m == nil then
-                    fault.onRedisFailure(
-                        PLUGIN,
-                        conf,
-                        (("allow list '" .. state.list) .. "' never loaded: ") .. tostring(err)
-                    )
-                    return
+                    unloaded = unloaded or (("allow list '" .. state.list) .. "' never loaded: ") .. tostring(err)
+                else
+                    consulted = true
+                    if contains(m, bin) then
+                        return
+                    end
                 end
-                if contains(m, bin) then
-                    return
-                end
+            end
+        end
+        if unloaded ~= nil then
+            fault.onRedisFailure(PLUGIN, conf, unloaded)
+            if not consulted then
+                return
             end
         end
         return refuse(p, address)
@@ -187,10 +197,12 @@ local handler = {
         if statuses == nil or ngx.ctx.krs_ip_access_refused == true then
             return
         end
-        local address = kong.client.get_forwarded_ip()
-        if binaryAddress(address) == nil then
+        local forwarded = kong.client.get_forwarded_ip()
+        local bin = binaryAddress(forwarded)
+        if bin == nil then
             return
         end
+        local address = #bin == 4 and (((((tostring(string.byte(bin, 1)) .. ".") .. tostring(string.byte(bin, 2))) .. ".") .. tostring(string.byte(bin, 3))) .. ".") .. tostring(string.byte(bin, 4)) or forwarded
         bans.count(
             conf.redis,
             conf.ban,

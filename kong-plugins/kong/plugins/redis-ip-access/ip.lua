@@ -23,9 +23,17 @@ local MAPPED_PREFIX = string.rep(
 ) .. char(255, 255)
 --- An address longer than this is not one (the longest IPv6 text with an IPv4 tail is 45).
 local MAX_TEXT = 64
+--- A leading zero ("01", "08") is refused, as Kong (inet_pton) does: other parsers read such
+-- a part as octal, so the same text would mean another address elsewhere.
+local function leadingZero(digits)
+    return #digits > 1 and sub(digits, 1, 1) == "0"
+end
 local function parseV4(text)
     local a, b, c, d = match(text, "^(%d%d?%d?)%.(%d%d?%d?)%.(%d%d?%d?)%.(%d%d?%d?)$")
     if a == nil then
+        return nil
+    end
+    if leadingZero(a) or leadingZero(b) or leadingZero(c) or leadingZero(d) then
         return nil
     end
     local octets = {
@@ -182,6 +190,9 @@ local function parseV4Entry(s)
     if a == nil then
         return nil, nil
     end
+    if leadingZero(a) or leadingZero(b) or leadingZero(c) or leadingZero(d) or leadingZero(p) then
+        return nil, nil
+    end
     local na, nb, nc, nd = tonumber(a), tonumber(b), tonumber(c), tonumber(d)
     if na > 255 or nb > 255 or nc > 255 or nd > 255 then
         return nil, nil
@@ -234,7 +245,7 @@ function ____exports.parseEntry(text)
     local prefix = max
     if slash ~= nil then
         local prefixText = sub(s, slash + 1)
-        if (match(prefixText, "^%d%d?%d?$")) == nil or tonumber(prefixText) > max then
+        if (match(prefixText, "^%d%d?%d?$")) == nil or leadingZero(prefixText) or tonumber(prefixText) > max then
             return nil, nil, ((("invalid ip or cidr range: '" .. shown) .. "' (the prefix length must be 0-") .. tostring(max)) .. ")"
         end
         prefix = tonumber(prefixText)

@@ -120,7 +120,8 @@ local function tick(premature)
                     if loadErr ~= nil then
                         logThrottled(LOG_TOPIC, (("list '" .. state.list) .. "': reload failed, keeping the last compiled one: ") .. loadErr)
                     end
-                elseif nowMs() >= state.nextExpiry then
+                end
+                if nowMs() >= state.nextExpiry then
                     recompile(
                         state,
                         nowMs()

@@ -79,9 +79,9 @@ local schema = {
                     {list = {
                         type = "string",
                         required = true,
-                        default = "blocklist",
+                        default = "bans",
                         custom_validator = validateListName,
-                        description = "The Redis list bans go to."
+                        description = "The Redis list bans go to: keep it apart from hand-managed lists, since every ban reloads it on every worker."
                     }}
                 }}},
                 {fault_tolerant = faultTolerant()},
