@@ -4,8 +4,8 @@
  * Admin API's scripts; bad keys and an unreachable Redis are reported.
  */
 import { Redis } from "ioredis";
-import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { main } from "../../src/cli/main.js";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { runKrs } from "../helpers/krs-main.js";
 import { freePort, gateway, startRedis, stopAll, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
 
 let redis: RedisServer;
@@ -56,19 +56,7 @@ async function status(path: string): Promise<string | null> {
   return res.headers.get("x-cache-status");
 }
 
-async function run(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const log = vi.spyOn(console, "log").mockImplementation((...a: unknown[]) => void out.push(a.join(" ")));
-  const error = vi.spyOn(console, "error").mockImplementation((...a: unknown[]) => void err.push(a.join(" ")));
-  try {
-    const code = await main(argv);
-    return { code, out: out.join("\n"), err: err.join("\n") };
-  } finally {
-    log.mockRestore();
-    error.mockRestore();
-  }
-}
+const run = runKrs;
 
 describe("krs cache purge", () => {
   it("KEY removes that entry only; a second purge finds nothing", async () => {

@@ -6,26 +6,14 @@
  */
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { afterAll, describe, expect, it, vi } from "vitest";
+import { afterAll, describe, expect, it } from "vitest";
 import { evaluate, exitStatus, type Facts } from "../../src/cli/doctor.js";
-import { main } from "../../src/cli/main.js";
+import { runKrs } from "../helpers/krs-main.js";
 import { startRedis, stopAll, tempDir } from "../helpers/services.js";
 
 afterAll(stopAll);
 
-async function run(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const log = vi.spyOn(console, "log").mockImplementation((...a: unknown[]) => void out.push(a.join(" ")));
-  const error = vi.spyOn(console, "error").mockImplementation((...a: unknown[]) => void err.push(a.join(" ")));
-  try {
-    const code = await main(argv);
-    return { code, out: out.join("\n"), err: err.join("\n") };
-  } finally {
-    log.mockRestore();
-    error.mockRestore();
-  }
-}
+const run = runKrs;
 
 function configFile(plugins: object[]): string {
   const file = join(tempDir("doctor"), "kong.yml");

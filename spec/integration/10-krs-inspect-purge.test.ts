@@ -6,27 +6,15 @@ import { spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { Redis } from "ioredis";
-import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { main } from "../../src/cli/main.js";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { runKrs } from "../helpers/krs-main.js";
 import { KEY_KINDS } from "../../src/cli/key-kinds.js";
 import type { InspectReport } from "../../src/cli/inspect.js";
 import { ROOT, startRedis, stopAll } from "../helpers/services.js";
 
 const KRS = join(ROOT, "bin", "krs.mjs");
 
-async function run(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const log = vi.spyOn(console, "log").mockImplementation((...a: unknown[]) => void out.push(a.join(" ")));
-  const error = vi.spyOn(console, "error").mockImplementation((...a: unknown[]) => void err.push(a.join(" ")));
-  try {
-    const code = await main(argv);
-    return { code, out: out.join("\n"), err: err.join("\n") };
-  } finally {
-    log.mockRestore();
-    error.mockRestore();
-  }
-}
+const run = runKrs;
 
 const sha = (s: string) => createHash("sha256").update(s).digest("hex");
 const pad = (i: number) => "x".repeat(10 + (i * 7919) % 300);
