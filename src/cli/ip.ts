@@ -10,7 +10,7 @@
 import { isIP } from "node:net";
 import type { Redis } from "ioredis";
 import { parseArgs, UsageError } from "./args.js";
-import { connectRedis, defineScripts, REDIS_URL_HELP, RedisConnectError, redisUrlFrom } from "./redis.js";
+import { connectRedis, defineScripts, REDIS_URL_HELP, redisUrlFrom } from "./redis.js";
 
 export const CHANNEL = "krs:redis-ip-access:v1:changes";
 const LIST_NAME = /^[A-Za-z0-9._-]{1,64}$/;
@@ -125,16 +125,8 @@ export async function ipCommand(argv: string[]): Promise<number> {
   const ttlFlag = args.flags.get("ttl");
   const ttl = ttlFlag !== undefined ? parseTtl(ttlFlag) : 0;
 
-  let redis: IpRedis;
-  try {
-    redis = withScripts(await connectRedis(redisUrlFrom(args.flags.get("redis"))));
-  } catch (e) {
-    if (e instanceof RedisConnectError) {
-      console.error(`krs: ${e.message}`);
-      return 1;
-    }
-    throw e;
-  }
+  // An unreachable Redis is reported in one line by main (RedisConnectError).
+  const redis: IpRedis = withScripts(await connectRedis(redisUrlFrom(args.flags.get("redis"))));
   try {
     if (sub === "add") {
       const added = await addEntry(redis, list, cidr, ttl, args.flags.get("reason") ?? "");

@@ -9,7 +9,7 @@
 import { createHash, randomBytes, randomUUID } from "node:crypto";
 import type { Redis } from "ioredis";
 import { parseArgs, UsageError } from "./args.js";
-import { connectRedis, defineScripts, REDIS_URL_HELP, RedisConnectError, redisUrlFrom } from "./redis.js";
+import { connectRedis, defineScripts, REDIS_URL_HELP, redisUrlFrom } from "./redis.js";
 
 export const CHANNEL = "krs:redis-key-auth:v1:invalidations";
 const PREFIX = "krs:redis-key-auth:v1:{k}";
@@ -215,16 +215,8 @@ export async function keysCommand(argv: string[]): Promise<number> {
     throw new UsageError(`keys list: unexpected argument '${args.positional[0]}'`);
   }
 
-  let redis: KeysRedis;
-  try {
-    redis = withScripts(await connectRedis(url));
-  } catch (e) {
-    if (e instanceof RedisConnectError) {
-      console.error(`krs: ${e.message}`);
-      return 1;
-    }
-    throw e;
-  }
+  // An unreachable Redis is reported in one line by main (RedisConnectError).
+  const redis: KeysRedis = withScripts(await connectRedis(url));
   try {
     if (input !== undefined) {
       const created = await createKey(redis, input);

@@ -9,6 +9,7 @@ import { registerInspect } from "./inspect.js";
 import { ipCommand } from "./ip.js";
 import { keysCommand } from "./keys.js";
 import { registerPurge } from "./purge.js";
+import { RedisConnectError } from "./redis.js";
 import { upstreamCommand } from "./upstream.js";
 
 /** Commands on commander, one line each. */
@@ -75,7 +76,9 @@ async function ownParser(run: (argv: string[]) => Promise<number>, argv: string[
       console.error(`krs: ${e.message}`);
       return 2;
     }
-    if (e instanceof GatewayError) {
+    // Failures a command reports as they are, in one line: a gateway that would not start,
+    // a Redis that could not be reached.
+    if (e instanceof GatewayError || e instanceof RedisConnectError) {
       console.error(`krs: ${e.message}`);
       return 1;
     }
