@@ -165,12 +165,16 @@ describe("krs inspect on 200,000 suite keys", () => {
 
   it("shows a progress bar and colors on a terminal only, and no colors with NO_COLOR", () => {
     // Unpaced: these spawnSync calls block the test worker, which must answer vitest within 60 s.
+    // The runner's own NO_COLOR and TERM are left out: each case sets what it tests.
+    const { NO_COLOR: _n, TERM: _t, ...inherited } = process.env;
     const viaTty = (env: Record<string, string>) =>
-      spawnSync("script", ["-qec", `node ${KRS} inspect --plugin redis-rate-limit --redis ${url} --max-ops-per-sec 0`, "/dev/null"], { encoding: "utf8", env: { ...process.env, ...env }, timeout: 60_000 });
+      spawnSync("script", ["-qec", `node ${KRS} inspect --plugin redis-rate-limit --redis ${url} --max-ops-per-sec 0`, "/dev/null"], { encoding: "utf8", env: { ...inherited, ...env }, timeout: 60_000 });
     const tty = viaTty({});
     expect(tty.status).toBe(0);
     expect(tty.stdout).toMatch(/keys\/s \| ETA/);
-    expect(tty.stdout).toMatch(/\x1b\[31m/);
+    expect(tty.stdout).toMatch(/\x1b\[31m/); // TERM unset, as under CI: a terminal still gets colors
+    expect(viaTty({ TERM: "xterm-256color" }).stdout).toMatch(/\x1b\[31m/);
+    expect(viaTty({ TERM: "dumb" }).stdout).not.toMatch(/\x1b\[3\dm/);
     const noColor = viaTty({ NO_COLOR: "1" });
     expect(noColor.stdout).toContain("FLAGGED");
     expect(noColor.stdout).not.toMatch(/\x1b\[3\dm/);

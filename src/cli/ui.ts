@@ -1,7 +1,7 @@
 /**
  * Terminal output shared by the commands: colors only on a terminal and never with
- * NO_COLOR (https://no-color.org), and progress bars (cli-progress) only when stderr is a
- * terminal, so piped output and logs stay plain.
+ * NO_COLOR (https://no-color.org) or TERM=dumb, and progress bars (cli-progress) only when
+ * stderr is a terminal, so piped output and logs stay plain.
  */
 import { styleText } from "node:util";
 import cliProgress from "cli-progress";
@@ -10,14 +10,16 @@ type Stream = { isTTY?: boolean };
 
 export function colorsOn(stream: Stream = process.stdout): boolean {
   const noColor = process.env.NO_COLOR;
-  return stream.isTTY === true && (noColor === undefined || noColor === "");
+  return stream.isTTY === true && (noColor === undefined || noColor === "") && process.env.TERM !== "dumb";
 }
 
 export type Color = "red" | "yellow" | "green" | "dim" | "bold";
 
 /** `text` in `color` when stdout takes colors, else as is. */
 export function paint(color: Color, text: string, stream: Stream = process.stdout): string {
-  return colorsOn(stream) ? styleText(color, text) : text;
+  // validateStream off: the decision is colorsOn's. Node's own check reads TERM's color
+  // depth and paints nothing on a terminal whose TERM is unset (as under CI's `script`).
+  return colorsOn(stream) ? styleText(color, text, { validateStream: false }) : text;
 }
 
 export interface Progress {
