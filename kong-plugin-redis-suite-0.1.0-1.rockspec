@@ -49,6 +49,7 @@ build = {
     ["kong.plugins.redis-rate-limit.schema"] = "kong-plugins/kong/plugins/redis-rate-limit/schema.lua",
     ["kong.plugins.redis-rate-limit.windows"] = "kong-plugins/kong/plugins/redis-rate-limit/windows.lua",
     ["krs.crypto"] = "kong-plugins/krs/crypto.lua",
+    ["krs.facts"] = "kong-plugins/krs/facts.lua",
     ["krs.keys"] = "kong-plugins/krs/keys.lua",
     ["krs.redis.accounting"] = "kong-plugins/krs/redis/accounting.lua",
     ["krs.redis.breaker"] = "kong-plugins/krs/redis/breaker.lua",

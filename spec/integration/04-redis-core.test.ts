@@ -56,7 +56,7 @@ describe("connections", () => {
     const first = await hit(`${gw.proxyUrl}/redis/anything`);
     expect(first.status).toBe(200);
     expect(first.value).toBe("1");
-    // command mode: INCR then EXPIRE, two round trips, counted in kong.ctx.shared.krs_redis
+    // command mode: INCR then EXPIRE, two round trips, counted in the request facts (kong.ctx.shared.krs.redis)
     expect(first.trips).toBe("2");
     expect((await hit(`${gw.proxyUrl}/redis/anything`)).value).toBe("2");
     expect(gw.unexpectedErrors()).toEqual([]);

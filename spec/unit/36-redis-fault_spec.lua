@@ -14,6 +14,7 @@ describe("krs.redis.fault", function()
     _G.ngx = setmetatable({
       ERR = 4,
       now = function() return clock end,
+      get_phase = function() return "timer" end,
       log = function(_, msg) lines[#lines + 1] = msg end,
     }, { __index = saved_ngx })
     _G.kong = { response = { exit = function(status, body) exits[#exits + 1] = { status, body } end } }

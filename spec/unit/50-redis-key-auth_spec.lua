@@ -148,6 +148,7 @@ describe("redis-key-auth handler (stubbed PDK)", function()
       end,
     }
     _G.kong = {
+      ctx = { shared = {}, plugin = {} },
       request = {
         get_method = function() return "GET" end,
         get_headers = function() return req.headers or {} end,

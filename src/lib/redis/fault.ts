@@ -8,6 +8,7 @@
  * one instance's failing Redis must not hide another's (a wrong password on one would
  * otherwise silence a TLS failure on the other for the whole interval).
  */
+import * as facts from "../facts";
 import type { RedisConf } from "./schema";
 
 const LOG_INTERVAL = 10;
@@ -83,6 +84,8 @@ const UNEXPECTED = { message: "An unexpected error occurred" };
  */
 export function onRedisFailure(this: void, plugin: string, conf: FailureSource & { fault_tolerant: boolean }, err: string | undefined): void {
   const faultTolerant = conf.fault_tolerant;
-  logThrottled(plugin, `redis unavailable: ${err ?? "unknown error"}${faultTolerant ? " (fault_tolerant: request let through)" : ""}`, conf);
+  const message = `redis unavailable: ${err ?? "unknown error"}${faultTolerant ? " (fault_tolerant: request let through)" : ""}`;
+  facts.error(plugin, message);
+  logThrottled(plugin, message, conf);
   if (!faultTolerant) return kong.response.exit(500, UNEXPECTED);
 }

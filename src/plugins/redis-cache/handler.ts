@@ -13,6 +13,7 @@
  *                the lock release for the worker's writer timer (no cosockets here)
  * log            gives back a lock still held (aborted responses)
  */
+import * as facts from "../../lib/facts";
 import { logThrottled, onRedisFailure } from "../../lib/redis/fault";
 import type * as client from "../../lib/redis/client";
 import { SUITE_VERSION } from "../../lib/version";
@@ -174,6 +175,7 @@ function fresh(this: void, p: Prepared, e: codec.Entry, nowMs: number, wants: Wa
 /** Sends the entry. In Kong, kong.response.exit returns in access: callers return right after. */
 function serve(this: void, st: RequestState, e: codec.Entry, key: string, nowMs: number): void {
   st.status = HIT;
+  facts.cache(PLUGIN_NAME, HIT);
   st.key = key;
   // A fresh table each time: the PDK may change the one it is handed.
   const headers: KongHeaders = {};
@@ -497,6 +499,7 @@ const handler: KongPluginHandler<Conf> = {
   },
 
   access(conf) {
+    facts.enter(PLUGIN_NAME);
     const p = prepare(conf);
     const st: RequestState = { conf, p, status: BYPASS, base: "", fillLock: false, mayStore: false, done: false, foreign: false };
     kong.ctx.plugin[CTX_KEY] = st;
@@ -538,6 +541,7 @@ const handler: KongPluginHandler<Conf> = {
     const st = stateOf();
     if (st === undefined) return;
     if (st.status === HIT) return;
+    facts.enter(PLUGIN_NAME);
     if (st.mayStore) {
       const cap = capture(st);
       if (cap === undefined) {
@@ -548,6 +552,7 @@ const handler: KongPluginHandler<Conf> = {
         st.key = cap.key;
       }
     }
+    facts.cache(PLUGIN_NAME, st.status as facts.CacheStatus);
     kong.response.set_header(STATUS_HEADER, st.status);
     if (st.key !== undefined) kong.response.set_header(KEY_HEADER, st.key);
   },

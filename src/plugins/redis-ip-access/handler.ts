@@ -6,6 +6,7 @@
  * Hot path: one address parse and one bisection per list, against matchers compiled once
  * per config table; no Redis.
  */
+import * as facts from "../../lib/facts";
 import * as fault from "../../lib/redis/fault";
 import type { RedisConf } from "../../lib/redis/schema";
 import { SUITE_VERSION } from "../../lib/version";
@@ -116,7 +117,9 @@ function usesRedis(this: void, conf: IpAccessConf): boolean {
   return nonEmpty(conf.redis_allow_lists) !== undefined || nonEmpty(conf.redis_deny_lists) !== undefined || (conf.ban !== undefined && conf.ban.threshold > 0);
 }
 
-function refuse(this: void, p: Prepared, address: string): never {
+/** `reason`: which rule refused ("deny", "deny_list: <name>", "not_allowed"), for the request facts. */
+function refuse(this: void, p: Prepared, address: string, reason: string): never {
+  facts.access(PLUGIN, false, reason);
   // A refusal of ours is not the client's misbehaviour: it must not count towards (or
   // renew) a ban.
   ngx.ctx.krs_ip_access_refused = true;
@@ -138,16 +141,17 @@ const handler: KongPluginHandler<IpAccessConf> = {
   },
 
   access(conf) {
+    facts.enter(PLUGIN);
     const address = kong.client.get_forwarded_ip();
     const bin = binaryAddress(address);
     if (bin === undefined) return kong.response.error(DEFAULT_STATUS, ERR_NO_ADDRESS);
     const p = prepare(conf);
-    if (p.deny !== undefined && contains(p.deny, bin)) return refuse(p, address);
+    if (p.deny !== undefined && contains(p.deny, bin)) return refuse(p, address, "deny");
     if (p.denyLists !== undefined) {
       for (const state of p.denyLists) {
         const [m, err] = matcherOf(state);
         if (m === undefined) fault.onRedisFailure(PLUGIN, conf, `deny list '${state.list}' never loaded: ${err}`);
-        else if (contains(m, bin)) return refuse(p, address);
+        else if (contains(m, bin)) return refuse(p, address, `deny_list: ${state.list}`);
       }
     }
     if (p.allow === undefined && p.allowLists === undefined) return;
@@ -173,7 +177,7 @@ const handler: KongPluginHandler<IpAccessConf> = {
       fault.onRedisFailure(PLUGIN, conf, unloaded);
       if (!consulted) return;
     }
-    return refuse(p, address);
+    return refuse(p, address, "not_allowed");
   },
 
   log(conf) {

@@ -8,6 +8,7 @@
  */
 import * as cjson from "cjson.safe";
 import * as semaphore from "ngx.semaphore";
+import * as facts from "../../lib/facts";
 import * as fault from "../../lib/redis/fault";
 import { SUITE_VERSION } from "../../lib/version";
 import * as workerCache from "./cache";
@@ -328,13 +329,18 @@ const handler: KongPluginHandler<KeyAuthConf> = {
     // With anonymous set, auth plugins are alternatives: another one already succeeded.
     if (anonymous !== undefined && kong.client.get_credential() !== undefined) return;
 
+    facts.enter(PLUGIN);
     let [apiKey, failure] = findKey(conf);
     if (apiKey !== undefined) {
       failure = ERR_INVALID_AUTH_CRED;
       if (wellFormed(apiKey)) {
         const [valid, redisErr] = check(conf, apiKey);
-        if (valid !== undefined) return setConsumer(valid.consumer, valid.credential);
+        if (valid !== undefined) {
+          facts.auth(PLUGIN, "ok", valid.consumer.id);
+          return setConsumer(valid.consumer, valid.credential);
+        }
         if (redisErr !== undefined) {
+          facts.auth(PLUGIN, "error", undefined, ERR_UNEXPECTED);
           fault.onRedisFailure(PLUGIN, conf, redisErr);
           // fault_tolerant: the key cannot be checked; the request goes on unauthenticated.
           if (anonymous !== undefined) return setAnonymous(conf, p, anonymous);
@@ -342,7 +348,11 @@ const handler: KongPluginHandler<KeyAuthConf> = {
         }
       }
     }
-    if (anonymous !== undefined) return setAnonymous(conf, p, anonymous);
+    if (anonymous !== undefined) {
+      facts.auth(PLUGIN, "anonymous", undefined, failure);
+      return setAnonymous(conf, p, anonymous);
+    }
+    facts.auth(PLUGIN, apiKey !== undefined ? "unknown" : failure === ERR_NO_API_KEY ? "missing" : "invalid", undefined, failure);
     return kong.response.error(401, failure, { "WWW-Authenticate": p.challenge });
   },
 };

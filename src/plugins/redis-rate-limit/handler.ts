@@ -15,6 +15,7 @@
 import * as lrucache from "resty.lrucache";
 import { script } from "../../lib/redis/client";
 import { onRedisFailure } from "../../lib/redis/fault";
+import * as facts from "../../lib/facts";
 import { key, part } from "../../lib/keys";
 import { SUITE_VERSION } from "../../lib/version";
 import type { Conf } from "./conf";
@@ -152,6 +153,22 @@ function headersFor(this: void, p: Prepared, now: number, remaining: number[]): 
   return headers;
 }
 
+/** The decision for the request facts: the tightest window and what is left of it. */
+function recordDecision(this: void, p: Prepared, admitted: boolean, source: facts.DecisionSource, remaining: number[] | undefined): void {
+  let limit: number | undefined;
+  let left: number | undefined;
+  if (remaining !== undefined) {
+    for (let i = 0; i < p.windows.length; i++) {
+      const r = remaining[i];
+      if (r !== undefined && (left === undefined || r < left)) {
+        left = r;
+        limit = p.windows[i].limit;
+      }
+    }
+  }
+  facts.limit({ plugin: PLUGIN, kind: "rate", admitted, source, limit, remaining: left });
+}
+
 function reject(this: void, conf: Conf, p: Prepared, now: number, remaining: number[], retryMs: number): never {
   if (conf.hide_client_headers) return kong.response.error(conf.error_code, conf.error_message);
   const headers = headersFor(p, now, remaining);
@@ -165,6 +182,7 @@ const handler: KongPluginHandler<Conf> = {
   VERSION: SUITE_VERSION,
 
   access(conf) {
+    facts.enter(PLUGIN);
     const p = prepare(conf);
     const [kind, value] = identify(conf);
     const counterKey = key(PLUGIN, `${p.instance}:${kind}:${part(value)}`);
@@ -181,6 +199,7 @@ const handler: KongPluginHandler<Conf> = {
         const w = windows[i];
         remaining[i] = remainingAt(sliding, w.limit, w.length, now, blocked.buckets[i], blocked.counts[i], blocked.prevs[i]);
       }
+      recordDecision(p, false, "worker", remaining);
       return reject(conf, p, now, remaining, blocked.retryAt - now);
     }
 
@@ -204,6 +223,7 @@ const handler: KongPluginHandler<Conf> = {
 
     const [reply, err] = script(conf.redis, { script: SCRIPT, keys: [counterKey], args });
     if (type(reply) !== "table") {
+      recordDecision(p, conf.fault_tolerant, "fault", undefined);
       return onRedisFailure(PLUGIN, conf, reply === false ? `script ${SCRIPT} failed: ${err}` : err);
     }
     const r = reply as number[];
@@ -224,6 +244,7 @@ const handler: KongPluginHandler<Conf> = {
       }
       blockedCache.set(counterKey, { conf, retryAt: now + retryMs, buckets, counts, prevs }, retryMs / 1000);
     }
+    recordDecision(p, r[0] === 1, "redis", remaining);
     if (r[0] !== 1) return reject(conf, p, now, remaining, retryMs);
     if (!conf.hide_client_headers) kong.ctx.plugin["headers"] = headersFor(p, now, remaining);
   },

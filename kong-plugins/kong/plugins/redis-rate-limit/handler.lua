@@ -4,6 +4,7 @@ local ____client = require("krs.redis.client")
 local script = ____client.script
 local ____fault = require("krs.redis.fault")
 local onRedisFailure = ____fault.onRedisFailure
+local facts = require("krs.facts")
 local ____keys = require("krs.keys")
 local key = ____keys.key
 local part = ____keys.part
@@ -124,6 +125,32 @@ local function headersFor(p, now, remaining)
     )
     return headers
 end
+--- The decision for the request facts: the tightest window and what is left of it.
+local function recordDecision(p, admitted, source, remaining)
+    local limit
+    local left
+    if remaining ~= nil then
+        do
+            local i = 0
+            while i < #p.windows do
+                local r = remaining[i + 1]
+                if r ~= nil and (left == nil or r < left) then
+                    left = r
+                    limit = p.windows[i + 1].limit
+                end
+                i = i + 1
+            end
+        end
+    end
+    facts.limit({
+        plugin = PLUGIN,
+        kind = "rate",
+        admitted = admitted,
+        source = source,
+        limit = limit,
+        remaining = left
+    })
+end
 local function reject(conf, p, now, remaining, retryMs)
     if conf.hide_client_headers then
         return kong.response.error(conf.error_code, conf.error_message)
@@ -139,6 +166,7 @@ local handler = {
     PRIORITY = 910,
     VERSION = SUITE_VERSION,
     access = function(self, conf)
+        facts.enter(PLUGIN)
         local p = prepare(conf)
         local kind, value = identify(conf)
         local counterKey = key(
@@ -167,6 +195,7 @@ local handler = {
                     i = i + 1
                 end
             end
+            recordDecision(p, false, "worker", remaining)
             return reject(
                 conf,
                 p,
@@ -195,6 +224,7 @@ local handler = {
         args[3] = keep + CLOCK_SKEW_MS
         local reply, err = script(conf.redis, {script = SCRIPT, keys = {counterKey}, args = args})
         if type(reply) ~= "table" then
+            recordDecision(p, conf.fault_tolerant, "fault", nil)
             return onRedisFailure(
                 PLUGIN,
                 conf,
@@ -233,6 +263,7 @@ local handler = {
                 prevs = prevs
             }, retryMs / 1000)
         end
+        recordDecision(p, r[1] == 1, "redis", remaining)
         if r[1] ~= 1 then
             return reject(
                 conf,
