@@ -100,7 +100,7 @@ end
 function ____exports.refresh(conf, id, who)
     local known = topologies[id]
     if known ~= nil then
-        if known.refreshing then
+        if known.refreshing or ngx.now() - known.refreshedAt < MIN_REFRESH_INTERVAL then
             return nil
         end
         known.refreshing = true
@@ -132,7 +132,7 @@ function ____exports.refresh(conf, id, who)
 end
 local function current(conf, id, who)
     local topology = topologies[id]
-    if topology == nil or topology.stale and not topology.refreshing and ngx.now() - topology.refreshedAt >= MIN_REFRESH_INTERVAL then
+    if topology == nil or topology.stale then
         local err = ____exports.refresh(conf, id, who)
         topology = topologies[id]
         if topology == nil then

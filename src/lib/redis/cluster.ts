@@ -103,7 +103,9 @@ function candidates(this: void, conf: RedisConf, known: Topology | undefined): S
 export function refresh(this: void, conf: RedisConf, id: string, who: Identity): string | undefined {
   const known = topologies.get(id);
   if (known !== undefined) {
-    if (known.refreshing) return undefined;
+    // One refresh at a time, and not more often than MIN_REFRESH_INTERVAL: during an
+    // outage every failing call asks for one.
+    if (known.refreshing || ngx.now() - known.refreshedAt < MIN_REFRESH_INTERVAL) return undefined;
     known.refreshing = true;
   }
   const errors: string[] = [];
@@ -132,7 +134,7 @@ export function refresh(this: void, conf: RedisConf, id: string, who: Identity):
 
 function current(this: void, conf: RedisConf, id: string, who: Identity): LuaMultiReturn<[Topology | undefined, string | undefined]> {
   let topology = topologies.get(id);
-  if (topology === undefined || (topology.stale && !topology.refreshing && ngx.now() - topology.refreshedAt >= MIN_REFRESH_INTERVAL)) {
+  if (topology === undefined || topology.stale) {
     const err = refresh(conf, id, who);
     topology = topologies.get(id);
     if (topology === undefined) return $multi(undefined, err);
