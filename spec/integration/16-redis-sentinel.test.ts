@@ -42,7 +42,7 @@ let seq = 0;
 const client = () => `s${++seq}-${Date.now()}`;
 
 function redisConf() {
-  return { sentinel_master: setup.masterName, sentinel_role: "master", sentinel_nodes: setup.sentinelNodes, timeout: 1000 };
+  return { sentinel_master: setup.masterName, sentinel_role: "master" as const, sentinel_nodes: setup.sentinelNodes, timeout: 1000 };
 }
 
 function limitRoute(name: string, config: Record<string, unknown>) {
