@@ -122,7 +122,7 @@ describe("krs.redis.client on a cluster (scripted fake lua-resty-redis)", functi
       if cmd == "eval" then return "evaled" end
       return cmd .. "@" .. self.server.addr
     end
-    for _, cmd in ipairs({ "get", "set", "evalsha", "eval", "cluster", "asking", "publish", "ping" }) do
+    for _, cmd in ipairs({ "get", "set", "evalsha", "eval", "cluster", "asking", "publish", "ping", "sentinel" }) do
       red[cmd] = function(self, ...)
         if self.queue then
           local args = { ... }
@@ -158,7 +158,8 @@ describe("krs.redis.client on a cluster (scripted fake lua-resty-redis)", functi
     servers, log = {}, {}
     saved_ngx = rawget(_G, "ngx")
     _G.ngx = setmetatable({ now = function() return clock end, update_time = function() end, sleep = function() end,
-      md5 = function(s) return string.rep("0", 32) end, get_phase = function() return "timer" end }, { __index = saved_ngx })
+      md5 = function(s) return string.rep("0", 32) end, get_phase = function() return "timer" end,
+      timer = { at = function() return 1 end }, null = saved_ngx and saved_ngx.null or "null" }, { __index = saved_ngx })
     for _, m in ipairs({ "krs.redis.client", "krs.redis.cluster", "krs.redis.connection", "krs.redis.breaker", "krs.redis.sentinel", "resty.redis" }) do package.loaded[m] = nil end
     package.loaded["resty.redis"] = fake_redis()
     package.loaded["krs.scripts"] = { get = function(_, name) if name == "s" then return { sha1 = "sha", numkeys = 1, source = "return 1" } end end }
@@ -255,5 +256,85 @@ describe("krs.redis.client on a cluster (scripted fake lua-resty-redis)", functi
     local _, err = client.command(c, "get", "foo")
     assert.matches("circuit open", err)
     assert.are.equal("get@10.0.0.1:7000", (client.command(c, "get", "{user1000}x")))
+  end)
+
+  describe("on sentinel", function()
+    local function sconf(role)
+      local c = conf({ sentinel_master = "mymaster", sentinel_role = role or "master",
+        sentinel_nodes = { { host = "10.0.1.1", port = 26379 }, { host = "10.0.1.2", port = 26379 } } })
+      c.cluster_nodes = nil
+      return c
+    end
+    local master = "10.0.0.1:6379"
+
+    local function sentinels(first_answers)
+      new_server("10.0.1.1:26379", { answer = function(cmd, args)
+        if not first_answers then return nil, "closed" end
+      end })
+      new_server("10.0.1.2:26379", { answer = function(cmd, args)
+        if args[1] == "get-master-addr-by-name" then
+          local host, port = master:match("^(.*):(%d+)$")
+          return { host, port }
+        end
+        if args[1] == "replicas" then
+          return { { "ip", "10.0.0.2", "port", "6379", "flags", "slave", "master-link-status", "ok" },
+                   { "ip", "10.0.0.3", "port", "6379", "flags", "s_down,slave", "master-link-status", "err" } }
+        end
+      end })
+    end
+
+    it("asks the sentinels in order for the master, once per worker", function()
+      sentinels(false)
+      new_server("10.0.0.1:6379", {})
+      local c = sconf()
+      assert.are.equal("get@10.0.0.1:6379", (client.command(c, "get", "k")))
+      assert.are.equal("get@10.0.0.1:6379", (client.command(c, "get", "k")))
+      assert.are.equal(1, count("^10.0.1.2:26379 sentinel get%-master%-addr%-by%-name"))
+    end)
+
+    it("a READONLY reply (a demoted master) asks again and retries on the new master", function()
+      sentinels(false)
+      new_server("10.0.0.1:6379", { answer = function(cmd) if cmd == "set" then return false, "READONLY You can't write against a read only replica." end end })
+      new_server("10.0.0.9:6379", {})
+      local c = sconf()
+      assert.are.equal("get@10.0.0.1:6379", (client.command(c, "get", "k")))
+      master = "10.0.0.9:6379"
+      assert.are.equal("set@10.0.0.9:6379", (client.command(c, "set", "k", "v")))
+      assert.are.equal(2, count("^10.0.1.2:26379 sentinel get%-master%-addr%-by%-name"))
+      master = "10.0.0.1:6379"
+    end)
+
+    it("a master that no longer accepts connections is asked for again on the next call", function()
+      sentinels(false)
+      local c = sconf()
+      master = "10.0.0.7:6379"
+      local res, err = client.command(c, "get", "k")
+      assert.is_nil(res)
+      assert.matches("could not connect to redis at 10.0.0.7:6379", err)
+      new_server("10.0.0.8:6379", {})
+      master = "10.0.0.8:6379"
+      assert.are.equal("get@10.0.0.8:6379", (client.command(c, "get", "k")))
+      master = "10.0.0.1:6379"
+    end)
+
+    it("role slave: a healthy replica, never one that is down", function()
+      sentinels(false)
+      new_server("10.0.0.2:6379", {})
+      new_server("10.0.0.3:6379", {})
+      for _ = 1, 5 do
+        package.loaded["krs.redis.sentinel"] = nil
+        package.loaded["krs.redis.client"] = nil
+        client = require("krs.redis.client")
+        assert.are.equal("get@10.0.0.2:6379", (client.command(sconf("slave"), "get", "k")))
+      end
+    end)
+
+    it("says which sentinels failed when none knows the master", function()
+      new_server("10.0.1.1:26379", { answer = function() return ngx.null end })
+      local res, err = client.command(sconf(), "get", "k")
+      assert.is_nil(res)
+      assert.matches("no sentinel gave the address of 'mymaster'", err)
+      assert.matches("10.0.1.2:26379", err)
+    end)
   end)
 end)
