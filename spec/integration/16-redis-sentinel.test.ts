@@ -108,6 +108,14 @@ describe("sentinel", () => {
     expect(Number(await redisCli(["-p", String(master), "dbsize"]))).toBeGreaterThan(0);
   });
 
+  it("every worker of both gateways listens for +switch-master on a sentinel", async () => {
+    await waitFor("4 +switch-master subscriptions", async () => {
+      let n = 0;
+      for (const s of setup.sentinels) n += (await redisCli(["-p", String(s.port), "client", "list"])).split("\n").filter((l) => / sub=1 /.test(l)).length;
+      return n >= 4;
+    }, 10_000);
+  });
+
   for (const how of ["SENTINEL FAILOVER", "master killed"] as const) {
     it(`${how} mid-traffic: requests recover without a gateway restart (time measured); the counter survives`, async () => {
       const before = await setup.masterPort();
