@@ -6,8 +6,9 @@
  * stampede lock letting one request through, purge-all, ip-access list changes); the
  * slots of live counters move mid-traffic (MIGRATING/IMPORTING, MIGRATE, SETSLOT: ASK
  * then MOVED) with no failed request and no over-admission; and a replica takes over a
- * master (CLUSTER FAILOVER) mid-traffic, the gateways recovering without a restart (the
- * time is measured and printed).
+ * master (CLUSTER FAILOVER, then a killed master) mid-traffic, the gateways recovering
+ * without a restart (the time is measured and printed). A hung node opens the circuit
+ * breaker of that node only.
  */
 import { spawnSync } from "node:child_process";
 import { Agent, request as httpRequest } from "node:http";
@@ -85,6 +86,7 @@ beforeAll(async () => {
           // (seconds on a loaded machine): a timeout above that lets them wait for the new
           // master instead of failing.
           limitRoute("failover", { hour: 100000, fault_tolerant: false, redis: { ...redisConf(), timeout: 5000 } }),
+          limitRoute("shard", { hour: 100000, redis: { ...redisConf(), timeout: 300 } }),
           { name: "keys", paths: ["/keys"], plugins: [{ name: "redis-key-auth", config: { cache_ttl: 300, redis: redisConf() } }] },
           { name: "dyn", paths: ["/dyn"], plugins: [{ name: "redis-ip-access", config: { redis_deny_lists: ["blocklist"], redis: redisConf() } }] },
         ],
@@ -102,7 +104,10 @@ afterAll(async () => {
   control?.disconnect();
   for (const gw of [gwA, gwB]) {
     // Only the failover tests' failures are expected: each names the failed node.
-    if (gw !== undefined) expect(gw.unexpectedErrors([/redis at 127\.0\.0\.1:\d+|subscriber|CLUSTERDOWN|recv\(\) failed \(104: Connection reset by peer\)/])).toEqual([]);
+    if (gw === undefined) continue;
+    const unexpected = gw.unexpectedErrors([/circuit open|redis at 127\.0\.0\.1:\d+|subscriber|CLUSTERDOWN|recv\(\) failed \(104: Connection reset by peer\)/]);
+    if (unexpected.length > 0) console.log(unexpected.join("\n"));
+    expect(unexpected).toEqual([]);
   }
   await stopAll();
 });
@@ -236,6 +241,44 @@ function traffic(path: string, id: string, concurrency: number) {
     },
   };
 }
+
+describe("one hung shard", () => {
+  it("opens the circuit of that node only: its clients fail fast after 3 timeouts, the other shards' clients are served by Redis throughout", async () => {
+    // Two clients whose counters live on different masters.
+    const first = client();
+    const firstKey = (await waitForKey(first, "/shard"))!;
+    const { from: hung } = await ownerOf(firstKey);
+    let other = "";
+    for (let i = 0; i < 50 && other === ""; i++) {
+      const id = client();
+      const key = (await waitForKey(id, "/shard"))!;
+      if ((await ownerOf(key)).from.port !== hung.port) other = id;
+    }
+    expect(other).not.toBe("");
+    // CLIENT PAUSE: the node stops answering its clients but not its cluster bus, so no failover starts.
+    await redisCli(["-p", String(hung.port), "client", "pause", "3000", "ALL"]);
+    const timed = async (id: string) => {
+      const started = Date.now();
+      const r = await hit(`${gwA.proxyUrl}/shard`, { "X-Client": id });
+      return { ms: Date.now() - started, answered: r.headers["x-ratelimit-remaining-hour"] !== undefined, status: r.status };
+    };
+    const hungSide: { ms: number; answered: boolean; status: number }[] = [];
+    const otherSide: { ms: number; answered: boolean; status: number }[] = [];
+    // gwA has 2 workers: enough requests that both see 3 timeouts.
+    for (let i = 0; i < 10; i++) {
+      hungSide.push(await timed(first));
+      otherSide.push(await timed(other));
+    }
+    console.log(`hung shard: ${hungSide.map((r) => r.ms).join(",")} ms; other shard: ${otherSide.map((r) => r.ms).join(",")} ms`);
+    // fault_tolerant: every request goes through; only the other shard's carry Redis's answer.
+    expect(hungSide.every((r) => r.status === 200 && !r.answered)).toBe(true);
+    expect(otherSide.every((r) => r.status === 200 && r.answered)).toBe(true);
+    expect(hungSide.slice(-3).every((r) => r.ms < 150)).toBe(true);
+    expect(hungSide.filter((r) => r.ms >= 250).length).toBeLessThanOrEqual(6);
+    // Once the pause ends, a probe closes the circuit.
+    await waitFor("the paused node to answer again", async () => (await timed(first)).answered, 8000);
+  }, 30_000);
+});
 
 describe("resharding mid-traffic", () => {
   it("the slot of a live counter moves to another master (ASK during the migration, MOVED after): no request fails, no increment is lost or doubled", async () => {

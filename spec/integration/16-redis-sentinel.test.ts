@@ -74,7 +74,10 @@ afterAll(async () => {
   agent.destroy();
   control?.disconnect();
   for (const gw of [gwA, gwB]) {
-    if (gw !== undefined) expect(gw.unexpectedErrors([/redis at 127\.0\.0\.1:\d+|sentinel|READONLY|recv\(\) failed \(104: Connection reset by peer\)/])).toEqual([]);
+    if (gw === undefined) continue;
+    const unexpected = gw.unexpectedErrors([/redis at 127\.0\.0\.1:\d+|sentinel|READONLY|recv\(\) failed \(104: Connection reset by peer\)/]);
+    if (unexpected.length > 0) console.log(unexpected.join("\n"));
+    expect(unexpected).toEqual([]);
   }
   await stopAll();
 });

@@ -271,7 +271,7 @@ function runClustered(this: void, conf: RedisConf, target: Target, call: Call, w
         }
       }
       accounting.record(started, trips, true);
-      return $multi(undefined, connectErr);
+      return $multi(undefined, atNode(connectErr, server));
     }
     const [res, err, sent] = sendCall(red, call, asking);
     trips += sent;
@@ -300,6 +300,13 @@ function runClustered(this: void, conf: RedisConf, target: Target, call: Call, w
   }
   accounting.record(started, trips, true);
   return $multi(false, `${what}: more than ${conf.cluster_max_redirections} cluster redirections (last: ${last})`);
+}
+
+/** A cluster failure names its node, so that it is logged (and throttled) per node. */
+function atNode(this: void, err: string | undefined, server: cluster.Server): string {
+  const message = err ?? "unknown error";
+  const [named] = string.find(message, "redis at ", 1, true);
+  return named !== undefined ? message : `${message} (redis at ${server.addr})`;
 }
 
 function run(this: void, conf: RedisConf, call: Call, what: string): RedisResult {
@@ -337,7 +344,7 @@ export function connect(this: void, conf: RedisConf): LuaMultiReturn<[RestyRedis
     const [red, err] = openAt(conf, target.who, server.host, server.port, started);
     if (red !== undefined) return $multi(red, undefined);
     cluster.nodeFailed(target.id);
-    lastErr = err;
+    lastErr = atNode(err, server);
   }
   return $multi(undefined, lastErr ?? "no redis cluster node to connect to");
 }
@@ -460,7 +467,7 @@ function pipelineClustered(this: void, conf: RedisConf, target: Target, calls: C
     if (red === undefined) {
       cluster.nodeFailed(target.id);
       accounting.record(started, trips, true);
-      return $multi(undefined, connectErr);
+      return $multi(undefined, atNode(connectErr, part.server));
     }
     const [sent, err] = pipelineOn(red, calls, part.indexes, replies);
     const failure = settle(red, conf, nodePool(conf, target.who, part.server.host, part.server.port), started, sent, err);
