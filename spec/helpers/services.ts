@@ -273,7 +273,7 @@ export interface RedisClusterSetup {
   seeds: { ip: string; port: number }[];
   /** Ports of the current masters, from CLUSTER NODES. */
   masterPorts(): Promise<number[]>;
-  /** Waits until every live node says cluster_state:ok and agrees on the slots. */
+  /** Waits until every live node says cluster_state:ok and agrees on the slots, and every replica is in sync. */
   waitHealthy(timeoutMs?: number): Promise<void>;
 }
 
@@ -318,7 +318,10 @@ export async function startRedisCluster(nodeTimeoutMs = 1000): Promise<RedisClus
       while (Date.now() < deadline) {
         const infos = await Promise.all(nodes.map((n) => redisCli(["-p", String(n.port), "cluster", "info"]).catch(() => "down")));
         const live = infos.filter((i) => i !== "down");
-        if (live.length > 0 && live.every((i) => /cluster_state:ok/.test(i) && /cluster_slots_ok:16384/.test(i))) {
+        // A replica still loading its first sync cannot take over: wait for every link.
+        const links = await Promise.all(nodes.map((n, j) => infos[j] === "down" ? "" : redisCli(["-p", String(n.port), "info", "replication"]).catch(() => "")));
+        const synced = links.every((l) => !/role:slave/.test(l) || /master_link_status:up/.test(l));
+        if (synced && live.length > 0 && live.every((i) => /cluster_state:ok/.test(i) && /cluster_slots_ok:16384/.test(i))) {
           const check = await redisCli(["--cluster", "check", `127.0.0.1:${nodes.find((_, j) => infos[j] !== "down")!.port}`]).catch(() => "");
           if (/All 16384 slots covered/.test(check) && !/\[WARNING\]|\[ERR\]/.test(check)) return;
         }
