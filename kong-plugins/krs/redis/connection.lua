@@ -7,19 +7,24 @@ local breaker = require("krs.redis.breaker")
 function ____exports.hasText(value)
     return type(value) == "string" and value ~= ""
 end
---- Pool names per conf table and server (weak keys: a config version's tables go with it).
+--- Pool names per identity table, host and port (weak keys: a config version's tables go with it).
 local poolNames = setmetatable({}, {__mode = "k"})
 --- Connections are only shared between identical servers and identities: host, port,
 -- database, TLS settings and a hash of the credentials. Also the breaker's key: one
 -- circuit per server, so one failed cluster node does not open it for the others.
+-- Hot path (twice per call): table lookups only once a server was named.
 function ____exports.nodePool(conf, who, host, port)
-    local byServer = poolNames[who]
-    if byServer == nil then
-        byServer = {}
-        poolNames[who] = byServer
+    local byHost = poolNames[who]
+    if byHost == nil then
+        byHost = {}
+        poolNames[who] = byHost
     end
-    local server = (host .. ":") .. tostring(port)
-    local cached = byServer[server]
+    local byPort = byHost[host]
+    if byPort == nil then
+        byPort = {}
+        byHost[host] = byPort
+    end
+    local cached = byPort[port]
     if cached ~= nil then
         return cached
     end
@@ -29,8 +34,8 @@ function ____exports.nodePool(conf, who, host, port)
         16
     ) or "-"
     local tls = conf.ssl and (("tls" .. (conf.ssl_verify and "v" or "")) .. ":") .. (____exports.hasText(conf.server_name) and conf.server_name or "") or "plain"
-    local name = (((((("krs:" .. server) .. ":") .. tostring(who.database)) .. ":") .. tls) .. ":") .. credentials
-    byServer[server] = name
+    local name = (((((((("krs:" .. host) .. ":") .. tostring(port)) .. ":") .. tostring(who.database)) .. ":") .. tls) .. ":") .. credentials
+    byPort[port] = name
     return name
 end
 function ____exports.send(red, command, argv)

@@ -23,27 +23,32 @@ export function hasText(this: void, value: unknown): value is string {
   return type(value) === "string" && value !== "";
 }
 
-/** Pool names per conf table and server (weak keys: a config version's tables go with it). */
-const poolNames = setmetatable(new LuaTable<Identity, LuaTable<string, string>>(), { __mode: "k" });
+/** Pool names per identity table, host and port (weak keys: a config version's tables go with it). */
+const poolNames = setmetatable(new LuaTable<Identity, LuaTable<string, LuaTable<number, string>>>(), { __mode: "k" });
 
 /**
  * Connections are only shared between identical servers and identities: host, port,
  * database, TLS settings and a hash of the credentials. Also the breaker's key: one
  * circuit per server, so one failed cluster node does not open it for the others.
+ * Hot path (twice per call): table lookups only once a server was named.
  */
 export function nodePool(this: void, conf: RedisConf, who: Identity, host: string, port: number): string {
-  let byServer = poolNames.get(who);
-  if (byServer === undefined) {
-    byServer = new LuaTable();
-    poolNames.set(who, byServer);
+  let byHost = poolNames.get(who);
+  if (byHost === undefined) {
+    byHost = new LuaTable();
+    poolNames.set(who, byHost);
   }
-  const server = `${host}:${port}`;
-  const cached = byServer.get(server);
+  let byPort = byHost.get(host);
+  if (byPort === undefined) {
+    byPort = new LuaTable();
+    byHost.set(host, byPort);
+  }
+  const cached = byPort.get(port);
   if (cached !== undefined) return cached;
   const credentials = hasText(who.password) ? string.sub(ngx.md5(`${who.username ?? ""}\0${who.password}`), 1, 16) : "-";
   const tls = conf.ssl ? `tls${conf.ssl_verify ? "v" : ""}:${hasText(conf.server_name) ? conf.server_name : ""}` : "plain";
-  const name = `krs:${server}:${who.database}:${tls}:${credentials}`;
-  byServer.set(server, name);
+  const name = `krs:${host}:${port}:${who.database}:${tls}:${credentials}`;
+  byPort.set(port, name);
   return name;
 }
 
