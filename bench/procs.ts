@@ -216,6 +216,44 @@ export async function startRedis(redisServer: string, dir: string): Promise<numb
   return port;
 }
 
+/** A free port whose cluster bus port (+10000) is free too. */
+async function freeClusterPort(taken: Set<number>): Promise<number> {
+  for (let i = 0; i < 200; i++) {
+    const port = await freePort();
+    if (port > 55000 || taken.has(port) || taken.has(port + 10000) || taken.has(port - 10000)) continue;
+    const busFree = await new Promise<boolean>((res) => {
+      const srv = net.createServer();
+      srv.once("error", () => res(false));
+      srv.listen(port + 10000, "127.0.0.1", () => srv.close(() => res(true)));
+    });
+    if (!busFree) continue;
+    taken.add(port);
+    return port;
+  }
+  throw new BenchError("no free port pair for a redis cluster node");
+}
+
+/** A Redis Cluster of 3 masters and 3 replicas on loopback; returns the nodes (`cluster_nodes`). */
+export async function startRedisCluster(redisServer: string, dir: string): Promise<{ ip: string; port: number }[]> {
+  const taken = new Set<number>();
+  const ports: number[] = [];
+  for (let i = 0; i < 6; i++) {
+    const port = await freeClusterPort(taken);
+    const nodeDir = path.join(dir, String(port));
+    mkdirSync(nodeDir, { recursive: true });
+    const child = spawn(redisServer, ["--port", String(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes", "--cluster-config-file", path.join(nodeDir, "nodes.conf"), "--save", "", "--appendonly", "no", "--dir", nodeDir], { stdio: ["ignore", "pipe", "pipe"] });
+    collect(child);
+    onCleanup("redis-server (cluster node)", () => stopChild(child));
+    if (!(await waitUntil(() => redisPing(port), 10_000, child))) throw new BenchError(`redis cluster node did not start on port ${port}`);
+    ports.push(port);
+  }
+  const created = spawnSync("redis-cli", ["--cluster", "create", ...ports.map((p) => `127.0.0.1:${p}`), "--cluster-replicas", "1", "--cluster-yes"], { encoding: "utf8", timeout: 30_000 });
+  if (created.status !== 0) throw new BenchError(`redis-cli --cluster create failed: ${created.stderr || created.stdout}`);
+  const ready = await waitUntil(async () => ports.every((p) => /cluster_state:ok/.test(spawnSync("redis-cli", ["-p", String(p), "cluster", "info"], { encoding: "utf8" }).stdout ?? "")), 20_000);
+  if (!ready) throw new BenchError("the redis cluster did not become healthy");
+  return ports.slice(0, 3).map((port) => ({ ip: "127.0.0.1", port }));
+}
+
 // ---- the gateway -----------------------------------------------------------------------
 
 export interface GatewayOptions {

@@ -26,6 +26,7 @@ import {
   startGateway,
   startNginxUpstream,
   startRedis,
+  startRedisCluster,
 } from "./procs.js";
 import { compare, consoleTable, flagsFor, NOTE, writeLatest, type Report, type ScenarioResult, type Settings } from "./report.js";
 import { SCENARIOS, type BenchEnv, type Scenario } from "./scenarios.js";
@@ -162,6 +163,10 @@ async function runScenario(
     if (ctx.redisServer === undefined) throw new BenchError("redis-server is needed but was not looked up");
     env.redisPort = await startRedis(ctx.redisServer, path.join(dir, "redis"));
   }
+  if (s.needsRedisCluster === true) {
+    if (ctx.redisServer === undefined) throw new BenchError("redis-server is needed but was not looked up");
+    env.clusterNodes = await startRedisCluster(ctx.redisServer, path.join(dir, "redis-cluster"));
+  }
 
   let baseUrl = ctx.upstreamUrl;
   if (s.target === "gateway") {
@@ -238,7 +243,7 @@ async function main(argv: string[]): Promise<number> {
 
   const wrk = requireTool("wrk", ["/usr/bin/wrk"], "wrk");
   const nginx = requireTool("nginx", ["/usr/sbin/nginx"], "nginx-extras");
-  const redisServer = scenarios.some((s) => s.needsRedis === true)
+  const redisServer = scenarios.some((s) => s.needsRedis === true || s.needsRedisCluster === true)
     ? requireTool("redis-server", ["/usr/bin/redis-server"], "redis-server")
     : undefined;
 

@@ -8,6 +8,8 @@ export interface BenchEnv {
   upstreamUrl: string;
   /** Port of the run's redis-server; set only when the scenario has `needsRedis`. */
   redisPort?: number;
+  /** `cluster_nodes` of the run's Redis Cluster; set only when the scenario has `needsRedisCluster`. */
+  clusterNodes?: { ip: string; port: number }[];
 }
 
 /** Kong 3.x declarative config (the subset the benchmarks use). */
@@ -72,6 +74,8 @@ interface ScenarioBase {
   expectStatus?: number;
   /** Start a redis-server for this scenario (its port is `env.redisPort`). */
   needsRedis?: boolean;
+  /** Start a Redis Cluster (3 masters, 3 replicas) for this scenario (`env.clusterNodes`). */
+  needsRedisCluster?: boolean;
   /** Runs after the processes are up and before the check request (e.g. seed Redis). */
   setup?: (env: BenchEnv) => Promise<void>;
 }
@@ -174,6 +178,15 @@ export const SCENARIOS: Scenario[] = [
     path: "/",
     baseline: "gateway-no-plugins",
     goal: 0.6, // issue 15: rate-limit-exact (one EVALSHA per request) >= 0.60x
+  },
+  {
+    name: "rate-limit-cluster",
+    description: "redis-rate-limit as rate-limit-under-limit, on a Redis Cluster (3 masters + 3 replicas): one EVALSHA per request to the counter's master",
+    target: "gateway",
+    needsRedisCluster: true,
+    config: (env) => oneService(env, { plugins: [{ name: "redis-rate-limit", config: { minute: 1_000_000_000, redis: { cluster_nodes: env.clusterNodes } } }] }),
+    path: "/",
+    baseline: "rate-limit-under-limit",
   },
   {
     name: "rate-limit-rejecting",

@@ -188,3 +188,206 @@ export function requestWithHost(url: string, host: string): Promise<{ status: nu
     req.end();
   });
 }
+
+// ---------------------------------------------------------------- redis cluster and sentinel
+
+/** One redis-server of a cluster or sentinel setup, which a test may kill and start again. */
+export interface RedisNode {
+  port: number;
+  /** Kills it (SIGKILL: no goodbye to its peers). */
+  kill(): Promise<void>;
+  /** Starts it again on the same port, with the same files (its cluster config survives). */
+  restart(): Promise<void>;
+}
+
+function spawnRedis(args: string[]): { proc: () => ChildProcess; start: () => void; kill: () => Promise<void> } {
+  let proc: ChildProcess | undefined;
+  const kill = () => new Promise<void>((res) => {
+    const p = proc;
+    if (p === undefined || p.exitCode !== null || p.signalCode !== null) return res();
+    p.once("exit", () => res());
+    p.kill("SIGKILL");
+  });
+  stops.push(kill);
+  return { proc: () => proc!, start: () => (proc = spawn("redis-server", args, { stdio: "ignore" })), kill };
+}
+
+async function waitForPort(port: number, what: string): Promise<void> {
+  const deadline = Date.now() + 5000;
+  while (Date.now() < deadline) {
+    if (await canConnect(port)) return;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`${what} did not start on ${port}`);
+}
+
+/** A free port whose cluster bus port (+10000) is free too. */
+async function freeClusterPort(taken: Set<number>): Promise<number> {
+  for (let i = 0; i < 200; i++) {
+    const port = await freePort();
+    if (port > 55000 || taken.has(port) || taken.has(port + 10000) || taken.has(port - 10000)) continue;
+    if (!(await portFree(port + 10000))) continue;
+    taken.add(port);
+    return port;
+  }
+  throw new Error("no free port pair for a cluster node");
+}
+
+function portFree(port: number): Promise<boolean> {
+  return new Promise((res) => {
+    const srv = createServer();
+    srv.once("error", () => res(false));
+    srv.listen(port, "127.0.0.1", () => srv.close(() => res(true)));
+  });
+}
+
+/** Runs redis-cli with `args`; resolves with its stdout, rejects on a non-zero exit. */
+export function redisCli(args: string[], timeoutMs = 30000): Promise<string> {
+  return new Promise((res, rej) => {
+    const proc = spawn("redis-cli", args, { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    let err = "";
+    proc.stdout!.on("data", (c: Buffer) => (out += c.toString()));
+    proc.stderr!.on("data", (c: Buffer) => (err += c.toString()));
+    const timer = setTimeout(() => proc.kill("SIGKILL"), timeoutMs);
+    proc.once("exit", (code) => {
+      clearTimeout(timer);
+      if (code === 0) res(out);
+      else rej(new Error(`redis-cli ${args.join(" ")} exited ${code}: ${err || out}`));
+    });
+  });
+}
+
+/** The live masters in a CLUSTER NODES reply: id, port and slot ranges ([first, last]). */
+export function clusterMasters(nodes: string): { id: string; port: number; slots: [number, number][] }[] {
+  return nodes.trim().split("\n").map((l) => l.split(" ")).filter((f) => f.length >= 8 && f[2].split(",").includes("master") && !/fail/.test(f[2])).map((f) => ({
+    id: f[0],
+    port: Number(/:(\d+)@/.exec(f[1])![1]),
+    slots: f.slice(8).filter((r) => !r.startsWith("[")).map((r) => { const [a, b] = r.split("-").map(Number); return [a, b ?? a] as [number, number]; }),
+  }));
+}
+
+export interface RedisClusterSetup {
+  nodes: RedisNode[];
+  /** `config.redis.cluster_nodes` for this cluster. */
+  seeds: { ip: string; port: number }[];
+  /** Ports of the current masters, from CLUSTER NODES. */
+  masterPorts(): Promise<number[]>;
+  /** Waits until every live node says cluster_state:ok and agrees on the slots, and every replica is in sync. */
+  waitHealthy(timeoutMs?: number): Promise<void>;
+}
+
+/**
+ * A Redis Cluster of 3 masters and 3 replicas on free loopback ports
+ * (`redis-server --cluster-enabled yes` × 6, `redis-cli --cluster create … --cluster-replicas 1`),
+ * with a short node timeout so a failover takes about a second.
+ */
+export async function startRedisCluster(nodeTimeoutMs = 1000): Promise<RedisClusterSetup> {
+  const taken = new Set<number>();
+  const nodes: RedisNode[] = [];
+  for (let i = 0; i < 6; i++) {
+    const port = await freeClusterPort(taken);
+    const dir = tempDir(`cluster-${port}`);
+    const proc = spawnRedis(["--port", String(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes", "--cluster-config-file", join(dir, "nodes.conf"),
+      "--cluster-node-timeout", String(nodeTimeoutMs), "--save", "", "--appendonly", "no", "--dir", dir]);
+    proc.start();
+    nodes.push({
+      port,
+      kill: proc.kill,
+      restart: async () => {
+        proc.start();
+        await waitForPort(port, "redis cluster node");
+      },
+    });
+  }
+  for (const node of nodes) await waitForPort(node.port, "redis cluster node");
+  await redisCli(["--cluster", "create", ...nodes.map((n) => `127.0.0.1:${n.port}`), "--cluster-replicas", "1", "--cluster-yes"]);
+  const setup: RedisClusterSetup = {
+    nodes,
+    seeds: nodes.slice(0, 3).map((n) => ({ ip: "127.0.0.1", port: n.port })),
+    masterPorts: async () => {
+      for (const node of nodes) {
+        const out = await redisCli(["-p", String(node.port), "cluster", "nodes"]).catch(() => undefined);
+        if (out === undefined) continue;
+        return clusterMasters(out).filter((m) => m.slots.length > 0).map((m) => m.port);
+      }
+      throw new Error("no cluster node answers");
+    },
+    waitHealthy: async (timeoutMs = 20000) => {
+      const deadline = Date.now() + timeoutMs;
+      while (Date.now() < deadline) {
+        const infos = await Promise.all(nodes.map((n) => redisCli(["-p", String(n.port), "cluster", "info"]).catch(() => "down")));
+        const live = infos.filter((i) => i !== "down");
+        // A replica still loading its first sync cannot take over: wait for every link.
+        const links = await Promise.all(nodes.map((n, j) => infos[j] === "down" ? "" : redisCli(["-p", String(n.port), "info", "replication"]).catch(() => "")));
+        const synced = links.every((l) => !/role:slave/.test(l) || /master_link_status:up/.test(l));
+        if (synced && live.length > 0 && live.every((i) => /cluster_state:ok/.test(i) && /cluster_slots_ok:16384/.test(i))) {
+          const check = await redisCli(["--cluster", "check", `127.0.0.1:${nodes.find((_, j) => infos[j] !== "down")!.port}`]).catch(() => "");
+          if (/All 16384 slots covered/.test(check) && !/\[WARNING\]|\[ERR\]/.test(check)) return;
+        }
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      throw new Error("the redis cluster did not become healthy");
+    },
+  };
+  await setup.waitHealthy();
+  return setup;
+}
+
+export interface RedisSentinelSetup {
+  masterName: string;
+  /** [0] is the initial master, [1] its replica. */
+  servers: RedisNode[];
+  sentinels: RedisNode[];
+  /** `config.redis.sentinel_nodes` for this setup. */
+  sentinelNodes: { host: string; port: number }[];
+  /** The master's port as the sentinels see it now. */
+  masterPort(): Promise<number>;
+}
+
+/** A master, one replica and 3 sentinels (quorum 2, down after 1 s) on free loopback ports. */
+export async function startRedisSentinel(masterName = "krs-master"): Promise<RedisSentinelSetup> {
+  const servers: RedisNode[] = [];
+  const masterPortNow = await freePort();
+  for (let i = 0; i < 2; i++) {
+    const port = i === 0 ? masterPortNow : await freePort();
+    const dir = tempDir(`sentinel-data-${port}`);
+    const replicaOf = i === 0 ? [] : ["--replicaof", "127.0.0.1", String(masterPortNow)];
+    const proc = spawnRedis(["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir, ...replicaOf]);
+    proc.start();
+    servers.push({ port, kill: proc.kill, restart: async () => { proc.start(); await waitForPort(port, "redis"); } });
+    await waitForPort(port, "redis");
+  }
+  const sentinels: RedisNode[] = [];
+  for (let i = 0; i < 3; i++) {
+    const port = await freePort();
+    const dir = tempDir(`sentinel-${port}`);
+    const file = join(dir, "sentinel.conf");
+    writeFileSync(file, [
+      `port ${port}`, "bind 127.0.0.1", `dir ${dir}`,
+      `sentinel monitor ${masterName} 127.0.0.1 ${masterPortNow} 2`,
+      `sentinel down-after-milliseconds ${masterName} 1000`,
+      `sentinel failover-timeout ${masterName} 5000`,
+      `sentinel parallel-syncs ${masterName} 1`, "",
+    ].join("\n"));
+    const proc = spawnRedis([file, "--sentinel"]);
+    proc.start();
+    sentinels.push({ port, kill: proc.kill, restart: async () => { proc.start(); await waitForPort(port, "redis sentinel"); } });
+    await waitForPort(port, "redis sentinel");
+  }
+  // Ready once every sentinel knows the replica and the two other sentinels.
+  const deadline = Date.now() + 20000;
+  for (;;) {
+    const states = await Promise.all(sentinels.map((s) => redisCli(["-p", String(s.port), "sentinel", "master", masterName]).catch(() => "")));
+    if (states.every((s) => /num-slaves\n1\n/.test(s) && /num-other-sentinels\n2\n/.test(s))) break;
+    if (Date.now() > deadline) throw new Error("the sentinels did not discover each other and the replica");
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return {
+    masterName,
+    servers,
+    sentinels,
+    sentinelNodes: sentinels.map((s) => ({ host: "127.0.0.1", port: s.port })),
+    masterPort: async () => Number((await redisCli(["-p", String(sentinels[0].port), "sentinel", "get-master-addr-by-name", masterName])).trim().split("\n")[1]),
+  };
+}

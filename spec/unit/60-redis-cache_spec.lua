@@ -32,7 +32,7 @@ describe("redis-cache schema", function()
       fault_tolerant = true,
       redis = {
         host = "127.0.0.1", port = 6379, timeout = 2000, database = 0, ssl = false, ssl_verify = false,
-        keepalive_pool_size = 256, keepalive_timeout = 60000,
+        keepalive_pool_size = 256, keepalive_timeout = 60000, cluster_max_redirections = 5,
       },
     }, ok({}))
   end)

@@ -5,7 +5,7 @@
  */
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { Redis } from "ioredis";
+import { Cluster, Redis, type RedisOptions } from "ioredis";
 import { UsageError } from "./args.js";
 import { suiteRoot } from "./paths.js";
 
@@ -68,4 +68,44 @@ export async function connectRedis(url: string): Promise<Redis> {
     throw new RedisConnectError(`could not connect to redis at ${redactedUrl(url)}: ${(reason ?? (e as Error)).message}`);
   }
   return redis;
+}
+
+/** A plugin's `config.redis` record (Kong's and Kong Enterprise's field names), as the Node side reads it. */
+export interface RedisConfig {
+  host?: string;
+  port?: number;
+  username?: string;
+  password?: string;
+  database?: number;
+  timeout?: number;
+  cluster_nodes?: { ip: string; port: number }[] | null;
+  sentinel_master?: string | null;
+  sentinel_role?: "master" | "slave" | "any" | null;
+  sentinel_nodes?: { host: string; port: number }[] | null;
+  sentinel_username?: string | null;
+  sentinel_password?: string | null;
+}
+
+/**
+ * The ioredis client for the Redis a plugin config points at, as the gateway reaches it:
+ * a `Cluster` for `cluster_nodes`, a sentinel-backed `Redis` for `sentinel_*`, else a plain
+ * `Redis`. `extra` is passed through (e.g. lazyConnect).
+ */
+export function redisFor(conf: RedisConfig, extra: RedisOptions = {}): Redis | Cluster {
+  const auth: RedisOptions = { username: conf.username || undefined, password: conf.password || undefined, connectTimeout: conf.timeout ?? 2000, ...extra };
+  if (conf.cluster_nodes && conf.cluster_nodes.length > 0) {
+    return new Cluster(conf.cluster_nodes.map((n) => ({ host: n.ip, port: n.port })), { redisOptions: auth, maxRedirections: 16 });
+  }
+  if (conf.sentinel_master && conf.sentinel_nodes && conf.sentinel_nodes.length > 0) {
+    return new Redis({
+      ...auth,
+      db: conf.database ?? 0,
+      name: conf.sentinel_master,
+      role: conf.sentinel_role === "slave" ? "slave" : "master",
+      sentinels: conf.sentinel_nodes.map((n) => ({ host: n.host, port: n.port })),
+      sentinelUsername: conf.sentinel_username || undefined,
+      sentinelPassword: conf.sentinel_password || undefined,
+    });
+  }
+  return new Redis({ ...auth, host: conf.host ?? "127.0.0.1", port: conf.port ?? 6379, db: conf.database ?? 0 });
 }

@@ -37,6 +37,7 @@ declare interface SchemaEntityCheck {
   only_one_of?: string[];
   mutually_exclusive?: string[];
   mutually_required?: string[];
+  mutually_exclusive_sets?: { set1: string[]; set2: string[] };
   conditional?: { if_field: string; if_match: { eq?: unknown; one_of?: unknown[]; ne?: unknown }; then_field: string; then_match: { required?: boolean; one_of?: unknown[]; eq?: unknown } };
   custom_entity_check?: { field_sources: string[]; fn: (entity: any) => LuaMultiReturn<[true | undefined, string | undefined]> | true };
 }

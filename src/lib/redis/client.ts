@@ -1,7 +1,15 @@
 /**
- * The one way the suite reaches Redis. Connections come from lua-resty-redis's cosocket
- * pool (set_keepalive), never from a module-level object; AUTH/SELECT/TLS happen only on
- * fresh connections; scripts run by EVALSHA with one EVAL fallback on NOSCRIPT.
+ * The one way the suite reaches Redis: a standalone server, a Redis Cluster or the
+ * server Redis Sentinel names, as `config.redis` says (schema.ts). Connections come from
+ * lua-resty-redis's cosocket pool (set_keepalive), one pool per server, never from a
+ * module-level object; AUTH/SELECT/TLS happen only on fresh connections; scripts run by
+ * EVALSHA with one EVAL fallback on NOSCRIPT, on the server that answered NOSCRIPT.
+ *
+ * On a cluster a call goes to the master serving its first key's slot (cluster.ts), and
+ * follows MOVED (the slot map is fixed and refreshed) and ASK (ASKING, then the call) at
+ * most `cluster_max_redirections` times. A pipeline is split per node, each part in one
+ * round trip, and its replies put back in order. Every call of the suite touches one
+ * hash tag (DESIGN.md), so no call spans slots.
  *
  * Every function returns lua-resty-redis's triple meaning:
  *   reply            success
@@ -9,11 +17,14 @@
  *   nil, err         network failure, timeout, open circuit
  * The caller's phase handler decides what a failure means (see fault.ts).
  */
-import * as restyRedis from "resty.redis";
 import * as embedded from "krs.scripts";
 import * as accounting from "./accounting";
 import * as breaker from "./breaker";
-import type { RedisConf } from "./schema";
+import * as cluster from "./cluster";
+import { hasText, nodePool, openAt, release as releaseConnection, send, type Identity } from "./connection";
+import * as sentinel from "./sentinel";
+import { keySlot } from "./slot";
+import { modeOf, type ClusterNode, type RedisConf, type RedisMode, type SentinelNode } from "./schema";
 
 /** One script call: a script of redis-lua/ by name (file name without `-<numKeys>.lua`). */
 export interface ScriptCall {
@@ -30,116 +41,68 @@ export type Call = ScriptCall | CommandCall;
 /** A pipelined reply: the reply, or lua-resty-redis's `{ false, msg }` for an error reply. */
 export type PipelineReply = RedisReply | [false, string];
 
-/** Pool names cached per conf table (weak keys: a config version's tables go with it). */
-const poolNames = setmetatable(new LuaTable<RedisConf, string>(), { __mode: "k" });
+/** What a conf resolves to, computed once per conf table. */
+interface Target {
+  mode: RedisMode;
+  /** The pool name of a standalone server; the cluster's or sentinel config's identity otherwise. */
+  id: string;
+  /** Who the data servers are talked to as. */
+  who: Identity;
+  /** Who the sentinels are talked to as. */
+  sentinelWho: Identity;
+}
+
+const targets = setmetatable(new LuaTable<RedisConf, Target>(), { __mode: "k" });
+
+function targetOf(this: void, conf: RedisConf): Target {
+  const cached = targets.get(conf);
+  if (cached !== undefined) return cached;
+  const mode = modeOf(conf);
+  const who: Identity = {
+    username: hasText(conf.username) ? conf.username : undefined,
+    password: hasText(conf.password) ? conf.password : undefined,
+    // A cluster has database 0 only (the schema refuses another).
+    database: mode === "cluster" ? 0 : conf.database,
+  };
+  const sentinelWho: Identity = {
+    username: hasText(conf.sentinel_username) ? conf.sentinel_username : undefined,
+    password: hasText(conf.sentinel_password) ? conf.sentinel_password : undefined,
+    database: 0,
+  };
+  let id: string;
+  if (mode === "cluster") {
+    const seeds: string[] = [];
+    for (const node of conf.cluster_nodes as ClusterNode[]) seeds.push(`${node.ip}:${node.port}`);
+    id = `krs:cluster:${table.concat(seeds, ",")}:${string.sub(nodePool(conf, who, "", 0), 6)}`;
+  } else if (mode === "sentinel") {
+    const nodes: string[] = [];
+    for (const node of conf.sentinel_nodes as SentinelNode[]) nodes.push(`${node.host}:${node.port}`);
+    id = `krs:sentinel:${conf.sentinel_master as string}:${tostring(conf.sentinel_role)}:${table.concat(nodes, ",")}:${string.sub(nodePool(conf, who, "", 0), 6)}`;
+  } else {
+    id = nodePool(conf, who, conf.host, conf.port);
+  }
+  const target: Target = { mode, id, who, sentinelWho };
+  targets.set(conf, target);
+  return target;
+}
 
 /**
- * Connections are only shared between identical endpoints and identities: host, port,
- * database, TLS settings and a hash of the credentials.
+ * One name per Redis deployment and identity: a standalone server's connection pool, or
+ * the cluster / sentinel config as a whole. Plugins key their per-Redis state by it.
  */
 export function poolName(this: void, conf: RedisConf): string {
-  const cached = poolNames.get(conf);
-  if (cached !== undefined) return cached;
-  const credentials = hasText(conf.password) ? string.sub(ngx.md5(`${conf.username ?? ""}\0${conf.password}`), 1, 16) : "-";
-  const tls = conf.ssl ? `tls${conf.ssl_verify ? "v" : ""}:${hasText(conf.server_name) ? conf.server_name : ""}` : "plain";
-  const name = `krs:${conf.host}:${conf.port}:${conf.database}:${tls}:${credentials}`;
-  poolNames.set(conf, name);
-  return name;
-}
-
-/**
- * An optional string field is set only when it is a non-empty string: Kong may hand
- * unset fields over as ngx.null, and turns an unresolvable vault reference into "".
- */
-function hasText(this: void, value: string | undefined): value is string {
-  return type(value) === "string" && value !== "";
-}
-
-function send(this: void, red: RestyRedis, command: string, argv: (string | number)[]): RedisResult {
-  const fn = red[command] as RedisCommandFn;
-  return fn.call(red, ...argv);
-}
-
-/**
- * A network failure: the connection is closed and the breaker told what the failure cost
- * (`cause` is lua-resty-redis's own error, e.g. "timeout"; `message` what the caller sees).
- */
-function fail(this: void, red: RestyRedis, conf: RedisConf, started: number, probe: boolean, cause: string | undefined, message: string): LuaMultiReturn<[undefined, string]> {
-  red.close();
-  ngx.update_time();
-  breaker.report(poolName(conf), breaker.classify(cause, ngx.now() - started, conf.timeout), probe);
-  return $multi(undefined, message);
-}
-
-/** Redis answered with an error reply while the connection was set up: not a network failure. */
-function refused(this: void, red: RestyRedis, conf: RedisConf, probe: boolean, message: string): LuaMultiReturn<[undefined, string]> {
-  red.close();
-  breaker.report(poolName(conf), "answered", probe);
-  return $multi(undefined, message);
-}
-
-function open(this: void, conf: RedisConf, started: number): LuaMultiReturn<[RestyRedis | undefined, string | undefined]> {
-  const pool = poolName(conf);
-  const [openErr, probe] = breaker.check(pool, conf.timeout);
-  if (openErr !== undefined) return $multi(undefined, openErr);
-  const [red, newErr] = restyRedis.new();
-  if (red === undefined) return $multi(undefined, "could not create a redis object: " + tostring(newErr));
-  red.set_timeout(conf.timeout);
-  const [ok, err] = red.connect(conf.host, conf.port, { pool, pool_size: conf.keepalive_pool_size });
-  if (ok === undefined) return fail(red, conf, started, probe, err, `could not connect to redis at ${conf.host}:${conf.port}: ${err}`);
-  const [reused] = red.get_reused_times();
-  if (reused === 0) {
-    if (conf.ssl) {
-      // Done on the socket so it works with Debian's lua-resty-redis 0.27, whose connect()
-      // has no ssl option, and with Kong's newer one alike.
-      // pcall: lua-resty-core 0.1.25 (Debian) raises an assertion instead of returning an
-      // error when a handshake fails verification synchronously (fixed in later versions).
-      const sock = (red as RestyRedisWithSock)._sock!;
-      const serverName = hasText(conf.server_name) ? conf.server_name : conf.host;
-      const [called, session, sslErr] = pcall(() => sock.sslhandshake(undefined, serverName, conf.ssl_verify));
-      if (!called || session === undefined) {
-        const reason = called ? sslErr : `handshake aborted (${tostring(session)})`;
-        return fail(red, conf, started, probe, called ? tostring(sslErr) : undefined, `TLS handshake with redis at ${conf.host}:${conf.port} failed: ${reason}`);
-      }
-    }
-    if (hasText(conf.password)) {
-      const argv: (string | number)[] = hasText(conf.username) ? [conf.username, conf.password] : [conf.password];
-      const [res, authErr] = send(red, "auth", argv);
-      if (res === undefined) return fail(red, conf, started, probe, authErr, `redis AUTH failed: ${authErr}`);
-      if (res === false) return refused(red, conf, probe, `redis AUTH refused: ${authErr}`);
-    }
-    if (conf.database !== 0) {
-      const [res, selectErr] = send(red, "select", [conf.database]);
-      if (res === undefined) return fail(red, conf, started, probe, selectErr, `redis SELECT failed: ${selectErr}`);
-      if (res === false) return refused(red, conf, probe, `redis SELECT ${conf.database} refused: ${selectErr}`);
-    }
-  }
-  if (probe) {
-    // The one call let through an open circuit: an accepted TCP connection proves nothing
-    // (a hung Redis still accepts), so it hands the connection over only once Redis has
-    // answered, and the circuit is closed by then.
-    const [pong, pingErr] = send(red, "ping", []);
-    if (pong === undefined) return fail(red, conf, started, true, pingErr, `redis PING failed: ${pingErr}`);
-    breaker.report(pool, "answered", true);
-  }
-  return $multi(red, undefined);
-}
-
-/** A ready connection (pooled, authenticated, database selected), or nil plus the reason. */
-export function connect(this: void, conf: RedisConf): LuaMultiReturn<[RestyRedis | undefined, string | undefined]> {
-  return open(conf, accounting.start());
+  return targetOf(conf).id;
 }
 
 /** Back to the pool; a connection that cannot be pooled is closed. */
 export function release(this: void, red: RestyRedis, conf: RedisConf): void {
-  const [ok] = red.set_keepalive(conf.keepalive_timeout, conf.keepalive_pool_size);
-  if (ok === undefined) red.close();
+  releaseConnection(red, conf);
 }
 
 function scriptOf(this: void, call: ScriptCall): EmbeddedScript {
   const script = embedded.get(call.script);
-  if (script === undefined) error(`unknown redis script '${call.script}' (see redis-lua/)`, 3);
-  if (call.keys.length !== script.numkeys) error(`redis script '${call.script}' takes ${script.numkeys} keys, got ${call.keys.length}`, 3);
+  if (script === undefined) error(`unknown redis script '${call.script}' (see redis-lua/)`, 4);
+  if (call.keys.length !== script.numkeys) error(`redis script '${call.script}' takes ${script.numkeys} keys, got ${call.keys.length}`, 4);
   return script;
 }
 
@@ -154,49 +117,247 @@ function isNoScript(this: void, err: string | undefined): boolean {
   return err !== undefined && string.sub(err, 1, 8) === "NOSCRIPT";
 }
 
-/**
- * The end of every call: on a network failure the connection is closed and the breaker
- * told; otherwise it goes back to the pool. Either way the call is accounted.
- */
-function finish<T>(this: void, red: RestyRedis, conf: RedisConf, started: number, trips: number, what: string, res: T | false | undefined, err: string | undefined): LuaMultiReturn<[T | false | undefined, string | undefined]> {
-  if (res === undefined) {
-    accounting.record(started, trips, true);
-    return fail(red, conf, started, false, err, `${what} failed: ${err}`);
-  }
-  release(red, conf);
-  breaker.report(poolName(conf), "answered", false);
-  accounting.record(started, trips, false);
-  return $multi(res, err);
+function isErrorReply(this: void, reply: unknown): reply is [false, string] {
+  return type(reply) === "table" && (reply as [false, string])[0] === false;
 }
 
-function connectAccounted(this: void, conf: RedisConf, started: number): LuaMultiReturn<[RestyRedis | undefined, string | undefined]> {
-  const [red, err] = open(conf, started);
-  if (red === undefined) accounting.record(started, 0, true);
-  return $multi(red, err);
+/** Commands whose first argument is not a key: on a cluster any node serves them. */
+const KEYLESS = new LuaTable<string, boolean>();
+for (const name of ["publish", "ping", "echo", "time", "info", "script", "cluster", "dbsize", "randomkey", "subscribe", "psubscribe", "wait"]) KEYLESS.set(name, true);
+
+function slotOf(this: void, call: Call): number | undefined {
+  const scriptCall = call as ScriptCall;
+  if (scriptCall.script !== undefined) return scriptCall.keys.length > 0 ? keySlot(scriptCall.keys[0]) : undefined;
+  const commandCall = call as CommandCall;
+  if (KEYLESS.has(commandCall.command) || commandCall.args.length === 0) return undefined;
+  return keySlot(tostring(commandCall.args[0]));
+}
+
+/**
+ * Sends one call on `red`, preceded by ASKING when the slot is being imported there (in
+ * the same round trip). A script Redis does not have is sent again with EVAL on the same
+ * connection. Returns the reply, its error, and the round trips it took.
+ */
+function sendCall(this: void, red: RestyRedis, call: Call, asking: boolean): LuaMultiReturn<[RedisReply | false | undefined, string | undefined, number]> {
+  const scriptCall = call as ScriptCall;
+  let command: string;
+  let argv: (string | number)[];
+  let script: EmbeddedScript | undefined;
+  if (scriptCall.script !== undefined) {
+    script = scriptOf(scriptCall);
+    command = "evalsha";
+    argv = argvOf(script.sha1, scriptCall, script.numkeys);
+  } else {
+    command = (call as CommandCall).command;
+    argv = (call as CommandCall).args;
+  }
+  let [res, err] = sendAsking(red, asking, command, argv);
+  let trips = 1;
+  if (script !== undefined && res === false && isNoScript(err)) {
+    [res, err] = sendAsking(red, asking, "eval", argvOf(script.source, scriptCall, script.numkeys));
+    trips++;
+  }
+  return $multi(res, err, trips);
+}
+
+function sendAsking(this: void, red: RestyRedis, asking: boolean, command: string, argv: (string | number)[]): RedisResult {
+  if (!asking) return send(red, command, argv);
+  red.init_pipeline(2);
+  send(red, "asking", []);
+  send(red, command, argv);
+  const [replies, err] = red.commit_pipeline();
+  if (replies === undefined) return $multi(undefined, err);
+  const reply = replies[1];
+  if (isErrorReply(reply)) return $multi(false, reply[1]);
+  return $multi(reply as RedisReply, undefined);
+}
+
+type Redirect = "moved" | "ask" | "tryagain";
+
+/** A cluster redirection in an error reply: its kind, slot and target. */
+function redirectOf(this: void, err: string | undefined): LuaMultiReturn<[Redirect | undefined, number, string, number]> {
+  if (err === undefined) return $multi(undefined, 0, "", 0);
+  const [kind, slot, host, port] = string.match(err, "^(%u+) (%d+) (%S+):(%d+)");
+  if (kind === "MOVED" || kind === "ASK") return $multi(kind === "MOVED" ? "moved" : "ask", tonumber(slot)!, host!, tonumber(port)!);
+  if (string.sub(err, 1, 8) === "TRYAGAIN") return $multi("tryagain", 0, "", 0);
+  return $multi(undefined, 0, "", 0);
+}
+
+/**
+ * The end of a call on one server: on a network failure the connection is closed and
+ * that server's breaker told; otherwise it goes back to the pool.
+ */
+function settle(this: void, red: RestyRedis, conf: RedisConf, pool: string, started: number, res: unknown, err: string | undefined): string | undefined {
+  if (res === undefined) {
+    red.close();
+    ngx.update_time();
+    breaker.report(pool, breaker.classify(err, ngx.now() - started, conf.timeout), false);
+    return err;
+  }
+  releaseConnection(red, conf);
+  breaker.report(pool, "answered", false);
+  return undefined;
+}
+
+/** One call on a standalone server, or the server sentinel names (asked again after a failure). */
+function runDirect(this: void, conf: RedisConf, target: Target, call: Call, what: string): RedisResult {
+  const started = accounting.start();
+  let trips = 0;
+  const attempts = target.mode === "sentinel" ? 2 : 1;
+  for (let attempt = 1; attempt <= attempts; attempt++) {
+    let host = conf.host;
+    let port = conf.port;
+    if (target.mode === "sentinel") {
+      const [h, p, resolveErr] = sentinel.resolve(conf, target.id, target.sentinelWho);
+      if (h === undefined) {
+        accounting.record(started, trips, true);
+        return $multi(undefined, resolveErr);
+      }
+      host = h;
+      port = p!;
+    }
+    const [red, connectErr, notSent] = openAt(conf, target.who, host, port, started);
+    if (red === undefined) {
+      if (target.mode === "sentinel") sentinel.forget(target.id);
+      if (notSent && attempt < attempts) continue;
+      accounting.record(started, trips, true);
+      return $multi(undefined, connectErr);
+    }
+    const [res, err, sent] = sendCall(red, call, false);
+    trips += sent;
+    const pool = nodePool(conf, target.who, host, port);
+    const failure = settle(red, conf, pool, started, res, err);
+    if (failure !== undefined) {
+      if (target.mode === "sentinel") sentinel.forget(target.id);
+      accounting.record(started, trips, true);
+      return $multi(undefined, `${what} failed: ${failure}`);
+    }
+    // A demoted master (the failover happened, this worker did not hear of it yet).
+    if (target.mode === "sentinel" && res === false && string.sub(err ?? "", 1, 8) === "READONLY") {
+      sentinel.forget(target.id);
+      if (attempt < attempts) continue;
+    }
+    accounting.record(started, trips, false);
+    return $multi(res, err);
+  }
+  accounting.record(started, trips, true);
+  return $multi(undefined, `${what} failed: no usable redis server`);
+}
+
+/** One call on a cluster, following redirections. */
+function runClustered(this: void, conf: RedisConf, target: Target, call: Call, what: string): RedisResult {
+  const started = accounting.start();
+  const slot = slotOf(call);
+  let [server, mapErr] = cluster.serverFor(conf, target.id, target.who, slot);
+  let asking = false;
+  let trips = 0;
+  let last = "";
+  for (let hop = 0; hop <= conf.cluster_max_redirections; hop++) {
+    if (server === undefined) {
+      accounting.record(started, trips, true);
+      return $multi(undefined, mapErr);
+    }
+    const [red, connectErr, notSent] = openAt(conf, target.who, server.host, server.port, started);
+    if (red === undefined) {
+      cluster.nodeFailed(target.id);
+      // Nothing was sent: after a failover the slot may be served elsewhere already.
+      if (notSent && slot !== undefined && hop < conf.cluster_max_redirections) {
+        cluster.refresh(conf, target.id, target.who);
+        const [next] = cluster.serverFor(conf, target.id, target.who, slot);
+        if (next !== undefined && next.addr !== server.addr) {
+          server = next;
+          asking = false;
+          continue;
+        }
+      }
+      accounting.record(started, trips, true);
+      return $multi(undefined, atNode(connectErr, server));
+    }
+    const [res, err, sent] = sendCall(red, call, asking);
+    trips += sent;
+    const failure = settle(red, conf, nodePool(conf, target.who, server.host, server.port), started, res, err);
+    if (failure !== undefined) {
+      cluster.nodeFailed(target.id);
+      accounting.record(started, trips, true);
+      return $multi(undefined, `${what} failed: ${failure} (redis at ${server.addr})`);
+    }
+    const [redirect, movedSlot, host, port] = redirectOf(res === false ? err : undefined);
+    if (redirect === undefined) {
+      accounting.record(started, trips, false);
+      return $multi(res, err);
+    }
+    last = err!;
+    if (redirect === "moved") {
+      server = cluster.moved(target.id, movedSlot, host, port);
+      asking = false;
+    } else if (redirect === "ask") {
+      server = cluster.asked(target.id, host, port);
+      asking = true;
+    } else {
+      // A multi-key call during a slot migration: wait for it a little.
+      ngx.sleep(0.01 * (hop + 1));
+    }
+  }
+  accounting.record(started, trips, true);
+  return $multi(false, `${what}: more than ${conf.cluster_max_redirections} cluster redirections (last: ${last})`);
+}
+
+/** A cluster failure names its node, so that it is logged (and throttled) per node. */
+function atNode(this: void, err: string | undefined, server: cluster.Server): string {
+  const message = err ?? "unknown error";
+  const [named] = string.find(message, "redis at ", 1, true);
+  return named !== undefined ? message : `${message} (redis at ${server.addr})`;
+}
+
+function run(this: void, conf: RedisConf, call: Call, what: string): RedisResult {
+  const target = targetOf(conf);
+  if (target.mode === "cluster") return runClustered(conf, target, call, what);
+  return runDirect(conf, target, call, what);
+}
+
+/**
+ * A ready connection (pooled, authenticated, database selected), or nil plus the reason:
+ * the standalone server, the server sentinel names, or on a cluster one of its masters
+ * (the next one each time; a node that does not answer is skipped). For subscribers:
+ * Redis Cluster forwards every PUBLISH to every node, so any node hears every channel.
+ */
+export function connect(this: void, conf: RedisConf): LuaMultiReturn<[RestyRedis | undefined, string | undefined]> {
+  const target = targetOf(conf);
+  const started = accounting.start();
+  if (target.mode === "standalone") {
+    const [red, err] = openAt(conf, target.who, conf.host, conf.port, started);
+    return $multi(red, err);
+  }
+  if (target.mode === "sentinel") {
+    const [host, port, resolveErr] = sentinel.resolve(conf, target.id, target.sentinelWho);
+    if (host === undefined) return $multi(undefined, resolveErr);
+    const [red, err] = openAt(conf, target.who, host, port!, started);
+    if (red === undefined) sentinel.forget(target.id);
+    return $multi(red, err);
+  }
+  const [all, mapErr] = cluster.masters(conf, target.id, target.who);
+  if (all === undefined) return $multi(undefined, mapErr);
+  let lastErr: string | undefined;
+  for (let i = 0; i < all.length; i++) {
+    const [server] = cluster.serverFor(conf, target.id, target.who, undefined);
+    if (server === undefined) break;
+    const [red, err] = openAt(conf, target.who, server.host, server.port, started);
+    if (red !== undefined) return $multi(red, undefined);
+    cluster.nodeFailed(target.id);
+    lastErr = atNode(err, server);
+  }
+  return $multi(undefined, lastErr ?? "no redis cluster node to connect to");
 }
 
 /** Runs one script: EVALSHA, and EVAL once when Redis lost its script cache. */
 export function script(this: void, conf: RedisConf, call: ScriptCall): RedisResult {
-  const embeddedScript = scriptOf(call);
-  const started = accounting.start();
-  const [red, connectErr] = connectAccounted(conf, started);
-  if (red === undefined) return $multi(undefined, connectErr);
-  let [res, err] = send(red, "evalsha", argvOf(embeddedScript.sha1, call, embeddedScript.numkeys));
-  let trips = 1;
-  if (res === false && isNoScript(err)) {
-    [res, err] = send(red, "eval", argvOf(embeddedScript.source, call, embeddedScript.numkeys));
-    trips++;
-  }
-  return finish(red, conf, started, trips, `redis script '${call.script}'`, res, err);
+  scriptOf(call);
+  return run(conf, call, `redis script '${call.script}'`);
 }
 
 /** Runs one plain command. */
 export function command(this: void, conf: RedisConf, name: string, ...args: (string | number)[]): RedisResult {
-  const started = accounting.start();
-  const [red, connectErr] = connectAccounted(conf, started);
-  if (red === undefined) return $multi(undefined, connectErr);
-  const [res, err] = send(red, name, args);
-  return finish(red, conf, started, 1, `redis ${name}`, res, err);
+  return run(conf, { command: name, args }, `redis ${name}`);
 }
 
 function queue(this: void, red: RestyRedis, call: Call, useSource: boolean): void {
@@ -211,27 +372,131 @@ function queue(this: void, red: RestyRedis, call: Call, useSource: boolean): voi
 }
 
 /**
- * Several commands and scripts in one round trip. Replies come back in order; a Redis
- * error reply for one call is `{ false, msg }` in its slot. Scripts Redis no longer has
- * cached are sent again with EVAL in one more round trip.
+ * The calls `indexes` of `calls` in one round trip on `red`, their replies written into
+ * `replies` at the same positions; scripts the server no longer has go again with EVAL
+ * in one more round trip. Returns the round trips, or nil plus the network error.
  */
-export function pipeline(this: void, conf: RedisConf, calls: Call[]): LuaMultiReturn<[PipelineReply[] | undefined, string | undefined]> {
-  const started = accounting.start();
-  const [red, connectErr] = connectAccounted(conf, started);
-  if (red === undefined) return $multi(undefined, connectErr);
-  red.init_pipeline(calls.length);
-  for (const call of calls) queue(red, call, false);
-  const [replies, err] = red.commit_pipeline();
-  if (replies === undefined) return finish<PipelineReply[]>(red, conf, started, 1, "redis pipeline", undefined, err) as LuaMultiReturn<[PipelineReply[] | undefined, string | undefined]>;
+function pipelineOn(this: void, red: RestyRedis, calls: Call[], indexes: number[], replies: PipelineReply[]): LuaMultiReturn<[number | undefined, string | undefined]> {
+  red.init_pipeline(indexes.length);
+  for (const i of indexes) queue(red, calls[i], false);
+  const [got, err] = red.commit_pipeline();
+  if (got === undefined) return $multi(undefined, err);
   const retry: number[] = [];
-  for (let i = 0; i < calls.length; i++) {
-    const reply = replies[i];
-    if (type(reply) === "table" && (reply as [false, string])[0] === false && isNoScript((reply as [false, string])[1])) retry.push(i);
+  for (let j = 0; j < indexes.length; j++) {
+    const reply = got[j];
+    replies[indexes[j]] = reply as PipelineReply;
+    if (isErrorReply(reply) && isNoScript(reply[1])) retry.push(indexes[j]);
   }
-  if (retry.length === 0) return finish(red, conf, started, 1, "redis pipeline", replies as PipelineReply[], undefined) as LuaMultiReturn<[PipelineReply[] | undefined, string | undefined]>;
+  if (retry.length === 0) return $multi(1, undefined);
   red.init_pipeline(retry.length);
   for (const i of retry) queue(red, calls[i], true);
   const [again, againErr] = red.commit_pipeline();
-  if (again !== undefined) for (let j = 0; j < retry.length; j++) replies[retry[j]] = again[j];
-  return finish(red, conf, started, 2, "redis pipeline", again !== undefined ? (replies as PipelineReply[]) : undefined, againErr) as LuaMultiReturn<[PipelineReply[] | undefined, string | undefined]>;
+  if (again === undefined) return $multi(undefined, againErr);
+  for (let j = 0; j < retry.length; j++) replies[retry[j]] = again[j] as PipelineReply;
+  return $multi(2, undefined);
+}
+
+function allIndexes(this: void, n: number): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) out.push(i);
+  return out;
+}
+
+function pipelineDirect(this: void, conf: RedisConf, target: Target, calls: Call[]): LuaMultiReturn<[PipelineReply[] | undefined, string | undefined]> {
+  const started = accounting.start();
+  let host = conf.host;
+  let port = conf.port;
+  if (target.mode === "sentinel") {
+    const [h, p, resolveErr] = sentinel.resolve(conf, target.id, target.sentinelWho);
+    if (h === undefined) {
+      accounting.record(started, 0, true);
+      return $multi(undefined, resolveErr);
+    }
+    host = h;
+    port = p!;
+  }
+  const [red, connectErr] = openAt(conf, target.who, host, port, started);
+  if (red === undefined) {
+    if (target.mode === "sentinel") sentinel.forget(target.id);
+    accounting.record(started, 0, true);
+    return $multi(undefined, connectErr);
+  }
+  const replies: PipelineReply[] = [];
+  const [trips, err] = pipelineOn(red, calls, allIndexes(calls.length), replies);
+  const failure = settle(red, conf, nodePool(conf, target.who, host, port), started, trips, err);
+  if (failure !== undefined) {
+    if (target.mode === "sentinel") sentinel.forget(target.id);
+    accounting.record(started, 1, true);
+    return $multi(undefined, `redis pipeline failed: ${failure}`);
+  }
+  if (target.mode === "sentinel") {
+    for (const reply of replies) if (isErrorReply(reply) && string.sub(reply[1], 1, 8) === "READONLY") sentinel.forget(target.id);
+  }
+  accounting.record(started, trips!, false);
+  return $multi(replies, undefined);
+}
+
+/**
+ * A pipeline on a cluster: one part per node, in one round trip each; calls that were
+ * redirected (MOVED, ASK: a resharding is under way) go again one by one, following
+ * their redirection.
+ */
+function pipelineClustered(this: void, conf: RedisConf, target: Target, calls: Call[]): LuaMultiReturn<[PipelineReply[] | undefined, string | undefined]> {
+  const started = accounting.start();
+  const parts = new LuaTable<string, { server: cluster.Server; indexes: number[] }>();
+  const order: string[] = [];
+  for (let i = 0; i < calls.length; i++) {
+    const [server, mapErr] = cluster.serverFor(conf, target.id, target.who, slotOf(calls[i]));
+    if (server === undefined) {
+      accounting.record(started, 0, true);
+      return $multi(undefined, mapErr);
+    }
+    let part = parts.get(server.addr);
+    if (part === undefined) {
+      part = { server, indexes: [] };
+      parts.set(server.addr, part);
+      order.push(server.addr);
+    }
+    part.indexes.push(i);
+  }
+  const replies: PipelineReply[] = [];
+  let trips = 0;
+  for (const addr of order) {
+    const part = parts.get(addr)!;
+    const [red, connectErr] = openAt(conf, target.who, part.server.host, part.server.port, started);
+    if (red === undefined) {
+      cluster.nodeFailed(target.id);
+      accounting.record(started, trips, true);
+      return $multi(undefined, atNode(connectErr, part.server));
+    }
+    const [sent, err] = pipelineOn(red, calls, part.indexes, replies);
+    const failure = settle(red, conf, nodePool(conf, target.who, part.server.host, part.server.port), started, sent, err);
+    if (failure !== undefined) {
+      cluster.nodeFailed(target.id);
+      accounting.record(started, trips + 1, true);
+      return $multi(undefined, `redis pipeline failed: ${failure} (redis at ${addr})`);
+    }
+    trips += sent!;
+  }
+  accounting.record(started, trips, false);
+  for (let i = 0; i < calls.length; i++) {
+    const reply = replies[i];
+    if (isErrorReply(reply) && redirectOf(reply[1])[0] !== undefined) {
+      const [res, err] = runClustered(conf, target, calls[i], "redis pipeline");
+      if (res === undefined) return $multi(undefined, err);
+      replies[i] = res === false ? [false, err!] : res;
+    }
+  }
+  return $multi(replies, undefined);
+}
+
+/**
+ * Several commands and scripts in one round trip (one per cluster node). Replies come
+ * back in order; a Redis error reply for one call is `{ false, msg }` in its slot.
+ * Scripts Redis no longer has cached are sent again with EVAL in one more round trip.
+ */
+export function pipeline(this: void, conf: RedisConf, calls: Call[]): LuaMultiReturn<[PipelineReply[] | undefined, string | undefined]> {
+  const target = targetOf(conf);
+  if (target.mode === "cluster") return pipelineClustered(conf, target, calls);
+  return pipelineDirect(conf, target, calls);
 }

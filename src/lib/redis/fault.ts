@@ -9,7 +9,7 @@
  * otherwise silence a TLS failure on the other for the whole interval).
  */
 import * as facts from "../facts";
-import type { RedisConf } from "./schema";
+import { endpointOf, type RedisConf } from "./schema";
 
 const LOG_INTERVAL = 10;
 /** Throttle states kept per worker; past this (configs come and go) they start over. */
@@ -36,12 +36,17 @@ function text(this: void, value: unknown): string | undefined {
   return type(value) === "string" && value !== "" ? (value as string) : undefined;
 }
 
-/** "instance NAME (id ID), redis HOST:PORT/DB": never the password. */
-function sourceOf(this: void, source: FailureSource): string {
+/**
+ * "instance NAME (id ID), redis HOST:PORT/DB": never the password. On a cluster the
+ * failing node is part of it (the client names it in `err`), so one failed shard's
+ * reports do not silence another's.
+ */
+function sourceOf(this: void, source: FailureSource, err?: string): string {
   const name = text(source.plugin_instance_name);
   const id = text(source.__plugin_id);
-  const redis = source.redis;
-  const endpoint = `redis ${redis.host}:${redis.port}/${redis.database}`;
+  let endpoint = endpointOf(source.redis);
+  const [node] = err !== undefined && string.sub(endpoint, 1, 14) === "redis cluster " ? string.match(err, "redis at ([^%s]+:%d+)") : [undefined];
+  if (node !== undefined) endpoint = `${endpoint}, node ${node}`;
   if (name !== undefined) return `instance ${name} (id ${id ?? "none"}), ${endpoint}`;
   if (id !== undefined) return `instance ${id}, ${endpoint}`;
   return endpoint;
@@ -52,7 +57,7 @@ function sourceOf(this: void, source: FailureSource): string {
  * plugin instance and Redis endpoint when `source` says which (and the line names them).
  */
 export function logThrottled(this: void, plugin: string, message: string, source?: FailureSource): void {
-  const where = source !== undefined ? sourceOf(source) : undefined;
+  const where = source !== undefined ? sourceOf(source, message) : undefined;
   const throttleKey = where !== undefined ? `${plugin}\0${where}` : plugin;
   const now = ngx.now();
   let state = logStates.get(throttleKey);

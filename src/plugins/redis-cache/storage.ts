@@ -10,7 +10,8 @@
  *   krs:redis-cache:v1:{<gen>.<cache key>}:refresh  refresh-ahead lock
  * The three keys of one cache key share a hash tag, so each script call stays in one
  * Redis Cluster slot. The generation read travels in the same pipeline as the lookup
- * script (a separate command: it lives in another slot).
+ * script (a separate command: it lives in another slot; on a cluster the client splits
+ * the pipeline per node).
  */
 import * as client from "../../lib/redis/client";
 import { key } from "../../lib/keys";
