@@ -218,7 +218,6 @@ async function exactAfterLoad(count: number, prefix: string, during?: (sent: () 
   const { expected, statuses } = await meteredLoad(count, prefix, during);
   expect(statuses.filter((s) => s !== 200)).toEqual([]);
   await sleep(settleMs);
-  if (process.env.USAGE_DEBUG) for (const gw of [gwA, gwB]) console.log(gw.errorLog().filter((l) => /usage|error|alert|exit|signal/i.test(l)).slice(-40).join("\n"));
   const after = await requestsOf(expected.keys());
   for (const [tag, n] of expected) expect({ tag, requests: after.get(tag)! - (before.get(tag) ?? 0) }).toEqual({ tag, requests: n });
   // The month buckets too (same counts: no test crosses a month end)

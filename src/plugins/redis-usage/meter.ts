@@ -147,42 +147,79 @@ function requestsIn(this: void, e: Entry): number {
   return e.fields.get("requests") ?? 0;
 }
 
-/** One round trip for the oldest sealed batches; true when Redis answered. */
-function send(this: void, state: PoolState): boolean {
+/**
+ * A refusal that will not go away by retrying: a key of the wrong type, or the script
+ * failing on it. Anything else (LOADING after a restart, BUSY, OOM, READONLY during a
+ * failover, a shutdown) is kept for the next flush.
+ */
+function permanent(this: void, message: string): boolean {
+  return string.find(message, "WRONGTYPE", 1, true)[0] !== undefined || string.find(message, "user_script", 1, true)[0] !== undefined
+    || string.find(message, "Error running script", 1, true)[0] !== undefined;
+}
+
+/**
+ * One round trip for the oldest sealed entries. A counter set goes at most once per round
+ * trip, its oldest pending batch first: a newer batch of it is only sent once Redis has
+ * answered for the older one, so the script's "applied up to" number never skips one.
+ * Returns whether Redis answered and whether any entry left the queue.
+ */
+function send(this: void, state: PoolState): LuaMultiReturn<[boolean, boolean]> {
   const calls: Call[] = [];
   const sent: Entry[] = [];
-  let batches = 0;
+  const sentSeq: number[] = [];
+  const inThisTrip = new LuaTable<string, boolean>();
   for (const batch of state.sealed) {
-    if (calls.length > 0 && calls.length + batch.entries.length > MAX_CALLS) break;
     for (const e of batch.entries) {
+      if (calls.length >= MAX_CALLS) break;
+      if (inThisTrip.has(e.key)) continue;
+      inThisTrip.set(e.key, true);
       calls.push(callOf(batch.seq, e));
       sent.push(e);
+      sentSeq.push(batch.seq);
     }
-    batches++;
   }
-  if (calls.length === 0) return true;
+  if (calls.length === 0) return $multi(true, false);
   const [replies, err] = client.pipeline(state.conf.redis, calls);
   if (replies === undefined) {
     logThrottled(PLUGIN, `flush failed, ${state.sealedCount + state.openCount} counter sets kept for the next one: ${err}`, state.conf);
-    return false;
+    return $multi(false, false);
   }
+  const done = new LuaTable<Entry, boolean>();
+  let progress = false;
   for (let i = 0; i < sent.length; i++) {
     const reply = replies[i] as PipelineReply;
     const e = sent[i];
+    const quotaRequests = e.fields.get("quota_requests") ?? 0;
+    const quotaCost = e.fields.get("quota_cost") ?? 0;
     if (type(reply) === "table" && type((reply as unknown[])[0]) === "number") {
       const r = reply as number[];
-      if (e.view !== undefined) quota.acknowledge(e.view, e.period!, e.bucket!, r[1], r[2], r[3], r[4], e.fields.get("quota_requests") ?? 0, e.fields.get("quota_cost") ?? 0);
-    } else {
-      const message = type(reply) === "table" ? tostring((reply as unknown[])[1]) : tostring(reply);
+      if (e.view !== undefined) quota.acknowledge(e.view, e.period!, e.bucket!, r[1], r[2], r[3], r[4], quotaRequests, quotaCost);
+      done.set(e, true);
+      continue;
+    }
+    const message = type(reply) === "table" ? tostring((reply as unknown[])[1]) : tostring(reply);
+    if (permanent(message)) {
       logThrottled(PLUGIN, `redis refused the counts of ${e.key} (${requestsIn(e)} requests dropped): ${message}`, state.conf);
-      if (e.view !== undefined) quota.acknowledge(e.view, e.period!, e.bucket!, undefined, undefined, undefined, undefined, e.fields.get("quota_requests") ?? 0, e.fields.get("quota_cost") ?? 0);
+      if (e.view !== undefined) quota.acknowledge(e.view, e.period!, e.bucket!, undefined, undefined, undefined, undefined, quotaRequests, quotaCost);
+      done.set(e, true);
+    } else {
+      logThrottled(PLUGIN, `redis refused a flush for now, its counts are kept for the next one: ${message}`, state.conf);
     }
   }
   const left: Batch[] = [];
-  for (let i = batches; i < state.sealed.length; i++) left.push(state.sealed[i]);
+  for (const batch of state.sealed) {
+    const entries: Entry[] = [];
+    for (const e of batch.entries) {
+      if (done.has(e)) progress = true;
+      else entries.push(e);
+    }
+    if (entries.length > 0) left.push({ seq: batch.seq, entries });
+  }
+  let removed = 0;
+  for (const [] of pairs(done)) removed++;
   state.sealed = left;
-  state.sealedCount -= sent.length;
-  return true;
+  state.sealedCount -= removed;
+  return $multi(true, progress);
 }
 
 function reportDrops(this: void, state: PoolState): void {
@@ -203,8 +240,9 @@ function flushPool(this: void, state: PoolState): boolean {
     for (let round = 0; round < 10; round++) {
       state.again = false;
       seal(state);
-      answered = send(state);
-      while (answered && state.sealedCount > 0 && state.sealed.length > 0) answered = send(state);
+      let progress = true;
+      // Bounded: each round trip takes at least one entry off the queue, or the loop ends.
+      while (answered && progress && state.sealedCount > 0) [answered, progress] = send(state);
       if (!answered || !state.again) break;
     }
     reportDrops(state);

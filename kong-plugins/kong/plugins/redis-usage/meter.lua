@@ -2,7 +2,7 @@
 local ____lualib = require("krs.lualib_bundle")
 local __TS__ArrayPush = ____lualib.__TS__ArrayPush
 local ____exports = {}
-local writer, seal, callOf, requestsIn, send, reportDrops, flushPool, pending, flushAtExit, flushNow, PLUGIN, SCRIPT, MAX_CALLS, EXIT_TRIES, EXIT_PAUSE, pools, writerId
+local writer, seal, callOf, requestsIn, permanent, send, reportDrops, flushPool, pending, flushAtExit, flushNow, PLUGIN, SCRIPT, MAX_CALLS, EXIT_TRIES, EXIT_PAUSE, pools, writerId
 local client = require("krs.redis.client")
 local ____fault = require("krs.redis.fault")
 local logThrottled = ____fault.logThrottled
@@ -50,22 +50,33 @@ end
 function requestsIn(e)
     return e.fields.requests or 0
 end
+function permanent(message)
+    return (string.find(message, "WRONGTYPE", 1, true)) ~= nil or (string.find(message, "user_script", 1, true)) ~= nil or (string.find(message, "Error running script", 1, true)) ~= nil
+end
 function send(state)
     local calls = {}
     local sent = {}
-    local batches = 0
+    local sentSeq = {}
+    local inThisTrip = {}
     for ____, batch in ipairs(state.sealed) do
-        if #calls > 0 and #calls + #batch.entries > MAX_CALLS then
-            break
-        end
         for ____, e in ipairs(batch.entries) do
-            calls[#calls + 1] = callOf(batch.seq, e)
-            sent[#sent + 1] = e
+            do
+                if #calls >= MAX_CALLS then
+                    break
+                end
+                if inThisTrip[e.key] ~= nil then
+                    goto __continue23
+                end
+                inThisTrip[e.key] = true
+                calls[#calls + 1] = callOf(batch.seq, e)
+                sent[#sent + 1] = e
+                sentSeq[#sentSeq + 1] = batch.seq
+            end
+            ::__continue23::
         end
-        batches = batches + 1
     end
     if #calls == 0 then
-        return true
+        return true, false
     end
     local replies, err = client.pipeline(state.conf.redis, calls)
     if replies == nil then
@@ -74,63 +85,86 @@ function send(state)
             (("flush failed, " .. tostring(state.sealedCount + state.openCount)) .. " counter sets kept for the next one: ") .. tostring(err),
             state.conf
         )
-        return false
+        return false, false
     end
+    local done = {}
+    local progress = false
     do
         local i = 0
         while i < #sent do
-            local reply = replies[i + 1]
-            local e = sent[i + 1]
-            if type(reply) == "table" and type(reply[1]) == "number" then
-                local r = reply
-                if e.view ~= nil then
-                    quota.acknowledge(
-                        e.view,
-                        e.period,
-                        e.bucket,
-                        r[2],
-                        r[3],
-                        r[4],
-                        r[5],
-                        e.fields.quota_requests or 0,
-                        e.fields.quota_cost or 0
-                    )
+            do
+                local reply = replies[i + 1]
+                local e = sent[i + 1]
+                local quotaRequests = e.fields.quota_requests or 0
+                local quotaCost = e.fields.quota_cost or 0
+                if type(reply) == "table" and type(reply[1]) == "number" then
+                    local r = reply
+                    if e.view ~= nil then
+                        quota.acknowledge(
+                            e.view,
+                            e.period,
+                            e.bucket,
+                            r[2],
+                            r[3],
+                            r[4],
+                            r[5],
+                            quotaRequests,
+                            quotaCost
+                        )
+                    end
+                    done[e] = true
+                    goto __continue31
                 end
-            else
                 local message = type(reply) == "table" and tostring(reply[2]) or tostring(reply)
-                logThrottled(
-                    PLUGIN,
-                    (((("redis refused the counts of " .. e.key) .. " (") .. tostring(requestsIn(e))) .. " requests dropped): ") .. message,
-                    state.conf
-                )
-                if e.view ~= nil then
-                    quota.acknowledge(
-                        e.view,
-                        e.period,
-                        e.bucket,
-                        nil,
-                        nil,
-                        nil,
-                        nil,
-                        e.fields.quota_requests or 0,
-                        e.fields.quota_cost or 0
+                if permanent(message) then
+                    logThrottled(
+                        PLUGIN,
+                        (((("redis refused the counts of " .. e.key) .. " (") .. tostring(requestsIn(e))) .. " requests dropped): ") .. message,
+                        state.conf
                     )
+                    if e.view ~= nil then
+                        quota.acknowledge(
+                            e.view,
+                            e.period,
+                            e.bucket,
+                            nil,
+                            nil,
+                            nil,
+                            nil,
+                            quotaRequests,
+                            quotaCost
+                        )
+                    end
+                    done[e] = true
+                else
+                    logThrottled(PLUGIN, "redis refused a flush for now, its counts are kept for the next one: " .. message, state.conf)
                 end
             end
+            ::__continue31::
             i = i + 1
         end
     end
     local left = {}
-    do
-        local i = batches
-        while i < #state.sealed do
-            left[#left + 1] = state.sealed[i + 1]
-            i = i + 1
+    for ____, batch in ipairs(state.sealed) do
+        local entries = {}
+        for ____, e in ipairs(batch.entries) do
+            if done[e] ~= nil then
+                progress = true
+            else
+                entries[#entries + 1] = e
+            end
+        end
+        if #entries > 0 then
+            left[#left + 1] = {seq = batch.seq, entries = entries}
         end
     end
+    local removed = 0
+    for ____ in pairs(done) do
+        removed = removed + 1
+    end
     state.sealed = left
-    state.sealedCount = state.sealedCount - #sent
-    return true
+    state.sealedCount = state.sealedCount - removed
+    return true, progress
 end
 function reportDrops(state)
     if state.dropped == 0 then
@@ -156,9 +190,9 @@ function flushPool(state)
             while round < 10 do
                 state.again = false
                 seal(state)
-                answered = send(state)
-                while answered and state.sealedCount > 0 and #state.sealed > 0 do
-                    answered = send(state)
+                local progress = true
+                while answered and progress and state.sealedCount > 0 do
+                    answered, progress = send(state)
                 end
                 if not answered or not state.again then
                     break
