@@ -269,3 +269,96 @@ describe("exact counts across 2 gateways x 2 workers", () => {
     expect(downFor).toBeGreaterThan(100);
   }, 120_000);
 });
+
+describe("what is counted", () => {
+  const admin = () => gwA.adminUrl;
+  const usage = async (path: string) => {
+    const res = await fetch(`${admin()}${path}`);
+    return { status: res.status, body: (await res.json()) as any };
+  };
+
+  it("cost from the upstream's header, hidden from the client; a bad value counts the configured cost and is logged once per interval", async () => {
+    const ok = await hit(`${gwA.proxyUrl}/cost-header/cost/5`, { "X-Consumer": "frank" });
+    expect(ok.status).toBe(200);
+    expect(ok.headers["x-usage-cost"]).toBeUndefined();
+    for (const bad of ["NaN", "-1", "1e999", "2.5", "99999999999"]) {
+      expect((await hit(`${gwA.proxyUrl}/cost-header/cost/${bad}`, { "X-Consumer": "frank" })).status).toBe(200);
+    }
+    const c = await eventually(() => counters("consumer:frank"), (v) => v.requests === "6");
+    expect(c.cost).toBe(String(5 + 5 * 7));
+    const shown = await hit(`${gwA.proxyUrl}/cost-shown/cost/3`, { "X-Consumer": "frank" });
+    expect(shown.headers["x-usage-cost"]).toBe("3");
+    const lines = gwA.errorLog().filter((l) => /X-Usage-Cost is not a whole number/.test(l));
+    expect(lines.length).toBeGreaterThanOrEqual(1);
+    expect(lines.length).toBeLessThanOrEqual(2); // one per worker at most
+  });
+
+  it("bytes really sent, chunked bodies included, and cost_per_kb of them", async () => {
+    const res = await hit(`${gwA.proxyUrl}/per-kb/chunked/5000`, { "X-Consumer": "frank" });
+    expect(res.status).toBe(200);
+    expect(res.headers["content-length"]).toBeUndefined();
+    expect(res.body.length).toBe(5000);
+    const before = 5 + 5 * 7 + 3;
+    const c = await eventually(() => counters("consumer:frank"), (v) => v.requests === "8");
+    expect(Number(c.cost) - before).toBe(3 * 5);
+    const route = await counters("route:per-kb");
+    expect(Number(route.bytes_out)).toBeGreaterThan(5000);
+    expect(Number(route.bytes_out)).toBeLessThan(5600);
+  });
+
+  it("status classes, the ip fallback, and no subject with fallback none (route and service still counted)", async () => {
+    expect((await hit(`${gwA.proxyUrl}/anonymous`)).status).toBe(200);
+    const ip = await eventually(() => counters("ip:127.0.0.1"), (v) => Number(v.requests) >= 1);
+    expect(Number(ip["2xx"])).toBeGreaterThanOrEqual(1);
+    // A 401 from the auth plugin, before redis-usage's access: no consumer, so metered to
+    // the client IP as a 4xx, and not counted towards its quota.
+    expect((await hit(`${gwA.proxyUrl}/metered-a`)).status).toBe(401);
+    const refused = await eventually(() => counters("ip:127.0.0.1"), (v) => Number(v.requests) === Number(ip.requests) + 1);
+    expect(Number(refused["4xx"] ?? 0)).toBe(Number(ip["4xx"] ?? 0) + 1);
+    expect(refused.quota_requests).toBe(ip.quota_requests);
+    const before = Number((await counters("route:nobody")).requests ?? 0);
+    await hit(`${gwB.proxyUrl}/nobody`);
+    const after = await eventually(() => counters("route:nobody"), (v) => Number(v.requests) === before + 1);
+    expect(Number(after.requests)).toBe(before + 1);
+    expect(Number((await counters("ip:127.0.0.1")).requests)).toBe(Number(refused.requests));
+  });
+
+  it("consumer names with {, : or 1 KB of text keep to their own key (hashed part) and read back by name", async () => {
+    const long = "k".repeat(1024);
+    for (const name of ["x{y}:z", long]) expect((await hit(`${gwA.proxyUrl}/metered-a`, { "X-Consumer": name })).status).toBe(200);
+    await sleep(FLUSH_MS + 400);
+    const keys = await control.keys("krs:redis-usage:v1:{consumer:#*");
+    expect(keys.length).toBeGreaterThanOrEqual(4);
+    for (const k of keys) expect(k.length).toBeLessThan(120);
+    const byName = await usage(`/redis-usage/consumers/${encodeURIComponent("x{y}:z")}?period=day`);
+    expect(byName.status).toBe(200);
+    expect(byName.body.data).toHaveLength(1);
+    expect(byName.body.data[0].requests).toBe(1);
+    const byLong = await usage(`/redis-usage/consumers/${long}?period=month`);
+    expect(byLong.body.data[0].requests).toBe(1);
+  });
+
+  it("the read API: day and month rows, 400 naming a bad date, an unknown consumer is an empty list", async () => {
+    const today = new Date().toISOString().slice(0, 10);
+    const res = await usage(`/redis-usage/consumers/frank?period=day&from=${today}&to=${today}`);
+    expect(res.status).toBe(200);
+    expect(res.body).toMatchObject({ kind: "consumer", name: "frank", period: "day" });
+    expect(res.body.data[0]).toMatchObject({ day: today, requests: 8, "2xx": 8 });
+    expect((await usage("/redis-usage/consumers/frank")).body.data[0].month).toBe(today.slice(0, 7));
+    expect(await usage("/redis-usage/consumers/frank?period=day&from=2026-02-30")).toEqual({ status: 400, body: { message: "from: expected a day as YYYY-MM-DD" } });
+    expect(await usage("/redis-usage/consumers/frank?period=month&to=11-2026")).toEqual({ status: 400, body: { message: "to: expected a month as YYYY-MM" } });
+    expect((await usage("/redis-usage/consumers/frank?period=week")).status).toBe(400);
+    expect(await usage("/redis-usage/consumers/nobody-at-all")).toEqual({ status: 200, body: { kind: "consumer", name: "nobody-at-all", period: "month", data: [] } });
+    const route = await usage("/redis-usage/routes/per-kb?period=day");
+    expect(route.body.data[0].requests).toBe(1);
+  });
+
+  it("every key has a TTL (the quota overrides excepted, docs/redis-keys.md)", async () => {
+    const keys = await control.keys("krs:redis-usage:*");
+    expect(keys.length).toBeGreaterThan(20);
+    for (const k of keys) {
+      if (k.endsWith(":quota")) continue;
+      expect({ k, ttl: (await control.pttl(k)) > 0 }).toEqual({ k, ttl: true });
+    }
+  });
+});
