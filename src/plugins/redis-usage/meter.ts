@@ -101,6 +101,9 @@ function stateFor(this: void, conf: Conf): PoolState {
 /** The pending entry of counter set `key`, or undefined when max_pending is reached (the caller counts the drop). */
 export function entry(this: void, conf: Conf, key: string, quotaKey: string, expireAt: number, subject: string): Entry | undefined {
   const state = stateFor(conf);
+  // Configs sharing this Redis may flush at different intervals: the soonest pending deadline wins.
+  const due = ngx.now() + conf.flush_interval / 1000;
+  if (state.dueAt === 0 || due < state.dueAt) state.dueAt = due;
   let e = state.open.get(key);
   if (e !== undefined) return e;
   if (state.openCount + state.sealedCount >= conf.max_pending) {
@@ -110,7 +113,6 @@ export function entry(this: void, conf: Conf, key: string, quotaKey: string, exp
   e = { key, quotaKey, expireAt, subject, fields: new LuaTable() };
   state.open.set(key, e);
   state.openCount++;
-  if (state.dueAt === 0) state.dueAt = ngx.now() + conf.flush_interval / 1000;
   if (state.openCount >= conf.flush_batch) flushSoon();
   return e;
 }

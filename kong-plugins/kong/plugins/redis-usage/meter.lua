@@ -303,6 +303,10 @@ end
 --- The pending entry of counter set `key`, or undefined when max_pending is reached (the caller counts the drop).
 function ____exports.entry(conf, key, quotaKey, expireAt, subject)
     local state = stateFor(conf)
+    local due = ngx.now() + conf.flush_interval / 1000
+    if state.dueAt == 0 or due < state.dueAt then
+        state.dueAt = due
+    end
     local e = state.open[key]
     if e ~= nil then
         return e
@@ -320,9 +324,6 @@ function ____exports.entry(conf, key, quotaKey, expireAt, subject)
     }
     state.open[key] = e
     state.openCount = state.openCount + 1
-    if state.dueAt == 0 then
-        state.dueAt = ngx.now() + conf.flush_interval / 1000
-    end
     if state.openCount >= conf.flush_batch then
         ____exports.flushSoon()
     end
