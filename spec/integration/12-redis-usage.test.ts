@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { runKrs } from "../helpers/krs-main.js";
 import { gateway, startRedis, stopAll, tempDir, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
 
 interface Res {
@@ -360,5 +361,56 @@ describe("what is counted", () => {
       if (k.endsWith(":quota")) continue;
       expect({ k, ttl: (await control.pttl(k)) > 0 }).toEqual({ k, ttl: true });
     }
+  });
+});
+
+describe("krs usage", () => {
+  const url = () => `redis://127.0.0.1:${redis.port}/0`;
+  const today = () => new Date().toISOString().slice(0, 10);
+
+  it("show: one consumer's month and day, as text, JSON and CSV (one row per consumer per bucket)", async () => {
+    const text = await runKrs("usage", "show", "--consumer", "frank", "--redis", url());
+    expect(text.code).toBe(0);
+    expect(text.out).toMatch(/^subject\s+bucket\s+requests/);
+    expect(text.out).toContain("frank");
+    const json = await runKrs("usage", "show", "--consumer", "frank", "--day", today(), "--json", "--redis", url());
+    const rows = JSON.parse(json.out);
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toMatchObject({ kind: "consumer", subject: "frank", period: "day", bucket: today() });
+    expect(rows[0].counts.requests).toBe(8);
+    const csv = await runKrs("usage", "show", "--consumer", "x{y}:z", "--from", today().slice(0, 7), "--csv", "--redis", url());
+    const lines = csv.out.split("\n");
+    expect(lines[0]).toBe("kind,subject,period,bucket,requests,bytes_in,bytes_out,cost,2xx,3xx,4xx,5xx,quota_requests,quota_cost");
+    expect(lines).toHaveLength(2);
+    expect(lines[1]).toMatch(/^consumer,x\{y\}:z,month,\d{4}-\d{2},1,/);
+  });
+
+  it("show refuses bad dates naming the flag; an unknown consumer has no rows", async () => {
+    expect(await runKrs("usage", "show", "--consumer", "frank", "--day", "2026-02-30", "--redis", url())).toMatchObject({ code: 2, err: expect.stringContaining("--day") });
+    expect(await runKrs("usage", "show", "--consumer", "frank", "--month", "2026-13", "--redis", url())).toMatchObject({ code: 2, err: expect.stringContaining("--month") });
+    expect(await runKrs("usage", "show", "--consumer", "nobody-at-all", "--csv", "--redis", url())).toMatchObject({ code: 0, out: "kind,subject,period,bucket,requests,bytes_in,bytes_out,cost,2xx,3xx,4xx,5xx,quota_requests,quota_cost" });
+  });
+
+  it("top: the heaviest consumers and routes of the month, by SCAN", async () => {
+    const res = await runKrs("usage", "top", "--json", "--limit", "3", "--redis", url());
+    expect(res.code).toBe(0);
+    const rows = JSON.parse(res.out) as { subject: string; counts: { requests: number } }[];
+    expect(rows).toHaveLength(3);
+    expect(rows[0].counts.requests).toBeGreaterThanOrEqual(rows[1].counts.requests);
+    expect(rows[0].subject).toMatch(/^steady-/);
+    const routes = JSON.parse((await runKrs("usage", "top", "--by", "route", "--json", "--redis", url())).out) as { subject: string }[];
+    expect(routes.map((r) => r.subject)).toEqual(expect.arrayContaining(["metered-a", "metered-b", "per-kb"]));
+    const named = JSON.parse((await runKrs("usage", "top", "--json", "--limit", "1000", "--redis", url())).out) as { subject: string }[];
+    expect(named.map((r) => r.subject)).toContain("x{y}:z");
+  });
+
+  it("quota set, get and clear, the same override the Admin API shows", async () => {
+    expect((await runKrs("usage", "quota", "set", "frank", "--month", "500", "--day", "20", "--redis", url())).out).toBe('{"consumer":"frank","day":20,"month":500}');
+    expect(await (await fetch(`${gwA.adminUrl}/redis-usage/quotas/frank`)).json()).toEqual({ consumer: "frank", day: 20, month: 500 });
+    expect((await runKrs("usage", "quota", "set", "frank", "--day", "none", "--redis", url())).out).toBe('{"consumer":"frank","day":null,"month":500}');
+    expect((await runKrs("usage", "quota", "get", "frank", "--redis", url())).out).toBe('{"consumer":"frank","day":null,"month":500}');
+    expect((await runKrs("usage", "quota", "set", "frank", "--day", "-1", "--redis", url())).code).toBe(2);
+    expect((await runKrs("usage", "quota", "clear", "frank", "--redis", url())).code).toBe(0);
+    expect((await runKrs("usage", "quota", "get", "frank", "--redis", url())).out).toBe('{"consumer":"frank","day":null,"month":null}');
   });
 });
