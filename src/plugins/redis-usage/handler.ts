@@ -29,6 +29,8 @@ const LIMIT_MONTH = "X-Usage-Limit-Month";
 const REMAINING_MONTH = "X-Usage-Remaining-Month";
 const RETRY_AFTER = "Retry-After";
 
+const STATUS_CLASSES: Record<number, string | undefined> = { [2]: "2xx", [3]: "3xx", [4]: "4xx", [5]: "5xx" };
+
 const ceil = math.ceil;
 const floor = math.floor;
 const tonumber = _G.tonumber;
@@ -62,28 +64,59 @@ function expiryOf(this: void, conf: Conf, c: Clock): Expiry {
   return e;
 }
 
-/** A metered subject: its key tag (`<kind>:<part(id)>`) and its name when the tag had to hash it. */
+/** A metered subject: its key tag (`<kind>:<part(id)>`), its name when the tag had to hash it, and its keys. */
 interface Subject {
   tag: string;
   label: string;
+  quotaKey: string;
+  /** The buckets its day and month keys were built for. */
+  day: string;
+  month: string;
+  dayKey: string;
+  monthKey: string;
 }
 
-function subjectOf(this: void, kind: string, id: string): Subject {
-  const p = part(id);
-  return { tag: `${kind}:${p}`, label: p === id ? "" : id };
+/** Subjects seen lately, so a request builds no key string (dropped wholesale past MAX_SUBJECTS). */
+const MAX_SUBJECTS = 10000;
+let subjects = new LuaTable<string, Subject>();
+let subjectCount = 0;
+
+function subjectOf(this: void, kind: string, id: string, c: Clock): Subject {
+  const memo = kind + "\0" + id;
+  let s = subjects.get(memo);
+  if (s === undefined) {
+    if (subjectCount >= MAX_SUBJECTS) {
+      subjects = new LuaTable();
+      subjectCount = 0;
+    }
+    const p = part(id);
+    const tag = `${kind}:${p}`;
+    s = { tag, label: p === id ? "" : id, quotaKey: key(PLUGIN, tag, "quota"), day: "", month: "", dayKey: "", monthKey: "" };
+    subjects.set(memo, s);
+    subjectCount++;
+  }
+  if (s.day !== c.day.id) {
+    s.day = c.day.id;
+    s.dayKey = key(PLUGIN, s.tag, "d", s.day);
+  }
+  if (s.month !== c.month.id) {
+    s.month = c.month.id;
+    s.monthKey = key(PLUGIN, s.tag, "m", s.month);
+  }
+  return s;
 }
 
 /** Whom the request is metered (and its quotas counted) to: its consumer, else the fallback. */
-function identify(this: void, conf: Conf): Subject | undefined {
+function identify(this: void, conf: Conf, c: Clock): Subject | undefined {
   const consumer = kong.client.get_consumer();
   if (consumer !== undefined) {
     const name = consumer.username ?? consumer.custom_id ?? consumer.id;
-    if (type(name) === "string" && name !== "") return subjectOf("consumer", name);
+    if (type(name) === "string" && name !== "") return subjectOf("consumer", name, c);
   }
-  if (conf.fallback === "ip") return subjectOf("ip", kong.client.get_forwarded_ip());
+  if (conf.fallback === "ip") return subjectOf("ip", kong.client.get_forwarded_ip(), c);
   if (conf.fallback === "credential") {
     const id = kong.client.get_credential()?.id;
-    if (type(id) === "string" && id !== "") return subjectOf("credential", id!);
+    if (type(id) === "string" && id !== "") return subjectOf("credential", id!, c);
   }
   return undefined;
 }
@@ -180,13 +213,13 @@ const handler: KongPluginHandler<Conf> = {
       return;
     }
     facts.enter(PLUGIN);
-    const subject = identify(conf);
+    const now = floor(ngx.now() * 1000 + 0.5);
+    const c = clockAt(now);
+    const subject = identify(conf, c);
     if (subject === undefined) {
       ctx["admitted"] = true;
       return;
     }
-    const now = floor(ngx.now() * 1000 + 0.5);
-    const c = clockAt(now);
     const costNow = costBefore(conf);
     const need = conf.quota_unit === "cost" ? math.max(1, costNow) : 1;
     let d: Decision;
@@ -194,7 +227,7 @@ const handler: KongPluginHandler<Conf> = {
       const e = expiryOf(conf, c);
       const [reply, err] = script(conf.redis, {
         script: QUOTA_SCRIPT,
-        keys: [key(PLUGIN, subject.tag, "quota"), key(PLUGIN, subject.tag, "d", c.day.id), key(PLUGIN, subject.tag, "m", c.month.id)],
+        keys: [subject.quotaKey, subject.dayKey, subject.monthKey],
         args: [conf.quota_unit, need, costNow, conf.quota_day ?? -1, conf.quota_month ?? -1, e.dayAt, e.monthAt],
       });
       if (type(reply) !== "table") {
@@ -245,7 +278,7 @@ const handler: KongPluginHandler<Conf> = {
     const bytesOut = tonumber(vars["bytes_sent"]) ?? 0;
     const cost = costOf(conf, tonumber(vars["body_bytes_sent"]) ?? 0);
     const status = kong.response.get_status();
-    const statusClass = status >= 200 && status < 600 ? `${floor(status / 100)}xx` : undefined;
+    const statusClass = STATUS_CLASSES[floor(status / 100)];
 
     const admitted = ctx["admitted"] === true;
     const countedCost = ctx["counted_cost"] as number | undefined;
@@ -255,27 +288,27 @@ const handler: KongPluginHandler<Conf> = {
     const view = ctx["view"] as quota.View | undefined;
     if (view !== undefined) quota.admit(view, 0, cost - ((ctx["view_cost"] as number | undefined) ?? 0));
 
-    const subjects: Subject[] = [];
-    const subject = identify(conf);
-    if (subject !== undefined) subjects.push(subject);
+    const metered: Subject[] = [];
+    const subject = identify(conf, c);
+    if (subject !== undefined) metered[0] = subject;
     const route = kong.router.get_route();
-    if (route !== undefined) subjects.push(subjectOf("route", route.name ?? route.id));
+    if (route !== undefined) metered[metered.length] = subjectOf("route", route.name ?? route.id, c);
     const service = kong.router.get_service();
-    if (service !== undefined) subjects.push(subjectOf("service", service.name ?? service.id));
+    if (service !== undefined) metered[metered.length] = subjectOf("service", service.name ?? service.id, c);
 
-    for (let i = 0; i < subjects.length; i++) {
-      const s = subjects[i];
-      const quotaKey = key(PLUGIN, s.tag, "quota");
+    const state = meter.stateFor(conf);
+    for (let i = 0; i < metered.length; i++) {
+      const s = metered[i];
       for (let period = 0; period < 2; period++) {
         const isDay = period === 0;
-        const bucket = isDay ? c.day.id : c.month.id;
-        const entry = meter.entry(conf, key(PLUGIN, s.tag, isDay ? "d" : "m", bucket), quotaKey, isDay ? e.dayAt : e.monthAt, s.label);
+        const entry = meter.entry(state, conf, isDay ? s.dayKey : s.monthKey, s.quotaKey, isDay ? e.dayAt : e.monthAt, s.label);
         if (entry === undefined) continue;
-        meter.add(entry, "requests", 1);
+        const fields = entry.fields;
+        fields.set("requests", (fields.get("requests") ?? 0) + 1);
         meter.add(entry, "bytes_in", bytesIn);
         meter.add(entry, "bytes_out", bytesOut);
         meter.add(entry, "cost", cost);
-        if (statusClass !== undefined) meter.add(entry, statusClass, 1);
+        if (statusClass !== undefined) fields.set(statusClass, (fields.get(statusClass) ?? 0) + 1);
         // Quotas are counted on the request's subject only (never on its route or service).
         if (i === 0 && subject !== undefined) {
           meter.add(entry, "quota_requests", quotaRequests);
@@ -283,7 +316,7 @@ const handler: KongPluginHandler<Conf> = {
           if (view !== undefined || quotaOn(conf)) {
             entry.view = view ?? quota.viewOf(`${registry.poolOf(conf)}\0${s.tag}`, c.day.id, c.month.id);
             entry.period = isDay ? "day" : "month";
-            entry.bucket = bucket;
+            entry.bucket = isDay ? c.day.id : c.month.id;
           }
         }
       }

@@ -87,7 +87,8 @@ function writer(this: void): string {
   return writerId;
 }
 
-function stateFor(this: void, conf: Conf): PoolState {
+/** The buffer of the Redis `conf` points at (one per pool name, whatever the config). */
+export function stateFor(this: void, conf: Conf): PoolState {
   const name = client.poolName(conf.redis);
   let state = pools.get(name);
   if (state === undefined) {
@@ -99,8 +100,7 @@ function stateFor(this: void, conf: Conf): PoolState {
 }
 
 /** The pending entry of counter set `key`, or undefined when max_pending is reached (the caller counts the drop). */
-export function entry(this: void, conf: Conf, key: string, quotaKey: string, expireAt: number, subject: string): Entry | undefined {
-  const state = stateFor(conf);
+export function entry(this: void, state: PoolState, conf: Conf, key: string, quotaKey: string, expireAt: number, subject: string): Entry | undefined {
   // Configs sharing this Redis may flush at different intervals: the soonest pending deadline wins.
   const due = ngx.now() + conf.flush_interval / 1000;
   if (state.dueAt === 0 || due < state.dueAt) state.dueAt = due;

@@ -30,6 +30,7 @@ local REMAINING_DAY = "X-Usage-Remaining-Day"
 local LIMIT_MONTH = "X-Usage-Limit-Month"
 local REMAINING_MONTH = "X-Usage-Remaining-Month"
 local RETRY_AFTER = "Retry-After"
+local STATUS_CLASSES = {[2] = "2xx", [3] = "3xx", [4] = "4xx", [5] = "5xx"}
 local ceil = math.ceil
 local floor = math.floor
 local tonumber = _G.tonumber
@@ -57,30 +58,63 @@ local function expiryOf(conf, c)
     end
     return e
 end
-local function subjectOf(kind, id)
-    local p = part(id)
-    return {tag = (kind .. ":") .. p, label = p == id and "" or id}
+--- Subjects seen lately, so a request builds no key string (dropped wholesale past MAX_SUBJECTS).
+local MAX_SUBJECTS = 10000
+local subjects = {}
+local subjectCount = 0
+local function subjectOf(kind, id, c)
+    local memo = (kind .. "\0") .. id
+    local s = subjects[memo]
+    if s == nil then
+        if subjectCount >= MAX_SUBJECTS then
+            subjects = {}
+            subjectCount = 0
+        end
+        local p = part(id)
+        local tag = (kind .. ":") .. p
+        s = {
+            tag = tag,
+            label = p == id and "" or id,
+            quotaKey = key(PLUGIN, tag, "quota"),
+            day = "",
+            month = "",
+            dayKey = "",
+            monthKey = ""
+        }
+        subjects[memo] = s
+        subjectCount = subjectCount + 1
+    end
+    if s.day ~= c.day.id then
+        s.day = c.day.id
+        s.dayKey = key(PLUGIN, s.tag, "d", s.day)
+    end
+    if s.month ~= c.month.id then
+        s.month = c.month.id
+        s.monthKey = key(PLUGIN, s.tag, "m", s.month)
+    end
+    return s
 end
 --- Whom the request is metered (and its quotas counted) to: its consumer, else the fallback.
-local function identify(conf)
+local function identify(conf, c)
     local consumer = kong.client.get_consumer()
     if consumer ~= nil then
         local name = consumer.username or consumer.custom_id or consumer.id
         if type(name) == "string" and name ~= "" then
-            return subjectOf("consumer", name)
+            return subjectOf("consumer", name, c)
         end
     end
     if conf.fallback == "ip" then
         return subjectOf(
             "ip",
-            kong.client.get_forwarded_ip()
+            kong.client.get_forwarded_ip(),
+            c
         )
     end
     if conf.fallback == "credential" then
         local ____opt_0 = kong.client.get_credential()
         local id = ____opt_0 and ____opt_0.id
         if type(id) == "string" and id ~= "" then
-            return subjectOf("credential", id)
+            return subjectOf("credential", id, c)
         end
     end
     return nil
@@ -183,38 +217,27 @@ local handler = {
             return
         end
         facts.enter(PLUGIN)
-        local subject = identify(conf)
+        local now = floor(ngx.now() * 1000 + 0.5)
+        local c = clockAt(now)
+        local subject = identify(conf, c)
         if subject == nil then
             ctx.admitted = true
             return
         end
-        local now = floor(ngx.now() * 1000 + 0.5)
-        local c = clockAt(now)
         local costNow = costBefore(conf)
         local need = conf.quota_unit == "cost" and math.max(1, costNow) or 1
         local d
         if conf.quota_mode == "exact" then
             local e = expiryOf(conf, c)
-            local reply, err = script(
-                conf.redis,
-                {
-                    script = QUOTA_SCRIPT,
-                    keys = {
-                        key(PLUGIN, subject.tag, "quota"),
-                        key(PLUGIN, subject.tag, "d", c.day.id),
-                        key(PLUGIN, subject.tag, "m", c.month.id)
-                    },
-                    args = {
-                        conf.quota_unit,
-                        need,
-                        costNow,
-                        conf.quota_day or -1,
-                        conf.quota_month or -1,
-                        e.dayAt,
-                        e.monthAt
-                    }
-                }
-            )
+            local reply, err = script(conf.redis, {script = QUOTA_SCRIPT, keys = {subject.quotaKey, subject.dayKey, subject.monthKey}, args = {
+                conf.quota_unit,
+                need,
+                costNow,
+                conf.quota_day or -1,
+                conf.quota_month or -1,
+                e.dayAt,
+                e.monthAt
+            }})
             if type(reply) ~= "table" then
                 facts.limit({plugin = PLUGIN, kind = "quota", admitted = conf.fault_tolerant, source = "fault"})
                 if conf.fault_tolerant then
@@ -302,7 +325,7 @@ local handler = {
             tonumber(vars.body_bytes_sent) or 0
         )
         local status = kong.response.get_status()
-        local statusClass = status >= 200 and status < 600 and tostring(floor(status / 100)) .. "xx" or nil
+        local statusClass = STATUS_CLASSES[floor(status / 100)]
         local admitted = ctx.admitted == true
         local countedCost = ctx.counted_cost
         local quotaRequests = admitted and countedCost == nil and 1 or 0
@@ -311,46 +334,47 @@ local handler = {
         if view ~= nil then
             quota.admit(view, 0, cost - (ctx.view_cost or 0))
         end
-        local subjects = {}
-        local subject = identify(conf)
+        local metered = {}
+        local subject = identify(conf, c)
         if subject ~= nil then
-            subjects[#subjects + 1] = subject
+            metered[1] = subject
         end
         local route = kong.router.get_route()
         if route ~= nil then
-            subjects[#subjects + 1] = subjectOf("route", route.name or route.id)
+            metered[#metered + 1] = subjectOf("route", route.name or route.id, c)
         end
         local service = kong.router.get_service()
         if service ~= nil then
-            subjects[#subjects + 1] = subjectOf("service", service.name or service.id)
+            metered[#metered + 1] = subjectOf("service", service.name or service.id, c)
         end
+        local state = meter.stateFor(conf)
         do
             local i = 0
-            while i < #subjects do
-                local s = subjects[i + 1]
-                local quotaKey = key(PLUGIN, s.tag, "quota")
+            while i < #metered do
+                local s = metered[i + 1]
                 do
                     local period = 0
                     while period < 2 do
                         do
                             local isDay = period == 0
-                            local bucket = isDay and c.day.id or c.month.id
                             local entry = meter.entry(
+                                state,
                                 conf,
-                                key(PLUGIN, s.tag, isDay and "d" or "m", bucket),
-                                quotaKey,
+                                isDay and s.dayKey or s.monthKey,
+                                s.quotaKey,
                                 isDay and e.dayAt or e.monthAt,
                                 s.label
                             )
                             if entry == nil then
-                                goto __continue56
+                                goto __continue60
                             end
-                            meter.add(entry, "requests", 1)
+                            local fields = entry.fields
+                            fields.requests = (fields.requests or 0) + 1
                             meter.add(entry, "bytes_in", bytesIn)
                             meter.add(entry, "bytes_out", bytesOut)
                             meter.add(entry, "cost", cost)
                             if statusClass ~= nil then
-                                meter.add(entry, statusClass, 1)
+                                fields[statusClass] = (fields[statusClass] or 0) + 1
                             end
                             if i == 0 and subject ~= nil then
                                 meter.add(entry, "quota_requests", quotaRequests)
@@ -362,11 +386,11 @@ local handler = {
                                         c.month.id
                                     )
                                     entry.period = isDay and "day" or "month"
-                                    entry.bucket = bucket
+                                    entry.bucket = isDay and c.day.id or c.month.id
                                 end
                             end
                         end
-                        ::__continue56::
+                        ::__continue60::
                         period = period + 1
                     end
                 end

@@ -278,7 +278,8 @@ EXIT_TRIES = 10
 EXIT_PAUSE = 0.2
 pools = {}
 local timerStarted = false
-local function stateFor(conf)
+--- The buffer of the Redis `conf` points at (one per pool name, whatever the config).
+function ____exports.stateFor(conf)
     local name = client.poolName(conf.redis)
     local state = pools[name]
     if state == nil then
@@ -301,8 +302,7 @@ local function stateFor(conf)
     return state
 end
 --- The pending entry of counter set `key`, or undefined when max_pending is reached (the caller counts the drop).
-function ____exports.entry(conf, key, quotaKey, expireAt, subject)
-    local state = stateFor(conf)
+function ____exports.entry(state, conf, key, quotaKey, expireAt, subject)
     local due = ngx.now() + conf.flush_interval / 1000
     if state.dueAt == 0 or due < state.dueAt then
         state.dueAt = due
