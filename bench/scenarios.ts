@@ -227,6 +227,25 @@ export const SCENARIOS: Scenario[] = [
     goal: 0.95, // issue 12: ip-access-100k >= 0.95x
   },
   {
+    name: "usage-batched",
+    description: "redis-usage, metering per client IP, route and service with a batched monthly quota never reached: counts buffered per worker, one pipelined flush per second, no Redis call per request",
+    target: "gateway",
+    needsRedis: true,
+    config: (env) => oneService(env, { plugins: [{ name: "redis-usage", config: { quota_month: 1_000_000_000_000, redis: { port: env.redisPort } } }] }),
+    path: "/",
+    baseline: "gateway-no-plugins",
+    goal: 0.95, // issue 11: usage-batched >= 0.95x
+  },
+  {
+    name: "usage-quota-exact",
+    description: "redis-usage, exact monthly quota never reached: one EVALSHA per request (check and count), metering buffered as in usage-batched",
+    target: "gateway",
+    needsRedis: true,
+    config: (env) => oneService(env, { plugins: [{ name: "redis-usage", config: { quota_month: 1_000_000_000_000, quota_mode: "exact", redis: { port: env.redisPort } } }] }),
+    path: "/",
+    baseline: "gateway-no-plugins",
+  },
+  {
     name: "cache-l1-hit",
     description: "redis-cache, one cached response served from the worker's L1 (no Redis call per request)",
     target: "gateway",

@@ -20,10 +20,10 @@ const sha = (s: string) => createHash("sha256").update(s).digest("hex");
 const pad = (i: number) => "x".repeat(10 + (i * 7919) % 300);
 
 /** Keys of every kind; sizes vary so the memory estimate has something to estimate. */
-async function fill(redis: Redis, n: { rl: number; ka: number; cache: number; other: number; ip?: number }, gen = 3): Promise<Record<string, string[]>> {
+async function fill(redis: Redis, n: { rl: number; ka: number; cache: number; other: number; ip?: number; usage?: number }, gen = 3): Promise<Record<string, string[]>> {
   const made: Record<string, string[]> = {
     counters: [], key: [], ids: [], expiring: [], generation: [], entry: [], fill: [], refresh: [], other: [],
-    entries: [], reasons: [], version: [], hits: [],
+    entries: [], reasons: [], version: [], hits: [], day: [], month: [], quota: [],
   };
   let p = redis.pipeline();
   let queued = 0;
@@ -81,6 +81,20 @@ async function fill(redis: Redis, n: { rl: number; ka: number; cache: number; ot
     queued += 6;
     await flush();
   }
+  // redis-usage: a few consumers' day and month buckets and quota overrides (no TTL, by design).
+  for (let i = 0; i < (n.usage ?? 0); i++) {
+    const base = `krs:redis-usage:v1:{consumer:user-${i}}`;
+    p.hset(`${base}:d:20261130`, "requests", pad(i));
+    p.pexpire(`${base}:d:20261130`, 600_000);
+    p.hset(`${base}:m:202611`, "requests", pad(i));
+    p.pexpire(`${base}:m:202611`, 600_000);
+    p.hset(`${base}:quota`, "month", "100");
+    made.day.push(`${base}:d:20261130`);
+    made.month.push(`${base}:m:202611`);
+    made.quota.push(`${base}:quota`);
+    queued += 5;
+    await flush();
+  }
   for (let i = 0; i < n.other; i++) {
     p.set(`app:session:${i}`, "v");
     made.other.push(`app:session:${i}`);
@@ -114,7 +128,7 @@ describe("krs inspect on 200,000 suite keys", () => {
     const server = await startRedis();
     url = `redis://127.0.0.1:${server.port}`;
     redis = new Redis({ port: server.port });
-    made = await fill(redis, { rl: 80_000, ka: 40_000, cache: 79_997, other: 1000, ip: 50 });
+    made = await fill(redis, { rl: 80_000, ka: 40_000, cache: 79_982, other: 1000, ip: 50, usage: 5 });
     await redis.hset(planted, "minute:count", "1"); // no TTL: must be flagged
     made.counters.push(planted);
   }, 120_000);

@@ -29,6 +29,9 @@ describe("key kinds", () => {
       "redis-ip-access/version": "krs:redis-ip-access:v1:{blocklist}:version",
       "redis-ip-access/hits": "krs:redis-ip-access:v1:{blocklist}:hits:203.0.113.7",
       "redis-ip-access/changes": "krs:redis-ip-access:v1:changes",
+      "redis-usage/day": "krs:redis-usage:v1:{consumer:#Zm9v}:d:20261130",
+      "redis-usage/month": "krs:redis-usage:v1:{route:checkout}:m:202611",
+      "redis-usage/quota": "krs:redis-usage:v1:{consumer:alice}:quota",
     };
     expect(Object.keys(samples).sort()).toEqual(KEY_KINDS.map((k) => `${k.plugin}/${k.kind}`).sort());
     for (const [id, key] of Object.entries(samples)) {

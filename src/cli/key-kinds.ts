@@ -184,6 +184,36 @@ export const KEY_KINDS: readonly KeyKind[] = [
     ttl: "`lock_timeout`",
     what: "refresh-ahead lock: the one request refreshing an entry inside the last `refresh_ahead` fraction of its TTL holds it; released after its store",
   },
+  {
+    plugin: "redis-usage",
+    kind: "day",
+    pattern: "`krs:redis-usage:v1:{<kind>:<subject>}:d:<YYYYMMDD>` (kind: `consumer` (its username, else custom_id, else id), `ip`, `credential`, `route` or `service` (name, else id); subject through `part()`; the UTC day)",
+    match: /^krs:redis-usage:v1:\{(consumer|ip|credential|route|service):[^{}]*\}:d:\d{8}$/,
+    type: "hash: `requests`, `bytes_in`, `bytes_out`, `cost`, `2xx` … `5xx`, `quota_requests` and `quota_cost` (admitted requests only), `subject` (the name, when the key part is a hash), `w:<node>:<pid>:<start ms>` (the last flush number applied from that worker)",
+    ttlRule: "required",
+    ttl: "until the end of the day plus `daily_retention_days` (PEXPIREAT, set by every flush)",
+    what: "one subject's counts of one UTC day; written only by redis-lua/usage-flush-2.lua (one worker's buffered increments, once per flush number) and, for quotas in `exact` mode, usage-quota-3.lua",
+  },
+  {
+    plugin: "redis-usage",
+    kind: "month",
+    pattern: "`krs:redis-usage:v1:{<kind>:<subject>}:m:<YYYYMM>` (as the day buckets; the UTC calendar month)",
+    match: /^krs:redis-usage:v1:\{(consumer|ip|credential|route|service):[^{}]*\}:m:\d{6}$/,
+    type: "hash: as the day buckets",
+    ttlRule: "required",
+    ttl: "until the end of the month plus `monthly_retention_months` calendar months (PEXPIREAT, set by every flush)",
+    what: "one subject's counts of one UTC month; what billing reads (`krs usage show --csv`)",
+  },
+  {
+    plugin: "redis-usage",
+    kind: "quota",
+    pattern: "`krs:redis-usage:v1:{consumer:<subject>}:quota`",
+    match: /^krs:redis-usage:v1:\{(consumer|ip|credential):[^{}]*\}:quota$/,
+    type: "hash: `day`, `month` (the consumer's quotas, in the config's `quota_unit`)",
+    ttlRule: "none",
+    ttl: "**none: lives until deleted** (an operator's per-consumer setting, like an API key without expiry); `DELETE /redis-usage/quotas/{consumer}` or `krs usage quota clear` removes it",
+    what: "per-consumer quota overrides; read by usage-quota-3.lua (exact) and returned with every flush (batched)",
+  },
 ];
 
 /** Plugins that have keys in the table, in table order. */

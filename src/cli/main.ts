@@ -11,12 +11,14 @@ import { keysCommand } from "./keys.js";
 import { registerPurge } from "./purge.js";
 import { RedisConnectError } from "./redis.js";
 import { upstreamCommand } from "./upstream.js";
+import { registerUsage } from "./usage.js";
 
 /** Commands on commander, one line each. */
 const COMMANDS: Register[] = [
   registerInspect,
   registerPurge,
   registerDoctor,
+  registerUsage,
 ];
 
 /** Commands that still parse their own arguments (src/cli/args.ts); listed in `krs --help`. */

@@ -1,0 +1,328 @@
+/**
+ * redis-usage: usage metering for billing, and daily/monthly quotas.
+ *
+ * access: with a quota configured, decide it for the request's subject (its consumer, or
+ * the fallback): batched, on this worker's view (no Redis call); exact, with one EVALSHA
+ * (redis-lua/usage-quota-3.lua) that decides and counts atomically. header_filter: the
+ * quota headers, and the upstream's cost header read (and hidden). log: the request's
+ * increments go to the worker buffer (meter.ts), never to Redis: per subject, route and
+ * service, in the UTC day and month buckets; the buffer's timer flushes them.
+ */
+import { script } from "../../lib/redis/client";
+import { logThrottled, onRedisFailure } from "../../lib/redis/fault";
+import * as facts from "../../lib/facts";
+import { key, part } from "../../lib/keys";
+import { SUITE_VERSION } from "../../lib/version";
+import { type Bucket, dayExpiry, dayOf, monthExpiry, monthOf } from "./buckets";
+import { type Conf, MAX_COST } from "./conf";
+import { costPerKb, parseCost } from "./cost";
+import * as meter from "./meter";
+import * as quota from "./quota";
+import * as registry from "./registry";
+
+const PLUGIN = "redis-usage";
+const QUOTA_SCRIPT = "usage-quota";
+
+const LIMIT_DAY = "X-Usage-Limit-Day";
+const REMAINING_DAY = "X-Usage-Remaining-Day";
+const LIMIT_MONTH = "X-Usage-Limit-Month";
+const REMAINING_MONTH = "X-Usage-Remaining-Month";
+const RETRY_AFTER = "Retry-After";
+
+const STATUS_CLASSES: Record<number, string | undefined> = { [2]: "2xx", [3]: "3xx", [4]: "4xx", [5]: "5xx" };
+
+const ceil = math.ceil;
+const floor = math.floor;
+const tonumber = _G.tonumber;
+
+/** The buckets of the clock's current day and month, with each config's expiry times. */
+interface Clock {
+  day: Bucket;
+  month: Bucket;
+}
+let clock: Clock | undefined;
+
+function clockAt(this: void, now: number): Clock {
+  if (clock === undefined || now < clock.day.start || now >= clock.day.finish) clock = { day: dayOf(now), month: monthOf(now) };
+  return clock;
+}
+
+interface Expiry {
+  day: string;
+  month: string;
+  dayAt: number;
+  monthAt: number;
+}
+const expiryByConf = setmetatable(new LuaTable<Conf, Expiry>(), { __mode: "k" });
+
+function expiryOf(this: void, conf: Conf, c: Clock): Expiry {
+  let e = expiryByConf.get(conf);
+  if (e === undefined || e.day !== c.day.id || e.month !== c.month.id) {
+    e = { day: c.day.id, month: c.month.id, dayAt: dayExpiry(c.day, conf.daily_retention_days), monthAt: monthExpiry(c.month, conf.monthly_retention_months) };
+    expiryByConf.set(conf, e);
+  }
+  return e;
+}
+
+/** A metered subject: its key tag (`<kind>:<part(id)>`), its name when the tag had to hash it, and its keys. */
+interface Subject {
+  tag: string;
+  label: string;
+  quotaKey: string;
+  /** The buckets its day and month keys were built for. */
+  day: string;
+  month: string;
+  dayKey: string;
+  monthKey: string;
+}
+
+/** Subjects seen lately, so a request builds no key string (dropped wholesale past MAX_SUBJECTS). */
+const MAX_SUBJECTS = 10000;
+let subjects = new LuaTable<string, Subject>();
+let subjectCount = 0;
+
+function subjectOf(this: void, kind: string, id: string, c: Clock): Subject {
+  const memo = kind + "\0" + id;
+  let s = subjects.get(memo);
+  if (s === undefined) {
+    if (subjectCount >= MAX_SUBJECTS) {
+      subjects = new LuaTable();
+      subjectCount = 0;
+    }
+    const p = part(id);
+    const tag = `${kind}:${p}`;
+    s = { tag, label: p === id ? "" : id, quotaKey: key(PLUGIN, tag, "quota"), day: "", month: "", dayKey: "", monthKey: "" };
+    subjects.set(memo, s);
+    subjectCount++;
+  }
+  if (s.day !== c.day.id) {
+    s.day = c.day.id;
+    s.dayKey = key(PLUGIN, s.tag, "d", s.day);
+  }
+  if (s.month !== c.month.id) {
+    s.month = c.month.id;
+    s.monthKey = key(PLUGIN, s.tag, "m", s.month);
+  }
+  return s;
+}
+
+/** Whom the request is metered (and its quotas counted) to: its consumer, else the fallback. */
+function identify(this: void, conf: Conf, c: Clock): Subject | undefined {
+  const consumer = kong.client.get_consumer();
+  if (consumer !== undefined) {
+    const name = consumer.username ?? consumer.custom_id ?? consumer.id;
+    if (type(name) === "string" && name !== "") return subjectOf("consumer", name, c);
+  }
+  if (conf.fallback === "ip") return subjectOf("ip", kong.client.get_forwarded_ip(), c);
+  if (conf.fallback === "credential") {
+    const id = kong.client.get_credential()?.id;
+    if (type(id) === "string" && id !== "") return subjectOf("credential", id!, c);
+  }
+  return undefined;
+}
+
+function quotaOn(this: void, conf: Conf): boolean {
+  return type(conf.quota_day) === "number" || type(conf.quota_month) === "number";
+}
+
+/** The cost known before the response: the fixed one; 0 when the response decides it. */
+function costBefore(this: void, conf: Conf): number {
+  return type(conf.cost_header) === "string" || type(conf.cost_per_kb) === "number" ? 0 : conf.cost;
+}
+
+/** What the request cost, from the sources the config names (header, then per KiB, then fixed). */
+function costOf(this: void, conf: Conf, bodyBytes: number): number {
+  const ctx = kong.ctx.plugin;
+  if (type(conf.cost_header) === "string") {
+    const fromHeader = ctx["cost"] as number | undefined;
+    if (fromHeader !== undefined) return fromHeader;
+    if (ctx["bad_cost"] === true) logThrottled(PLUGIN, `${conf.cost_header} is not a whole number from 0 to ${MAX_COST}: cost ${conf.cost} counted`, conf);
+    if (type(conf.cost_per_kb) !== "number") return conf.cost;
+  }
+  if (type(conf.cost_per_kb) === "number") return costPerKb(conf.cost_per_kb!, bodyBytes);
+  return conf.cost;
+}
+
+type Headers = LuaTable<string, number>;
+
+interface Decision {
+  admitted: boolean;
+  dayLimit: number;
+  dayLeft: number;
+  monthLimit: number;
+  monthLeft: number;
+}
+
+function quotaHeaders(this: void, d: Decision): Headers {
+  const headers: Headers = new LuaTable();
+  if (d.dayLimit >= 0) {
+    headers.set(LIMIT_DAY, d.dayLimit);
+    headers.set(REMAINING_DAY, d.dayLeft);
+  }
+  if (d.monthLimit >= 0) {
+    headers.set(LIMIT_MONTH, d.monthLimit);
+    headers.set(REMAINING_MONTH, d.monthLeft);
+  }
+  return headers;
+}
+
+function reject(this: void, conf: Conf, d: Decision, c: Clock, now: number): never {
+  const headers = quotaHeaders(d);
+  // The bucket that refused: a full month waits for next month even when the day has room.
+  const until = d.monthLimit >= 0 && d.monthLeft <= 0 && !(d.dayLimit >= 0 && d.dayLeft <= 0 && c.day.finish >= c.month.finish) ? c.month.finish : c.day.finish;
+  headers.set(RETRY_AFTER, math.max(1, ceil((until - now) / 1000)));
+  return kong.response.error(conf.quota_status, conf.quota_message, headers as unknown as KongHeaders);
+}
+
+function left(this: void, limit: number, used: number): number {
+  return limit < 0 ? -1 : math.max(0, limit - used);
+}
+
+/** batched: this worker's view, no Redis call. */
+function decideBatched(this: void, conf: Conf, view: quota.View, need: number, costNow: number): Decision {
+  const unit = conf.quota_unit;
+  const dayLimit = view.overrideDay !== undefined && view.overrideDay >= 0 ? view.overrideDay : (conf.quota_day ?? -1);
+  const monthLimit = view.overrideMonth !== undefined && view.overrideMonth >= 0 ? view.overrideMonth : (conf.quota_month ?? -1);
+  const dayUsed = quota.used(view.day, unit);
+  const monthUsed = quota.used(view.month, unit);
+  const admitted = (dayLimit < 0 || dayUsed + need <= dayLimit) && (monthLimit < 0 || monthUsed + need <= monthLimit);
+  if (!admitted) return { admitted, dayLimit, dayLeft: left(dayLimit, dayUsed), monthLimit, monthLeft: left(monthLimit, monthUsed) };
+  quota.admit(view, 1, costNow);
+  const spent = unit === "cost" ? costNow : 1;
+  return { admitted, dayLimit, dayLeft: left(dayLimit, dayUsed + spent), monthLimit, monthLeft: left(monthLimit, monthUsed + spent) };
+}
+
+const handler: KongPluginHandler<Conf> = {
+  // Kong's quota plugins run after authentication and next to rate limiting (910).
+  PRIORITY: 905,
+  VERSION: SUITE_VERSION,
+
+  init_worker() {
+    meter.start();
+  },
+
+  configure(configs: Conf[] | undefined) {
+    registry.configure(configs ?? []);
+  },
+
+  access(conf) {
+    const ctx = kong.ctx.plugin;
+    // Admitted requests count towards quota_* even without a quota: one set later starts with this month's real use.
+    if (!quotaOn(conf)) {
+      ctx["admitted"] = true;
+      return;
+    }
+    facts.enter(PLUGIN);
+    const now = floor(ngx.now() * 1000 + 0.5);
+    const c = clockAt(now);
+    const subject = identify(conf, c);
+    if (subject === undefined) {
+      ctx["admitted"] = true;
+      return;
+    }
+    const costNow = costBefore(conf);
+    const need = conf.quota_unit === "cost" ? math.max(1, costNow) : 1;
+    let d: Decision;
+    if (conf.quota_mode === "exact") {
+      const e = expiryOf(conf, c);
+      const [reply, err] = script(conf.redis, {
+        script: QUOTA_SCRIPT,
+        keys: [subject.quotaKey, subject.dayKey, subject.monthKey],
+        args: [conf.quota_unit, need, costNow, conf.quota_day ?? -1, conf.quota_month ?? -1, e.dayAt, e.monthAt],
+      });
+      if (type(reply) !== "table") {
+        facts.limit({ plugin: PLUGIN, kind: "quota", admitted: conf.fault_tolerant, source: "fault" });
+        if (conf.fault_tolerant) ctx["admitted"] = true;
+        return onRedisFailure(PLUGIN, conf, reply === false ? `script ${QUOTA_SCRIPT} failed: ${err}` : err);
+      }
+      const r = reply as number[];
+      d = { admitted: r[0] === 1, dayLimit: r[1], dayLeft: r[2], monthLimit: r[3], monthLeft: r[4] };
+      if (d.admitted) ctx["counted_cost"] = costNow;
+    } else {
+      const view = quota.viewOf(`${registry.poolOf(conf)}\0${subject.tag}`, c.day.id, c.month.id);
+      d = decideBatched(conf, view, need, costNow);
+      if (d.admitted) {
+        ctx["view"] = view;
+        ctx["view_cost"] = costNow;
+      }
+    }
+    const limitLeft = d.monthLimit >= 0 && (d.dayLimit < 0 || d.monthLeft < d.dayLeft) ? [d.monthLimit, d.monthLeft] : [d.dayLimit, d.dayLeft];
+    facts.limit({ plugin: PLUGIN, kind: "quota", admitted: d.admitted, source: conf.quota_mode === "exact" ? "redis" : "worker", limit: limitLeft[0], remaining: limitLeft[1] });
+    if (!d.admitted) return reject(conf, d, c, now);
+    ctx["admitted"] = true;
+    ctx["headers"] = quotaHeaders(d);
+  },
+
+  header_filter(conf) {
+    const ctx = kong.ctx.plugin;
+    const headers = ctx["headers"] as Headers | undefined;
+    if (headers !== undefined) for (const [name, value] of pairs(headers)) kong.response.set_header(name, value);
+    const costHeader = conf.cost_header;
+    if (type(costHeader) !== "string") return;
+    const raw = kong.response.get_header(costHeader!);
+    if (raw !== undefined) {
+      const cost = parseCost(raw);
+      if (cost !== undefined) ctx["cost"] = cost;
+      else ctx["bad_cost"] = true;
+    }
+    if (conf.hide_cost_header) kong.response.clear_header(costHeader!);
+  },
+
+  log(conf) {
+    const ctx = kong.ctx.plugin;
+    const now = floor(ngx.now() * 1000 + 0.5);
+    const c = clockAt(now);
+    const e = expiryOf(conf, c);
+    const vars = ngx.var;
+    const bytesIn = tonumber(vars["request_length"]) ?? 0;
+    const bytesOut = tonumber(vars["bytes_sent"]) ?? 0;
+    const cost = costOf(conf, tonumber(vars["body_bytes_sent"]) ?? 0);
+    const status = kong.response.get_status();
+    const statusClass = STATUS_CLASSES[floor(status / 100)];
+
+    const admitted = ctx["admitted"] === true;
+    const countedCost = ctx["counted_cost"] as number | undefined;
+    // exact: the script counted the request (and the cost known then) at access
+    const quotaRequests = admitted && countedCost === undefined ? 1 : 0;
+    const quotaCost = admitted ? cost - (countedCost ?? 0) : 0;
+    const view = ctx["view"] as quota.View | undefined;
+    if (view !== undefined) quota.admit(view, 0, cost - ((ctx["view_cost"] as number | undefined) ?? 0));
+
+    const metered: Subject[] = [];
+    const subject = identify(conf, c);
+    if (subject !== undefined) metered[0] = subject;
+    const route = kong.router.get_route();
+    if (route !== undefined) metered[metered.length] = subjectOf("route", route.name ?? route.id, c);
+    const service = kong.router.get_service();
+    if (service !== undefined) metered[metered.length] = subjectOf("service", service.name ?? service.id, c);
+
+    const state = meter.stateFor(conf);
+    for (let i = 0; i < metered.length; i++) {
+      const s = metered[i];
+      for (let period = 0; period < 2; period++) {
+        const isDay = period === 0;
+        const entry = meter.entry(state, conf, isDay ? s.dayKey : s.monthKey, s.quotaKey, isDay ? e.dayAt : e.monthAt, s.label);
+        if (entry === undefined) continue;
+        const fields = entry.fields;
+        fields.set("requests", (fields.get("requests") ?? 0) + 1);
+        meter.add(entry, "bytes_in", bytesIn);
+        meter.add(entry, "bytes_out", bytesOut);
+        meter.add(entry, "cost", cost);
+        if (statusClass !== undefined) fields.set(statusClass, (fields.get(statusClass) ?? 0) + 1);
+        // Quotas are counted on the request's subject only (never on its route or service).
+        if (i === 0 && subject !== undefined) {
+          meter.add(entry, "quota_requests", quotaRequests);
+          meter.add(entry, "quota_cost", quotaCost);
+          if (view !== undefined || quotaOn(conf)) {
+            entry.view = view ?? quota.viewOf(`${registry.poolOf(conf)}\0${s.tag}`, c.day.id, c.month.id);
+            entry.period = isDay ? "day" : "month";
+            entry.bucket = isDay ? c.day.id : c.month.id;
+          }
+        }
+      }
+    }
+    meter.afterRequest();
+  },
+};
+
+export = handler;

@@ -1,0 +1,319 @@
+/**
+ * redis-usage's worker buffer: the log phase adds a request's increments here (no Redis,
+ * no I/O) and a timer flushes them, one pipelined round trip per Redis per flush_interval
+ * (sooner when flush_batch counter sets are pending), one usage-flush-2.lua call per
+ * counter set (one subject's one bucket; every key of a call shares the subject's tag).
+ *
+ * Nothing is lost on purpose:
+ * - a flush that fails (network, timeout, Redis restarting) keeps its batch, numbered,
+ *   and sends it again first with the next flush; the script applies a worker's batch
+ *   number once per counter set, so a batch whose reply was lost is not counted twice;
+ * - a counter set the script refuses (an error reply: a key of the wrong type) would be
+ *   refused forever: its counts are dropped, counted and logged;
+ * - past `max_pending` counter sets (Redis unreachable for long), increments for new ones
+ *   are dropped, counted and logged, never silently;
+ * - on a graceful stop or reload (SIGQUIT, SIGHUP: `nginx -s reload`, `kong reload`,
+ *   `krs gateway stop`) nginx runs the flush timer once more, early ("premature"), and it
+ *   flushes what is pending; a request finishing after that flushes from its own timer.
+ *   A config change (`POST /config`) does not touch the buffer: it is per worker and per
+ *   Redis, not per config.
+ * A worker that crashes (SIGKILL, segfault) loses what it had not flushed: at most
+ * flush_interval of its counts (more only while Redis was unreachable before the crash).
+ */
+import * as client from "../../lib/redis/client";
+import type { Call, PipelineReply } from "../../lib/redis/client";
+import { logThrottled } from "../../lib/redis/fault";
+import type { Conf } from "./conf";
+import * as quota from "./quota";
+
+const PLUGIN = "redis-usage";
+const SCRIPT = "usage-flush";
+/** Seconds between two checks for a due flush. */
+const TICK = 0.05;
+/** Counter sets one pipeline carries at most; the rest go with the next round trip. */
+const MAX_CALLS = 5000;
+/** Tries, and the pause between them, of the last flush of an exiting worker. */
+const EXIT_TRIES = 10;
+const EXIT_PAUSE = 0.2;
+
+/** One counter set's pending increments. */
+export interface Entry {
+  key: string;
+  /** The subject's quota override hash (read back with the flush). */
+  quotaKey: string;
+  expireAt: number;
+  /** The subject's name when its key part is a hash ("" otherwise). */
+  subject: string;
+  fields: LuaTable<string, number>;
+  /** Admitted requests' quota amounts in it, for the subject's quota view. */
+  view?: quota.View;
+  period?: "day" | "month";
+  bucket?: string;
+}
+
+interface Batch {
+  seq: number;
+  entries: Entry[];
+}
+
+export interface PoolState {
+  name: string;
+  /** The latest config seen for this Redis: the flush connects with its `redis`. */
+  conf: Conf;
+  open: LuaTable<string, Entry>;
+  openCount: number;
+  /** ngx.now() by which the open entries must be flushed (0 when none). */
+  dueAt: number;
+  sealed: Batch[];
+  sealedCount: number;
+  nextSeq: number;
+  flushing: boolean;
+  again: boolean;
+  /** Request counts dropped (max_pending, refused counter sets) since the last report. */
+  dropped: number;
+}
+
+const pools = new LuaTable<string, PoolState>();
+let timerStarted = false;
+let writerId: string | undefined;
+
+/** This worker's name in the scripts' flush bookkeeping: unique per node, pid and start. */
+function writer(this: void): string {
+  if (writerId === undefined) {
+    const [ok, id] = pcall(() => kong.node.get_id());
+    ngx.update_time();
+    writerId = `${ok && type(id) === "string" ? id : "node"}:${ngx.worker.pid()}:${math.floor(ngx.now() * 1000)}`;
+  }
+  return writerId;
+}
+
+/** The buffer of the Redis `conf` points at (one per pool name, whatever the config). */
+export function stateFor(this: void, conf: Conf): PoolState {
+  const name = client.poolName(conf.redis);
+  let state = pools.get(name);
+  if (state === undefined) {
+    state = { name, conf, open: new LuaTable(), openCount: 0, dueAt: 0, sealed: [], sealedCount: 0, nextSeq: 1, flushing: false, again: false, dropped: 0 };
+    pools.set(name, state);
+  }
+  state.conf = conf;
+  return state;
+}
+
+/** The pending entry of counter set `key`, or undefined when max_pending is reached (the caller counts the drop). */
+export function entry(this: void, state: PoolState, conf: Conf, key: string, quotaKey: string, expireAt: number, subject: string): Entry | undefined {
+  // Configs sharing this Redis may flush at different intervals: the soonest pending deadline wins.
+  const due = ngx.now() + conf.flush_interval / 1000;
+  if (state.dueAt === 0 || due < state.dueAt) state.dueAt = due;
+  let e = state.open.get(key);
+  if (e !== undefined) return e;
+  if (state.openCount + state.sealedCount >= conf.max_pending) {
+    state.dropped++;
+    return undefined;
+  }
+  e = { key, quotaKey, expireAt, subject, fields: new LuaTable() };
+  state.open.set(key, e);
+  state.openCount++;
+  if (state.openCount >= conf.flush_batch) flushSoon();
+  return e;
+}
+
+export function add(this: void, e: Entry, field: string, n: number): void {
+  if (n === 0) return;
+  e.fields.set(field, (e.fields.get(field) ?? 0) + n);
+}
+
+function seal(this: void, state: PoolState): void {
+  if (state.openCount === 0) return;
+  const entries: Entry[] = [];
+  for (const [, e] of pairs(state.open)) entries.push(e);
+  state.sealed.push({ seq: state.nextSeq, entries });
+  state.nextSeq++;
+  state.sealedCount += state.openCount;
+  state.open = new LuaTable();
+  state.openCount = 0;
+  state.dueAt = 0;
+}
+
+function callOf(this: void, seq: number, e: Entry): Call {
+  const args: (string | number)[] = [writer(), seq, e.expireAt, e.subject, 0];
+  let n = 0;
+  for (const [field, value] of pairs(e.fields)) {
+    args.push(field, value);
+    n++;
+  }
+  args[4] = n;
+  return { script: SCRIPT, keys: [e.key, e.quotaKey], args };
+}
+
+function requestsIn(this: void, e: Entry): number {
+  return e.fields.get("requests") ?? 0;
+}
+
+/**
+ * A refusal that will not go away by retrying: a key of the wrong type, or the script
+ * failing on it. Anything else (LOADING after a restart, BUSY, OOM, READONLY during a
+ * failover, a shutdown) is kept for the next flush.
+ */
+function permanent(this: void, message: string): boolean {
+  return string.find(message, "WRONGTYPE", 1, true)[0] !== undefined || string.find(message, "user_script", 1, true)[0] !== undefined
+    || string.find(message, "Error running script", 1, true)[0] !== undefined;
+}
+
+/**
+ * One round trip for the oldest sealed entries. A counter set goes at most once per round
+ * trip, its oldest pending batch first: a newer batch of it is only sent once Redis has
+ * answered for the older one, so the script's "applied up to" number never skips one.
+ * Returns whether Redis answered and whether any entry left the queue.
+ */
+function send(this: void, state: PoolState): LuaMultiReturn<[boolean, boolean]> {
+  const calls: Call[] = [];
+  const sent: Entry[] = [];
+  const sentSeq: number[] = [];
+  const inThisTrip = new LuaTable<string, boolean>();
+  for (const batch of state.sealed) {
+    for (const e of batch.entries) {
+      if (calls.length >= MAX_CALLS) break;
+      if (inThisTrip.has(e.key)) continue;
+      inThisTrip.set(e.key, true);
+      calls.push(callOf(batch.seq, e));
+      sent.push(e);
+      sentSeq.push(batch.seq);
+    }
+  }
+  if (calls.length === 0) return $multi(true, false);
+  const [replies, err] = client.pipeline(state.conf.redis, calls);
+  if (replies === undefined) {
+    logThrottled(PLUGIN, `flush failed, ${state.sealedCount + state.openCount} counter sets kept for the next one: ${err}`, state.conf);
+    return $multi(false, false);
+  }
+  const done = new LuaTable<Entry, boolean>();
+  let progress = false;
+  for (let i = 0; i < sent.length; i++) {
+    const reply = replies[i] as PipelineReply;
+    const e = sent[i];
+    const quotaRequests = e.fields.get("quota_requests") ?? 0;
+    const quotaCost = e.fields.get("quota_cost") ?? 0;
+    if (type(reply) === "table" && type((reply as unknown[])[0]) === "number") {
+      const r = reply as number[];
+      if (e.view !== undefined) quota.acknowledge(e.view, e.period!, e.bucket!, r[1], r[2], r[3], r[4], quotaRequests, quotaCost);
+      done.set(e, true);
+      continue;
+    }
+    const message = type(reply) === "table" ? tostring((reply as unknown[])[1]) : tostring(reply);
+    if (permanent(message)) {
+      logThrottled(PLUGIN, `redis refused the counts of ${e.key} (${requestsIn(e)} requests dropped): ${message}`, state.conf);
+      if (e.view !== undefined) quota.acknowledge(e.view, e.period!, e.bucket!, undefined, undefined, undefined, undefined, quotaRequests, quotaCost);
+      done.set(e, true);
+    } else {
+      logThrottled(PLUGIN, `redis refused a flush for now, its counts are kept for the next one: ${message}`, state.conf);
+    }
+  }
+  const left: Batch[] = [];
+  for (const batch of state.sealed) {
+    const entries: Entry[] = [];
+    for (const e of batch.entries) {
+      if (done.has(e)) progress = true;
+      else entries.push(e);
+    }
+    if (entries.length > 0) left.push({ seq: batch.seq, entries });
+  }
+  let removed = 0;
+  for (const [] of pairs(done)) removed++;
+  state.sealed = left;
+  state.sealedCount -= removed;
+  return $multi(true, progress);
+}
+
+function reportDrops(this: void, state: PoolState): void {
+  if (state.dropped === 0) return;
+  logThrottled(PLUGIN, `max_pending (${state.conf.max_pending}) counter sets reached: ${state.dropped} counts dropped`, state.conf);
+  state.dropped = 0;
+}
+
+/** Seals what is open and sends every sealed batch it can; one flush per pool at a time. */
+function flushPool(this: void, state: PoolState): boolean {
+  if (state.flushing) {
+    state.again = true;
+    return false;
+  }
+  state.flushing = true;
+  let answered = true;
+  const [ok, err] = pcall(() => {
+    for (let round = 0; round < 10; round++) {
+      state.again = false;
+      seal(state);
+      let progress = true;
+      // Bounded: each round trip takes at least one entry off the queue, or the loop ends.
+      while (answered && progress && state.sealedCount > 0) [answered, progress] = send(state);
+      if (!answered || !state.again) break;
+    }
+    reportDrops(state);
+  });
+  state.flushing = false;
+  if (!ok) logThrottled(PLUGIN, `flush failed: ${tostring(err)}`);
+  return ok && answered;
+}
+
+function pending(this: void, state: PoolState): number {
+  return state.openCount + state.sealedCount;
+}
+
+/** The last flush of an exiting worker: a few tries, then what is still pending is reported lost. */
+function flushAtExit(this: void): void {
+  for (const [, state] of pairs(pools)) {
+    for (let i = 0; i < EXIT_TRIES && pending(state) > 0; i++) {
+      // A flush already under way (a request's own timer) finishes first; it is bounded by the Redis timeout.
+      for (let wait = 0; state.flushing && wait < 1000; wait++) ngx.sleep(0.01);
+      // Requests still finishing add counts while a flush is in flight: flush again until none are left.
+      if (!flushPool(state)) ngx.sleep(EXIT_PAUSE);
+    }
+    if (pending(state) > 0) {
+      let requests = 0;
+      for (const [, e] of pairs(state.open)) requests += requestsIn(e);
+      for (const batch of state.sealed) for (const e of batch.entries) requests += requestsIn(e);
+      ngx.log(ngx.ERR, `[kong] [${PLUGIN}] worker exiting with Redis unreachable: ${pending(state)} counter sets (${requests} requests) lost`);
+    }
+  }
+}
+
+function tick(this: void, premature: boolean): void {
+  if (premature) return flushAtExit();
+  const now = ngx.now();
+  for (const [, state] of pairs(pools)) {
+    const due = (state.dueAt !== 0 && now >= state.dueAt) || (state.sealedCount > 0 && state.dueAt === 0);
+    if (due && !state.flushing) {
+      flushPool(state);
+      // A failed batch waits one interval, as new counts do.
+      if (state.sealedCount > 0 && state.dueAt === 0) state.dueAt = ngx.now() + state.conf.flush_interval / 1000;
+    }
+  }
+}
+
+function flushNow(this: void, premature: boolean): void {
+  if (premature) return flushAtExit();
+  // A flush under way is told to go round again (flushPool): these counts may have come after its seal.
+  for (const [, state] of pairs(pools)) if (pending(state) > 0) flushPool(state);
+}
+
+/** A flush as soon as possible (a full batch, or an exiting worker's late request). */
+export function flushSoon(this: void): void {
+  const [ok, err] = ngx.timer.at(0, flushNow);
+  if (ok === undefined && err !== "process exiting") logThrottled(PLUGIN, `could not start a flush: ${err}`);
+}
+
+/** Starts this worker's flush timer (init_worker, or the first request when the plugin came with a later config). */
+export function start(this: void): void {
+  if (timerStarted) return;
+  const [ok, err] = ngx.timer.every(TICK, tick);
+  if (ok === undefined) {
+    if (err !== "process exiting") logThrottled(PLUGIN, `could not start the flush timer: ${err}`);
+    return;
+  }
+  timerStarted = true;
+}
+
+/** After a request's increments: an exiting worker's timer has already run its last flush. */
+export function afterRequest(this: void): void {
+  if (!timerStarted) start();
+  if (ngx.worker.exiting()) flushSoon();
+}
