@@ -118,6 +118,21 @@ async function allKeys(redis: Redis): Promise<Set<string>> {
 
 afterAll(stopAll);
 
+/**
+ * Resolves once `child` has sent its first SCAN to `redis` (commandstats), and a moment
+ * more: a fixed delay before Ctrl-C raced node's start-up on a loaded machine (SIGINT
+ * before the handler existed).
+ */
+async function whenScanning(redis: Redis, child: ReturnType<typeof spawn>): Promise<void> {
+  const scans = async () => Number(/cmdstat_scan:calls=(\d+)/.exec(await redis.info("commandstats"))?.[1] ?? 0);
+  const before = await scans();
+  for (let i = 0; i < 300 && child.exitCode === null; i++) {
+    if ((await scans()) > before) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  await new Promise((r) => setTimeout(r, 300));
+}
+
 describe("krs inspect on 200,000 suite keys", () => {
   let redis: Redis;
   let url: string;
@@ -202,7 +217,7 @@ describe("krs inspect on 200,000 suite keys", () => {
     const child = spawn("node", [KRS, "inspect", "--redis", url, "--batch", "100", "--max-ops-per-sec", "2000", "--json"], { stdio: ["ignore", "pipe", "pipe"] });
     let out = "";
     child.stdout.on("data", (d) => (out += d));
-    await new Promise((r) => setTimeout(r, 1500));
+    await whenScanning(redis, child);
     child.kill("SIGINT");
     const code = await new Promise<number | null>((r) => child.once("exit", (c) => r(c)));
     expect(code).toBe(130);
@@ -297,7 +312,7 @@ describe("krs purge", () => {
     const child = spawn("node", [KRS, "purge", "--plugin", "redis-cache", "--redis", url, "--batch", "50", "--max-ops-per-sec", "500"], { stdio: ["ignore", "pipe", "pipe"] });
     let out = "";
     child.stdout.on("data", (d) => (out += d));
-    await new Promise((r) => setTimeout(r, 1500));
+    await whenScanning(redis, child);
     child.kill("SIGINT");
     const code = await new Promise<number | null>((r) => child.once("exit", (c) => r(c)));
     expect(code).toBe(130);
