@@ -43,6 +43,8 @@ const MAX_KEY_BYTES = 1024;
 const NEGATIVE_TTL = 1;
 
 const type_ = type;
+/** Credentials already reported as unusable by this worker: one warning each, not one per token. */
+const warned = new LuaTable<string, boolean>();
 
 
 /** A token this worker verified, as cached. */
@@ -327,7 +329,10 @@ function verifyToken(this: void, conf: JwtConf, p: Prepared, state: PoolState, r
   const record = credential.record;
   if (token.alg !== record.algorithm) return $multi(undefined, refusal("Invalid algorithm"), undefined);
   if (credential.unusable !== undefined) {
-    fault.logThrottled(PLUGIN, `credential ${record.id} cannot verify tokens: ${credential.unusable}`);
+    if (!warned.has(record.id)) {
+      warned.set(record.id, true);
+      kong.log.warn(`credential ${record.id} (key '${record.key}') cannot verify tokens: ${credential.unusable}`);
+    }
     return $multi(undefined, refusal("Invalid key/secret"), undefined);
   }
   let secret = credential.secret;

@@ -58,6 +58,8 @@ local MAX_KEY_BYTES = 1024
 --- Seconds an unknown credential is remembered as unknown.
 local NEGATIVE_TTL = 1
 local type_ = type
+--- Credentials already reported as unusable by this worker: one warning each, not one per token.
+local warned = {}
 local prepared = setmetatable({}, {__mode = "k"})
 local function optional(value)
     local ____temp_0
@@ -396,7 +398,10 @@ local function verifyToken(conf, p, state, raw)
         return nil, refusal("Invalid algorithm"), nil
     end
     if credential.unusable ~= nil then
-        fault.logThrottled(PLUGIN, (("credential " .. record.id) .. " cannot verify tokens: ") .. credential.unusable)
+        if not (warned[record.id] ~= nil) then
+            warned[record.id] = true
+            kong.log.warn((((("credential " .. record.id) .. " (key '") .. record.key) .. "') cannot verify tokens: ") .. credential.unusable)
+        end
         return nil, refusal("Invalid key/secret"), nil
     end
     local secret = credential.secret
