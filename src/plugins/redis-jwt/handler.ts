@@ -145,40 +145,40 @@ function setAnonymous(this: void, conf: JwtConf, p: Prepared, anonymous: string)
 
 // ---------------------------------------------------------------- finding the token
 
+// The token being collected (nothing between collecting and reading yields).
+let foundToken: string | undefined;
+let foundAnother = false;
+
+function note(this: void, t: unknown): void {
+  if (type_(t) !== "string" || t === "") return;
+  if (foundToken === undefined) foundToken = t as string;
+  else if (foundToken !== t) foundAnother = true;
+}
+
 /**
  * Every distinct token of the request, as Kong's jwt collects them: query arguments,
- * cookies, then `Bearer` headers. One token, nil (none), or "multiple".
+ * cookies, then `Bearer` headers. One token, nil (none), or a table (several).
  */
 function retrieveToken(this: void, conf: JwtConf): string | undefined | LuaTable<number, string> {
-  const seen = new LuaTable<string, boolean>();
-  let first: string | undefined;
-  let count = 0;
-  const add = (t: unknown) => {
-    if (type_(t) !== "string" || t === "" || seen.has(t as string)) return;
-    seen.set(t as string, true);
-    count++;
-    if (first === undefined) first = t as string;
-  };
-  if (conf.uri_param_names.length > 0) {
+  foundToken = undefined;
+  foundAnother = false;
+  // Most requests have no query string: no argument table is built for them.
+  if (conf.uri_param_names.length > 0 && kong.request.get_raw_query() !== "") {
     const args = kong.request.get_query();
     for (const name of conf.uri_param_names) {
       const value = args.get(name);
-      if (type_(value) === "table") for (const v of value as unknown[]) add(v);
-      else add(value);
+      if (type_(value) === "table") for (const v of value as unknown[]) note(v);
+      else note(value);
     }
   }
-  for (const name of conf.cookie_names) add(ngx.var["cookie_" + name]);
-  if (conf.header_names.length > 0) {
-    const headers = kong.request.get_headers();
-    for (const name of conf.header_names) {
-      let value = headers.get(name) as unknown;
-      if (type_(value) === "table") value = (value as string[])[0];
-      if (type_(value) === "string") add(bearerToken(value as string));
-    }
+  for (const name of conf.cookie_names) note(ngx.var["cookie_" + name]);
+  // A repeated header counts by its first value, as in Kong.
+  for (const name of conf.header_names) {
+    const value = kong.request.get_header(name);
+    if (value !== undefined) note(bearerToken(value));
   }
-  if (count === 0) return undefined;
-  if (count === 1) return first;
-  return new LuaTable<number, string>();
+  if (foundAnother) return new LuaTable<number, string>();
+  return foundToken;
 }
 
 // ---------------------------------------------------------------- credentials

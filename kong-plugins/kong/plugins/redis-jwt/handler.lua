@@ -152,57 +152,49 @@ local function setAnonymous(conf, p, anonymous)
     end
     setConsumer(consumer, nil, nil)
 end
---- Every distinct token of the request, as Kong's jwt collects them: query arguments,
--- cookies, then `Bearer` headers. One token, nil (none), or "multiple".
-local function retrieveToken(conf)
-    local seen = {}
-    local first
-    local count = 0
-    local function add(t)
-        if type_(t) ~= "string" or t == "" or seen[t] ~= nil then
-            return
-        end
-        seen[t] = true
-        count = count + 1
-        if first == nil then
-            first = t
-        end
+local foundToken
+local foundAnother = false
+local function note(t)
+    if type_(t) ~= "string" or t == "" then
+        return
     end
-    if #conf.uri_param_names > 0 then
+    if foundToken == nil then
+        foundToken = t
+    elseif foundToken ~= t then
+        foundAnother = true
+    end
+end
+--- Every distinct token of the request, as Kong's jwt collects them: query arguments,
+-- cookies, then `Bearer` headers. One token, nil (none), or a table (several).
+local function retrieveToken(conf)
+    foundToken = nil
+    foundAnother = false
+    if #conf.uri_param_names > 0 and kong.request.get_raw_query() ~= "" then
         local args = kong.request.get_query()
         for ____, name in ipairs(conf.uri_param_names) do
             local value = args[name]
             if type_(value) == "table" then
                 for ____, v in ipairs(value) do
-                    add(v)
+                    note(v)
                 end
             else
-                add(value)
+                note(value)
             end
         end
     end
     for ____, name in ipairs(conf.cookie_names) do
-        add(ngx.var["cookie_" .. name])
+        note(ngx.var["cookie_" .. name])
     end
-    if #conf.header_names > 0 then
-        local headers = kong.request.get_headers()
-        for ____, name in ipairs(conf.header_names) do
-            local value = headers[name]
-            if type_(value) == "table" then
-                value = value[1]
-            end
-            if type_(value) == "string" then
-                add(bearerToken(value))
-            end
+    for ____, name in ipairs(conf.header_names) do
+        local value = kong.request.get_header(name)
+        if value ~= nil then
+            note(bearerToken(value))
         end
     end
-    if count == 0 then
-        return nil
+    if foundAnother then
+        return {}
     end
-    if count == 1 then
-        return first
-    end
-    return {}
+    return foundToken
 end
 --- A record made ready to verify with: its secret opened or its public key parsed, once.
 local function prepareCredential(conf, field, record, now)
@@ -288,7 +280,7 @@ local function findCredential(conf, state, keyValue, kid)
                 while i < #fields do
                     do
                         if found[i + 1] ~= nil then
-                            goto __continue65
+                            goto __continue63
                         end
                         local ____records_2 = records
                         local ____j_1 = j
@@ -300,7 +292,7 @@ local function findCredential(conf, state, keyValue, kid)
                             state.credentials:set(fields[i + 1], entry, record == false and NEGATIVE_TTL or conf.cache_ttl)
                         end
                     end
-                    ::__continue65::
+                    ::__continue63::
                     i = i + 1
                 end
             end
@@ -314,12 +306,12 @@ local function findCredential(conf, state, keyValue, kid)
                 if entry ~= nil and entry.record ~= false then
                     local record = entry.record
                     if i == 0 and kid ~= nil and record.jwks == nil then
-                        goto __continue69
+                        goto __continue67
                     end
                     return entry, nil, fields[i + 1]
                 end
             end
-            ::__continue69::
+            ::__continue67::
             i = i + 1
         end
     end
