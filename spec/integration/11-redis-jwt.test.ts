@@ -51,6 +51,7 @@ function config(redisPort: number) {
         route("sub-claim", { key_claim_name: "kid_name" }),
         route("b64", { secret_is_base64: true }),
         route("preflight", { run_on_preflight: false }),
+        route("tolerant", { fault_tolerant: true, claims_to_verify: ["exp"] }),
       ],
     }],
     consumers,
@@ -90,6 +91,32 @@ function flipBit(token: string, at: number): string {
   const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
   const i = alphabet.indexOf(c);
   return token.slice(0, at) + alphabet[i ^ 1] + token.slice(at + 1);
+}
+
+/** The ids of the connections subscribed to something (every gateway worker has one). */
+async function subscriberIds(): Promise<number[]> {
+  const list = (await redis.call("CLIENT", "LIST", "TYPE", "pubsub")) as string;
+  return [...list.matchAll(/^id=(\d+) /gm)].map((m) => Number(m[1]));
+}
+
+/** Kills every subscription, then waits (bounded) until `n` new ones are up. */
+async function dropSubscriptions(n: number): Promise<void> {
+  const before = Math.max(0, ...(await subscriberIds()));
+  await redis.call("CLIENT", "KILL", "TYPE", "pubsub");
+  for (let i = 0; i < 150; i++) {
+    if ((await subscriberIds()).filter((id) => id > before).length >= n) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`fewer than ${n} new subscribers after 7.5 s`);
+}
+
+/** Waits (bounded) until `n` connections are subscribed. */
+async function subscribers(n: number): Promise<void> {
+  for (let i = 0; i < 150; i++) {
+    if ((await subscriberIds()).length >= n) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`fewer than ${n} subscribers after 7.5 s`);
 }
 
 /** Requests each worker sees: enough requests that both workers of a gateway served some. */
@@ -298,6 +325,21 @@ describe("Admin API and krs jwt", () => {
     expect(gw.unexpectedErrors()).toEqual([]);
   });
 
+  it("takes form-encoded bodies as Kong's Admin API does; a consumer Kong does not know is Kong's 401", async () => {
+    const form = (path: string, body: Record<string, string>) => fetch(`${gw.adminUrl}${path}`, { method: "POST", body: new URLSearchParams(body) });
+    const res = await form("/redis-jwt/credentials", { consumer: "alice", key: "form-issuer", secret: "form-secret" });
+    expect(res.status).toBe(201);
+    const token = signToken("HS256", "form-secret", { iss: "form-issuer", exp: now() + 60 });
+    expect((await get(`${gw.proxyUrl}/jwt`, bearer(token))).status).toBe(200);
+    expect((await form("/redis-jwt/revocations", { token })).status).toBe(201);
+    await new Promise((r) => setTimeout(r, 100));
+    expect((await get(`${gw.proxyUrl}/jwt`, bearer(token))).json()).toEqual({ message: "Token revoked" });
+    await createCredential(redis, { consumer: "ghost", key: "ghost-issuer", secret: "g", encryptionKey: ENCRYPTION_KEY });
+    const ghost = await get(`${gw.proxyUrl}/jwt`, bearer(signToken("HS256", "g", { iss: "ghost-issuer", exp: now() + 60 })));
+    expect(ghost.status).toBe(401);
+    expect(ghost.json()).toEqual({ message: "Could not find consumer for 'iss=ghost-issuer'" });
+  });
+
   it("krs jwt credentials, token, revoke and jwks import work as a new user would use them", async () => {
     const url = `redis://127.0.0.1:${redisServer.port}/0`;
     const env = process.env.KRS_JWT_ENCRYPTION_KEY;
@@ -413,6 +455,34 @@ describe("revocation", () => {
     await redis.publish("krs:redis-jwt:v1:invalidations", "r");
   });
 
+  it("while a worker's subscription is down it does not trust its \"not revoked\" answers; when it is back it drops them", async () => {
+    const sign = await hs256("subscription");
+    const token = sign({ jti: "lost-message" });
+    expect(await everyWorker(`${gw2.proxyUrl}/jwt`, bearer(token), 8)).not.toContain(401);
+    // A revocation whose message is lost: written without PUBLISH.
+    await redis.set(tokenRevocationKey("lost-message"), "1", "EX", 600);
+    expect(await everyWorker(`${gw2.proxyUrl}/jwt`, bearer(token), 8)).not.toContain(401);
+    // Subscriptions dropped and refused from now on: every worker must ask Redis again.
+    await redis.call("ACL", "SETUSER", "default", "-subscribe");
+    try {
+      await redis.call("CLIENT", "KILL", "TYPE", "pubsub");
+      await new Promise((r) => setTimeout(r, 100));
+      expect(new Set(await everyWorker(`${gw2.proxyUrl}/jwt`, bearer(token), 8))).toEqual(new Set([401]));
+      const other = sign({ jti: "still-fine" });
+      expect(new Set(await everyWorker(`${gw2.proxyUrl}/jwt`, bearer(other), 8))).toEqual(new Set([200]));
+    } finally {
+      await redis.call("ACL", "SETUSER", "default", "+subscribe");
+    }
+    // Back up: a second lost revocation is seen once the subscription is re-established.
+    const again = sign({ jti: "lost-after-reconnect" });
+    await subscribers(4);
+    expect(await everyWorker(`${gw2.proxyUrl}/jwt`, bearer(again), 8)).not.toContain(401);
+    await redis.set(tokenRevocationKey("lost-after-reconnect"), "1", "EX", 600);
+    await dropSubscriptions(4);
+    expect(new Set(await everyWorker(`${gw2.proxyUrl}/jwt`, bearer(again), 8))).toEqual(new Set([401]));
+    expect(gw2.unexpectedErrors(EXPECTED_REDIS_ERRORS)).toEqual([]);
+  }, 20_000);
+
   it("no key without a TTL except the credentials", async () => {
     const keys = await redis.keys("krs:redis-jwt:*");
     expect(keys.length).toBeGreaterThan(2);
@@ -453,6 +523,10 @@ describe("warm path and Redis down", () => {
     const unknown = await get(`${gw.proxyUrl}/jwt`, bearer(sign({ x: "new" })));
     expect(unknown.status).toBe(500);
     expect(unknown.json()).toEqual({ message: "An unexpected error occurred" });
+    // fault_tolerant: the request goes on unauthenticated, without identity headers of the client's.
+    const tolerated = await get(`${gw.proxyUrl}/tolerant`, { ...bearer(sign({ x: "tolerant" })), "x-consumer-username": "forged" });
+    expect(tolerated.status).toBe(200);
+    expect(tolerated.json().headers["x-consumer-username"]).toBeUndefined();
     expect(gw.unexpectedErrors(EXPECTED_REDIS_ERRORS)).toEqual([]);
   });
 });
