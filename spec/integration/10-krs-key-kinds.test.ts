@@ -29,6 +29,11 @@ describe("key kinds", () => {
       "redis-ip-access/version": "krs:redis-ip-access:v1:{blocklist}:version",
       "redis-ip-access/hits": "krs:redis-ip-access:v1:{blocklist}:hits:203.0.113.7",
       "redis-ip-access/changes": "krs:redis-ip-access:v1:changes",
+      "redis-jwt/credentials": "krs:redis-jwt:v1:{c}:credentials",
+      "redis-jwt/revoked-token": "krs:redis-jwt:v1:{r}:jti:#Zx3Kp9vQ2mN8bT1cY7wL4sR6dE0",
+      "redis-jwt/revoked-subject": "krs:redis-jwt:v1:{r}:sub:user-42",
+      "redis-jwt/revoked-consumer": "krs:redis-jwt:v1:{r}:consumer:alice",
+      "redis-jwt/invalidations": "krs:redis-jwt:v1:invalidations",
     };
     expect(Object.keys(samples).sort()).toEqual(KEY_KINDS.map((k) => `${k.plugin}/${k.kind}`).sort());
     for (const [id, key] of Object.entries(samples)) {
