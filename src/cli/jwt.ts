@@ -265,7 +265,9 @@ export async function revoke(redis: JwtRedis, r: Revocation): Promise<{ key: str
     const parts = r.token.split(".");
     const claims = parts.length === 3 ? decodeSegment(parts[1]) : undefined;
     if (claims === undefined) throw new JwtError("token: not a JWT");
-    jti = typeof claims.jti === "string" && claims.jti !== "" ? claims.jti : createHash("sha256").update(r.token, "utf8").digest("hex");
+    // As the plugin names it (token.ts jtiOf): a string, or an integer in decimal.
+    const claimed = typeof claims.jti === "string" && claims.jti !== "" ? claims.jti : Number.isSafeInteger(claims.jti) ? String(claims.jti) : undefined;
+    jti = claimed ?? createHash("sha256").update(r.token, "utf8").digest("hex");
     key = tokenRevocationKey(jti);
     until = typeof claims.exp === "number" && Number.isFinite(claims.exp) ? Math.floor(claims.exp) + skew : now + maxTtl;
   } else if (r.jti !== undefined) {

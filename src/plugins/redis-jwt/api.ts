@@ -183,7 +183,7 @@ const revoke: Endpoint = (self) => {
   if (tokenText !== undefined) {
     const [token, err] = jwt.parse(tokenText);
     if (token === undefined) return fail(400, `token: not a JWT (${err})`);
-    const tokenJti = jwt.stringClaim(token.claims, "jti") ?? crypto.toHex(crypto.sha256(tokenText));
+    const tokenJti = jwt.jtiOf(token.claims) ?? crypto.toHex(crypto.sha256(tokenText));
     const exp = jwt.numericClaim(token.claims, "exp");
     key = store.tokenRevocationKey(tokenJti);
     untilTime = exp !== undefined ? exp + skew : now + maxTtl;

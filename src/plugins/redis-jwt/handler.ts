@@ -359,7 +359,7 @@ function verifyToken(this: void, conf: JwtConf, p: Prepared, state: PoolState, r
 }
 
 function newEntry(this: void, conf: JwtConf, token: Token, record: CredentialRecord, consumer: KongConsumer, generation: number, _field: string): VerifiedToken {
-  const jti = jwt.stringClaim(token.claims, "jti") ?? crypto.toHex(crypto.sha256(token.raw));
+  const jti = jwt.jtiOf(token.claims) ?? crypto.toHex(crypto.sha256(token.raw));
   const keys = [store.tokenRevocationKey(jti)];
   const sub = jwt.stringClaim(token.claims, "sub");
   if (sub !== undefined) keys.push(store.subjectRevocationKey(sub));

@@ -106,6 +106,16 @@ export function numericClaim(this: void, claims: LuaTable<string, unknown>, name
   return floor(value as number);
 }
 
+/**
+ * The token's `jti` as revocations name it: a non-empty string as is, an integer in
+ * decimal (krs jwt does the same); nil for anything else.
+ */
+export function jtiOf(this: void, claims: LuaTable<string, unknown>): string | undefined {
+  const value = claims.get("jti");
+  if (type(value) === "number" && value === floor(value as number) && math.abs(value as number) < 2 ** 53) return string.format("%d", value);
+  return stringClaim(claims, "jti");
+}
+
 /** A string claim, or nil. */
 export function stringClaim(this: void, claims: LuaTable<string, unknown>, name: string): string | undefined {
   const value = claims.get(name);

@@ -260,7 +260,7 @@ local function revoke(____self)
                 ("token: not a JWT (" .. tostring(err)) .. ")"
             )
         end
-        local tokenJti = jwt.stringClaim(token.claims, "jti") or crypto.toHex(crypto.sha256(tokenText))
+        local tokenJti = jwt.jtiOf(token.claims) or crypto.toHex(crypto.sha256(tokenText))
         local exp = jwt.numericClaim(token.claims, "exp")
         key = store.tokenRevocationKey(tokenJti)
         untilTime = exp ~= nil and exp + skew or now + maxTtl

@@ -15,7 +15,7 @@ local bearerToken = ____util.bearerToken
 local challenges = ____util.challenges
 local STALE_GRACE = ____util.STALE_GRACE
 function newEntry(conf, token, record, consumer, generation, _field)
-    local jti = jwt.stringClaim(token.claims, "jti") or crypto.toHex(crypto.sha256(token.raw))
+    local jti = jwt.jtiOf(token.claims) or crypto.toHex(crypto.sha256(token.raw))
     local keys = {store.tokenRevocationKey(jti)}
     local sub = jwt.stringClaim(token.claims, "sub")
     if sub ~= nil then

@@ -3,6 +3,11 @@ local ____exports = {}
 local cjson = require("cjson.safe")
 local ____sign = require("krs.crypto.sign")
 local isAlgorithm = ____sign.isAlgorithm
+--- A string claim, or nil.
+function ____exports.stringClaim(claims, name)
+    local value = claims[name]
+    return type(value) == "string" and value ~= "" and value or nil
+end
 local find = string.find
 local gsub = string.gsub
 local rep = string.rep
@@ -111,9 +116,13 @@ function ____exports.numericClaim(claims, name)
     end
     return floor(value)
 end
---- A string claim, or nil.
-function ____exports.stringClaim(claims, name)
-    local value = claims[name]
-    return type(value) == "string" and value ~= "" and value or nil
+--- The token's `jti` as revocations name it: a non-empty string as is, an integer in
+-- decimal (krs jwt does the same); nil for anything else.
+function ____exports.jtiOf(claims)
+    local value = claims.jti
+    if type(value) == "number" and value == floor(value) and math.abs(value) < 2 ^ 53 then
+        return string.format("%d", value)
+    end
+    return ____exports.stringClaim(claims, "jti")
 end
 return ____exports
