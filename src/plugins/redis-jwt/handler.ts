@@ -276,7 +276,9 @@ function checkRevocation(this: void, conf: JwtConf, state: PoolState, entry: Ver
   const [revoked, before, err] = store.revocationState(conf.redis, entry.revocationKeys);
   const now = ngx.now();
   if (revoked === undefined) {
-    if (entry.revocation_generation >= 0 && now - entry.revocation_checked_at <= STALE_GRACE) {
+    // Nobody can revoke while Redis is down; what this worker knew stays good for as long
+    // as a lost message may cost (cache_ttl), plus the grace.
+    if (entry.revocation_generation >= 0 && now - entry.revocation_checked_at <= conf.cache_ttl + STALE_GRACE) {
       fault.logThrottled(PLUGIN, `redis unavailable: ${err ?? "unknown error"} (recently checked tokens keep working)`, conf);
       return $multi(undefined, undefined);
     }

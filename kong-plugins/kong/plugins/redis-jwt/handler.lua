@@ -324,7 +324,7 @@ local function checkRevocation(conf, state, entry)
     local revoked, before, err = store.revocationState(conf.redis, entry.revocationKeys)
     local now = ngx.now()
     if revoked == nil then
-        if entry.revocation_generation >= 0 and now - entry.revocation_checked_at <= STALE_GRACE then
+        if entry.revocation_generation >= 0 and now - entry.revocation_checked_at <= conf.cache_ttl + STALE_GRACE then
             fault.logThrottled(PLUGIN, ("redis unavailable: " .. (err or "unknown error")) .. " (recently checked tokens keep working)", conf)
             return nil, nil
         end
