@@ -1,3 +1,4 @@
+import { createHmac, generateKeyPairSync, sign } from "node:crypto";
 // Benchmark scenarios. To add one (a plugin, say), append an entry to SCENARIOS: give it
 // a gateway config (usually `oneService(env, { plugins: [...] })`), a path, and the
 // scenario it is compared with (usually `gateway-no-plugins`).
@@ -154,6 +155,64 @@ async function seedIpAccess100k(env: BenchEnv): Promise<void> {
   }
 }
 
+
+/** redis-jwt: the HS* secrets are sealed under this (the scenarios' credential_encryption_key). */
+const BENCH_JWT_ENCRYPTION_KEY = "krs-bench-encryption-key";
+const BENCH_JWT_SECRET = "krs-bench-hs256-secret";
+/** The RS256 key pair and token of jwt-valid-warm, made once per run (wrk's headers are fixed). */
+const BENCH_RSA = (() => {
+  const { publicKey, privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
+  const b64 = (v: string) => Buffer.from(v).toString("base64url");
+  const input = `${b64('{"alg":"RS256","typ":"JWT"}')}.${b64('{"iss":"bench-rs","sub":"bench","exp":4102444800}')}`;
+  return { publicPem: publicKey.export({ type: "spki", format: "pem" }).toString(), token: `${input}.${sign("sha256", Buffer.from(input), privateKey).toString("base64url")}` };
+})();
+
+async function createJwtCredentials(env: BenchEnv): Promise<void> {
+  const { Redis } = await import("ioredis");
+  const { createCredential, withScripts } = await import("../src/cli/jwt.js");
+  const redis = withScripts(new Redis({ port: env.redisPort }));
+  try {
+    await createCredential(redis, { consumer: "bench", key: "bench-rs", algorithm: "RS256", rsa_public_key: BENCH_RSA.publicPem });
+    await createCredential(redis, { consumer: "bench", key: "bench-hs", algorithm: "HS256", secret: BENCH_JWT_SECRET, encryptionKey: BENCH_JWT_ENCRYPTION_KEY });
+  } finally {
+    redis.disconnect();
+  }
+}
+
+/** A token for the check request of jwt-unique-tokens (wrk then signs a new one per request). */
+function benchHsToken(): string {
+  const b64 = (v: string) => Buffer.from(v).toString("base64url");
+  const input = `${b64('{"alg":"HS256","typ":"JWT"}')}.${b64('{"iss":"bench-hs","exp":4102444800,"jti":"check"}')}`;
+  return `${input}.${createHmac("sha256", BENCH_JWT_SECRET).update(input).digest("base64url")}`;
+}
+
+function jwtPlugin(env: BenchEnv): PluginEntry {
+  return { name: "redis-jwt", config: { credential_encryption_key: BENCH_JWT_ENCRYPTION_KEY, claims_to_verify: ["exp"], redis: { port: env.redisPort } } };
+}
+
+/**
+ * wrk signs a new HS256 token per request with the libcrypto it links (HMAC and
+ * EVP_EncodeBlock through LuaJIT's FFI): each thread numbers its tokens' jti.
+ */
+const UNIQUE_JWT_LUA = [
+  "local ffi = require('ffi')",
+  "ffi.cdef[[unsigned char *HMAC(const void *md, const void *key, int key_len, const unsigned char *d, size_t n, unsigned char *out, unsigned int *out_len); const void *EVP_sha256(void); int EVP_EncodeBlock(unsigned char *t, const unsigned char *f, int n);]]",
+  "local C = ffi.C",
+  "local mac, maclen, enc = ffi.new('unsigned char[32]'), ffi.new('unsigned int[1]'), ffi.new('unsigned char[512]')",
+  "local function b64url(s) local n = C.EVP_EncodeBlock(enc, s, #s); return (ffi.string(enc, n):gsub('[+/=]', { ['+'] = '-', ['/'] = '_', ['='] = '' })) end",
+  `local secret = '${BENCH_JWT_SECRET}'`,
+  "local header = b64url('{\"alg\":\"HS256\",\"typ\":\"JWT\"}')",
+  "local threads = 0",
+  "function setup(thread) threads = threads + 1; thread:set('tid', threads) end",
+  "local n = 0",
+  "function request()",
+  "  n = n + 1",
+  "  local input = header .. '.' .. b64url('{\"iss\":\"bench-hs\",\"exp\":4102444800,\"jti\":\"' .. tid .. '-' .. n .. '\"}')",
+  "  C.HMAC(C.EVP_sha256(), secret, #secret, input, #input, mac, maclen)",
+  "  return wrk.format(nil, '/', { Authorization = 'Bearer ' .. input .. '.' .. b64url(ffi.string(mac, 32)) })",
+  "end",
+].join("\n");
+
 export const SCENARIOS: Scenario[] = [
   {
     name: "upstream-direct",
@@ -277,6 +336,30 @@ export const SCENARIOS: Scenario[] = [
       "local n = 0",
       "function request() n = n + 1; return wrk.format(nil, \"/?miss=\" .. tid .. \"-\" .. n) end",
     ].join("\n"),
+    baseline: "gateway-no-plugins",
+  },
+  {
+    name: "jwt-valid-warm",
+    description: "redis-jwt, the same RS256 token on every request: verified once per worker, then no signature check and no Redis call",
+    target: "gateway",
+    needsRedis: true,
+    config: (env) => oneService(env, { plugins: [jwtPlugin(env)], consumers: [{ username: "bench" }] }),
+    setup: createJwtCredentials,
+    headers: { Authorization: `Bearer ${BENCH_RSA.token}` },
+    path: "/",
+    baseline: "gateway-no-plugins",
+    goal: 0.95, // issue 10: jwt-valid-warm >= 0.95x and 0 Redis calls per request
+  },
+  {
+    name: "jwt-unique-tokens",
+    description: "redis-jwt, a new HS256 token per request (wrk signs each): HMAC verify + one Redis round trip (the revocation MGET)",
+    target: "gateway",
+    needsRedis: true,
+    config: (env) => oneService(env, { plugins: [jwtPlugin(env)], consumers: [{ username: "bench" }] }),
+    setup: createJwtCredentials,
+    headers: { Authorization: `Bearer ${benchHsToken()}` },
+    wrkLua: UNIQUE_JWT_LUA,
+    path: "/",
     baseline: "gateway-no-plugins",
   },
   {

@@ -466,6 +466,155 @@ end
 rcall("PUBLISH", channel, list)
 return { live and 1 or 0, version }
 ]==] }
+scripts["jwt-credentials"] = { sha1 = "113051d4e8f6a68d987e19d5ada2886f2fdc8ed6", numkeys = 1, source = [==[
+-- redis-jwt: change the credentials and tell every gateway worker, atomically.
+--
+-- All credentials live in one hash, one field each: `key:<key>` for a credential matched
+-- against the token's key claim, `kid:<kid>` for a key imported from a JWKS (matched
+-- against the token's `kid` header). Every change PUBLISHes "c" on the invalidation
+-- channel in the same script, so a credential never changes in Redis without the message
+-- that drops it from the worker caches.
+--
+-- KEYS[1]  credentials  krs:redis-jwt:v1:{c}:credentials   hash  field -> JSON record
+--
+-- ARGV[1]  op       "put"     add ARGV[4] as field ARGV[3] unless it exists
+--                   "delete"  remove field ARGV[3], or the record whose id is ARGV[3]
+--                   "jwks"    replace every `kid:` field whose record has `jwks` = ARGV[3]
+--                             by the fields/records in ARGV[4..] (pairs), in one step
+-- ARGV[2]  channel  krs:redis-jwt:v1:invalidations
+-- ARGV[3]  field, id or JWKS set name
+-- ARGV[4…] put: the JSON record; jwks: field, record, field, record, …
+--
+-- Reply: put     { 1 } stored, { 0 } the field exists already
+--        delete  { 1, field } removed, { 0, "" } no such credential
+--        jwks    { 1, removed, added }; { 0, field } when a kid is held by another set
+--                or by no set (nothing changed)
+--
+-- Clock: none.
+local rcall = redis.call
+
+local credentials = KEYS[1]
+local op = ARGV[1]
+local channel = ARGV[2]
+local target = ARGV[3]
+
+if op == "put" then
+  if rcall("HSETNX", credentials, target, ARGV[4]) == 0 then
+    return { 0 }
+  end
+  rcall("PUBLISH", channel, "c")
+  return { 1 }
+end
+
+if op == "delete" then
+  if rcall("HDEL", credentials, target) == 1 then
+    rcall("PUBLISH", channel, "c")
+    return { 1, target }
+  end
+  local flat = rcall("HGETALL", credentials)
+  for i = 1, #flat, 2 do
+    local ok, record = pcall(cjson.decode, flat[i + 1])
+    if ok and type(record) == "table" and record.id == target then
+      rcall("HDEL", credentials, flat[i])
+      rcall("PUBLISH", channel, "c")
+      return { 1, flat[i] }
+    end
+  end
+  return { 0, "" }
+end
+
+if op == "jwks" then
+  local flat = rcall("HGETALL", credentials)
+  local owned = {}
+  local holder = {}
+  for i = 1, #flat, 2 do
+    local ok, record = pcall(cjson.decode, flat[i + 1])
+    local set = ok and type(record) == "table" and record.jwks or nil
+    holder[flat[i]] = set or false
+    if set == target then
+      owned[#owned + 1] = flat[i]
+    end
+  end
+  for i = 4, #ARGV, 2 do
+    local current = holder[ARGV[i]]
+    if current ~= nil and current ~= target then
+      return { 0, ARGV[i] }
+    end
+  end
+  for _, field in ipairs(owned) do
+    rcall("HDEL", credentials, field)
+  end
+  local added = 0
+  for i = 4, #ARGV, 2 do
+    rcall("HSET", credentials, ARGV[i], ARGV[i + 1])
+    added = added + 1
+  end
+  rcall("PUBLISH", channel, "c")
+  return { 1, #owned, added }
+end
+
+return redis.error_reply("unknown op " .. tostring(op))
+]==] }
+scripts["jwt-revoke"] = { sha1 = "556643579d213f3a3d0284a962557345370b45c6", numkeys = 1, source = [==[
+-- redis-jwt: record one revocation and tell every gateway worker, atomically.
+--
+-- One key per revocation, each with its own expiry (never one set whose EXPIREAT would
+-- re-time every entry):
+--   token    krs:redis-jwt:v1:{r}:jti:<part(jti or SHA-256 hex of the token)>  "1"
+--            kept until the token's own exp (+ clock_skew), then useless: Redis drops it.
+--   subject  krs:redis-jwt:v1:{r}:sub:<part(sub)> or :consumer:<part(consumer)>  "<T>"
+--            tokens of that subject issued before T (unix seconds) are refused; a later
+--            marker never moves T back, and the expiry only ever grows.
+-- Then PUBLISHes "r" on the invalidation channel: every worker stops trusting its
+-- "not revoked" answers and asks Redis again.
+--
+-- KEYS[1]  the revocation key (above)
+--
+-- ARGV[1]  kind      "token" or "before"
+-- ARGV[2]  before    kind "before": T, unix seconds; kind "token": ignored
+-- ARGV[3]  until     unix seconds when the entry stops mattering (EXPIREAT)
+-- ARGV[4]  now       unix seconds, the caller's clock
+-- ARGV[5]  channel   krs:redis-jwt:v1:invalidations
+--
+-- Reply: { 1, until, before }  stored (until: the key's expiry after this call)
+--        { 0, 0, 0 }           nothing to store: ARGV[3] is not after ARGV[4] (the token
+--                              has expired already); nothing published
+--
+-- Clock: only ARGV[4], the caller's (Redis's own clock drops the key at ARGV[3]).
+local rcall = redis.call
+
+local key = KEYS[1]
+local kind = ARGV[1]
+local before = tonumber(ARGV[2]) or 0
+local expire_at = tonumber(ARGV[3])
+local now = tonumber(ARGV[4])
+local channel = ARGV[5]
+
+if not expire_at or not now or expire_at <= now then
+  return { 0, 0, 0 }
+end
+
+if kind == "before" then
+  local current = tonumber(rcall("GET", key))
+  if current and current > before then
+    before = current
+  end
+  local ttl = rcall("TTL", key)
+  if ttl > 0 and now + ttl > expire_at then
+    expire_at = now + ttl
+  end
+  rcall("SET", key, string.format("%d", before))
+else
+  local ttl = rcall("TTL", key)
+  if ttl > 0 and now + ttl > expire_at then
+    expire_at = now + ttl
+  end
+  rcall("SET", key, "1")
+end
+rcall("EXPIREAT", key, expire_at)
+rcall("PUBLISH", channel, "r")
+return { 1, expire_at, before }
+]==] }
 scripts["key-auth-create"] = { sha1 = "c4069f77be514ade797d80d2f9f51b0efbe34797", numkeys = 3, source = [==[
 -- redis-key-auth: store a new API key (its SHA-256, never the key) and index it, atomically.
 --

@@ -20,10 +20,11 @@ const sha = (s: string) => createHash("sha256").update(s).digest("hex");
 const pad = (i: number) => "x".repeat(10 + (i * 7919) % 300);
 
 /** Keys of every kind; sizes vary so the memory estimate has something to estimate. */
-async function fill(redis: Redis, n: { rl: number; ka: number; cache: number; other: number; ip?: number; usage?: number }, gen = 3): Promise<Record<string, string[]>> {
+async function fill(redis: Redis, n: { rl: number; ka: number; cache: number; other: number; ip?: number; usage?: number; jwt?: number }, gen = 3): Promise<Record<string, string[]>> {
   const made: Record<string, string[]> = {
     counters: [], key: [], ids: [], expiring: [], generation: [], entry: [], fill: [], refresh: [], other: [],
     entries: [], reasons: [], version: [], hits: [], day: [], month: [], quota: [],
+    credentials: [], "revoked-token": [], "revoked-subject": [], "revoked-consumer": [],
   };
   let p = redis.pipeline();
   let queued = 0;
@@ -95,6 +96,20 @@ async function fill(redis: Redis, n: { rl: number; ka: number; cache: number; ot
     queued += 5;
     await flush();
   }
+  // redis-jwt: the credentials hash and n.jwt revocations of each kind.
+  if ((n.jwt ?? 0) > 0) {
+    p.hset("krs:redis-jwt:v1:{c}:credentials", "key:a", pad(1), "kid:b", pad(2));
+    made.credentials.push("krs:redis-jwt:v1:{c}:credentials");
+  }
+  for (let i = 0; i < (n.jwt ?? 0); i++) {
+    for (const [kind, k] of [["revoked-token", `jti:jti-${i}`], ["revoked-subject", `sub:user-${i}`], ["revoked-consumer", `consumer:c-${i}`]]) {
+      const key = `krs:redis-jwt:v1:{r}:${k}`;
+      p.set(key, kind === "revoked-token" ? "1" : pad(i), "PX", 600_000);
+      made[kind].push(key);
+    }
+    queued += 3;
+    await flush();
+  }
   for (let i = 0; i < n.other; i++) {
     p.set(`app:session:${i}`, "v");
     made.other.push(`app:session:${i}`);
@@ -143,7 +158,7 @@ describe("krs inspect on 200,000 suite keys", () => {
     const server = await startRedis();
     url = `redis://127.0.0.1:${server.port}`;
     redis = new Redis({ port: server.port });
-    made = await fill(redis, { rl: 80_000, ka: 40_000, cache: 79_982, other: 1000, ip: 50, usage: 5 });
+    made = await fill(redis, { rl: 80_000, ka: 40_000, cache: 79_861, other: 1000, ip: 50, usage: 5, jwt: 40 });
     await redis.hset(planted, "minute:count", "1"); // no TTL: must be flagged
     made.counters.push(planted);
   }, 120_000);

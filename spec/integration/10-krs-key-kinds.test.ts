@@ -32,6 +32,11 @@ describe("key kinds", () => {
       "redis-usage/day": "krs:redis-usage:v1:{consumer:#Zm9v}:d:20261130",
       "redis-usage/month": "krs:redis-usage:v1:{route:checkout}:m:202611",
       "redis-usage/quota": "krs:redis-usage:v1:{consumer:alice}:quota",
+      "redis-jwt/credentials": "krs:redis-jwt:v1:{c}:credentials",
+      "redis-jwt/revoked-token": "krs:redis-jwt:v1:{r}:jti:#Zx3Kp9vQ2mN8bT1cY7wL4sR6dE0",
+      "redis-jwt/revoked-subject": "krs:redis-jwt:v1:{r}:sub:user-42",
+      "redis-jwt/revoked-consumer": "krs:redis-jwt:v1:{r}:consumer:alice",
+      "redis-jwt/invalidations": "krs:redis-jwt:v1:invalidations",
     };
     expect(Object.keys(samples).sort()).toEqual(KEY_KINDS.map((k) => `${k.plugin}/${k.kind}`).sort());
     for (const [id, key] of Object.entries(samples)) {

@@ -7,6 +7,7 @@ import { registerDoctor } from "./doctor.js";
 import { GatewayError, gatewayCommand } from "./gateway.js";
 import { registerInspect } from "./inspect.js";
 import { ipCommand } from "./ip.js";
+import { jwtCommand } from "./jwt.js";
 import { keysCommand } from "./keys.js";
 import { registerPurge } from "./purge.js";
 import { RedisConnectError } from "./redis.js";
@@ -27,6 +28,7 @@ const OWN_PARSER: Record<string, { run: (argv: string[]) => Promise<number>; usa
   upstream: { run: upstreamCommand, usage: "upstream [--port P] [--host H]   demo upstream (httpbin-like)" },
   keys: { run: keysCommand, usage: "keys create|revoke|list ...   redis-key-auth API keys (krs keys --help)" },
   cache: { run: cacheCommand, usage: "cache purge [KEY] [--redis URL]   drop one redis-cache entry, or all of them" },
+  jwt: { run: jwtCommand, usage: "jwt credentials|jwks|revoke|token ...   redis-jwt credentials, revocations, test tokens (krs jwt --help)" },
   ip: { run: ipCommand, usage: "ip deny|allow add|remove|list LIST [CIDR] [--ttl 1h] [--reason TEXT] [--redis URL]   redis-ip-access lists" },
 };
 
