@@ -27,6 +27,10 @@ declare interface NgxShDict {
   delete(this: NgxShDict, key: string): void;
   flush_all(this: NgxShDict): void;
   get_keys(this: NgxShDict, max_count?: number): string[];
+  /** Bytes of the zone (lua-resty-core). */
+  capacity(this: NgxShDict): number;
+  /** Bytes in free pages (lua-resty-core); a partly used slab page counts as used. */
+  free_space(this: NgxShDict): number;
 }
 
 /** A cosocket (ngx.socket.tcp()): colon-called. */

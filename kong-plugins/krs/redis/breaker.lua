@@ -74,4 +74,9 @@ function ____exports.report(pool, outcome, probe)
         circuit.probeUntil = 0
     end
 end
+--- True while this worker's circuit for `pool` is open (for metrics; changes nothing).
+function ____exports.isOpen(pool)
+    local circuit = circuits[pool]
+    return circuit ~= nil and circuit.retryAt ~= 0
+end
 return ____exports

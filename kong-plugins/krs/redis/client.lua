@@ -27,6 +27,22 @@ function ____exports.poolName(conf)
     poolNames[conf] = name
     return name
 end
+--- The pools of the Redis configs this worker has used (for metrics), each once.
+function ____exports.knownPools()
+    local seen = {}
+    local out = {}
+    for ____, name in pairs(poolNames) do
+        do
+            if seen[name] == true then
+                goto __continue5
+            end
+            seen[name] = true
+            out[#out + 1] = name
+        end
+        ::__continue5::
+    end
+    return out
+end
 local function send(red, command, argv)
     local fn = red[command]
     return fn(

@@ -85,3 +85,9 @@ export function report(this: void, pool: string, outcome: Outcome, probe: boolea
   }
 }
 
+
+/** True while this worker's circuit for `pool` is open (for metrics; changes nothing). */
+export function isOpen(this: void, pool: string): boolean {
+  const circuit = circuits.get(pool);
+  return circuit !== undefined && circuit.retryAt !== 0;
+}

@@ -47,6 +47,18 @@ export function poolName(this: void, conf: RedisConf): string {
   return name;
 }
 
+/** The pools of the Redis configs this worker has used (for metrics), each once. */
+export function knownPools(this: void): string[] {
+  const seen = new LuaTable<string, boolean>();
+  const out: string[] = [];
+  for (const [, name] of pairs(poolNames)) {
+    if (seen.get(name) === true) continue;
+    seen.set(name, true);
+    out.push(name);
+  }
+  return out;
+}
+
 /**
  * An optional string field is set only when it is a non-empty string: Kong may hand
  * unset fields over as ngx.null, and turns an unresolvable vault reference into "".

@@ -1,0 +1,215 @@
+/**
+ * Where the counters live: the krs_metrics shared dict, one value per series. A request
+ * never takes the dict's lock to count: it adds to this worker's buffer (a plain Lua
+ * table), and a timer merges the buffer into the dict every FLUSH_INTERVAL with one
+ * incr per series touched, as Kong's exporter does with resty.counter. The scrape merges
+ * its own worker's buffer first; another worker's shows within FLUSH_INTERVAL.
+ *
+ * The dict is bounded by max_series (series as Prometheus counts them: every histogram
+ * bucket, _sum and _count). A label set is admitted once per node, on first use, by
+ * reserving its series in the dict's series count; one that does not fit is never created
+ * and its updates are counted in krs_metrics_series_dropped_total. A worker remembers only
+ * the label sets the node admitted, so its memory has the same bound.
+ *
+ * Dict keys: a series is `name{labels}`, a histogram's parts `name{labels}\t<part>` with
+ * part "b01".. (observations in that bucket alone, made cumulative at exposition), "sum"
+ * and "count". Keys of the store itself start with "#".
+ */
+import type { MetricDef } from "./metrics";
+
+export const DICT = "krs_metrics";
+/** Seconds between two merges of a worker's buffer into the dict. */
+export const FLUSH_INTERVAL = 1;
+
+const SERIES_COUNT = "#series";
+const DROPPED = "#dropped";
+const ERRORS = "#errors";
+const BOOT = "#boot";
+/** Per-worker gauges (breaker state, ...) that die with the worker: `#g|<series>`. */
+export const WORKER_GAUGE_PREFIX = "#g|";
+const WORKER_GAUGE_TTL = FLUSH_INTERVAL * 5;
+
+let maxSeries = 20000;
+let pending = new LuaTable<string, number>();
+/** Label sets (`name{labels}`) this node admitted. */
+const known = new LuaTable<string, boolean>();
+/** The node's series count reached the cap: new label sets are dropped without asking the dict. */
+let full = false;
+let droppedHere = 0;
+let errorsHere = 0;
+
+export function dict(this: void): NgxShDict | undefined {
+  return ngx.shared[DICT];
+}
+
+export function setMaxSeries(this: void, max: number): void {
+  if (max !== maxSeries) full = false;
+  maxSeries = max;
+}
+
+export function getMaxSeries(this: void): number {
+  return maxSeries;
+}
+
+/** Bucket part names, "b01".., so that sorted keys keep a histogram's buckets in order. */
+const BUCKET_PARTS: string[] = [];
+for (let i = 1; i <= 64; i++) BUCKET_PARTS.push(string.format("b%02d", i));
+export function bucketPart(this: void, index: number): string {
+  return BUCKET_PARTS[index - 1];
+}
+
+/** Series a label set of this metric makes: 1, or a histogram's buckets, +Inf, _sum and _count. */
+export function seriesOf(this: void, def: MetricDef): number {
+  return def.buckets !== undefined ? def.buckets.length + 3 : 1;
+}
+
+/**
+ * True when `base` (`name{labels}`) may be counted: already admitted, or admitted now.
+ * Admission reserves the series first, then creates the key; the loser of two workers
+ * racing for the same label set gives its reservation back.
+ */
+function admit(this: void, def: MetricDef, base: string): boolean {
+  if (known.get(base) === true) return true;
+  if (full) {
+    droppedHere++;
+    return false;
+  }
+  const shm = dict();
+  if (shm === undefined) return false;
+  const weight = seriesOf(def);
+  const [count] = shm.incr(SERIES_COUNT, weight, 0);
+  if (count === undefined) {
+    errorsHere++;
+    return false;
+  }
+  if (count > maxSeries) {
+    shm.incr(SERIES_COUNT, -weight);
+    if (count - weight >= maxSeries) full = true;
+    droppedHere++;
+    return false;
+  }
+  const buckets = def.buckets;
+  const primary = buckets !== undefined ? base + "\tcount" : base;
+  const [added, addErr] = shm.add(primary, 0);
+  if (!added) {
+    shm.incr(SERIES_COUNT, -weight);
+    if (addErr !== "exists") {
+      errorsHere++;
+      return false;
+    }
+  } else if (buckets !== undefined) {
+    shm.add(base + "\tsum", 0);
+    for (let i = 1; i <= buckets.length; i++) shm.add(base + "\t" + bucketPart(i), 0);
+  }
+  known.set(base, true);
+  return true;
+}
+
+/** Adds `value` to a counter's label set (`labels`: the `k="v",...` text, escaped). */
+export function inc(this: void, def: MetricDef, labels: string, value: number): void {
+  const base = def.name + "{" + labels + "}";
+  if (!admit(def, base)) return;
+  pending.set(base, (pending.get(base) ?? 0) + value);
+}
+
+/** One observation of a histogram's label set. */
+export function observe(this: void, def: MetricDef, labels: string, value: number): void {
+  const base = def.name + "{" + labels + "}";
+  if (!admit(def, base)) return;
+  const buckets = def.buckets!;
+  for (let i = 0; i < buckets.length; i++) {
+    if (value <= buckets[i]) {
+      const key = base + "\t" + BUCKET_PARTS[i];
+      pending.set(key, (pending.get(key) ?? 0) + 1);
+      break;
+    }
+  }
+  const sum = base + "\tsum";
+  pending.set(sum, (pending.get(sum) ?? 0) + value);
+  const count = base + "\tcount";
+  pending.set(count, (pending.get(count) ?? 0) + 1);
+}
+
+/** Merges this worker's buffer into the dict. */
+export function flush(this: void): void {
+  const shm = dict();
+  if (shm === undefined) return;
+  const merging = pending;
+  pending = new LuaTable();
+  for (const [key, delta] of pairs(merging)) {
+    const [, err] = shm.incr(key, delta, 0);
+    if (err !== undefined) errorsHere++;
+  }
+  if (droppedHere > 0) {
+    shm.incr(DROPPED, droppedHere, 0);
+    droppedHere = 0;
+  }
+  if (errorsHere > 0) {
+    shm.incr(ERRORS, errorsHere, 0);
+    errorsHere = 0;
+  }
+  const [count] = shm.get(SERIES_COUNT);
+  full = type(count) === "number" && (count as number) >= maxSeries;
+}
+
+/** A gauge of this worker, kept while the worker lives (it refreshes it each flush). */
+export function setWorkerGauge(this: void, series: string, value: number): void {
+  dict()?.set(WORKER_GAUGE_PREFIX + series, value, WORKER_GAUGE_TTL);
+}
+
+function numberAt(this: void, shm: NgxShDict, key: string): number {
+  const [value] = shm.get(key);
+  return type(value) === "number" ? (value as number) : 0;
+}
+
+export interface StoreState {
+  series: number;
+  dropped: number;
+  errors: number;
+}
+
+export function state(this: void): StoreState {
+  const shm = dict();
+  if (shm === undefined) return { series: 0, dropped: 0, errors: 0 };
+  return { series: numberAt(shm, SERIES_COUNT), dropped: numberAt(shm, DROPPED), errors: numberAt(shm, ERRORS) };
+}
+
+/**
+ * This node's run: set by its first worker, kept across reloads (the dict is), new after a
+ * restart, when the counters start again from zero.
+ */
+export function bootId(this: void): string {
+  const shm = dict();
+  if (shm === undefined) return "";
+  const [existing] = shm.get(BOOT);
+  if (type(existing) === "string") return existing as string;
+  shm.add(BOOT, string.format("%d-%d", math.floor(ngx.now() * 1000), ngx.worker.pid()));
+  return shm.get(BOOT)[0] as string;
+}
+
+/** Every series value of this node (counters and histogram parts), by dict key. */
+export function snapshot(this: void): LuaTable<string, number> {
+  const out = new LuaTable<string, number>();
+  const shm = dict();
+  if (shm === undefined) return out;
+  for (const key of shm.get_keys(0)) {
+    if (string.byte(key, 1) === 35) continue; // "#"
+    const [value] = shm.get(key);
+    if (type(value) === "number") out.set(key, value as number);
+  }
+  return out;
+}
+
+/** This node's per-worker gauges: series (without the prefix) → value. */
+export function workerGauges(this: void): LuaTable<string, number> {
+  const out = new LuaTable<string, number>();
+  const shm = dict();
+  if (shm === undefined) return out;
+  const prefixLength = WORKER_GAUGE_PREFIX.length;
+  for (const key of shm.get_keys(0)) {
+    if (string.sub(key, 1, prefixLength) !== WORKER_GAUGE_PREFIX) continue;
+    const [value] = shm.get(key);
+    if (type(value) === "number") out.set(string.sub(key, prefixLength + 1), value as number);
+  }
+  return out;
+}
