@@ -16,7 +16,8 @@ import { join } from "node:path";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { UpstreamServer } from "../../src/cli/upstream.js";
-import { gateway, ROOT, startRedis, stopAll, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
+import { startGateway } from "../../src/cli/gateway.js";
+import { FIXTURE_LUA_PATH, FIXTURE_PLUGINS, gateway, ROOT, startRedis, stopAll, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
 
 interface Res {
   status: number;
@@ -86,10 +87,10 @@ async function scrape(url: string): Promise<Sample[]> {
   return parse(res.body);
 }
 
-/** Scrapes until `done` holds (counters reach the dict within a flush interval), at most ~8 s. */
-async function scrapeUntil(url: string, done: (s: Sample[]) => boolean): Promise<Sample[]> {
+/** Scrapes until `done` holds (counters reach the dict within a flush interval), at most `tries` × ~0.2 s. */
+async function scrapeUntil(url: string, done: (s: Sample[]) => boolean, tries = 40): Promise<Sample[]> {
   let samples: Sample[] = [];
-  for (let i = 0; i < 40; i++) {
+  for (let i = 0; i < tries; i++) {
     samples = await scrape(url);
     if (done(samples)) return samples;
     await new Promise((r) => setTimeout(r, 200));
@@ -316,8 +317,11 @@ describe("the suite's metrics follow what the plugins did", () => {
 });
 
 describe("cluster-wide", () => {
-  it("sums two gateways' counters, and drops a stopped gateway once its snapshot expires", async () => {
-    const gwB = await gateway(mainConfig());
+  it("sums two gateways' counters, never goes backwards when one restarts, and drops a stopped one once its snapshot expires", async () => {
+    // B pushes every 2 s: its snapshot lives 6 s, time enough to restart it.
+    const configB = mainConfig();
+    configB.plugins = [metricsPlugin({ push_interval: 2 })];
+    const gwB = await gateway(configB);
     for (let i = 0; i < 4; i++) expect((await hit(gwB.proxyUrl + "/other/status/202")).status).toBe(202);
     for (let i = 0; i < 6; i++) expect((await hit(gwA.proxyUrl + "/other/status/202")).status).toBe(202);
     const match = { route: "other", code: "202" };
@@ -335,10 +339,31 @@ describe("cluster-wide", () => {
     expect(sum(fromB, "kong_http_requests_total", match)).toBe(10);
     expect(sum(fromB, "kong_request_latency_ms_count", { route: "plain" })).toBe(sum(localA, "kong_request_latency_ms_count", { route: "plain" }) + sum(localB, "kong_request_latency_ms_count", { route: "plain" }));
 
+    // B restarts (same prefix, same node id, counters back at zero): the cluster sum
+    // carries its previous run on, and goes on counting from there.
+    await gwB.stop();
+    await startGateway({
+      config: join(gwB.prefix, "kong.yml"),
+      prefix: gwB.prefix,
+      proxy: new URL(gwB.proxyUrl).host,
+      admin: new URL(gwB.adminUrl).host,
+      workers: 2,
+      plugins: ["bundled", ...FIXTURE_PLUGINS].join(","),
+      luaPackagePath: FIXTURE_LUA_PATH,
+    });
+    const restartedB = await scrape(gwB.adminUrl + "/redis-metrics");
+    expect(sum(restartedB, "kong_http_requests_total", match)).toBe(0);
+    const carried = await scrape(clusterUrl);
+    expect(sum(carried, "kong_http_requests_total", match)).toBe(10);
+    expect((await hit(gwB.proxyUrl + "/other/status/202")).status).toBe(202);
+    const grown = await scrapeUntil(clusterUrl, (x) => sum(x, "kong_http_requests_total", match) >= 11);
+    expect(sum(grown, "kong_http_requests_total", match)).toBe(11);
+    expect(sum(grown, "krs_cluster_nodes")).toBe(2);
+
     expect(gwB.unexpectedErrors()).toEqual([]);
     await gwB.stop();
-    // Snapshot lifetime: 3 push intervals (3 s).
-    const after = await scrapeUntil(clusterUrl, (x) => sum(x, "krs_cluster_nodes") === 1);
+    // Snapshot lifetime: 3 push intervals (6 s).
+    const after = await scrapeUntil(clusterUrl, (x) => sum(x, "krs_cluster_nodes") === 1, 60);
     expect(sum(after, "krs_cluster_nodes")).toBe(1);
     expect(sum(after, "kong_http_requests_total", match)).toBe(6);
   }, 60_000);
