@@ -29,6 +29,8 @@ describe("key kinds", () => {
       "redis-ip-access/version": "krs:redis-ip-access:v1:{blocklist}:version",
       "redis-ip-access/hits": "krs:redis-ip-access:v1:{blocklist}:hits:203.0.113.7",
       "redis-ip-access/changes": "krs:redis-ip-access:v1:changes",
+      "redis-metrics/node": "krs:redis-metrics:v1:{cluster}:node:4e3cc955-20bd-4cd1-b4c9-5060f49932fa",
+      "redis-metrics/nodes": "krs:redis-metrics:v1:{cluster}:nodes",
     };
     expect(Object.keys(samples).sort()).toEqual(KEY_KINDS.map((k) => `${k.plugin}/${k.kind}`).sort());
     for (const [id, key] of Object.entries(samples)) {
