@@ -43,13 +43,51 @@ function text(this: void, value: unknown): string | undefined {
   return type(value) === "string" ? (value as string) : undefined;
 }
 
+/**
+ * The series names of one route (and its service) for Kong's metrics, built once per
+ * route table (a config version's tables go with it): a request only looks them up.
+ */
+interface RouteSeries {
+  /** `service="…",route="…"` */
+  sr: string;
+  requestLatency: string;
+  upstreamLatency: string;
+  kongLatency: string;
+  ingress: string;
+  egress: string;
+  /** kong_http_requests_total without a consumer, by status and source. */
+  requests: LuaTable<string, string>;
+}
+const seriesByRoute = setmetatable(new LuaTable<object, RouteSeries>(), { __mode: "k" });
+/** The key for requests that matched no route. */
+const NO_ROUTE = {};
+
 /** Kong's labels: the service's name (else host), the route's name (else id), "" when none. */
-function serviceRouteLabels(this: void): string {
-  const service = kong.router.get_service();
-  const route = kong.router.get_route();
+function serviceRouteLabels(this: void, service: KongService | undefined, route: KongRoute | undefined): string {
   const serviceName = service !== undefined ? text(service.name) ?? text(service.host) ?? "" : "";
   const routeName = route !== undefined ? text(route.name) ?? text(route.id) ?? "" : "";
   return 'service="' + escape(serviceName) + '",route="' + escape(routeName) + '"';
+}
+
+function routeSeries(this: void): RouteSeries {
+  const route = kong.router.get_route();
+  const service = kong.router.get_service();
+  const key: object = route ?? service ?? NO_ROUTE;
+  let s = seriesByRoute.get(key);
+  if (s !== undefined) return s;
+  const sr = serviceRouteLabels(service, route);
+  const latency = "{" + sr + ',workspace="' + WORKSPACE + '"}';
+  s = {
+    sr,
+    requestLatency: M.REQUEST_LATENCY.name + latency,
+    upstreamLatency: M.UPSTREAM_LATENCY.name + latency,
+    kongLatency: M.KONG_LATENCY.name + latency,
+    ingress: M.BANDWIDTH.name + "{" + sr + ',direction="ingress",workspace="' + WORKSPACE + '",consumer=""}',
+    egress: M.BANDWIDTH.name + "{" + sr + ',direction="egress",workspace="' + WORKSPACE + '",consumer=""}',
+    requests: new LuaTable(),
+  };
+  seriesByRoute.set(key, s);
+  return s;
 }
 
 /** Upstream latency (ms) as Kong's serializer reports it, -1 when nothing was proxied. */
@@ -66,27 +104,44 @@ function upstreamLatency(this: void): number {
   return floor(total * 1000 + 0.5);
 }
 
-function recordKong(this: void, conf: MetricsConf, sr: string): void {
+function requestsSeries(this: void, s: RouteSeries, status: number, source: string, consumer: string): string {
+  if (consumer !== "") {
+    return M.HTTP_REQUESTS.name + "{" + s.sr + ',code="' + status + '",source="' + source + '",workspace="' + WORKSPACE + '",consumer="' + escape(consumer) + '"}';
+  }
+  const key = source === "service" ? status : -status;
+  let series = s.requests.get(key as unknown as string);
+  if (series === undefined) {
+    series = M.HTTP_REQUESTS.name + "{" + s.sr + ',code="' + status + '",source="' + source + '",workspace="' + WORKSPACE + '",consumer=""}';
+    s.requests.set(key as unknown as string, series);
+  }
+  return series;
+}
+
+function bandwidthSeries(this: void, s: RouteSeries, direction: "ingress" | "egress", consumer: string): string {
+  if (consumer === "") return direction === "ingress" ? s.ingress : s.egress;
+  return M.BANDWIDTH.name + "{" + s.sr + ',direction="' + direction + '",workspace="' + WORKSPACE + '",consumer="' + escape(consumer) + '"}';
+}
+
+function recordKong(this: void, conf: MetricsConf, s: RouteSeries): void {
   let consumer = "";
   if (conf.per_consumer) consumer = text(kong.client.get_consumer()?.username) ?? "";
   if (conf.status_code_metrics) {
     const source = kong.response.get_source() === "service" ? "service" : "kong";
-    store.inc(M.HTTP_REQUESTS, sr + ',code="' + tostring(ngx.status) + '",source="' + source + '",workspace="' + WORKSPACE + '",consumer="' + escape(consumer) + '"', 1);
+    store.incSeries(M.HTTP_REQUESTS, requestsSeries(s, ngx.status, source, consumer), 1);
   }
   if (conf.bandwidth_metrics) {
-    const tail = '",workspace="' + WORKSPACE + '",consumer="' + escape(consumer) + '"';
     const ingress = tonumber_(ngx.var["request_length"]) ?? 0;
-    if (ingress > 0) store.inc(M.BANDWIDTH, sr + ',direction="ingress' + tail, ingress);
+    if (ingress > 0) store.incSeries(M.BANDWIDTH, bandwidthSeries(s, "ingress", consumer), ingress);
     const egress = tonumber_(ngx.var["bytes_sent"]) ?? 0;
-    if (egress > 0) store.inc(M.BANDWIDTH, sr + ',direction="egress' + tail, egress);
+    if (egress > 0) store.incSeries(M.BANDWIDTH, bandwidthSeries(s, "egress", consumer), egress);
   }
   if (conf.latency_metrics) {
-    const labels = sr + ',workspace="' + WORKSPACE + '"';
-    const requestMs = floor((tonumber_(ngx.var["request_time"]) ?? 0) * 1000 + 0.5);
+    // nginx's $request_time, without the variable lookup: both read nginx's cached clock.
+    const requestMs = floor((ngx.now() - ngx.req.start_time()) * 1000 + 0.5);
     const upstreamMs = upstreamLatency();
-    store.observe(M.REQUEST_LATENCY, labels, requestMs);
-    if (upstreamMs >= 0) store.observe(M.UPSTREAM_LATENCY, labels, upstreamMs);
-    store.observe(M.KONG_LATENCY, labels, upstreamMs >= 0 ? math.max(requestMs - upstreamMs, 0) : requestMs);
+    store.observeSeries(M.REQUEST_LATENCY, s.requestLatency, requestMs);
+    if (upstreamMs >= 0) store.observeSeries(M.UPSTREAM_LATENCY, s.upstreamLatency, upstreamMs);
+    store.observeSeries(M.KONG_LATENCY, s.kongLatency, upstreamMs >= 0 ? math.max(requestMs - upstreamMs, 0) : requestMs);
   }
 }
 
@@ -193,9 +248,9 @@ const handler: KongPluginHandler<MetricsConf> = {
   },
 
   log(conf) {
-    const sr = serviceRouteLabels();
-    recordKong(conf, sr);
-    if (conf.suite_metrics) recordFacts(sr);
+    const s = routeSeries();
+    recordKong(conf, s);
+    if (conf.suite_metrics) recordFacts(s.sr);
   },
 };
 

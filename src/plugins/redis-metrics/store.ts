@@ -105,29 +105,59 @@ function admit(this: void, def: MetricDef, base: string): boolean {
   return true;
 }
 
-/** Adds `value` to a counter's label set (`labels`: the `k="v",...` text, escaped). */
-export function inc(this: void, def: MetricDef, labels: string, value: number): void {
-  const base = def.name + "{" + labels + "}";
+/** A histogram label set's observations since the last flush. */
+interface HistogramBuffer {
+  /** Observations per bucket index (1-based); past the last bucket only `count` grows. */
+  buckets: LuaTable<number, number>;
+  sum: number;
+  count: number;
+}
+let pendingHistograms = new LuaTable<string, HistogramBuffer>();
+
+/**
+ * Adds `value` to a counter's series `base` (`name{labels}`, labels escaped). In the
+ * buffer already means admitted: the hot path is one table lookup and one write.
+ */
+export function incSeries(this: void, def: MetricDef, base: string, value: number): void {
+  const current = pending.get(base);
+  if (current !== undefined) {
+    pending.set(base, current + value);
+    return;
+  }
   if (!admit(def, base)) return;
-  pending.set(base, (pending.get(base) ?? 0) + value);
+  pending.set(base, value);
 }
 
-/** One observation of a histogram's label set. */
-export function observe(this: void, def: MetricDef, labels: string, value: number): void {
-  const base = def.name + "{" + labels + "}";
-  if (!admit(def, base)) return;
-  const buckets = def.buckets!;
-  for (let i = 0; i < buckets.length; i++) {
-    if (value <= buckets[i]) {
-      const key = base + "\t" + BUCKET_PARTS[i];
-      pending.set(key, (pending.get(key) ?? 0) + 1);
+export function inc(this: void, def: MetricDef, labels: string, value: number): void {
+  incSeries(def, def.name + "{" + labels + "}", value);
+}
+
+/** One observation of a histogram's label set `base` (`name{labels}`). */
+export function observeSeries(this: void, def: MetricDef, base: string, value: number): void {
+  let h = pendingHistograms.get(base);
+  if (h === undefined) {
+    if (!admit(def, base)) return;
+    h = { buckets: new LuaTable(), sum: 0, count: 0 };
+    pendingHistograms.set(base, h);
+  }
+  const bounds = def.buckets!;
+  for (let i = 0; i < bounds.length; i++) {
+    if (value <= bounds[i]) {
+      h.buckets.set(i + 1, (h.buckets.get(i + 1) ?? 0) + 1);
       break;
     }
   }
-  const sum = base + "\tsum";
-  pending.set(sum, (pending.get(sum) ?? 0) + value);
-  const count = base + "\tcount";
-  pending.set(count, (pending.get(count) ?? 0) + 1);
+  h.sum += value;
+  h.count++;
+}
+
+export function observe(this: void, def: MetricDef, labels: string, value: number): void {
+  observeSeries(def, def.name + "{" + labels + "}", value);
+}
+
+function add(this: void, shm: NgxShDict, key: string, delta: number): void {
+  const [, err] = shm.incr(key, delta, 0);
+  if (err !== undefined) errorsHere++;
 }
 
 /** Merges this worker's buffer into the dict. */
@@ -136,9 +166,13 @@ export function flush(this: void): void {
   if (shm === undefined) return;
   const merging = pending;
   pending = new LuaTable();
-  for (const [key, delta] of pairs(merging)) {
-    const [, err] = shm.incr(key, delta, 0);
-    if (err !== undefined) errorsHere++;
+  for (const [key, delta] of pairs(merging)) add(shm, key, delta);
+  const histograms = pendingHistograms;
+  pendingHistograms = new LuaTable();
+  for (const [base, h] of pairs(histograms)) {
+    for (const [i, n] of pairs(h.buckets)) add(shm, base + "\t" + BUCKET_PARTS[i - 1], n);
+    add(shm, base + "\tsum", h.sum);
+    add(shm, base + "\tcount", h.count);
   }
   if (droppedHere > 0) {
     shm.incr(DROPPED, droppedHere, 0);

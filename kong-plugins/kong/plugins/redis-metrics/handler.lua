@@ -52,13 +52,36 @@ local floor = math.floor
 local function text(value)
     return type(value) == "string" and value or nil
 end
+local seriesByRoute = setmetatable({}, {__mode = "k"})
+--- The key for requests that matched no route.
+local NO_ROUTE = {}
 --- Kong's labels: the service's name (else host), the route's name (else id), "" when none.
-local function serviceRouteLabels()
-    local service = kong.router.get_service()
-    local route = kong.router.get_route()
+local function serviceRouteLabels(service, route)
     local serviceName = service ~= nil and (text(service.name) or text(service.host) or "") or ""
     local routeName = route ~= nil and (text(route.name) or text(route.id) or "") or ""
     return ((("service=\"" .. escape(serviceName)) .. "\",route=\"") .. escape(routeName)) .. "\""
+end
+local function routeSeries()
+    local route = kong.router.get_route()
+    local service = kong.router.get_service()
+    local key = route or service or NO_ROUTE
+    local s = seriesByRoute[key]
+    if s ~= nil then
+        return s
+    end
+    local sr = serviceRouteLabels(service, route)
+    local latency = ((("{" .. sr) .. ",workspace=\"") .. WORKSPACE) .. "\"}"
+    s = {
+        sr = sr,
+        requestLatency = M.REQUEST_LATENCY.name .. latency,
+        upstreamLatency = M.UPSTREAM_LATENCY.name .. latency,
+        kongLatency = M.KONG_LATENCY.name .. latency,
+        ingress = ((((M.BANDWIDTH.name .. "{") .. sr) .. ",direction=\"ingress\",workspace=\"") .. WORKSPACE) .. "\",consumer=\"\"}",
+        egress = ((((M.BANDWIDTH.name .. "{") .. sr) .. ",direction=\"egress\",workspace=\"") .. WORKSPACE) .. "\",consumer=\"\"}",
+        requests = {}
+    }
+    seriesByRoute[key] = s
+    return s
 end
 --- Upstream latency (ms) as Kong's serializer reports it, -1 when nothing was proxied.
 local function upstreamLatency()
@@ -80,7 +103,25 @@ local function upstreamLatency()
     end
     return floor(total * 1000 + 0.5)
 end
-local function recordKong(conf, sr)
+local function requestsSeries(s, status, source, consumer)
+    if consumer ~= "" then
+        return ((((((((((M.HTTP_REQUESTS.name .. "{") .. s.sr) .. ",code=\"") .. tostring(status)) .. "\",source=\"") .. source) .. "\",workspace=\"") .. WORKSPACE) .. "\",consumer=\"") .. escape(consumer)) .. "\"}"
+    end
+    local key = source == "service" and status or -status
+    local series = s.requests[key]
+    if series == nil then
+        series = ((((((((M.HTTP_REQUESTS.name .. "{") .. s.sr) .. ",code=\"") .. tostring(status)) .. "\",source=\"") .. source) .. "\",workspace=\"") .. WORKSPACE) .. "\",consumer=\"\"}"
+        s.requests[key] = series
+    end
+    return series
+end
+local function bandwidthSeries(s, direction, consumer)
+    if consumer == "" then
+        return direction == "ingress" and s.ingress or s.egress
+    end
+    return ((((((((M.BANDWIDTH.name .. "{") .. s.sr) .. ",direction=\"") .. direction) .. "\",workspace=\"") .. WORKSPACE) .. "\",consumer=\"") .. escape(consumer)) .. "\"}"
+end
+local function recordKong(conf, s)
     local consumer = ""
     if conf.per_consumer then
         local ____text_2 = text
@@ -89,34 +130,40 @@ local function recordKong(conf, sr)
     end
     if conf.status_code_metrics then
         local source = kong.response.get_source() == "service" and "service" or "kong"
-        store.inc(
+        store.incSeries(
             M.HTTP_REQUESTS,
-            ((((((((sr .. ",code=\"") .. tostring(ngx.status)) .. "\",source=\"") .. source) .. "\",workspace=\"") .. WORKSPACE) .. "\",consumer=\"") .. escape(consumer)) .. "\"",
+            requestsSeries(s, ngx.status, source, consumer),
             1
         )
     end
     if conf.bandwidth_metrics then
-        local tail = ((("\",workspace=\"" .. WORKSPACE) .. "\",consumer=\"") .. escape(consumer)) .. "\""
         local ingress = tonumber_(ngx.var.request_length) or 0
         if ingress > 0 then
-            store.inc(M.BANDWIDTH, (sr .. ",direction=\"ingress") .. tail, ingress)
+            store.incSeries(
+                M.BANDWIDTH,
+                bandwidthSeries(s, "ingress", consumer),
+                ingress
+            )
         end
         local egress = tonumber_(ngx.var.bytes_sent) or 0
         if egress > 0 then
-            store.inc(M.BANDWIDTH, (sr .. ",direction=\"egress") .. tail, egress)
+            store.incSeries(
+                M.BANDWIDTH,
+                bandwidthSeries(s, "egress", consumer),
+                egress
+            )
         end
     end
     if conf.latency_metrics then
-        local labels = ((sr .. ",workspace=\"") .. WORKSPACE) .. "\""
-        local requestMs = floor((tonumber_(ngx.var.request_time) or 0) * 1000 + 0.5)
+        local requestMs = floor((ngx.now() - ngx.req.start_time()) * 1000 + 0.5)
         local upstreamMs = upstreamLatency()
-        store.observe(M.REQUEST_LATENCY, labels, requestMs)
+        store.observeSeries(M.REQUEST_LATENCY, s.requestLatency, requestMs)
         if upstreamMs >= 0 then
-            store.observe(M.UPSTREAM_LATENCY, labels, upstreamMs)
+            store.observeSeries(M.UPSTREAM_LATENCY, s.upstreamLatency, upstreamMs)
         end
-        store.observe(
+        store.observeSeries(
             M.KONG_LATENCY,
-            labels,
+            s.kongLatency,
             upstreamMs >= 0 and math.max(requestMs - upstreamMs, 0) or requestMs
         )
     end
@@ -238,10 +285,10 @@ local handler = {
         state.setClusterConf(pusher)
     end,
     log = function(self, conf)
-        local sr = serviceRouteLabels()
-        recordKong(conf, sr)
+        local s = routeSeries()
+        recordKong(conf, s)
         if conf.suite_metrics then
-            recordFacts(sr)
+            recordFacts(s.sr)
         end
     end
 }

@@ -100,36 +100,55 @@ local function admit(def, base)
     known[base] = true
     return true
 end
---- Adds `value` to a counter's label set (`labels`: the `k="v",...` text, escaped).
-function ____exports.inc(def, labels, value)
-    local base = ((def.name .. "{") .. labels) .. "}"
+local pendingHistograms = {}
+--- Adds `value` to a counter's series `base` (`name{labels}`, labels escaped). In the
+-- buffer already means admitted: the hot path is one table lookup and one write.
+function ____exports.incSeries(def, base, value)
+    local current = pending[base]
+    if current ~= nil then
+        pending[base] = current + value
+        return
+    end
     if not admit(def, base) then
         return
     end
-    pending[base] = (pending[base] or 0) + value
+    pending[base] = value
 end
---- One observation of a histogram's label set.
-function ____exports.observe(def, labels, value)
-    local base = ((def.name .. "{") .. labels) .. "}"
-    if not admit(def, base) then
-        return
+function ____exports.inc(def, labels, value)
+    ____exports.incSeries(def, ((def.name .. "{") .. labels) .. "}", value)
+end
+--- One observation of a histogram's label set `base` (`name{labels}`).
+function ____exports.observeSeries(def, base, value)
+    local h = pendingHistograms[base]
+    if h == nil then
+        if not admit(def, base) then
+            return
+        end
+        h = {buckets = {}, sum = 0, count = 0}
+        pendingHistograms[base] = h
     end
-    local buckets = def.buckets
+    local bounds = def.buckets
     do
         local i = 0
-        while i < #buckets do
-            if value <= buckets[i + 1] then
-                local key = (base .. "\t") .. BUCKET_PARTS[i + 1]
-                pending[key] = (pending[key] or 0) + 1
+        while i < #bounds do
+            if value <= bounds[i + 1] then
+                h.buckets[i + 1] = (h.buckets[i + 1] or 0) + 1
                 break
             end
             i = i + 1
         end
     end
-    local sum = base .. "\tsum"
-    pending[sum] = (pending[sum] or 0) + value
-    local count = base .. "\tcount"
-    pending[count] = (pending[count] or 0) + 1
+    h.sum = h.sum + value
+    h.count = h.count + 1
+end
+function ____exports.observe(def, labels, value)
+    ____exports.observeSeries(def, ((def.name .. "{") .. labels) .. "}", value)
+end
+local function add(shm, key, delta)
+    local ____, err = shm:incr(key, delta, 0)
+    if err ~= nil then
+        errorsHere = errorsHere + 1
+    end
 end
 --- Merges this worker's buffer into the dict.
 function ____exports.flush()
@@ -140,10 +159,16 @@ function ____exports.flush()
     local merging = pending
     pending = {}
     for key, delta in pairs(merging) do
-        local ____, err = shm:incr(key, delta, 0)
-        if err ~= nil then
-            errorsHere = errorsHere + 1
+        add(shm, key, delta)
+    end
+    local histograms = pendingHistograms
+    pendingHistograms = {}
+    for base, h in pairs(histograms) do
+        for i, n in pairs(h.buckets) do
+            add(shm, (base .. "\t") .. BUCKET_PARTS[i], n)
         end
+        add(shm, base .. "\tsum", h.sum)
+        add(shm, base .. "\tcount", h.count)
     end
     if droppedHere > 0 then
         shm:incr(DROPPED, droppedHere, 0)
@@ -209,14 +234,14 @@ function ____exports.snapshot()
     for ____, key in ipairs(shm:get_keys(0)) do
         do
             if string.byte(key, 1) == 35 then
-                goto __continue44
+                goto __continue51
             end
             local value = shm:get(key)
             if type(value) == "number" then
                 out[key] = value
             end
         end
-        ::__continue44::
+        ::__continue51::
     end
     return out
 end
@@ -231,14 +256,14 @@ function ____exports.workerGauges()
     for ____, key in ipairs(shm:get_keys(0)) do
         do
             if string.sub(key, 1, prefixLength) ~= ____exports.WORKER_GAUGE_PREFIX then
-                goto __continue50
+                goto __continue57
             end
             local value = shm:get(key)
             if type(value) == "number" then
                 out[string.sub(key, prefixLength + 1)] = value
             end
         end
-        ::__continue50::
+        ::__continue57::
     end
     return out
 end
