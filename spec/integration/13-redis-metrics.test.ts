@@ -209,6 +209,33 @@ describe("Kong's metrics", () => {
   }, 60_000);
 });
 
+describe("cost", () => {
+  it("makes no Redis call per request: only the push timer reaches Redis", async () => {
+    const control = new Redis({ port: pushRedis.port, lazyConnect: true });
+    await control.connect();
+    const allCalls = async () => {
+      const info = await control.info("commandstats");
+      let total = 0;
+      for (const m of info.matchAll(/^cmdstat_(\w+):calls=(\d+)/gm)) if (m[1] !== "info") total += Number(m[2]);
+      return total;
+    };
+    const url = gwA.adminUrl + "/redis-metrics";
+    const plain200 = { route: "plain", code: "200" };
+    const counted = sum(await scrape(url), "kong_http_requests_total", plain200);
+    const before = await allCalls();
+    const started = Date.now();
+    for (let i = 0; i < 10; i++) await Promise.all(Array.from({ length: 20 }, () => hit(gwA.proxyUrl + "/plain/status/200")));
+    const seconds = (Date.now() - started) / 1000;
+    const calls = (await allCalls()) - before;
+    await control.quit();
+    // One push a second (one script), plus the first push's look-up of a previous run.
+    expect(calls).toBeLessThanOrEqual(Math.ceil(seconds) + 2);
+    const s = await scrapeUntil(url, (x) => sum(x, "kong_http_requests_total", plain200) >= counted + 200);
+    expect(sum(s, "kong_http_requests_total", plain200)).toBe(counted + 200);
+    expect(s.filter((x) => x.name === "krs_redis_round_trips_total")).toEqual([]);
+  }, 60_000);
+});
+
 describe("the suite's metrics follow what the plugins did", () => {
   it("key-auth: ok, unknown and missing per consumer; its Redis round trips are the HGETALLs its Redis served", async () => {
     const make = (consumer: string) =>
