@@ -23,6 +23,8 @@ local function fake_dict()
     data[k] = data[k] + v
     return data[k]
   end
+  d.safe_add = d.add
+  d.safe_set = d.set
   function d:delete(k) data[k] = nil end
   function d:get_keys()
     local keys = {}
@@ -119,6 +121,19 @@ describe("redis-metrics", function()
     store.flush()
     assert.are.equal(2, data['kong_http_requests_total{consumer="c1"}'])
     assert.are.equal(37, data["#dropped"])
+  end)
+
+  it("a full zone refuses a new series instead of evicting counted ones, and counts the failure", function()
+    local store, M = load_fresh()
+    store.inc(M.HTTP_REQUESTS, 'route="kept"', 1)
+    store.flush()
+    dict.safe_add = function() return false, "no memory" end
+    store.inc(M.HTTP_REQUESTS, 'route="new"', 1)
+    store.flush()
+    assert.are.equal(1, data["#series"])
+    assert.are.equal(1, data["#errors"])
+    assert.is_nil(data['kong_http_requests_total{route="new"}'])
+    assert.are.equal(1, data['kong_http_requests_total{route="kept"}'])
   end)
 
   it("a label set another worker admitted is counted without reserving it twice", function()

@@ -71,7 +71,7 @@ function baseFor(this: void, conf: ClusterConf, nodeId: string, boot: string): L
   let base = new LuaTable<string, number>();
   if (snapshot !== undefined && snapshot.boot !== boot) base = snapshot.values as unknown as LuaTable<string, number>;
   else if (snapshot !== undefined) {
-    // Same run (the dict lost the base: it was full): the snapshot's totals include the
+    // Same run (the dict had no room for the base): the snapshot's totals include the
     // base, and our counters are still there, so the base is their difference.
     const current = store.snapshot();
     for (const [series, total] of pairs(snapshot.values as unknown as LuaTable<string, number>)) {
@@ -79,8 +79,9 @@ function baseFor(this: void, conf: ClusterConf, nodeId: string, boot: string): L
       if (diff > 0) base.set(series, diff);
     }
   }
-  shm.set(BASE_KEY, cjson.encode(base)[0] ?? "{}");
-  shm.set(BASE_BOOT_KEY, boot);
+  // Never evicting counters for it: without room, the next push works the base out again.
+  const [kept] = shm.safe_set(BASE_KEY, cjson.encode(base)[0] ?? "{}");
+  if (kept) shm.safe_set(BASE_BOOT_KEY, boot);
   return $multi(base, undefined);
 }
 

@@ -90,7 +90,10 @@ function admit(this: void, def: MetricDef, base: string): boolean {
   }
   const buckets = def.buckets;
   const primary = buckets !== undefined ? base + "\tcount" : base;
-  const [added, addErr] = shm.add(primary, 0);
+  // safe_add: a full zone must refuse the new series, not evict counted ones (an evicted
+  // counter would start again from zero). A series' keys all exist from its admission on,
+  // so the flush's incr never allocates.
+  const [added, addErr] = shm.safe_add(primary, 0);
   if (!added) {
     shm.incr(SERIES_COUNT, -weight);
     if (addErr !== "exists") {
@@ -98,8 +101,8 @@ function admit(this: void, def: MetricDef, base: string): boolean {
       return false;
     }
   } else if (buckets !== undefined) {
-    shm.add(base + "\tsum", 0);
-    for (let i = 1; i <= buckets.length; i++) shm.add(base + "\t" + bucketPart(i), 0);
+    shm.safe_add(base + "\tsum", 0);
+    for (let i = 1; i <= buckets.length; i++) shm.safe_add(base + "\t" + bucketPart(i), 0);
   }
   known.set(base, true);
   return true;
@@ -188,7 +191,7 @@ export function flush(this: void): void {
 
 /** A gauge of this worker, kept while the worker lives (it refreshes it each flush). */
 export function setWorkerGauge(this: void, series: string, value: number): void {
-  dict()?.set(WORKER_GAUGE_PREFIX + series, value, WORKER_GAUGE_TTL);
+  dict()?.safe_set(WORKER_GAUGE_PREFIX + series, value, WORKER_GAUGE_TTL);
 }
 
 function numberAt(this: void, shm: NgxShDict, key: string): number {

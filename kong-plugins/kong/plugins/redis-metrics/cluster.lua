@@ -74,8 +74,10 @@ local function baseFor(conf, nodeId, boot)
             end
         end
     end
-    shm:set(BASE_KEY, (cjson.encode(base)) or "{}")
-    shm:set(BASE_BOOT_KEY, boot)
+    local kept = shm:safe_set(BASE_KEY, (cjson.encode(base)) or "{}")
+    if kept then
+        shm:safe_set(BASE_BOOT_KEY, boot)
+    end
     return base, nil
 end
 --- One push of this node's counters. Runs in a timer: no request pays for it.
@@ -158,7 +160,7 @@ function ____exports.collect(conf)
             do
                 local snapshot = decodeSnapshot(texts[i + 1])
                 if snapshot == nil then
-                    goto __continue26
+                    goto __continue27
                 end
                 live = live + 1
                 for series, value in pairs(snapshot.values) do
@@ -167,7 +169,7 @@ function ____exports.collect(conf)
                     end
                 end
             end
-            ::__continue26::
+            ::__continue27::
             i = i + 1
         end
     end

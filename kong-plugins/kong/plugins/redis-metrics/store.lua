@@ -77,7 +77,7 @@ local function admit(def, base)
     end
     local buckets = def.buckets
     local primary = buckets ~= nil and base .. "\tcount" or base
-    local added, addErr = shm:add(primary, 0)
+    local added, addErr = shm:safe_add(primary, 0)
     if not added then
         shm:incr(SERIES_COUNT, -weight)
         if addErr ~= "exists" then
@@ -85,11 +85,11 @@ local function admit(def, base)
             return false
         end
     elseif buckets ~= nil then
-        shm:add(base .. "\tsum", 0)
+        shm:safe_add(base .. "\tsum", 0)
         do
             local i = 1
             while i <= #buckets do
-                shm:add(
+                shm:safe_add(
                     (base .. "\t") .. ____exports.bucketPart(i),
                     0
                 )
@@ -185,7 +185,7 @@ end
 function ____exports.setWorkerGauge(series, value)
     local ____opt_0 = ____exports.dict()
     if ____opt_0 ~= nil then
-        ____opt_0:set(____exports.WORKER_GAUGE_PREFIX .. series, value, WORKER_GAUGE_TTL)
+        ____opt_0:safe_set(____exports.WORKER_GAUGE_PREFIX .. series, value, WORKER_GAUGE_TTL)
     end
 end
 local function numberAt(shm, key)
