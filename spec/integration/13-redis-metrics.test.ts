@@ -343,6 +343,51 @@ describe("the suite's metrics follow what the plugins did", () => {
   }, 30_000);
 });
 
+describe("Redis health", () => {
+  it("a hung Redis: errors and fault decisions counted, the breaker gauge 1 while open and 0 once Redis answers again", async () => {
+    const hung = await startRedis();
+    const gw = await gateway({
+      _format_version: "3.0",
+      services: [{ name: "svc", url: `http://127.0.0.1:${up.port}`, routes: [{ name: "limited", paths: ["/limited"], plugins: [{ name: "redis-rate-limit", config: { minute: 100000, limit_by: "ip", redis: { port: hung.port, timeout: 100 } } }] }] }],
+      plugins: [{ name: "redis-metrics", config: { status_code_metrics: true } }],
+    });
+    const url = gw.adminUrl + "/redis-metrics";
+    const redisLabel = { redis: `127.0.0.1:${hung.port}/0` };
+    const open = (s: Sample[]) => s.filter((x) => x.name === "krs_redis_circuit_open" && x.labels.redis === redisLabel.redis);
+    // Both workers must have used this Redis once to report on it.
+    let healthy: Sample[] = [];
+    for (let i = 0; i < 40 && open(healthy).length < 2; i++) {
+      for (let j = 0; j < 2; j++) expect((await hit(gw.proxyUrl + "/limited/anything")).status).toBe(200);
+      await sleep(200);
+      healthy = await scrape(url);
+    }
+    expect(open(healthy).map((x) => x.value)).toEqual([0, 0]);
+
+    hung.process.kill("SIGSTOP");
+    try {
+      // fault_tolerant (the default): every request goes on; Redis costs each worker
+      // 3 timeouts, then its circuit opens and calls fail at once.
+      for (let i = 0; i < 12; i++) expect((await hit(gw.proxyUrl + "/limited/anything")).status).toBe(200);
+      const s = await scrapeUntil(url, (x) => open(x).some((g) => g.value === 1) && sum(x, "krs_limit_decisions_total", { source: "fault" }) >= 12);
+      expect(open(s).some((g) => g.value === 1)).toBe(true);
+      expect(sum(s, "krs_limit_decisions_total", { plugin: "redis-rate-limit", decision: "admitted", source: "fault" })).toBe(12);
+      expect(sum(s, "krs_redis_errors_total", { plugin: "redis-rate-limit" })).toBe(12);
+    } finally {
+      hung.process.kill("SIGCONT");
+    }
+    let recovered: Sample[] = [];
+    for (let i = 0; i < 40; i++) {
+      await Promise.all(Array.from({ length: 4 }, () => hit(gw.proxyUrl + "/limited/anything")));
+      await sleep(150);
+      recovered = await scrape(url);
+      if (open(recovered).length === 2 && open(recovered).every((g) => g.value === 0)) break;
+    }
+    expect(open(recovered).map((x) => x.value)).toEqual([0, 0]);
+    expect(gw.unexpectedErrors([/redis-rate-limit.*redis/i])).toEqual([]);
+    await gw.stop();
+  }, 60_000);
+});
+
 describe("cluster-wide", () => {
   it("sums two gateways' counters, never goes backwards when one restarts, and drops a stopped one once its snapshot expires", async () => {
     // B pushes every 2 s: its snapshot lives 6 s, time enough to restart it.
