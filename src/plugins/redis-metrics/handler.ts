@@ -108,7 +108,7 @@ function requestsSeries(this: void, s: RouteSeries, status: number, source: stri
   if (consumer !== "") {
     return M.HTTP_REQUESTS.name + "{" + s.sr + ',code="' + status + '",source="' + source + '",workspace="' + WORKSPACE + '",consumer="' + escape(consumer) + '"}';
   }
-  const key = source === "service" ? status : -status;
+  const key = status * 2 + (source === "service" ? 1 : 0);
   let series = s.requests.get(key as unknown as string);
   if (series === undefined) {
     series = M.HTTP_REQUESTS.name + "{" + s.sr + ',code="' + status + '",source="' + source + '",workspace="' + WORKSPACE + '",consumer=""}';

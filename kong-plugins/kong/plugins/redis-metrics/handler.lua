@@ -107,7 +107,7 @@ local function requestsSeries(s, status, source, consumer)
     if consumer ~= "" then
         return ((((((((((M.HTTP_REQUESTS.name .. "{") .. s.sr) .. ",code=\"") .. tostring(status)) .. "\",source=\"") .. source) .. "\",workspace=\"") .. WORKSPACE) .. "\",consumer=\"") .. escape(consumer)) .. "\"}"
     end
-    local key = source == "service" and status or -status
+    local key = status * 2 + (source == "service" and 1 or 0)
     local series = s.requests[key]
     if series == nil then
         series = ((((((((M.HTTP_REQUESTS.name .. "{") .. s.sr) .. ",code=\"") .. tostring(status)) .. "\",source=\"") .. source) .. "\",workspace=\"") .. WORKSPACE) .. "\",consumer=\"\"}"
