@@ -305,6 +305,19 @@ export const SCENARIOS: Scenario[] = [
     baseline: "gateway-no-plugins",
   },
   {
+    name: "metrics-on",
+    description: "redis-metrics global: Kong's request metrics (status codes, the three latency histograms, bandwidth; per_consumer off) and the krs_* ones, cluster push every 10 s from a timer: no Redis call per request",
+    target: "gateway",
+    needsRedis: true,
+    config: (env) => ({
+      ...oneService(env),
+      plugins: [{ name: "redis-metrics", config: { status_code_metrics: true, latency_metrics: true, bandwidth_metrics: true, push_interval: 10, redis: { port: env.redisPort } } }],
+    }),
+    path: "/",
+    baseline: "gateway-no-plugins",
+    goal: 0.95, // issue 13: metrics-on >= 0.95x
+  },
+  {
     name: "cache-l1-hit",
     description: "redis-cache, one cached response served from the worker's L1 (no Redis call per request)",
     target: "gateway",

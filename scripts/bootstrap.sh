@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what kong-redis-suite needs on Debian/Ubuntu, only what is missing:
 # nginx with lua-nginx-module, LuaJIT, the lua-resty libraries, cjson, busted, redis, wrk,
+# promtool (Debian's prometheus package: the metrics specs parse every exposition with it),
 # then the npm packages. Other systems: install the same (or OpenResty) by hand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,7 @@ declare -A NEED=(
   [cmd:openssl]=openssl
   [cmd:curl]=curl
   [cmd:python3]=python3
+  [cmd:promtool]=prometheus
 )
 
 missing=()
@@ -37,7 +39,7 @@ done
 if ((${#missing[@]} > 0)); then
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   if ! command -v apt-get >/dev/null 2>&1; then
-    echo "bootstrap: missing ${missing[*]}; this is not a Debian/Ubuntu system: install nginx with lua-nginx-module (or OpenResty), LuaJIT, lua-resty-redis, lua-resty-string, lua-resty-lrucache, lua-cjson, lyaml, busted, redis-server and wrk" >&2
+    echo "bootstrap: missing ${missing[*]}; this is not a Debian/Ubuntu system: install nginx with lua-nginx-module (or OpenResty), LuaJIT, lua-resty-redis, lua-resty-string, lua-resty-lrucache, lua-cjson, lyaml, busted, redis-server, wrk and promtool" >&2
     exit 1
   fi
   SUDO=""
@@ -52,6 +54,8 @@ if ((${#missing[@]} > 0)); then
   # Debian's postinst may start a system nginx/redis on the default ports; the suite runs its own.
   if command -v service >/dev/null 2>&1; then
     $SUDO service nginx stop >/dev/null 2>&1 || true
+    # Only promtool is wanted from the prometheus package, not a server on :9090.
+    $SUDO service prometheus stop >/dev/null 2>&1 || true
   fi
 fi
 

@@ -32,6 +32,7 @@ const compose = parse(composeText, { merge: true }) as { services: Record<string
 const services = compose.services;
 const kongYml = parse(readFileSync(join(ROOT, "kong.yml"), "utf8")) as {
   services: { url: string; routes: { name: string; plugins?: { name: string; config: Record<string, unknown> }[] }[] }[];
+  plugins?: { name: string; config: Record<string, unknown> }[];
 };
 
 describe("docker-compose.yml", () => {
@@ -131,15 +132,17 @@ describe("docker-compose.yml", () => {
 
 describe("kong.yml", () => {
   const routes = kongYml.services.flatMap((s) => s.routes);
-  const plugins = routes.flatMap((r) => r.plugins ?? []);
+  // Global plugins (metrics, logs) apply to every route; each says what to try too.
+  const globals = kongYml.plugins ?? [];
+  const plugins = [...routes.flatMap((r) => r.plugins ?? []), ...globals];
 
-  it("shows every suite plugin on a route of the demo service", () => {
+  it("shows every suite plugin on a route of the demo service, or globally", () => {
     expect([...new Set(plugins.map((p) => p.name))].sort()).toEqual(bundledPlugins(ROOT));
   });
 
-  it("says what to try on every route", () => {
+  it("says what to try on every route and global plugin", () => {
     const text = readFileSync(join(ROOT, "kong.yml"), "utf8");
-    expect(text.match(/# Try:/g)?.length).toBe(routes.length);
+    expect(text.match(/# Try:/g)?.length).toBe(routes.length + globals.length);
   });
 
   it("reaches Redis with the password by env vault reference, and the upstream where compose and make up run it", () => {

@@ -20,11 +20,11 @@ const sha = (s: string) => createHash("sha256").update(s).digest("hex");
 const pad = (i: number) => "x".repeat(10 + (i * 7919) % 300);
 
 /** Keys of every kind; sizes vary so the memory estimate has something to estimate. */
-async function fill(redis: Redis, n: { rl: number; ka: number; cache: number; other: number; ip?: number; usage?: number; jwt?: number }, gen = 3): Promise<Record<string, string[]>> {
+async function fill(redis: Redis, n: { rl: number; ka: number; cache: number; other: number; ip?: number; usage?: number; jwt?: number; metricNodes?: number }, gen = 3): Promise<Record<string, string[]>> {
   const made: Record<string, string[]> = {
     counters: [], key: [], ids: [], expiring: [], generation: [], entry: [], fill: [], refresh: [], other: [],
     entries: [], reasons: [], version: [], hits: [], day: [], month: [], quota: [],
-    credentials: [], "revoked-token": [], "revoked-subject": [], "revoked-consumer": [],
+    credentials: [], "revoked-token": [], "revoked-subject": [], "revoked-consumer": [], node: [], nodes: [],
   };
   let p = redis.pipeline();
   let queued = 0;
@@ -110,6 +110,19 @@ async function fill(redis: Redis, n: { rl: number; ka: number; cache: number; ot
     queued += 3;
     await flush();
   }
+  // redis-metrics: n.metricNodes nodes' snapshots and the index of live nodes.
+  for (let i = 0; i < (n.metricNodes ?? 0); i++) {
+    const id = `00000000-0000-4000-8000-${String(i).padStart(12, "0")}`;
+    p.set(`krs:redis-metrics:v1:{cluster}:node:${id}`, `{"node_id":"${id}","values":{"${pad(i)}":1}}`, "PX", 600_000);
+    p.zadd("krs:redis-metrics:v1:{cluster}:nodes", Date.now() + 600_000, id);
+    made.node.push(`krs:redis-metrics:v1:{cluster}:node:${id}`);
+    queued += 2;
+    await flush();
+  }
+  if ((n.metricNodes ?? 0) > 0) {
+    p.pexpire("krs:redis-metrics:v1:{cluster}:nodes", 600_000);
+    made.nodes.push("krs:redis-metrics:v1:{cluster}:nodes");
+  }
   for (let i = 0; i < n.other; i++) {
     p.set(`app:session:${i}`, "v");
     made.other.push(`app:session:${i}`);
@@ -158,7 +171,7 @@ describe("krs inspect on 200,000 suite keys", () => {
     const server = await startRedis();
     url = `redis://127.0.0.1:${server.port}`;
     redis = new Redis({ port: server.port });
-    made = await fill(redis, { rl: 80_000, ka: 40_000, cache: 79_861, other: 1000, ip: 50, usage: 5, jwt: 40 });
+    made = await fill(redis, { rl: 80_000, ka: 40_000, cache: 79_857, other: 1000, ip: 50, usage: 5, jwt: 40, metricNodes: 3 });
     await redis.hset(planted, "minute:count", "1"); // no TTL: must be flagged
     made.counters.push(planted);
   }, 120_000);

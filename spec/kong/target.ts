@@ -84,8 +84,9 @@ export async function kongGateway(configFile: string, prefix: string, opts: Gate
     KONG_PROXY_ACCESS_LOG: "off",
     KONG_ADMIN_ACCESS_LOG: "off",
     KONG_ANONYMOUS_REPORTS: "off",
-    // The shared dict the suite's plugins use, as the local gateway's nginx.conf declares it.
-    KONG_NGINX_HTTP_LUA_SHARED_DICT: "krs_cache 64m",
+    // The shared dicts the suite's plugins use, as the local gateway's nginx.conf declares
+    // them (Kong injects one directive per variable: the second rides on the first's line).
+    KONG_NGINX_HTTP_LUA_SHARED_DICT: "krs_cache 64m; lua_shared_dict krs_metrics 16m",
   };
   const copies = [{ content: readFileSync(configFile, "utf8"), target: "/krs/kong.yml" }];
   if (opts.trustedCertificate !== undefined) {

@@ -265,6 +265,26 @@ export const KEY_KINDS: readonly KeyKind[] = [
     ttl: "**none: lives until deleted** (an operator's per-consumer setting, like an API key without expiry); `DELETE /redis-usage/quotas/{consumer}` or `krs usage quota clear` removes it",
     what: "per-consumer quota overrides; read by usage-quota-3.lua (exact) and returned with every flush (batched)",
   },
+  {
+    plugin: "redis-metrics",
+    kind: "node",
+    pattern: "`krs:redis-metrics:v1:{cluster}:node:<part(node id)>`",
+    match: /^krs:redis-metrics:v1:\{cluster\}:node:.+$/,
+    type: "string: JSON `{node_id, boot, at, values}`, values: series → count (the node's counters and histogram parts, plus its previous run's when it restarted)",
+    ttlRule: "required",
+    ttl: "3 × `push_interval` (`PX`, set by every push): a stopped node drops out of the cluster view after that",
+    what: "one node's snapshot for `GET /redis-metrics/cluster`, pushed by the node's first worker in a timer (redis-lua/metrics-push-2.lua)",
+  },
+  {
+    plugin: "redis-metrics",
+    kind: "nodes",
+    pattern: "`krs:redis-metrics:v1:{cluster}:nodes`",
+    match: /^krs:redis-metrics:v1:\{cluster\}:nodes$/,
+    type: "sorted set: node id → its snapshot's expiry, epoch ms",
+    ttlRule: "required",
+    ttl: "the latest-expiring node's snapshot lifetime (`PEXPIRE` by every push); expired members removed by every push",
+    what: "the live nodes: `GET /redis-metrics/cluster` reads the snapshots of the members not yet expired",
+  },
 ];
 
 /** Plugins that have keys in the table, in table order. */

@@ -5,7 +5,7 @@
  */
 import * as cjson from "cjson.safe";
 import * as balancer from "ngx.balancer";
-import { errorBody, errorMessage, normalizePath, pdk, requestCtx, responseType, setCtxStash, setNodeId } from "./pdk";
+import { errorBody, errorMessage, normalizePath, pdk, publishWorkerMemory, requestCtx, responseType, setCtxStash, setNodeId } from "./pdk";
 import { loadHandler, runAccess, runInitWorker, runLate, runRewrite } from "./plugins";
 import { activate, build, getOptions, getRuntime, initialConfig, setOptions, sync, type GatewayOptions } from "./runtime";
 import { handleAdmin } from "./admin";
@@ -142,8 +142,11 @@ export function initWorker(this: void): void {
   runInitWorker(runtime.plugins);
   activate(runtime);
   // Workers without traffic still adopt new configs (and run `configure`) promptly.
+  publishWorkerMemory();
   ngx.timer.every(1, (premature) => {
-    if (!premature) sync();
+    if (premature) return;
+    sync();
+    publishWorkerMemory();
   });
 }
 

@@ -688,6 +688,39 @@ const log: KongLogApi = {
 // ---------------------------------------------------------------- node
 
 let nodeId = "00000000-0000-0000-0000-000000000000";
+/** Where each worker leaves its Lua VM size for get_memory_stats (Kong keeps it in its own shm too). */
+const MEMORY_DICT = "krs_gateway";
+const MEMORY_KEY_PREFIX = "worker_lua_vm:";
+const MEMORY_TTL = 10;
+
+/** Each worker, on its timer: its Lua VM's allocated bytes, readable by every worker. */
+export function publishWorkerMemory(this: void): void {
+  const dict = ngx.shared[MEMORY_DICT];
+  if (dict === undefined) return;
+  dict.set(MEMORY_KEY_PREFIX + tostring(ngx.worker.pid()), math.floor(collectgarbage("count") * 1024), MEMORY_TTL);
+}
+
+/** Kong's kong.node.get_memory_stats() without a unit: bytes, shared dicts by name, workers by pid. */
+function getMemoryStats(this: void): KongMemoryStats {
+  const dicts: { [name: string]: { allocated_slabs: number; capacity: number } } = {};
+  for (const [name, dict] of pairs(ngx.shared as unknown as LuaTable<string, NgxShDict>)) {
+    const capacity = dict.capacity();
+    dicts[name] = { allocated_slabs: capacity - dict.free_space(), capacity };
+  }
+  const workers: { http_allocated_gc: number; pid: number }[] = [];
+  const memory = ngx.shared[MEMORY_DICT];
+  if (memory !== undefined) {
+    for (const key of memory.get_keys(0)) {
+      const [pid] = string.match(key, "^" + MEMORY_KEY_PREFIX + "(%d+)$");
+      if (pid === undefined) continue;
+      const [bytes] = memory.get(key);
+      if (type(bytes) === "number") workers.push({ http_allocated_gc: bytes as number, pid: tonumber(pid)! });
+    }
+  }
+  table.sort(workers, (a, b) => a.pid < b.pid);
+  return { lua_shared_dicts: dicts, workers_lua_vms: workers };
+}
+
 const node: KongNodeApi = {
   get_id() {
     return nodeId;
@@ -695,12 +728,58 @@ const node: KongNodeApi = {
   get_hostname() {
     return ngx.var["hostname"] ?? "localhost";
   },
+  get_memory_stats: getMemoryStats,
 };
 
 /** Called once at init with the id the CLI stored under the prefix. */
 export function setNodeId(this: void, id: string): void {
   nodeId = id;
 }
+
+// ---------------------------------------------------------------- nginx
+
+/**
+ * nginx's own counters, as Kong reads them: the connection states from stub_status's
+ * variables, accepted/handled/requests from the ngx_stat_* atomics nginx exports (Debian's
+ * nginx is built with the stub_status module, as OpenResty is).
+ */
+let statCounters: LuaTable<string, FfiArray> | undefined;
+
+function nginxStatCounters(this: void): LuaTable<string, FfiArray> | undefined {
+  if (statCounters !== undefined) return statCounters;
+  const ffi = require("ffi") as LuaJitFfi;
+  pcall(ffi.cdef, "typedef unsigned long krs_ngx_atomic_uint_t; extern krs_ngx_atomic_uint_t *ngx_stat_accepted; extern krs_ngx_atomic_uint_t *ngx_stat_handled; extern krs_ngx_atomic_uint_t *ngx_stat_requests;");
+  const [ok, counters] = pcall(() => {
+    const found = new LuaTable<string, FfiArray>();
+    for (const name of ["ngx_stat_accepted", "ngx_stat_handled", "ngx_stat_requests"]) found.set(name, ffi.C.get(name) as FfiArray);
+    return found;
+  });
+  if (ok) statCounters = counters;
+  return statCounters;
+}
+
+function statCounter(this: void, counters: LuaTable<string, FfiArray> | undefined, name: string): number {
+  if (counters === undefined) return 0;
+  return tonumber(counters.get(name)[0]) ?? 0;
+}
+
+const nginxApi: KongNginxApi = {
+  get_subsystem() {
+    return "http";
+  },
+  get_statistics() {
+    const counters = nginxStatCounters();
+    return {
+      connections_active: tonumber(ngx.var["connections_active"]) ?? 0,
+      connections_reading: tonumber(ngx.var["connections_reading"]) ?? 0,
+      connections_writing: tonumber(ngx.var["connections_writing"]) ?? 0,
+      connections_waiting: tonumber(ngx.var["connections_waiting"]) ?? 0,
+      connections_accepted: statCounter(counters, "ngx_stat_accepted"),
+      connections_handled: statCounter(counters, "ngx_stat_handled"),
+      total_requests: statCounter(counters, "ngx_stat_requests"),
+    };
+  },
+};
 
 export const pdk: KongPdk = {
   version: KONG_VERSION,
@@ -712,6 +791,7 @@ export const pdk: KongPdk = {
   ctx: ctxApi,
   log,
   node,
+  nginx: nginxApi,
 };
 
 export { JSON_CONTENT_TYPE, ERROR_MESSAGES };

@@ -208,6 +208,33 @@ declare interface KongNodeApi {
   /** Phases: all. This node's uuid. */
   get_id(): string;
   get_hostname(): string;
+  /** Phases: all but init. Bytes, without a unit argument. */
+  get_memory_stats(): KongMemoryStats;
+}
+
+/** kong.node.get_memory_stats(): shared dicts of this node, Lua VM of each worker. */
+declare interface KongMemoryStats {
+  lua_shared_dicts: { [name: string]: { allocated_slabs: number; capacity: number } };
+  workers_lua_vms: { http_allocated_gc: number; pid: number; err?: string }[];
+}
+
+/** kong.nginx.get_statistics(): nginx's connection and request counters (stub_status's). */
+declare interface KongNginxStatistics {
+  connections_active: number;
+  connections_reading: number;
+  connections_writing: number;
+  connections_waiting: number;
+  connections_accepted: number;
+  connections_handled: number;
+  total_requests: number;
+}
+
+/** @noSelf */
+declare interface KongNginxApi {
+  /** Phases: all. */
+  get_subsystem(): "http" | "stream";
+  /** Phases: all but init. */
+  get_statistics(): KongNginxStatistics;
 }
 
 declare interface KongPdk {
@@ -221,6 +248,7 @@ declare interface KongPdk {
   ctx: KongCtxApi;
   log: KongLogApi;
   node: KongNodeApi;
+  nginx: KongNginxApi;
 }
 
 declare const kong: KongPdk;

@@ -23,10 +23,18 @@ declare interface NgxShDict {
   get(this: NgxShDict, key: string): LuaMultiReturn<[string | number | boolean | undefined, number | undefined]>;
   set(this: NgxShDict, key: string, value: string | number | boolean | undefined, exptime?: number, flags?: number): LuaMultiReturn<[boolean, string | undefined, boolean]>;
   add(this: NgxShDict, key: string, value: string | number | boolean, exptime?: number, flags?: number): LuaMultiReturn<[boolean, string | undefined, boolean]>;
+  /** As add, but "no memory" instead of evicting other items when the zone is full. */
+  safe_add(this: NgxShDict, key: string, value: string | number | boolean, exptime?: number, flags?: number): LuaMultiReturn<[boolean, string | undefined]>;
+  /** As set, but "no memory" instead of evicting other items when the zone is full. */
+  safe_set(this: NgxShDict, key: string, value: string | number | boolean | undefined, exptime?: number, flags?: number): LuaMultiReturn<[boolean, string | undefined]>;
   incr(this: NgxShDict, key: string, value: number, init?: number, init_ttl?: number): LuaMultiReturn<[number | undefined, string | undefined]>;
   delete(this: NgxShDict, key: string): void;
   flush_all(this: NgxShDict): void;
   get_keys(this: NgxShDict, max_count?: number): string[];
+  /** Bytes of the zone (lua-resty-core). */
+  capacity(this: NgxShDict): number;
+  /** Bytes in free pages (lua-resty-core); a partly used slab page counts as used. */
+  free_space(this: NgxShDict): number;
 }
 
 /** A cosocket (ngx.socket.tcp()): colon-called. */

@@ -21,6 +21,8 @@ local SLOW_FRACTION = 0.5
 --- Connect, TLS, AUTH, SELECT and the command each have `timeout`; one more for margin.
 local PROBE_LEASE_TIMEOUTS = 6
 local circuits = {}
+--- Every pool this worker has called (closed circuits included), for the metrics' gauges.
+local known = {}
 --- What a failed call tells the breaker: "slow" when it cost (close to) the timeout.
 function ____exports.classify(err, elapsedSeconds, timeoutMs)
     if err == "timeout" or elapsedSeconds * 1000 >= timeoutMs * SLOW_FRACTION then
@@ -32,6 +34,9 @@ end
 -- let through an open circuit: report its outcome with `probe` set), otherwise the
 -- fail-fast error.
 function ____exports.check(pool, timeoutMs)
+    if not (known[pool] ~= nil) then
+        known[pool] = true
+    end
     local circuit = circuits[pool]
     if circuit == nil or circuit.retryAt == 0 then
         return nil, false
@@ -73,5 +78,18 @@ function ____exports.report(pool, outcome, probe)
         circuit.retryAt = now + PROBE_INTERVAL
         circuit.probeUntil = 0
     end
+end
+--- True while this worker's circuit for `pool` is open (for metrics; changes nothing).
+function ____exports.isOpen(pool)
+    local circuit = circuits[pool]
+    return circuit ~= nil and circuit.retryAt ~= 0
+end
+--- The pools this worker has called, each once (one per node on a cluster).
+function ____exports.knownPools()
+    local out = {}
+    for pool in pairs(known) do
+        out[#out + 1] = pool
+    end
+    return out
 end
 return ____exports

@@ -33,6 +33,8 @@ interface Circuit {
 }
 
 const circuits = new LuaTable<string, Circuit>();
+/** Every pool this worker has called (closed circuits included), for the metrics' gauges. */
+const known = new LuaTable<string, boolean>();
 
 /** What a failed call tells the breaker: "slow" when it cost (close to) the timeout. */
 export function classify(this: void, err: string | undefined, elapsedSeconds: number, timeoutMs: number): Outcome {
@@ -46,6 +48,7 @@ export function classify(this: void, err: string | undefined, elapsedSeconds: nu
  * fail-fast error.
  */
 export function check(this: void, pool: string, timeoutMs: number): LuaMultiReturn<[string | undefined, boolean]> {
+  if (!known.has(pool)) known.set(pool, true);
   const circuit = circuits.get(pool);
   if (circuit === undefined || circuit.retryAt === 0) return $multi(undefined, false);
   const now = ngx.now();
@@ -85,3 +88,16 @@ export function report(this: void, pool: string, outcome: Outcome, probe: boolea
   }
 }
 
+
+/** True while this worker's circuit for `pool` is open (for metrics; changes nothing). */
+export function isOpen(this: void, pool: string): boolean {
+  const circuit = circuits.get(pool);
+  return circuit !== undefined && circuit.retryAt !== 0;
+}
+
+/** The pools this worker has called, each once (one per node on a cluster). */
+export function knownPools(this: void): string[] {
+  const out: string[] = [];
+  for (const [pool] of pairs(known)) out.push(pool);
+  return out;
+}
