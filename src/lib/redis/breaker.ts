@@ -85,3 +85,17 @@ export function report(this: void, pool: string, outcome: Outcome, probe: boolea
   }
 }
 
+
+/**
+ * The endpoints ("host:port/database") whose circuit is open in this worker, for the
+ * reporting plugins. Pool names carry a hash of the credentials: it never leaves here.
+ */
+export function openEndpoints(this: void): string[] {
+  const out: string[] = [];
+  for (const [pool, circuit] of pairs(circuits)) {
+    if (circuit.retryAt === 0) continue;
+    const [host, port, database] = string.match(pool, "^krs:(.*):(%d+):(%d+):[^:]*:?[^:]*:[^:]*$");
+    out.push(host !== undefined ? `${host}:${port}/${database}` : "unknown");
+  }
+  return out;
+}
