@@ -8,6 +8,7 @@ import { GatewayError, gatewayCommand } from "./gateway.js";
 import { registerInspect } from "./inspect.js";
 import { ipCommand } from "./ip.js";
 import { keysCommand } from "./keys.js";
+import { registerLogs } from "./logs.js";
 import { registerPurge } from "./purge.js";
 import { RedisConnectError } from "./redis.js";
 import { upstreamCommand } from "./upstream.js";
@@ -17,6 +18,7 @@ const COMMANDS: Register[] = [
   registerInspect,
   registerPurge,
   registerDoctor,
+  registerLogs,
 ];
 
 /** Commands that still parse their own arguments (src/cli/args.ts); listed in `krs --help`. */

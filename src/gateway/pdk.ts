@@ -594,7 +594,8 @@ function serialize(this: void): KongSerializedLog {
   const started = ngx.req.start_time();
   const now = ngx.now();
   const upstreamMs = tonumber(ngx.var["upstream_response_time"]);
-  const requestMs = math.floor((now - started) * 1000 + 0.5);
+  // As Kong: $request_time, which nginx takes from a fresh clock (ngx.now() may be stale here).
+  const requestMs = math.floor((tonumber(ngx.var["request_time"]) ?? now - started) * 1000 + 0.5);
   const proxyMs = upstreamMs !== undefined ? math.floor(upstreamMs * 1000 + 0.5) : -1;
   const [reqHeaders] = ngx.req.get_headers(100);
   const [respHeaders] = ngx.resp.get_headers(100);
