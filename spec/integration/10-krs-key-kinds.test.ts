@@ -29,6 +29,7 @@ describe("key kinds", () => {
       "redis-ip-access/version": "krs:redis-ip-access:v1:{blocklist}:version",
       "redis-ip-access/hits": "krs:redis-ip-access:v1:{blocklist}:hits:203.0.113.7",
       "redis-ip-access/changes": "krs:redis-ip-access:v1:changes",
+      "structured-log/stream": "krs:structured-log:v1:{requests}:stream",
     };
     expect(Object.keys(samples).sort()).toEqual(KEY_KINDS.map((k) => `${k.plugin}/${k.kind}`).sort());
     for (const [id, key] of Object.entries(samples)) {
