@@ -32,6 +32,7 @@ const compose = parse(composeText, { merge: true }) as { services: Record<string
 const services = compose.services;
 const kongYml = parse(readFileSync(join(ROOT, "kong.yml"), "utf8")) as {
   services: { url: string; routes: { name: string; plugins?: { name: string; config: Record<string, unknown> }[] }[] }[];
+  plugins?: { name: string; config: Record<string, unknown> }[];
 };
 
 describe("docker-compose.yml", () => {
@@ -131,7 +132,8 @@ describe("docker-compose.yml", () => {
 
 describe("kong.yml", () => {
   const routes = kongYml.services.flatMap((s) => s.routes);
-  const plugins = routes.flatMap((r) => r.plugins ?? []);
+  // Global plugins (structured-log) apply to every route of the demo service too.
+  const plugins = [...routes.flatMap((r) => r.plugins ?? []), ...(kongYml.plugins ?? [])];
 
   it("shows every suite plugin on a route of the demo service", () => {
     expect([...new Set(plugins.map((p) => p.name))].sort()).toEqual(bundledPlugins(ROOT));
@@ -139,7 +141,7 @@ describe("kong.yml", () => {
 
   it("says what to try on every route", () => {
     const text = readFileSync(join(ROOT, "kong.yml"), "utf8");
-    expect(text.match(/# Try:/g)?.length).toBe(routes.length);
+    expect(text.match(/# Try:/g)?.length).toBe(routes.length + (kongYml.plugins ?? []).length);
   });
 
   it("reaches Redis with the password by env vault reference, and the upstream where compose and make up run it", () => {

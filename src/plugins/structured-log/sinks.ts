@@ -64,15 +64,17 @@ const O_CREAT = 0x40;
 const O_APPEND = 0x400;
 /** Owner and group: a redacted line still names clients and consumers. */
 const MODE_0640 = 416;
+const MODE_0750 = 488;
 
 interface Libc {
   open(this: void, path: string, flags: number, mode: number): number;
+  mkdir(this: void, path: string, mode: number): number;
   write(this: void, fd: number, data: string, len: number): unknown;
   close(this: void, fd: number): number;
   strerror(this: void, errnum: number): FfiCData;
 }
 // Kong's file-log declares the same functions: a second cdef of one is an error, hence one pcall each.
-for (const decl of ["int open(const char *pathname, int flags, int mode)", "long write(int fd, const void *buf, unsigned long count)", "int close(int fd)", "char *strerror(int errnum)"]) pcall(ffi.cdef, decl + ";");
+for (const decl of ["int open(const char *pathname, int flags, int mode)", "long write(int fd, const void *buf, unsigned long count)", "int close(int fd)", "int mkdir(const char *pathname, unsigned int mode)", "char *strerror(int errnum)"]) pcall(ffi.cdef, decl + ";");
 const libc = ffi.C as unknown as Libc;
 
 function errnoText(this: void): string {
@@ -122,8 +124,18 @@ function flushFile(this: void, sink: Sink): void {
   const conf = sink.conf;
   const path = conf.sink === "stdout" ? STDOUT : resolvePath(conf.path!);
   if (sink.fd === undefined) {
-    const fd = libc.open(path, O_WRONLY + O_CREAT + O_APPEND, MODE_0640);
-    if (fd < 0) return drop(sink, lines.length, `could not open log file ${path}: ${errnoText()}`);
+    let fd = libc.open(path, O_WRONLY + O_CREAT + O_APPEND, MODE_0640);
+    // A relative path's directory under the prefix is made once (Kong's prefix belongs to
+    // the worker user; the local gateway makes plugin-logs/ itself). Absolute ones never.
+    let openErr = fd < 0 ? errnoText() : "";
+    if (fd < 0 && string.sub(conf.path ?? "/", 1, 1) !== "/") {
+      const [dir] = string.match(path, "^(.*)/[^/]+$");
+      if (dir !== undefined && libc.mkdir(dir, MODE_0750) === 0) {
+        fd = libc.open(path, O_WRONLY + O_CREAT + O_APPEND, MODE_0640);
+        if (fd < 0) openErr = errnoText();
+      }
+    }
+    if (fd < 0) return drop(sink, lines.length, `could not open log file ${path}: ${openErr}`);
     sink.fd = fd;
   }
   const batch = math.max(1, conf.batch_max);

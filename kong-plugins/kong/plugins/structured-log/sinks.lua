@@ -24,7 +24,14 @@ local O_CREAT = 64
 local O_APPEND = 1024
 --- Owner and group: a redacted line still names clients and consumers.
 local MODE_0640 = 416
-for ____, decl in ipairs({"int open(const char *pathname, int flags, int mode)", "long write(int fd, const void *buf, unsigned long count)", "int close(int fd)", "char *strerror(int errnum)"}) do
+local MODE_0750 = 488
+for ____, decl in ipairs({
+    "int open(const char *pathname, int flags, int mode)",
+    "long write(int fd, const void *buf, unsigned long count)",
+    "int close(int fd)",
+    "int mkdir(const char *pathname, unsigned int mode)",
+    "char *strerror(int errnum)"
+}) do
     pcall(ffi.cdef, decl .. ";")
 end
 local libc = ffi.C
@@ -85,12 +92,18 @@ local function flushFile(sink)
     local path = conf.sink == "stdout" and STDOUT or resolvePath(conf.path)
     if sink.fd == nil then
         local fd = libc.open(path, O_WRONLY + O_CREAT + O_APPEND, MODE_0640)
+        local openErr = fd < 0 and errnoText() or ""
+        if fd < 0 and string.sub(conf.path or "/", 1, 1) ~= "/" then
+            local dir = string.match(path, "^(.*)/[^/]+$")
+            if dir ~= nil and libc.mkdir(dir, MODE_0750) == 0 then
+                fd = libc.open(path, O_WRONLY + O_CREAT + O_APPEND, MODE_0640)
+                if fd < 0 then
+                    openErr = errnoText()
+                end
+            end
+        end
         if fd < 0 then
-            return drop(
-                sink,
-                #lines,
-                (("could not open log file " .. path) .. ": ") .. errnoText()
-            )
+            return drop(sink, #lines, (("could not open log file " .. path) .. ": ") .. openErr)
         end
         sink.fd = fd
     end
