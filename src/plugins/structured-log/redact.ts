@@ -18,13 +18,20 @@ export function nameSet(this: void, ...lists: (string[] | undefined)[]): NameSet
   return set;
 }
 
-/** Replaces, in place, the value of every entry of `values` whose name is in `names`. */
-export function redactTable(this: void, values: unknown, names: NameSet): void {
-  if (type(values) !== "table") return;
+/** Replaces, in place, the value of every entry of `values` whose name is in `names`; returns how many. */
+export function redactTable(this: void, values: unknown, names: NameSet): number {
+  if (type(values) !== "table") return 0;
   const t = values as LuaTable<string, unknown>;
-  const hits: string[] = [];
-  for (const [k] of pairs(t)) if (type(k) === "string" && names.has(string.lower(k))) hits.push(k);
+  let hits: string[] | undefined;
+  for (const [k] of pairs(t)) {
+    if (type(k) === "string" && names.has(string.lower(k))) {
+      hits = hits ?? [];
+      hits.push(k);
+    }
+  }
+  if (hits === undefined) return 0;
   for (const k of hits) t.set(k, REDACTED);
+  return hits.length;
 }
 
 function unescape(this: void, text: string): string {
@@ -69,9 +76,16 @@ export function redactQuery(this: void, query: unknown, names: NameSet): void {
 /** Any byte past ASCII (built with string.char: a TS escape would become UTF-16). */
 const NON_ASCII = "[" + string.char(128) + "-" + string.char(255) + "]";
 
+/** PCRE (JIT, compiled once) in nginx: a Lua pattern walks every byte of every line in Lua. */
+function hasNonAscii(this: void, text: string): boolean {
+  const re = (ngx as unknown as { re?: { find?: unknown } }).re;
+  if (re !== undefined && re.find !== undefined) return ngx.re.find(text, "[\\x80-\\xff]", "jo")[0] !== undefined;
+  return string.find(text, NON_ASCII)[0] !== undefined;
+}
+
 /** The same line with every byte sequence that is not UTF-8 replaced by U+FFFD. */
 export function toUtf8(this: void, text: string): string {
-  if (string.find(text, NON_ASCII)[0] === undefined) return text;
+  if (!hasNonAscii(text)) return text;
   const out: string[] = [];
   const n = text.length;
   let i = 1;

@@ -58,9 +58,10 @@ function ____exports.redactEntry(entry, names)
     local request = entry.request
     if type(request) == "table" then
         redactTable(request.headers, names.headers)
-        redactTable(request.querystring, names.query)
-        request.uri = redactUri(request.uri, names.query)
-        request.url = redactUri(request.url, names.query)
+        if redactTable(request.querystring, names.query) > 0 then
+            request.uri = redactUri(request.uri, names.query)
+            request.url = redactUri(request.url, names.query)
+        end
     end
     if type(entry.response) == "table" then
         redactTable(entry.response.headers, names.headers)
@@ -102,11 +103,17 @@ function ____exports.levelOf(status, f)
     end
     return "info"
 end
---- RFC 3339 UTC with milliseconds.
+local formattedSecond = -1
+local formattedPrefix = ""
+--- RFC 3339 UTC with milliseconds (the date formatted once per second).
 function ____exports.timestamp(seconds)
     local whole = math.floor(seconds)
     local ms = math.floor((seconds - whole) * 1000 + 0.5)
-    return os.date("!%Y-%m-%dT%H:%M:%S", whole) .. string.format(
+    if whole ~= formattedSecond then
+        formattedSecond = whole
+        formattedPrefix = os.date("!%Y-%m-%dT%H:%M:%S", whole)
+    end
+    return formattedPrefix .. string.format(
         ".%03dZ",
         math.min(ms, 999)
     )

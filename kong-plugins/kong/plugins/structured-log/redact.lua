@@ -23,21 +23,26 @@ function ____exports.nameSet(...)
     end
     return set
 end
---- Replaces, in place, the value of every entry of `values` whose name is in `names`.
+--- Replaces, in place, the value of every entry of `values` whose name is in `names`; returns how many.
 function ____exports.redactTable(values, names)
     if type(values) ~= "table" then
-        return
+        return 0
     end
     local t = values
-    local hits = {}
+    local hits
     for k in pairs(t) do
         if type(k) == "string" and names[string.lower(k)] ~= nil then
+            hits = hits or ({})
             hits[#hits + 1] = k
         end
+    end
+    if hits == nil then
+        return 0
     end
     for ____, k in ipairs(hits) do
         t[k] = ____exports.REDACTED
     end
+    return #hits
 end
 local function unescape(text)
     local plus = string.gsub(text, "+", " ")
@@ -84,9 +89,17 @@ function ____exports.redactQuery(query, names)
 end
 --- Any byte past ASCII (built with string.char: a TS escape would become UTF-16).
 local NON_ASCII = ((("[" .. string.char(128)) .. "-") .. string.char(255)) .. "]"
+--- PCRE (JIT, compiled once) in nginx: a Lua pattern walks every byte of every line in Lua.
+local function hasNonAscii(text)
+    local re = ngx.re
+    if re ~= nil and re.find ~= nil then
+        return (ngx.re.find(text, "[\\x80-\\xff]", "jo")) ~= nil
+    end
+    return (string.find(text, NON_ASCII)) ~= nil
+end
 --- The same line with every byte sequence that is not UTF-8 replaced by U+FFFD.
 function ____exports.toUtf8(text)
-    if (string.find(text, NON_ASCII)) == nil then
+    if not hasNonAscii(text) then
         return text
     end
     local out = {}
