@@ -20,10 +20,10 @@ const sha = (s: string) => createHash("sha256").update(s).digest("hex");
 const pad = (i: number) => "x".repeat(10 + (i * 7919) % 300);
 
 /** Keys of every kind; sizes vary so the memory estimate has something to estimate. */
-async function fill(redis: Redis, n: { rl: number; ka: number; cache: number; other: number; ip?: number }, gen = 3): Promise<Record<string, string[]>> {
+async function fill(redis: Redis, n: { rl: number; ka: number; cache: number; other: number; ip?: number; streams?: number }, gen = 3): Promise<Record<string, string[]>> {
   const made: Record<string, string[]> = {
     counters: [], key: [], ids: [], expiring: [], generation: [], entry: [], fill: [], refresh: [], other: [],
-    entries: [], reasons: [], version: [], hits: [],
+    entries: [], reasons: [], version: [], hits: [], stream: [],
   };
   let p = redis.pipeline();
   let queued = 0;
@@ -81,6 +81,15 @@ async function fill(redis: Redis, n: { rl: number; ka: number; cache: number; ot
     queued += 6;
     await flush();
   }
+  // structured-log: n.streams streams of a few entries each.
+  for (let i = 0; i < (n.streams ?? 0); i++) {
+    const k = `krs:structured-log:v1:{stream-${i}}:stream`;
+    for (let j = 0; j <= i % 5; j++) p.xadd(k, "*", "log", `{"n":"${pad(i + j)}"}`);
+    p.expire(k, 604_800);
+    made.stream.push(k);
+    queued += 2;
+    await flush();
+  }
   for (let i = 0; i < n.other; i++) {
     p.set(`app:session:${i}`, "v");
     made.other.push(`app:session:${i}`);
@@ -114,7 +123,7 @@ describe("krs inspect on 200,000 suite keys", () => {
     const server = await startRedis();
     url = `redis://127.0.0.1:${server.port}`;
     redis = new Redis({ port: server.port });
-    made = await fill(redis, { rl: 80_000, ka: 40_000, cache: 79_997, other: 1000, ip: 50 });
+    made = await fill(redis, { rl: 80_000, ka: 40_000, cache: 79_997, other: 1000, ip: 50, streams: 20 });
     await redis.hset(planted, "minute:count", "1"); // no TTL: must be flagged
     made.counters.push(planted);
   }, 120_000);
