@@ -171,6 +171,7 @@ function flushStream(this: void, sink: Sink): void {
   const key = sink.key!;
   const batch = math.max(1, conf.batch_max);
   let first = 1;
+  let unreachable = "";
   for (let round = 0; round < MAX_BATCHES_PER_FLUSH && first <= lines.length; round++) {
     const last = math.min(first + batch - 1, lines.length);
     const calls: Call[] = [];
@@ -178,7 +179,10 @@ function flushStream(this: void, sink: Sink): void {
     calls.push({ command: "expire", args: [key, conf.stream_ttl] });
     const [replies, err] = client.pipeline(conf.redis, calls);
     if (replies === undefined) {
-      if (notSent(err ?? "")) break;
+      if (notSent(err ?? "")) {
+        unreachable = err ?? "unknown error";
+        break;
+      }
       // Sent, answer lost: Redis may hold them. Sending again could log a request twice.
       drop(sink, last - first + 1, `redis stream ${key} write failed, outcome unknown: ${err}`);
     } else {
@@ -209,8 +213,8 @@ function flushStream(this: void, sink: Sink): void {
   }
   const lost = unsent + lines.length - kept.length;
   sink.queue = kept;
-  if (lost > 0) drop(sink, lost, `redis stream ${key} unreachable, queue full (max_queue ${conf.max_queue})`);
-  else report(sink, `redis stream ${key} unreachable; ${kept.length} lines queued`);
+  if (lost > 0) drop(sink, lost, `redis stream ${key} unreachable (${unreachable}), queue full (max_queue ${conf.max_queue})`);
+  else report(sink, `redis stream ${key} unreachable (${unreachable}); ${kept.length} lines queued`);
 }
 
 // ---------------------------------------------------------------- queue

@@ -145,6 +145,7 @@ local function flushStream(sink)
     local key = sink.key
     local batch = math.max(1, conf.batch_max)
     local first = 1
+    local unreachable = ""
     do
         local round = 0
         while round < MAX_BATCHES_PER_FLUSH and first <= #lines do
@@ -169,6 +170,7 @@ local function flushStream(sink)
             local replies, err = client.pipeline(conf.redis, calls)
             if replies == nil then
                 if notSent(err or "") then
+                    unreachable = err or "unknown error"
                     break
                 end
                 drop(
@@ -228,12 +230,12 @@ local function flushStream(sink)
         drop(
             sink,
             lost,
-            ((("redis stream " .. key) .. " unreachable, queue full (max_queue ") .. tostring(conf.max_queue)) .. ")"
+            ((((("redis stream " .. key) .. " unreachable (") .. unreachable) .. "), queue full (max_queue ") .. tostring(conf.max_queue)) .. ")"
         )
     else
         report(
             sink,
-            ((("redis stream " .. key) .. " unreachable; ") .. tostring(#kept)) .. " lines queued"
+            ((((("redis stream " .. key) .. " unreachable (") .. unreachable) .. "); ") .. tostring(#kept)) .. " lines queued"
         )
     end
 end
