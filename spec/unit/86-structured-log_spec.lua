@@ -113,6 +113,23 @@ describe("structured-log", function()
     end)
   end)
 
+  describe("open breakers for krs.breaker_open", function()
+    it("names host:port/database of each open circuit, never the pool's credential hash", function()
+      local saved = _G.ngx
+      _G.ngx = setmetatable({ now = function() return 1000 end }, { __index = saved })
+      package.loaded["krs.redis.breaker"] = nil
+      local breaker = require("krs.redis.breaker")
+      local secret_pool = "krs:10.0.0.5:6380:2:plain:0123456789abcdef"
+      local closed_pool = "krs:127.0.0.1:6379:0:tlsv:redis.internal:-"
+      for _ = 1, 3 do breaker.report(secret_pool, "slow", false) end
+      breaker.report(closed_pool, "slow", false)
+      local open = breaker.openEndpoints()
+      package.loaded["krs.redis.breaker"] = nil
+      _G.ngx = saved
+      assert.same({ "10.0.0.5:6380/2" }, open)
+    end)
+  end)
+
   describe("the line", function()
     it("krs: the facts as recorded, times rounded, breakers and drops only when there are some", function()
       local facts = {
