@@ -376,6 +376,27 @@ export const SCENARIOS: Scenario[] = [
     baseline: "gateway-no-plugins",
   },
   {
+    name: "log-file",
+    description: "structured-log to a file under the prefix: serialize, redact, encode, one write(2) per batch of 500 lines or 0.5 s per worker; no Redis command",
+    target: "gateway",
+    config: (env) => oneService(env, { plugins: [{ name: "structured-log", config: { sink: "file", path: "plugin-logs/bench.log" } }] }),
+    path: "/?apikey=bench-secret",
+    headers: { authorization: "Bearer bench-secret", "x-request-id": "bench" },
+    baseline: "gateway-no-plugins",
+    goal: 0.9, // issue 14: log-file >= 0.90x
+  },
+  {
+    name: "log-redis-stream",
+    description: "structured-log to a Redis Stream: per worker, one pipelined round trip per batch (an XADD per request + one EXPIRE per batch of up to 500), from a timer every 0.5 s; none on the request's path",
+    target: "gateway",
+    needsRedis: true,
+    config: (env) => oneService(env, { plugins: [{ name: "structured-log", config: { sink: "redis-stream", stream_key: "bench", max_len: 10000, redis: { port: env.redisPort } } }] }),
+    path: "/?apikey=bench-secret",
+    headers: { authorization: "Bearer bench-secret", "x-request-id": "bench" },
+    baseline: "gateway-no-plugins",
+    goal: 0.85, // issue 14: log-redis-stream >= 0.85x
+  },
+  {
     name: "nginx-proxy-cache-hit",
     description: "nginx's own proxy_cache serving hits (a server block of the upstream nginx, 1 worker, selected by Host)",
     target: "upstream",

@@ -20,11 +20,11 @@ const sha = (s: string) => createHash("sha256").update(s).digest("hex");
 const pad = (i: number) => "x".repeat(10 + (i * 7919) % 300);
 
 /** Keys of every kind; sizes vary so the memory estimate has something to estimate. */
-async function fill(redis: Redis, n: { rl: number; ka: number; cache: number; other: number; ip?: number; usage?: number; jwt?: number; metricNodes?: number }, gen = 3): Promise<Record<string, string[]>> {
+async function fill(redis: Redis, n: { rl: number; ka: number; cache: number; other: number; ip?: number; usage?: number; jwt?: number; metricNodes?: number; streams?: number }, gen = 3): Promise<Record<string, string[]>> {
   const made: Record<string, string[]> = {
     counters: [], key: [], ids: [], expiring: [], generation: [], entry: [], fill: [], refresh: [], other: [],
     entries: [], reasons: [], version: [], hits: [], day: [], month: [], quota: [],
-    credentials: [], "revoked-token": [], "revoked-subject": [], "revoked-consumer": [], node: [], nodes: [],
+    credentials: [], "revoked-token": [], "revoked-subject": [], "revoked-consumer": [], node: [], nodes: [], stream: [],
   };
   let p = redis.pipeline();
   let queued = 0;
@@ -123,6 +123,15 @@ async function fill(redis: Redis, n: { rl: number; ka: number; cache: number; ot
     p.pexpire("krs:redis-metrics:v1:{cluster}:nodes", 600_000);
     made.nodes.push("krs:redis-metrics:v1:{cluster}:nodes");
   }
+  // structured-log: n.streams streams of a few entries each.
+  for (let i = 0; i < (n.streams ?? 0); i++) {
+    const k = `krs:structured-log:v1:{stream-${i}}:stream`;
+    for (let j = 0; j <= i % 5; j++) p.xadd(k, "*", "log", `{"n":"${pad(i + j)}"}`);
+    p.expire(k, 604_800);
+    made.stream.push(k);
+    queued += 2;
+    await flush();
+  }
   for (let i = 0; i < n.other; i++) {
     p.set(`app:session:${i}`, "v");
     made.other.push(`app:session:${i}`);
@@ -171,7 +180,7 @@ describe("krs inspect on 200,000 suite keys", () => {
     const server = await startRedis();
     url = `redis://127.0.0.1:${server.port}`;
     redis = new Redis({ port: server.port });
-    made = await fill(redis, { rl: 80_000, ka: 40_000, cache: 79_857, other: 1000, ip: 50, usage: 5, jwt: 40, metricNodes: 3 });
+    made = await fill(redis, { rl: 80_000, ka: 40_000, cache: 79_837, other: 1000, ip: 50, usage: 5, jwt: 40, metricNodes: 3, streams: 20 });
     await redis.hset(planted, "minute:count", "1"); // no TTL: must be flagged
     made.counters.push(planted);
   }, 120_000);

@@ -39,6 +39,7 @@ describe("key kinds", () => {
       "redis-jwt/invalidations": "krs:redis-jwt:v1:invalidations",
       "redis-metrics/node": "krs:redis-metrics:v1:{cluster}:node:4e3cc955-20bd-4cd1-b4c9-5060f49932fa",
       "redis-metrics/nodes": "krs:redis-metrics:v1:{cluster}:nodes",
+      "structured-log/stream": "krs:structured-log:v1:{requests}:stream",
     };
     expect(Object.keys(samples).sort()).toEqual(KEY_KINDS.map((k) => `${k.plugin}/${k.kind}`).sort());
     for (const [id, key] of Object.entries(samples)) {

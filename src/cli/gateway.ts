@@ -175,6 +175,8 @@ function trustedCertificateDirective(setting: string): string {
  */
 const PRIVATE_FILE = 0o600;
 const PRIVATE_DIR = 0o700;
+/** Directory under the prefix that workers can create files in (see startGateway). */
+export const PLUGIN_LOGS = "plugin-logs";
 
 function writePrivate(path: string, data: string): void {
   writeFileSync(path, data, { mode: PRIVATE_FILE });
@@ -252,6 +254,11 @@ export async function startGateway(opts: StartOptions): Promise<StartedGateway> 
   // opens them before workers start, so workers running as another user need no access.
   chmodSync(join(prefix, "logs"), PRIVATE_DIR);
   for (const log of ["error.log", "access.log"]) touchPrivate(join(prefix, "logs", log));
+  // Where plugins that write files (structured-log's relative paths) write: workers may
+  // run as another user than the master that made the prefix. Anyone may create a file,
+  // nobody may list the directory or remove another's file (sticky).
+  mkdirSync(join(prefix, PLUGIN_LOGS), { recursive: true });
+  chmodSync(join(prefix, PLUGIN_LOGS), 0o1733);
   // krs/ holds the config and the Admin API state; only nginx's master reads it (workers,
   // which may run as another user, get what they need from the master), so it can be private.
   // The prefix itself is not: workers write request bodies under tmp/.

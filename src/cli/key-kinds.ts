@@ -285,6 +285,16 @@ export const KEY_KINDS: readonly KeyKind[] = [
     ttl: "the latest-expiring node's snapshot lifetime (`PEXPIRE` by every push); expired members removed by every push",
     what: "the live nodes: `GET /redis-metrics/cluster` reads the snapshots of the members not yet expired",
   },
+  {
+    plugin: "structured-log",
+    kind: "stream",
+    pattern: "`krs:structured-log:v1:{<stream_key>}:stream` (stream_key: the config's name, `[A-Za-z0-9._-]{1,64}`, kept as-is by `part()`)",
+    match: /^krs:structured-log:v1:\{[^{}]*\}:stream$/,
+    type: "stream: one entry per request, field `log` = the JSON line (what the log file would hold), ids `*` (Redis time)",
+    ttlRule: "required",
+    ttl: "`stream_ttl` (7 days) after the last batch written (`EXPIRE` in every batch's pipeline); its length is bounded by `XADD MAXLEN ~ max_len` (100,000)",
+    what: "the request log every node shares, written in batches per worker (one pipelined round trip: XADD per line + one EXPIRE); read with `krs logs tail`",
+  },
 ];
 
 /** Plugins that have keys in the table, in table order. */

@@ -9,6 +9,7 @@ import { registerInspect } from "./inspect.js";
 import { ipCommand } from "./ip.js";
 import { jwtCommand } from "./jwt.js";
 import { keysCommand } from "./keys.js";
+import { registerLogs } from "./logs.js";
 import { registerPurge } from "./purge.js";
 import { RedisConnectError } from "./redis.js";
 import { upstreamCommand } from "./upstream.js";
@@ -20,6 +21,7 @@ const COMMANDS: Register[] = [
   registerPurge,
   registerDoctor,
   registerUsage,
+  registerLogs,
 ];
 
 /** Commands that still parse their own arguments (src/cli/args.ts); listed in `krs --help`. */

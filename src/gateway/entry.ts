@@ -288,7 +288,14 @@ export function balancerPhase(this: void): void {
     balancer.set_timeouts(upstream.connect_timeout, upstream.send_timeout, upstream.read_timeout);
   }
   upstream.tries++;
+  const startedAt = ngx.now();
   const [ok, err] = balancer.set_current_peer(upstream.host, upstream.port);
+  let tries = ctx.KRS_TRIES;
+  if (tries === undefined) {
+    tries = [];
+    ctx.KRS_TRIES = tries;
+  }
+  tries.push({ ip: upstream.host, port: upstream.port, balancer_start: math.floor(startedAt * 1000), balancer_latency: math.floor((ngx.now() - startedAt) * 1000) });
   if (ok === undefined) {
     ngx.log(ngx.ERR, "[kong] could not set the upstream peer: ", err);
     return ngx.exit(500);

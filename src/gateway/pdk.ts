@@ -36,6 +36,8 @@ export interface RequestCtx {
   KRS_ACCESS_ENDED?: number;
   /** $request_id, read once in access (the key of the error-page ctx stash). */
   KRS_REQUEST_ID?: string;
+  /** One entry per balancer attempt, as Kong's ctx.balancer_data.tries (serialize's `tries`). */
+  KRS_TRIES?: BalancerTry[];
   /**
    * Kong's own ctx fields a plugin may set when it answers in the upstream's place (Kong's
    * proxy-cache does on a hit): the response then gets Kong's proxied headers (the
@@ -44,6 +46,14 @@ export interface RequestCtx {
   KONG_PROXIED?: boolean;
   KONG_PROXY_LATENCY?: number;
   KONG_WAITING_TIME?: number;
+}
+
+/** Kong's balancer try record: the peer, when the attempt started (ms) and what choosing it cost (ms). */
+export interface BalancerTry {
+  ip: string;
+  port: number;
+  balancer_start: number;
+  balancer_latency: number;
 }
 
 interface SerializeOp {
@@ -584,7 +594,8 @@ function serialize(this: void): KongSerializedLog {
   const started = ngx.req.start_time();
   const now = ngx.now();
   const upstreamMs = tonumber(ngx.var["upstream_response_time"]);
-  const requestMs = math.floor((now - started) * 1000 + 0.5);
+  // As Kong: $request_time, which nginx takes from a fresh clock (ngx.now() may be stale here).
+  const requestMs = math.floor((tonumber(ngx.var["request_time"]) ?? now - started) * 1000 + 0.5);
   const proxyMs = upstreamMs !== undefined ? math.floor(upstreamMs * 1000 + 0.5) : -1;
   const [reqHeaders] = ngx.req.get_headers(100);
   const [respHeaders] = ngx.resp.get_headers(100);
@@ -600,7 +611,7 @@ function serialize(this: void): KongSerializedLog {
       size: tonumber(ngx.var["request_length"]) ?? 0,
       querystring: query,
       headers: reqHeaders,
-      id: ngx.var["request_id"],
+      id: ngx.var["request_id"] ?? "",
     },
     response: {
       status: ngx.status,
@@ -618,13 +629,40 @@ function serialize(this: void): KongSerializedLog {
     },
     client_ip: client.get_forwarded_ip(),
     started_at: math.floor(started * 1000),
-    upstream_uri: ctx.KRS_UPSTREAM_URI,
+    upstream_uri: upstreamUri(),
     source: response.get_source(),
+    upstream_status: upstreamStatus(),
+    tries: ctx.KRS_TRIES,
+    authenticated_entity: authenticatedEntity(ctx.authenticated_credential),
   };
   const ops = ctx.KRS_SERIALIZE;
   for (const op of REDACTIONS) applySerializeOp(entry, op);
   if (ops !== undefined) for (const op of ops) applySerializeOp(entry, op);
   return entry;
+}
+
+/**
+ * Kong 3.9: what was sent upstream, query included (as $upstream_uri, with the query
+ * nginx would append when the URI set has none); "" when nothing was proxied.
+ */
+function upstreamUri(this: void): string {
+  const uri = ngx.var["upstream_uri"] ?? "";
+  if (uri === "" || string.find(uri, "?", 1, true)[0] !== undefined) return uri;
+  if (string.byte(ngx.var["request_uri"] ?? "", -1) === 63) return uri + "?";
+  if (ngx.var["is_args"] === "?") return `${uri}?${ngx.var["args"] ?? ""}`;
+  return uri;
+}
+
+/** Kong 3.9: nginx's $upstream_status as it is ("" when nothing was proxied; "502, 200" after a retry). */
+function upstreamStatus(this: void): string {
+  return ngx.var["upstream_status"] ?? "";
+}
+
+/** Kong 3.9: the credential's id and consumer id, never the credential's secret fields. */
+function authenticatedEntity(this: void, credential: KongCredential | undefined): { id: EntityId; consumer_id?: string } | undefined {
+  if (credential === undefined) return undefined;
+  const consumerId = (credential as { consumer_id?: string }).consumer_id ?? credential.consumer?.id;
+  return { id: credential.id, consumer_id: consumerId };
 }
 
 function deepCopy<T>(this: void, value: T): T {

@@ -185,6 +185,12 @@ declare interface KongSerializedLog {
   started_at: number;
   upstream_uri?: string;
   source?: string;
+  /** nginx's $upstream_status ("" when not proxied). */
+  upstream_status?: string;
+  /** One per balancer attempt. */
+  tries?: { ip: string; port: number; balancer_start: number; balancer_latency: number }[];
+  /** Present when a credential authenticated the request. */
+  authenticated_entity?: { id: string; consumer_id?: string };
   [extra: string]: unknown;
 }
 

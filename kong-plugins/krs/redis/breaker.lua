@@ -92,4 +92,20 @@ function ____exports.knownPools()
     end
     return out
 end
+--- The endpoints ("host:port/database") whose circuit is open in this worker, for the
+-- reporting plugins. Pool names carry a hash of the credentials: it never leaves here.
+function ____exports.openEndpoints()
+    local out = {}
+    for pool, circuit in pairs(circuits) do
+        do
+            if circuit.retryAt == 0 then
+                goto __continue21
+            end
+            local host, port, database = string.match(pool, "^krs:(.*):(%d+):(%d+):[^:]*:?[^:]*:[^:]*$")
+            out[#out + 1] = host ~= nil and (((host .. ":") .. port) .. "/") .. database or "unknown"
+        end
+        ::__continue21::
+    end
+    return out
+end
 return ____exports

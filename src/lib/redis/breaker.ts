@@ -88,7 +88,6 @@ export function report(this: void, pool: string, outcome: Outcome, probe: boolea
   }
 }
 
-
 /** True while this worker's circuit for `pool` is open (for metrics; changes nothing). */
 export function isOpen(this: void, pool: string): boolean {
   const circuit = circuits.get(pool);
@@ -99,5 +98,19 @@ export function isOpen(this: void, pool: string): boolean {
 export function knownPools(this: void): string[] {
   const out: string[] = [];
   for (const [pool] of pairs(known)) out.push(pool);
+  return out;
+}
+
+/**
+ * The endpoints ("host:port/database") whose circuit is open in this worker, for the
+ * reporting plugins. Pool names carry a hash of the credentials: it never leaves here.
+ */
+export function openEndpoints(this: void): string[] {
+  const out: string[] = [];
+  for (const [pool, circuit] of pairs(circuits)) {
+    if (circuit.retryAt === 0) continue;
+    const [host, port, database] = string.match(pool, "^krs:(.*):(%d+):(%d+):[^:]*:?[^:]*:[^:]*$");
+    out.push(host !== undefined ? `${host}:${port}/${database}` : "unknown");
+  }
   return out;
 }

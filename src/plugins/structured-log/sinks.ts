@@ -1,0 +1,318 @@
+/**
+ * Where the lines go, one sink per destination and worker: a bounded queue flushed by a
+ * timer (at most flush_interval later), or at once when a batch is full. A file gets one
+ * write(2) per batch of whole lines on an O_APPEND descriptor, so lines of different
+ * workers never interleave; a Redis Stream one pipelined round trip per batch (XADD per
+ * line, one EXPIRE), never a call on the request's path. stdout is a file sink on the
+ * worker's standard output. Past max_queue, lines are
+ * dropped, counted, and reported once per interval.
+ */
+import * as ffi from "ffi";
+import * as client from "../../lib/redis/client";
+import type { Call } from "../../lib/redis/client";
+import type { RedisConf } from "../../lib/redis/schema";
+import * as keys from "../../lib/keys";
+import { PLUGIN } from "./names";
+
+export interface SinkConf {
+  sink: "file" | "redis-stream" | "stdout";
+  path?: string;
+  reopen: boolean;
+  stream_key: string;
+  max_len: number;
+  stream_ttl: number;
+  max_queue: number;
+  batch_max: number;
+  flush_interval: number;
+  redis: RedisConf;
+}
+
+interface Sink {
+  kind: "file" | "redis-stream";
+  /** The last config that pushed here: its limits and Redis apply to the next flush. */
+  conf: SinkConf;
+  /** redis-stream: the stream's key. */
+  key?: string;
+  queue: string[];
+  flushing: boolean;
+  /** A zero-delay flush is already scheduled. */
+  scheduled: boolean;
+  fd?: number;
+  written: number;
+  dropped: number;
+  /** Dropped since the last report, and when that was. */
+  unreported: number;
+  reportedAt: number;
+  /** Why lines were dropped lately (for the report). */
+  lastCause?: string;
+}
+
+const REPORT_INTERVAL = 10;
+/** Batches one flush sends at most: a flush never holds its timer for long. */
+const MAX_BATCHES_PER_FLUSH = 50;
+
+/** The worker's standard output: the container's in Kong's image (nginx in the foreground). */
+const STDOUT = "/dev/stdout";
+
+const sinks = new LuaTable<string, Sink>();
+const sinkOfConf = setmetatable(new LuaTable<SinkConf, Sink>(), { __mode: "k" });
+
+// ---------------------------------------------------------------- files (libc through FFI)
+
+const O_WRONLY = 0x1;
+const O_CREAT = 0x40;
+const O_APPEND = 0x400;
+/** Owner and group: a redacted line still names clients and consumers. */
+const MODE_0640 = 416;
+const MODE_0750 = 488;
+
+interface Libc {
+  open(this: void, path: string, flags: number, mode: number): number;
+  mkdir(this: void, path: string, mode: number): number;
+  write(this: void, fd: number, data: string, len: number): unknown;
+  close(this: void, fd: number): number;
+  strerror(this: void, errnum: number): FfiCData;
+}
+// Kong's file-log declares the same functions: a second cdef of one is an error, hence one pcall each.
+for (const decl of ["int open(const char *pathname, int flags, int mode)", "long write(int fd, const void *buf, unsigned long count)", "int close(int fd)", "int mkdir(const char *pathname, unsigned int mode)", "char *strerror(int errnum)"]) pcall(ffi.cdef, decl + ";");
+const libc = ffi.C as unknown as Libc;
+
+function errnoText(this: void): string {
+  const errno = (ffi as unknown as { errno(this: void): number }).errno();
+  return ffi.string(libc.strerror(errno));
+}
+
+/** Logs a sink's trouble at most once per interval, with the drops since the last report. */
+function report(this: void, sink: Sink, cause: string): void {
+  sink.lastCause = cause;
+  const now = ngx.now();
+  if (now - sink.reportedAt < REPORT_INTERVAL) return;
+  sink.reportedAt = now;
+  const dropped = sink.unreported;
+  sink.unreported = 0;
+  ngx.log(ngx.ERR, `[kong] [${PLUGIN}] ${cause}; ${dropped} log lines dropped since the last report (${sink.dropped} in this worker since start)`);
+}
+
+function drop(this: void, sink: Sink, count: number, cause: string): void {
+  sink.dropped += count;
+  sink.unreported += count;
+  report(sink, cause);
+}
+
+function writeAll(this: void, fd: number, data: string): string | undefined {
+  let rest = data;
+  // A regular file takes an O_APPEND write whole; the loop is for the odd short write.
+  for (let attempt = 0; attempt < 8 && rest.length > 0; attempt++) {
+    const n = tonumber(libc.write(fd, rest, rest.length)) ?? -1;
+    if (n < 0) return errnoText();
+    rest = string.sub(rest, n + 1);
+  }
+  return rest.length > 0 ? "short write" : undefined;
+}
+
+/** A relative path is under the nginx prefix, as Kong's own files are. */
+function resolvePath(this: void, path: string): string {
+  if (string.sub(path, 1, 1) === "/") return path;
+  const prefix = ngx.config.prefix();
+  return string.sub(prefix, -1) === "/" ? prefix + path : `${prefix}/${path}`;
+}
+
+function flushFile(this: void, sink: Sink): void {
+  const lines = sink.queue;
+  if (lines.length === 0) return;
+  sink.queue = [];
+  const conf = sink.conf;
+  const path = conf.sink === "stdout" ? STDOUT : resolvePath(conf.path!);
+  if (sink.fd === undefined) {
+    let fd = libc.open(path, O_WRONLY + O_CREAT + O_APPEND, MODE_0640);
+    // A relative path's directory under the prefix is made once (Kong's prefix belongs to
+    // the worker user; the local gateway makes plugin-logs/ itself). Absolute ones never.
+    let openErr = fd < 0 ? errnoText() : "";
+    if (fd < 0 && string.sub(conf.path ?? "/", 1, 1) !== "/") {
+      const [dir] = string.match(path, "^(.*)/[^/]+$");
+      if (dir !== undefined && libc.mkdir(dir, MODE_0750) === 0) {
+        fd = libc.open(path, O_WRONLY + O_CREAT + O_APPEND, MODE_0640);
+        if (fd < 0) openErr = errnoText();
+      }
+    }
+    if (fd < 0) return drop(sink, lines.length, `could not open log file ${path}: ${openErr}`);
+    sink.fd = fd;
+  }
+  const batch = math.max(1, conf.batch_max);
+  for (let first = 1; first <= lines.length; first += batch) {
+    const last = math.min(first + batch - 1, lines.length);
+    const err = writeAll(sink.fd, table.concat(lines, "\n", first, last) + "\n");
+    if (err !== undefined) {
+      drop(sink, lines.length - first + 1, `could not write log file ${path}: ${err}`);
+      libc.close(sink.fd);
+      sink.fd = undefined;
+      return;
+    }
+    sink.written += last - first + 1;
+  }
+  if (conf.reopen) {
+    libc.close(sink.fd);
+    sink.fd = undefined;
+  }
+}
+
+// ---------------------------------------------------------------- Redis Stream
+
+/** Errors before anything reached Redis: the batch can be sent again without a duplicate. */
+function notSent(this: void, err: string): boolean {
+  return string.find(err, "^redis pipeline")[0] === undefined;
+}
+
+function flushStream(this: void, sink: Sink): void {
+  let lines = sink.queue;
+  if (lines.length === 0) return;
+  sink.queue = [];
+  const conf = sink.conf;
+  const key = sink.key!;
+  const batch = math.max(1, conf.batch_max);
+  let first = 1;
+  let unreachable = "";
+  for (let round = 0; round < MAX_BATCHES_PER_FLUSH && first <= lines.length; round++) {
+    const last = math.min(first + batch - 1, lines.length);
+    const calls: Call[] = [];
+    for (let i = first; i <= last; i++) calls.push({ command: "xadd", args: [key, "MAXLEN", "~", conf.max_len, "*", "log", lines[i - 1]] });
+    calls.push({ command: "expire", args: [key, conf.stream_ttl] });
+    const [replies, err] = client.pipeline(conf.redis, calls);
+    if (replies === undefined) {
+      if (notSent(err ?? "")) {
+        unreachable = err ?? "unknown error";
+        break;
+      }
+      // Sent, answer lost: Redis may hold them. Sending again could log a request twice.
+      drop(sink, last - first + 1, `redis stream ${key} write failed, outcome unknown: ${err}`);
+    } else {
+      let refused = 0;
+      let reason: string | undefined;
+      for (let i = 0; i < last - first + 1; i++) {
+        const reply = replies[i];
+        if (type(reply) === "table" && (reply as [false, string])[0] === false) {
+          refused++;
+          reason = (reply as [false, string])[1];
+        }
+      }
+      sink.written += last - first + 1 - refused;
+      if (refused > 0) drop(sink, refused, `redis refused XADD to ${key}: ${reason}`);
+    }
+    first = last + 1;
+  }
+  if (first > lines.length) return;
+  // Not sent (Redis unreachable, circuit open): back in front of what came meanwhile,
+  // within max_queue; the newest lines are the ones dropped.
+  const unsent = lines.length - first + 1;
+  const kept: string[] = [];
+  for (let i = first; i <= lines.length && kept.length < conf.max_queue; i++) kept.push(lines[i - 1]);
+  lines = sink.queue;
+  for (const line of lines) {
+    if (kept.length >= conf.max_queue) break;
+    kept.push(line);
+  }
+  const lost = unsent + lines.length - kept.length;
+  sink.queue = kept;
+  if (lost > 0) drop(sink, lost, `redis stream ${key} unreachable (${unreachable}), queue full (max_queue ${conf.max_queue})`);
+  else report(sink, `redis stream ${key} unreachable (${unreachable}); ${kept.length} lines queued`);
+}
+
+// ---------------------------------------------------------------- queue
+
+function flush(this: void, sink: Sink): void {
+  if (sink.flushing) return;
+  sink.flushing = true;
+  const [ok, err] = pcall(sink.kind === "file" ? flushFile : flushStream, sink);
+  sink.flushing = false;
+  if (!ok) ngx.log(ngx.ERR, `[kong] [${PLUGIN}] flush failed: ${tostring(err)}`);
+}
+
+function onTimer(this: void, premature: boolean, sink: Sink): void {
+  flush(sink);
+  // At worker exit (reload, stop) a line still queued would be lost: flush until empty.
+  if (premature) for (let i = 0; i < 20 && sink.queue.length > 0 && !sink.flushing; i++) flush(sink);
+}
+
+function onScheduled(this: void, _premature: boolean, sink: Sink): void {
+  sink.scheduled = false;
+  flush(sink);
+}
+
+function schedule(this: void, sink: Sink): void {
+  if (sink.scheduled) return;
+  // Zero-delay timers are allowed even while the worker is exiting.
+  const [ok] = ngx.timer.at(0, onScheduled, sink);
+  if (ok !== undefined) sink.scheduled = true;
+}
+
+function sinkKey(this: void, conf: SinkConf): string {
+  if (conf.sink === "file") return `file:${conf.path}:${conf.flush_interval}`;
+  if (conf.sink === "stdout") return `file:${STDOUT}:${conf.flush_interval}`;
+  const r = conf.redis;
+  return `stream:${r.host}:${r.port}:${r.database}:${conf.stream_key}:${conf.flush_interval}`;
+}
+
+function sinkFor(this: void, conf: SinkConf): Sink {
+  let sink = sinkOfConf.get(conf);
+  if (sink !== undefined) return sink;
+  const k = sinkKey(conf);
+  sink = sinks.get(k);
+  if (sink === undefined) {
+    sink = {
+      kind: conf.sink === "redis-stream" ? "redis-stream" : "file",
+      conf,
+      key: conf.sink === "redis-stream" ? streamKey(conf.stream_key) : undefined,
+      queue: [],
+      flushing: false,
+      scheduled: false,
+      written: 0,
+      dropped: 0,
+      unreported: 0,
+      reportedAt: -REPORT_INTERVAL,
+    };
+    const [ok, err] = ngx.timer.every(conf.flush_interval, onTimer, sink);
+    if (ok === undefined) ngx.log(ngx.ERR, `[kong] [${PLUGIN}] could not start the flush timer: ${err}`);
+    sinks.set(k, sink);
+  }
+  sink.conf = conf;
+  sinkOfConf.set(conf, sink);
+  return sink;
+}
+
+export function streamKey(this: void, name: string): string {
+  return keys.key(PLUGIN, keys.part(name), "stream");
+}
+
+/** Lines this worker dropped for the sink of `conf` since it started. */
+export function droppedFor(this: void, conf: SinkConf): number {
+  return sinkFor(conf).dropped;
+}
+
+/** Queues one line (no newline) for the sink of `conf`. */
+export function push(this: void, conf: SinkConf, line: string): void {
+  const sink = sinkFor(conf);
+  if (sink.queue.length >= conf.max_queue) {
+    drop(sink, 1, sink.lastCause ?? `queue full (max_queue ${conf.max_queue})`);
+    return;
+  }
+  sink.queue.push(line);
+  if (sink.queue.length >= conf.batch_max || ngx.worker.exiting()) {
+    // A file write is allowed here (and costs less than a timer); Redis needs a timer.
+    if (sink.kind === "file") flush(sink);
+    else schedule(sink);
+  }
+}
+
+export interface SinkStats {
+  sink: string;
+  queued: number;
+  written: number;
+  dropped: number;
+}
+
+/** This worker's sinks, for an operator or a metrics plugin. */
+export function stats(this: void): SinkStats[] {
+  const out: SinkStats[] = [];
+  for (const [k, s] of pairs(sinks)) out.push({ sink: k, queued: s.queue.length, written: s.written, dropped: s.dropped });
+  return out;
+}
