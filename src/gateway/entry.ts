@@ -9,6 +9,7 @@ import { errorBody, errorMessage, normalizePath, pdk, requestCtx, responseType, 
 import { loadHandler, runAccess, runInitWorker, runLate, runRewrite } from "./plugins";
 import { activate, build, getOptions, getRuntime, initialConfig, setOptions, sync, type GatewayOptions } from "./runtime";
 import { handleAdmin } from "./admin";
+import type { RouteMatch } from "./router";
 
 /** Debian installs lua-resty-redis and lua-resty-string as nginx.*; Kong's code says resty.*. */
 const DEBIAN_ALIASES = ["redis", "string", "sha1", "sha256", "sha512", "md5", "aes", "random"];
@@ -205,6 +206,42 @@ function stashCtx(this: void): void {
 }
 setCtxStash(stashCtx);
 
+type ServiceOf = NonNullable<ReturnType<typeof requestCtx>["service"]>;
+
+/**
+ * What the upstream request carries from the route and the client, taken before plugins
+ * run, as Kong does (a plugin's clear_header does not change X-Forwarded-For). A variable
+ * the nginx.conf already holds at its default is not set again: each ngx.var write is a
+ * lookup by name.
+ */
+function setUpstreamHeaders(this: void, match: RouteMatch, service: ServiceOf, rawPath: string): void {
+  const vars = ngx.var;
+  if (service.protocol !== "http") vars["upstream_scheme"] = service.protocol;
+  const defaultPort = service.protocol === "https" ? 443 : 80;
+  vars["upstream_host"] = match.route.preserve_host === true
+    ? vars["http_host"] ?? service.host
+    : service.port === defaultPort ? service.host : `${service.host}:${service.port}`;
+  vars["upstream_x_forwarded_path"] = rawPath;
+  const prefix = match.stripped_prefix;
+  if (prefix !== undefined && prefix !== "/" && prefix !== "") vars["upstream_x_forwarded_prefix"] = prefix;
+  let forwardedFor = vars["http_x_forwarded_for"];
+  const remoteAddr = vars["remote_addr"] ?? "";
+  if (forwardedFor === undefined) {
+    vars["upstream_x_forwarded_for"] = remoteAddr;
+    return;
+  }
+  if (string.find(forwardedFor, ", ", 1, true)[0] !== undefined) {
+    // nginx joins repeated headers; Kong (kong.tools.http.get_header) takes the first one.
+    const [requestHeaders] = ngx.req.get_headers();
+    const values = requestHeaders.get("x-forwarded-for");
+    forwardedFor = type(values) === "table" ? (values as string[])[0] : (values as string | undefined);
+  }
+  // As Kong: the peer that sent the header is appended (realip_remote_addr: the trusted
+  // proxy, not the address the realip module took from the header).
+  const peerAddr = vars["realip_remote_addr"] ?? remoteAddr;
+  vars["upstream_x_forwarded_for"] = forwardedFor !== undefined ? `${forwardedFor}, ${peerAddr}` : remoteAddr;
+}
+
 export function access(this: void): void {
   const runtime = getRuntime()!;
   const ctx = requestCtx();
@@ -228,26 +265,7 @@ export function access(this: void): void {
   }
 
   ctx.KRS_UPSTREAM_URI = match.upstream_uri;
-  ngx.var["upstream_scheme"] = service.protocol;
-  const defaultPort = service.protocol === "https" ? 443 : 80;
-  ngx.var["upstream_host"] = match.route.preserve_host === true
-    ? ngx.var["http_host"] ?? service.host
-    : service.port === defaultPort ? service.host : `${service.host}:${service.port}`;
-  ngx.var["upstream_x_forwarded_path"] = rawPath;
-  const prefix = match.stripped_prefix;
-  ngx.var["upstream_x_forwarded_prefix"] = prefix !== undefined && prefix !== "/" ? prefix : "";
-  // Taken before plugins run, as Kong does: a plugin's clear_header does not change it.
-  let forwardedFor = ngx.var["http_x_forwarded_for"];
-  if (forwardedFor !== undefined && string.find(forwardedFor, ", ", 1, true)[0] !== undefined) {
-    // nginx joins repeated headers; Kong (kong.tools.http.get_header) takes the first one.
-    const [requestHeaders] = ngx.req.get_headers();
-    const values = requestHeaders.get("x-forwarded-for");
-    forwardedFor = type(values) === "table" ? (values as string[])[0] : (values as string | undefined);
-  }
-  // As Kong: the peer that sent the header is appended (realip_remote_addr: the trusted
-  // proxy, not the address the realip module took from the header).
-  const peerAddr = ngx.var["realip_remote_addr"] ?? ngx.var["remote_addr"] ?? "";
-  ngx.var["upstream_x_forwarded_for"] = forwardedFor !== undefined ? `${forwardedFor}, ${peerAddr}` : (ngx.var["remote_addr"] ?? "");
+  setUpstreamHeaders(match, service, rawPath);
 
   runAccess(runtime.plugins);
   clearHopByHopHeaders();
