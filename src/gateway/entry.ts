@@ -1,6 +1,6 @@
 /**
  * nginx entry points of the local gateway; nginx.conf calls one per phase:
- * init (master), init_worker, rewrite, access, balancer, header_filter, body_filter, log,
+ * init (master), init_worker, access (Kong's rewrite, then access), balancer, header_filter, body_filter, log,
  * plus the error page (upstream failures) and the Admin API.
  */
 import * as cjson from "cjson.safe";
@@ -154,10 +154,6 @@ export function initWorker(this: void): void {
 const stashed = new LuaTable<string, RequestCtx>();
 type RequestCtx = ReturnType<typeof requestCtx>;
 
-export function rewrite(this: void): void {
-  sync();
-  runRewrite(getRuntime()!.plugins);
-}
 
 /**
  * Bytes Kong escapes in the upstream path (kong.tools.uri.escape): anything but unreserved,
@@ -242,7 +238,14 @@ function setUpstreamHeaders(this: void, match: RouteMatch, service: ServiceOf, r
   vars["upstream_x_forwarded_for"] = forwardedFor !== undefined ? `${forwardedFor}, ${peerAddr}` : remoteAddr;
 }
 
+/** Kong's rewrite phase: global plugins only, before routing (called first in access). */
+function rewrite(this: void): void {
+  sync();
+  runRewrite(getRuntime()!.plugins);
+}
+
 export function access(this: void): void {
+  rewrite();
   const runtime = getRuntime()!;
   const ctx = requestCtx();
   const method = ngx.req.get_method();
