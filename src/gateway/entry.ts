@@ -78,6 +78,7 @@ function decodeFile(this: void, path: string): unknown {
   return value;
 }
 
+/** Where and how the balancer connects for one service: the same for all its requests. */
 interface Upstream {
   host: string;
   port: number;
@@ -85,7 +86,6 @@ interface Upstream {
   connect_timeout: number;
   send_timeout: number;
   read_timeout: number;
-  tries: number;
 }
 
 const hostsFile = new LuaTable<string, string>();
@@ -112,6 +112,28 @@ function loadHostsFile(this: void): void {
     }
   }
   file.close();
+}
+
+/**
+ * A service's upstream, resolved and converted once per service table (a new config builds
+ * new service tables, so nothing stale is kept); false when its host cannot be resolved.
+ */
+const upstreams = setmetatable(new LuaTable<object, Upstream | false>(), { __mode: "k" });
+
+function upstreamOf(this: void, service: ServiceOf): Upstream | undefined {
+  const known = upstreams.get(service);
+  if (known !== undefined) return known === false ? undefined : known;
+  const ip = resolveHost(service.host);
+  const upstream: Upstream | undefined = ip === undefined ? undefined : {
+    host: ip,
+    port: service.port,
+    retries: service.retries ?? 5,
+    connect_timeout: (service.connect_timeout ?? 60000) / 1000,
+    send_timeout: (service.write_timeout ?? 60000) / 1000,
+    read_timeout: (service.read_timeout ?? 60000) / 1000,
+  };
+  upstreams.set(service, upstream ?? false);
+  return upstream;
 }
 
 // ---------------------------------------------------------------- init
@@ -271,6 +293,11 @@ export function access(this: void): void {
   setUpstreamHeaders(match, service, rawPath);
 
   runAccess(runtime.plugins);
+  finishAccess(ctx, match, service, requestUri);
+}
+
+/** After the plugins: the upstream request as they left it, and the peer for the balancer. */
+function finishAccess(this: void, ctx: RequestCtx, match: RouteMatch, service: ServiceOf, requestUri: string): void {
   clearHopByHopHeaders();
   // Plugins may have changed the path (set_path) or the query (set_raw_query,
   // hide_credentials): the upstream URI is final only now, as in Kong. An empty "?" the
@@ -281,31 +308,26 @@ export function access(this: void): void {
     ? `${finalPath}?${finalArgs ?? ""}`
     : finalPath;
 
-  const ip = resolveHost(service.host);
-  if (ip === undefined) return pdk.response.error(503, "name resolution failed");
-  (ctx as { KRS_UPSTREAM?: Upstream }).KRS_UPSTREAM = {
-    host: ip,
-    port: service.port,
-    retries: service.retries ?? 5,
-    connect_timeout: (service.connect_timeout ?? 60000) / 1000,
-    send_timeout: (service.write_timeout ?? 60000) / 1000,
-    read_timeout: (service.read_timeout ?? 60000) / 1000,
-    tries: 0,
-  };
+  const upstream = upstreamOf(service);
+  if (upstream === undefined) return pdk.response.error(503, "name resolution failed");
+  const state = ctx as { KRS_UPSTREAM?: Upstream; KRS_TRIES?: number };
+  state.KRS_UPSTREAM = upstream;
+  state.KRS_TRIES = 0;
   ctx.KRS_ACCESS_ENDED = ngx.now();
   stashCtx();
 }
 
 export function balancerPhase(this: void): void {
-  const ctx = requestCtx();
-  const upstream = (ctx as { KRS_UPSTREAM?: Upstream }).KRS_UPSTREAM;
+  const ctx = requestCtx() as RequestCtx & { KRS_UPSTREAM?: Upstream; KRS_TRIES?: number };
+  const upstream = ctx.KRS_UPSTREAM;
   if (upstream === undefined) return ngx.exit(500);
   ctx.KRS_PROXIED = true;
-  if (upstream.tries === 0) {
+  const tries = ctx.KRS_TRIES ?? 0;
+  if (tries === 0) {
     balancer.set_more_tries(upstream.retries);
     balancer.set_timeouts(upstream.connect_timeout, upstream.send_timeout, upstream.read_timeout);
   }
-  upstream.tries++;
+  ctx.KRS_TRIES = tries + 1;
   const [ok, err] = balancer.set_current_peer(upstream.host, upstream.port);
   if (ok === undefined) {
     ngx.log(ngx.ERR, "[kong] could not set the upstream peer: ", err);
