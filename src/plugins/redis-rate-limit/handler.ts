@@ -113,9 +113,9 @@ function awaitRoom(this: void, flight: Flight, conf: Conf): boolean {
   return waited;
 }
 
-function landed(this: void, flight: Flight, room: number | undefined): void {
+function landed(this: void, flight: Flight, room: number): void {
   flight.calls--;
-  if (room !== undefined) flight.room = room;
+  flight.room = room;
   if (flight.waiters > 0) flight.sema.post(flight.waiters);
 }
 
@@ -279,7 +279,8 @@ const handler: KongPluginHandler<Conf> = {
     flight.calls++;
     const [reply, err] = script(conf.redis, { script: SCRIPT, keys: [counterKey], args });
     if (type(reply) !== "table") {
-      landed(flight, undefined);
+      // Nothing to learn from a failure: no request should queue behind failing calls.
+      landed(flight, math.huge);
       recordDecision(p, conf.fault_tolerant, "fault", undefined);
       return onRedisFailure(PLUGIN, conf, reply === false ? `script ${SCRIPT} failed: ${err}` : err);
     }

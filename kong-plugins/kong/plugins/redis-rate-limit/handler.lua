@@ -66,9 +66,7 @@ local function awaitRoom(flight, conf)
 end
 local function landed(flight, room)
     flight.calls = flight.calls - 1
-    if room ~= nil then
-        flight.room = room
-    end
+    flight.room = room
     if flight.waiters > 0 then
         flight.sema:post(flight.waiters)
     end
@@ -275,7 +273,7 @@ local handler = {
         flight.calls = flight.calls + 1
         local reply, err = script(conf.redis, {script = SCRIPT, keys = {counterKey}, args = args})
         if type(reply) ~= "table" then
-            landed(flight, nil)
+            landed(flight, math.huge)
             recordDecision(p, conf.fault_tolerant, "fault", nil)
             return onRedisFailure(
                 PLUGIN,
