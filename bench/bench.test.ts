@@ -2,7 +2,18 @@
 // no processes are started here.
 
 import { describe, expect, it } from "vitest";
-import { compare, consoleTable, flagsFor, markdown, NOTE, type ScenarioResult } from "./report.js";
+import {
+  commandDelta,
+  compare,
+  consoleTable,
+  flagsFor,
+  markdown,
+  NOTE,
+  parseCommandStats,
+  verdictLines,
+  verdicts,
+  type ScenarioResult,
+} from "./report.js";
 import { SCENARIOS, oneService } from "./scenarios.js";
 import { parseWrkOutput, parseWrkTime, wrkArgs, wrkRequestScript, type WrkResult } from "./wrk.js";
 
@@ -136,7 +147,7 @@ describe("report", () => {
     expect(c?.p99DeltaMs).toBeCloseTo(3);
 
     const table = consoleTable(results);
-    expect(table).toMatch(/gw\s+40,000\s+0\.800\s+5\.000\s+0\.400x direct\s+\+0\.500\s+ok/);
+    expect(table).toMatch(/gw\s+40,000\s+0\.800\s+5\.000\s+0\.400x direct\s+\+0\.500\s+-\s+ok/);
 
     const md = markdown({
       date: "2025-01-01T00:00:00.000Z",
@@ -148,7 +159,7 @@ describe("report", () => {
     expect(md).toContain("2 cores");
     expect(md).toContain("nginx/1.22.1");
     expect(md).toContain("2025-01-01");
-    expect(md).toContain("| gw | 40,000 | 0.800 | 5.000 | 0.400x direct | +0.500 | ok |");
+    expect(md).toContain("| gw | 40,000 | 0.800 | 5.000 | 0.400x direct | +0.500 | - | ok |");
     expect(md).toContain("Only ratios between scenarios of the same invocation are meaningful");
   });
 
@@ -172,6 +183,51 @@ describe("report", () => {
     const table = consoleTable(results);
     expect(table).toContain("FLAGGED: socket errors");
     expect(table).toContain("FAILED: check request got 500");
+  });
+});
+
+describe("Redis commands per request and goal verdicts", () => {
+  const INFO = [
+    "# Commandstats",
+    "cmdstat_evalsha:calls=120,usec=900,usec_per_call=7.50,rejected_calls=0,failed_calls=0",
+    "cmdstat_hmget:calls=120,usec=90,usec_per_call=0.75,rejected_calls=0,failed_calls=0",
+    "cmdstat_info:calls=3,usec=60,usec_per_call=20.00,rejected_calls=0,failed_calls=0",
+    "",
+  ].join("\r\n");
+
+  it("reads calls per command and leaves the harness's INFO out of the delta", () => {
+    const before = parseCommandStats(INFO);
+    expect(before).toEqual({ evalsha: 120, hmget: 120, info: 3 });
+    const after = parseCommandStats(INFO.replace("evalsha:calls=120", "evalsha:calls=170").replace("info:calls=3", "info:calls=4")
+      + "cmdstat_ping:calls=2,usec=1,usec_per_call=0.5\r\n");
+    expect(commandDelta(before, after)).toEqual({ evalsha: 50, ping: 2 });
+  });
+
+  it("says met or not met per goal, and a goal of an unmeasured scenario is not met", () => {
+    const results: ScenarioResult[] = [
+      { name: "base", description: "b", target: "gateway", path: "/", status: "ok", flags: [], wrk: wrk(100, 1, 2) },
+      { name: "fast", description: "f", target: "gateway", path: "/", baseline: "base", status: "ok", flags: [], wrk: wrk(95, 1, 2), redisCommandsPerRequest: 0.02 },
+      { name: "slow", description: "s", target: "gateway", path: "/", baseline: "base", status: "ok", flags: [], wrk: wrk(50, 1, 2), redisCommandsPerRequest: 1 },
+      { name: "broken", description: "x", target: "gateway", path: "/", baseline: "base", status: "failed", flags: ["check"] },
+    ];
+    compare(results);
+    const list = verdicts(results, {
+      fast: { goal: 0.9, maxRedisPerRequest: 0.05 },
+      slow: { goal: 0.9, maxRedisPerRequest: 0.05 },
+      broken: { goal: 0.5 },
+      base: {},
+    });
+    expect(list.map((v) => [v.scenario, v.met])).toEqual([
+      ["fast", true],
+      ["fast", true],
+      ["slow", false],
+      ["slow", false],
+      ["broken", false],
+    ]);
+    const lines = verdictLines(list);
+    expect(lines[0]).toBe("met      fast: >= 0.90x base, measured 0.950x");
+    expect(lines[3]).toBe("NOT MET  slow: <= 0.05 Redis commands/request, measured 1.0000");
+    expect(lines[4]).toBe("NOT MET  broken: >= 0.50x base, measured not measured");
   });
 });
 

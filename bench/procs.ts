@@ -144,14 +144,15 @@ export interface Upstream {
 }
 
 /** Starts a separate nginx instance with its own prefix under `dir`, from `template`. */
-export async function startNginxUpstream(nginx: string, template: string, dir: string): Promise<Upstream> {
+export async function startNginxUpstream(nginx: string, template: string, dir: string, vars: Record<string, string> = {}): Promise<Upstream> {
   const port = await freePort();
   mkdirSync(path.join(dir, "logs"), { recursive: true });
   mkdirSync(path.join(dir, "tmp"), { recursive: true });
   // When the harness runs as root, nginx's workers run as `nobody`: they must be able to
   // reach the prefix to write the proxy_cache files (the run's temp dir is 0700).
   chmodSync(path.dirname(dir), 0o711);
-  const conf = readFileSync(template, "utf8").replaceAll("{{LISTEN}}", `127.0.0.1:${port}`);
+  let conf = readFileSync(template, "utf8").replaceAll("{{LISTEN}}", `127.0.0.1:${port}`);
+  for (const [name, value] of Object.entries(vars)) conf = conf.replaceAll(`{{${name}}}`, value);
   writeFileSync(path.join(dir, "nginx.conf"), conf);
 
   const child = spawn(nginx, ["-p", dir, "-e", "logs/error.log", "-c", "nginx.conf", "-g", "daemon off;"], {

@@ -28,7 +28,20 @@ import {
   startRedis,
   startRedisCluster,
 } from "./procs.js";
-import { compare, consoleTable, flagsFor, NOTE, writeLatest, type Report, type ScenarioResult, type Settings } from "./report.js";
+import {
+  commandDelta,
+  compare,
+  consoleTable,
+  flagsFor,
+  NOTE,
+  parseCommandStats,
+  verdictLines,
+  verdicts,
+  writeLatest,
+  type Report,
+  type ScenarioResult,
+  type Settings,
+} from "./report.js";
 import { SCENARIOS, type BenchEnv, type Scenario } from "./scenarios.js";
 import { runWrk, stopRunningWrk, wrkRequestScript } from "./wrk.js";
 
@@ -145,7 +158,7 @@ function timestamp(date: Date): string {
 
 async function runScenario(
   s: Scenario,
-  ctx: { wrk: string; tmp: string; upstreamUrl: string; redisServer: string | undefined; opts: Options },
+  ctx: { wrk: string; nginx: string; tmp: string; upstreamUrl: string; upstreamPort: number; redisServer: string | undefined; opts: Options },
 ): Promise<ScenarioResult> {
   const result: ScenarioResult = {
     name: s.name,
@@ -174,6 +187,11 @@ async function runScenario(
     writeFileSync(configFile, stringify(s.config(env)));
     const gw = await startGateway({ repoRoot: REPO_ROOT, configFile, prefix: path.join(dir, "gateway"), workers: GATEWAY_WORKERS });
     baseUrl = gw.proxyUrl;
+  } else if (s.target === "plain-proxy") {
+    const proxy = await startNginxUpstream(ctx.nginx, path.join(BENCH_DIR, "nginx-plain-proxy.conf"), path.join(dir, "plain-proxy"), {
+      UPSTREAM: `127.0.0.1:${ctx.upstreamPort}`,
+    });
+    baseUrl = proxy.url;
   }
   if (s.setup !== undefined) await s.setup(env);
 
@@ -212,7 +230,14 @@ async function runScenario(
   let measured: Awaited<ReturnType<typeof runWrk>>;
   try {
     if (ctx.opts.warmupS > 0) await runWrk({ ...load, durationS: ctx.opts.warmupS });
+    const before = env.redisPort !== undefined ? await commandStats(env.redisPort) : undefined;
     measured = await runWrk({ ...load, durationS: ctx.opts.durationS });
+    if (before !== undefined && env.redisPort !== undefined) {
+      const delta = commandDelta(before, await commandStats(env.redisPort));
+      result.redisCommands = delta;
+      const total = Object.values(delta).reduce((a, b) => a + b, 0);
+      result.redisCommandsPerRequest = measured.result.requests > 0 ? total / measured.result.requests : 0;
+    }
   } catch (e) {
     result.status = "failed";
     result.flags.push(e instanceof Error ? e.message.split("\n")[0] ?? e.message : String(e));
@@ -224,6 +249,18 @@ async function runScenario(
   result.flags.push(...flagsFor(wrk, expectStatus));
   if (result.flags.length > 0) result.status = "flagged";
   return result;
+}
+
+/** INFO commandstats of the scenario's redis-server: calls per command so far. */
+async function commandStats(port: number): Promise<Record<string, number>> {
+  const { Redis } = await import("ioredis");
+  const redis = new Redis({ port, lazyConnect: true, enableOfflineQueue: false });
+  try {
+    await redis.connect();
+    return parseCommandStats(await redis.info("commandstats"));
+  } finally {
+    redis.disconnect();
+  }
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -278,7 +315,9 @@ async function main(argv: string[]): Promise<number> {
   const ctx = {
     wrk,
     tmp,
+    nginx,
     upstreamUrl: upstream.url,
+    upstreamPort: upstream.port,
     opts,
     redisServer,
   };
@@ -304,13 +343,17 @@ async function main(argv: string[]): Promise<number> {
   }
   compare(results);
 
-  const report: Report = { date: date.toISOString(), machine, settings, note: NOTE, scenarios: results };
+  const goals = Object.fromEntries(SCENARIOS.map((s) => [s.name, { goal: s.goal, maxRedisPerRequest: s.maxRedisPerRequest }]));
+  const verdictList = verdicts(results, goals);
+  const report: Report = { date: date.toISOString(), machine, settings, note: NOTE, scenarios: results, verdicts: verdictList };
   mkdirSync(RESULTS_DIR, { recursive: true });
   const jsonFile = path.join(RESULTS_DIR, `${timestamp(date)}.json`);
   writeFileSync(jsonFile, `${JSON.stringify(report, null, 2)}\n`);
   await writeLatest(report, RESULTS_DIR);
 
-  console.log(`\n${consoleTable(results)}\n\n${NOTE}\n`);
+  console.log(`\n${consoleTable(results)}\n`);
+  if (verdictList.length > 0) console.log(`Goals (issue 15 and earlier; ratios of this run):\n${verdictLines(verdictList).join("\n")}\n`);
+  console.log(`${NOTE}\n`);
   console.log(`bench: wrote ${path.relative(process.cwd(), jsonFile)} and ${path.relative(process.cwd(), path.join(RESULTS_DIR, "latest.md"))} (+ latest.svg)`);
 
   const failed = results.filter((r) => r.status === "failed");

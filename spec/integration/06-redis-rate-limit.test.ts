@@ -3,7 +3,7 @@
  * nodes x 2 workers under a concurrent burst (both algorithms), the sliding window across
  * a boundary, every limit_by, Kong's headers and their values (the year window too),
  * hide_client_headers, the rejection response, Redis round trips per request (INFO
- * commandstats), and fault_tolerant both ways with Redis stopped. On a 1-worker gateway:
+ * commandstats), coalescing of a burst's calls in each worker, and fault_tolerant both ways with Redis stopped. On a 1-worker gateway:
  * every window's headers by exact name (all six), the worker's deny cache answering what
  * the script would have answered at that moment, and a fresh headers table per rejection.
  */
@@ -394,12 +394,37 @@ describe("redis round trips", () => {
       // cached rejections carry a whole-second Retry-After of at least 1 too
       expect(Number(r.headers["retry-after"])).toBeGreaterThanOrEqual(1);
     }
-    // A worker asks Redis until it has seen the limit reached; requests already in flight
-    // then still make their call. Once every worker knows, rejections cost no round trip.
+    // Coalescing: while a worker's calls for this identifier are out and the room it last
+    // saw would not cover one more, its other requests wait for them and are answered from
+    // the deny cache; a few calls per worker (4 workers) instead of one per request.
+    expect(firstTrips).toBeLessThanOrEqual(12);
+    // Once every worker knows, rejections cost no round trip.
     expect(secondTrips).toBeLessThanOrEqual(4);
     expect(fromClients.every((c) => c === "evalsha")).toBe(true);
     // a rejection writes nothing: the scripts of rejected requests only read
     expect(fromScripts.filter((c) => c !== "hmget").length).toBe(20);
+  });
+});
+
+describe("coalescing", () => {
+  it("a burst that reaches the limit: requests wait for their worker's calls in flight instead of each sending one", async () => {
+    await hit(`${gwA.proxyUrl}/trips`, { "X-Client": client() });
+    const id = client();
+    const monitor = await control.monitor();
+    let calls = 0;
+    monitor.on("monitor", (_time: string, args: string[], source: string) => {
+      if (source !== "lua" && args.some((a) => String(a).includes(id))) calls++;
+    });
+    await intoWindow(HOUR, 1000, 60_000);
+    const burst = await Promise.all(Array.from({ length: 200 }, (_, i) => hit(`${(i % 2 === 0 ? gwA : gwB).proxyUrl}/trips`, { "X-Client": id })));
+    await sleep(100);
+    monitor.disconnect();
+    console.log(`coalescing: 200 concurrent requests of one new client, limit 10 -> ${calls} script calls`);
+    expect(burst.filter((r) => r.status === 200).length).toBe(10);
+    expect(burst.filter((r) => r.status === 429).length).toBe(190);
+    // Per worker (4): its first call, then at most as many at once as the room the last
+    // reply showed, a few more while the replies come back. Without coalescing: ~200.
+    expect(calls).toBeLessThanOrEqual(40);
   });
 });
 

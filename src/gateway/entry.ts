@@ -1,6 +1,6 @@
 /**
  * nginx entry points of the local gateway; nginx.conf calls one per phase:
- * init (master), init_worker, rewrite, access, balancer, header_filter, body_filter, log,
+ * init (master), init_worker, access (Kong's rewrite, then access), balancer, header_filter, body_filter, log,
  * plus the error page (upstream failures) and the Admin API.
  */
 import * as cjson from "cjson.safe";
@@ -9,6 +9,7 @@ import { errorBody, errorMessage, normalizePath, pdk, publishWorkerMemory, reque
 import { loadHandler, runAccess, runInitWorker, runLate, runRewrite } from "./plugins";
 import { activate, build, getOptions, getRuntime, initialConfig, setOptions, sync, type GatewayOptions } from "./runtime";
 import { handleAdmin } from "./admin";
+import type { RouteMatch } from "./router";
 
 /** Debian installs lua-resty-redis and lua-resty-string as nginx.*; Kong's code says resty.*. */
 const DEBIAN_ALIASES = ["redis", "string", "sha1", "sha256", "sha512", "md5", "aes", "random"];
@@ -77,6 +78,7 @@ function decodeFile(this: void, path: string): unknown {
   return value;
 }
 
+/** Where and how the balancer connects for one service: the same for all its requests. */
 interface Upstream {
   host: string;
   port: number;
@@ -84,7 +86,6 @@ interface Upstream {
   connect_timeout: number;
   send_timeout: number;
   read_timeout: number;
-  tries: number;
 }
 
 const hostsFile = new LuaTable<string, string>();
@@ -111,6 +112,28 @@ function loadHostsFile(this: void): void {
     }
   }
   file.close();
+}
+
+/**
+ * A service's upstream, resolved and converted once per service table (a new config builds
+ * new service tables, so nothing stale is kept); false when its host cannot be resolved.
+ */
+const upstreams = setmetatable(new LuaTable<object, Upstream | false>(), { __mode: "k" });
+
+function upstreamOf(this: void, service: ServiceOf): Upstream | undefined {
+  const known = upstreams.get(service);
+  if (known !== undefined) return known === false ? undefined : known;
+  const ip = resolveHost(service.host);
+  const upstream: Upstream | undefined = ip === undefined ? undefined : {
+    host: ip,
+    port: service.port,
+    retries: service.retries ?? 5,
+    connect_timeout: (service.connect_timeout ?? 60000) / 1000,
+    send_timeout: (service.write_timeout ?? 60000) / 1000,
+    read_timeout: (service.read_timeout ?? 60000) / 1000,
+  };
+  upstreams.set(service, upstream ?? false);
+  return upstream;
 }
 
 // ---------------------------------------------------------------- init
@@ -156,10 +179,6 @@ export function initWorker(this: void): void {
 const stashed = new LuaTable<string, RequestCtx>();
 type RequestCtx = ReturnType<typeof requestCtx>;
 
-export function rewrite(this: void): void {
-  sync();
-  runRewrite(getRuntime()!.plugins);
-}
 
 /**
  * Bytes Kong escapes in the upstream path (kong.tools.uri.escape): anything but unreserved,
@@ -208,7 +227,50 @@ function stashCtx(this: void): void {
 }
 setCtxStash(stashCtx);
 
+type ServiceOf = NonNullable<ReturnType<typeof requestCtx>["service"]>;
+
+/**
+ * What the upstream request carries from the route and the client, taken before plugins
+ * run, as Kong does (a plugin's clear_header does not change X-Forwarded-For). A variable
+ * the nginx.conf already holds at its default is not set again: each ngx.var write is a
+ * lookup by name.
+ */
+function setUpstreamHeaders(this: void, match: RouteMatch, service: ServiceOf, rawPath: string): void {
+  const vars = ngx.var;
+  if (service.protocol !== "http") vars["upstream_scheme"] = service.protocol;
+  const defaultPort = service.protocol === "https" ? 443 : 80;
+  vars["upstream_host"] = match.route.preserve_host === true
+    ? vars["http_host"] ?? service.host
+    : service.port === defaultPort ? service.host : `${service.host}:${service.port}`;
+  vars["upstream_x_forwarded_path"] = rawPath;
+  const prefix = match.stripped_prefix;
+  if (prefix !== undefined && prefix !== "/" && prefix !== "") vars["upstream_x_forwarded_prefix"] = prefix;
+  let forwardedFor = vars["http_x_forwarded_for"];
+  const remoteAddr = vars["remote_addr"] ?? "";
+  if (forwardedFor === undefined) {
+    vars["upstream_x_forwarded_for"] = remoteAddr;
+    return;
+  }
+  if (string.find(forwardedFor, ", ", 1, true)[0] !== undefined) {
+    // nginx joins repeated headers; Kong (kong.tools.http.get_header) takes the first one.
+    const [requestHeaders] = ngx.req.get_headers();
+    const values = requestHeaders.get("x-forwarded-for");
+    forwardedFor = type(values) === "table" ? (values as string[])[0] : (values as string | undefined);
+  }
+  // As Kong: the peer that sent the header is appended (realip_remote_addr: the trusted
+  // proxy, not the address the realip module took from the header).
+  const peerAddr = vars["realip_remote_addr"] ?? remoteAddr;
+  vars["upstream_x_forwarded_for"] = forwardedFor !== undefined ? `${forwardedFor}, ${peerAddr}` : remoteAddr;
+}
+
+/** Kong's rewrite phase: global plugins only, before routing (called first in access). */
+function rewrite(this: void): void {
+  sync();
+  runRewrite(getRuntime()!.plugins);
+}
+
 export function access(this: void): void {
+  rewrite();
   const runtime = getRuntime()!;
   const ctx = requestCtx();
   const method = ngx.req.get_method();
@@ -231,28 +293,14 @@ export function access(this: void): void {
   }
 
   ctx.KRS_UPSTREAM_URI = match.upstream_uri;
-  ngx.var["upstream_scheme"] = service.protocol;
-  const defaultPort = service.protocol === "https" ? 443 : 80;
-  ngx.var["upstream_host"] = match.route.preserve_host === true
-    ? ngx.var["http_host"] ?? service.host
-    : service.port === defaultPort ? service.host : `${service.host}:${service.port}`;
-  ngx.var["upstream_x_forwarded_path"] = rawPath;
-  const prefix = match.stripped_prefix;
-  ngx.var["upstream_x_forwarded_prefix"] = prefix !== undefined && prefix !== "/" ? prefix : "";
-  // Taken before plugins run, as Kong does: a plugin's clear_header does not change it.
-  let forwardedFor = ngx.var["http_x_forwarded_for"];
-  if (forwardedFor !== undefined && string.find(forwardedFor, ", ", 1, true)[0] !== undefined) {
-    // nginx joins repeated headers; Kong (kong.tools.http.get_header) takes the first one.
-    const [requestHeaders] = ngx.req.get_headers();
-    const values = requestHeaders.get("x-forwarded-for");
-    forwardedFor = type(values) === "table" ? (values as string[])[0] : (values as string | undefined);
-  }
-  // As Kong: the peer that sent the header is appended (realip_remote_addr: the trusted
-  // proxy, not the address the realip module took from the header).
-  const peerAddr = ngx.var["realip_remote_addr"] ?? ngx.var["remote_addr"] ?? "";
-  ngx.var["upstream_x_forwarded_for"] = forwardedFor !== undefined ? `${forwardedFor}, ${peerAddr}` : (ngx.var["remote_addr"] ?? "");
+  setUpstreamHeaders(match, service, rawPath);
 
   runAccess(runtime.plugins);
+  finishAccess(ctx, match, service, requestUri);
+}
+
+/** After the plugins: the upstream request as they left it, and the peer for the balancer. */
+function finishAccess(this: void, ctx: RequestCtx, match: RouteMatch, service: ServiceOf, requestUri: string): void {
   clearHopByHopHeaders();
   // Plugins may have changed the path (set_path) or the query (set_raw_query,
   // hide_credentials): the upstream URI is final only now, as in Kong. An empty "?" the
@@ -263,38 +311,28 @@ export function access(this: void): void {
     ? `${finalPath}?${finalArgs ?? ""}`
     : finalPath;
 
-  const ip = resolveHost(service.host);
-  if (ip === undefined) return pdk.response.error(503, "name resolution failed");
-  (ctx as { KRS_UPSTREAM?: Upstream }).KRS_UPSTREAM = {
-    host: ip,
-    port: service.port,
-    retries: service.retries ?? 5,
-    connect_timeout: (service.connect_timeout ?? 60000) / 1000,
-    send_timeout: (service.write_timeout ?? 60000) / 1000,
-    read_timeout: (service.read_timeout ?? 60000) / 1000,
-    tries: 0,
-  };
+  const upstream = upstreamOf(service);
+  if (upstream === undefined) return pdk.response.error(503, "name resolution failed");
+  (ctx as { KRS_UPSTREAM?: Upstream }).KRS_UPSTREAM = upstream;
   ctx.KRS_ACCESS_ENDED = ngx.now();
   stashCtx();
 }
 
 export function balancerPhase(this: void): void {
-  const ctx = requestCtx();
-  const upstream = (ctx as { KRS_UPSTREAM?: Upstream }).KRS_UPSTREAM;
+  const ctx = requestCtx() as RequestCtx & { KRS_UPSTREAM?: Upstream };
+  const upstream = ctx.KRS_UPSTREAM;
   if (upstream === undefined) return ngx.exit(500);
   ctx.KRS_PROXIED = true;
-  if (upstream.tries === 0) {
-    balancer.set_more_tries(upstream.retries);
-    balancer.set_timeouts(upstream.connect_timeout, upstream.send_timeout, upstream.read_timeout);
-  }
-  upstream.tries++;
-  const startedAt = ngx.now();
-  const [ok, err] = balancer.set_current_peer(upstream.host, upstream.port);
+  // One record per try (kong.log.serialize's `tries`); none yet: the first try.
   let tries = ctx.KRS_TRIES;
   if (tries === undefined) {
+    balancer.set_more_tries(upstream.retries);
+    balancer.set_timeouts(upstream.connect_timeout, upstream.send_timeout, upstream.read_timeout);
     tries = [];
     ctx.KRS_TRIES = tries;
   }
+  const startedAt = ngx.now();
+  const [ok, err] = balancer.set_current_peer(upstream.host, upstream.port);
   tries.push({ ip: upstream.host, port: upstream.port, balancer_start: math.floor(startedAt * 1000), balancer_latency: math.floor((ngx.now() - startedAt) * 1000) });
   if (ok === undefined) {
     ngx.log(ngx.ERR, "[kong] could not set the upstream peer: ", err);

@@ -143,6 +143,8 @@ export function runAccess(this: void, index: PluginIndex): void {
   const list: Selected[] = [];
   (ctx as { KRS_SELECTED?: Selected[] }).KRS_SELECTED = list;
   selectFrom(index, list, 0, s, r, c);
+  // Nothing applies and nothing ran that could authenticate: no loop to enter.
+  if (list.length === 0) return;
   for (let i = 0; ; i++) {
     const consumer = ctx.authenticated_consumer?.id ?? "";
     if (consumer !== c) {

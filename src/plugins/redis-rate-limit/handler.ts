@@ -13,6 +13,7 @@
  * the script's arithmetic on them.
  */
 import * as lrucache from "resty.lrucache";
+import * as semaphore from "ngx.semaphore";
 import { script } from "../../lib/redis/client";
 import { onRedisFailure } from "../../lib/redis/fault";
 import * as facts from "../../lib/facts";
@@ -65,6 +66,57 @@ interface Blocked {
   buckets: number[];
   counts: number[];
   prevs: number[];
+}
+
+/**
+ * The script calls of one counter set in flight in this worker, and the room the last one
+ * reported. A request that would need more room than that while calls are out waits for
+ * them instead of sending its own: when they leave the identifier over its limit, it is
+ * answered from the deny cache, so a burst at the limit sends a few calls, not one each.
+ * Every admission is still one script call: exactness does not depend on this.
+ */
+interface Flight {
+  calls: number;
+  /** The least room any window had in the last reply; 0 until a reply came. */
+  room: number;
+  waiters: number;
+  sema: Semaphore;
+}
+type Semaphore = NonNullable<ReturnType<typeof semaphore.new>[0]>;
+const FLIGHT_SLOTS = 10000;
+/** Waits at most this many times for calls in flight (each wait ends when one of them returns). */
+const MAX_FLIGHT_WAITS = 3;
+
+const [flightCache, flightErr] = lrucache.new<Flight>(FLIGHT_SLOTS);
+if (flightCache === undefined) error(`${PLUGIN}: could not create the in-flight table: ${flightErr}`);
+const flights = flightCache!;
+
+function flightOf(this: void, counterKey: string): Flight {
+  const [known] = flights.get(counterKey);
+  if (known !== undefined) return known;
+  const [sema, err] = semaphore.new(0);
+  if (sema === undefined) return error(`${PLUGIN}: could not create a semaphore: ${err}`);
+  const flight: Flight = { calls: 0, room: 0, waiters: 0, sema };
+  flights.set(counterKey, flight);
+  return flight;
+}
+
+/** Until the calls in flight could leave room for this request, wait for one of them to return. */
+function awaitRoom(this: void, flight: Flight, conf: Conf): boolean {
+  let waited = false;
+  for (let i = 0; i < MAX_FLIGHT_WAITS && flight.calls > 0 && flight.calls >= flight.room; i++) {
+    flight.waiters++;
+    flight.sema.wait((2 * conf.redis.timeout) / 1000 + 0.1);
+    flight.waiters--;
+    waited = true;
+  }
+  return waited;
+}
+
+function landed(this: void, flight: Flight, room: number): void {
+  flight.calls--;
+  flight.room = room;
+  if (flight.waiters > 0) flight.sema.post(flight.waiters);
 }
 
 const preparedByConf = setmetatable(new LuaTable<Conf, Prepared>(), { __mode: "k" });
@@ -187,11 +239,14 @@ const handler: KongPluginHandler<Conf> = {
     const [kind, value] = identify(conf);
     const counterKey = key(PLUGIN, `${p.instance}:${kind}:${part(value)}`);
     // the request's time as nginx cached it for this event loop iteration (as Kong reads it)
-    const now = floor(ngx.now() * 1000 + 0.5);
+    let now = floor(ngx.now() * 1000 + 0.5);
 
     const windows = p.windows;
     const sliding = p.algorithm === "sliding";
 
+    const flight = flightOf(counterKey);
+    // After a wait the request is decided at the time it is decided.
+    if (awaitRoom(flight, conf)) now = floor(ngx.now() * 1000 + 0.5);
     const [blocked] = blockedCache.get(counterKey);
     if (blocked !== undefined && blocked.conf === conf && now < blocked.retryAt) {
       const remaining: number[] = [];
@@ -221,8 +276,11 @@ const handler: KongPluginHandler<Conf> = {
     }
     args[2] = keep + CLOCK_SKEW_MS;
 
+    flight.calls++;
     const [reply, err] = script(conf.redis, { script: SCRIPT, keys: [counterKey], args });
     if (type(reply) !== "table") {
+      // Nothing to learn from a failure: no request should queue behind failing calls.
+      landed(flight, math.huge);
       recordDecision(p, conf.fault_tolerant, "fault", undefined);
       return onRedisFailure(PLUGIN, conf, reply === false ? `script ${SCRIPT} failed: ${err}` : err);
     }
@@ -244,6 +302,9 @@ const handler: KongPluginHandler<Conf> = {
       }
       blockedCache.set(counterKey, { conf, retryAt: now + retryMs, buckets, counts, prevs }, retryMs / 1000);
     }
+    let room = remaining[0] ?? 0;
+    for (let i = 1; i < n; i++) if (remaining[i] < room) room = remaining[i];
+    landed(flight, room);
     recordDecision(p, r[0] === 1, "redis", remaining);
     if (r[0] !== 1) return reject(conf, p, now, remaining, retryMs);
     if (!conf.hide_client_headers) kong.ctx.plugin["headers"] = headersFor(p, now, remaining);
