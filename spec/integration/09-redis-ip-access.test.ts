@@ -214,6 +214,10 @@ describe("shared lists in Redis", () => {
     return seen;
   }
 
+  // The propagation promise (within 1 s) is measured by the tests above; the checks below
+  // test what a change does, with room for a loaded machine's slower polling.
+  const FUNCTIONAL_LIMIT_MS = 3000;
+
   /** Ms until every node answers `status` only (polled), bounded by `limitMs`. */
   async function until(path: string, from: string, status: number, limitMs: number): Promise<number> {
     const started = Date.now();
@@ -295,12 +299,12 @@ describe("shared lists in Redis", () => {
     expect(await statuses(nodes[0], "/partners", "127.0.5.250")).toEqual(new Set([200]));
     expect(await statuses(nodes[0], "/partners", clientAddr(7))).toEqual(new Set([403]));
     await addEntry(r, "partners", "127.0.5.0/28");
-    await until("/partners", clientAddr(7), 200, 1000);
+    await until("/partners", clientAddr(7), 200, FUNCTIONAL_LIMIT_MS);
     await addEntry(r, "blocklist", clientAddr(7));
-    await until("/partners", clientAddr(7), 403, 1000);
+    await until("/partners", clientAddr(7), 403, FUNCTIONAL_LIMIT_MS);
     await removeEntry(r, "blocklist", clientAddr(7));
     await removeEntry(r, "partners", "127.0.5.0/28");
-    await until("/partners", clientAddr(7), 403, 1000);
+    await until("/partners", clientAddr(7), 403, FUNCTIONAL_LIMIT_MS);
   });
 
   it("the Admin API adds, lists and removes entries, and refuses bad input naming it", async () => {
@@ -313,7 +317,7 @@ describe("shared lists in Redis", () => {
     expect(listed.data).toHaveLength(1);
     expect(listed.data[0]).toMatchObject({ cidr: "127.0.5.8/32", reason: "partner X" });
     expect(listed.data[0].expires_at).toBeGreaterThan(Date.now() / 1000 + 3500);
-    await until("/partners", clientAddr(8), 200, 1000);
+    await until("/partners", clientAddr(8), 200, FUNCTIONAL_LIMIT_MS);
     for (const bad of ["1.2.3.4/33", "::1/129", "1.2.3", "fe80::1%eth0", ""]) {
       const res = await post("partners", { cidr: bad });
       expect(res.status, bad).toBe(400);
@@ -324,7 +328,7 @@ describe("shared lists in Redis", () => {
     expect(removed.status).toBe(204);
     expect((await fetch(`${admin}/redis-ip-access/lists/partners/${encodeURIComponent("127.0.5.8/32")}`, { method: "DELETE" })).status).toBe(404);
     expect(((await (await fetch(`${admin}/redis-ip-access/lists/partners`)).json()) as any).data).toEqual([]);
-    await until("/partners", clientAddr(8), 403, 1000);
+    await until("/partners", clientAddr(8), 403, FUNCTIONAL_LIMIT_MS);
   });
 
   it("the CLI refuses bad input naming it, without touching Redis", () => {
@@ -337,7 +341,7 @@ describe("shared lists in Redis", () => {
 
   it("with Redis down, the lists compiled last keep applying, and fault_tolerant decides for a worker that never loaded them", async () => {
     await addEntry(r, "blocklist", clientAddr(9), 0, "kept through the outage");
-    await until("/dyn", clientAddr(9), 403, 1000);
+    await until("/dyn", clientAddr(9), 403, FUNCTIONAL_LIMIT_MS);
     await redis.stop();
     await sleep(1200);
     for (const gw of nodes) {
