@@ -322,6 +322,18 @@ describe("krs logs tail", () => {
     expect(text).toBe("2026-12-02T01:02:03.456Z  429  GET /x?apikey=[REDACTED]  route=limited  consumer=alice  3ms  rate=refused  auth=redis-key-auth:ok  redis=1rt/0.4ms  abc");
   });
 
+  it("a line for a person shows control bytes from the stream, never sends them to the terminal", () => {
+    const esc = "\u001b";
+    const text = pretty({
+      timestamp: `t${esc}]0;owned\u0007`, request_id: `id${esc}[2J`, response: { status: 500 }, request: { method: "GET", uri: `/x${esc}[1A${esc}[2K\rfake line` },
+      route: { name: `r${esc}[8m` }, consumer: { username: "mallory\u009b2J" }, latencies: { request: 1 },
+      krs: { errors: [{ plugin: "p", message: `m${esc}[31m\u202e` }], auth: { plugin: "a", result: `ok${esc}c` } },
+    });
+    expect(text).not.toMatch(/[\u0000-\u001f\u007f-\u009f\u202e]/);
+    expect(text).toContain("/x\\u001b[1A\\u001b[2K\\u000dfake line");
+    expect(text).toContain("consumer=mallory\\u009b2J");
+  });
+
   it("refuses a bad status, --group without --follow, a bad stream name (exit 2)", async () => {
     for (const args of [["--status", "7xx"], ["--group", "g"], ["--stream", "a b"]]) {
       const r = await runKrs("logs", "tail", "--redis", redisUrl(), ...args);
