@@ -256,6 +256,18 @@ describe("redaction", () => {
   });
 });
 
+describe("redaction past the querystring's 100 arguments", () => {
+  it("a key sent as the 101st query argument is redacted in uri, url and upstream_uri too", async () => {
+    const filler = Array.from({ length: 100 }, (_, i) => `a${i}=${i}`).join("&");
+    const secret = `${apiKey}-arg101`;
+    const sent = await get(`/open/anything?${filler}&apikey=${secret}`);
+    expect(sent.status).toBe(200);
+    const line = await lineOf(sent.id);
+    expect(line.request.uri).toContain("apikey=[REDACTED]");
+    expect(JSON.stringify(line)).not.toContain(secret);
+  });
+});
+
 describe("krs logs tail", () => {
   const redisUrl = () => `redis://:${REDIS_PASSWORD}@127.0.0.1:${redis.port}/0`;
   const tailJson = async (...args: string[]) => {
