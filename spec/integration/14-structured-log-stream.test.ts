@@ -11,7 +11,7 @@ import { Agent, request as httpRequest } from "node:http";
 import { join } from "node:path";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { gateway, startRedis, stopAll, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
+import { gateway, startRedis, startRedisSentinel, stopAll, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
 
 const STREAM = "sl-cluster";
 const STREAM_KEY = `krs:structured-log:v1:{${STREAM}}:stream`;
@@ -114,5 +114,55 @@ describe("2 gateways x 2 workers, one stream", () => {
     expect(xadds).toBe(ids.length);
     expect(expires).toBeLessThan(ids.length / 2);
     for (const gw of gateways) expect(gw.unexpectedErrors()).toEqual([]);
+  }, 60_000);
+});
+
+describe("two Redis deployments behind the same host:port field", () => {
+  it("each instance's lines go to its own deployment (a Sentinel config whose unused host/port equal a standalone's)", async () => {
+    const standalone = await startRedis();
+    const sentinel = await startRedisSentinel("sl-master");
+    const up = await upstream();
+    const stream = "sl-split";
+    const logTo = (redis: object) => [{ name: "structured-log", config: { sink: "redis-stream", stream_key: stream, flush_interval: 0.05, redis } }];
+    const gw = await gateway({
+      _format_version: "3.0",
+      services: [{
+        name: "svc",
+        url: `http://127.0.0.1:${up.port}`,
+        routes: [
+          { name: "plain", paths: ["/plain"], plugins: logTo({ port: standalone.port }) },
+          {
+            name: "sentinel",
+            paths: ["/sentinel"],
+            // host/port are unused in Sentinel mode; an operator may leave any value there.
+            plugins: logTo({ port: standalone.port, sentinel_master: sentinel.masterName, sentinel_role: "master", sentinel_nodes: sentinel.sentinelNodes }),
+          },
+        ],
+      }],
+    }, { workers: 1 });
+    const agent = new Agent({ keepAlive: true });
+    const sent = { plain: [] as string[], sentinel: [] as string[] };
+    for (let n = 0; n < 6; n++) {
+      const route = n % 2 === 0 ? "plain" : "sentinel";
+      const id = await hit(agent, gw.proxyUrl, `/${route}/anything?n=${n}`);
+      expect(id).toBeDefined();
+      sent[route].push(id!);
+    }
+    agent.destroy();
+    const plain = new Redis({ port: standalone.port, lazyConnect: true });
+    const master = new Redis({ port: await sentinel.masterPort(), lazyConnect: true });
+    await plain.connect();
+    await master.connect();
+    const key = `krs:structured-log:v1:{${stream}}:stream`;
+    const idsIn = async (r: Redis) => (await r.xrange(key, "-", "+")).map(([, f]) => JSON.parse(f[1]).request_id as string).sort();
+    let got = { plain: [] as string[], sentinel: [] as string[] };
+    for (let i = 0; i < 60 && got.plain.length + got.sentinel.length < 6; i++) {
+      await sleep(100);
+      got = { plain: await idsIn(plain), sentinel: await idsIn(master) };
+    }
+    plain.disconnect();
+    master.disconnect();
+    expect(got.plain).toEqual(sent.plain.sort());
+    expect(got.sentinel).toEqual(sent.sentinel.sort());
   }, 60_000);
 });

@@ -256,6 +256,18 @@ describe("redaction", () => {
   });
 });
 
+describe("redaction past the querystring's 100 arguments", () => {
+  it("a key sent as the 101st query argument is redacted in uri, url and upstream_uri too", async () => {
+    const filler = Array.from({ length: 100 }, (_, i) => `a${i}=${i}`).join("&");
+    const secret = `${apiKey}-arg101`;
+    const sent = await get(`/open/anything?${filler}&apikey=${secret}`);
+    expect(sent.status).toBe(200);
+    const line = await lineOf(sent.id);
+    expect(line.request.uri).toContain("apikey=[REDACTED]");
+    expect(JSON.stringify(line)).not.toContain(secret);
+  });
+});
+
 describe("krs logs tail", () => {
   const redisUrl = () => `redis://:${REDIS_PASSWORD}@127.0.0.1:${redis.port}/0`;
   const tailJson = async (...args: string[]) => {
@@ -320,6 +332,18 @@ describe("krs logs tail", () => {
       krs: { redis: { round_trips: 1, time_ms: 0.4, errors: 0 }, limits: [{ kind: "rate", admitted: false }], auth: { plugin: "redis-key-auth", result: "ok" } },
     });
     expect(text).toBe("2026-12-02T01:02:03.456Z  429  GET /x?apikey=[REDACTED]  route=limited  consumer=alice  3ms  rate=refused  auth=redis-key-auth:ok  redis=1rt/0.4ms  abc");
+  });
+
+  it("a line for a person shows control bytes from the stream, never sends them to the terminal", () => {
+    const esc = "\u001b";
+    const text = pretty({
+      timestamp: `t${esc}]0;owned\u0007`, request_id: `id${esc}[2J`, response: { status: 500 }, request: { method: "GET", uri: `/x${esc}[1A${esc}[2K\rfake line` },
+      route: { name: `r${esc}[8m` }, consumer: { username: "mallory\u009b2J" }, latencies: { request: 1 },
+      krs: { errors: [{ plugin: "p", message: `m${esc}[31m\u202e` }], auth: { plugin: "a", result: `ok${esc}c` } },
+    });
+    expect(text).not.toMatch(/[\u0000-\u001f\u007f-\u009f\u202e]/);
+    expect(text).toContain("/x\\u001b[1A\\u001b[2K\\u000dfake line");
+    expect(text).toContain("consumer=mallory\\u009b2J");
   });
 
   it("refuses a bad status, --group without --follow, a bad stream name (exit 2)", async () => {

@@ -84,6 +84,17 @@ describe("structured-log", function()
       assert.equal("/y?token=[REDACTED]", entry.upstream_uri)
     end)
 
+    it("redacts the URIs even when the querystring table lacks the argument (past get_uri_args' 100)", function()
+      local names = { headers = redact.nameSet({}), query = redact.nameSet({ "apikey" }) }
+      local entry = {
+        request = { headers = {}, querystring = { a = "1" }, uri = "/x?a=1&apikey=s3cret", url = "http://h:80/x?a=1&apikey=s3cret" },
+        upstream_uri = "/x?a=1&apikey=s3cret",
+      }
+      line.redactEntry(entry, names)
+      assert.equal("/x?a=1&apikey=[REDACTED]", entry.request.uri)
+      assert.equal("http://h:80/x?a=1&apikey=[REDACTED]", entry.request.url)
+    end)
+
     it("adds the names the route's auth plugins read (key-auth, jwt), Kong's and the suite's", function()
       local base = { headers = redact.nameSet({ "authorization" }), query = redact.nameSet({}) }
       ngx.ctx.KRS_SELECTED = nil

@@ -64,27 +64,39 @@ function statusColor(status: number): Color {
   return "green";
 }
 
+/**
+ * Every value here came from a client, an upstream or whoever can write the stream: an
+ * escape sequence in a URI or a consumer name would drive the reader's terminal (clear it,
+ * rewrite earlier lines, set its title). Control bytes are shown, not obeyed.
+ */
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+
+function shown(value: unknown): string {
+  return String(value).replace(CONTROL, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
+
 /** One line for a person: when, status, method and URI, route, consumer, latency, the suite's facts, request id. */
 export function pretty(line: Line): string {
   const status = Number(line?.response?.status ?? 0);
   const krs = line?.krs ?? {};
   const facts: string[] = [];
-  if (krs.cache !== undefined) facts.push(`cache=${krs.cache.status}`);
-  for (const l of krs.limits ?? []) facts.push(`${l.kind}=${l.admitted ? "ok" : "refused"}`);
-  if (krs.auth !== undefined) facts.push(`auth=${krs.auth.plugin}:${krs.auth.result}`);
-  if (krs.access !== undefined && krs.access.allowed === false) facts.push(`access=${krs.access.plugin}:${krs.access.reason ?? "refused"}`);
-  if (krs.redis?.round_trips > 0) facts.push(`redis=${krs.redis.round_trips}rt/${krs.redis.time_ms}ms${krs.redis.errors > 0 ? `/${krs.redis.errors}err` : ""}`);
-  for (const e of krs.errors ?? []) facts.push(paint("red", `error=${e.plugin}: ${e.message}`));
+  if (krs.cache !== undefined) facts.push(`cache=${shown(krs.cache.status)}`);
+  for (const l of krs.limits ?? []) facts.push(`${shown(l.kind)}=${l.admitted ? "ok" : "refused"}`);
+  if (krs.auth !== undefined) facts.push(`auth=${shown(krs.auth.plugin)}:${shown(krs.auth.result)}`);
+  if (krs.access !== undefined && krs.access.allowed === false) facts.push(`access=${shown(krs.access.plugin)}:${shown(krs.access.reason ?? "refused")}`);
+  if (krs.redis?.round_trips > 0) facts.push(shown(`redis=${krs.redis.round_trips}rt/${krs.redis.time_ms}ms${krs.redis.errors > 0 ? `/${krs.redis.errors}err` : ""}`));
+  for (const e of krs.errors ?? []) facts.push(paint("red", `error=${shown(e.plugin)}: ${shown(e.message)}`));
   const consumer = line?.consumer?.username ?? line?.consumer?.id;
   return [
-    paint("dim", String(line?.timestamp ?? "")),
+    paint("dim", shown(line?.timestamp ?? "")),
     paint(statusColor(status), String(status)),
-    `${line?.request?.method ?? "?"} ${line?.request?.uri ?? ""}`,
-    line?.route?.name !== undefined ? `route=${line.route.name}` : "",
-    consumer !== undefined ? `consumer=${consumer}` : "",
-    `${line?.latencies?.request ?? "?"}ms`,
+    `${shown(line?.request?.method ?? "?")} ${shown(line?.request?.uri ?? "")}`,
+    line?.route?.name !== undefined ? `route=${shown(line.route.name)}` : "",
+    consumer !== undefined ? `consumer=${shown(consumer)}` : "",
+    `${shown(line?.latencies?.request ?? "?")}ms`,
     ...facts,
-    paint("dim", String(line?.request_id ?? "")),
+    paint("dim", shown(line?.request_id ?? "")),
   ].filter((s) => s !== "").join("  ");
 }
 

@@ -51,12 +51,12 @@ export function redactEntry(this: void, entry: KongSerializedLog, names: RouteRe
   const request = entry.request;
   if (type(request) === "table") {
     redactTable(request.headers, names.headers);
-    // The URI's arguments are the querystring's (same decoded names): none redacted there,
-    // none in the URI, and the common request skips two rebuilds.
-    if (redactTable(request.querystring, names.query) > 0) {
-      request.uri = redactUri(request.uri, names.query)!;
-      request.url = redactUri(request.url, names.query)!;
-    }
+    redactTable(request.querystring, names.query);
+    // Always scanned, not only when the querystring had a hit: the querystring stops at
+    // get_uri_args' 100 arguments, the URI does not, so a key sent as the 101st argument
+    // would be written in the clear.
+    request.uri = redactUri(request.uri, names.query)!;
+    request.url = redactUri(request.url, names.query)!;
   }
   if (type(entry.response) === "table") redactTable(entry.response.headers, names.headers);
   entry.upstream_uri = redactUri(entry.upstream_uri, names.query);

@@ -248,8 +248,10 @@ function schedule(this: void, sink: Sink): void {
 function sinkKey(this: void, conf: SinkConf): string {
   if (conf.sink === "file") return `file:${conf.path}:${conf.flush_interval}`;
   if (conf.sink === "stdout") return `file:${STDOUT}:${conf.flush_interval}`;
-  const r = conf.redis;
-  return `stream:${r.host}:${r.port}:${r.database}:${conf.stream_key}:${conf.flush_interval}`;
+  // The deployment as the client names it (cluster / sentinel config as a whole, else the
+  // server and identity): host and port alone are unused in Cluster and Sentinel mode, and
+  // two such instances would share one queue flushed to whichever pushed last.
+  return `stream:${client.poolName(conf.redis)}:${conf.stream_key}:${conf.flush_interval}`;
 }
 
 function sinkFor(this: void, conf: SinkConf): Sink {
@@ -313,6 +315,7 @@ export interface SinkStats {
 /** This worker's sinks, for an operator or a metrics plugin. */
 export function stats(this: void): SinkStats[] {
   const out: SinkStats[] = [];
-  for (const [k, s] of pairs(sinks)) out.push({ sink: k, queued: s.queue.length, written: s.written, dropped: s.dropped });
+  // The sink's file or stream key, not its registry key: that one holds a credential hash.
+  for (const [, s] of pairs(sinks)) out.push({ sink: s.key ?? (s.conf.sink === "stdout" ? STDOUT : s.conf.path ?? ""), queued: s.queue.length, written: s.written, dropped: s.dropped });
   return out;
 }

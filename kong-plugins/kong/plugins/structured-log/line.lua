@@ -58,10 +58,9 @@ function ____exports.redactEntry(entry, names)
     local request = entry.request
     if type(request) == "table" then
         redactTable(request.headers, names.headers)
-        if redactTable(request.querystring, names.query) > 0 then
-            request.uri = redactUri(request.uri, names.query)
-            request.url = redactUri(request.url, names.query)
-        end
+        redactTable(request.querystring, names.query)
+        request.uri = redactUri(request.uri, names.query)
+        request.url = redactUri(request.url, names.query)
     end
     if type(entry.response) == "table" then
         redactTable(entry.response.headers, names.headers)

@@ -285,8 +285,7 @@ local function sinkKey(conf)
     if conf.sink == "stdout" then
         return (("file:" .. STDOUT) .. ":") .. tostring(conf.flush_interval)
     end
-    local r = conf.redis
-    return (((((((("stream:" .. r.host) .. ":") .. tostring(r.port)) .. ":") .. tostring(r.database)) .. ":") .. conf.stream_key) .. ":") .. tostring(conf.flush_interval)
+    return (((("stream:" .. client.poolName(conf.redis)) .. ":") .. conf.stream_key) .. ":") .. tostring(conf.flush_interval)
 end
 local function sinkFor(conf)
     local sink = sinkOfConf[conf]
@@ -349,8 +348,8 @@ end
 --- This worker's sinks, for an operator or a metrics plugin.
 function ____exports.stats()
     local out = {}
-    for k, s in pairs(sinks) do
-        out[#out + 1] = {sink = k, queued = #s.queue, written = s.written, dropped = s.dropped}
+    for ____, s in pairs(sinks) do
+        out[#out + 1] = {sink = s.key or (s.conf.sink == "stdout" and STDOUT or (s.conf.path or "")), queued = #s.queue, written = s.written, dropped = s.dropped}
     end
     return out
 end
