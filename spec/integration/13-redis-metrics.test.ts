@@ -154,7 +154,8 @@ beforeAll(async () => {
 }, 60_000);
 
 afterAll(async () => {
-  expect(gwA.unexpectedErrors()).toEqual([]);
+  // The subscriber test drops key-auth's subscriptions on purpose.
+  expect(gwA.unexpectedErrors([/redis-key-auth:subscriber\] invalidation subscriber lost the subscription: closed; reconnecting/])).toEqual([]);
   await stopAll();
 });
 
@@ -509,4 +510,41 @@ describe("docs/grafana", () => {
     expect([...used].filter((name) => !exported.has(name))).toEqual([]);
     for (const wanted of ["krs_cache_requests_total", "krs_limit_decisions_total", "krs_redis_latency_seconds_bucket", "krs_redis_circuit_open"]) expect(used.has(wanted), wanted).toBe(true);
   });
+});
+
+describe("subscriber and usage-flush health", () => {
+  it("gauges each worker's key-auth invalidation subscriber: subscribed, and subscribed again after Redis drops it", async () => {
+    const url = gwA.adminUrl + "/redis-metrics";
+    const match = { plugin: "redis-key-auth", redis: `127.0.0.1:${authRedis.port}/0` };
+    const workersUp = (x: Sample[]) => x.filter((s) => s.name === "krs_pubsub_subscribed" && s.labels.plugin === match.plugin && s.labels.redis === match.redis && s.value === 1).length;
+    for (let i = 0; i < 10; i++) await hit(gwA.proxyUrl + "/auth/anything");
+    const before = await scrapeUntil(url, (x) => workersUp(x) === 2);
+    expect(workersUp(before)).toBe(2);
+    const subscribesBefore = sum(before, "krs_pubsub_subscribes_total", match);
+    expect(subscribesBefore).toBeGreaterThanOrEqual(2);
+    const control = new Redis({ port: authRedis.port, lazyConnect: true });
+    await control.connect();
+    await control.call("CLIENT", "KILL", "TYPE", "pubsub");
+    await control.quit();
+    const after = await scrapeUntil(url, (x) => sum(x, "krs_pubsub_subscribes_total", match) >= subscribesBefore + 2 && workersUp(x) === 2);
+    expect(sum(after, "krs_pubsub_subscribes_total", match)).toBeGreaterThanOrEqual(subscribesBefore + 2);
+    expect(workersUp(after)).toBe(2);
+    // The pool name's credential part never reaches a label.
+    for (const s of after) if (s.name.startsWith("krs_pubsub")) expect(s.labels.redis).toMatch(/^127\.0\.0\.1:\d+\/0$/);
+  }, 60_000);
+
+  it("gauges redis-usage's flush backlog and its drops while its Redis is unreachable", async () => {
+    const gwU = await gateway({
+      _format_version: "3.0",
+      services: [{ name: "svc", url: `http://127.0.0.1:${up.port}`, routes: [{ name: "metered", paths: ["/metered"], plugins: [{ name: "redis-usage", config: { max_pending: 1, redis: { port: 1, timeout: 100 } } }] }] }],
+      plugins: [{ name: "redis-metrics", config: {} }],
+    });
+    for (let i = 0; i < 20; i++) expect((await hit(gwU.proxyUrl + `/metered/anything/${i}`, { headers: { "x-forwarded-for": `10.0.0.${i}` } })).status).toBe(200);
+    const url = gwU.adminUrl + "/redis-metrics";
+    const samples = await scrapeUntil(url, (x) => sum(x, "krs_usage_flush_backlog") >= 1 && sum(x, "krs_usage_dropped_total") >= 1);
+    expect(sum(samples, "krs_usage_flush_backlog")).toBeGreaterThanOrEqual(1);
+    // One counter set per worker fits under max_pending: 1; every other request's updates are dropped.
+    expect(sum(samples, "krs_usage_flush_backlog")).toBeLessThanOrEqual(2);
+    expect(sum(samples, "krs_usage_dropped_total")).toBeGreaterThanOrEqual(18);
+  }, 60_000);
 });

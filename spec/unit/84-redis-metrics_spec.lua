@@ -146,4 +146,30 @@ describe("redis-metrics", function()
     assert.are.equal(1, data["#series"])
     assert.are.equal(5, data['kong_http_requests_total{route="r"}'])
   end)
+
+  it("writes only well-formed series of known metrics: a key read back from Redis cannot add lines of its own", function()
+    local _, _, exposition = load_fresh()
+    local text = exposition.render({
+      ['kong_http_requests_total{code="200"}'] = 3,
+      ['kong_http_requests_total{code="201"} 1\ninjected_metric 1\nkong_http_requests_total{code="202"}'] = 7,
+      ['kong_http_requests_total{code="2"03"}'] = 1,
+      [ [[kong_http_requests_total{code="204\\"}]] ] = 1,
+      ['kong_http_requests_total{code="205"}x'] = 1,
+      ['kong_http_requests_total{code="206"}'] = "12",
+      ['kong_http_requests_total{code="207"}'] = math.huge,
+      ['krs_redis_latency_seconds{plugin="p"}\tcount'] = 2,
+      ['krs_redis_latency_seconds{plugin="q"}\tb99'] = 2,
+      ['krs_redis_latency_seconds{plugin="r"} 1\nx{}\tsum'] = 2,
+    })
+    assert.truthy(text:find('kong_http_requests_total{code="200"} 3\n', 1, true))
+    assert.truthy(text:find([[kong_http_requests_total{code="204\\"} 1]] .. "\n", 1, true))
+    assert.truthy(text:find('krs_redis_latency_seconds_count{plugin="p"} 2\n', 1, true))
+    for _, absent in ipairs({ "injected_metric", 'code="201"', 'code="202"', 'code="2"03"', 'code="205"', 'code="206"', 'code="207"', 'plugin="q"', 'plugin="r"' }) do
+      assert.is_nil(text:find(absent, 1, true), absent)
+    end
+    assert.is_true(exposition.isSeries('kong_bandwidth_bytes{service="a\\\\b\\nc",direction="egress"}', 1))
+    assert.is_false(exposition.isSeries('kong_bandwidth_bytes{service="a\\tb"}', 1))
+    assert.is_false(exposition.isSeries('kong_bandwidth_bytes{service="a"', 1))
+    assert.is_true(exposition.isSeries("kong_datastore_reachable{}", 1))
+  end)
 end)

@@ -12,6 +12,7 @@
  */
 import * as client from "../../lib/redis/client";
 import { logThrottled } from "../../lib/redis/fault";
+import * as subscriptions from "../../lib/redis/subscriptions";
 import type { RedisConf } from "../../lib/redis/schema";
 import { compile, parseEntry } from "./ip";
 import type { Matcher } from "./ip";
@@ -157,6 +158,7 @@ type Subscribe = (this: RestyRedis, channel: string) => LuaMultiReturn<[RedisRep
 
 function subscribeLoop(this: void, pool: string, poolState: PoolState): void {
   let backoff = BACKOFF_MIN;
+  const health = subscriptions.track("redis-ip-access", pool);
   while (!ngx.worker.exiting()) {
     const [red, connectErr] = client.connect(poolState.conf);
     let failure: string | undefined;
@@ -173,6 +175,7 @@ function subscribeLoop(this: void, pool: string, poolState: PoolState): void {
         backoff = BACKOFF_MIN;
         red.set_timeout(READ_TIMEOUT_MS);
         const readReply = red["read_reply"] as ReadReply;
+        subscriptions.subscribed(health);
         while (!ngx.worker.exiting()) {
           const [reply, err] = readReply.call(red);
           if (reply === undefined) {
@@ -183,6 +186,7 @@ function subscribeLoop(this: void, pool: string, poolState: PoolState): void {
           const message = reply as string[];
           if (type(reply) === "table" && message[0] === "message" && type(message[2]) === "string") markPool(pool, message[2]);
         }
+        subscriptions.lost(health);
       }
       // A subscribed connection must never go back to the pool.
       red.close();

@@ -17,6 +17,7 @@
 import * as lrucache from "resty.lrucache";
 import * as client from "../../lib/redis/client";
 import { logThrottled } from "../../lib/redis/fault";
+import * as subscriptions from "../../lib/redis/subscriptions";
 import type { RedisConf } from "../../lib/redis/schema";
 import type { PublicKey } from "../../lib/crypto/sign";
 import type { CredentialRecord } from "./store";
@@ -125,6 +126,7 @@ function listen(this: void, state: PoolState, red: RestyRedis): string | undefin
 
 function subscribeLoop(this: void, state: PoolState): void {
   let backoff = BACKOFF_MIN;
+  const health = subscriptions.track("redis-jwt", state.name);
   while (!shouldStop(state)) {
     const [red, connectErr] = client.connect(state.conf);
     let failure: string | undefined;
@@ -140,10 +142,12 @@ function subscribeLoop(this: void, state: PoolState): void {
         credentialsChanged(state);
         revoked(state);
         state.subscribed = true;
+        subscriptions.subscribed(health);
         red.set_timeout(READ_TIMEOUT_MS);
         const upSince = ngx.now();
         const lost = listen(state, red);
         state.subscribed = false;
+        subscriptions.lost(health);
         if (lost !== undefined) {
           failure = `invalidation subscriber ${lost}; reconnecting`;
           if (ngx.now() - upSince >= STABLE_AFTER) backoff = BACKOFF_MIN;
@@ -157,6 +161,7 @@ function subscribeLoop(this: void, state: PoolState): void {
       backoff = math.min(backoff * 2, BACKOFF_MAX);
     }
   }
+  subscriptions.forget("redis-jwt", state.name);
 }
 
 function subscriber(this: void, premature: boolean, state: PoolState): void {

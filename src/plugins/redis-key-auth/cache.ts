@@ -20,6 +20,7 @@
 import * as lrucache from "resty.lrucache";
 import * as client from "../../lib/redis/client";
 import { logThrottled } from "../../lib/redis/fault";
+import * as subscriptions from "../../lib/redis/subscriptions";
 import type { RedisConf } from "../../lib/redis/schema";
 import { CHANNEL } from "./store";
 
@@ -179,6 +180,7 @@ function listen(this: void, state: PoolState, red: RestyRedis): string | undefin
 
 function subscribeLoop(this: void, state: PoolState): void {
   let backoff = BACKOFF_MIN;
+  const health = subscriptions.track("redis-key-auth", state.name);
   while (!shouldStop(state)) {
     const [red, connectErr] = client.connect(state.conf);
     let failure: string | undefined;
@@ -194,7 +196,9 @@ function subscribeLoop(this: void, state: PoolState): void {
         invalidateAll(state);
         red.set_timeout(READ_TIMEOUT_MS);
         const upSince = ngx.now();
+        subscriptions.subscribed(health);
         const lost = listen(state, red);
+        subscriptions.lost(health);
         if (lost !== undefined) {
           failure = `invalidation subscriber ${lost}; reconnecting`;
           if (ngx.now() - upSince >= STABLE_AFTER) backoff = BACKOFF_MIN;
@@ -209,6 +213,7 @@ function subscribeLoop(this: void, state: PoolState): void {
       backoff = math.min(backoff * 2, BACKOFF_MAX);
     }
   }
+  subscriptions.forget("redis-key-auth", state.name);
 }
 
 /** The timer: runs the loop until told to stop; should it ever raise, the next request starts a new one. */

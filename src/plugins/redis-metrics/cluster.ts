@@ -15,6 +15,7 @@ import * as cjson from "cjson.safe";
 import { command, script } from "../../lib/redis/client";
 import type { RedisConf } from "../../lib/redis/schema";
 import { key, part } from "../../lib/keys";
+import { isSeries } from "./exposition";
 import * as store from "./store";
 
 const PLUGIN = "redis-metrics";
@@ -69,12 +70,18 @@ function baseFor(this: void, conf: ClusterConf, nodeId: string, boot: string): L
   if (previous === undefined) return $multi(undefined, err);
   const snapshot = decodeSnapshot(previous);
   let base = new LuaTable<string, number>();
-  if (snapshot !== undefined && snapshot.boot !== boot) base = snapshot.values as unknown as LuaTable<string, number>;
-  else if (snapshot !== undefined) {
+  if (snapshot !== undefined && snapshot.boot !== boot) {
+    // Only what this plugin could have written: one odd value would fail every push of
+    // this run, the base being kept in the dict.
+    for (const [series, total] of pairs(snapshot.values as unknown as LuaTable<string, number>)) {
+      if (isSeries(series, total)) base.set(series, total);
+    }
+  } else if (snapshot !== undefined) {
     // Same run (the dict had no room for the base): the snapshot's totals include the
     // base, and our counters are still there, so the base is their difference.
     const current = store.snapshot();
     for (const [series, total] of pairs(snapshot.values as unknown as LuaTable<string, number>)) {
+      if (!isSeries(series, total)) continue;
       const diff = total - (current.get(series) ?? 0);
       if (diff > 0) base.set(series, diff);
     }
@@ -125,7 +132,7 @@ export function collect(this: void, conf: ClusterConf): LuaMultiReturn<[LuaTable
     if (snapshot === undefined) continue;
     live++;
     for (const [series, value] of pairs(snapshot.values as unknown as LuaTable<string, number>)) {
-      if (type(value) === "number") sums.set(series, (sums.get(series) ?? 0) + value);
+      if (isSeries(series, value)) sums.set(series, (sums.get(series) ?? 0) + value);
     }
   }
   return $multi(sums, live, undefined);

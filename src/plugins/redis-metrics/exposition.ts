@@ -62,13 +62,62 @@ function renderHistogram(this: void, out: string[], m: MetricDef, bases: string[
 }
 
 /**
+ * True when `k` is a dict key this plugin could have written: a known metric's
+ * `name{labels}` (a histogram's with its `\t<part>`), each label `name="value"` with the
+ * value escaped as escapeLabel does, and a finite number. A snapshot read back from Redis
+ * is whatever a party that can write there put in it: a raw newline or an unbalanced
+ * quote in a key would otherwise write lines of its own into the exposition.
+ */
+export function isSeries(this: void, k: unknown, value: unknown): boolean {
+  if (type(k) !== "string" || type(value) !== "number") return false;
+  const v = value as number;
+  if (v !== v || v === math.huge || v === -math.huge) return false;
+  const key = k as string;
+  const [open, , name] = string.find(key, "^([%a_:][%w_:]*){");
+  if (open === undefined) return false;
+  const m = BY_NAME.get(name as string);
+  if (m === undefined) return false;
+  let pos = string.len(name as string) + 2;
+  const len = string.len(key);
+  if (string.sub(key, pos, pos) !== "}") {
+    for (;;) {
+      const [, labelEnd] = string.find(key, "^[%a_][%w_]*=\"", pos);
+      if (labelEnd === undefined) return false;
+      pos = labelEnd + 1;
+      // The value: plain characters or one of escapeLabel's escapes, up to the closing quote.
+      for (;;) {
+        const [, plainEnd] = string.find(key, '^[^\\"\n\t]*', pos);
+        pos = plainEnd! + 1;
+        const c = string.sub(key, pos, pos);
+        if (c === '"') break;
+        if (c !== "\\") return false;
+        const escaped = string.sub(key, pos + 1, pos + 1);
+        if (escaped !== "\\" && escaped !== '"' && escaped !== "n") return false;
+        pos += 2;
+      }
+      pos++;
+      const next = string.sub(key, pos, pos);
+      if (next === "}") break;
+      if (next !== ",") return false;
+      pos++;
+    }
+  }
+  if (m.buckets === undefined) return pos === len;
+  const part = string.sub(key, pos + 1);
+  if (part === "\tsum" || part === "\tcount") return true;
+  const [, , index] = string.find(part, "^\tb(%d%d)$");
+  return index !== undefined && (tonumber(index) as number) >= 1 && (tonumber(index) as number) <= m.buckets.length;
+}
+
+/**
  * The exposition of `values` (dict keys: `name{labels}`, histogram parts
  * `name{labels}\t<part>`). Keys of unknown metrics are skipped.
  */
 export function render(this: void, values: LuaTable<string, number>): string {
   const byMetric = new LuaTable<string, string[]>();
   const seen = new LuaTable<string, boolean>();
-  for (const [k] of pairs(values)) {
+  for (const [k, v] of pairs(values)) {
+    if (!isSeries(k, v)) continue;
     const [name] = string.match(k, "^([%w_:]+){");
     if (name === undefined) continue;
     const m = BY_NAME.get(name);

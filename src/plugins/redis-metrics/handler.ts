@@ -11,6 +11,8 @@
  */
 import * as facts from "../../lib/facts";
 import { isOpen, knownPools } from "../../lib/redis/breaker";
+import * as subscriptions from "../../lib/redis/subscriptions";
+import * as usage from "../redis-usage/meter";
 import { SUITE_VERSION } from "../../lib/version";
 import * as cluster from "./cluster";
 import * as M from "./metrics";
@@ -186,6 +188,14 @@ function publishWorkerGauges(this: void): void {
     const series = M.CIRCUIT_OPEN.name + '{redis="' + escape(redisLabel(pool)) + '",worker="' + worker + '"}';
     store.setWorkerGauge(series, isOpen(pool) ? 1 : 0);
   }
+  for (const s of subscriptions.all()) {
+    const labels = '{plugin="' + escape(s.plugin) + '",redis="' + escape(s.redis) + '",worker="' + worker + '"}';
+    store.setWorkerGauge(M.PUBSUB_UP.name + labels, s.up);
+    store.setWorkerGauge(M.PUBSUB_SUBSCRIBES.name + labels, s.subscribes);
+  }
+  const [backlog, dropped] = usage.health();
+  store.setWorkerGauge(M.USAGE_BACKLOG.name + '{worker="' + worker + '"}', backlog);
+  store.setWorkerGauge(M.USAGE_DROPPED.name + '{worker="' + worker + '"}', dropped);
 }
 
 function onFlushTimer(this: void, premature: boolean): void {

@@ -50,6 +50,10 @@ export const REDIS_ERRORS = def("krs_redis_errors_total", "counter", "Redis call
 export const REDIS_LATENCY = def("krs_redis_latency_seconds", "histogram", "Time one request waited on Redis for one plugin", ["plugin"], REDIS_LATENCY_BUCKETS);
 export const PLUGIN_ERRORS = def("krs_plugin_errors_total", "counter", "Errors the suite's plugins recorded in requests", ["plugin"]);
 export const CIRCUIT_OPEN = def("krs_redis_circuit_open", "gauge", "1 while a worker's circuit breaker for this Redis is open (calls fail fast), else 0", ["redis", "worker"]);
+export const PUBSUB_UP = def("krs_pubsub_subscribed", "gauge", "1 while a worker's invalidation subscriber (redis-key-auth, redis-jwt, redis-ip-access) is subscribed to this Redis, else 0: its cache may be stale meanwhile", ["plugin", "redis", "worker"]);
+export const PUBSUB_SUBSCRIBES = def("krs_pubsub_subscribes_total", "counter", "Subscriptions a worker's invalidation subscriber made since it started: more than 1 means it lost one and subscribed again", ["plugin", "redis", "worker"]);
+export const USAGE_BACKLOG = def("krs_usage_flush_backlog", "gauge", "redis-usage counter sets a worker holds until a flush to Redis takes them", ["worker"]);
+export const USAGE_DROPPED = def("krs_usage_dropped_total", "counter", "redis-usage counter-set updates a worker dropped since it started (max_pending reached, or refused for good by Redis): those requests are not billed", ["worker"]);
 export const SERIES = def("krs_metrics_series", "gauge", "Series this node keeps (each histogram bucket counts)", []);
 export const SERIES_MAX = def("krs_metrics_series_max", "gauge", "The max_series cap", []);
 export const SERIES_DROPPED = def("krs_metrics_series_dropped_total", "counter", "Updates dropped because their label set did not fit under max_series", []);
@@ -61,6 +65,7 @@ export const ALL: MetricDef[] = [
   SHM_BYTES, SHM_TOTAL_BYTES, WORKER_VM_BYTES, METRIC_ERRORS,
   CACHE_REQUESTS, LIMIT_DECISIONS, AUTH_RESULTS, ACCESS_DECISIONS,
   REDIS_ROUND_TRIPS, REDIS_ERRORS, REDIS_LATENCY, PLUGIN_ERRORS, CIRCUIT_OPEN,
+  PUBSUB_UP, PUBSUB_SUBSCRIBES, USAGE_BACKLOG, USAGE_DROPPED,
   SERIES, SERIES_MAX, SERIES_DROPPED, CLUSTER_NODES,
 ];
 

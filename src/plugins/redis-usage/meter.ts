@@ -74,6 +74,8 @@ export interface PoolState {
 }
 
 const pools = new LuaTable<string, PoolState>();
+/** Counter-set updates this worker dropped (max_pending, counter sets Redis refused for good), for redis-metrics. */
+let droppedTotal = 0;
 let timerStarted = false;
 let writerId: string | undefined;
 
@@ -99,6 +101,13 @@ export function stateFor(this: void, conf: Conf): PoolState {
   return state;
 }
 
+/** This worker's flush backlog (counter sets waiting for Redis) and the counter-set updates it dropped since it started. */
+export function health(this: void): LuaMultiReturn<[number, number]> {
+  let pending = 0;
+  for (const [, state] of pairs(pools)) pending += state.openCount + state.sealedCount;
+  return $multi(pending, droppedTotal);
+}
+
 /** The pending entry of counter set `key`, or undefined when max_pending is reached (the caller counts the drop). */
 export function entry(this: void, state: PoolState, conf: Conf, key: string, quotaKey: string, expireAt: number, subject: string): Entry | undefined {
   // Configs sharing this Redis may flush at different intervals: the soonest pending deadline wins.
@@ -108,6 +117,7 @@ export function entry(this: void, state: PoolState, conf: Conf, key: string, quo
   if (e !== undefined) return e;
   if (state.openCount + state.sealedCount >= conf.max_pending) {
     state.dropped++;
+    droppedTotal++;
     return undefined;
   }
   e = { key, quotaKey, expireAt, subject, fields: new LuaTable() };
@@ -202,6 +212,7 @@ function send(this: void, state: PoolState): LuaMultiReturn<[boolean, boolean]> 
     const message = type(reply) === "table" ? tostring((reply as unknown[])[1]) : tostring(reply);
     if (permanent(message)) {
       logThrottled(PLUGIN, `redis refused the counts of ${e.key} (${requestsIn(e)} requests dropped): ${message}`, state.conf);
+      droppedTotal++;
       if (e.view !== undefined) quota.acknowledge(e.view, e.period!, e.bucket!, undefined, undefined, undefined, undefined, quotaRequests, quotaCost);
       done.set(e, true);
     } else {

@@ -3,6 +3,7 @@ local ____exports = {}
 local client = require("krs.redis.client")
 local ____fault = require("krs.redis.fault")
 local logThrottled = ____fault.logThrottled
+local subscriptions = require("krs.redis.subscriptions")
 local ____ip = require("kong.plugins.redis-ip-access.ip")
 local compile = ____ip.compile
 local parseEntry = ____ip.parseEntry
@@ -148,6 +149,7 @@ local function markPool(pool, list)
 end
 local function subscribeLoop(pool, poolState)
     local backoff = BACKOFF_MIN
+    local health = subscriptions.track("redis-ip-access", pool)
     while not ngx.worker.exiting() do
         local red, connectErr = client.connect(poolState.conf)
         local failure
@@ -163,6 +165,7 @@ local function subscribeLoop(pool, poolState)
                 backoff = BACKOFF_MIN
                 red:set_timeout(READ_TIMEOUT_MS)
                 local readReply = red.read_reply
+                subscriptions.subscribed(health)
                 while not ngx.worker.exiting() do
                     do
                         local reply, err = readReply(red)
@@ -180,6 +183,7 @@ local function subscribeLoop(pool, poolState)
                     end
                     ::__continue36::
                 end
+                subscriptions.lost(health)
             end
             red:close()
         end

@@ -4,6 +4,7 @@ local lrucache = require("resty.lrucache")
 local client = require("krs.redis.client")
 local ____fault = require("krs.redis.fault")
 local logThrottled = ____fault.logThrottled
+local subscriptions = require("krs.redis.subscriptions")
 local ____store = require("kong.plugins.redis-jwt.store")
 local CHANNEL = ____store.CHANNEL
 local LOG_TOPIC = "redis-jwt:subscriber"
@@ -85,6 +86,7 @@ local function listen(state, red)
 end
 local function subscribeLoop(state)
     local backoff = BACKOFF_MIN
+    local health = subscriptions.track("redis-jwt", state.name)
     while not shouldStop(state) do
         local red, connectErr = client.connect(state.conf)
         local failure
@@ -99,10 +101,12 @@ local function subscribeLoop(state)
                 ____exports.credentialsChanged(state)
                 ____exports.revoked(state)
                 state.subscribed = true
+                subscriptions.subscribed(health)
                 red:set_timeout(READ_TIMEOUT_MS)
                 local upSince = ngx.now()
                 local lost = listen(state, red)
                 state.subscribed = false
+                subscriptions.lost(health)
                 if lost ~= nil then
                     failure = ("invalidation subscriber " .. lost) .. "; reconnecting"
                     if ngx.now() - upSince >= STABLE_AFTER then
@@ -118,6 +122,7 @@ local function subscribeLoop(state)
             backoff = math.min(backoff * 2, BACKOFF_MAX)
         end
     end
+    subscriptions.forget("redis-jwt", state.name)
 end
 local function subscriber(premature, state)
     if not premature then

@@ -4,6 +4,7 @@ local lrucache = require("resty.lrucache")
 local client = require("krs.redis.client")
 local ____fault = require("krs.redis.fault")
 local logThrottled = ____fault.logThrottled
+local subscriptions = require("krs.redis.subscriptions")
 local ____store = require("kong.plugins.redis-key-auth.store")
 local CHANNEL = ____store.CHANNEL
 --- Its own throttling key: a subscriber failing must not silence the request path's reports.
@@ -98,6 +99,7 @@ local function listen(state, red)
 end
 local function subscribeLoop(state)
     local backoff = BACKOFF_MIN
+    local health = subscriptions.track("redis-key-auth", state.name)
     while not shouldStop(state) do
         local red, connectErr = client.connect(state.conf)
         local failure
@@ -112,7 +114,9 @@ local function subscribeLoop(state)
                 invalidateAll(state)
                 red:set_timeout(READ_TIMEOUT_MS)
                 local upSince = ngx.now()
+                subscriptions.subscribed(health)
                 local lost = listen(state, red)
+                subscriptions.lost(health)
                 if lost ~= nil then
                     failure = ("invalidation subscriber " .. lost) .. "; reconnecting"
                     if ngx.now() - upSince >= STABLE_AFTER then
@@ -128,6 +132,7 @@ local function subscribeLoop(state)
             backoff = math.min(backoff * 2, BACKOFF_MAX)
         end
     end
+    subscriptions.forget("redis-key-auth", state.name)
 end
 --- The timer: runs the loop until told to stop; should it ever raise, the next request starts a new one.
 local function subscriber(premature, state)

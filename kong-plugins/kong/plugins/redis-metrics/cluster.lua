@@ -7,6 +7,8 @@ local script = ____client.script
 local ____keys = require("krs.keys")
 local key = ____keys.key
 local part = ____keys.part
+local ____exposition = require("kong.plugins.redis-metrics.exposition")
+local isSeries = ____exposition.isSeries
 local store = require("kong.plugins.redis-metrics.store")
 local PLUGIN = "redis-metrics"
 local TAG = "cluster"
@@ -64,14 +66,24 @@ local function baseFor(conf, nodeId, boot)
     local snapshot = decodeSnapshot(previous)
     local base = {}
     if snapshot ~= nil and snapshot.boot ~= boot then
-        base = snapshot.values
+        for series, total in pairs(snapshot.values) do
+            if isSeries(series, total) then
+                base[series] = total
+            end
+        end
     elseif snapshot ~= nil then
         local current = store.snapshot()
         for series, total in pairs(snapshot.values) do
-            local diff = total - (current[series] or 0)
-            if diff > 0 then
-                base[series] = diff
+            do
+                if not isSeries(series, total) then
+                    goto __continue15
+                end
+                local diff = total - (current[series] or 0)
+                if diff > 0 then
+                    base[series] = diff
+                end
             end
+            ::__continue15::
         end
     end
     local kept = shm:safe_set(BASE_KEY, (cjson.encode(base)) or "{}")
@@ -160,16 +172,16 @@ function ____exports.collect(conf)
             do
                 local snapshot = decodeSnapshot(texts[i + 1])
                 if snapshot == nil then
-                    goto __continue27
+                    goto __continue30
                 end
                 live = live + 1
                 for series, value in pairs(snapshot.values) do
-                    if type(value) == "number" then
+                    if isSeries(series, value) then
                         sums[series] = (sums[series] or 0) + value
                     end
                 end
             end
-            ::__continue27::
+            ::__continue30::
             i = i + 1
         end
     end

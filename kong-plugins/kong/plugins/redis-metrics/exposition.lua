@@ -79,30 +79,105 @@ local function renderHistogram(out, m, bases, values)
         out[#out + 1] = (bare((name .. "_sum") .. labelled) .. " ") .. ____exports.formatValue(values[base .. "\tsum"] or 0)
     end
 end
+--- True when `k` is a dict key this plugin could have written: a known metric's
+-- `name{labels}` (a histogram's with its `\t<part>`), each label `name="value"` with the
+-- value escaped as escapeLabel does, and a finite number. A snapshot read back from Redis
+-- is whatever a party that can write there put in it: a raw newline or an unbalanced
+-- quote in a key would otherwise write lines of its own into the exposition.
+function ____exports.isSeries(k, value)
+    if type(k) ~= "string" or type(value) ~= "number" then
+        return false
+    end
+    local v = value
+    if v ~= v or v == math.huge or v == -math.huge then
+        return false
+    end
+    local key = k
+    local open, ____, name = string.find(key, "^([%a_:][%w_:]*){")
+    if open == nil then
+        return false
+    end
+    local m = BY_NAME[name]
+    if m == nil then
+        return false
+    end
+    local pos = string.len(name) + 2
+    local len = string.len(key)
+    if string.sub(key, pos, pos) ~= "}" then
+        do
+            while true do
+                local ____, labelEnd = string.find(key, "^[%a_][%w_]*=\"", pos)
+                if labelEnd == nil then
+                    return false
+                end
+                pos = labelEnd + 1
+                do
+                    while true do
+                        local ____, plainEnd = string.find(key, "^[^\\\"\n\t]*", pos)
+                        pos = plainEnd + 1
+                        local c = string.sub(key, pos, pos)
+                        if c == "\"" then
+                            break
+                        end
+                        if c ~= "\\" then
+                            return false
+                        end
+                        local escaped = string.sub(key, pos + 1, pos + 1)
+                        if escaped ~= "\\" and escaped ~= "\"" and escaped ~= "n" then
+                            return false
+                        end
+                        pos = pos + 2
+                    end
+                end
+                pos = pos + 1
+                local next = string.sub(key, pos, pos)
+                if next == "}" then
+                    break
+                end
+                if next ~= "," then
+                    return false
+                end
+                pos = pos + 1
+            end
+        end
+    end
+    if m.buckets == nil then
+        return pos == len
+    end
+    local part = string.sub(key, pos + 1)
+    if part == "\tsum" or part == "\tcount" then
+        return true
+    end
+    local ____, ____, index = string.find(part, "^\tb(%d%d)$")
+    return index ~= nil and tonumber(index) >= 1 and tonumber(index) <= #m.buckets
+end
 --- The exposition of `values` (dict keys: `name{labels}`, histogram parts
 -- `name{labels}\t<part>`). Keys of unknown metrics are skipped.
 function ____exports.render(values)
     local byMetric = {}
     local seen = {}
-    for k in pairs(values) do
+    for k, v in pairs(values) do
         do
+            if not ____exports.isSeries(k, v) then
+                goto __continue39
+            end
             local name = string.match(k, "^([%w_:]+){")
             if name == nil then
-                goto __continue21
+                goto __continue39
             end
             local m = BY_NAME[name]
             if m == nil then
-                goto __continue21
+                goto __continue39
             end
             local base = k
             if m.buckets ~= nil then
                 local tab = string.find(k, "\t[^\t]*$")
                 if tab == nil then
-                    goto __continue21
+                    goto __continue39
                 end
                 base = string.sub(k, 1, tab - 1)
                 if seen[base] == true then
-                    goto __continue21
+                    goto __continue39
                 end
                 seen[base] = true
             end
@@ -113,14 +188,14 @@ function ____exports.render(values)
             end
             list[#list + 1] = base
         end
-        ::__continue21::
+        ::__continue39::
     end
     local out = {}
     for ____, m in ipairs(ALL) do
         do
             local bases = byMetric[m.name]
             if bases == nil then
-                goto __continue28
+                goto __continue47
             end
             table.sort(bases)
             out[#out + 1] = (("# HELP " .. m.name) .. " ") .. m.help
@@ -133,7 +208,7 @@ function ____exports.render(values)
                 end
             end
         end
-        ::__continue28::
+        ::__continue47::
     end
     out[#out + 1] = ""
     return table.concat(out, "\n")

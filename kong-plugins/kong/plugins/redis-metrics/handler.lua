@@ -4,6 +4,8 @@ local facts = require("krs.facts")
 local ____breaker = require("krs.redis.breaker")
 local isOpen = ____breaker.isOpen
 local knownPools = ____breaker.knownPools
+local subscriptions = require("krs.redis.subscriptions")
+local usage = require("kong.plugins.redis-usage.meter")
 local ____version = require("krs.version")
 local SUITE_VERSION = ____version.SUITE_VERSION
 local cluster = require("kong.plugins.redis-metrics.cluster")
@@ -246,6 +248,14 @@ local function publishWorkerGauges()
             isOpen(pool) and 1 or 0
         )
     end
+    for ____, s in ipairs(subscriptions.all()) do
+        local labels = ((((("{plugin=\"" .. escape(s.plugin)) .. "\",redis=\"") .. escape(s.redis)) .. "\",worker=\"") .. worker) .. "\"}"
+        store.setWorkerGauge(M.PUBSUB_UP.name .. labels, s.up)
+        store.setWorkerGauge(M.PUBSUB_SUBSCRIBES.name .. labels, s.subscribes)
+    end
+    local backlog, dropped = usage.health()
+    store.setWorkerGauge(((M.USAGE_BACKLOG.name .. "{worker=\"") .. worker) .. "\"}", backlog)
+    store.setWorkerGauge(((M.USAGE_DROPPED.name .. "{worker=\"") .. worker) .. "\"}", dropped)
 end
 local function onFlushTimer(premature)
     if premature then

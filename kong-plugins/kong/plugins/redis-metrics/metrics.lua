@@ -131,6 +131,10 @@ ____exports.REDIS_LATENCY = def(
 )
 ____exports.PLUGIN_ERRORS = def("krs_plugin_errors_total", "counter", "Errors the suite's plugins recorded in requests", {"plugin"})
 ____exports.CIRCUIT_OPEN = def("krs_redis_circuit_open", "gauge", "1 while a worker's circuit breaker for this Redis is open (calls fail fast), else 0", {"redis", "worker"})
+____exports.PUBSUB_UP = def("krs_pubsub_subscribed", "gauge", "1 while a worker's invalidation subscriber (redis-key-auth, redis-jwt, redis-ip-access) is subscribed to this Redis, else 0: its cache may be stale meanwhile", {"plugin", "redis", "worker"})
+____exports.PUBSUB_SUBSCRIBES = def("krs_pubsub_subscribes_total", "counter", "Subscriptions a worker's invalidation subscriber made since it started: more than 1 means it lost one and subscribed again", {"plugin", "redis", "worker"})
+____exports.USAGE_BACKLOG = def("krs_usage_flush_backlog", "gauge", "redis-usage counter sets a worker holds until a flush to Redis takes them", {"worker"})
+____exports.USAGE_DROPPED = def("krs_usage_dropped_total", "counter", "redis-usage counter-set updates a worker dropped since it started (max_pending reached, or refused for good by Redis): those requests are not billed", {"worker"})
 ____exports.SERIES = def("krs_metrics_series", "gauge", "Series this node keeps (each histogram bucket counts)", {})
 ____exports.SERIES_MAX = def("krs_metrics_series_max", "gauge", "The max_series cap", {})
 ____exports.SERIES_DROPPED = def("krs_metrics_series_dropped_total", "counter", "Updates dropped because their label set did not fit under max_series", {})
@@ -159,6 +163,10 @@ ____exports.ALL = {
     ____exports.REDIS_LATENCY,
     ____exports.PLUGIN_ERRORS,
     ____exports.CIRCUIT_OPEN,
+    ____exports.PUBSUB_UP,
+    ____exports.PUBSUB_SUBSCRIBES,
+    ____exports.USAGE_BACKLOG,
+    ____exports.USAGE_DROPPED,
     ____exports.SERIES,
     ____exports.SERIES_MAX,
     ____exports.SERIES_DROPPED,

@@ -2,7 +2,7 @@
 local ____lualib = require("krs.lualib_bundle")
 local __TS__ArrayPush = ____lualib.__TS__ArrayPush
 local ____exports = {}
-local writer, seal, callOf, requestsIn, permanent, send, reportDrops, flushPool, pending, flushAtExit, flushNow, PLUGIN, SCRIPT, MAX_CALLS, EXIT_TRIES, EXIT_PAUSE, pools, writerId
+local writer, seal, callOf, requestsIn, permanent, send, reportDrops, flushPool, pending, flushAtExit, flushNow, PLUGIN, SCRIPT, MAX_CALLS, EXIT_TRIES, EXIT_PAUSE, pools, droppedTotal, writerId
 local client = require("krs.redis.client")
 local ____fault = require("krs.redis.fault")
 local logThrottled = ____fault.logThrottled
@@ -65,14 +65,14 @@ function send(state)
                     break
                 end
                 if inThisTrip[e.key] ~= nil then
-                    goto __continue23
+                    goto __continue25
                 end
                 inThisTrip[e.key] = true
                 calls[#calls + 1] = callOf(batch.seq, e)
                 sent[#sent + 1] = e
                 sentSeq[#sentSeq + 1] = batch.seq
             end
-            ::__continue23::
+            ::__continue25::
         end
     end
     if #calls == 0 then
@@ -113,7 +113,7 @@ function send(state)
                         )
                     end
                     done[e] = true
-                    goto __continue31
+                    goto __continue33
                 end
                 local message = type(reply) == "table" and tostring(reply[2]) or tostring(reply)
                 if permanent(message) then
@@ -122,6 +122,7 @@ function send(state)
                         (((("redis refused the counts of " .. e.key) .. " (") .. tostring(requestsIn(e))) .. " requests dropped): ") .. message,
                         state.conf
                     )
+                    droppedTotal = droppedTotal + 1
                     if e.view ~= nil then
                         quota.acknowledge(
                             e.view,
@@ -140,7 +141,7 @@ function send(state)
                     logThrottled(PLUGIN, "redis refused a flush for now, its counts are kept for the next one: " .. message, state.conf)
                 end
             end
-            ::__continue31::
+            ::__continue33::
             i = i + 1
         end
     end
@@ -277,6 +278,7 @@ MAX_CALLS = 5000
 EXIT_TRIES = 10
 EXIT_PAUSE = 0.2
 pools = {}
+droppedTotal = 0
 local timerStarted = false
 --- The buffer of the Redis `conf` points at (one per pool name, whatever the config).
 function ____exports.stateFor(conf)
@@ -301,6 +303,14 @@ function ____exports.stateFor(conf)
     state.conf = conf
     return state
 end
+--- This worker's flush backlog (counter sets waiting for Redis) and the counter-set updates it dropped since it started.
+function ____exports.health()
+    local pending = 0
+    for ____, state in pairs(pools) do
+        pending = pending + (state.openCount + state.sealedCount)
+    end
+    return pending, droppedTotal
+end
 --- The pending entry of counter set `key`, or undefined when max_pending is reached (the caller counts the drop).
 function ____exports.entry(state, conf, key, quotaKey, expireAt, subject)
     local due = ngx.now() + conf.flush_interval / 1000
@@ -313,6 +323,7 @@ function ____exports.entry(state, conf, key, quotaKey, expireAt, subject)
     end
     if state.openCount + state.sealedCount >= conf.max_pending then
         state.dropped = state.dropped + 1
+        droppedTotal = droppedTotal + 1
         return nil
     end
     e = {
