@@ -307,17 +307,27 @@ const handler: KongPluginHandler<Conf> = {
         ctx["view_cost"] = costNow;
       }
     }
-    const limitLeft = d.monthLimit >= 0 && (d.dayLimit < 0 || d.monthLeft < d.dayLeft) ? [d.monthLimit, d.monthLeft] : [d.dayLimit, d.dayLeft];
-    facts.limit({ plugin: PLUGIN, kind: "quota", admitted: d.admitted, source: conf.quota_mode === "exact" ? "redis" : "worker", limit: limitLeft[0], remaining: limitLeft[1] });
+    const byMonth = d.monthLimit >= 0 && (d.dayLimit < 0 || d.monthLeft < d.dayLeft);
+    facts.limit({ plugin: PLUGIN, kind: "quota", admitted: d.admitted, source: conf.quota_mode === "exact" ? "redis" : "worker", limit: byMonth ? d.monthLimit : d.dayLimit, remaining: byMonth ? d.monthLeft : d.dayLeft });
     if (!d.admitted) return reject(conf, d, c, now);
     ctx["admitted"] = true;
-    ctx["headers"] = quotaHeaders(d);
+    // The headers are set from the decision itself at header_filter: no table built per request for them.
+    ctx["decision"] = d;
   },
 
   header_filter(conf) {
     const ctx = kong.ctx.plugin;
-    const headers = ctx["headers"] as Headers | undefined;
-    if (headers !== undefined) for (const [name, value] of pairs(headers)) kong.response.set_header(name, value);
+    const d = ctx["decision"] as Decision | undefined;
+    if (d !== undefined) {
+      if (d.dayLimit >= 0) {
+        kong.response.set_header(LIMIT_DAY, d.dayLimit);
+        kong.response.set_header(REMAINING_DAY, d.dayLeft);
+      }
+      if (d.monthLimit >= 0) {
+        kong.response.set_header(LIMIT_MONTH, d.monthLimit);
+        kong.response.set_header(REMAINING_MONTH, d.monthLeft);
+      }
+    }
     const costHeader = conf.cost_header;
     if (type(costHeader) !== "string") return;
     const raw = kong.response.get_header(costHeader!);

@@ -334,27 +334,32 @@ local handler = {
                 ctx.view_cost = costNow
             end
         end
-        local limitLeft = d.monthLimit >= 0 and (d.dayLimit < 0 or d.monthLeft < d.dayLeft) and ({d.monthLimit, d.monthLeft}) or ({d.dayLimit, d.dayLeft})
+        local byMonth = d.monthLimit >= 0 and (d.dayLimit < 0 or d.monthLeft < d.dayLeft)
         facts.limit({
             plugin = PLUGIN,
             kind = "quota",
             admitted = d.admitted,
             source = conf.quota_mode == "exact" and "redis" or "worker",
-            limit = limitLeft[1],
-            remaining = limitLeft[2]
+            limit = byMonth and d.monthLimit or d.dayLimit,
+            remaining = byMonth and d.monthLeft or d.dayLeft
         })
         if not d.admitted then
             return reject(conf, d, c, now)
         end
         ctx.admitted = true
-        ctx.headers = quotaHeaders(d)
+        ctx.decision = d
     end,
     header_filter = function(self, conf)
         local ctx = kong.ctx.plugin
-        local headers = ctx.headers
-        if headers ~= nil then
-            for name, value in pairs(headers) do
-                kong.response.set_header(name, value)
+        local d = ctx.decision
+        if d ~= nil then
+            if d.dayLimit >= 0 then
+                kong.response.set_header(LIMIT_DAY, d.dayLimit)
+                kong.response.set_header(REMAINING_DAY, d.dayLeft)
+            end
+            if d.monthLimit >= 0 then
+                kong.response.set_header(LIMIT_MONTH, d.monthLimit)
+                kong.response.set_header(REMAINING_MONTH, d.monthLeft)
             end
         end
         local costHeader = conf.cost_header
