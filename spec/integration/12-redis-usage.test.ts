@@ -404,6 +404,32 @@ describe("krs usage", () => {
     expect(named.map((r) => r.subject)).toContain("x{y}:z");
   });
 
+  it("a hostile subject name is neither a formula in the CSV export nor a terminal escape in the text", async () => {
+    const direct = new Redis({ host: "127.0.0.1", port: redis.port, lazyConnect: true });
+    await direct.connect();
+    const formula = '=HYPERLINK("http://127.0.0.1/x","pay")';
+    const escape = "\u001b]0;owned\u0007\u001b[2Jname";
+    try {
+      await direct.hset("krs:redis-usage:v1:{consumer:#hostile-formula}:m:200101", "subject", formula, "requests", 3);
+      await direct.hset("krs:redis-usage:v1:{consumer:#hostile-escape}:m:200101", "subject", escape, "requests", 2);
+      await direct.hset("krs:redis-usage:v1:{consumer:#hostile-plus}:m:200101", "subject", "+1+2", "requests", 1);
+      await direct.pexpire("krs:redis-usage:v1:{consumer:#hostile-formula}:m:200101", 600000);
+      await direct.pexpire("krs:redis-usage:v1:{consumer:#hostile-escape}:m:200101", 600000);
+      await direct.pexpire("krs:redis-usage:v1:{consumer:#hostile-plus}:m:200101", 600000);
+    } finally {
+      direct.disconnect();
+    }
+    const csv = await runKrs("usage", "top", "--month", "2001-01", "--csv", "--redis", url());
+    expect(csv.code).toBe(0);
+    const lines = csv.out.split("\n");
+    expect(lines[1]).toBe(`consumer,"'=HYPERLINK(""http://127.0.0.1/x"",""pay"")",month,2001-01,3,0,0,0,0,0,0,0,0,0`);
+    expect(lines[3]).toMatch(/^consumer,'\+1\+2,month,/);
+    const text = await runKrs("usage", "top", "--month", "2001-01", "--redis", url());
+    expect(text.code).toBe(0);
+    expect(text.out).not.toMatch(/[\u0000-\u0009\u000b-\u001f]/);
+    expect(text.out).toContain("\\x1b]0;owned\\x07\\x1b[2Jname");
+  });
+
   it("quota set, get and clear, the same override the Admin API shows", async () => {
     expect((await runKrs("usage", "quota", "set", "frank", "--month", "500", "--day", "20", "--redis", url())).out).toBe('{"consumer":"frank","day":20,"month":500}');
     expect(await (await fetch(`${gwA.adminUrl}/redis-usage/quotas/frank`)).json()).toEqual({ consumer: "frank", day: 20, month: 500 });

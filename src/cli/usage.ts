@@ -127,9 +127,20 @@ export async function top(redis: Redis, kind: Kind, period: "day" | "month", buc
   return { rows: rows.slice(0, limit), complete };
 }
 
+/**
+ * A subject name is whatever a consumer, route or client chose (or whoever writes Redis):
+ * a cell starting with = + - @ (or a tab / CR) is a formula to the spreadsheet a billing
+ * export is opened in, so it is made text with a leading quote (OWASP's CSV injection rule).
+ */
 function csvField(value: string | number): string {
-  const text = String(value);
+  const raw = String(value);
+  const text = typeof value === "string" && /^[=+\-@\t\r]/.test(raw) ? `'${raw}` : raw;
   return /[",\n\r]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+}
+
+/** Control characters in a name would drive the operator's terminal (escape sequences): shown as \xNN. */
+function printable(text: string): string {
+  return text.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
 }
 
 export function toCsv(rows: Row[]): string {
@@ -137,10 +148,14 @@ export function toCsv(rows: Row[]): string {
   return [header, ...rows.map((r) => [r.kind, r.subject, r.period, r.bucket, ...FIELDS.map((f) => r.counts[f])].map(csvField).join(","))].join("\n");
 }
 
+function shortName(name: string): string {
+  return name.length > 40 ? name.slice(0, 37) + "..." : name;
+}
+
 function toText(rows: Row[]): string {
   if (rows.length === 0) return "no usage recorded";
   const head = ["subject", "bucket", "requests", "cost", "bytes_in", "bytes_out", "2xx", "3xx", "4xx", "5xx"];
-  const table = rows.map((r) => [r.subject.length > 40 ? r.subject.slice(0, 37) + "..." : r.subject, r.bucket, ...head.slice(2).map((f) => String(r.counts[f as (typeof FIELDS)[number]]))]);
+  const table = rows.map((r) => [shortName(printable(r.subject)), r.bucket, ...head.slice(2).map((f) => String(r.counts[f as (typeof FIELDS)[number]]))]);
   const widths = head.map((h, i) => Math.max(h.length, ...table.map((row) => row[i].length)));
   return [head, ...table].map((row) => row.map((c, i) => (i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join("  ")).join("\n");
 }

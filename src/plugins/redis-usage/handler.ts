@@ -74,27 +74,42 @@ interface Subject {
   month: string;
   dayKey: string;
   monthKey: string;
+  /** Its batched quota view's key (`<pool>\0<tag>`), built for the pool in viewPool. */
+  viewPool: string;
+  viewKey: string;
 }
 
-/** Subjects seen lately, so a request builds no key string (dropped wholesale past MAX_SUBJECTS). */
+/**
+ * Subjects seen lately, per kind, so a request builds no string at all (no memo key
+ * either: the log phase runs on every request); dropped wholesale past MAX_SUBJECTS.
+ */
 const MAX_SUBJECTS = 10000;
-let subjects = new LuaTable<string, Subject>();
+const KINDS = ["consumer", "ip", "credential", "route", "service"];
+let subjects = new LuaTable<string, LuaTable<string, Subject>>();
 let subjectCount = 0;
 
+function resetSubjects(this: void): void {
+  subjects = new LuaTable();
+  for (const kind of KINDS) subjects.set(kind, new LuaTable());
+  subjectCount = 0;
+}
+resetSubjects();
+
 function subjectOf(this: void, kind: string, id: string, c: Clock): Subject {
-  const memo = kind + "\0" + id;
-  let s = subjects.get(memo);
+  let s = subjects.get(kind).get(id);
   if (s === undefined) {
-    if (subjectCount >= MAX_SUBJECTS) {
-      subjects = new LuaTable();
-      subjectCount = 0;
-    }
+    if (subjectCount >= MAX_SUBJECTS) resetSubjects();
     const p = part(id);
     const tag = `${kind}:${p}`;
-    s = { tag, label: p === id ? "" : id, quotaKey: key(PLUGIN, tag, "quota"), day: "", month: "", dayKey: "", monthKey: "" };
-    subjects.set(memo, s);
+    s = { tag, label: p === id ? "" : id, quotaKey: key(PLUGIN, tag, "quota"), day: "", month: "", dayKey: "", monthKey: "", viewPool: "", viewKey: "" };
+    subjects.get(kind).set(id, s);
     subjectCount++;
   }
+  return current(s, c);
+}
+
+/** The subject with its day and month keys for the clock's buckets. */
+function current(this: void, s: Subject, c: Clock): Subject {
   if (s.day !== c.day.id) {
     s.day = c.day.id;
     s.dayKey = key(PLUGIN, s.tag, "d", s.day);
@@ -104,6 +119,15 @@ function subjectOf(this: void, kind: string, id: string, c: Clock): Subject {
     s.monthKey = key(PLUGIN, s.tag, "m", s.month);
   }
   return s;
+}
+
+function viewOfSubject(this: void, conf: Conf, s: Subject, c: Clock): quota.View {
+  const pool = registry.poolOf(conf);
+  if (s.viewPool !== pool) {
+    s.viewPool = pool;
+    s.viewKey = `${pool}\0${s.tag}`;
+  }
+  return quota.viewOf(s.viewKey, c.day.id, c.month.id);
 }
 
 /** Whom the request is metered (and its quotas counted) to: its consumer, else the fallback. */
@@ -192,6 +216,41 @@ function decideBatched(this: void, conf: Conf, view: quota.View, need: number, c
   return { admitted, dayLimit, dayLeft: left(dayLimit, dayUsed + spent), monthLimit, monthLeft: left(monthLimit, monthUsed + spent) };
 }
 
+/** What one request adds to each of its counter sets. */
+interface Metered {
+  conf: Conf;
+  state: meter.PoolState;
+  expiry: Expiry;
+  bytesIn: number;
+  bytesOut: number;
+  cost: number;
+  statusClass: string | undefined;
+}
+
+function bump(this: void, fields: LuaTable<string, number>, field: string, n: number): void {
+  if (n !== 0) fields.set(field, (fields.get(field) ?? 0) + n);
+}
+
+/** One request into one subject's day (or month) counter set; with `view`, the quota amounts too. */
+function count(this: void, r: Metered, s: Subject, isDay: boolean, quotaRequests: number, quotaCost: number, view: quota.View | undefined, bucket: string): void {
+  const entry = meter.entry(r.state, r.conf, isDay ? s.dayKey : s.monthKey, s.quotaKey, isDay ? r.expiry.dayAt : r.expiry.monthAt, s.label);
+  if (entry === undefined) return;
+  const fields = entry.fields;
+  fields.set("requests", (fields.get("requests") ?? 0) + 1);
+  bump(fields, "bytes_in", r.bytesIn);
+  bump(fields, "bytes_out", r.bytesOut);
+  bump(fields, "cost", r.cost);
+  if (r.statusClass !== undefined) fields.set(r.statusClass, (fields.get(r.statusClass) ?? 0) + 1);
+  if (view === undefined && quotaRequests === 0 && quotaCost === 0) return;
+  bump(fields, "quota_requests", quotaRequests);
+  bump(fields, "quota_cost", quotaCost);
+  if (view !== undefined) {
+    entry.view = view;
+    entry.period = isDay ? "day" : "month";
+    entry.bucket = bucket;
+  }
+}
+
 const handler: KongPluginHandler<Conf> = {
   // Kong's quota plugins run after authentication and next to rate limiting (910).
   PRIORITY: 905,
@@ -220,6 +279,8 @@ const handler: KongPluginHandler<Conf> = {
       ctx["admitted"] = true;
       return;
     }
+    // The log phase meters the same subject: authentication is over by now.
+    ctx["subject"] = subject;
     const costNow = costBefore(conf);
     const need = conf.quota_unit === "cost" ? math.max(1, costNow) : 1;
     let d: Decision;
@@ -239,24 +300,34 @@ const handler: KongPluginHandler<Conf> = {
       d = { admitted: r[0] === 1, dayLimit: r[1], dayLeft: r[2], monthLimit: r[3], monthLeft: r[4] };
       if (d.admitted) ctx["counted_cost"] = costNow;
     } else {
-      const view = quota.viewOf(`${registry.poolOf(conf)}\0${subject.tag}`, c.day.id, c.month.id);
+      const view = viewOfSubject(conf, subject, c);
       d = decideBatched(conf, view, need, costNow);
       if (d.admitted) {
         ctx["view"] = view;
         ctx["view_cost"] = costNow;
       }
     }
-    const limitLeft = d.monthLimit >= 0 && (d.dayLimit < 0 || d.monthLeft < d.dayLeft) ? [d.monthLimit, d.monthLeft] : [d.dayLimit, d.dayLeft];
-    facts.limit({ plugin: PLUGIN, kind: "quota", admitted: d.admitted, source: conf.quota_mode === "exact" ? "redis" : "worker", limit: limitLeft[0], remaining: limitLeft[1] });
+    const byMonth = d.monthLimit >= 0 && (d.dayLimit < 0 || d.monthLeft < d.dayLeft);
+    facts.limit({ plugin: PLUGIN, kind: "quota", admitted: d.admitted, source: conf.quota_mode === "exact" ? "redis" : "worker", limit: byMonth ? d.monthLimit : d.dayLimit, remaining: byMonth ? d.monthLeft : d.dayLeft });
     if (!d.admitted) return reject(conf, d, c, now);
     ctx["admitted"] = true;
-    ctx["headers"] = quotaHeaders(d);
+    // The headers are set from the decision itself at header_filter: no table built per request for them.
+    ctx["decision"] = d;
   },
 
   header_filter(conf) {
     const ctx = kong.ctx.plugin;
-    const headers = ctx["headers"] as Headers | undefined;
-    if (headers !== undefined) for (const [name, value] of pairs(headers)) kong.response.set_header(name, value);
+    const d = ctx["decision"] as Decision | undefined;
+    if (d !== undefined) {
+      if (d.dayLimit >= 0) {
+        kong.response.set_header(LIMIT_DAY, d.dayLimit);
+        kong.response.set_header(REMAINING_DAY, d.dayLeft);
+      }
+      if (d.monthLimit >= 0) {
+        kong.response.set_header(LIMIT_MONTH, d.monthLimit);
+        kong.response.set_header(REMAINING_MONTH, d.monthLeft);
+      }
+    }
     const costHeader = conf.cost_header;
     if (type(costHeader) !== "string") return;
     const raw = kong.response.get_header(costHeader!);
@@ -272,13 +343,11 @@ const handler: KongPluginHandler<Conf> = {
     const ctx = kong.ctx.plugin;
     const now = floor(ngx.now() * 1000 + 0.5);
     const c = clockAt(now);
-    const e = expiryOf(conf, c);
     const vars = ngx.var;
     const bytesIn = tonumber(vars["request_length"]) ?? 0;
     const bytesOut = tonumber(vars["bytes_sent"]) ?? 0;
-    const cost = costOf(conf, tonumber(vars["body_bytes_sent"]) ?? 0);
-    const status = kong.response.get_status();
-    const statusClass = STATUS_CLASSES[floor(status / 100)];
+    const cost = costOf(conf, type(conf.cost_per_kb) === "number" ? (tonumber(vars["body_bytes_sent"]) ?? 0) : 0);
+    const statusClass = STATUS_CLASSES[floor(kong.response.get_status() / 100)];
 
     const admitted = ctx["admitted"] === true;
     const countedCost = ctx["counted_cost"] as number | undefined;
@@ -288,38 +357,27 @@ const handler: KongPluginHandler<Conf> = {
     const view = ctx["view"] as quota.View | undefined;
     if (view !== undefined) quota.admit(view, 0, cost - ((ctx["view_cost"] as number | undefined) ?? 0));
 
-    const metered: Subject[] = [];
-    const subject = identify(conf, c);
-    if (subject !== undefined) metered[0] = subject;
+    const request: Metered = { conf, state: meter.stateFor(conf), expiry: expiryOf(conf, c), bytesIn, bytesOut, cost, statusClass };
+    meter.due(request.state, conf);
+    const known = ctx["subject"] as Subject | undefined;
+    const subject = known !== undefined ? current(known, c) : identify(conf, c);
+    if (subject !== undefined) {
+      // Quotas are counted on the request's subject only (never on its route or service).
+      const quotaView = view ?? (quotaOn(conf) ? viewOfSubject(conf, subject, c) : undefined);
+      count(request, subject, true, quotaRequests, quotaCost, quotaView, c.day.id);
+      count(request, subject, false, quotaRequests, quotaCost, quotaView, c.month.id);
+    }
     const route = kong.router.get_route();
-    if (route !== undefined) metered[metered.length] = subjectOf("route", route.name ?? route.id, c);
+    if (route !== undefined) {
+      const s = subjectOf("route", route.name ?? route.id, c);
+      count(request, s, true, 0, 0, undefined, "");
+      count(request, s, false, 0, 0, undefined, "");
+    }
     const service = kong.router.get_service();
-    if (service !== undefined) metered[metered.length] = subjectOf("service", service.name ?? service.id, c);
-
-    const state = meter.stateFor(conf);
-    for (let i = 0; i < metered.length; i++) {
-      const s = metered[i];
-      for (let period = 0; period < 2; period++) {
-        const isDay = period === 0;
-        const entry = meter.entry(state, conf, isDay ? s.dayKey : s.monthKey, s.quotaKey, isDay ? e.dayAt : e.monthAt, s.label);
-        if (entry === undefined) continue;
-        const fields = entry.fields;
-        fields.set("requests", (fields.get("requests") ?? 0) + 1);
-        meter.add(entry, "bytes_in", bytesIn);
-        meter.add(entry, "bytes_out", bytesOut);
-        meter.add(entry, "cost", cost);
-        if (statusClass !== undefined) fields.set(statusClass, (fields.get(statusClass) ?? 0) + 1);
-        // Quotas are counted on the request's subject only (never on its route or service).
-        if (i === 0 && subject !== undefined) {
-          meter.add(entry, "quota_requests", quotaRequests);
-          meter.add(entry, "quota_cost", quotaCost);
-          if (view !== undefined || quotaOn(conf)) {
-            entry.view = view ?? quota.viewOf(`${registry.poolOf(conf)}\0${s.tag}`, c.day.id, c.month.id);
-            entry.period = isDay ? "day" : "month";
-            entry.bucket = isDay ? c.day.id : c.month.id;
-          }
-        }
-      }
+    if (service !== undefined) {
+      const s = subjectOf("service", service.name ?? service.id, c);
+      count(request, s, true, 0, 0, undefined, "");
+      count(request, s, false, 0, 0, undefined, "");
     }
     meter.afterRequest();
   },

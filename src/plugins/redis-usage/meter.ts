@@ -109,10 +109,14 @@ export function health(this: void): LuaMultiReturn<[number, number]> {
 }
 
 /** The pending entry of counter set `key`, or undefined when max_pending is reached (the caller counts the drop). */
-export function entry(this: void, state: PoolState, conf: Conf, key: string, quotaKey: string, expireAt: number, subject: string): Entry | undefined {
+/** A request is about to add counts: the buffer is due within `conf`'s flush_interval (once per request, not per counter set). */
+export function due(this: void, state: PoolState, conf: Conf): void {
   // Configs sharing this Redis may flush at different intervals: the soonest pending deadline wins.
-  const due = ngx.now() + conf.flush_interval / 1000;
-  if (state.dueAt === 0 || due < state.dueAt) state.dueAt = due;
+  const at = ngx.now() + conf.flush_interval / 1000;
+  if (state.dueAt === 0 || at < state.dueAt) state.dueAt = at;
+}
+
+export function entry(this: void, state: PoolState, conf: Conf, key: string, quotaKey: string, expireAt: number, subject: string): Entry | undefined {
   let e = state.open.get(key);
   if (e !== undefined) return e;
   if (state.openCount + state.sealedCount >= conf.max_pending) {
@@ -125,11 +129,6 @@ export function entry(this: void, state: PoolState, conf: Conf, key: string, quo
   state.openCount++;
   if (state.openCount >= conf.flush_batch) flushSoon();
   return e;
-}
-
-export function add(this: void, e: Entry, field: string, n: number): void {
-  if (n === 0) return;
-  e.fields.set(field, (e.fields.get(field) ?? 0) + n);
 }
 
 function seal(this: void, state: PoolState): void {

@@ -65,14 +65,14 @@ function send(state)
                     break
                 end
                 if inThisTrip[e.key] ~= nil then
-                    goto __continue25
+                    goto __continue24
                 end
                 inThisTrip[e.key] = true
                 calls[#calls + 1] = callOf(batch.seq, e)
                 sent[#sent + 1] = e
                 sentSeq[#sentSeq + 1] = batch.seq
             end
-            ::__continue25::
+            ::__continue24::
         end
     end
     if #calls == 0 then
@@ -113,7 +113,7 @@ function send(state)
                         )
                     end
                     done[e] = true
-                    goto __continue33
+                    goto __continue32
                 end
                 local message = type(reply) == "table" and tostring(reply[2]) or tostring(reply)
                 if permanent(message) then
@@ -141,7 +141,7 @@ function send(state)
                     logThrottled(PLUGIN, "redis refused a flush for now, its counts are kept for the next one: " .. message, state.conf)
                 end
             end
-            ::__continue33::
+            ::__continue32::
             i = i + 1
         end
     end
@@ -311,12 +311,14 @@ function ____exports.health()
     end
     return pending, droppedTotal
 end
---- The pending entry of counter set `key`, or undefined when max_pending is reached (the caller counts the drop).
-function ____exports.entry(state, conf, key, quotaKey, expireAt, subject)
-    local due = ngx.now() + conf.flush_interval / 1000
-    if state.dueAt == 0 or due < state.dueAt then
-        state.dueAt = due
+--- A request is about to add counts: the buffer is due within `conf`'s flush_interval (once per request, not per counter set).
+function ____exports.due(state, conf)
+    local at = ngx.now() + conf.flush_interval / 1000
+    if state.dueAt == 0 or at < state.dueAt then
+        state.dueAt = at
     end
+end
+function ____exports.entry(state, conf, key, quotaKey, expireAt, subject)
     local e = state.open[key]
     if e ~= nil then
         return e
@@ -339,12 +341,6 @@ function ____exports.entry(state, conf, key, quotaKey, expireAt, subject)
         ____exports.flushSoon()
     end
     return e
-end
-function ____exports.add(e, field, n)
-    if n == 0 then
-        return
-    end
-    e.fields[field] = (e.fields[field] or 0) + n
 end
 local function tick(premature)
     if premature then
