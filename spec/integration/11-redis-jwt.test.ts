@@ -516,11 +516,26 @@ describe("warm path and Redis down", () => {
 
   it("Redis down: a token verified in the last seconds keeps working, an unknown one is a 500; no crash", async () => {
     const sign = await hs256("outage");
+    // Revoked after its "not revoked" answer was cached: an outage must not bring it back.
+    const revokedLater = sign({ jti: "revoked-before-outage" });
+    expect(await everyWorker(`${gw.proxyUrl}/jwt`, bearer(revokedLater), 8)).not.toContain(401);
+    // Revoked while nobody used it: its cached answer predates a revocation, so it proves nothing.
+    const revokedUnseen = sign({ jti: "revoked-unseen-before-outage" });
+    expect(await everyWorker(`${gw.proxyUrl}/jwt`, bearer(revokedUnseen), 8)).not.toContain(401);
+    await revoke(redis, { jti: "revoked-before-outage" });
+    await new Promise((r) => setTimeout(r, 100));
+    expect(new Set(await everyWorker(`${gw.proxyUrl}/jwt`, bearer(revokedLater), 8))).toEqual(new Set([401]));
+    await revoke(redis, { jti: "revoked-unseen-before-outage" });
+    await new Promise((r) => setTimeout(r, 100));
     const known = sign();
     expect(await everyWorker(`${gw.proxyUrl}/jwt`, bearer(known), 8)).not.toContain(401);
     await redisServer.stop();
     const statuses = await everyWorker(`${gw.proxyUrl}/jwt`, bearer(known), 8);
     expect(new Set(statuses)).toEqual(new Set([200]));
+    const afterOutage = await everyWorker(`${gw.proxyUrl}/jwt`, bearer(revokedLater), 8);
+    expect(new Set(afterOutage)).toEqual(new Set([401]));
+    const unseen = await everyWorker(`${gw.proxyUrl}/jwt`, bearer(revokedUnseen), 8);
+    expect(new Set(unseen)).toEqual(new Set([500]));
     const unknown = await get(`${gw.proxyUrl}/jwt`, bearer(sign({ x: "new" })));
     expect(unknown.status).toBe(500);
     expect(unknown.json()).toEqual({ message: "An unexpected error occurred" });

@@ -62,6 +62,8 @@ interface VerifiedToken {
   /** The revocation generation the "not revoked" answer was obtained in; -1: none yet. */
   revocation_generation: number;
   revocation_checked_at: number;
+  /** Set once Redis said the token is revoked: revocations are never undone, so this holds without Redis. */
+  revoked?: string;
 }
 
 interface Prepared {
@@ -272,20 +274,25 @@ function findCredential(this: void, conf: JwtConf, state: PoolState, keyValue: s
  * the state is unknown (and no recent answer can stand in).
  */
 function checkRevocation(this: void, conf: JwtConf, state: PoolState, entry: VerifiedToken): LuaMultiReturn<[string | undefined, string | undefined]> {
+  if (entry.revoked !== undefined) return $multi(entry.revoked, undefined);
   const generation = state.revocationGeneration;
   const [revoked, before, err] = store.revocationState(conf.redis, entry.revocationKeys);
   const now = ngx.now();
   if (revoked === undefined) {
     // Nobody can revoke while Redis is down; what this worker knew stays good for as long
-    // as a lost message may cost (cache_ttl), plus the grace.
-    if (entry.revocation_generation >= 0 && now - entry.revocation_checked_at <= conf.cache_ttl + STALE_GRACE) {
+    // as a lost message may cost (cache_ttl), plus the grace, unless a revocation was
+    // announced since: it may have been this token's.
+    if (entry.revocation_generation >= 0 && entry.revocation_generation === generation && now - entry.revocation_checked_at <= conf.cache_ttl + STALE_GRACE) {
       fault.logThrottled(PLUGIN, `redis unavailable: ${err ?? "unknown error"} (recently checked tokens keep working)`, conf);
       return $multi(undefined, undefined);
     }
     return $multi(undefined, err ?? "unknown error");
   }
-  if (revoked) return $multi(ERR_REVOKED, undefined);
-  if (before > 0 && (entry.iat === undefined || entry.iat < before)) return $multi(ERR_REVOKED, undefined);
+  if (revoked || (before > 0 && (entry.iat === undefined || entry.iat < before))) {
+    // Remembered, so that an outage (when the "not revoked" answer of before would stand in) cannot bring it back.
+    entry.revoked = ERR_REVOKED;
+    return $multi(ERR_REVOKED, undefined);
+  }
   entry.revocation_generation = generation;
   entry.revocation_checked_at = now;
   return $multi(undefined, undefined);
@@ -453,7 +460,7 @@ const handler: KongPluginHandler<JwtConf> = {
         if (entry !== undefined) cacheEntry(conf, p, k, entry);
       }
       if (entry !== undefined) {
-        if (!state.subscribed || entry.revocation_generation !== state.revocationGeneration) {
+        if (entry.revoked !== undefined || !state.subscribed || entry.revocation_generation !== state.revocationGeneration) {
           const [revoked, redisErr] = checkRevocation(conf, state, entry);
           if (redisErr !== undefined) return redisFailed(conf, p, redisErr);
           if (revoked !== undefined) failure = refusal(revoked, "revoked");

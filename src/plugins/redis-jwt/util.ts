@@ -5,7 +5,6 @@
 
 const find = string.find;
 const gsub = string.gsub;
-const lower = string.lower;
 const match = string.match;
 
 /** Seconds past their own bound cached answers keep working while Redis cannot be asked. */
@@ -32,7 +31,8 @@ export function challenges(this: void, realm: string | undefined): LuaMultiRetur
  * match; `Bearer` in any case), or nil.
  */
 export function bearerToken(this: void, value: string): string | undefined {
-  const [at] = find(lower(value), "bearer%s+");
+  // A case-insensitive pattern, not lower(): no copy of the token on every request.
+  const [at] = find(value, "[Bb][Ee][Aa][Rr][Ee][Rr]%s");
   if (at === undefined) return undefined;
   const [token] = match(value, "^[Bb][Ee][Aa][Rr][Ee][Rr]%s+(.+)$", at);
   if (token === undefined || token === "") return undefined;

@@ -320,20 +320,21 @@ end
 --- Refusal message when the token is revoked, nil when not; nil plus the Redis error when
 -- the state is unknown (and no recent answer can stand in).
 local function checkRevocation(conf, state, entry)
+    if entry.revoked ~= nil then
+        return entry.revoked, nil
+    end
     local generation = state.revocationGeneration
     local revoked, before, err = store.revocationState(conf.redis, entry.revocationKeys)
     local now = ngx.now()
     if revoked == nil then
-        if entry.revocation_generation >= 0 and now - entry.revocation_checked_at <= conf.cache_ttl + STALE_GRACE then
+        if entry.revocation_generation >= 0 and entry.revocation_generation == generation and now - entry.revocation_checked_at <= conf.cache_ttl + STALE_GRACE then
             fault.logThrottled(PLUGIN, ("redis unavailable: " .. (err or "unknown error")) .. " (recently checked tokens keep working)", conf)
             return nil, nil
         end
         return nil, err or "unknown error"
     end
-    if revoked then
-        return ERR_REVOKED, nil
-    end
-    if before > 0 and (entry.iat == nil or entry.iat < before) then
+    if revoked or before > 0 and (entry.iat == nil or entry.iat < before) then
+        entry.revoked = ERR_REVOKED
         return ERR_REVOKED, nil
     end
     entry.revocation_generation = generation
@@ -525,7 +526,7 @@ local handler = {
                 end
             end
             if entry ~= nil then
-                if not state.subscribed or entry.revocation_generation ~= state.revocationGeneration then
+                if entry.revoked ~= nil or not state.subscribed or entry.revocation_generation ~= state.revocationGeneration then
                     local revoked, redisErr = checkRevocation(conf, state, entry)
                     if redisErr ~= nil then
                         return redisFailed(conf, p, redisErr)

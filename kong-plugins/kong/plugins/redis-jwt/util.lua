@@ -4,7 +4,6 @@ local ____exports = {}
 -- `Bearer` header, how long cached answers outlive a Redis outage.
 local find = string.find
 local gsub = string.gsub
-local lower = string.lower
 local match = string.match
 --- Seconds past their own bound cached answers keep working while Redis cannot be asked.
 ____exports.STALE_GRACE = 5
@@ -28,10 +27,7 @@ end
 --- The token of a `Bearer <token>` header value (anywhere in it, as Kong's unanchored
 -- match; `Bearer` in any case), or nil.
 function ____exports.bearerToken(value)
-    local at = find(
-        lower(value),
-        "bearer%s+"
-    )
+    local at = find(value, "[Bb][Ee][Aa][Rr][Ee][Rr]%s")
     if at == nil then
         return nil
     end
