@@ -52,6 +52,7 @@ function config(redisPort: number) {
         route("b64", { secret_is_base64: true }),
         route("preflight", { run_on_preflight: false }),
         route("tolerant", { fault_tolerant: true, claims_to_verify: ["exp"] }),
+        route("nokey", { credential_encryption_key: undefined }),
       ],
     }],
     consumers,
@@ -226,6 +227,14 @@ describe("verification with Kong jwt's semantics", () => {
     expect(good.json().headers["x-anonymous-consumer"]).toBeUndefined();
     expect((await get(`${gw.proxyUrl}/preflight`, {}, "OPTIONS")).status).toBe(200);
     expect((await get(`${gw.proxyUrl}/jwt`, {}, "OPTIONS")).status).toBe(401);
+  });
+
+  it("a route without credential_encryption_key does not spoil HS credentials for the routes on the same Redis that have one", async () => {
+    const sign = await hs256("shared-cache");
+    const token = sign();
+    // On gw2: the nokey route's warning about the credential belongs to this test, not to gw's log checks.
+    expect(new Set(await everyWorker(`${gw2.proxyUrl}/nokey`, bearer(token), 8))).toEqual(new Set([401]));
+    expect(new Set(await everyWorker(`${gw2.proxyUrl}/jwt`, bearer(token), 8))).toEqual(new Set([200]));
   });
 
   it("secret_is_base64 decodes the stored secret; key_claim_name may name a header field", async () => {

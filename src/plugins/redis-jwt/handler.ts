@@ -215,6 +215,23 @@ function prepareCredential(this: void, conf: JwtConf, field: string, record: Cre
 }
 
 /**
+ * What a cached credential depends on besides Redis: the key its HS* secret was opened
+ * with (or that there was none). Instances on one Redis share the credential cache, and
+ * one without credential_encryption_key (or with another) must not leave "unusable" (or
+ * an opened secret) behind for the others.
+ */
+const sealScopes = setmetatable(new LuaTable<JwtConf, string>(), { __mode: "k" });
+function sealScope(this: void, conf: JwtConf): string {
+  let scope = sealScopes.get(conf);
+  if (scope === undefined) {
+    const encryptionKey = optional(conf.credential_encryption_key);
+    scope = encryptionKey === undefined || encryptionKey === "" ? "-|" : crypto.toHex(crypto.sha256(encryptionKey)) + "|";
+    sealScopes.set(conf, scope);
+  }
+  return scope;
+}
+
+/**
  * The credential for a token: the JWKS key named by `kid` when there is one, else the
  * credential named by the key claim. Nil when there is none; nil plus the Redis error
  * when Redis could not be asked and nothing cached could stand in.
@@ -224,11 +241,12 @@ function findCredential(this: void, conf: JwtConf, state: PoolState, keyValue: s
   if (kid !== undefined) fields.push(store.jwksField(kid));
   fields.push(store.credentialField(keyValue));
   const now = ngx.now();
+  const scope = sealScope(conf);
   const found: (CachedCredential | undefined)[] = [];
   const stale: (CachedCredential | undefined)[] = [];
   const missing: string[] = [];
   for (let i = 0; i < fields.length; i++) {
-    const [hit, old] = state.credentials.get(fields[i]);
+    const [hit, old] = state.credentials.get(scope + fields[i]);
     const fresh = hit !== undefined && now - hit.checked_at <= (hit.record === false ? NEGATIVE_TTL : conf.cache_ttl);
     found[i] = fresh ? hit : undefined;
     stale[i] = hit ?? old;
@@ -251,7 +269,7 @@ function findCredential(this: void, conf: JwtConf, state: PoolState, keyValue: s
         const entry: CachedCredential = record === false ? { record: false, checked_at: now } : prepareCredential(conf, fields[i], record, now);
         found[i] = entry;
         // A change announced while Redis was being asked may concern this credential.
-        if (generation === state.credentialGeneration && conf.cache_ttl > 0) state.credentials.set(fields[i], entry, record === false ? NEGATIVE_TTL : conf.cache_ttl);
+        if (generation === state.credentialGeneration && conf.cache_ttl > 0) state.credentials.set(scope + fields[i], entry, record === false ? NEGATIVE_TTL : conf.cache_ttl);
       }
     }
   }
