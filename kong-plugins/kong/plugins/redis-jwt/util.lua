@@ -26,15 +26,22 @@ function ____exports.challenges(realm)
 end
 --- The token of a `Bearer <token>` header value (anywhere in it, as Kong's unanchored
 -- match; `Bearer` in any case), or nil.
+local lastValue
+local lastToken
 function ____exports.bearerToken(value)
+    if value == lastValue then
+        return lastToken
+    end
     local at = find(value, "[Bb][Ee][Aa][Rr][Ee][Rr]%s")
-    if at == nil then
-        return nil
+    local token
+    if at ~= nil then
+        token = match(value, "^[Bb][Ee][Aa][Rr][Ee][Rr]%s+(.+)$", at)
     end
-    local token = match(value, "^[Bb][Ee][Aa][Rr][Ee][Rr]%s+(.+)$", at)
-    if token == nil or token == "" then
-        return nil
+    if token == "" then
+        token = nil
     end
+    lastValue = value
+    lastToken = token
     return token
 end
 return ____exports
