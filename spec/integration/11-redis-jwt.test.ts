@@ -229,14 +229,6 @@ describe("verification with Kong jwt's semantics", () => {
     expect((await get(`${gw.proxyUrl}/jwt`, {}, "OPTIONS")).status).toBe(401);
   });
 
-  it("a route without credential_encryption_key does not spoil HS credentials for the routes on the same Redis that have one", async () => {
-    const sign = await hs256("shared-cache");
-    const token = sign();
-    // On gw2: the nokey route's warning about the credential belongs to this test, not to gw's log checks.
-    expect(new Set(await everyWorker(`${gw2.proxyUrl}/nokey`, bearer(token), 8))).toEqual(new Set([401]));
-    expect(new Set(await everyWorker(`${gw2.proxyUrl}/jwt`, bearer(token), 8))).toEqual(new Set([200]));
-  });
-
   it("secret_is_base64 decodes the stored secret; key_claim_name may name a header field", async () => {
     const raw = "raw secret bytes \u0001";
     await createCredential(redis, { consumer: "alice", key: "b64", algorithm: "HS256", secret: Buffer.from(raw).toString("base64url"), encryptionKey: ENCRYPTION_KEY });
@@ -505,6 +497,14 @@ describe("revocation", () => {
 });
 
 describe("warm path and Redis down", () => {
+  it("a route without credential_encryption_key does not spoil HS credentials for the routes on the same Redis that have one", async () => {
+    const sign = await hs256("shared-cache");
+    const token = sign();
+    // On gw2: the nokey route's warning about the credential belongs to this test, not to gw's log checks.
+    expect(new Set(await everyWorker(`${gw2.proxyUrl}/nokey`, bearer(token), 8))).toEqual(new Set([401]));
+    expect(new Set(await everyWorker(`${gw2.proxyUrl}/jwt`, bearer(token), 8))).toEqual(new Set([200]));
+  });
+
   it("a token already verified costs no Redis round trip", async () => {
     const { publicPem, privateKey } = keyPair("RS256");
     await createCredential(redis, { consumer: "alice", key: "warm", algorithm: "RS256", rsa_public_key: publicPem });
