@@ -52,6 +52,7 @@ function config(redisPort: number) {
         route("b64", { secret_is_base64: true }),
         route("preflight", { run_on_preflight: false }),
         route("tolerant", { fault_tolerant: true, claims_to_verify: ["exp"] }),
+        route("nokey", { credential_encryption_key: undefined }),
       ],
     }],
     consumers,
@@ -496,6 +497,14 @@ describe("revocation", () => {
 });
 
 describe("warm path and Redis down", () => {
+  it("a route without credential_encryption_key does not spoil HS credentials for the routes on the same Redis that have one", async () => {
+    const sign = await hs256("shared-cache");
+    const token = sign();
+    // On gw2: the nokey route's warning about the credential belongs to this test, not to gw's log checks.
+    expect(new Set(await everyWorker(`${gw2.proxyUrl}/nokey`, bearer(token), 8))).toEqual(new Set([401]));
+    expect(new Set(await everyWorker(`${gw2.proxyUrl}/jwt`, bearer(token), 8))).toEqual(new Set([200]));
+  });
+
   it("a token already verified costs no Redis round trip", async () => {
     const { publicPem, privateKey } = keyPair("RS256");
     await createCredential(redis, { consumer: "alice", key: "warm", algorithm: "RS256", rsa_public_key: publicPem });
@@ -516,11 +525,26 @@ describe("warm path and Redis down", () => {
 
   it("Redis down: a token verified in the last seconds keeps working, an unknown one is a 500; no crash", async () => {
     const sign = await hs256("outage");
+    // Revoked after its "not revoked" answer was cached: an outage must not bring it back.
+    const revokedLater = sign({ jti: "revoked-before-outage" });
+    expect(await everyWorker(`${gw.proxyUrl}/jwt`, bearer(revokedLater), 8)).not.toContain(401);
+    // Revoked while nobody used it: its cached answer predates a revocation, so it proves nothing.
+    const revokedUnseen = sign({ jti: "revoked-unseen-before-outage" });
+    expect(await everyWorker(`${gw.proxyUrl}/jwt`, bearer(revokedUnseen), 8)).not.toContain(401);
+    await revoke(redis, { jti: "revoked-before-outage" });
+    await new Promise((r) => setTimeout(r, 100));
+    expect(new Set(await everyWorker(`${gw.proxyUrl}/jwt`, bearer(revokedLater), 8))).toEqual(new Set([401]));
+    await revoke(redis, { jti: "revoked-unseen-before-outage" });
+    await new Promise((r) => setTimeout(r, 100));
     const known = sign();
     expect(await everyWorker(`${gw.proxyUrl}/jwt`, bearer(known), 8)).not.toContain(401);
     await redisServer.stop();
     const statuses = await everyWorker(`${gw.proxyUrl}/jwt`, bearer(known), 8);
     expect(new Set(statuses)).toEqual(new Set([200]));
+    const afterOutage = await everyWorker(`${gw.proxyUrl}/jwt`, bearer(revokedLater), 8);
+    expect(new Set(afterOutage)).toEqual(new Set([401]));
+    const unseen = await everyWorker(`${gw.proxyUrl}/jwt`, bearer(revokedUnseen), 8);
+    expect(new Set(unseen)).toEqual(new Set([500]));
     const unknown = await get(`${gw.proxyUrl}/jwt`, bearer(sign({ x: "new" })));
     expect(unknown.status).toBe(500);
     expect(unknown.json()).toEqual({ message: "An unexpected error occurred" });

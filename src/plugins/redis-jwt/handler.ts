@@ -62,6 +62,8 @@ interface VerifiedToken {
   /** The revocation generation the "not revoked" answer was obtained in; -1: none yet. */
   revocation_generation: number;
   revocation_checked_at: number;
+  /** Set once Redis said the token is revoked: revocations are never undone, so this holds without Redis. */
+  revoked?: string;
 }
 
 interface Prepared {
@@ -213,6 +215,23 @@ function prepareCredential(this: void, conf: JwtConf, field: string, record: Cre
 }
 
 /**
+ * What a cached credential depends on besides Redis: the key its HS* secret was opened
+ * with (or that there was none). Instances on one Redis share the credential cache, and
+ * one without credential_encryption_key (or with another) must not leave "unusable" (or
+ * an opened secret) behind for the others.
+ */
+const sealScopes = setmetatable(new LuaTable<JwtConf, string>(), { __mode: "k" });
+function sealScope(this: void, conf: JwtConf): string {
+  let scope = sealScopes.get(conf);
+  if (scope === undefined) {
+    const encryptionKey = optional(conf.credential_encryption_key);
+    scope = encryptionKey === undefined || encryptionKey === "" ? "-|" : crypto.toHex(crypto.sha256(encryptionKey)) + "|";
+    sealScopes.set(conf, scope);
+  }
+  return scope;
+}
+
+/**
  * The credential for a token: the JWKS key named by `kid` when there is one, else the
  * credential named by the key claim. Nil when there is none; nil plus the Redis error
  * when Redis could not be asked and nothing cached could stand in.
@@ -222,11 +241,12 @@ function findCredential(this: void, conf: JwtConf, state: PoolState, keyValue: s
   if (kid !== undefined) fields.push(store.jwksField(kid));
   fields.push(store.credentialField(keyValue));
   const now = ngx.now();
+  const scope = sealScope(conf);
   const found: (CachedCredential | undefined)[] = [];
   const stale: (CachedCredential | undefined)[] = [];
   const missing: string[] = [];
   for (let i = 0; i < fields.length; i++) {
-    const [hit, old] = state.credentials.get(fields[i]);
+    const [hit, old] = state.credentials.get(scope + fields[i]);
     const fresh = hit !== undefined && now - hit.checked_at <= (hit.record === false ? NEGATIVE_TTL : conf.cache_ttl);
     found[i] = fresh ? hit : undefined;
     stale[i] = hit ?? old;
@@ -249,7 +269,7 @@ function findCredential(this: void, conf: JwtConf, state: PoolState, keyValue: s
         const entry: CachedCredential = record === false ? { record: false, checked_at: now } : prepareCredential(conf, fields[i], record, now);
         found[i] = entry;
         // A change announced while Redis was being asked may concern this credential.
-        if (generation === state.credentialGeneration && conf.cache_ttl > 0) state.credentials.set(fields[i], entry, record === false ? NEGATIVE_TTL : conf.cache_ttl);
+        if (generation === state.credentialGeneration && conf.cache_ttl > 0) state.credentials.set(scope + fields[i], entry, record === false ? NEGATIVE_TTL : conf.cache_ttl);
       }
     }
   }
@@ -272,20 +292,25 @@ function findCredential(this: void, conf: JwtConf, state: PoolState, keyValue: s
  * the state is unknown (and no recent answer can stand in).
  */
 function checkRevocation(this: void, conf: JwtConf, state: PoolState, entry: VerifiedToken): LuaMultiReturn<[string | undefined, string | undefined]> {
+  if (entry.revoked !== undefined) return $multi(entry.revoked, undefined);
   const generation = state.revocationGeneration;
   const [revoked, before, err] = store.revocationState(conf.redis, entry.revocationKeys);
   const now = ngx.now();
   if (revoked === undefined) {
     // Nobody can revoke while Redis is down; what this worker knew stays good for as long
-    // as a lost message may cost (cache_ttl), plus the grace.
-    if (entry.revocation_generation >= 0 && now - entry.revocation_checked_at <= conf.cache_ttl + STALE_GRACE) {
+    // as a lost message may cost (cache_ttl), plus the grace, unless a revocation was
+    // announced since: it may have been this token's.
+    if (entry.revocation_generation >= 0 && entry.revocation_generation === generation && now - entry.revocation_checked_at <= conf.cache_ttl + STALE_GRACE) {
       fault.logThrottled(PLUGIN, `redis unavailable: ${err ?? "unknown error"} (recently checked tokens keep working)`, conf);
       return $multi(undefined, undefined);
     }
     return $multi(undefined, err ?? "unknown error");
   }
-  if (revoked) return $multi(ERR_REVOKED, undefined);
-  if (before > 0 && (entry.iat === undefined || entry.iat < before)) return $multi(ERR_REVOKED, undefined);
+  if (revoked || (before > 0 && (entry.iat === undefined || entry.iat < before))) {
+    // Remembered, so that an outage (when the "not revoked" answer of before would stand in) cannot bring it back.
+    entry.revoked = ERR_REVOKED;
+    return $multi(ERR_REVOKED, undefined);
+  }
   entry.revocation_generation = generation;
   entry.revocation_checked_at = now;
   return $multi(undefined, undefined);
@@ -453,7 +478,7 @@ const handler: KongPluginHandler<JwtConf> = {
         if (entry !== undefined) cacheEntry(conf, p, k, entry);
       }
       if (entry !== undefined) {
-        if (!state.subscribed || entry.revocation_generation !== state.revocationGeneration) {
+        if (entry.revoked !== undefined || !state.subscribed || entry.revocation_generation !== state.revocationGeneration) {
           const [revoked, redisErr] = checkRevocation(conf, state, entry);
           if (redisErr !== undefined) return redisFailed(conf, p, redisErr);
           if (revoked !== undefined) failure = refusal(revoked, "revoked");

@@ -230,6 +230,20 @@ local function prepareCredential(conf, field, record, now)
     end
     return entry
 end
+--- What a cached credential depends on besides Redis: the key its HS* secret was opened
+-- with (or that there was none). Instances on one Redis share the credential cache, and
+-- one without credential_encryption_key (or with another) must not leave "unusable" (or
+-- an opened secret) behind for the others.
+local sealScopes = setmetatable({}, {__mode = "k"})
+local function sealScope(conf)
+    local scope = sealScopes[conf]
+    if scope == nil then
+        local encryptionKey = optional(conf.credential_encryption_key)
+        scope = (encryptionKey == nil or encryptionKey == "") and "-|" or crypto.toHex(crypto.sha256(encryptionKey)) .. "|"
+        sealScopes[conf] = scope
+    end
+    return scope
+end
 --- The credential for a token: the JWKS key named by `kid` when there is one, else the
 -- credential named by the key claim. Nil when there is none; nil plus the Redis error
 -- when Redis could not be asked and nothing cached could stand in.
@@ -240,13 +254,14 @@ local function findCredential(conf, state, keyValue, kid)
     end
     fields[#fields + 1] = store.credentialField(keyValue)
     local now = ngx.now()
+    local scope = sealScope(conf)
     local found = {}
     local stale = {}
     local missing = {}
     do
         local i = 0
         while i < #fields do
-            local hit, old = state.credentials:get(fields[i + 1])
+            local hit, old = state.credentials:get(scope .. fields[i + 1])
             local fresh = hit ~= nil and now - hit.checked_at <= (hit.record == false and NEGATIVE_TTL or conf.cache_ttl)
             found[i + 1] = fresh and hit or nil
             stale[i + 1] = hit or old
@@ -280,7 +295,7 @@ local function findCredential(conf, state, keyValue, kid)
                 while i < #fields do
                     do
                         if found[i + 1] ~= nil then
-                            goto __continue63
+                            goto __continue65
                         end
                         local ____records_2 = records
                         local ____j_1 = j
@@ -289,10 +304,10 @@ local function findCredential(conf, state, keyValue, kid)
                         local entry = record == false and ({record = false, checked_at = now}) or prepareCredential(conf, fields[i + 1], record, now)
                         found[i + 1] = entry
                         if generation == state.credentialGeneration and conf.cache_ttl > 0 then
-                            state.credentials:set(fields[i + 1], entry, record == false and NEGATIVE_TTL or conf.cache_ttl)
+                            state.credentials:set(scope .. fields[i + 1], entry, record == false and NEGATIVE_TTL or conf.cache_ttl)
                         end
                     end
-                    ::__continue63::
+                    ::__continue65::
                     i = i + 1
                 end
             end
@@ -306,12 +321,12 @@ local function findCredential(conf, state, keyValue, kid)
                 if entry ~= nil and entry.record ~= false then
                     local record = entry.record
                     if i == 0 and kid ~= nil and record.jwks == nil then
-                        goto __continue67
+                        goto __continue69
                     end
                     return entry, nil, fields[i + 1]
                 end
             end
-            ::__continue67::
+            ::__continue69::
             i = i + 1
         end
     end
@@ -320,20 +335,21 @@ end
 --- Refusal message when the token is revoked, nil when not; nil plus the Redis error when
 -- the state is unknown (and no recent answer can stand in).
 local function checkRevocation(conf, state, entry)
+    if entry.revoked ~= nil then
+        return entry.revoked, nil
+    end
     local generation = state.revocationGeneration
     local revoked, before, err = store.revocationState(conf.redis, entry.revocationKeys)
     local now = ngx.now()
     if revoked == nil then
-        if entry.revocation_generation >= 0 and now - entry.revocation_checked_at <= conf.cache_ttl + STALE_GRACE then
+        if entry.revocation_generation >= 0 and entry.revocation_generation == generation and now - entry.revocation_checked_at <= conf.cache_ttl + STALE_GRACE then
             fault.logThrottled(PLUGIN, ("redis unavailable: " .. (err or "unknown error")) .. " (recently checked tokens keep working)", conf)
             return nil, nil
         end
         return nil, err or "unknown error"
     end
-    if revoked then
-        return ERR_REVOKED, nil
-    end
-    if before > 0 and (entry.iat == nil or entry.iat < before) then
+    if revoked or before > 0 and (entry.iat == nil or entry.iat < before) then
+        entry.revoked = ERR_REVOKED
         return ERR_REVOKED, nil
     end
     entry.revocation_generation = generation
@@ -525,7 +541,7 @@ local handler = {
                 end
             end
             if entry ~= nil then
-                if not state.subscribed or entry.revocation_generation ~= state.revocationGeneration then
+                if entry.revoked ~= nil or not state.subscribed or entry.revocation_generation ~= state.revocationGeneration then
                     local revoked, redisErr = checkRevocation(conf, state, entry)
                     if redisErr ~= nil then
                         return redisFailed(conf, p, redisErr)

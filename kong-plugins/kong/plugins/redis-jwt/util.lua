@@ -4,7 +4,6 @@ local ____exports = {}
 -- `Bearer` header, how long cached answers outlive a Redis outage.
 local find = string.find
 local gsub = string.gsub
-local lower = string.lower
 local match = string.match
 --- Seconds past their own bound cached answers keep working while Redis cannot be asked.
 ____exports.STALE_GRACE = 5
@@ -27,18 +26,22 @@ function ____exports.challenges(realm)
 end
 --- The token of a `Bearer <token>` header value (anywhere in it, as Kong's unanchored
 -- match; `Bearer` in any case), or nil.
+local lastValue
+local lastToken
 function ____exports.bearerToken(value)
-    local at = find(
-        lower(value),
-        "bearer%s+"
-    )
-    if at == nil then
-        return nil
+    if value == lastValue then
+        return lastToken
     end
-    local token = match(value, "^[Bb][Ee][Aa][Rr][Ee][Rr]%s+(.+)$", at)
-    if token == nil or token == "" then
-        return nil
+    local at = find(value, "[Bb][Ee][Aa][Rr][Ee][Rr]%s")
+    local token
+    if at ~= nil then
+        token = match(value, "^[Bb][Ee][Aa][Rr][Ee][Rr]%s+(.+)$", at)
     end
+    if token == "" then
+        token = nil
+    end
+    lastValue = value
+    lastToken = token
     return token
 end
 return ____exports
