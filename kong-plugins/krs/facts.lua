@@ -91,6 +91,18 @@ function ____exports.auth(plugin, result, consumerId, reason)
     end
     facts().auth = {plugin = plugin, result = result, consumer_id = consumerId, reason = reason}
 end
+--- An auth plugin looks for a credential under these names (a table prepared per config).
+function ____exports.credentialNames(names)
+    if not ____exports.inRequest() then
+        return
+    end
+    local f = facts()
+    if f.credential_names == nil then
+        f.credential_names = {}
+    end
+    local ____f_credential_names_1 = f.credential_names
+    ____f_credential_names_1[#____f_credential_names_1 + 1] = names
+end
 function ____exports.access(plugin, allowed, reason)
     if not ____exports.inRequest() then
         return
@@ -108,8 +120,8 @@ function ____exports.error(plugin, message)
         f.errors = {}
     end
     if #f.errors < ____exports.MAX_ERRORS then
-        local ____f_errors_1 = f.errors
-        ____f_errors_1[#____f_errors_1 + 1] = {plugin = plugin, message = message}
+        local ____f_errors_2 = f.errors
+        ____f_errors_2[#____f_errors_2 + 1] = {plugin = plugin, message = message}
     end
 end
 return ____exports

@@ -78,6 +78,19 @@ export interface PluginError {
   message: string;
 }
 
+/**
+ * Where an auth plugin reads credentials (names from its config), so a logger can redact
+ * a key sent under a name only that route knows. Prepared once per config: writers hand
+ * over the same table on every request.
+ */
+export interface CredentialNames {
+  plugin: string;
+  headers: string[];
+  query: string[];
+  /** It reads a cookie: the whole Cookie header is a credential. */
+  cookies: boolean;
+}
+
 export interface RequestFacts {
   /** Every Redis call this request made. */
   redis: RedisFacts;
@@ -88,6 +101,8 @@ export interface RequestFacts {
   auth?: AuthFacts;
   access?: AccessFacts;
   errors?: PluginError[];
+  /** Every auth plugin that looked for a credential in this request, and where. */
+  credential_names?: CredentialNames[];
   /** The plugin making Redis calls now (set by enter()). */
   current?: string;
 }
@@ -160,6 +175,14 @@ export function limit(this: void, decision: LimitFacts): void {
 export function auth(this: void, plugin: string, result: AuthResult, consumerId?: string, reason?: string): void {
   if (!inRequest()) return;
   facts().auth = { plugin, result, consumer_id: consumerId, reason };
+}
+
+/** An auth plugin looks for a credential under these names (a table prepared per config). */
+export function credentialNames(this: void, names: CredentialNames): void {
+  if (!inRequest()) return;
+  const f = facts();
+  if (f.credential_names === undefined) f.credential_names = [];
+  f.credential_names.push(names);
 }
 
 export function access(this: void, plugin: string, allowed: boolean, reason?: string): void {

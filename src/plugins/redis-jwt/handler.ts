@@ -75,6 +75,8 @@ interface Prepared {
   anonymousConsumer?: KongConsumer;
   anonymousUntil: number;
   anonymousIn: number;
+  /** Where this config reads tokens, for the request facts (a logger redacts them). */
+  credentialNames: facts.CredentialNames;
 }
 const prepared = setmetatable(new LuaTable<JwtConf, Prepared>(), { __mode: "k" });
 
@@ -90,7 +92,12 @@ function prepare(this: void, conf: JwtConf): Prepared {
     if (tokens === undefined) return error(`redis-jwt: could not create the token cache: ${err}`);
     const claims: string[] = [];
     if (type_(conf.claims_to_verify) === "table") for (const c of conf.claims_to_verify!) claims.push(c);
-    p = { base, withError, anonymous: optional(conf.anonymous), claims, tokens, anonymousUntil: 0, anonymousIn: 0 };
+    const headers: string[] = [];
+    for (const name of conf.header_names) headers.push(name);
+    const query: string[] = [];
+    for (const name of conf.uri_param_names) query.push(name);
+    const credentialNames = { plugin: PLUGIN, headers, query, cookies: conf.cookie_names.length > 0 };
+    p = { base, withError, anonymous: optional(conf.anonymous), claims, tokens, anonymousUntil: 0, anonymousIn: 0, credentialNames };
     prepared.set(conf, p);
   }
   return p;
@@ -458,6 +465,7 @@ const handler: KongPluginHandler<JwtConf> = {
     if (anonymous !== undefined && kong.client.get_credential() !== undefined) return;
 
     facts.enter(PLUGIN);
+    facts.credentialNames(p.credentialNames);
     const found = retrieveToken(conf);
     let failure: Refusal | undefined;
     if (found === undefined) {

@@ -46,6 +46,8 @@ interface Prepared {
   anonymousConsumer?: KongConsumer;
   anonymousUntil: number;
   anonymousIn: number;
+  /** Where this config reads keys, for the request facts (a logger redacts them). */
+  credentialNames: facts.CredentialNames;
 }
 const prepared = setmetatable(new LuaTable<KeyAuthConf, Prepared>(), { __mode: "k" });
 
@@ -57,7 +59,10 @@ function optional(this: void, value: string | undefined): string | undefined {
 function prepare(this: void, conf: KeyAuthConf): Prepared {
   let p = prepared.get(conf);
   if (p === undefined) {
-    p = { challenge: wwwAuthenticate(optional(conf.realm)), anonymous: optional(conf.anonymous), anonymousUntil: 0, anonymousIn: 0 };
+    const names: string[] = [];
+    for (const name of conf.key_names) names.push(name);
+    const credentialNames = { plugin: PLUGIN, headers: conf.key_in_header ? names : [], query: conf.key_in_query ? names : [], cookies: false };
+    p = { challenge: wwwAuthenticate(optional(conf.realm)), anonymous: optional(conf.anonymous), anonymousUntil: 0, anonymousIn: 0, credentialNames };
     prepared.set(conf, p);
   }
   return p;
@@ -330,6 +335,7 @@ const handler: KongPluginHandler<KeyAuthConf> = {
     if (anonymous !== undefined && kong.client.get_credential() !== undefined) return;
 
     facts.enter(PLUGIN);
+    facts.credentialNames(p.credentialNames);
     let [apiKey, failure] = findKey(conf);
     if (apiKey !== undefined) {
       failure = ERR_INVALID_AUTH_CRED;

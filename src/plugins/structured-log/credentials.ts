@@ -3,10 +3,13 @@
  * cookie names from their configs, so that a key sent under a name only that route knows
  * (key_names: ["x-tenant-key"]) is redacted too.
  *
- * Kong's PDK exposes no other plugin's config. The local gateway keeps the plugins it
- * selected for the request in ngx.ctx.KRS_SELECTED, and that is read here; on Kong the
- * list is absent and only the configured names and defaults apply (docs say so).
+ * Kong's PDK exposes no other plugin's config. The suite's auth plugins (redis-key-auth,
+ * redis-jwt) say where they looked in the request facts, in Kong too. For Kong's bundled
+ * auth plugins the local gateway's ngx.ctx.KRS_SELECTED (the plugins it selected for the
+ * request) is read; on Kong that list is absent and only the configured names and
+ * defaults apply to them (docs say so).
  */
+import * as facts from "../../lib/facts";
 import { nameSet } from "./redact";
 import type { NameSet } from "./redact";
 
@@ -60,6 +63,15 @@ export function forRequest(this: void, base: RouteRedaction, headers: string[], 
     for (const s of selected!) {
       const names = namesOf(s.plugin.name, s.entity.config);
       if (names === undefined) continue;
+      for (const h of names.headers) extraHeaders.push(h);
+      for (const q of names.query) extraQuery.push(q);
+      if (names.cookies) extraHeaders.push("cookie");
+    }
+  }
+  // The suite's auth plugins say where they looked, in Kong as on the local gateway.
+  const said = facts.get()?.credential_names;
+  if (said !== undefined) {
+    for (const names of said) {
       for (const h of names.headers) extraHeaders.push(h);
       for (const q of names.query) extraQuery.push(q);
       if (names.cookies) extraHeaders.push("cookie");

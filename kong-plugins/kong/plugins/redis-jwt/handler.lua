@@ -84,6 +84,15 @@ local function prepare(conf)
                 claims[#claims + 1] = c
             end
         end
+        local headers = {}
+        for ____, name in ipairs(conf.header_names) do
+            headers[#headers + 1] = name
+        end
+        local query = {}
+        for ____, name in ipairs(conf.uri_param_names) do
+            query[#query + 1] = name
+        end
+        local credentialNames = {plugin = PLUGIN, headers = headers, query = query, cookies = #conf.cookie_names > 0}
         p = {
             base = base,
             withError = withError,
@@ -91,7 +100,8 @@ local function prepare(conf)
             claims = claims,
             tokens = tokens,
             anonymousUntil = 0,
-            anonymousIn = 0
+            anonymousIn = 0,
+            credentialNames = credentialNames
         }
         prepared[conf] = p
     end
@@ -295,7 +305,7 @@ local function findCredential(conf, state, keyValue, kid)
                 while i < #fields do
                     do
                         if found[i + 1] ~= nil then
-                            goto __continue65
+                            goto __continue69
                         end
                         local ____records_2 = records
                         local ____j_1 = j
@@ -307,7 +317,7 @@ local function findCredential(conf, state, keyValue, kid)
                             state.credentials:set(scope .. fields[i + 1], entry, record == false and NEGATIVE_TTL or conf.cache_ttl)
                         end
                     end
-                    ::__continue65::
+                    ::__continue69::
                     i = i + 1
                 end
             end
@@ -321,12 +331,12 @@ local function findCredential(conf, state, keyValue, kid)
                 if entry ~= nil and entry.record ~= false then
                     local record = entry.record
                     if i == 0 and kid ~= nil and record.jwks == nil then
-                        goto __continue69
+                        goto __continue73
                     end
                     return entry, nil, fields[i + 1]
                 end
             end
-            ::__continue69::
+            ::__continue73::
             i = i + 1
         end
     end
@@ -515,6 +525,7 @@ local handler = {
             return
         end
         facts.enter(PLUGIN)
+        facts.credentialNames(p.credentialNames)
         local found = retrieveToken(conf)
         local failure
         if found == nil then

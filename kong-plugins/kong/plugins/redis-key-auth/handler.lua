@@ -42,11 +42,17 @@ end
 local function prepare(conf)
     local p = prepared[conf]
     if p == nil then
+        local names = {}
+        for ____, name in ipairs(conf.key_names) do
+            names[#names + 1] = name
+        end
+        local credentialNames = {plugin = PLUGIN, headers = conf.key_in_header and names or ({}), query = conf.key_in_query and names or ({}), cookies = false}
         p = {
             challenge = wwwAuthenticate(optional(conf.realm)),
             anonymous = optional(conf.anonymous),
             anonymousUntil = 0,
-            anonymousIn = 0
+            anonymousIn = 0,
+            credentialNames = credentialNames
         }
         prepared[conf] = p
     end
@@ -372,6 +378,7 @@ local handler = {
             return
         end
         facts.enter(PLUGIN)
+        facts.credentialNames(p.credentialNames)
         local apiKey, failure = findKey(conf)
         if apiKey ~= nil then
             failure = ERR_INVALID_AUTH_CRED
