@@ -191,16 +191,20 @@ export function runAccess(this: void, index: PluginIndex): void {
       // Select again everything after the plugin that just ran: consumer-scoped configs
       // may now apply, including to plugins that had none before.
       const next = i > 0 ? list[i - 1].position! + 1 : 0;
-      if (shared) {
-        const own: Selected[] = [];
-        for (let j = 0; j < i; j++) own.push(list[j]);
-        list = own;
-        shared = false;
-        (ctx as { KRS_SELECTED?: Selected[] }).KRS_SELECTED = own;
-      } else {
-        for (let j = list.length - 1; j >= i; j--) list.pop();
+      // The authenticating plugin is often the last one (key-auth alone on a route): then
+      // no plugin after it can be selected, and the shared list stays as it is.
+      if (next < index.ordered.length) {
+        if (shared) {
+          const own: Selected[] = [];
+          for (let j = 0; j < i; j++) own.push(list[j]);
+          list = own;
+          shared = false;
+          (ctx as { KRS_SELECTED?: Selected[] }).KRS_SELECTED = own;
+        } else {
+          for (let j = list.length - 1; j >= i; j--) list.pop();
+        }
+        selectFrom(index, list, next, s, r, c);
       }
-      selectFrom(index, list, next, s, r, c);
     }
     if (i >= list.length) break;
     if (!call(ctx, list[i], "access")) return failRequest();
