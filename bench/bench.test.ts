@@ -1,5 +1,5 @@
 // Tests of the harness's own logic (wrk report parsing, flags, baseline comparison);
-// no processes are started here.
+// no processes are started here (scenario isolation is checked on the cleanup list).
 
 import { describe, expect, it } from "vitest";
 import {
@@ -14,6 +14,7 @@ import {
   verdicts,
   type ScenarioResult,
 } from "./report.js";
+import { onCleanup, runCleanups, withOwnCleanups } from "./procs.js";
 import { SCENARIOS, oneService } from "./scenarios.js";
 import { parseWrkOutput, parseWrkTime, wrkArgs, wrkRequestScript, type WrkResult } from "./wrk.js";
 
@@ -253,5 +254,28 @@ describe("scenarios", () => {
     }
     const withPlugin = oneService(env, { plugins: [{ name: "redis-rate-limit", config: { minute: 10 } }] });
     expect(withPlugin.services?.[0]?.plugins).toEqual([{ name: "redis-rate-limit", config: { minute: 10 } }]);
+  });
+});
+
+describe("scenario isolation", () => {
+  it("stops what a scenario started when it ends, also when it fails, and leaves the run's own processes", async () => {
+    const stopped: string[] = [];
+    onCleanup("upstream (whole run)", async () => void stopped.push("upstream"));
+    await withOwnCleanups(async () => {
+      for (let i = 0; i < 6; i++) onCleanup("redis-server (cluster node)", async () => void stopped.push(`node ${i}`));
+      expect(stopped).toEqual([]);
+    });
+    // rate-limit-cluster's six nodes are gone before the next scenario is measured.
+    expect(stopped).toEqual(["node 5", "node 4", "node 3", "node 2", "node 1", "node 0"]);
+    await expect(
+      withOwnCleanups(async () => {
+        onCleanup("gateway", async () => void stopped.push("gateway"));
+        throw new Error("check request failed");
+      }),
+    ).rejects.toThrow("check request failed");
+    expect(stopped.at(-1)).toBe("gateway");
+    expect(stopped).not.toContain("upstream");
+    await runCleanups();
+    expect(stopped.at(-1)).toBe("upstream");
   });
 });

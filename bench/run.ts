@@ -17,7 +17,6 @@ import { fileURLToPath } from "node:url";
 import { stringify } from "yaml";
 import {
   BenchError,
-  cleanupMark,
   findExecutable,
   httpRequest,
   nginxVersion,
@@ -27,6 +26,7 @@ import {
   startNginxUpstream,
   startRedis,
   startRedisCluster,
+  withOwnCleanups,
 } from "./procs.js";
 import {
   commandDelta,
@@ -326,14 +326,8 @@ async function main(argv: string[]): Promise<number> {
   const results: ScenarioResult[] = [];
   for (const s of scenarios) {
     process.stdout.write(`bench: ${s.name} ... `);
-    // A scenario's gateway and redis-server are its own, stopped before the next one starts.
-    const mark = cleanupMark();
-    let r: ScenarioResult;
-    try {
-      r = await runScenario(s, ctx);
-    } finally {
-      await runCleanups(mark);
-    }
+    // A scenario's gateway and Redis processes are its own, stopped before the next one starts.
+    const r = await withOwnCleanups(() => runScenario(s, ctx));
     results.push(r);
     console.log(
       r.wrk === undefined

@@ -375,7 +375,7 @@ function elapsedMs(this: void, from: number, to: number): string {
 export function headerFilter(this: void): void {
   const runtime = getRuntime()!;
   const ctx = requestCtx();
-  runLate(runtime.plugins, "header_filter");
+  runLate(runtime.plugins, "header_filter", ctx);
   // Kong's own headers come after the plugins', so a plugin cannot remove them.
   const header = ngx.header;
   header["X-Kong-Request-Id"] = ctx.KRS_REQUEST_ID ?? ngx.var["request_id"];
@@ -424,7 +424,7 @@ export function bodyFilter(this: void): void {
       ngx.arg[2] = true;
     }
   }
-  runLate(getRuntime()!.plugins, "body_filter");
+  runLate(getRuntime()!.plugins, "body_filter", ctx);
 }
 
 export function log(this: void): void {

@@ -4,7 +4,7 @@
  * phase handler guarded so that an error becomes Kong's 500 instead of a dead worker.
  */
 import type { GatewayConfig, PluginEntity } from "./config";
-import { pdk, requestCtx } from "./pdk";
+import { pdk, requestCtx, type RequestCtx } from "./pdk";
 
 export interface LoadedPlugin {
   name: string;
@@ -30,6 +30,15 @@ export interface PluginIndex {
   byScope: LuaTable<string, LuaTable<string, PluginEntity>>;
   /** Global plugins in order (for rewrite and for requests that never reached access). */
   globals: Selected[];
+  /**
+   * service id → route id ("" when unset) → what applies before any consumer is known,
+   * filled on first use: the scope lookups and their key strings are paid once per route
+   * and config, not per request. Shared by requests, so never changed once stored.
+   */
+  anonymous: LuaTable<string, LuaTable<string, Selected[]>>;
+  /** Whether any plugin of the config has a handler for the phase: when none has, the
+   *  phase costs no ngx.ctx lookup and no loop (body_filter runs once per chunk). */
+  implemented: LuaTable<Phase, boolean>;
 }
 
 const loaded = new LuaTable<string, LoadedPlugin>();
@@ -74,7 +83,11 @@ export function buildIndex(this: void, config: GatewayConfig): LuaMultiReturn<[P
     const entity = byScope.get(plugin.name)!.get("::");
     if (entity !== undefined) globals.push({ plugin, entity });
   }
-  return $multi({ ordered, byScope, globals }, undefined);
+  const implemented = new LuaTable<Phase, boolean>();
+  for (const phase of ["rewrite", "access", "header_filter", "body_filter", "log"] as Phase[]) {
+    implemented.set(phase, ordered.some((p) => p.handler[phase] !== undefined));
+  }
+  return $multi({ ordered, byScope, globals, anonymous: new LuaTable(), implemented }, undefined);
 }
 
 /**
@@ -96,10 +109,9 @@ function resolve(this: void, scopes: LuaTable<string, PluginEntity>, s: string, 
 }
 
 /** Runs one phase handler; returns false when it raised (the error is logged naming the plugin). */
-function call(this: void, selected: Selected, phase: Phase): boolean {
+function call(this: void, ctx: RequestCtx, selected: Selected, phase: Phase): boolean {
   const fn = selected.plugin.handler[phase];
   if (fn === undefined) return true;
-  const ctx = requestCtx();
   ctx.KRS_PLUGIN_NAME = selected.plugin.name;
   ctx.KRS_PLUGIN_KEY = selected.entity.id;
   const [ok, err] = xpcall(fn as (this: unknown, conf: unknown) => void, debug.traceback, selected.plugin.handler, selected.entity.config);
@@ -114,8 +126,11 @@ function call(this: void, selected: Selected, phase: Phase): boolean {
 
 /** rewrite: global plugins only (the route is not known yet, as in Kong). */
 export function runRewrite(this: void, index: PluginIndex): void {
-  for (const selected of index.globals) {
-    if (!call(selected, "rewrite")) return failRequest();
+  const globals = index.globals;
+  if (globals.length === 0) return;
+  const ctx = requestCtx();
+  for (const selected of globals) {
+    if (!call(ctx, selected, "rewrite")) return failRequest();
   }
 }
 
@@ -129,6 +144,22 @@ function selectFrom(this: void, index: PluginIndex, list: Selected[], from: numb
   }
 }
 
+/** The plugins that apply to (service, route) with no consumer, resolved once per config. */
+function anonymousSelection(this: void, index: PluginIndex, s: string, r: string): Selected[] {
+  let byRoute = index.anonymous.get(s);
+  if (byRoute === undefined) {
+    byRoute = new LuaTable();
+    index.anonymous.set(s, byRoute);
+  }
+  let list = byRoute.get(r);
+  if (list === undefined) {
+    list = [];
+    selectFrom(index, list, 0, s, r, "");
+    byRoute.set(r, list);
+  }
+  return list;
+}
+
 /**
  * access: every applicable plugin is selected before any runs, so that when one ends the
  * request (kong.response.exit, an error) the others still get header_filter and log, as in
@@ -140,9 +171,17 @@ export function runAccess(this: void, index: PluginIndex): void {
   const s = ctx.service?.id ?? "";
   const r = ctx.route?.id ?? "";
   let c = ctx.authenticated_consumer?.id ?? "";
-  const list: Selected[] = [];
+  // The per-route list is shared between requests: it is copied before a consumer's
+  // selection changes it.
+  let shared = c === "";
+  let list: Selected[];
+  if (shared) {
+    list = anonymousSelection(index, s, r);
+  } else {
+    list = [];
+    selectFrom(index, list, 0, s, r, c);
+  }
   (ctx as { KRS_SELECTED?: Selected[] }).KRS_SELECTED = list;
-  selectFrom(index, list, 0, s, r, c);
   // Nothing applies and nothing ran that could authenticate: no loop to enter.
   if (list.length === 0) return;
   for (let i = 0; ; i++) {
@@ -152,18 +191,32 @@ export function runAccess(this: void, index: PluginIndex): void {
       // Select again everything after the plugin that just ran: consumer-scoped configs
       // may now apply, including to plugins that had none before.
       const next = i > 0 ? list[i - 1].position! + 1 : 0;
-      for (let j = list.length - 1; j >= i; j--) list.pop();
-      selectFrom(index, list, next, s, r, c);
+      // The authenticating plugin is often the last one (key-auth alone on a route): then
+      // no plugin after it can be selected, and the shared list stays as it is.
+      if (next < index.ordered.length) {
+        if (shared) {
+          const own: Selected[] = [];
+          for (let j = 0; j < i; j++) own.push(list[j]);
+          list = own;
+          shared = false;
+          (ctx as { KRS_SELECTED?: Selected[] }).KRS_SELECTED = own;
+        } else {
+          for (let j = list.length - 1; j >= i; j--) list.pop();
+        }
+        selectFrom(index, list, next, s, r, c);
+      }
     }
     if (i >= list.length) break;
-    if (!call(list[i], "access")) return failRequest();
+    if (!call(ctx, list[i], "access")) return failRequest();
   }
 }
 
 /** header_filter, body_filter, log: the plugins chosen in access (or the globals). */
-export function runLate(this: void, index: PluginIndex, phase: "header_filter" | "body_filter" | "log"): void {
-  const list = (requestCtx() as { KRS_SELECTED?: Selected[] }).KRS_SELECTED ?? index.globals;
-  for (const selected of list) call(selected, phase);
+export function runLate(this: void, index: PluginIndex, phase: "header_filter" | "body_filter" | "log", ctx?: RequestCtx): void {
+  if (index.implemented.get(phase) !== true) return;
+  ctx = ctx ?? requestCtx();
+  const list = (ctx as { KRS_SELECTED?: Selected[] }).KRS_SELECTED ?? index.globals;
+  for (const selected of list) call(ctx, selected, phase);
 }
 
 function failRequest(this: void): never {
