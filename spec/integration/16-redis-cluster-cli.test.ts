@@ -4,13 +4,17 @@
  * `krs keys create --redis-cluster` authenticates at a gateway on the cluster; `krs
  * inspect` counts the keys of every master; `krs purge` removes one plugin's keys from
  * every master (keys of many slots, no CROSSSLOT) and leaves the others; the same through
- * `--redis-sentinel`; the Redis flags exclude each other in one usage line.
+ * `--redis-sentinel`; the Redis flags exclude each other in one usage line; `krs doctor
+ * --config` reaches a config's cluster and sentinel deployments as the plugins would.
  */
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { Cluster, Redis } from "ioredis";
+import { stringify } from "yaml";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { redisFor } from "../../src/cli/redis.js";
 import { runKrs } from "../helpers/krs-main.js";
-import { gateway, startRedisCluster, startRedisSentinel, stopAll, upstream, type RedisClusterSetup, type RedisSentinelSetup, type TestGateway } from "../helpers/services.js";
+import { freePort, gateway, startRedisCluster, startRedisSentinel, stopAll, tempDir, upstream, type RedisClusterSetup, type RedisSentinelSetup, type TestGateway } from "../helpers/services.js";
 
 let cluster: RedisClusterSetup;
 let sentinel: RedisSentinelSetup;
@@ -166,5 +170,36 @@ describe("krs through Sentinel", () => {
     expect(JSON.parse(purged.out).total).toBe(20);
     expect(await sentinelControl.exists(cacheKey(0))).toBe(0);
     expect(await sentinelControl.hlen("krs:redis-key-auth:v1:{k}:ids")).toBe(1);
+  });
+});
+
+describe("krs doctor on cluster and sentinel configs", () => {
+  it("connects through the plugins' cluster_nodes / sentinel_* fields and checks every master; a dead cluster is an error", async () => {
+    const dead = await freePort();
+    const config = {
+      _format_version: "3.0",
+      services: [{
+        name: "svc",
+        url: "http://127.0.0.1:9/",
+        routes: [
+          { name: "c", paths: ["/c"], plugins: [{ name: "redis-key-auth", config: { redis: clusterConf() } }] },
+          { name: "s", paths: ["/s"], plugins: [{ name: "redis-key-auth", config: { redis: sentinelConf() } }] },
+          { name: "d", paths: ["/d"], plugins: [{ name: "redis-key-auth", config: { redis: { cluster_nodes: [{ ip: "127.0.0.1", port: dead }], timeout: 500 } } }] },
+        ],
+      }],
+    };
+    const file = join(tempDir("doctor-cluster"), "kong.yml");
+    writeFileSync(file, stringify(config));
+    const r = await runKrs("doctor", "--config", file, "--json");
+    const findings = JSON.parse(r.out).findings as { level: string; message: string }[];
+    const of = (re: RegExp) => findings.filter((f) => re.test(f.message));
+    expect(of(/route c\): Redis redis-cluster:\/\/.* reachable with its settings/).map((f) => f.level)).toEqual(["ok"]);
+    expect(of(new RegExp(`route s\\): Redis redis-sentinel://.*/${sentinel.masterName} reachable with its settings`)).map((f) => f.level)).toEqual(["ok"]);
+    expect(of(/route d\): Redis redis-cluster:\/\/127\.0\.0\.1:\d+: could not connect/).map((f) => f.level)).toEqual(["error"]);
+    const masterPorts = (await cluster.masterPorts()).sort();
+    const versionChecked = of(/^Redis redis-cluster:.*\(master 127\.0\.0\.1:\d+\): version /).map((f) => Number(/:(\d+)\): version/.exec(f.message)![1])).sort();
+    expect(versionChecked).toEqual(masterPorts);
+    expect(of(new RegExp(`^Redis redis-sentinel://.*\\(master 127\\.0\\.0\\.1:${await sentinel.masterPort()}\\): version `))).toHaveLength(1);
+    expect(r.code).toBe(2);
   });
 });

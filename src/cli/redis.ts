@@ -211,8 +211,13 @@ function targetConfig(t: RedisTarget): { conf: RedisConfig; tls: boolean } {
 export async function openRedis(t: RedisTarget): Promise<Redis | Cluster> {
   if (!t.cluster && !t.sentinel) return connectRedis(t.url);
   const { conf, tls } = targetConfig(t);
+  return connectFor(conf, tls, describeTarget(t));
+}
+
+/** A plugin config's cluster or sentinel deployment through redisFor, connected (slot map loaded, master resolved) or a RedisConnectError naming `where`. */
+export async function connectFor(conf: RedisConfig, tls: boolean, where: string): Promise<Redis | Cluster> {
   const failFast: RedisOptions = { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, tls: tls ? {} : undefined };
-  const redis = t.cluster
+  const redis = conf.cluster_nodes && conf.cluster_nodes.length > 0
     ? redisFor(conf, failFast, { lazyConnect: true, clusterRetryStrategy: () => null, slotsRefreshTimeout: 5000 })
     : redisFor(conf, { ...failFast, enableOfflineQueue: false, sentinelRetryStrategy: () => null });
   let reason: Error | undefined;
@@ -222,7 +227,8 @@ export async function openRedis(t: RedisTarget): Promise<Redis | Cluster> {
   } catch (e) {
     redis.disconnect();
     const why = (reason ?? (e as Error)).message;
-    throw new RedisConnectError(`could not connect to redis ${describeTarget(t)}: ${conf.password ? why.split(conf.password).join("***") : why}`);
+    const secrets = [conf.password, conf.sentinel_password].filter((s): s is string => typeof s === "string" && s !== "");
+    throw new RedisConnectError(`could not connect to redis ${where}: ${secrets.reduce((m, s) => m.split(s).join("***"), why)}`);
   }
   return redis;
 }
