@@ -10,13 +10,13 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Command } from "commander";
 import { Option } from "commander";
-import { Redis, type RedisOptions } from "ioredis";
+import { type Cluster, Redis, type RedisOptions } from "ioredis";
 import { parse as parseYaml } from "yaml";
 import { failureLine, jsonOption, UsageError, type Register } from "./command.js";
 import { expandPlugins } from "./gateway.js";
 import { knownPlugins } from "./key-kinds.js";
 import { suiteRoot } from "./paths.js";
-import { redactedUrl } from "./redis.js";
+import { connectFor, dataNodes, redactedUrl } from "./redis.js";
 import { paint } from "./ui.js";
 
 /** Multi-field HSET in the scripts (redis-lua/); UNLINK and MEMORY USAGE in krs. */
@@ -59,6 +59,12 @@ export interface RedisSettings {
   ssl_verify: boolean;
   server_name?: string;
   timeout: number;
+  cluster_nodes?: { ip: string; port: number }[];
+  sentinel_master?: string;
+  sentinel_role?: "master" | "slave" | "any";
+  sentinel_nodes?: { host: string; port: number }[];
+  sentinel_username?: string;
+  sentinel_password?: string;
 }
 
 export interface PluginUse {
@@ -80,6 +86,8 @@ export interface ServerFacts {
   persistence?: { aof: boolean; rdb: boolean };
   clockSkewMs?: number;
   cluster?: boolean;
+  /** One master of a cluster or the sentinels' master: host:port. */
+  node?: string;
 }
 
 export interface Facts {
@@ -97,6 +105,8 @@ export interface Facts {
 }
 
 function endpointOf(r: RedisSettings): string {
+  if (r.cluster_nodes !== undefined) return `redis-cluster://${r.cluster_nodes.map((n) => `${n.ip}:${n.port}`).join(",")}`;
+  if (r.sentinel_master !== undefined && r.sentinel_nodes !== undefined) return `redis-sentinel://${r.sentinel_nodes.map((n) => `${n.host}:${n.port}`).join(",")}/${r.sentinel_master}`;
   return `${r.ssl ? "rediss" : "redis"}://${r.host}:${r.port}/${r.database}`;
 }
 
@@ -146,13 +156,12 @@ export function evaluate(f: Facts): Finding[] {
     else out.push({ level: "error", message: `${u.name} (${u.where}): Redis ${endpointOf(u.redis)}: ${err}`, fix: connectFix(err) });
   });
   for (const s of f.servers) {
-    const at = `Redis ${s.endpoint}`;
+    const at = `Redis ${s.endpoint}${s.node !== undefined ? ` (master ${s.node})` : ""}`;
     const users = usersOf(s);
     if (s.version !== undefined) {
       if (versionAtLeast(s.version, MIN_REDIS_VERSION)) out.push({ level: "ok", message: `${at}: version ${s.version}` });
       else out.push({ level: "error", message: `${at}: version ${s.version} is older than ${MIN_REDIS_VERSION}, which the scripts need (multi-field HSET)`, fix: `upgrade Redis to ${MIN_REDIS_VERSION} or newer` });
     }
-    if (s.cluster) out.push({ level: "warn", message: `${at}: Redis Cluster: krs inspect/purge do not walk every master yet`, fix: "run them against each master" });
     const policy = s.maxmemoryPolicy;
     if (policy === undefined) out.push({ level: "warn", message: `${at}: could not read maxmemory-policy (CONFIG GET refused)`, fix: "check it in your provider's console: it must not be allkeys-*" });
     else if (policy.startsWith("allkeys-") && (users.size === 0 || EVICTION_SENSITIVE.some((p) => users.has(p)))) {
@@ -216,7 +225,37 @@ function redisSettings(config: Record<string, unknown> | undefined, unresolved: 
     ssl_verify: r.ssl_verify === true,
     server_name: (r.server_name as string) ?? undefined,
     timeout: Number(r.timeout ?? 2000),
+    cluster_nodes: Array.isArray(r.cluster_nodes) && r.cluster_nodes.length > 0 ? (r.cluster_nodes as { ip: string; port: number }[]) : undefined,
+    sentinel_master: typeof r.sentinel_master === "string" ? r.sentinel_master : undefined,
+    sentinel_role: (r.sentinel_role as RedisSettings["sentinel_role"]) ?? undefined,
+    sentinel_nodes: Array.isArray(r.sentinel_nodes) && r.sentinel_nodes.length > 0 ? (r.sentinel_nodes as { host: string; port: number }[]) : undefined,
+    sentinel_username: resolveVault(r.sentinel_username, unresolved) || undefined,
+    sentinel_password: resolveVault(r.sentinel_password, unresolved) || undefined,
   };
+}
+
+/** Where a connection went: a sentinel-backed client's options name no host, the socket does. */
+function nodeAddress(node: Redis): string {
+  return `${node.stream?.remoteAddress ?? node.options.host}:${node.stream?.remotePort ?? node.options.port}`;
+}
+
+/** A cluster or sentinel deployment rather than one host:port. */
+function isTopology(r: RedisSettings): boolean {
+  return r.cluster_nodes !== undefined || (r.sentinel_master !== undefined && r.sentinel_nodes !== undefined);
+}
+
+/**
+ * Connects to a cluster's or sentinel's Redis as the plugins' config says, through
+ * redisFor (as the tests and the CLI do); the servers holding the data (every master).
+ */
+async function tryTopology(r: RedisSettings): Promise<{ client?: Redis | Cluster; error?: string }> {
+  try {
+    const client = await connectFor({ ...r, sentinel_master: r.sentinel_master ?? null, sentinel_nodes: r.sentinel_nodes ?? null, cluster_nodes: r.cluster_nodes ?? null }, r.ssl, endpointOf(r));
+    await Promise.all(dataNodes(client).map((n) => n.ping()));
+    return { client };
+  } catch (e) {
+    return { error: (e as Error).message };
+  }
 }
 
 /**
@@ -409,8 +448,19 @@ export async function gather(configPath: string, extraRedisUrl?: string): Promis
   const [invalid, ...moreInvalid] = validateEach(suiteOnly.doc);
   const facts: Facts = { config: configPath, invalid, moreInvalid, notValidated: suiteOnly.removed, uses: redisPlugins(doc), connectErrors: [], servers: [] };
   const seen = new Map<string, Redis | undefined>();
+  const topologies = new Map<string, Redis | Cluster>();
   try {
     for (const u of facts.uses) {
+      if (isTopology(u.redis)) {
+        const { client, error } = await tryTopology(u.redis);
+        facts.connectErrors.push(error);
+        const endpoint = endpointOf(u.redis);
+        if (client !== undefined && !topologies.has(endpoint)) {
+          topologies.set(endpoint, client);
+          for (const node of dataNodes(client)) facts.servers.push({ ...(await serverFacts(node, endpoint)), node: nodeAddress(node) });
+        } else client?.disconnect();
+        continue;
+      }
       const { redis, error } = await tryConnect(connectOptions(u.redis), u.redis);
       facts.connectErrors.push(error);
       const endpoint = endpointOf(u.redis);
@@ -428,6 +478,7 @@ export async function gather(configPath: string, extraRedisUrl?: string): Promis
     }
   } finally {
     for (const r of seen.values()) r?.disconnect();
+    for (const c of topologies.values()) c.disconnect();
   }
   return facts;
 }

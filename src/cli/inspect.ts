@@ -6,11 +6,11 @@
  */
 import type { Command } from "commander";
 import { Option } from "commander";
-import type { Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 import { classify, KEY_KINDS, knownPlugins, type KeyKind } from "./key-kinds.js";
-import { failureLine, jsonOption, positiveInt, redisOption, wholeNumber, UsageError, type Register } from "./command.js";
-import { connectRedis, redactedUrl, redisUrlFrom } from "./redis.js";
-import { refuseCluster, scanAll } from "./scan.js";
+import { failureLine, jsonOption, positiveInt, wholeNumber, UsageError, type Register } from "./command.js";
+import { describeTarget, openRedis, redisTargetFrom, redisTargetOptions, type RedisTargetFlags } from "./redis.js";
+import { scanAll, totalDbsize } from "./scan.js";
 import { paint, progress } from "./ui.js";
 
 /** z for a two-sided 99.99% interval: a 95% one would be wrong one inspect in twenty. */
@@ -43,10 +43,11 @@ class KindStats {
   ttl: Record<Bucket, number> = { none: 0, "<1m": 0, "<1h": 0, "<1d": 0, ">=1d": 0 };
   missingTtl = 0;
   missingTtlExamples: string[] = [];
-  sample: string[] = [];
+  /** With the node each key is on: MEMORY USAGE goes there. */
+  sample: { key: string; node: Redis }[] = [];
   constructor(readonly plugin: string, readonly kind: KeyKind | undefined) {}
 
-  add(key: string, pttl: number, sampleSize: number): void {
+  add(key: string, node: Redis, pttl: number, sampleSize: number): void {
     this.count++;
     const bucket = ttlBucket(pttl);
     this.ttl[bucket]++;
@@ -55,10 +56,10 @@ class KindStats {
       if (this.missingTtlExamples.length < 3) this.missingTtlExamples.push(key);
     }
     // Reservoir sampling (Algorithm R): every key of the kind equally likely to be sampled.
-    if (this.sample.length < sampleSize) this.sample.push(key);
+    if (this.sample.length < sampleSize) this.sample.push({ key, node });
     else {
       const j = Math.floor(Math.random() * this.count);
-      if (j < sampleSize) this.sample[j] = key;
+      if (j < sampleSize) this.sample[j] = { key, node };
     }
   }
 }
@@ -91,9 +92,8 @@ export interface InspectReport {
   kinds: KindReport[];
 }
 
-export async function inspect(redis: Redis, where: string, opts: InspectOptions, onProgress?: (scanned: number, total: number) => void): Promise<InspectReport> {
-  await refuseCluster(redis);
-  const dbsize = await redis.dbsize();
+export async function inspect(redis: Redis | Cluster, where: string, opts: InspectOptions, onProgress?: (scanned: number, total: number) => void): Promise<InspectReport> {
+  const dbsize = await totalDbsize(redis);
   const stats = new Map<string, KindStats>();
   for (const k of KEY_KINDS) if (!k.channel && (opts.plugin === undefined || k.plugin === opts.plugin)) stats.set(`${k.plugin}\0${k.kind}`, new KindStats(k.plugin, k));
   let otherKeys = 0;
@@ -101,11 +101,11 @@ export async function inspect(redis: Redis, where: string, opts: InspectOptions,
     batch: opts.batch,
     maxOpsPerSec: opts.maxOpsPerSec,
     onProgress: (scanned) => onProgress?.(scanned, dbsize),
-    onBatch: async (keys) => {
+    onBatch: async (keys, node) => {
       const mine = keys.map((key) => ({ key, c: classify(key) })).filter(({ c }) => c !== undefined && (opts.plugin === undefined || c.plugin === opts.plugin));
       if (opts.plugin === undefined) otherKeys += keys.length - mine.length;
       if (mine.length === 0) return 0;
-      const pipeline = redis.pipeline();
+      const pipeline = node.pipeline();
       for (const { key } of mine) pipeline.pttl(key);
       const replies = (await pipeline.exec()) ?? [];
       mine.forEach(({ key, c }, i) => {
@@ -114,16 +114,19 @@ export async function inspect(redis: Redis, where: string, opts: InspectOptions,
         const id = `${c!.plugin}\0${c!.kind?.kind ?? "(unknown)"}`;
         let s = stats.get(id);
         if (s === undefined) stats.set(id, (s = new KindStats(c!.plugin, c!.kind)));
-        s.add(key, pttl, opts.sample);
+        s.add(key, node, pttl, opts.sample);
       });
       return mine.length;
     },
   });
   const kinds: KindReport[] = [];
   for (const s of stats.values()) {
-    const pipeline = redis.pipeline();
-    for (const key of s.sample) pipeline.memory("USAGE", key);
-    const sizes = ((await pipeline.exec()) ?? []).map((r) => r[1]).filter((v): v is number => typeof v === "number");
+    const sizes: number[] = [];
+    for (const node of new Set(s.sample.map((e) => e.node))) {
+      const pipeline = node.pipeline();
+      for (const e of s.sample) if (e.node === node) pipeline.memory("USAGE", e.key);
+      for (const [, v] of (await pipeline.exec()) ?? []) if (typeof v === "number") sizes.push(v);
+    }
     kinds.push({
       plugin: s.plugin,
       kind: s.kind?.kind ?? "(unknown)",
@@ -171,23 +174,23 @@ export function formatInspect(r: InspectReport): string {
 }
 
 export const registerInspect: Register = (program: Command, run) => {
-  program
+  const command = program
     .command("inspect")
     .description("what the suite keeps in Redis: per plugin and key kind, count, memory, TTLs, keys missing a TTL (SCAN in batches)")
-    .addOption(redisOption())
     .addOption(new Option("--plugin <name>", `only this plugin's keys (${knownPlugins().join(", ")})`))
     .addOption(new Option("--batch <n>", "SCAN COUNT per batch").default(1000).argParser(positiveInt("--batch", 100_000)))
     .addOption(new Option("--sample <n>", "keys per kind sampled for MEMORY USAGE").default(200).argParser(positiveInt("--sample", 100_000)))
     .addOption(new Option("--max-ops-per-sec <n>", "at most this many keys a second: each SCAN counts as its --batch keys examined, each key whose TTL is read as one more (0 = no limit)").default(5000).argParser(wholeNumber("--max-ops-per-sec")))
-    .addOption(jsonOption())
-    .action(
-      run("inspect", async (opts: { redis?: string; plugin?: string; batch: number; sample: number; maxOpsPerSec: number; json?: boolean }) => {
+    .addOption(jsonOption());
+  for (const o of redisTargetOptions()) command.addOption(o);
+  command.action(
+      run("inspect", async (opts: RedisTargetFlags & { plugin?: string; batch: number; sample: number; maxOpsPerSec: number; json?: boolean }) => {
         if (opts.plugin !== undefined && !knownPlugins().includes(opts.plugin)) throw new UsageError(`--plugin: unknown plugin '${opts.plugin}' (known: ${knownPlugins().join(", ")})`);
-        const url = redisUrlFrom(opts.redis);
-        const redis = await connectRedis(url);
+        const target = redisTargetFrom(opts);
+        const redis = await openRedis(target);
         const bar = progress("inspect");
         try {
-          const report = await inspect(redis, redactedUrl(url), opts, (s, t) => bar.update(s, t));
+          const report = await inspect(redis, describeTarget(target), opts, (s, t) => bar.update(s, t));
           bar.stop();
           console.log(opts.json ? JSON.stringify(report, null, 2) : formatInspect(report));
           return report.complete ? 0 : 130;

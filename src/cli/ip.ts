@@ -8,9 +8,9 @@
  * by the plugin config that names it (redis_allow_lists / redis_deny_lists).
  */
 import { isIP } from "node:net";
-import type { Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 import { parseArgs, UsageError } from "./args.js";
-import { connectRedis, defineScripts, REDIS_URL_HELP, redisUrlFrom } from "./redis.js";
+import { defineScripts, openRedis, REDIS_FLAGS, REDIS_TARGET_HELP, REDIS_TARGET_USAGE, redisTargetFromFlags } from "./redis.js";
 
 export const CHANNEL = "krs:redis-ip-access:v1:changes";
 const LIST_NAME = /^[A-Za-z0-9._-]{1,64}$/;
@@ -59,10 +59,10 @@ interface IpScripts {
   ipAccessRemove(...keysAndArgs: (string | number)[]): Promise<Reply>;
   ipAccessLoad(...keysAndArgs: (string | number)[]): Promise<[string, string[], string[]]>;
 }
-export type IpRedis = Redis & IpScripts;
+export type IpRedis = (Redis | Cluster) & IpScripts;
 
-export function withScripts(redis: Redis): IpRedis {
-  return defineScripts<IpScripts>(redis, { ipAccessAdd: "ip-access-add", ipAccessRemove: "ip-access-remove", ipAccessLoad: "ip-access-load" });
+export function withScripts<R extends Redis | Cluster>(redis: R): R & IpScripts {
+  return defineScripts<IpScripts, R>(redis, { ipAccessAdd: "ip-access-add", ipAccessRemove: "ip-access-remove", ipAccessLoad: "ip-access-load" });
 }
 
 /** Adds or replaces an entry; ttl in seconds (0 = never). True when it is new. */
@@ -96,12 +96,13 @@ export async function listEntries(redis: IpRedis, list: string): Promise<ListEnt
 }
 
 const USAGE = `usage:
-  krs ip deny|allow add LIST CIDR [--ttl 1h] [--reason TEXT] [--redis URL]
-  krs ip deny|allow remove LIST CIDR [--redis URL]
-  krs ip deny|allow list LIST [--json] [--redis URL]
+  krs ip deny|allow add LIST CIDR [--ttl 1h] [--reason TEXT] [REDIS]
+  krs ip deny|allow remove LIST CIDR [REDIS]
+  krs ip deny|allow list LIST [--json] [REDIS]
 
 CIDR: an IPv4/IPv6 address or CIDR. --ttl: 3600, 90s, 15m, 1h or 2d (default: no expiry).
---redis: ${REDIS_URL_HELP}`;
+REDIS: ${REDIS_TARGET_USAGE}
+${REDIS_TARGET_HELP}`;
 
 export async function ipCommand(argv: string[]): Promise<number> {
   const [kind, sub, ...rest] = argv;
@@ -111,7 +112,7 @@ export async function ipCommand(argv: string[]): Promise<number> {
   }
   if (kind !== "deny" && kind !== "allow") throw new UsageError(`ip: expected deny or allow, got '${kind}'\n${USAGE}`);
   if (sub !== "add" && sub !== "remove" && sub !== "list") throw new UsageError(`ip ${kind}: unknown subcommand '${sub ?? ""}'\n${USAGE}`);
-  const args = parseArgs(rest, sub === "add" ? ["ttl", "reason", "redis"] : ["redis"], sub === "list" ? ["json"] : []);
+  const args = parseArgs(rest, [...(sub === "add" ? ["ttl", "reason"] : []), ...REDIS_FLAGS], sub === "list" ? ["json"] : []);
   const wanted = sub === "list" ? 1 : 2;
   if (args.positional.length !== wanted) throw new UsageError(`ip ${kind} ${sub}: give ${sub === "list" ? "LIST" : "LIST CIDR"}`);
   const [list, cidr] = args.positional;
@@ -126,7 +127,7 @@ export async function ipCommand(argv: string[]): Promise<number> {
   const ttl = ttlFlag !== undefined ? parseTtl(ttlFlag) : 0;
 
   // An unreachable Redis is reported in one line by main (RedisConnectError).
-  const redis: IpRedis = withScripts(await connectRedis(redisUrlFrom(args.flags.get("redis"))));
+  const redis: IpRedis = withScripts(await openRedis(redisTargetFromFlags(args.flags)));
   try {
     if (sub === "add") {
       const added = await addEntry(redis, list, cidr, ttl, args.flags.get("reason") ?? "");

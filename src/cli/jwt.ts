@@ -10,9 +10,9 @@
  */
 import { createCipheriv, createDecipheriv, createHash, createHmac, createPrivateKey, createPublicKey, randomBytes, randomUUID, sign as nodeSign, constants, type KeyObject } from "node:crypto";
 import { readFileSync } from "node:fs";
-import type { Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 import { parseArgs, UsageError } from "./args.js";
-import { connectRedis, defineScripts, REDIS_URL_HELP, redisUrlFrom } from "./redis.js";
+import { defineScripts, openRedis, REDIS_FLAGS, REDIS_TARGET_HELP, REDIS_TARGET_USAGE, redisTargetFromFlags } from "./redis.js";
 
 export const CHANNEL = "krs:redis-jwt:v1:invalidations";
 export const CREDENTIALS_KEY = "krs:redis-jwt:v1:{c}:credentials";
@@ -102,10 +102,10 @@ interface JwtScripts {
   jwtCredentials(...keysAndArgs: (string | number)[]): Promise<CredentialsReply>;
   jwtRevoke(...keysAndArgs: (string | number)[]): Promise<RevokeReply>;
 }
-export type JwtRedis = Redis & JwtScripts;
+export type JwtRedis = (Redis | Cluster) & JwtScripts;
 
-export function withScripts(redis: Redis): JwtRedis {
-  return defineScripts<JwtScripts>(redis, { jwtCredentials: "jwt-credentials", jwtRevoke: "jwt-revoke" });
+export function withScripts<R extends Redis | Cluster>(redis: R): R & JwtScripts {
+  return defineScripts<JwtScripts, R>(redis, { jwtCredentials: "jwt-credentials", jwtRevoke: "jwt-revoke" });
 }
 
 export interface NewCredential {
@@ -310,20 +310,22 @@ export function signToken(alg: Algorithm, key: string | Buffer | KeyObject, clai
 
 const USAGE = `usage:
   krs jwt credentials create --consumer C [--key K] [--algorithm HS256|RS256|…|EdDSA]
-                             [--secret S | --public-key-file PEM] [--json] [--redis URL]
-  krs jwt credentials list [--json] [--redis URL]
-  krs jwt credentials delete KEY_OR_ID [--redis URL]
-  krs jwt jwks import (--file F | --url URL) --consumer C [--redis URL]
+                             [--secret S | --public-key-file PEM] [--json] [REDIS]
+  krs jwt credentials list [--json] [REDIS]
+  krs jwt credentials delete KEY_OR_ID [REDIS]
+  krs jwt jwks import (--file F | --url URL) --consumer C [REDIS]
   krs jwt revoke (--jti J [--exp T] | --token T | --sub S [--before T] | --consumer C [--before T])
-                 [--clock-skew S] [--max-ttl S] [--redis URL]
+                 [--clock-skew S] [--max-ttl S] [REDIS]
   krs jwt token --key K [--private-key-file PEM] [--sub S] [--ttl S] [--jti J] [--kid K]
-                [--claims JSON] [--redis URL]
+                [--claims JSON] [REDIS]
 
 HS* secrets are sealed with $KRS_JWT_ENCRYPTION_KEY (or --encryption-key): the same value
 as the plugin's config.credential_encryption_key. A secret given is never printed; one
 generated (no --secret) is printed once. \`jwt token\` mints a test token for a credential:
 HS* with its sealed secret, others with --private-key-file.
-T: unix seconds (--before defaults to now). --redis: ${REDIS_URL_HELP}`;
+T: unix seconds (--before defaults to now).
+REDIS: ${REDIS_TARGET_USAGE}
+${REDIS_TARGET_HELP}`;
 
 function seconds(flag: string, value: string | undefined): number | undefined {
   if (value === undefined) return undefined;
@@ -345,8 +347,8 @@ function readText(flag: string, path: string): string {
   }
 }
 
-async function withRedis<T>(flag: string | undefined, fn: (redis: JwtRedis) => Promise<T>): Promise<T> {
-  const redis = withScripts(await connectRedis(redisUrlFrom(flag)));
+async function withRedis<T>(flags: Map<string, string>, fn: (redis: JwtRedis) => Promise<T>): Promise<T> {
+  const redis = withScripts(await openRedis(redisTargetFromFlags(flags)));
   try {
     return await fn(redis);
   } finally {
@@ -382,7 +384,7 @@ export async function jwtCommand(argv: string[]): Promise<number> {
 async function credentialsCommand(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
   if (sub === "create") {
-    const args = parseArgs(rest, ["consumer", "key", "algorithm", "secret", "public-key-file", "encryption-key", "redis"], ["json"]);
+    const args = parseArgs(rest, ["consumer", "key", "algorithm", "secret", "public-key-file", "encryption-key", ...REDIS_FLAGS], ["json"]);
     const consumer = args.flags.get("consumer");
     if (consumer === undefined || consumer === "") throw new UsageError("jwt credentials create: --consumer is required (the consumer's username or id)");
     const pemFile = args.flags.get("public-key-file");
@@ -394,7 +396,7 @@ async function credentialsCommand(argv: string[]): Promise<number> {
       rsa_public_key: pemFile !== undefined ? readText("public-key-file", pemFile) : undefined,
       encryptionKey: args.flags.get("encryption-key") ?? process.env.KRS_JWT_ENCRYPTION_KEY,
     };
-    const { record, generatedSecret } = await withRedis(args.flags.get("redis"), (redis) => createCredential(redis, input));
+    const { record, generatedSecret } = await withRedis(args.flags, (redis) => createCredential(redis, input));
     if (args.switches.has("json")) {
       console.log(JSON.stringify({ ...shown(record), ...(generatedSecret !== undefined ? { secret: generatedSecret } : {}) }, null, 2));
     } else {
@@ -406,17 +408,17 @@ async function credentialsCommand(argv: string[]): Promise<number> {
     return 0;
   }
   if (sub === "list") {
-    const args = parseArgs(rest, ["redis"], ["json"]);
-    const records = await withRedis(args.flags.get("redis"), listCredentials);
+    const args = parseArgs(rest, REDIS_FLAGS, ["json"]);
+    const records = await withRedis(args.flags, listCredentials);
     if (args.switches.has("json")) console.log(JSON.stringify(records.map(shown), null, 2));
     else if (records.length === 0) console.log("no credentials");
     else for (const r of records) console.log(`${r.id}\t${r.key}\t${r.algorithm}\t${r.consumer}${r.jwks !== undefined ? "\t(jwks)" : ""}`);
     return 0;
   }
   if (sub === "delete") {
-    const args = parseArgs(rest, ["redis"]);
+    const args = parseArgs(rest, REDIS_FLAGS);
     if (args.positional.length !== 1) throw new UsageError("jwt credentials delete: give KEY_OR_ID");
-    const removed = await withRedis(args.flags.get("redis"), (redis) => deleteCredential(redis, args.positional[0]));
+    const removed = await withRedis(args.flags, (redis) => deleteCredential(redis, args.positional[0]));
     if (!removed) {
       console.error(`krs: no credential ${args.positional[0]}`);
       return 1;
@@ -430,7 +432,7 @@ async function credentialsCommand(argv: string[]): Promise<number> {
 async function jwksCommand(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
   if (sub !== "import") throw new UsageError(`jwt jwks: expected import\n${USAGE}`);
-  const args = parseArgs(rest, ["file", "url", "consumer", "redis"]);
+  const args = parseArgs(rest, ["file", "url", "consumer", ...REDIS_FLAGS]);
   const consumer = args.flags.get("consumer");
   if (consumer === undefined || consumer === "") throw new UsageError("jwt jwks import: --consumer is required");
   const file = args.flags.get("file");
@@ -449,14 +451,14 @@ async function jwksCommand(argv: string[]): Promise<number> {
   } catch {
     throw new JwtError("not a JWKS: not JSON");
   }
-  const result = await withRedis(args.flags.get("redis"), (redis) => importJwks(redis, consumer, jwks));
+  const result = await withRedis(args.flags, (redis) => importJwks(redis, consumer, jwks));
   console.log(`imported ${result.added.length} key(s) for ${consumer}: ${result.added.join(", ")} (replaced ${result.removed})`);
   for (const s of result.skipped) console.error(`skipped ${s}`);
   return 0;
 }
 
 async function revokeCommand(argv: string[]): Promise<number> {
-  const args = parseArgs(argv, ["jti", "exp", "token", "sub", "consumer", "before", "clock-skew", "max-ttl", "redis"]);
+  const args = parseArgs(argv, ["jti", "exp", "token", "sub", "consumer", "before", "clock-skew", "max-ttl", ...REDIS_FLAGS]);
   const given = ["jti", "token", "sub", "consumer"].filter((f) => args.flags.has(f));
   if (given.length !== 1) throw new UsageError("jwt revoke: give exactly one of --jti, --token, --sub, --consumer");
   const r: Revocation = {
@@ -469,14 +471,14 @@ async function revokeCommand(argv: string[]): Promise<number> {
     clockSkew: seconds("clock-skew", args.flags.get("clock-skew")),
     maxTtl: seconds("max-ttl", args.flags.get("max-ttl")),
   };
-  const done = await withRedis(args.flags.get("redis"), (redis) => revoke(redis, r));
+  const done = await withRedis(args.flags, (redis) => revoke(redis, r));
   if (done.expiresAt === 0) console.log("nothing to revoke: the token has expired already");
   else console.log(`revoked ${given[0]} ${done.jti ?? r.sub ?? r.consumer ?? ""} until ${new Date(done.expiresAt * 1000).toISOString()}`);
   return 0;
 }
 
 async function tokenCommand(argv: string[]): Promise<number> {
-  const args = parseArgs(argv, ["key", "private-key-file", "sub", "ttl", "jti", "kid", "claims", "encryption-key", "redis"]);
+  const args = parseArgs(argv, ["key", "private-key-file", "sub", "ttl", "jti", "kid", "claims", "encryption-key", ...REDIS_FLAGS]);
   const keyValue = args.flags.get("key");
   if (keyValue === undefined) throw new UsageError("jwt token: --key is required (the credential's key)");
   let extra: Record<string, unknown> = {};
@@ -490,7 +492,7 @@ async function tokenCommand(argv: string[]): Promise<number> {
   }
   const ttl = seconds("ttl", args.flags.get("ttl")) ?? 3600;
   const now = Math.floor(Date.now() / 1000);
-  const record = await withRedis(args.flags.get("redis"), async (redis) => {
+  const record = await withRedis(args.flags, async (redis) => {
     const json = await redis.hget(CREDENTIALS_KEY, credentialField(keyValue));
     return json !== null ? (JSON.parse(json) as CredentialRecord) : undefined;
   });

@@ -7,9 +7,9 @@
  * listens to (from inside the script, as the Admin API does).
  */
 import { createHash, randomBytes, randomUUID } from "node:crypto";
-import type { Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 import { parseArgs, UsageError } from "./args.js";
-import { connectRedis, defineScripts, REDIS_URL_HELP, redisUrlFrom } from "./redis.js";
+import { defineScripts, openRedis, REDIS_FLAGS, REDIS_TARGET_HELP, REDIS_TARGET_USAGE, redisTargetFromFlags } from "./redis.js";
 
 export const CHANNEL = "krs:redis-key-auth:v1:invalidations";
 const PREFIX = "krs:redis-key-auth:v1:{k}";
@@ -43,11 +43,12 @@ export interface KeyScripts {
   keyAuthCreate(...keysAndArgs: (string | number)[]): Promise<ScriptReply>;
   keyAuthRevoke(...keysAndArgs: (string | number)[]): Promise<ScriptReply>;
 }
-export type KeysRedis = Redis & KeyScripts;
+/** A connection with the scripts: a plain `Redis` by default (the tests), or a cluster. */
+export type KeysRedis<R extends Redis | Cluster = Redis> = R & KeyScripts;
 
 /** Defines the plugin's scripts on `redis` (same files the build embeds for the gateway). */
-export function withScripts(redis: Redis): KeysRedis {
-  return defineScripts<KeyScripts>(redis, { keyAuthCreate: "key-auth-create", keyAuthRevoke: "key-auth-revoke" });
+export function withScripts<R extends Redis | Cluster>(redis: R): R & KeyScripts {
+  return defineScripts<KeyScripts, R>(redis, { keyAuthCreate: "key-auth-create", keyAuthRevoke: "key-auth-revoke" });
 }
 
 export interface NewKeyInput {
@@ -75,7 +76,7 @@ function unixNow(): number {
  * `now` (unix seconds) keeps its fraction: the script rounds the expiry up from it, so a
  * key created with `ttl` lives at least `ttl` seconds.
  */
-export async function createKey(redis: KeysRedis, input: NewKeyInput, opts: { key?: string; now?: number } = {}): Promise<CreatedKey> {
+export async function createKey(redis: KeysRedis<Redis | Cluster>, input: NewKeyInput, opts: { key?: string; now?: number } = {}): Promise<CreatedKey> {
   const key = opts.key ?? newKey();
   const id = randomUUID();
   const now = (opts.now ?? Date.now() / 1000).toFixed(3);
@@ -89,7 +90,7 @@ export async function createKey(redis: KeysRedis, input: NewKeyInput, opts: { ke
 }
 
 /** Revokes a key given as the key or its id; the revoked id, or undefined when there is no such key. */
-export async function revokeKey(redis: KeysRedis, keyOrId: string): Promise<string | undefined> {
+export async function revokeKey(redis: KeysRedis<Redis | Cluster>, keyOrId: string): Promise<string | undefined> {
   let sha: string;
   let wantedId = "";
   if (isId(keyOrId)) {
@@ -124,7 +125,7 @@ interface IndexEntry {
 }
 
 /** Live keys (of one consumer username, when given), oldest first. Never a key, nor its hash. */
-export async function listKeys(redis: Redis, consumer?: string): Promise<KeySummary[]> {
+export async function listKeys(redis: Redis | Cluster, consumer?: string): Promise<KeySummary[]> {
   const index = await redis.hgetall(INDEX_KEY);
   const now = unixNow();
   const out: KeySummary[] = [];
@@ -153,11 +154,12 @@ export async function listKeys(redis: Redis, consumer?: string): Promise<KeySumm
 export class KeysError extends Error {}
 
 const USAGE = `usage:
-  krs keys create --consumer USERNAME [--consumer-id ID] [--custom-id ID] [--ttl SECONDS] [--redis URL]
-  krs keys revoke KEY_OR_ID [--redis URL]
-  krs keys list [--consumer USERNAME] [--json] [--redis URL]
+  krs keys create --consumer USERNAME [--consumer-id ID] [--custom-id ID] [--ttl SECONDS] [REDIS]
+  krs keys revoke KEY_OR_ID [REDIS]
+  krs keys list [--consumer USERNAME] [--json] [REDIS]
 
---redis: ${REDIS_URL_HELP}`;
+REDIS: ${REDIS_TARGET_USAGE}
+${REDIS_TARGET_HELP}`;
 
 function isoOrNever(seconds: number | null): string {
   return seconds === null || seconds === 0 ? "never" : new Date(seconds * 1000).toISOString().replace(".000Z", "Z");
@@ -192,10 +194,10 @@ export async function keysCommand(argv: string[]): Promise<number> {
     console.log(USAGE);
     return sub === undefined ? 2 : 0;
   }
-  const valueFlags = sub === "create" ? ["consumer", "consumer-id", "custom-id", "ttl", "redis"] : sub === "list" ? ["consumer", "redis"] : ["redis"];
+  const valueFlags = [...(sub === "create" ? ["consumer", "consumer-id", "custom-id", "ttl"] : sub === "list" ? ["consumer"] : []), ...REDIS_FLAGS];
   if (sub !== "create" && sub !== "revoke" && sub !== "list") throw new UsageError(`keys: unknown subcommand '${sub}' (create, revoke, list; krs keys --help)`);
   const args = parseArgs(rest, valueFlags, sub === "list" ? ["json"] : []);
-  const url = redisUrlFrom(args.flags.get("redis"));
+  const target = redisTargetFromFlags(args.flags);
 
   let input: NewKeyInput | undefined;
   if (sub === "create") {
@@ -216,7 +218,7 @@ export async function keysCommand(argv: string[]): Promise<number> {
   }
 
   // An unreachable Redis is reported in one line by main (RedisConnectError).
-  const redis: KeysRedis = withScripts(await connectRedis(url));
+  const redis = withScripts(await openRedis(target));
   try {
     if (input !== undefined) {
       const created = await createKey(redis, input);

@@ -6,9 +6,9 @@
  */
 import { hostname } from "node:os";
 import { Command, InvalidArgumentError, Option } from "commander";
-import type { Redis } from "ioredis";
-import { failureLine, jsonOption, positiveInt, redisOption, UsageError, type Register } from "./command.js";
-import { connectRedis, redisUrlFrom } from "./redis.js";
+import type { Cluster, Redis } from "ioredis";
+import { failureLine, jsonOption, positiveInt, UsageError, type Register } from "./command.js";
+import { openRedis, redisTargetFrom, withRedisTarget, type RedisTargetFlags } from "./redis.js";
 import { paint, type Color } from "./ui.js";
 
 export const DEFAULT_STREAM = "requests";
@@ -135,7 +135,7 @@ function print(entries: Entry[], opts: TailOptions, asJson: boolean, limit = Num
   return printed;
 }
 
-export async function tail(redis: Redis, opts: TailOptions, stopped: () => boolean = () => false): Promise<number> {
+export async function tail(redis: Redis | Cluster, opts: TailOptions, stopped: () => boolean = () => false): Promise<number> {
   const key = streamKeyOf(opts.stream);
   const asJson = opts.json === true || process.stdout.isTTY !== true;
   if (opts.follow !== true) {
@@ -189,10 +189,8 @@ export async function tail(redis: Redis, opts: TailOptions, stopped: () => boole
 
 export const registerLogs: Register = (program: Command, run) => {
   const logs = program.command("logs").description("structured-log's Redis Stream");
-  logs
-    .command("tail")
+  withRedisTarget(logs.command("tail"))
     .description("the last requests in the stream, or --follow new ones; pretty on a terminal, JSON lines when piped")
-    .addOption(redisOption())
     .addOption(new Option("--stream <name>", "the plugin's stream_key (or a full key)").default(DEFAULT_STREAM))
     .addOption(new Option("--follow", "wait for new entries (XREAD BLOCK) until Ctrl-C"))
     .addOption(new Option("--group <name>", "with --follow: read as a consumer group (XREADGROUP, XACK): readers of one group share the entries"))
@@ -202,11 +200,11 @@ export const registerLogs: Register = (program: Command, run) => {
     .addOption(new Option("--count <n>", "how many entries: the last N (default 20), or with --follow stop after N (default: until Ctrl-C)").argParser(positiveInt("--count")))
     .addOption(jsonOption())
     .action(
-      run("logs tail", async (flags: Omit<TailOptions, "count"> & { count?: number; redis?: string }) => {
+      run("logs tail", async (flags: Omit<TailOptions, "count"> & { count?: number } & RedisTargetFlags) => {
         if (flags.group !== undefined && flags.follow !== true) throw new UsageError("--group: only with --follow");
         streamKeyOf(flags.stream);
         const opts: TailOptions = { ...flags, count: flags.count ?? (flags.follow === true ? Number.MAX_SAFE_INTEGER : DEFAULT_COUNT) };
-        const redis = await connectRedis(redisUrlFrom(flags.redis));
+        const redis = await openRedis(redisTargetFrom(flags));
         let interrupted = false;
         const onSigint = () => (interrupted = true);
         process.once("SIGINT", onSigint);

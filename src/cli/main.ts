@@ -29,9 +29,9 @@ const OWN_PARSER: Record<string, { run: (argv: string[]) => Promise<number>; usa
   gateway: { run: gatewayCommand, usage: "gateway start|stop ...     the local gateway (krs gateway --help)" },
   upstream: { run: upstreamCommand, usage: "upstream [--port P] [--host H]   demo upstream (httpbin-like)" },
   keys: { run: keysCommand, usage: "keys create|revoke|list ...   redis-key-auth API keys (krs keys --help)" },
-  cache: { run: cacheCommand, usage: "cache purge [KEY] [--redis URL]   drop one redis-cache entry, or all of them" },
+  cache: { run: cacheCommand, usage: "cache purge [KEY] [REDIS]   drop one redis-cache entry, or all of them" },
   jwt: { run: jwtCommand, usage: "jwt credentials|jwks|revoke|token ...   redis-jwt credentials, revocations, test tokens (krs jwt --help)" },
-  ip: { run: ipCommand, usage: "ip deny|allow add|remove|list LIST [CIDR] [--ttl 1h] [--reason TEXT] [--redis URL]   redis-ip-access lists" },
+  ip: { run: ipCommand, usage: "ip deny|allow add|remove|list LIST [CIDR] [--ttl 1h] [--reason TEXT] [REDIS]   redis-ip-access lists (REDIS: --redis URL, --redis-cluster or --redis-sentinel; krs ip --help)" },
 };
 
 function program(status: { code: number }): Command {

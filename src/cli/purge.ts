@@ -5,11 +5,11 @@
  */
 import type { Command } from "commander";
 import { Option } from "commander";
-import type { Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 import { classify, keyKindsOf, knownPlugins, pluginPrefix } from "./key-kinds.js";
-import { failureLine, jsonOption, positiveInt, redisOption, wholeNumber, UsageError, type Register } from "./command.js";
-import { connectRedis, redactedUrl, redisUrlFrom } from "./redis.js";
-import { globToRegExp, Pacer, refuseCluster, scanAll } from "./scan.js";
+import { failureLine, jsonOption, positiveInt, wholeNumber, UsageError, type Register } from "./command.js";
+import { describeTarget, openRedis, redisTargetFrom, redisTargetOptions, type RedisTargetFlags } from "./redis.js";
+import { globToRegExp, Pacer, scanAll, totalDbsize } from "./scan.js";
 import { progress } from "./ui.js";
 
 export interface PurgeOptions {
@@ -33,29 +33,32 @@ export interface PurgeReport {
   total: number;
 }
 
-export async function purge(redis: Redis, where: string, opts: PurgeOptions, onProgress?: (scanned: number, total: number) => void): Promise<PurgeReport> {
-  await refuseCluster(redis);
-  const dbsize = await redis.dbsize();
+/** A key to remove, with the node SCAN found it on (a cluster master, or the one server). */
+interface Doomed {
+  key: string;
+  kind: string;
+  node: Redis;
+}
+
+export async function purge(redis: Redis | Cluster, where: string, opts: PurgeOptions, onProgress?: (scanned: number, total: number) => void): Promise<PurgeReport> {
+  const dbsize = await totalDbsize(redis);
   const glob = opts.match === undefined ? undefined : globToRegExp(opts.match);
   const removed: Record<string, number> = {};
-  const deferred: { key: string; kind: string }[] = [];
-  const unlink = async (batch: { key: string; kind: string }[]): Promise<number> => {
-    if (batch.length === 0) return 0;
-    if (opts.dryRun) {
-      // A dry run counts only what still exists, as UNLINK would.
-      const exists = await Promise.all(batch.map(({ key }) => redis.exists(key)));
-      batch.forEach(({ kind }, i) => (removed[kind] = (removed[kind] ?? 0) + exists[i]));
-      return batch.length;
-    }
-    // UNLINK per key, pipelined: its reply says whether that key was still there.
-    const pipeline = redis.pipeline();
-    for (const { key } of batch) pipeline.unlink(key);
+  const deferred: Doomed[] = [];
+  /** One node's keys: one key per EXISTS/UNLINK, so no call spans slots (no CROSSSLOT on a cluster). */
+  const unlinkOn = async (node: Redis, batch: Doomed[]): Promise<void> => {
+    const pipeline = node.pipeline();
+    // A dry run counts only what still exists, as UNLINK would; UNLINK's reply says whether that key was still there.
+    for (const { key } of batch) opts.dryRun ? pipeline.exists(key) : pipeline.unlink(key);
     const replies = (await pipeline.exec()) ?? [];
     batch.forEach(({ kind }, i) => {
       const [err, n] = replies[i] ?? [];
       if (err) throw err;
       removed[kind] = (removed[kind] ?? 0) + Number(n);
     });
+  };
+  const unlink = async (batch: Doomed[]): Promise<number> => {
+    for (const node of new Set(batch.map((d) => d.node))) await unlinkOn(node, batch.filter((d) => d.node === node));
     return batch.length;
   };
   const result = await scanAll(redis, {
@@ -63,14 +66,14 @@ export async function purge(redis: Redis, where: string, opts: PurgeOptions, onP
     maxOpsPerSec: opts.maxOpsPerSec,
     match: `${globEscape(pluginPrefix(opts.plugin))}*`,
     onProgress: (examined) => onProgress?.(Math.min(examined, dbsize), dbsize),
-    onBatch: async (keys) => {
-      const now: { key: string; kind: string }[] = [];
+    onBatch: async (keys, node) => {
+      const now: Doomed[] = [];
       for (const key of keys) {
         const c = classify(key);
         if (c === undefined || c.plugin !== opts.plugin) continue;
         if (opts.kind !== undefined && c.kind?.kind !== opts.kind) continue;
         if (glob !== undefined && !glob.test(key)) continue;
-        const entry = { key, kind: c.kind?.kind ?? "(unknown)" };
+        const entry = { key, kind: c.kind?.kind ?? "(unknown)", node };
         if (c.kind?.purgeLast && opts.kind === undefined) deferred.push(entry);
         else now.push(entry);
       }
@@ -100,28 +103,28 @@ export function formatPurge(r: PurgeReport): string {
 }
 
 export const registerPurge: Register = (program: Command, run) => {
-  program
+  const command = program
     .command("purge")
     .description("remove one plugin's keys (SCAN + UNLINK in batches, rate-limited); --plugin is required")
     .addOption(new Option("--plugin <name>", `whose keys (${knownPlugins().join(", ")}); required`))
     .addOption(new Option("--kind <kind>", "only this key kind of the plugin (docs/redis-keys.md)"))
     .addOption(new Option("--match <glob>", "only keys whose name matches this Redis glob as well"))
     .addOption(new Option("--dry-run", "count what would be removed, remove nothing"))
-    .addOption(redisOption())
     .addOption(new Option("--batch <n>", "SCAN COUNT per batch, and keys per UNLINK pipeline").default(500).argParser(positiveInt("--batch", 100_000)))
     .addOption(new Option("--max-ops-per-sec <n>", "at most this many keys a second: each SCAN counts as its --batch keys examined, each key unlinked as one more (0 = no limit)").default(5000).argParser(wholeNumber("--max-ops-per-sec")))
-    .addOption(jsonOption())
-    .action(
-      run("purge", async (opts: { plugin?: string; kind?: string; match?: string; dryRun?: boolean; redis?: string; batch: number; maxOpsPerSec: number; json?: boolean }) => {
+    .addOption(jsonOption());
+  for (const o of redisTargetOptions()) command.addOption(o);
+  command.action(
+      run("purge", async (opts: RedisTargetFlags & { plugin?: string; kind?: string; match?: string; dryRun?: boolean; batch: number; maxOpsPerSec: number; json?: boolean }) => {
         if (opts.plugin === undefined) throw new UsageError(`purge needs --plugin (one of ${knownPlugins().join(", ")}); it never removes every plugin's keys`);
         if (!knownPlugins().includes(opts.plugin)) throw new UsageError(`--plugin: unknown plugin '${opts.plugin}' (known: ${knownPlugins().join(", ")})`);
         const kinds = keyKindsOf(opts.plugin).map((k) => k.kind);
         if (opts.kind !== undefined && !kinds.includes(opts.kind)) throw new UsageError(`--kind: ${opts.plugin} has no key kind '${opts.kind}' (kinds: ${kinds.join(", ")})`);
-        const url = redisUrlFrom(opts.redis);
-        const redis = await connectRedis(url);
+        const target = redisTargetFrom(opts);
+        const redis = await openRedis(target);
         const bar = progress(opts.dryRun ? "purge (dry run)" : "purge");
         try {
-          const report = await purge(redis, redactedUrl(url), { ...opts, plugin: opts.plugin, dryRun: opts.dryRun === true }, (s, t) => bar.update(s, t));
+          const report = await purge(redis, describeTarget(target), { ...opts, plugin: opts.plugin, dryRun: opts.dryRun === true }, (s, t) => bar.update(s, t));
           bar.stop();
           console.log(opts.json ? JSON.stringify(report, null, 2) : formatPurge(report));
           return report.complete ? 0 : 130;

@@ -1,9 +1,10 @@
 /**
  * The one way the operations commands walk Redis: SCAN with COUNT in batches (never
- * KEYS), paced to at most `maxOpsPerSec` keys a second (scanned and followed up), stopped
+ * KEYS), on every master of a cluster, paced to at most `maxOpsPerSec` keys a second (scanned and followed up), stopped
  * cleanly by Ctrl-C after the batch in flight.
  */
-import type { Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
+import { dataNodes } from "./redis.js";
 
 export interface ScanOptions {
   /** SCAN's COUNT hint, and the size of each follow-up batch. */
@@ -13,7 +14,7 @@ export interface ScanOptions {
   /** SCAN MATCH glob, so Redis filters out other applications' key names before they travel. */
   match?: string;
   /** Called once per batch with the keys SCAN returned; returns how many keys it sent commands for. */
-  onBatch(keys: string[]): Promise<number>;
+  onBatch(keys: string[], node: Redis): Promise<number>;
   /** With the keys examined so far (about COUNT per SCAN: with MATCH, more than returned). */
   onProgress?(examined: number): void;
 }
@@ -41,39 +42,51 @@ export class Pacer {
   }
 }
 
-export async function scanAll(redis: Redis, opts: ScanOptions): Promise<ScanResult> {
+/**
+ * Walks every server that holds data (each master of a Cluster, one after the other, else
+ * the one connection) with one pacer and one running count, so a cluster is paced and
+ * reported as one Redis. `onBatch` gets the node the keys are on: follow-up commands go
+ * there, never across slots through the cluster client.
+ */
+export async function scanAll(redis: Redis | Cluster, opts: ScanOptions): Promise<ScanResult> {
   let interrupted = false;
   const onSigint = () => {
     interrupted = true;
   };
   process.on("SIGINT", onSigint);
   const pacer = new Pacer(opts.maxOpsPerSec);
-  let cursor = "0";
   let scanned = 0;
   let examined = 0;
+  let complete = true;
   try {
-    do {
-      const [next, keys] = opts.match === undefined ? await redis.scan(cursor, "COUNT", opts.batch) : await redis.scan(cursor, "MATCH", opts.match, "COUNT", opts.batch);
-      cursor = next;
-      // SCAN examines about COUNT keys whatever MATCH lets through.
-      await pacer.spend(Math.max(opts.batch, keys.length));
-      scanned += keys.length;
-      examined += Math.max(opts.batch, keys.length);
-      if (keys.length > 0) await pacer.spend(await opts.onBatch(keys));
-      opts.onProgress?.(opts.match === undefined ? scanned : examined);
-    } while (cursor !== "0" && !interrupted);
+    for (const node of dataNodes(redis)) {
+      if (interrupted) {
+        complete = false;
+        break;
+      }
+      let cursor = "0";
+      do {
+        const [next, keys] = opts.match === undefined ? await node.scan(cursor, "COUNT", opts.batch) : await node.scan(cursor, "MATCH", opts.match, "COUNT", opts.batch);
+        cursor = next;
+        // SCAN examines about COUNT keys whatever MATCH lets through.
+        await pacer.spend(Math.max(opts.batch, keys.length));
+        scanned += keys.length;
+        examined += Math.max(opts.batch, keys.length);
+        if (keys.length > 0) await pacer.spend(await opts.onBatch(keys, node));
+        opts.onProgress?.(opts.match === undefined ? scanned : examined);
+      } while (cursor !== "0" && !interrupted);
+      if (cursor !== "0") complete = false;
+    }
   } finally {
     process.off("SIGINT", onSigint);
   }
-  return { scanned, complete: cursor === "0" };
+  return { scanned, complete };
 }
 
-/** Refuses a Redis Cluster: walking one node would report (or purge) part of the keys only. */
-export async function refuseCluster(redis: Redis): Promise<void> {
-  const info = await redis.info("cluster");
-  if (/cluster_enabled:1/.test(info)) {
-    throw new Error("Redis Cluster is not supported yet (every master comes with a later issue); point --redis at a standalone Redis");
-  }
+/** DBSIZE of the whole deployment: the sum over a cluster's masters. */
+export async function totalDbsize(redis: Redis | Cluster): Promise<number> {
+  const sizes = await Promise.all(dataNodes(redis).map((n) => n.dbsize()));
+  return sizes.reduce((a, b) => a + b, 0);
 }
 
 /** Redis's glob (as SCAN MATCH: `*`, `?`, `[...]`, `\` escapes) as a RegExp. */

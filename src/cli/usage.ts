@@ -12,10 +12,10 @@
 import { createHash } from "node:crypto";
 import type { Command } from "commander";
 import { Option } from "commander";
-import type { Redis } from "ioredis";
-import { jsonOption, positiveInt, redisOption, UsageError, type Register } from "./command.js";
-import { connectRedis, redisUrlFrom } from "./redis.js";
-import { refuseCluster, scanAll } from "./scan.js";
+import type { Cluster, Redis } from "ioredis";
+import { jsonOption, positiveInt, UsageError, type Register } from "./command.js";
+import { openRedis, redisTargetFrom, withRedisTarget, type RedisTargetFlags } from "./redis.js";
+import { scanAll, totalDbsize } from "./scan.js";
 import { progress } from "./ui.js";
 
 export const FIELDS = ["requests", "bytes_in", "bytes_out", "cost", "2xx", "3xx", "4xx", "5xx", "quota_requests", "quota_cost"] as const;
@@ -82,7 +82,7 @@ function countsOf(values: (string | null)[]): Record<(typeof FIELDS)[number], nu
   return Object.fromEntries(FIELDS.map((f, i) => [f, Number(values[i] ?? 0)])) as Record<(typeof FIELDS)[number], number>;
 }
 
-export async function show(redis: Redis, kind: Kind, subject: string, period: "day" | "month", buckets: { id: string; label: string }[]): Promise<Row[]> {
+export async function show(redis: Redis | Cluster, kind: Kind, subject: string, period: "day" | "month", buckets: { id: string; label: string }[]): Promise<Row[]> {
   const pipeline = redis.pipeline();
   for (const b of buckets) pipeline.hmget(bucketKey(kind, subject, period, b.id), ...FIELDS);
   const replies = (await pipeline.exec()) ?? [];
@@ -97,9 +97,8 @@ export async function show(redis: Redis, kind: Kind, subject: string, period: "d
 }
 
 /** Every subject of `kind` with counts in one bucket, by SCAN (never KEYS), heaviest first. */
-export async function top(redis: Redis, kind: Kind, period: "day" | "month", bucket: { id: string; label: string }, limit: number, onProgress?: (examined: number, total: number) => void): Promise<{ rows: Row[]; complete: boolean }> {
-  await refuseCluster(redis);
-  const total = await redis.dbsize();
+export async function top(redis: Redis | Cluster, kind: Kind, period: "day" | "month", bucket: { id: string; label: string }, limit: number, onProgress?: (examined: number, total: number) => void): Promise<{ rows: Row[]; complete: boolean }> {
+  const total = await totalDbsize(redis);
   const rows: Row[] = [];
   const tagPrefix = `krs:redis-usage:v1:{${kind}:`;
   const suffix = `}:${period === "day" ? "d" : "m"}:${bucket.id}`;
@@ -107,8 +106,8 @@ export async function top(redis: Redis, kind: Kind, period: "day" | "month", buc
     batch: 500,
     maxOpsPerSec: 0,
     match: `${tagPrefix}*${suffix}`,
-    onBatch: async (keys) => {
-      const pipeline = redis.pipeline();
+    onBatch: async (keys, node) => {
+      const pipeline = node.pipeline();
       for (const k of keys) pipeline.hmget(k, "subject", ...FIELDS);
       const replies = (await pipeline.exec()) ?? [];
       keys.forEach((k, i) => {
@@ -169,7 +168,7 @@ function currentMonth(): string {
   return new Date().toISOString().slice(0, 7);
 }
 
-interface ShowOptions {
+interface ShowOptions extends RedisTargetFlags {
   consumer?: string;
   route?: string;
   service?: string;
@@ -180,7 +179,6 @@ interface ShowOptions {
   to?: string;
   json?: boolean;
   csv?: boolean;
-  redis?: string;
 }
 
 function subjectOf(opts: ShowOptions): { kind: Kind; name: string } {
@@ -205,8 +203,8 @@ function rangeOf(opts: ShowOptions): { period: "day" | "month"; buckets: { id: s
   return { period: "month", buckets: bucketRange("month", m.date, m.date) };
 }
 
-async function withRedis<T>(url: string | undefined, fn: (redis: Redis) => Promise<T>): Promise<T> {
-  const redis = await connectRedis(redisUrlFrom(url));
+async function withRedis<T>(flags: RedisTargetFlags, fn: (redis: Redis | Cluster) => Promise<T>): Promise<T> {
+  const redis = await openRedis(redisTargetFrom(flags));
   try {
     return await fn(redis);
   } finally {
@@ -222,8 +220,7 @@ function quotaNumber(flag: string, value: string): number | null {
 
 export const registerUsage: Register = (program: Command, run) => {
   const usage = program.command("usage").description("redis-usage: metered usage and quota overrides");
-  usage
-    .command("show")
+  withRedisTarget(usage.command("show"))
     .description("one subject's usage per bucket (default: this month)")
     .addOption(new Option("--consumer <name>", "the consumer's username (else custom_id, else id)"))
     .addOption(new Option("--route <name>", "a route's name (else id)"))
@@ -235,17 +232,15 @@ export const registerUsage: Register = (program: Command, run) => {
     .addOption(new Option("--to <date>", "last one, the same kind (default: now)"))
     .addOption(new Option("--csv", "CSV: one row per subject per bucket"))
     .addOption(jsonOption())
-    .addOption(redisOption())
     .action(
       run("usage show", async (opts: ShowOptions) => {
         const { kind, name } = subjectOf(opts);
         const { period, buckets } = rangeOf(opts);
-        print(await withRedis(opts.redis, (redis) => show(redis, kind, name, period, buckets)), opts);
+        print(await withRedis(opts, (redis) => show(redis, kind, name, period, buckets)), opts);
         return 0;
       }),
     );
-  usage
-    .command("top")
+  withRedisTarget(usage.command("top"))
     .description("the heaviest subjects of one month or day (SCAN in batches, never KEYS)")
     .addOption(new Option("--month <YYYY-MM>", "the UTC month (default: this one)"))
     .addOption(new Option("--day <YYYY-MM-DD>", "a UTC day instead"))
@@ -253,31 +248,28 @@ export const registerUsage: Register = (program: Command, run) => {
     .addOption(new Option("--limit <n>", "how many").default(10).argParser(positiveInt("--limit", 100_000)))
     .addOption(new Option("--csv", "CSV: one row per subject"))
     .addOption(jsonOption())
-    .addOption(redisOption())
     .action(
-      run("usage top", async (opts: { month?: string; day?: string; by: Kind; limit: number; csv?: boolean; json?: boolean; redis?: string }) => {
+      run("usage top", async (opts: { month?: string; day?: string; by: Kind; limit: number; csv?: boolean; json?: boolean } & RedisTargetFlags) => {
         if (opts.month !== undefined && opts.day !== undefined) throw new UsageError("give one of --month or --day");
         const b = opts.day !== undefined ? parseBucket("--day", opts.day, "day") : parseBucket("--month", opts.month ?? currentMonth(), "month");
         const bar = progress("usage top");
-        const result = await withRedis(opts.redis, (redis) => top(redis, opts.by, b.period, { id: b.id, label: label(b.period, b.date) }, opts.limit, (s, t) => bar.update(s, t))).finally(() => bar.stop());
+        const result = await withRedis(opts, (redis) => top(redis, opts.by, b.period, { id: b.id, label: label(b.period, b.date) }, opts.limit, (s, t) => bar.update(s, t))).finally(() => bar.stop());
         print(result.rows, opts);
         if (!result.complete) console.error("krs usage top: interrupted before the end of the scan; the list is partial");
         return result.complete ? 0 : 130;
       }),
     );
   const quota = usage.command("quota").description("per-consumer quota overrides (they win over the plugin's quota_day / quota_month)");
-  quota
-    .command("set <consumer>")
+  withRedisTarget(quota.command("set <consumer>"))
     .description("set the consumer's day and/or month quota (none clears one)")
     .addOption(new Option("--day <n>", "quota per UTC day, in the plugin's quota_unit"))
     .addOption(new Option("--month <n>", "quota per UTC month"))
-    .addOption(redisOption())
     .action(
-      run("usage quota set", async (consumer: string, opts: { day?: string; month?: string; redis?: string }) => {
+      run("usage quota set", async (consumer: string, opts: { day?: string; month?: string } & RedisTargetFlags) => {
         if (opts.day === undefined && opts.month === undefined) throw new UsageError("usage quota set needs --day and/or --month");
         const day = opts.day === undefined ? undefined : quotaNumber("--day", opts.day);
         const month = opts.month === undefined ? undefined : quotaNumber("--month", opts.month);
-        const shown = await withRedis(opts.redis, async (redis) => {
+        const shown = await withRedis(opts, async (redis) => {
           const multi = redis.multi();
           for (const [field, value] of [["day", day], ["month", month]] as const) {
             if (value === null) multi.hdel(quotaKey(consumer), field);
@@ -290,24 +282,20 @@ export const registerUsage: Register = (program: Command, run) => {
         return 0;
       }),
     );
-  quota
-    .command("get <consumer>")
+  withRedisTarget(quota.command("get <consumer>"))
     .description("the consumer's overrides (null: the plugin's default applies)")
-    .addOption(redisOption())
     .action(
-      run("usage quota get", async (consumer: string, opts: { redis?: string }) => {
-        const shown = await withRedis(opts.redis, (redis) => redis.hmget(quotaKey(consumer), "day", "month"));
+      run("usage quota get", async (consumer: string, opts: RedisTargetFlags) => {
+        const shown = await withRedis(opts, (redis) => redis.hmget(quotaKey(consumer), "day", "month"));
         console.log(JSON.stringify({ consumer, day: shown[0] === null ? null : Number(shown[0]), month: shown[1] === null ? null : Number(shown[1]) }));
         return 0;
       }),
     );
-  quota
-    .command("clear <consumer>")
+  withRedisTarget(quota.command("clear <consumer>"))
     .description("remove the consumer's overrides")
-    .addOption(redisOption())
     .action(
-      run("usage quota clear", async (consumer: string, opts: { redis?: string }) => {
-        const removed = await withRedis(opts.redis, (redis) => redis.del(quotaKey(consumer)));
+      run("usage quota clear", async (consumer: string, opts: RedisTargetFlags) => {
+        const removed = await withRedis(opts, (redis) => redis.del(quotaKey(consumer)));
         console.log(removed === 1 ? `cleared the quota overrides of ${consumer}` : `${consumer} had no quota overrides`);
         return 0;
       }),
