@@ -10,7 +10,7 @@ describe("structured-log", function()
   local redact, line, credentials, plugin_schema
 
   setup(function()
-    _G.ngx = setmetatable({ unescape_uri = unescape_uri, ctx = {} }, { __index = saved_ngx })
+    _G.ngx = setmetatable({ unescape_uri = unescape_uri, ctx = {}, get_phase = function() return "timer" end }, { __index = saved_ngx })
     for _, m in ipairs({ "redact", "line", "credentials" }) do package.loaded["kong.plugins.structured-log." .. m] = nil end
     redact = require("kong.plugins.structured-log.redact")
     line = require("kong.plugins.structured-log.line")
@@ -109,6 +109,22 @@ describe("structured-log", function()
       for _, h in ipairs({ "authorization", "x-tenant-key", "x-jwt", "cookie" }) do assert.is_true(r.headers[h], h) end
       assert.is_true(r.query["x-tenant-key"])
       assert.is_true(r.query["jwt"])
+    end)
+
+    it("adds the names the suite's auth plugins said they read in the request facts, without the local gateway's KRS_SELECTED (as in Kong)", function()
+      local base = { headers = redact.nameSet({ "authorization" }), query = redact.nameSet({}) }
+      local saved_kong, saved_phase = rawget(_G, "kong"), ngx.get_phase
+      ngx.ctx.KRS_SELECTED = nil
+      _G.kong = setmetatable({ ctx = { shared = { krs = { credential_names = {
+        { plugin = "redis-key-auth", headers = { "X-Tenant-Key" }, query = { "x-tenant-key" }, cookies = false },
+        { plugin = "redis-jwt", headers = { "x-jwt" }, query = {}, cookies = true },
+      } } } } }, { __index = saved_kong })
+      ngx.get_phase = function() return "log" end
+      local ok, r = pcall(credentials.forRequest, base, { "authorization" }, {})
+      _G.kong, ngx.get_phase = saved_kong, saved_phase
+      assert.is_true(ok, tostring(r))
+      for _, h in ipairs({ "authorization", "x-tenant-key", "x-jwt", "cookie" }) do assert.is_true(r.headers[h], h) end
+      assert.is_true(r.query["x-tenant-key"])
     end)
   end)
 
