@@ -203,3 +203,9 @@ describe("krs doctor on cluster and sentinel configs", () => {
     expect(r.code).toBe(2);
   });
 });
+
+describe("the gateway on the cluster and the sentinel", () => {
+  it("logs no error while the CLI changed its Redis", () => {
+    expect(gw.unexpectedErrors()).toEqual([]);
+  });
+});
