@@ -109,8 +109,13 @@ export function openEndpoints(this: void): string[] {
   const out: string[] = [];
   for (const [pool, circuit] of pairs(circuits)) {
     if (circuit.retryAt === 0) continue;
-    const [host, port, database] = string.match(pool, "^krs:(.*):(%d+):(%d+):[^:]*:?[^:]*:[^:]*$");
-    out.push(host !== undefined ? `${host}:${port}/${database}` : "unknown");
+    out.push(endpointOfPool(pool));
   }
   return out;
+}
+
+/** "host:port/database" of a pool name (connection.ts nodePool): its TLS and credential parts never leave here. */
+export function endpointOfPool(this: void, pool: string): string {
+  const [host, port, database] = string.match(pool, "^krs:(.*):(%d+):(%d+):[^:]*:?[^:]*:[^:]*$");
+  return host !== undefined ? `${host}:${port}/${database}` : "unknown";
 }

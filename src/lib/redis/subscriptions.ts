@@ -15,20 +15,16 @@ export interface Subscription {
   subscribes: number;
 }
 
-const registry = new LuaTable<string, Subscription>();
+import { endpointOfPool } from "./breaker";
 
-/** Pool names (connection.ts nodePool) end in tls and credential parts, which stay here. */
-function endpointOf(this: void, pool: string): string {
-  const [host, port, database] = string.match(pool, "^krs:(.*):(%d+):(%d+):[^:]*:?[^:]*:[^:]*$");
-  return host !== undefined ? `${host}:${port}/${database}` : "unknown";
-}
+const registry = new LuaTable<string, Subscription>();
 
 /** The record of `plugin`'s subscriber on `pool`, down until it subscribes (a loop that raised left it as it was). */
 export function track(this: void, plugin: string, pool: string): Subscription {
   const id = plugin + "\0" + pool;
   let s = registry.get(id);
   if (s === undefined) {
-    s = { plugin, redis: endpointOf(pool), up: 0, subscribes: 0 };
+    s = { plugin, redis: endpointOfPool(pool), up: 0, subscribes: 0 };
     registry.set(id, s);
   }
   s.up = 0;

@@ -10,7 +10,7 @@
  * the node's snapshot for the cluster view every push_interval (cluster.ts).
  */
 import * as facts from "../../lib/facts";
-import { isOpen, knownPools } from "../../lib/redis/breaker";
+import { endpointOfPool, isOpen, knownPools } from "../../lib/redis/breaker";
 import * as subscriptions from "../../lib/redis/subscriptions";
 import * as usage from "../redis-usage/meter";
 import { SUITE_VERSION } from "../../lib/version";
@@ -174,18 +174,11 @@ function recordFacts(this: void, sr: string): void {
   if (errors !== undefined) for (const e of errors) store.inc(M.PLUGIN_ERRORS, 'plugin="' + escape(e.plugin) + '"', 1);
 }
 
-/** "host:port/db" of a pool name (client.ts poolName), without its credentials part. */
-function redisLabel(this: void, pool: string): string {
-  const [host, port, db] = string.match(pool, "^krs:(.*):(%d+):(%d+):");
-  if (host === undefined) return "";
-  return `${host}:${port}/${db}`;
-}
-
 /** This worker's breaker states, as gauges that die with the worker. */
 function publishWorkerGauges(this: void): void {
   const worker = tostring(ngx.worker.id() ?? 0);
   for (const pool of knownPools()) {
-    const series = M.CIRCUIT_OPEN.name + '{redis="' + escape(redisLabel(pool)) + '",worker="' + worker + '"}';
+    const series = M.CIRCUIT_OPEN.name + '{redis="' + escape(endpointOfPool(pool)) + '",worker="' + worker + '"}';
     store.setWorkerGauge(series, isOpen(pool) ? 1 : 0);
   }
   for (const s of subscriptions.all()) {

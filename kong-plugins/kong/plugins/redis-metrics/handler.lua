@@ -2,6 +2,7 @@
 local schedulePush, onPushTimer, PLUGIN, PUSH_LOG_INTERVAL, lastPushLogAt
 local facts = require("krs.facts")
 local ____breaker = require("krs.redis.breaker")
+local endpointOfPool = ____breaker.endpointOfPool
 local isOpen = ____breaker.isOpen
 local knownPools = ____breaker.knownPools
 local subscriptions = require("krs.redis.subscriptions")
@@ -230,19 +231,11 @@ local function recordFacts(sr)
         end
     end
 end
---- "host:port/db" of a pool name (client.ts poolName), without its credentials part.
-local function redisLabel(pool)
-    local host, port, db = string.match(pool, "^krs:(.*):(%d+):(%d+):")
-    if host == nil then
-        return ""
-    end
-    return (((host .. ":") .. port) .. "/") .. db
-end
 --- This worker's breaker states, as gauges that die with the worker.
 local function publishWorkerGauges()
     local worker = tostring(ngx.worker.id() or 0)
     for ____, pool in ipairs(knownPools()) do
-        local series = ((((M.CIRCUIT_OPEN.name .. "{redis=\"") .. escape(redisLabel(pool))) .. "\",worker=\"") .. worker) .. "\"}"
+        local series = ((((M.CIRCUIT_OPEN.name .. "{redis=\"") .. escape(endpointOfPool(pool))) .. "\",worker=\"") .. worker) .. "\"}"
         store.setWorkerGauge(
             series,
             isOpen(pool) and 1 or 0
