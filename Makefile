@@ -9,13 +9,14 @@ UPSTREAM_PORT ?= 8080
 REDIS_PORT  ?= 6379
 KRS         := node bin/krs.mjs
 
-.PHONY: help bootstrap build check-build up down test test-unit test-integration bench typecheck clean
+.PHONY: help bootstrap build check-build up down test test-unit test-integration bench profile typecheck clean
 
 help:
 	@echo "make up      install what is missing, build, start Redis + demo upstream + gateway with kong.yml"
 	@echo "make down    stop everything make up started"
 	@echo "make test    install what is missing, build, run every test"
 	@echo "make bench   benchmarks (wrk), results in bench/results/"
+	@echo "make profile instructions per request of each bench scenario (valgrind callgrind; repeatable)"
 	@echo "make build   compile TypeScript to Lua (kong-plugins/, build/gateway/) and the CLI"
 
 bootstrap:
@@ -66,6 +67,11 @@ test-integration: build
 
 bench: build
 	@npx tsx bench/run.ts
+
+# Instructions per request (callgrind), repeatable where req/s on a shared machine is not.
+profile: build
+	@command -v valgrind >/dev/null || { echo "make profile needs valgrind (apt-get install valgrind)"; exit 1; }
+	@npx tsx bench/callgrind.ts $(ARGS)
 
 clean: down
 	rm -rf build $(STATE)
