@@ -23,15 +23,51 @@ export async function stopAll(): Promise<void> {
   while (stops.length > 0) await stops.pop()!().catch(() => undefined);
 }
 
-export function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
+/**
+ * A port on 127.0.0.1 that is free now, for a server a test is about to start. Picked at
+ * random below the kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768+ by
+ * default), where the outgoing connections of the tests, the gateways and Redis take their
+ * source ports: a port the kernel hands out with listen(0) comes from that range, and on a
+ * busy machine an outgoing connection could take it between this check and the server's
+ * bind (a gateway that "did not answer"). Two test files picking the same random port at
+ * the same moment is the remaining, far smaller, chance.
+ */
+export async function freePort(): Promise<number> {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const port = PORT_LOW + Math.floor(Math.random() * (ephemeralLow() - PORT_LOW));
+    if (handedOut.has(port)) continue;
+    if (await canListen(port)) {
+      handedOut.add(port);
+      return port;
+    }
+  }
+  throw new Error(`no free port found in ${PORT_LOW}..${ephemeralLow() - 1}`);
+}
+
+const PORT_LOW = 20000;
+/** Ports this process handed out already (its servers may not have bound them yet). */
+const handedOut = new Set<number>();
+let ephemeralStart: number | undefined;
+
+function ephemeralLow(): number {
+  if (ephemeralStart === undefined) {
+    let low = 32768;
+    try {
+      const first = Number(readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/)[0]);
+      if (Number.isInteger(first) && first > PORT_LOW + 1000) low = first;
+    } catch {
+      // not Linux: keep the IANA default's start
+    }
+    ephemeralStart = low;
+  }
+  return ephemeralStart;
+}
+
+function canListen(port: number): Promise<boolean> {
+  return new Promise((res) => {
     const srv = createServer();
-    srv.once("error", rej);
-    srv.listen(0, "127.0.0.1", () => {
-      const addr = srv.address();
-      const port = typeof addr === "object" && addr !== null ? addr.port : 0;
-      srv.close(() => res(port));
-    });
+    srv.once("error", () => res(false));
+    srv.listen(port, "127.0.0.1", () => srv.close(() => res(true)));
   });
 }
 
