@@ -13,7 +13,7 @@
 import { spawnSync } from "node:child_process";
 import { Agent, request as httpRequest } from "node:http";
 import { join } from "node:path";
-import { Cluster } from "ioredis";
+import { Cluster, Redis } from "ioredis";
 import calculateSlot from "cluster-key-slot";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { redisFor } from "../../src/cli/redis.js";
@@ -394,12 +394,18 @@ describe("failover mid-traffic", () => {
     await sleep(300);
     const killedAt = Date.now();
     await node.kill();
+    // (a) Redis's own part, kill to promotion, polled on one open connection every 10 ms
+    // (a redis-cli per poll would blur it by its start-up time).
+    const replica = new Redis({ port: replicaPort, maxRetriesPerRequest: 1 });
     let promotedAt = 0;
-    const promoted = waitFor("the replica to be promoted", async () => {
-      if (!/role:master/.test(await redisCli(["-p", String(replicaPort), "info", "replication"]).catch(() => ""))) return false;
-      promotedAt = Date.now();
-      return true;
-    }, 20_000);
+    const promoted = (async () => {
+      const deadline = Date.now() + 20_000;
+      while (Date.now() < deadline) {
+        if (/role:master/.test(await replica.info("replication").catch(() => ""))) return (promotedAt = Date.now());
+        await sleep(10);
+      }
+      throw new Error("the replica was not promoted within 20 s");
+    })();
     promoted.catch(() => undefined);
     await waitFor("requests to succeed again", async () => {
       const recent = run.statuses.filter((s) => s.at > Date.now() - 300);
@@ -407,13 +413,22 @@ describe("failover mid-traffic", () => {
     }, 20_000);
     const statuses = await run.stop();
     await promoted;
+    replica.disconnect();
     const failures = statuses.filter((s) => s.status !== 200);
     const lastFailure = failures.length > 0 ? failures[failures.length - 1].at : killedAt;
     const recovery = lastFailure - killedAt;
+    const afterPromotion = lastFailure - promotedAt;
     const admitted = statuses.filter((s) => s.status === 200).length + 1;
     const counted = Number(await control.hget(counterKey, "hour:count"));
-    console.log(`cluster failover (master killed, node timeout 1000 ms): ${failures.length} of ${statuses.length} requests failed, recovered ${recovery} ms after the kill, ${lastFailure - promotedAt} ms after Redis promoted the replica (${promotedAt - killedAt} ms after the kill); counter ${counted} for ${admitted} admitted (${admitted - counted} increments lost with the master: what a limit can over-admit by)`);
+    // cluster-node-timeout is 1000 ms here (the spec's setting, not lowered to meet the
+    // < 2 s goal): Redis needs it to mark the master failed, then 500-1000 ms of election
+    // delay of its own before the replica takes over.
+    console.log(`cluster failover (master killed, cluster-node-timeout 1000 ms, not lowered): ${failures.length} of ${statuses.length} requests failed; end to end ${recovery} ms = (a) kill to Redis's promotion of the replica ${promotedAt - killedAt} ms + (b) promotion to the gateways answering again ${afterPromotion} ms (negative: within the 10 ms poll of the promotion); counter ${counted} for ${admitted} admitted (${admitted - counted} increments lost with the master: what a limit can over-admit by)`);
     expect(statuses.slice(-20).every((s) => s.status === 200)).toBe(true);
+    // (b) is the gateways' part: a failed node marks the slot map stale and the next call
+    // reads it again (at most every 100 ms per worker), so they follow a promotion within a
+    // few calls, not a periodic refresh later. 1.5 s of margin for a loaded machine.
+    expect(afterPromotion).toBeLessThan(1500);
     expect(counted).toBeLessThanOrEqual(admitted);
     // The workers that listened on the killed node subscribed again on the live ones:
     // revocations still reach every worker.

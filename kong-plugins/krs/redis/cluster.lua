@@ -8,6 +8,9 @@ local ____slot = require("krs.redis.slot")
 local SLOTS = ____slot.SLOTS
 --- Seconds between two refreshes of one cluster's map in one worker.
 local MIN_REFRESH_INTERVAL = 0.1
+--- The same after a node failed: how long a worker may miss a promotion. At most 40
+-- CLUSTER SLOTS a second per worker, and only while calls fail.
+local FAILED_NODE_REFRESH_INTERVAL = 0.025
 local topologies = {}
 local function serverOf(topology, host, port)
     local addr = (host .. ":") .. tostring(port)
@@ -24,6 +27,7 @@ local function newTopology()
         masters = {},
         servers = {},
         stale = true,
+        nodeFailed = false,
         refreshing = false,
         refreshedAt = -math.huge,
         next = 0
@@ -100,7 +104,8 @@ end
 function ____exports.refresh(conf, id, who)
     local known = topologies[id]
     if known ~= nil then
-        if known.refreshing or ngx.now() - known.refreshedAt < MIN_REFRESH_INTERVAL then
+        local interval = known.nodeFailed and FAILED_NODE_REFRESH_INTERVAL or MIN_REFRESH_INTERVAL
+        if known.refreshing or ngx.now() - known.refreshedAt < interval then
             return nil
         end
         known.refreshing = true
@@ -126,6 +131,7 @@ function ____exports.refresh(conf, id, who)
     end
     if known ~= nil then
         known.refreshing = false
+        known.nodeFailed = false
         known.refreshedAt = ngx.now()
     end
     return "no redis cluster node answered CLUSTER SLOTS: " .. table.concat(errors, "; ")
@@ -195,6 +201,7 @@ function ____exports.nodeFailed(id)
     local topology = topologies[id]
     if topology ~= nil then
         topology.stale = true
+        topology.nodeFailed = true
     end
 end
 return ____exports

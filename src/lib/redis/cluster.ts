@@ -4,7 +4,10 @@
  * first time, the known masters afterwards). A MOVED reply fixes its slot at once and
  * marks the map stale; the next call refreshes the whole map (at most every
  * MIN_REFRESH_INTERVAL, one refresh at a time per worker), so a resharding or failover
- * costs one redirection per slot and worker, not one per request.
+ * costs one redirection per slot and worker, not one per request. After a node failed
+ * (a killed master: its slots are served by nobody until Redis promotes a replica) the
+ * map may be read again sooner, every FAILED_NODE_REFRESH_INTERVAL: the calls that fail
+ * meanwhile fail anyway, and the first one after the promotion finds the new master.
  */
 import { openAt, release, send, type Identity } from "./connection";
 import { SLOTS } from "./slot";
@@ -23,6 +26,8 @@ interface Topology {
   masters: Server[];
   servers: LuaTable<string, Server>;
   stale: boolean;
+  /** A node failed since the last refresh: the next one may come sooner. */
+  nodeFailed: boolean;
   refreshing: boolean;
   refreshedAt: number;
   /** Round robin over masters for calls without a key (PUBLISH, PING, subscribers). */
@@ -31,6 +36,11 @@ interface Topology {
 
 /** Seconds between two refreshes of one cluster's map in one worker. */
 const MIN_REFRESH_INTERVAL = 0.1;
+/**
+ * The same after a node failed: how long a worker may miss a promotion. At most 40
+ * CLUSTER SLOTS a second per worker, and only while calls fail.
+ */
+const FAILED_NODE_REFRESH_INTERVAL = 0.025;
 
 const topologies = new LuaTable<string, Topology>();
 
@@ -45,7 +55,7 @@ function serverOf(this: void, topology: Topology, host: string, port: number): S
 }
 
 function newTopology(this: void): Topology {
-  return { slots: new LuaTable(), masters: [], servers: new LuaTable(), stale: true, refreshing: false, refreshedAt: -math.huge, next: 0 };
+  return { slots: new LuaTable(), masters: [], servers: new LuaTable(), stale: true, nodeFailed: false, refreshing: false, refreshedAt: -math.huge, next: 0 };
 }
 
 /** Reads CLUSTER SLOTS from one node into a new topology, or says why it could not. */
@@ -105,7 +115,8 @@ export function refresh(this: void, conf: RedisConf, id: string, who: Identity):
   if (known !== undefined) {
     // One refresh at a time, and not more often than MIN_REFRESH_INTERVAL: during an
     // outage every failing call asks for one.
-    if (known.refreshing || ngx.now() - known.refreshedAt < MIN_REFRESH_INTERVAL) return undefined;
+    const interval = known.nodeFailed ? FAILED_NODE_REFRESH_INTERVAL : MIN_REFRESH_INTERVAL;
+    if (known.refreshing || ngx.now() - known.refreshedAt < interval) return undefined;
     known.refreshing = true;
   }
   const errors: string[] = [];
@@ -127,6 +138,7 @@ export function refresh(this: void, conf: RedisConf, id: string, who: Identity):
   }
   if (known !== undefined) {
     known.refreshing = false;
+    known.nodeFailed = false;
     known.refreshedAt = ngx.now();
   }
   return `no redis cluster node answered CLUSTER SLOTS: ${table.concat(errors, "; ")}`;
@@ -184,5 +196,8 @@ export function asked(this: void, id: string, host: string, port: number): Serve
 /** A node failed: the map may be out of date (a failover), read it again on the next call. */
 export function nodeFailed(this: void, id: string): void {
   const topology = topologies.get(id);
-  if (topology !== undefined) topology.stale = true;
+  if (topology !== undefined) {
+    topology.stale = true;
+    topology.nodeFailed = true;
+  }
 }
