@@ -9,7 +9,8 @@
  * map may be read again sooner, every FAILED_NODE_REFRESH_INTERVAL: the calls that fail
  * meanwhile fail anyway, and the first one after the promotion finds the new master.
  */
-import { openAt, release, send, type Identity } from "./connection";
+import { isOpen } from "./breaker";
+import { nodePool, openAt, release, send, type Identity } from "./connection";
 import { SLOTS } from "./slot";
 import type { ClusterNode, RedisConf } from "./schema";
 
@@ -89,14 +90,20 @@ function readSlots(this: void, conf: RedisConf, who: Identity, host: string, por
   return $multi(topology, undefined);
 }
 
-/** The known masters first (the cluster as it is now), then the configured seeds. */
-function candidates(this: void, conf: RedisConf, known: Topology | undefined): Server[] {
+/**
+ * The known masters first (the cluster as it is now), then the configured seeds; a master
+ * whose circuit is open (it hangs) last, so that a refresh does not wait for its timeout
+ * while another node can answer.
+ */
+function candidates(this: void, conf: RedisConf, who: Identity, known: Topology | undefined): Server[] {
   const out: Server[] = [];
+  const hung: Server[] = [];
   const seen = new LuaTable<string, boolean>();
   if (known !== undefined) {
     for (const server of known.masters) {
       seen.set(server.addr, true);
-      out.push(server);
+      if (isOpen(nodePool(conf, who, server.host, server.port))) hung.push(server);
+      else out.push(server);
     }
   }
   for (const seed of conf.cluster_nodes as ClusterNode[]) {
@@ -106,6 +113,7 @@ function candidates(this: void, conf: RedisConf, known: Topology | undefined): S
       out.push({ host: seed.ip, port: seed.port, addr });
     }
   }
+  for (const server of hung) out.push(server);
   return out;
 }
 
@@ -121,7 +129,7 @@ export function refresh(this: void, conf: RedisConf, id: string, who: Identity):
   }
   const errors: string[] = [];
   let fresh: Topology | undefined;
-  for (const server of candidates(conf, known)) {
+  for (const server of candidates(conf, who, known)) {
     const [topology, err] = readSlots(conf, who, server.host, server.port);
     if (topology !== undefined) {
       fresh = topology;
