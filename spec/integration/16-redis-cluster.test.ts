@@ -2,9 +2,9 @@
  * The suite on a real Redis Cluster (3 masters, 3 replicas, started here on loopback):
  * the key slot agrees across the Lua client, ioredis and CLUSTER KEYSLOT; the plugins'
  * key behaviours hold on the cluster (rate-limit exactly 37 of 300 across 2 gateways,
- * the cache stampede lock letting one request through, purge-all, ip-access list
- * changes; key-auth's revocations on a healthy cluster are in 05-redis-key-auth, which
- * runs them on both backends, and after a failover here); the
+ * redis-cache's purge-all, ip-access list changes; key-auth's revocations and the cache
+ * stampede lock on a healthy cluster are in 05-redis-key-auth and 07-redis-cache, which
+ * run them on both backends; key-auth's again here after a failover); the
  * slots of live counters move mid-traffic (MIGRATING/IMPORTING, MIGRATE, SETSLOT: ASK
  * then MOVED) with no failed request and no over-admission; and a replica takes over a
  * master (CLUSTER FAILOVER, then a killed master) mid-traffic, the gateways recovering
@@ -167,12 +167,14 @@ describe("plugins on the cluster", () => {
     expect([...perMaster.values()].every((n) => n > 0)).toBe(true);
   });
 
-  it("cache: 100 concurrent requests to a cold key with a slow upstream reach it once; purge-all empties it on every node", async () => {
+  // The stampede lock on a cluster: 07-redis-cache, which runs it on both backends.
+  it("cache: purge-all empties it on every node (the generation is on another slot than the entries)", async () => {
     const path = `/delay/${400 + (Date.now() % 50)}`;
-    const results = await Promise.all(Array.from({ length: 100 }, (_, i) => hit(`${(i % 2 === 0 ? gwA : gwB).proxyUrl}/stampede${path}`)));
-    expect(results.map((r) => r.status)).toEqual(Array(100).fill(200));
+    const first = await hit(`${gwA.proxyUrl}/stampede${path}`);
+    expect(first.headers["x-cache-status"]).toBe("Miss");
+    const cached = await Promise.all(Array.from({ length: 8 }, (_, i) => hit(`${(i % 2 === 0 ? gwA : gwB).proxyUrl}/stampede${path}`)));
+    expect(cached.map((r) => r.headers["x-cache-status"])).toEqual(Array(8).fill("Hit"));
     expect((await demoHits())[path]).toBe(1);
-    expect(results.filter((r) => r.headers["x-cache-status"] === "Miss")).toHaveLength(1);
     expect((await fetch(`${gwA.adminUrl}/redis-cache`, { method: "DELETE" })).status).toBe(204);
     // The generation lives on another slot than the entries: both gateways read it in their lookups.
     await sleep(50);
@@ -406,6 +408,9 @@ describe("failover mid-traffic", () => {
       const recent = run.statuses.filter((s) => s.at > Date.now() - 300);
       return Date.now() - killedAt > 500 && recent.length > 5 && recent.every((s) => s.status === 200);
     }, 20_000);
+    // Traffic goes on a little: every request sent from now on must succeed.
+    const recoveredAt = Date.now();
+    await sleep(300);
     const statuses = await run.stop();
     await promoted;
     replica.disconnect();
@@ -419,7 +424,9 @@ describe("failover mid-traffic", () => {
     // < 2 s goal): Redis needs it to mark the master failed, then 500-1000 ms of election
     // delay of its own before the replica takes over.
     console.log(`cluster failover (master killed, cluster-node-timeout 1000 ms, not lowered): ${failures.length} of ${statuses.length} requests failed; end to end ${recovery} ms = (a) kill to Redis's promotion of the replica ${promotedAt - killedAt} ms + (b) promotion to the gateways answering again ${afterPromotion} ms (negative: within the 10 ms poll of the promotion); counter ${counted} for ${admitted} admitted (${admitted - counted} increments lost with the master: what a limit can over-admit by)`);
-    expect(statuses.slice(-20).every((s) => s.status === 200)).toBe(true);
+    const sentAfter = statuses.filter((s) => s.at - s.ms >= recoveredAt);
+    expect(sentAfter.length).toBeGreaterThan(5);
+    expect(sentAfter.filter((s) => s.status !== 200)).toEqual([]);
     // (b) is the gateways' part: a failed node marks the slot map stale and the next call
     // reads it again (at most every 100 ms per worker), so they follow a promotion within a
     // few calls, not a periodic refresh later. 1.5 s of margin for a loaded machine.
