@@ -19,6 +19,11 @@ export const FIXTURE_LUA_PATH = join(ROOT, "spec", "fixtures", "lua", "?.lua");
 
 const stops: (() => Promise<void>)[] = [];
 
+/** Runs `stop` in stopAll() (last registered, first run): for what a helper builds on these services. */
+export function onStop(stop: () => Promise<void>): void {
+  stops.push(stop);
+}
+
 export async function stopAll(): Promise<void> {
   while (stops.length > 0) await stops.pop()!().catch(() => undefined);
 }

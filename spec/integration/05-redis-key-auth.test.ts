@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createKey, hashKey, newKey as newApiKey, recordKey, revokeKey, withScripts, type KeysRedis } from "../../src/cli/keys.js";
+import { BACKENDS, redisBackend, type RedisBackend } from "../helpers/backends.js";
 import { ROOT, gateway, getJson, startRedis, stopAll, tempDir, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
 
 const ALICE = "8a6a4f9e-1d1b-4a53-9d07-0a1f2b3c4d01";
@@ -33,11 +34,12 @@ const consumers = [
   { id: ANON, username: "anonymous-user" },
 ];
 
-function plugin(redisPort: number, config: Record<string, unknown> = {}) {
-  return { name: "redis-key-auth", config: { redis: { port: redisPort }, ...config } };
+/** `redis`: a port on loopback, or the `config.redis` fields of a backend. */
+function plugin(redis: number | object, config: Record<string, unknown> = {}) {
+  return { name: "redis-key-auth", config: { redis: typeof redis === "number" ? { port: redis } : redis, ...config } };
 }
 
-function mainConfig(redisPort: number) {
+function mainConfig(redisPort: number | object) {
   const route = (name: string, config: Record<string, unknown> = {}) => ({ name, paths: [`/${name}`], plugins: [plugin(redisPort, config)] });
   return {
     _format_version: "3.0",
@@ -63,8 +65,8 @@ function mainConfig(redisPort: number) {
   };
 }
 
-async function newKey(input: { consumer?: string; consumerId?: string; ttl?: number } = {}): Promise<{ id: string; key: string; expiresAt: number }> {
-  const created = await createKey(redis, { consumer: input.consumer ?? "alice", consumerId: input.consumerId, ttl: input.ttl });
+async function newKey(input: { consumer?: string; consumerId?: string; ttl?: number } = {}, on: KeysRedis = redis): Promise<{ id: string; key: string; expiresAt: number }> {
+  const created = await createKey(on, { consumer: input.consumer ?? "alice", consumerId: input.consumerId, ttl: input.ttl });
   createdKeys.push(created.key);
   return created;
 }
@@ -383,23 +385,53 @@ describe("expiry", () => {
   });
 });
 
-describe("revocation", () => {
+/**
+ * The same on one Redis and on a Redis Cluster (spec/helpers/backends.ts), where the
+ * workers subscribe on different masters and the key's {k} slot is on one of them.
+ */
+describe.each(BACKENDS)("revocation (%s redis)", (kind) => {
+  const on = {} as { gw: TestGateway; gw2: TestGateway; redis: KeysRedis; backend?: RedisBackend };
+  beforeAll(async () => {
+    if (kind === "single") {
+      Object.assign(on, { gw, gw2, redis });
+      return;
+    }
+    const backend = await redisBackend(kind);
+    const [a, b] = await Promise.all([gateway(mainConfig(backend.redis)), gateway(mainConfig(backend.redis))]);
+    Object.assign(on, { gw: a, gw2: b, redis: withScripts(backend.client as Redis), backend });
+    await waitFor("4 subscribed workers", async () => (await backend.subscribers(CHANNEL)) >= 4, 10_000);
+  }, 90_000);
+
+  afterAll(async () => {
+    if (kind === "single") return;
+    for (const g of [on.gw, on.gw2]) {
+      const log = g.errorLog().join("\n");
+      for (const key of createdKeys) expect(log).not.toContain(key);
+      expect(g.unexpectedErrors()).toEqual([]);
+    }
+    await Promise.all([on.gw.stop(), on.gw2.stop()]);
+  });
+
+  const lookups = () => (on.backend !== undefined ? on.backend.commandCalls(["hgetall"]) : hgetallCalls(redis));
+
   async function statuses(g: TestGateway, key: string, n: number): Promise<number[]> {
     return Promise.all(Array.from({ length: n }, async () => (await raw(`${g.proxyUrl}/longcache/anything`, { headers: { apikey: key } })).status));
   }
 
   /** Until every worker of both gateways has the key cached (no more HGETALL for it). */
   async function warm(key: string): Promise<void> {
+    const { gw, gw2 } = on;
     await waitFor("both gateways to cache the key", async () => {
       await Promise.all([statuses(gw, key, 10), statuses(gw2, key, 10)]);
-      const before = await hgetallCalls(redis);
+      const before = await lookups();
       const all = [...(await statuses(gw, key, 20)), ...(await statuses(gw2, key, 20))];
       expect(all.every((s) => s === 200)).toBe(true);
-      return (await hgetallCalls(redis)) === before;
+      return (await lookups()) === before;
     }, 10_000);
   }
 
   async function propagation(key: string, revoke: () => Promise<void>): Promise<number> {
+    const { gw, gw2 } = on;
     await warm(key);
     await revoke();
     const started = Date.now();
@@ -415,21 +447,21 @@ describe("revocation", () => {
   }
 
   it("revoked from the CLI side (by key): refused on every worker of a second gateway within a second", async () => {
-    const { key } = await newKey();
+    const { key } = await newKey({}, on.redis);
     const elapsed = await propagation(key, async () => {
-      expect(await revokeKey(redis, key)).toBeDefined();
+      expect(await revokeKey(on.redis, key)).toBeDefined();
     });
-    console.log(`revocation (CLI, by key) seen by every worker of 2 gateways after ${elapsed} ms`);
+    console.log(`${kind} redis: revocation (CLI, by key) seen by every worker of 2 gateways after ${elapsed} ms`);
     expect(elapsed).toBeLessThan(1000);
   });
 
   it("revoked through the Admin API (by id): refused everywhere within a second", async () => {
-    const { key, id } = await newKey();
+    const { key, id } = await newKey({}, on.redis);
     const elapsed = await propagation(key, async () => {
-      const res = await fetch(`${gw.adminUrl}/redis-key-auth/keys/${id}`, { method: "DELETE" });
+      const res = await fetch(`${on.gw.adminUrl}/redis-key-auth/keys/${id}`, { method: "DELETE" });
       expect(res.status).toBe(204);
     });
-    console.log(`revocation (Admin API, by id) seen by every worker of 2 gateways after ${elapsed} ms`);
+    console.log(`${kind} redis: revocation (Admin API, by id) seen by every worker of 2 gateways after ${elapsed} ms`);
     expect(elapsed).toBeLessThan(1000);
   });
 });

@@ -16,6 +16,7 @@ import { createServer, type Server } from "node:http";
 import { connect, createServer as createTcpServer, type AddressInfo, type Server as TcpServer, type Socket } from "node:net";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { BACKENDS, redisBackend } from "../helpers/backends.js";
 import { freePort, gateway, startRedis, stopAll, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -98,6 +99,7 @@ let origin: Origin;
 let demoHits: () => Promise<Record<string, number>>;
 let gwA: TestGateway;
 let gwB: TestGateway;
+let demoUrl: string;
 /** One worker: every request sees the same L1. */
 let gw1: TestGateway;
 let seq = 0;
@@ -121,6 +123,7 @@ beforeAll(async () => {
   control = new Redis({ port: redis.port });
   origin = await startOrigin();
   const demo = await upstream();
+  demoUrl = `http://127.0.0.1:${demo.port}`;
   demoHits = async () => (await (await fetch(`http://127.0.0.1:${demo.port}/__hits`)).json()) as Record<string, number>;
   const config = {
     _format_version: "3.0",
@@ -731,11 +734,33 @@ describe("the cache key", () => {
   });
 });
 
-describe("stampede lock", () => {
+/** The same on one Redis and on a Redis Cluster (spec/helpers/backends.ts). */
+describe.each(BACKENDS)("stampede lock across nodes (%s redis)", (kind) => {
+  const on = {} as { gwA: TestGateway; gwB: TestGateway };
+  beforeAll(async () => {
+    if (kind === "single") {
+      Object.assign(on, { gwA, gwB });
+      return;
+    }
+    const backend = await redisBackend(kind);
+    const config = {
+      _format_version: "3.0",
+      services: [{ name: "demo", url: demoUrl, routes: [{ name: "stampede", paths: ["/stampede"], plugins: [{ name: "redis-cache", config: { redis: backend.redis } }] }] }],
+    };
+    const [a, b] = await Promise.all([gateway(config), gateway(config)]);
+    Object.assign(on, { gwA: a, gwB: b });
+  }, 90_000);
+
+  afterAll(async () => {
+    if (kind === "single") return;
+    for (const g of [on.gwA, on.gwB]) expect(g.unexpectedErrors()).toEqual([]);
+    await Promise.all([on.gwA.stop(), on.gwB.stop()]);
+  });
+
   it("100 concurrent requests to a cold key with a slow upstream reach it once (2 nodes x 2 workers)", async () => {
     const before = (await demoHits())["/delay/500"] ?? 0;
     const results = await Promise.all(
-      Array.from({ length: 100 }, (_, i) => get("/stampede/delay/500", {}, i % 2 === 0 ? gwA : gwB)),
+      Array.from({ length: 100 }, (_, i) => get("/stampede/delay/500", {}, i % 2 === 0 ? on.gwA : on.gwB)),
     );
     expect(results.map((r) => r.status)).toEqual(Array(100).fill(200));
     expect(((await demoHits())["/delay/500"] ?? 0) - before).toBe(1);
@@ -745,7 +770,9 @@ describe("stampede lock", () => {
     expect(new Set(results.map((r) => r.key)).size).toBe(1);
     expect(new Set(results.map((r) => r.text)).size).toBe(1);
   });
+});
 
+describe("stampede lock", () => {
   it("30 concurrent misses on one key of one worker (with L1) reach the upstream once", async () => {
     const id = uniq("one-worker");
     const results = await Promise.all(Array.from({ length: 30 }, () => get(`/basic/${id}?delay=300`, {}, gw1)));

@@ -4,7 +4,8 @@
  * token sources (query, cookie, Bearer header, several tokens); bad input refused with
  * Kong's reasons and no error log; the Admin API and `krs jwt` (credentials, JWKS import
  * with rotation, revocations, test tokens); revocations seen by every worker of a second
- * gateway (delay measured), the subject marker, a revocation entry expiring exactly at
+ * gateway (delay measured) and a credential's change too, on a single Redis and on a
+ * Redis Cluster (the same spec body, spec/helpers/backends.ts), the subject marker, a revocation entry expiring exactly at
  * the token's exp, no key without a TTL except credentials; the warm path with no Redis
  * call; Redis down.
  */
@@ -16,7 +17,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createCredential, CREDENTIALS_KEY, importJwks, revoke, signToken, tokenRevocationKey, withScripts, type Algorithm, type JwtRedis } from "../../src/cli/jwt.js";
 import type { UpstreamServer } from "../../src/cli/upstream.js";
 import { runKrs } from "../helpers/krs-main.js";
-import { gateway, startRedis, stopAll, tempDir, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
+import { BACKENDS, redisBackend } from "../helpers/backends.js";
+import { gateway, stopAll, tempDir, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
 
 const ENCRYPTION_KEY = "test-encryption-key-0123456789";
 const ALICE = "9f1c2d3e-4b5a-4c6d-8e7f-a1b2c3d4e5f6";
@@ -33,8 +35,8 @@ let up: UpstreamServer;
 let gw: TestGateway;
 let gw2: TestGateway;
 
-function config(redisPort: number) {
-  const plugin = (extra: Record<string, unknown> = {}) => [{ name: "redis-jwt", config: { redis: { port: redisPort }, credential_encryption_key: ENCRYPTION_KEY, ...extra } }];
+function config(redisFields: object) {
+  const plugin = (extra: Record<string, unknown> = {}) => [{ name: "redis-jwt", config: { redis: redisFields, credential_encryption_key: ENCRYPTION_KEY, ...extra } }];
   const route = (name: string, extra: Record<string, unknown> = {}) => ({ name, paths: [`/${name}`], plugins: plugin(extra) });
   return {
     _format_version: "3.0",
@@ -75,8 +77,8 @@ async function get(url: string, headers: Record<string, string> = {}, method = "
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
 const now = () => Math.floor(Date.now() / 1000);
 
-async function hs256(key: string, secret = `secret-of-${key}`) {
-  await createCredential(redis, { consumer: "alice", key, algorithm: "HS256", secret, encryptionKey: ENCRYPTION_KEY });
+async function hs256(key: string, secret = `secret-of-${key}`, on: JwtRedis = redis) {
+  await createCredential(on, { consumer: "alice", key, algorithm: "HS256", secret, encryptionKey: ENCRYPTION_KEY });
   return (claims: Record<string, unknown> = {}, header: Record<string, unknown> = {}) => signToken("HS256", secret, { iss: key, exp: now() + 600, ...claims }, header);
 }
 
@@ -129,15 +131,15 @@ async function everyWorker(url: string, headers: Record<string, string>, n = 16)
 }
 
 beforeAll(async () => {
-  redisServer = await startRedis();
-  redis = withScripts(new Redis({ port: redisServer.port, lazyConnect: false }));
+  const single = await redisBackend("single");
+  redisServer = single.server!;
+  redis = withScripts(single.client as Redis);
   up = await upstream();
-  gw = await gateway(config(redisServer.port));
-  gw2 = await gateway(config(redisServer.port));
+  gw = await gateway(config(single.redis));
+  gw2 = await gateway(config(single.redis));
 }, 60_000);
 
 afterAll(async () => {
-  redis?.disconnect();
   await stopAll();
 });
 
@@ -317,12 +319,8 @@ describe("Admin API and krs jwt", () => {
     expect(((await ecForRs.json()) as { message: string }).message).toBe("rsa_public_key: RS256 needs an RSA key, got EC");
     expect((await post({ key: "admin-hs", secret: "x", consumer: "alice" })).status).toBe(409);
     expect((await post({ key: "nobody", secret: "x", consumer: "nobody" })).status).toBe(400);
-    // Deleting reaches every worker of both gateways through pub/sub.
-    const token = signToken("HS256", "admin-secret", { iss: "admin-hs", exp: now() + 60 });
-    expect(await everyWorker(`${gw2.proxyUrl}/jwt`, bearer(token))).not.toContain(401);
+    // That deleting reaches every worker of a second gateway: "changes reach every worker" below.
     expect((await fetch(`${gw.adminUrl}/redis-jwt/credentials/admin-hs`, { method: "DELETE" })).status).toBe(204);
-    await new Promise((r) => setTimeout(r, 200));
-    expect(new Set(await everyWorker(`${gw2.proxyUrl}/jwt`, bearer(token)))).toEqual(new Set([401]));
     expect((await fetch(`${gw.adminUrl}/redis-jwt/credentials/admin-hs`, { method: "DELETE" })).status).toBe(404);
     expect(gw.unexpectedErrors()).toEqual([]);
   });
@@ -390,37 +388,6 @@ describe("Admin API and krs jwt", () => {
 
 
 describe("revocation", () => {
-  it("a revoked token is refused by every worker of a second gateway within 1 s (measured), and its entry expires exactly at exp", async () => {
-    const sign = await hs256("revocation");
-    const exp = now() + 120;
-    const token = sign({ jti: "jti-revoke-1", exp });
-    expect(await everyWorker(`${gw2.proxyUrl}/jwt`, bearer(token))).not.toContain(401);
-    const started = performance.now();
-    const res = await fetch(`${gw.adminUrl}/redis-jwt/revocations`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ jti: "jti-revoke-1", exp }) });
-    expect(res.status).toBe(201);
-    expect(await res.json()).toEqual({ jti: "jti-revoke-1", expires_at: exp });
-    let delay = -1;
-    for (let i = 0; i < 200; i++) {
-      const statuses = await Promise.all([0, 1, 2, 3].map(() => get(`${gw2.proxyUrl}/jwt`, bearer(token)).then((r) => r.status)));
-      if (statuses.every((s) => s === 401)) {
-        delay = performance.now() - started;
-        break;
-      }
-      await new Promise((r) => setTimeout(r, 5));
-    }
-    console.log(`revocation seen on the second gateway after ${delay.toFixed(1)} ms`);
-    expect(delay).toBeGreaterThanOrEqual(0);
-    expect(delay).toBeLessThan(1000);
-    expect(new Set(await everyWorker(`${gw2.proxyUrl}/jwt`, bearer(token)))).toEqual(new Set([401]));
-    expect((await get(`${gw2.proxyUrl}/jwt`, bearer(token))).json()).toEqual({ message: "Token revoked" });
-    expect(await redis.call("EXPIRETIME", tokenRevocationKey("jti-revoke-1"))).toBe(exp);
-    // clock_skew of the revoking instance would be added; a jti without exp gets revocation_max_ttl.
-    await revoke(redis, { jti: "no-exp" });
-    const ttl = await redis.ttl(tokenRevocationKey("no-exp"));
-    expect(ttl).toBeGreaterThan(2592000 - 5);
-    expect(ttl).toBeLessThanOrEqual(2592000);
-  });
-
   it("a token without jti is revoked by its SHA-256; an expired one needs no entry", async () => {
     const sign = await hs256("revocation-hash");
     const token = sign({ exp: now() + 60 });
@@ -493,6 +460,81 @@ describe("revocation", () => {
       if (k === CREDENTIALS_KEY) expect(ttl).toBe(-1);
       else expect(ttl, k).toBeGreaterThan(0);
     }
+  });
+});
+
+/**
+ * What must hold on every Redis a gateway may use: the same body on one server and on a
+ * Redis Cluster, where the revocation keys ({r}), the credentials ({c}) and each worker's
+ * subscription may be on three different masters.
+ */
+describe.each(BACKENDS)("changes reach every worker of a second gateway (%s redis)", (kind) => {
+  const on = {} as { redis: JwtRedis; gw: TestGateway; gw2: TestGateway };
+  beforeAll(async () => {
+    if (kind === "single") {
+      Object.assign(on, { redis, gw, gw2 });
+      return;
+    }
+    const backend = await redisBackend(kind);
+    const [a, b] = await Promise.all([gateway(config(backend.redis)), gateway(config(backend.redis))]);
+    Object.assign(on, { redis: withScripts(backend.client), gw: a, gw2: b });
+    // Every worker's subscription is up before a change is published (on whichever node each chose).
+    for (let i = 0; i < 300 && (await backend.subscribers("krs:redis-jwt:v1:invalidations")) < 4; i++) await new Promise((r) => setTimeout(r, 50));
+    expect(await backend.subscribers("krs:redis-jwt:v1:invalidations")).toBeGreaterThanOrEqual(4);
+  }, 90_000);
+
+  afterAll(() => {
+    if (kind === "single") return;
+    for (const g of [on.gw, on.gw2]) expect(g.unexpectedErrors()).toEqual([]);
+  });
+
+  it("a revoked token is refused by every worker of a second gateway within 1 s (measured), and its entry expires exactly at exp", async () => {
+    const { redis, gw, gw2 } = on;
+    const sign = await hs256(`revocation-${kind}`, undefined, redis);
+    const exp = now() + 120;
+    const jtiRevoked = `jti-revoke-${kind}`;
+    const token = sign({ jti: jtiRevoked, exp });
+    expect(await everyWorker(`${gw2.proxyUrl}/jwt`, bearer(token))).not.toContain(401);
+    const started = performance.now();
+    const res = await fetch(`${gw.adminUrl}/redis-jwt/revocations`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ jti: jtiRevoked, exp }) });
+    expect(res.status).toBe(201);
+    expect(await res.json()).toEqual({ jti: jtiRevoked, expires_at: exp });
+    let delay = -1;
+    for (let i = 0; i < 200; i++) {
+      const statuses = await Promise.all([0, 1, 2, 3].map(() => get(`${gw2.proxyUrl}/jwt`, bearer(token)).then((r) => r.status)));
+      if (statuses.every((s) => s === 401)) {
+        delay = performance.now() - started;
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    console.log(`${kind} redis: revocation seen on the second gateway after ${delay.toFixed(1)} ms`);
+    expect(delay).toBeGreaterThanOrEqual(0);
+    expect(delay).toBeLessThan(1000);
+    expect(new Set(await everyWorker(`${gw2.proxyUrl}/jwt`, bearer(token)))).toEqual(new Set([401]));
+    expect((await get(`${gw2.proxyUrl}/jwt`, bearer(token))).json()).toEqual({ message: "Token revoked" });
+    expect(await redis.call("EXPIRETIME", tokenRevocationKey(jtiRevoked))).toBe(exp);
+    // clock_skew of the revoking instance would be added; a jti without exp gets revocation_max_ttl.
+    await revoke(redis, { jti: `no-exp-${kind}` });
+    const ttl = await redis.ttl(tokenRevocationKey(`no-exp-${kind}`));
+    expect(ttl).toBeGreaterThan(2592000 - 5);
+    expect(ttl).toBeLessThanOrEqual(2592000);
+  });
+
+  it("a credential created through one gateway's Admin API verifies on every worker of the other; deleted there, it is refused by each", async () => {
+    const { gw, gw2 } = on;
+    const key = `changing-${kind}`;
+    const secret = `secret-of-${key}`;
+    const token = signToken("HS256", secret, { iss: key, exp: now() + 60 });
+    // Unknown first: every worker of gw2 has looked it up (and found nothing) before it exists.
+    expect(new Set(await everyWorker(`${gw2.proxyUrl}/jwt`, bearer(token)))).toEqual(new Set([401]));
+    const post = await fetch(`${gw.adminUrl}/redis-jwt/credentials`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ key, algorithm: "HS256", secret, consumer: "alice" }) });
+    expect(post.status).toBe(201);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(new Set(await everyWorker(`${gw2.proxyUrl}/jwt`, bearer(token)))).toEqual(new Set([200]));
+    expect((await fetch(`${gw.adminUrl}/redis-jwt/credentials/${key}`, { method: "DELETE" })).status).toBe(204);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(new Set(await everyWorker(`${gw2.proxyUrl}/jwt`, bearer(token)))).toEqual(new Set([401]));
   });
 });
 

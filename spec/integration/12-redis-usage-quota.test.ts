@@ -1,14 +1,17 @@
 /**
- * redis-usage quotas through 2 real gateways x 2 workers on one Redis: `exact` admits
+ * redis-usage quotas through 2 real gateways x 2 workers, on one Redis and on a Redis
+ * Cluster (the same body, spec/helpers/backends.ts; a consumer's counters and quota
+ * override share its hash tag, the route's and service's are on other slots): `exact` admits
  * exactly the quota across both nodes; `batched` overshoots by at most its documented
  * bound (what all nodes admit in two flush intervals plus two timer ticks), measured and
  * printed; Kong-style headers, Retry-After to the next bucket, quota_status; per-consumer
  * overrides through the Admin API; Redis commands per request in batched mode.
  */
 import { Agent, request as httpRequest, type IncomingHttpHeaders } from "node:http";
-import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { gateway, startRedis, stopAll, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
+import { BACKENDS, redisBackend, type RedisBackend } from "../helpers/backends.js";
+import { gateway, stopAll, upstream, type TestGateway } from "../helpers/services.js";
+import type { UpstreamServer } from "../../src/cli/upstream.js";
 
 interface Res {
   status: number;
@@ -48,24 +51,17 @@ const BATCH_FLUSH_MS = 250;
 /** The flush timer's tick (meter.ts TICK). */
 const TICK_MS = 50;
 
-let redis: RedisServer;
-let control: Redis;
-let gwA: TestGateway;
-let gwB: TestGateway;
-
-const commandCalls = async (): Promise<number> => {
-  const info = await control.info("commandstats");
-  let total = 0;
-  // Commands a client sent (scripts count once; the commands they run inside are not round trips).
-  for (const m of info.matchAll(/cmdstat_([a-z|]+):calls=(\d+)/g)) if (m[1] === "evalsha" || m[1] === "eval") total += Number(m[2]);
-  return total;
-};
+let up: UpstreamServer;
 
 beforeAll(async () => {
-  const up = await upstream();
-  redis = await startRedis();
-  control = new Redis({ port: redis.port });
-  const r = { port: redis.port };
+  up = await upstream();
+});
+
+afterAll(async () => {
+  await stopAll();
+});
+
+function configFor(r: object) {
   const route = (name: string, config: Record<string, unknown>) => ({
     name,
     paths: [`/${name}`],
@@ -86,15 +82,27 @@ beforeAll(async () => {
     }],
     consumers: ["ex1", "bt1", "ov1", "ov2", "quiet"].map((username) => ({ username })),
   };
-  [gwA, gwB] = await Promise.all([gateway(config, { workers: 2 }), gateway(config, { workers: 2 })]);
-}, 60_000);
+  return config;
+}
 
-afterAll(async () => {
-  control?.disconnect();
-  await stopAll();
-});
+describe.each(BACKENDS)("quotas (%s redis)", (kind) => {
+  let backend: RedisBackend;
+  let gwA: TestGateway;
+  let gwB: TestGateway;
+  // Commands a client sent (scripts count once; the commands they run inside are not round trips).
+  const commandCalls = () => backend.commandCalls(["evalsha", "eval"]);
 
-describe("quotas", () => {
+  beforeAll(async () => {
+    backend = await redisBackend(kind);
+    const config = configFor(backend.redis);
+    [gwA, gwB] = await Promise.all([gateway(config, { workers: 2 }), gateway(config, { workers: 2 })]);
+  }, 90_000);
+
+  // The next backend's gateways get the cores.
+  afterAll(async () => {
+    await Promise.all([gwA?.stop(), gwB?.stop()]);
+  });
+
   it("exact: 300 concurrent requests over 2 nodes x 2 workers admit exactly the quota of 50", async () => {
     const res = await load(300, 48, (i) => hit(`${(i % 2 === 0 ? gwA : gwB).proxyUrl}/exact`, { "X-Consumer": "ex1" }));
     expect(res.filter((r) => r.status === 200)).toHaveLength(50);
@@ -133,8 +141,8 @@ describe("quotas", () => {
     // Every admitted request is counted against the quota in Redis, exactly.
     await sleep(BATCH_FLUSH_MS * 2 + 300);
     const day = new Date().toISOString().slice(0, 10).replace(/-/g, "");
-    expect(Number(await control.hget(`krs:redis-usage:v1:{consumer:bt1}:d:${day}`, "quota_requests"))).toBe(admitted);
-    expect(Number(await control.hget(`krs:redis-usage:v1:{consumer:bt1}:d:${day}`, "requests"))).toBe(res.length);
+    expect(Number(await backend.client.hget(`krs:redis-usage:v1:{consumer:bt1}:d:${day}`, "quota_requests"))).toBe(admitted);
+    expect(Number(await backend.client.hget(`krs:redis-usage:v1:{consumer:bt1}:d:${day}`, "requests"))).toBe(res.length);
   });
 
   it("a per-consumer override set through the Admin API wins: quota_status 402 with the month headers and Retry-After to next month", async () => {

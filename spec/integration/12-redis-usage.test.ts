@@ -1,7 +1,7 @@
 /**
  * redis-usage metering through real gateways on one real Redis: 10,000 requests over 2
  * gateways x 2 workers and several consumers and routes counted exactly after one flush
- * interval, through a config change (POST /config), an nginx reload (SIGHUP) and a Redis
+ * interval (on a Redis Cluster too: the same body, spec/helpers/backends.ts), through a config change (POST /config), an nginx reload (SIGHUP) and a Redis
  * restart in the middle; the log phase making no Redis call (INFO commandstats: one
  * pipelined flush per interval); bytes really sent (chunked bodies), the cost sources and
  * bad cost headers; the key of an awkward consumer name; TTLs on every key.
@@ -10,10 +10,12 @@ import { readFileSync } from "node:fs";
 import { Agent, createServer, request as httpRequest, type IncomingHttpHeaders, type Server } from "node:http";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
-import { Redis } from "ioredis";
+import { Redis, type Cluster } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runKrs } from "../helpers/krs-main.js";
+import { BACKENDS, redisBackend } from "../helpers/backends.js";
 import { gateway, startRedis, stopAll, tempDir, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
+import type { UpstreamServer } from "../../src/cli/upstream.js";
 
 interface Res {
   status: number;
@@ -82,6 +84,15 @@ let gwB: TestGateway;
 let costUpstream: Server;
 let costPort: number;
 let config: Record<string, unknown>;
+let up: UpstreamServer;
+
+/** The gateways and the Redis a test meters on: the file's own (single), or a cluster's. */
+interface On {
+  gwA: TestGateway;
+  gwB: TestGateway;
+  control: Redis | Cluster;
+}
+const main = (): On => ({ gwA, gwB, control });
 
 /** The current UTC day and month ids, as the gateway names its buckets. */
 function buckets(now = new Date()): { day: string; month: string } {
@@ -89,9 +100,9 @@ function buckets(now = new Date()): { day: string; month: string } {
   return { day: iso.slice(0, 10).replace(/-/g, ""), month: iso.slice(0, 7).replace("-", "") };
 }
 
-async function counters(tag: string, period: "d" | "m" = "d"): Promise<Record<string, string>> {
+async function counters(tag: string, period: "d" | "m" = "d", on: On = main()): Promise<Record<string, string>> {
   const b = buckets();
-  return control.hgetall(`krs:redis-usage:v1:{${tag}}:${period}:${period === "d" ? b.day : b.month}`);
+  return on.control.hgetall(`krs:redis-usage:v1:{${tag}}:${period}:${period === "d" ? b.day : b.month}`);
 }
 
 /** Waits (bounded) until `check` holds; returns its last value. */
@@ -105,16 +116,40 @@ async function eventually<T>(read: () => Promise<T>, check: (v: T) => boolean, m
   return v;
 }
 
-function usageRoute(name: string, usage: Record<string, unknown>, auth = true) {
+function usageRoute(redisFields: object, name: string, usage: Record<string, unknown>, auth = true) {
   return {
     name,
     paths: [`/${name}`],
-    plugins: [...(auth ? [{ name: "krs-test-auth" }] : []), { name: "redis-usage", config: { flush_interval: FLUSH_MS, redis: { port: redis.port }, ...usage } }],
+    plugins: [...(auth ? [{ name: "krs-test-auth" }] : []), { name: "redis-usage", config: { flush_interval: FLUSH_MS, redis: redisFields, ...usage } }],
+  };
+}
+
+function configFor(redisFields: object): Record<string, unknown> {
+  const route = (name: string, usage: Record<string, unknown>, auth = true) => usageRoute(redisFields, name, usage, auth);
+  return {
+    _format_version: "3.0",
+    services: [
+      {
+        name: "usage-svc",
+        url: `http://127.0.0.1:${up.port}/anything`,
+        routes: [route("metered-a", {}), route("metered-b", {}), route("anonymous", { fallback: "ip" }, false), route("nobody", { fallback: "none" }, false)],
+      },
+      {
+        name: "cost-svc",
+        url: `http://127.0.0.1:${costPort}`,
+        routes: [
+          route("cost-header", { cost: 7, cost_header: "X-Usage-Cost" }),
+          route("cost-shown", { cost_header: "X-Usage-Cost", hide_cost_header: false }),
+          route("per-kb", { cost_per_kb: 3 }),
+        ],
+      },
+    ],
+    consumers: [...PREFIXES.flatMap((p) => CONSUMERS.map((c) => p + c)), "eve", "frank", "x{y}:z", "k".repeat(1024)].map((username) => ({ username })),
   };
 }
 
 beforeAll(async () => {
-  const up = await upstream();
+  up = await upstream();
   redisDir = tempDir("usage-redis");
   redis = await startRedis(["--appendonly", "yes", "--appendfsync", "always", "--dir", redisDir]);
   control = new Redis({ port: redis.port });
@@ -141,26 +176,7 @@ beforeAll(async () => {
   });
   await new Promise<void>((r) => costUpstream.listen(0, "127.0.0.1", r));
   costPort = (costUpstream.address() as { port: number }).port;
-  config = {
-    _format_version: "3.0",
-    services: [
-      {
-        name: "usage-svc",
-        url: `http://127.0.0.1:${up.port}/anything`,
-        routes: [usageRoute("metered-a", {}), usageRoute("metered-b", {}), usageRoute("anonymous", { fallback: "ip" }, false), usageRoute("nobody", { fallback: "none" }, false)],
-      },
-      {
-        name: "cost-svc",
-        url: `http://127.0.0.1:${costPort}`,
-        routes: [
-          usageRoute("cost-header", { cost: 7, cost_header: "X-Usage-Cost" }),
-          usageRoute("cost-shown", { cost_header: "X-Usage-Cost", hide_cost_header: false }),
-          usageRoute("per-kb", { cost_per_kb: 3 }),
-        ],
-      },
-    ],
-    consumers: [...PREFIXES.flatMap((p) => CONSUMERS.map((c) => p + c)), "eve", "frank", "x{y}:z", "k".repeat(1024)].map((username) => ({ username })),
-  };
+  config = configFor({ port: redis.port });
   [gwA, gwB] = await Promise.all([gateway(config, { workers: 2 }), gateway(config, { workers: 2 })]);
 }, 60_000);
 
@@ -171,7 +187,8 @@ afterAll(async () => {
 });
 
 /** Sends `count` requests spread over both gateways, the metered routes and CONSUMERS; returns the expected counts. */
-async function meteredLoad(count: number, tagPrefix: string, during?: (sent: () => number) => Promise<void>) {
+async function meteredLoad(count: number, tagPrefix: string, during?: (sent: () => number) => Promise<void>, on: On = main()) {
+  const { gwA, gwB } = on;
   const expected = new Map<string, number>();
   const bump = (k: string) => expected.set(k, (expected.get(k) ?? 0) + 1);
   let sent = 0;
@@ -206,32 +223,56 @@ describe("metering", () => {
 });
 
 /** The counters' requests of every tag in `expected`, read once. */
-async function requestsOf(tags: Iterable<string>): Promise<Map<string, number>> {
+async function requestsOf(tags: Iterable<string>, on: On): Promise<Map<string, number>> {
   const out = new Map<string, number>();
-  for (const tag of tags) out.set(tag, Number((await counters(tag)).requests ?? 0));
+  for (const tag of tags) out.set(tag, Number((await counters(tag, "d", on)).requests ?? 0));
   return out;
 }
 
 /** Runs meteredLoad and checks every consumer, route and service counter moved by exactly what was answered. */
-async function exactAfterLoad(count: number, prefix: string, during?: (sent: () => number) => Promise<void>, settleMs = FLUSH_MS + 500) {
+async function exactAfterLoad(count: number, prefix: string, during?: (sent: () => number) => Promise<void>, settleMs = FLUSH_MS + 500, on: On = main()) {
   const shared = ["route:metered-a", "route:metered-b", "service:usage-svc"];
-  const before = await requestsOf(shared);
-  const { expected, statuses } = await meteredLoad(count, prefix, during);
+  const before = await requestsOf(shared, on);
+  const { expected, statuses } = await meteredLoad(count, prefix, during, on);
   expect(statuses.filter((s) => s !== 200)).toEqual([]);
   await sleep(settleMs);
-  const after = await requestsOf(expected.keys());
+  const after = await requestsOf(expected.keys(), on);
   for (const [tag, n] of expected) expect({ tag, requests: after.get(tag)! - (before.get(tag) ?? 0) }).toEqual({ tag, requests: n });
   // The month buckets too (same counts: no test crosses a month end)
   for (const tag of expected.keys()) {
-    if (tag.startsWith("consumer:")) expect({ tag, requests: Number((await counters(tag, "m")).requests) }).toEqual({ tag, requests: expected.get(tag) });
+    if (tag.startsWith("consumer:")) expect({ tag, requests: Number((await counters(tag, "m", on)).requests) }).toEqual({ tag, requests: expected.get(tag) });
   }
 }
 
-describe("exact counts across 2 gateways x 2 workers", () => {
-  it("10,000 requests over several consumers and routes: one flush interval after the last, every counter equals the requests sent", async () => {
-    await exactAfterLoad(10_000, "steady-");
-  }, 120_000);
+/**
+ * On a cluster the consumers' buckets, the routes' and the service's are on different
+ * masters: each worker's flush pipeline is split per node.
+ */
+describe.each(BACKENDS)("exact counts across 2 gateways x 2 workers (%s redis)", (kind) => {
+  const on = {} as On;
+  beforeAll(async () => {
+    if (kind === "single") {
+      Object.assign(on, main());
+      return;
+    }
+    const backend = await redisBackend(kind);
+    const cfg = configFor(backend.redis);
+    const [a, b] = await Promise.all([gateway(cfg, { workers: 2 }), gateway(cfg, { workers: 2 })]);
+    Object.assign(on, { gwA: a, gwB: b, control: backend.client });
+  }, 90_000);
 
+  afterAll(async () => {
+    if (kind === "single") return;
+    for (const gw of [on.gwA, on.gwB]) expect(gw.unexpectedErrors()).toEqual([]);
+    await Promise.all([on.gwA.stop(), on.gwB.stop()]);
+  });
+
+  it("10,000 requests over several consumers and routes: one flush interval after the last, every counter equals the requests sent", async () => {
+    await exactAfterLoad(10_000, "steady-", undefined, FLUSH_MS + 500, on);
+  }, 120_000);
+});
+
+describe("exact counts across 2 gateways x 2 workers, through changes", () => {
   it("the same with a config change (POST /config on both gateways) in the middle: pending counts survive it", async () => {
     const changed = structuredClone(config) as { services: { routes: { name: string; plugins: { name: string; config?: Record<string, unknown> }[] }[] }[] };
     // A new config table for every plugin (another flush_interval): the buffer is not per config.

@@ -17,6 +17,7 @@ import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { UpstreamServer } from "../../src/cli/upstream.js";
 import { startGateway } from "../../src/cli/gateway.js";
+import { BACKENDS, redisBackend } from "../helpers/backends.js";
 import { FIXTURE_LUA_PATH, FIXTURE_PLUGINS, gateway, ROOT, startRedis, stopAll, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
 
 interface Res {
@@ -118,14 +119,15 @@ let limitRedis: RedisServer;
 let cacheRedis: RedisServer;
 let gwA: TestGateway;
 
-function metricsPlugin(extra: object = {}) {
+function metricsPlugin(extra: object = {}, push: object = { port: pushRedis.port }) {
   return {
     name: "redis-metrics",
-    config: { status_code_metrics: true, latency_metrics: true, bandwidth_metrics: true, per_consumer: true, push_interval: 1, redis: { port: pushRedis.port }, ...extra },
+    config: { status_code_metrics: true, latency_metrics: true, bandwidth_metrics: true, per_consumer: true, push_interval: 1, redis: push, ...extra },
   };
 }
 
-function mainConfig() {
+/** The main gateway's config; `push` is the Redis its metrics are pushed to (the other plugins keep theirs). */
+function mainConfig(push: object = { port: pushRedis.port }) {
   return {
     _format_version: "3.0",
     consumers: [{ username: "alice" }, { username: "bob" }],
@@ -143,7 +145,7 @@ function mainConfig() {
         ],
       },
     ],
-    plugins: [metricsPlugin()],
+    plugins: [metricsPlugin({}, push)],
   };
 }
 
@@ -386,21 +388,43 @@ describe("Redis health", () => {
   }, 60_000);
 });
 
-describe("cluster-wide", () => {
+/**
+ * The cluster view on one Redis and on a Redis Cluster (the same body,
+ * spec/helpers/backends.ts): every snapshot and the node index share the {cluster} tag.
+ */
+describe.each(BACKENDS)("cluster-wide (%s redis)", (kind) => {
+  let push: object;
+  let gwMain: TestGateway;
+  beforeAll(async () => {
+    if (kind === "single") {
+      push = { port: pushRedis.port };
+      gwMain = gwA;
+      return;
+    }
+    push = (await redisBackend(kind)).redis;
+    gwMain = await gateway(mainConfig(push));
+  }, 90_000);
+
+  afterAll(async () => {
+    if (kind === "single") return;
+    expect(gwMain.unexpectedErrors()).toEqual([]);
+    await gwMain.stop();
+  });
+
   it("sums two gateways' counters, never goes backwards when one restarts, and drops a stopped one once its snapshot expires", async () => {
     // B pushes every 2 s: its snapshot lives 6 s, time enough to restart it.
-    const configB = mainConfig();
-    configB.plugins = [metricsPlugin({ push_interval: 2 })];
+    const configB = mainConfig(push);
+    configB.plugins = [metricsPlugin({ push_interval: 2 }, push)];
     const gwB = await gateway(configB);
     for (let i = 0; i < 4; i++) expect((await hit(gwB.proxyUrl + "/other/status/202")).status).toBe(202);
-    for (let i = 0; i < 6; i++) expect((await hit(gwA.proxyUrl + "/other/status/202")).status).toBe(202);
+    for (let i = 0; i < 6; i++) expect((await hit(gwMain.proxyUrl + "/other/status/202")).status).toBe(202);
     const match = { route: "other", code: "202" };
-    const clusterUrl = gwA.adminUrl + "/redis-metrics/cluster";
+    const clusterUrl = gwMain.adminUrl + "/redis-metrics/cluster";
     // Local counters reach the dict within 1 s, the snapshot within one push (1 s) more.
     const summed = await scrapeUntil(clusterUrl, (x) => sum(x, "kong_http_requests_total", match) >= 10 && sum(x, "krs_cluster_nodes") === 2);
     expect(sum(summed, "krs_cluster_nodes")).toBe(2);
     expect(sum(summed, "kong_http_requests_total", match)).toBe(10);
-    const localA = await scrape(gwA.adminUrl + "/redis-metrics");
+    const localA = await scrape(gwMain.adminUrl + "/redis-metrics");
     const localB = await scrape(gwB.adminUrl + "/redis-metrics");
     expect(sum(localA, "kong_http_requests_total", match)).toBe(6);
     expect(sum(localB, "kong_http_requests_total", match)).toBe(4);
@@ -438,6 +462,9 @@ describe("cluster-wide", () => {
     expect(sum(after, "kong_http_requests_total", match)).toBe(6);
   }, 60_000);
 
+});
+
+describe("cluster-wide, unconfigured", () => {
   it("answers 409 when no instance pushes, naming why", async () => {
     const gw = await gateway({ _format_version: "3.0", plugins: [{ name: "redis-metrics", config: { status_code_metrics: true } }] });
     const res = await hit(gw.adminUrl + "/redis-metrics/cluster");

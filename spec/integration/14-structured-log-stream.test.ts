@@ -4,20 +4,21 @@
  * below the queue bound, including across an nginx reload (SIGHUP) of one gateway in the
  * middle, whose old workers flush their queues as they exit (flush_interval 1 s: a
  * worker that did not would lose up to a second of lines). Also the Redis commands per
- * request (INFO commandstats): XADDs in batches, never one round trip per request.
+ * request (INFO commandstats): XADDs in batches, never one round trip per request. The
+ * same body on one Redis and on a Redis Cluster (spec/helpers/backends.ts).
  */
 import { readFileSync } from "node:fs";
 import { Agent, request as httpRequest } from "node:http";
 import { join } from "node:path";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { gateway, startRedis, startRedisSentinel, stopAll, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
+import { BACKENDS, redisBackend, type RedisBackend } from "../helpers/backends.js";
+import { gateway, startRedis, startRedisSentinel, stopAll, upstream, type TestGateway } from "../helpers/services.js";
 
 const STREAM = "sl-cluster";
 const STREAM_KEY = `krs:structured-log:v1:{${STREAM}}:stream`;
 
-let redis: RedisServer;
-let client: Redis;
+let backend: RedisBackend;
 const gateways: TestGateway[] = [];
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -36,36 +37,35 @@ function hit(agent: Agent, base: string, path: string): Promise<string | undefin
 }
 
 async function streamIds(): Promise<string[]> {
-  const entries = await client.xrange(STREAM_KEY, "-", "+");
+  const entries = await backend.client.xrange(STREAM_KEY, "-", "+");
   return entries.map(([, fields]) => JSON.parse(fields[1]).request_id as string);
 }
 
-async function commandCalls(name: string): Promise<number> {
-  const info = await client.info("commandstats");
-  return Number(new RegExp(`cmdstat_${name}:calls=(\\d+)`).exec(info)?.[1] ?? 0);
-}
-
-beforeAll(async () => {
-  redis = await startRedis();
-  client = new Redis({ port: redis.port, lazyConnect: true });
-  await client.connect();
-  const up = await upstream();
-  const config = {
-    _format_version: "3.0",
-    services: [{ name: "svc", url: `http://127.0.0.1:${up.port}`, routes: [{ name: "r", paths: ["/"] }] }],
-    plugins: [{ name: "structured-log", config: { sink: "redis-stream", stream_key: STREAM, flush_interval: 1, max_queue: 10000, redis: { port: redis.port } } }],
-  };
-  for (let i = 0; i < 2; i++) gateways.push(await gateway(config, { workers: 2 }));
-}, 60_000);
+const commandCalls = (name: string) => backend.commandCalls([name]);
 
 afterAll(async () => {
-  client?.disconnect();
   await stopAll();
 });
 
-describe("2 gateways x 2 workers, one stream", () => {
+describe.each(BACKENDS)("2 gateways x 2 workers, one stream (%s redis)", (kind) => {
+  beforeAll(async () => {
+    backend = await redisBackend(kind);
+    const up = await upstream();
+    const config = {
+      _format_version: "3.0",
+      services: [{ name: "svc", url: `http://127.0.0.1:${up.port}`, routes: [{ name: "r", paths: ["/"] }] }],
+      plugins: [{ name: "structured-log", config: { sink: "redis-stream", stream_key: STREAM, flush_interval: 1, max_queue: 10000, redis: backend.redis } }],
+    };
+    gateways.length = 0;
+    for (let i = 0; i < 2; i++) gateways.push(await gateway(config, { workers: 2 }));
+  }, 90_000);
+
+  afterAll(async () => {
+    await Promise.all(gateways.map((gw) => gw.stop()));
+  });
+
   it("every answered request exactly once, across a reload of one gateway in the middle", async () => {
-    await client.config("RESETSTAT");
+    await backend.resetStats();
     const agent = new Agent({ keepAlive: true, maxSockets: 8 });
     const answered: string[] = [];
     const TOTAL = 600;

@@ -75,6 +75,22 @@ end)
 
 describe("krs.redis.client on a cluster (scripted fake lua-resty-redis)", function()
   local client, servers, log, saved_ngx
+  -- ngx.thread on coroutines: spawn runs a thread until it waits on its socket, wait resumes it to its end.
+  local light = setmetatable({}, { __mode = "k" })
+  local fake_thread = {
+    spawn = function(fn, ...)
+      local co = coroutine.create(fn)
+      light[co] = true
+      local function keep(...) return { n = select("#", ...), ... } end
+      local t = { co = co, keep = keep }
+      t.res = keep(coroutine.resume(co, ...))
+      return t
+    end,
+    wait = function(t)
+      while coroutine.status(t.co) ~= "dead" do t.res = t.keep(coroutine.resume(t.co)) end
+      return unpack(t.res, 1, t.res.n)
+    end,
+  }
   local clock = 1000
 
   -- Each fake server: which slots it serves, its keys, what it answers.
@@ -136,6 +152,10 @@ describe("krs.redis.client on a cluster (scripted fake lua-resty-redis)", functi
     function red:commit_pipeline()
       local q = self.queue
       self.queue = nil
+      -- The request goes out, then the reply is awaited: a light thread lets the others run meanwhile.
+      log[#log + 1] = "sent " .. self.server.addr
+      if light[coroutine.running()] then coroutine.yield() end
+      log[#log + 1] = "read " .. self.server.addr
       local out = {}
       for i, f in ipairs(q) do
         local res, err = f()
@@ -159,7 +179,7 @@ describe("krs.redis.client on a cluster (scripted fake lua-resty-redis)", functi
     saved_ngx = rawget(_G, "ngx")
     _G.ngx = setmetatable({ now = function() return clock end, update_time = function() end, sleep = function() end,
       md5 = function(s) return string.rep("0", 32) end, get_phase = function() return "timer" end,
-      timer = { at = function() return 1 end }, null = saved_ngx and saved_ngx.null or "null" }, { __index = saved_ngx })
+      timer = { at = function() return 1 end }, thread = fake_thread, null = saved_ngx and saved_ngx.null or "null" }, { __index = saved_ngx })
     for _, m in ipairs({ "krs.redis.client", "krs.redis.cluster", "krs.redis.connection", "krs.redis.breaker", "krs.redis.sentinel", "resty.redis" }) do package.loaded[m] = nil end
     package.loaded["resty.redis"] = fake_redis()
     package.loaded["krs.scripts"] = { get = function(_, name) if name == "s" then return { sha1 = "sha", numkeys = 1, source = "return 1" } end end }
@@ -203,6 +223,22 @@ describe("krs.redis.client on a cluster (scripted fake lua-resty-redis)", functi
     assert.are.equal(2, count("cluster slots"))
   end)
 
+  it("after a node failed, reads the map again within 25 ms (a killed master's promoted replica), not sooner", function()
+    new_server("10.0.0.1:7000", { owns = { 0, 8191 } })
+    new_server("10.0.0.2:7000", { owns = { 8192, 16383 } })
+    local c = conf()
+    assert.are.equal("get@10.0.0.2:7000", (client.command(c, "get", "foo")))
+    servers["10.0.0.2:7000"] = nil  -- killed
+    assert.is_nil((client.command(c, "get", "foo")))
+    clock = clock + 0.01
+    assert.is_nil((client.command(c, "get", "foo")))
+    assert.are.equal(1, count("cluster slots"))
+    new_server("10.0.0.3:7000", { owns = { 8192, 16383 } })  -- its replica, promoted
+    clock = clock + 0.02
+    assert.are.equal("get@10.0.0.3:7000", (client.command(c, "get", "foo")))
+    assert.are.equal(2, count("cluster slots"))
+  end)
+
   it("follows ASK with ASKING right before the command, and does not remember it", function()
     new_server("10.0.0.1:7000", { owns = { 0, 16383 }, answer = function(cmd)
       if cmd == "get" then return false, "ASK 12182 10.0.0.3:7000" end
@@ -237,6 +273,41 @@ describe("krs.redis.client on a cluster (scripted fake lua-resty-redis)", functi
     assert.are.same({ "get@10.0.0.2:7000", "evalsha@10.0.0.1:7000", "evaled", "get@10.0.0.1:7000" }, replies)
     assert.are.equal(1, count("^10.0.0.2:7000 eval return"))
     assert.are.equal(0, count("^10.0.0.1:7000 eval return"))
+  end)
+
+  it("sends every node's part of a pipeline before it reads any reply; replies come back in the caller's order", function()
+    new_server("10.0.0.1:7000", { owns = { 0, 5460 } })
+    new_server("10.0.0.2:7000", { owns = { 5461, 10922 } })
+    new_server("10.0.0.3:7000", { owns = { 10923, 16383 } })
+    client.command(conf(), "get", "{user1000}x")  -- reads the slot map first
+    log = {}
+    local calls, expected = {}, {}
+    for i = 1, 12 do
+      local key = "k" .. i
+      calls[i] = { command = "get", args = { key } }
+      local s = slot.keySlot(key)
+      expected[i] = "get@10.0.0." .. (s <= 5460 and 1 or s <= 10922 and 2 or 3) .. ":7000"
+    end
+    local replies = client.pipeline(conf(), calls)
+    assert.are.same(expected, replies)
+    local sent, first_read = {}, nil
+    for i, line in ipairs(log) do
+      if line:match("^sent ") then sent[#sent + 1] = i end
+      if line:match("^read ") and not first_read then first_read = i end
+    end
+    assert.are.equal(3, #sent)
+    assert.is_true(sent[3] < first_read, table.concat(log, "\n"))
+  end)
+
+  it("a node that fails in a pipeline fails the pipeline, naming it; the other parts were sent all the same", function()
+    new_server("10.0.0.1:7000", { owns = { 0, 8191 } })
+    new_server("10.0.0.2:7000", { owns = { 8192, 16383 }, answer = function() end })
+    client.command(conf(), "get", "{user1000}x")
+    servers["10.0.0.2:7000"] = nil  -- gone: connection refused
+    local replies, err = client.pipeline(conf(), { { command = "get", args = { "{user1000}a" } }, { command = "get", args = { "foo" } } })
+    assert.is_nil(replies)
+    assert.matches("10.0.0.2:7000", err)
+    assert.are.equal(1, count("^sent 10.0.0.1:7000"))
   end)
 
   it("a redirected call inside a pipeline is sent again to its new node", function()

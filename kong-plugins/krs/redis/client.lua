@@ -573,9 +573,41 @@ local function pipelineDirect(conf, target, calls)
     accounting.record(started, trips, false)
     return replies, nil
 end
---- A pipeline on a cluster: one part per node, in one round trip each; calls that were
--- redirected (MOVED, ASK: a resharding is under way) go again one by one, following
--- their redirection.
+--- One node's part of a cluster pipeline: its replies written into `replies` at the
+-- calls' positions. Returns the round trips, or nil plus the error naming the node and
+-- the round trips it cost (0 when no connection was made).
+local function runPart(conf, target, calls, part, replies, started)
+    local red, connectErr = openAt(
+        conf,
+        target.who,
+        part.server.host,
+        part.server.port,
+        started
+    )
+    if red == nil then
+        cluster.nodeFailed(target.id)
+        return nil, atNode(connectErr, part.server), 0
+    end
+    local sent, err = pipelineOn(red, calls, part.indexes, replies)
+    local failure = settle(
+        red,
+        conf,
+        nodePool(conf, target.who, part.server.host, part.server.port),
+        started,
+        sent,
+        err
+    )
+    if failure ~= nil then
+        cluster.nodeFailed(target.id)
+        return nil, ((("redis pipeline failed: " .. failure) .. " (redis at ") .. part.server.addr) .. ")", 1
+    end
+    return sent, nil, sent
+end
+--- A pipeline on a cluster: one part per node, all sent before any reply is read (each
+-- other part in a light thread, ngx.thread.spawn: it runs until its socket waits, so its
+-- request is out before the next part starts), so the whole costs one round trip of the
+-- slowest node, not one per node in sequence. Calls that were redirected (MOVED, ASK: a
+-- resharding is under way) go again one by one, following their redirection.
 local function pipelineClustered(conf, target, calls)
     local started = accounting.start()
     local parts = {}
@@ -597,7 +629,7 @@ local function pipelineClustered(conf, target, calls)
             if part == nil then
                 part = {server = server, indexes = {}}
                 parts[server.addr] = part
-                order[#order + 1] = server.addr
+                order[#order + 1] = part
             end
             local ____part_indexes_2 = part.indexes
             ____part_indexes_2[#____part_indexes_2 + 1] = i
@@ -605,36 +637,54 @@ local function pipelineClustered(conf, target, calls)
         end
     end
     local replies = {}
+    local threads = {}
+    do
+        local k = 1
+        while k < #order do
+            threads[#threads + 1] = ngx.thread.spawn(
+                runPart,
+                conf,
+                target,
+                calls,
+                order[k + 1],
+                replies,
+                started
+            )
+            k = k + 1
+        end
+    end
     local trips = 0
-    for ____, addr in ipairs(order) do
-        local part = parts[addr]
-        local red, connectErr = openAt(
+    local firstErr
+    if #order > 0 then
+        local sent, err, cost = runPart(
             conf,
-            target.who,
-            part.server.host,
-            part.server.port,
+            target,
+            calls,
+            order[1],
+            replies,
             started
         )
-        if red == nil then
-            cluster.nodeFailed(target.id)
-            accounting.record(started, trips, true)
-            return nil, atNode(connectErr, part.server)
+        trips = trips + cost
+        if sent == nil then
+            firstErr = err
         end
-        local sent, err = pipelineOn(red, calls, part.indexes, replies)
-        local failure = settle(
-            red,
-            conf,
-            nodePool(conf, target.who, part.server.host, part.server.port),
-            started,
-            sent,
-            err
-        )
-        if failure ~= nil then
-            cluster.nodeFailed(target.id)
-            accounting.record(started, trips + 1, true)
-            return nil, ((("redis pipeline failed: " .. failure) .. " (redis at ") .. addr) .. ")"
+    end
+    for ____, thread in ipairs(threads) do
+        local ok, sent, err, cost = ngx.thread.wait(thread)
+        if not ok then
+            error(
+                tostring(sent),
+                0
+            )
         end
-        trips = trips + sent
+        trips = trips + cost
+        if sent == nil then
+            firstErr = firstErr or err
+        end
+    end
+    if firstErr ~= nil then
+        accounting.record(started, trips, true)
+        return nil, firstErr
     end
     accounting.record(started, trips, false)
     do

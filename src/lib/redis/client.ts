@@ -7,8 +7,9 @@
  *
  * On a cluster a call goes to the master serving its first key's slot (cluster.ts), and
  * follows MOVED (the slot map is fixed and refreshed) and ASK (ASKING, then the call) at
- * most `cluster_max_redirections` times. A pipeline is split per node, each part in one
- * round trip, and its replies put back in order. Every call of the suite touches one
+ * most `cluster_max_redirections` times. A pipeline is split per node, the parts sent to
+ * all nodes before any reply is read (one round trip of the slowest node), and its
+ * replies put back in order. Every call of the suite touches one
  * hash tag (DESIGN.md), so no call spans slots.
  *
  * Every function returns lua-resty-redis's triple meaning:
@@ -436,15 +437,42 @@ function pipelineDirect(this: void, conf: RedisConf, target: Target, calls: Call
   return $multi(replies, undefined);
 }
 
+interface Part {
+  server: cluster.Server;
+  indexes: number[];
+}
+
 /**
- * A pipeline on a cluster: one part per node, in one round trip each; calls that were
- * redirected (MOVED, ASK: a resharding is under way) go again one by one, following
- * their redirection.
+ * One node's part of a cluster pipeline: its replies written into `replies` at the
+ * calls' positions. Returns the round trips, or nil plus the error naming the node and
+ * the round trips it cost (0 when no connection was made).
+ */
+function runPart(this: void, conf: RedisConf, target: Target, calls: Call[], part: Part, replies: PipelineReply[], started: number): LuaMultiReturn<[number | undefined, string | undefined, number]> {
+  const [red, connectErr] = openAt(conf, target.who, part.server.host, part.server.port, started);
+  if (red === undefined) {
+    cluster.nodeFailed(target.id);
+    return $multi(undefined, atNode(connectErr, part.server), 0);
+  }
+  const [sent, err] = pipelineOn(red, calls, part.indexes, replies);
+  const failure = settle(red, conf, nodePool(conf, target.who, part.server.host, part.server.port), started, sent, err);
+  if (failure !== undefined) {
+    cluster.nodeFailed(target.id);
+    return $multi(undefined, `redis pipeline failed: ${failure} (redis at ${part.server.addr})`, 1);
+  }
+  return $multi(sent, undefined, sent!);
+}
+
+/**
+ * A pipeline on a cluster: one part per node, all sent before any reply is read (each
+ * other part in a light thread, ngx.thread.spawn: it runs until its socket waits, so its
+ * request is out before the next part starts), so the whole costs one round trip of the
+ * slowest node, not one per node in sequence. Calls that were redirected (MOVED, ASK: a
+ * resharding is under way) go again one by one, following their redirection.
  */
 function pipelineClustered(this: void, conf: RedisConf, target: Target, calls: Call[]): LuaMultiReturn<[PipelineReply[] | undefined, string | undefined]> {
   const started = accounting.start();
-  const parts = new LuaTable<string, { server: cluster.Server; indexes: number[] }>();
-  const order: string[] = [];
+  const parts = new LuaTable<string, Part>();
+  const order: Part[] = [];
   for (let i = 0; i < calls.length; i++) {
     const [server, mapErr] = cluster.serverFor(conf, target.id, target.who, slotOf(calls[i]));
     if (server === undefined) {
@@ -455,28 +483,30 @@ function pipelineClustered(this: void, conf: RedisConf, target: Target, calls: C
     if (part === undefined) {
       part = { server, indexes: [] };
       parts.set(server.addr, part);
-      order.push(server.addr);
+      order.push(part);
     }
     part.indexes.push(i);
   }
   const replies: PipelineReply[] = [];
+  const threads: LuaThread[] = [];
+  for (let k = 1; k < order.length; k++) threads.push(ngx.thread.spawn(runPart, conf, target, calls, order[k], replies, started));
   let trips = 0;
-  for (const addr of order) {
-    const part = parts.get(addr)!;
-    const [red, connectErr] = openAt(conf, target.who, part.server.host, part.server.port, started);
-    if (red === undefined) {
-      cluster.nodeFailed(target.id);
-      accounting.record(started, trips, true);
-      return $multi(undefined, atNode(connectErr, part.server));
-    }
-    const [sent, err] = pipelineOn(red, calls, part.indexes, replies);
-    const failure = settle(red, conf, nodePool(conf, target.who, part.server.host, part.server.port), started, sent, err);
-    if (failure !== undefined) {
-      cluster.nodeFailed(target.id);
-      accounting.record(started, trips + 1, true);
-      return $multi(undefined, `redis pipeline failed: ${failure} (redis at ${addr})`);
-    }
-    trips += sent!;
+  let firstErr: string | undefined;
+  if (order.length > 0) {
+    const [sent, err, cost] = runPart(conf, target, calls, order[0], replies, started);
+    trips += cost;
+    if (sent === undefined) firstErr = err;
+  }
+  for (const thread of threads) {
+    const [ok, sent, err, cost] = ngx.thread.wait(thread);
+    // A part raises only for a caller's bad argument (an unknown script): raise it here too.
+    if (!ok) error(tostring(sent), 0);
+    trips += cost as number;
+    if (sent === undefined) firstErr = firstErr ?? (err as string);
+  }
+  if (firstErr !== undefined) {
+    accounting.record(started, trips, true);
+    return $multi(undefined, firstErr);
   }
   accounting.record(started, trips, false);
   for (let i = 0; i < calls.length; i++) {

@@ -4,9 +4,13 @@
  * first time, the known masters afterwards). A MOVED reply fixes its slot at once and
  * marks the map stale; the next call refreshes the whole map (at most every
  * MIN_REFRESH_INTERVAL, one refresh at a time per worker), so a resharding or failover
- * costs one redirection per slot and worker, not one per request.
+ * costs one redirection per slot and worker, not one per request. After a node failed
+ * (a killed master: its slots are served by nobody until Redis promotes a replica) the
+ * map may be read again sooner, every FAILED_NODE_REFRESH_INTERVAL: the calls that fail
+ * meanwhile fail anyway, and the first one after the promotion finds the new master.
  */
-import { openAt, release, send, type Identity } from "./connection";
+import { isOpen } from "./breaker";
+import { nodePool, openAt, release, send, type Identity } from "./connection";
 import { SLOTS } from "./slot";
 import type { ClusterNode, RedisConf } from "./schema";
 
@@ -23,6 +27,8 @@ interface Topology {
   masters: Server[];
   servers: LuaTable<string, Server>;
   stale: boolean;
+  /** A node failed since the last refresh: the next one may come sooner. */
+  nodeFailed: boolean;
   refreshing: boolean;
   refreshedAt: number;
   /** Round robin over masters for calls without a key (PUBLISH, PING, subscribers). */
@@ -31,6 +37,11 @@ interface Topology {
 
 /** Seconds between two refreshes of one cluster's map in one worker. */
 const MIN_REFRESH_INTERVAL = 0.1;
+/**
+ * The same after a node failed: how long a worker may miss a promotion. At most 40
+ * CLUSTER SLOTS a second per worker, and only while calls fail.
+ */
+const FAILED_NODE_REFRESH_INTERVAL = 0.025;
 
 const topologies = new LuaTable<string, Topology>();
 
@@ -45,7 +56,7 @@ function serverOf(this: void, topology: Topology, host: string, port: number): S
 }
 
 function newTopology(this: void): Topology {
-  return { slots: new LuaTable(), masters: [], servers: new LuaTable(), stale: true, refreshing: false, refreshedAt: -math.huge, next: 0 };
+  return { slots: new LuaTable(), masters: [], servers: new LuaTable(), stale: true, nodeFailed: false, refreshing: false, refreshedAt: -math.huge, next: 0 };
 }
 
 /** Reads CLUSTER SLOTS from one node into a new topology, or says why it could not. */
@@ -79,14 +90,20 @@ function readSlots(this: void, conf: RedisConf, who: Identity, host: string, por
   return $multi(topology, undefined);
 }
 
-/** The known masters first (the cluster as it is now), then the configured seeds. */
-function candidates(this: void, conf: RedisConf, known: Topology | undefined): Server[] {
+/**
+ * The known masters first (the cluster as it is now), then the configured seeds; a master
+ * whose circuit is open (it hangs) last, so that a refresh does not wait for its timeout
+ * while another node can answer.
+ */
+function candidates(this: void, conf: RedisConf, who: Identity, known: Topology | undefined): Server[] {
   const out: Server[] = [];
+  const hung: Server[] = [];
   const seen = new LuaTable<string, boolean>();
   if (known !== undefined) {
     for (const server of known.masters) {
       seen.set(server.addr, true);
-      out.push(server);
+      if (isOpen(nodePool(conf, who, server.host, server.port))) hung.push(server);
+      else out.push(server);
     }
   }
   for (const seed of conf.cluster_nodes as ClusterNode[]) {
@@ -96,6 +113,7 @@ function candidates(this: void, conf: RedisConf, known: Topology | undefined): S
       out.push({ host: seed.ip, port: seed.port, addr });
     }
   }
+  for (const server of hung) out.push(server);
   return out;
 }
 
@@ -105,12 +123,13 @@ export function refresh(this: void, conf: RedisConf, id: string, who: Identity):
   if (known !== undefined) {
     // One refresh at a time, and not more often than MIN_REFRESH_INTERVAL: during an
     // outage every failing call asks for one.
-    if (known.refreshing || ngx.now() - known.refreshedAt < MIN_REFRESH_INTERVAL) return undefined;
+    const interval = known.nodeFailed ? FAILED_NODE_REFRESH_INTERVAL : MIN_REFRESH_INTERVAL;
+    if (known.refreshing || ngx.now() - known.refreshedAt < interval) return undefined;
     known.refreshing = true;
   }
   const errors: string[] = [];
   let fresh: Topology | undefined;
-  for (const server of candidates(conf, known)) {
+  for (const server of candidates(conf, who, known)) {
     const [topology, err] = readSlots(conf, who, server.host, server.port);
     if (topology !== undefined) {
       fresh = topology;
@@ -127,6 +146,7 @@ export function refresh(this: void, conf: RedisConf, id: string, who: Identity):
   }
   if (known !== undefined) {
     known.refreshing = false;
+    known.nodeFailed = false;
     known.refreshedAt = ngx.now();
   }
   return `no redis cluster node answered CLUSTER SLOTS: ${table.concat(errors, "; ")}`;
@@ -184,5 +204,8 @@ export function asked(this: void, id: string, host: string, port: number): Serve
 /** A node failed: the map may be out of date (a failover), read it again on the next call. */
 export function nodeFailed(this: void, id: string): void {
   const topology = topologies.get(id);
-  if (topology !== undefined) topology.stale = true;
+  if (topology !== undefined) {
+    topology.stale = true;
+    topology.nodeFailed = true;
+  }
 }
