@@ -191,7 +191,7 @@ function giveBack(this: void, lease: Lease): void {
   }
   const [reply, err] = script(lease.conf.redis, { script: RETURN_SCRIPT, keys: [lease.counterKey], args });
   if (type(reply) !== "number") {
-    logThrottled(PLUGIN, `could not give back ${unused} leased admissions (they stay counted until their window ends): ${reply === false ? `script ${RETURN_SCRIPT} failed: ${err}` : err}`, lease.conf);
+    logThrottled(PLUGIN, `redis unavailable: ${reply === false ? `script ${RETURN_SCRIPT} failed: ${err}` : err ?? "unknown error"} (${unused} leased admissions not given back: counted until their window ends)`, lease.conf);
   }
 }
 

@@ -125,7 +125,7 @@ local function giveBack(lease)
     if type(reply) ~= "number" then
         logThrottled(
             PLUGIN,
-            (("could not give back " .. tostring(unused)) .. " leased admissions (they stay counted until their window ends): ") .. tostring(reply == false and (("script " .. RETURN_SCRIPT) .. " failed: ") .. tostring(err) or err),
+            ((("redis unavailable: " .. (reply == false and (("script " .. RETURN_SCRIPT) .. " failed: ") .. tostring(err) or (err or "unknown error"))) .. " (") .. tostring(unused)) .. " leased admissions not given back: counted until their window ends)",
             lease.conf
         )
     end
