@@ -1,12 +1,20 @@
 /**
  * redis-rate-limit: exact rate limiting shared by every worker and node.
  *
- * access: identify the client, skip Redis when this worker already knows the identifier
- * is over a limit until its retry time, else one EVALSHA (redis-lua/rate-limit-1.lua)
- * decides every configured window and counts the request only when all admit it. The
- * script also says when the next request can be admitted, once a window is used up (by
- * a rejection or by the admission that filled it): the worker remembers that time. The
- * response headers go out in header_filter (upstream headers must not override them);
+ * access: identify the client, then per `sync`:
+ * - lease (default): admit from this worker's lease of the counters while it is valid
+ *   (no Redis); else wait for the lease another request of this worker is taking; else
+ *   reject from memory when the worker knows nothing can be admitted yet; else take a
+ *   lease (one EVALSHA of redis-lua/rate-limit-lease-1.lua, which counts every admission
+ *   it grants, so leases never add up to more than a limit). A sweep timer gives back
+ *   what is left of leases that expired, ended with their window, were replaced, or
+ *   belong to an exiting worker (rate-limit-return-1.lua). Lease sizes: lease.ts.
+ * - exact: skip Redis when this worker already knows the identifier is over a limit
+ *   until its retry time, else one EVALSHA (redis-lua/rate-limit-1.lua) decides every
+ *   configured window and counts the request only when all admit it.
+ * Both scripts also say when the next request can be admitted, once a window is used up
+ * (by a rejection or by the admission that filled it): the worker remembers that time.
+ * The response headers go out in header_filter (upstream headers must not override them);
  * a rejection carries them in its exit. A rejection from the worker's memory carries
  * what the script would have answered at that moment: the script reports its counters
  * with the wait, nothing changes them until the wait has passed, and counts.ts repeats
@@ -147,6 +155,8 @@ interface Lease {
   granted: number;
   /** Admissions not used yet. */
   left: number;
+  /** Admissions used (granted - left until the lease goes back, which empties it). */
+  used: number;
   takenAt: number;
   expiresAt: number;
   endsAt: number;
@@ -427,6 +437,7 @@ function decideExact(this: void, conf: Conf, p: Prepared, counterKey: string, no
 /** An admission from `lease`: the headers show the room Redis had left after it, plus what is left of it. */
 function admitFromLease(this: void, conf: Conf, p: Prepared, lease: Lease, now: number, source: facts.DecisionSource): void {
   lease.left--;
+  lease.used++;
   if (lease.left === 0) outstanding.delete(lease);
   const n = p.windows.length;
   const remaining: number[] = [];
@@ -462,7 +473,7 @@ function decideLeased(this: void, conf: Conf, p: Prepared, counterKey: string, n
   if (!ngx.worker.exiting()) {
     want = lease === undefined || lease.conf !== conf
       ? wantFor(0, 0, 0, ttlMs, conf.lease_max, flight.waiters)
-      : wantFor(lease.granted, lease.granted - lease.left, now - lease.takenAt, ttlMs, conf.lease_max, flight.waiters);
+      : wantFor(lease.granted, lease.used, now - lease.takenAt, ttlMs, conf.lease_max, flight.waiters);
   }
   const expiresAt = now + ttlMs;
   const args: (string | number)[] = [now, p.algorithm, 0, n, want, expiresAt];
@@ -494,7 +505,7 @@ function decideLeased(this: void, conf: Conf, p: Prepared, counterKey: string, n
   if (lease !== undefined && lease.left > 0) lease.dead = true;
   const buckets: number[] = [];
   for (let i = 0; i < n; i++) buckets[i] = r[2 + n + 3 * i];
-  const fresh: Lease = { counterKey, conf, p, granted, left: granted, takenAt: now, expiresAt, endsAt, buckets, remaining, dead: false };
+  const fresh: Lease = { counterKey, conf, p, granted, left: granted, used: 0, takenAt: now, expiresAt, endsAt, buckets, remaining, dead: false };
   leases.set(counterKey, fresh);
   if (granted > 1) {
     outstanding.set(fresh, true);

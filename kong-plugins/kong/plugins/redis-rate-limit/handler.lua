@@ -458,6 +458,7 @@ end
 --- An admission from `lease`: the headers show the room Redis had left after it, plus what is left of it.
 local function admitFromLease(conf, p, lease, now, source)
     lease.left = lease.left - 1
+    lease.used = lease.used + 1
     if lease.left == 0 then
         outstanding[lease] = nil
     end
@@ -522,7 +523,7 @@ local function decideLeased(conf, p, counterKey, now)
             flight.waiters
         ) or wantFor(
             lease.granted,
-            lease.granted - lease.left,
+            lease.used,
             now - lease.takenAt,
             ttlMs,
             conf.lease_max,
@@ -606,6 +607,7 @@ local function decideLeased(conf, p, counterKey, now)
         p = p,
         granted = granted,
         left = granted,
+        used = 0,
         takenAt = now,
         expiresAt = expiresAt,
         endsAt = endsAt,
