@@ -64,6 +64,7 @@ build = {
     ["kong.plugins.redis-rate-limit.conf"] = "kong-plugins/kong/plugins/redis-rate-limit/conf.lua",
     ["kong.plugins.redis-rate-limit.counts"] = "kong-plugins/kong/plugins/redis-rate-limit/counts.lua",
     ["kong.plugins.redis-rate-limit.handler"] = "kong-plugins/kong/plugins/redis-rate-limit/handler.lua",
+    ["kong.plugins.redis-rate-limit.lease"] = "kong-plugins/kong/plugins/redis-rate-limit/lease.lua",
     ["kong.plugins.redis-rate-limit.schema"] = "kong-plugins/kong/plugins/redis-rate-limit/schema.lua",
     ["kong.plugins.redis-rate-limit.windows"] = "kong-plugins/kong/plugins/redis-rate-limit/windows.lua",
     ["kong.plugins.redis-usage.api"] = "kong-plugins/kong/plugins/redis-usage/api.lua",

@@ -182,11 +182,17 @@ async function runScenario(
   }
 
   let baseUrl = ctx.upstreamUrl;
+  /** Every node's base URL (more than one with `nodes: 2`). */
+  const baseUrls: string[] = [];
   if (s.target === "gateway") {
     const configFile = path.join(dir, "kong.yml");
     writeFileSync(configFile, stringify(s.config(env)));
-    const gw = await startGateway({ repoRoot: REPO_ROOT, configFile, prefix: path.join(dir, "gateway"), workers: GATEWAY_WORKERS });
-    baseUrl = gw.proxyUrl;
+    for (let node = 0; node < (s.nodes ?? 1); node++) {
+      const prefix = path.join(dir, node === 0 ? "gateway" : `gateway-${node + 1}`);
+      const gw = await startGateway({ repoRoot: REPO_ROOT, configFile, prefix, workers: GATEWAY_WORKERS });
+      baseUrls.push(gw.proxyUrl);
+    }
+    baseUrl = baseUrls[0]!;
   } else if (s.target === "plain-proxy") {
     const proxy = await startNginxUpstream(ctx.nginx, path.join(BENCH_DIR, "nginx-plain-proxy.conf"), path.join(dir, "plain-proxy"), {
       UPSTREAM: `127.0.0.1:${ctx.upstreamPort}`,
@@ -195,6 +201,7 @@ async function runScenario(
   }
   if (s.setup !== undefined) await s.setup(env);
 
+  const startedAt = Date.now();
   const url = `${baseUrl}${s.path}`;
   const expectStatus = s.expectStatus ?? 200;
   const check = await httpRequest(url, {
@@ -228,10 +235,24 @@ async function runScenario(
     ...(script !== undefined ? { script } : {}),
   };
   let measured: Awaited<ReturnType<typeof runWrk>>;
+  let admitted = check.status < 300 ? 1 : 0;
+  const nodes = baseUrls.length > 1 ? baseUrls : [baseUrl];
+  // One wrk per node at the same time, sharing the threads and connections.
+  const runLoad = async (durationS: number): Promise<Awaited<ReturnType<typeof runWrk>>> => {
+    const runs = await Promise.all(nodes.map((base) => runWrk({
+      ...load,
+      url: `${base}${s.path}`,
+      threads: Math.max(1, Math.floor(THREADS / nodes.length)),
+      connections: Math.floor(CONNECTIONS / nodes.length),
+      durationS,
+    })));
+    for (const r of runs) admitted += r.result.requests - r.result.non2xx3xx;
+    return runs.length === 1 ? runs[0]! : mergeRuns(runs);
+  };
   try {
-    if (ctx.opts.warmupS > 0) await runWrk({ ...load, durationS: ctx.opts.warmupS });
+    if (ctx.opts.warmupS > 0 && s.noWarmup !== true) await runLoad(ctx.opts.warmupS);
     const before = env.redisPort !== undefined ? await commandStats(env.redisPort) : undefined;
-    measured = await runWrk({ ...load, durationS: ctx.opts.durationS });
+    measured = await runLoad(ctx.opts.durationS);
     if (before !== undefined && env.redisPort !== undefined) {
       const delta = commandDelta(before, await commandStats(env.redisPort));
       result.redisCommands = delta;
@@ -246,9 +267,40 @@ async function runScenario(
   const { raw, result: wrk } = measured;
   result.wrk = wrk;
   result.wrkOutput = raw;
-  result.flags.push(...flagsFor(wrk, expectStatus));
+  result.flags.push(...flagsFor(wrk, s.rejectionsExpected === true ? 429 : expectStatus));
+  if (s.verify !== undefined) result.flags.push(...(await s.verify(env, { admitted, startedAt, endedAt: Date.now() })));
   if (result.flags.length > 0) result.status = "flagged";
   return result;
+}
+
+/** The wrk runs of several nodes at the same time, as one: counts summed, each latency percentile the highest node's. */
+function mergeRuns(runs: Awaited<ReturnType<typeof runWrk>>[]): Awaited<ReturnType<typeof runWrk>> {
+  const results = runs.map((r) => r.result);
+  const sum = (f: (r: (typeof results)[number]) => number) => results.reduce((a, r) => a + f(r), 0);
+  const max = (f: (r: (typeof results)[number]) => number) => Math.max(...results.map(f));
+  return {
+    raw: runs.map((r, i) => `--- node ${i + 1}\n${r.raw}`).join("\n"),
+    result: {
+      requestsPerSec: sum((r) => r.requestsPerSec),
+      requests: sum((r) => r.requests),
+      durationS: max((r) => r.durationS),
+      latencyMs: {
+        avg: max((r) => r.latencyMs.avg),
+        p50: max((r) => r.latencyMs.p50),
+        p75: max((r) => r.latencyMs.p75),
+        p90: max((r) => r.latencyMs.p90),
+        p99: max((r) => r.latencyMs.p99),
+        max: max((r) => r.latencyMs.max),
+      },
+      non2xx3xx: sum((r) => r.non2xx3xx),
+      socketErrors: {
+        connect: sum((r) => r.socketErrors.connect),
+        read: sum((r) => r.socketErrors.read),
+        write: sum((r) => r.socketErrors.write),
+        timeout: sum((r) => r.socketErrors.timeout),
+      },
+    },
+  };
 }
 
 /** INFO commandstats of the scenario's redis-server: calls per command so far. */

@@ -348,7 +348,7 @@ describe("Redis health", () => {
     const hung = await startRedis();
     const gw = await gateway({
       _format_version: "3.0",
-      services: [{ name: "svc", url: `http://127.0.0.1:${up.port}`, routes: [{ name: "limited", paths: ["/limited"], plugins: [{ name: "redis-rate-limit", config: { minute: 100000, limit_by: "ip", redis: { port: hung.port, timeout: 100 } } }] }] }],
+      services: [{ name: "svc", url: `http://127.0.0.1:${up.port}`, routes: [{ name: "limited", paths: ["/limited"], plugins: [{ name: "redis-rate-limit", config: { minute: 100000, limit_by: "ip", sync: "exact", redis: { port: hung.port, timeout: 100 } } }] }] }],
       plugins: [{ name: "redis-metrics", config: { status_code_metrics: true } }],
     });
     const url = gw.adminUrl + "/redis-metrics";
@@ -366,7 +366,8 @@ describe("Redis health", () => {
     hung.process.kill("SIGSTOP");
     try {
       // fault_tolerant (the default): every request goes on; Redis costs each worker
-      // 3 timeouts, then its circuit opens and calls fail at once.
+      // 3 timeouts, then its circuit opens and calls fail at once. (sync exact: one call
+      // per request, so each of the 12 is a fault decision; a lease would admit some.)
       for (let i = 0; i < 12; i++) expect((await hit(gw.proxyUrl + "/limited/anything")).status).toBe(200);
       const s = await scrapeUntil(url, (x) => open(x).some((g) => g.value === 1) && sum(x, "krs_limit_decisions_total", { source: "fault" }) >= 12);
       expect(open(s).some((g) => g.value === 1)).toBe(true);

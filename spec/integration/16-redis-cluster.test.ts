@@ -81,14 +81,15 @@ beforeAll(async () => {
         name: "svc",
         url: `${url}/anything`,
         routes: [
+          // sync lease (the default) here; the routes below count one script call per request (sync exact)
           limitRoute("exact-sliding", { hour: 37 }),
           limitRoute("exact-fixed", { hour: 37, algorithm: "fixed-window" }),
-          limitRoute("moving", { hour: 100000, fault_tolerant: false }),
+          limitRoute("moving", { hour: 100000, fault_tolerant: false, sync: "exact" }),
           // A manual failover pauses the old master's writers until the replica is elected
           // (seconds on a loaded machine): a timeout above that lets them wait for the new
           // master instead of failing.
-          limitRoute("failover", { hour: 100000, fault_tolerant: false, redis: { ...redisConf(), timeout: 5000 } }),
-          limitRoute("shard", { hour: 100000, redis: { ...redisConf(), timeout: 300 } }),
+          limitRoute("failover", { hour: 100000, fault_tolerant: false, sync: "exact", redis: { ...redisConf(), timeout: 5000 } }),
+          limitRoute("shard", { hour: 100000, sync: "exact", redis: { ...redisConf(), timeout: 300 } }),
           { name: "keys", paths: ["/keys"], plugins: [{ name: "redis-key-auth", config: { cache_ttl: 300, redis: redisConf() } }] },
         ],
       },

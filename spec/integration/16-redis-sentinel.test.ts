@@ -62,7 +62,7 @@ beforeAll(async () => {
       url: `http://127.0.0.1:${up.port}/anything`,
       routes: [
         limitRoute("exact", { hour: 37 }),
-        limitRoute("live", { hour: 100000, fault_tolerant: false }),
+        limitRoute("live", { hour: 100000, fault_tolerant: false, sync: "exact" }), // one increment per admitted request
       ],
     }],
   };

@@ -15,6 +15,9 @@ describe("redis-rate-limit schema", function()
     assert.same({
       minute = 10,
       algorithm = "sliding-window",
+      sync = "lease",
+      lease_ttl = 1,
+      lease_max = 100,
       limit_by = "consumer",
       hide_client_headers = false,
       error_code = 429,
@@ -75,6 +78,17 @@ describe("redis-rate-limit schema", function()
       assert.equal(by, ok({ minute = 1, limit_by = by }).limit_by)
     end
     assert.equal("fixed-window", ok({ minute = 1, algorithm = "fixed-window" }).algorithm)
+  end)
+
+  it("takes sync lease (the default) or exact, with lease_ttl and lease_max in bounds", function()
+    assert.equal("exact", ok({ minute = 1, sync = "exact" }).sync)
+    assert.same({ ["config.sync"] = "expected one of: lease, exact" }, errors_of({ minute = 1, sync = "batched" }))
+    assert.equal(0.25, ok({ minute = 1, lease_ttl = 0.25 }).lease_ttl)
+    assert.same({ ["config.lease_ttl"] = "value should be between 0.05 and 60" }, errors_of({ minute = 1, lease_ttl = 0 }))
+    assert.same({ ["config.lease_ttl"] = "value should be between 0.05 and 60" }, errors_of({ minute = 1, lease_ttl = 61 }))
+    assert.same({ ["config.lease_max"] = "value should be between 1 and 1000000" }, errors_of({ minute = 1, lease_max = 0 }))
+    assert.same({ ["config.lease_max"] = "expected an integer" }, errors_of({ minute = 1, lease_max = 2.5 }))
+    assert.equal(1, ok({ minute = 1, lease_max = 1 }).lease_max)
   end)
 
   it("requires header_name with limit_by header and path with limit_by path", function()
@@ -340,5 +354,53 @@ describe("redis-rate-limit counts (the script's arithmetic, on the gateway for t
     local f = first_ms_with_room(1, 31, 28 * DAY, 0, 31)
     assert.equal(0, counts.remainingAt(true, 31, windows.MONTH, feb + f - 1, jan, 31, 0))
     assert.equal(1, counts.remainingAt(true, 31, windows.MONTH, feb + f, jan, 31, 0))
+  end)
+end)
+
+describe("redis-rate-limit lease sizes (lease.wantFor)", function()
+  local lease = require("kong.plugins.redis-rate-limit.lease")
+  local want = lease.wantFor
+  local TTL, MAX = 1000, 100
+
+  it("starts at one admission: a new identifier is decided exactly", function()
+    assert.equal(1, want(0, 0, 0, TTL, MAX, 0))
+  end)
+
+  it("at most doubles what the last lease used, while the rate would use more within lease_ttl", function()
+    assert.equal(2, want(1, 1, 1, TTL, MAX, 0))
+    assert.equal(4, want(2, 2, 3, TTL, MAX, 0))
+    assert.equal(64, want(32, 32, 5, TTL, MAX, 0))
+    assert.equal(MAX, want(64, 64, 5, TTL, MAX, 0))
+    assert.equal(MAX, want(MAX, MAX, 10, TTL, MAX, 0))
+    -- a lease taken the same millisecond (elapsed 0) counts as 1 ms
+    assert.equal(2, want(1, 1, 0, TTL, MAX, 0))
+  end)
+
+  it("follows the observed rate: used over the time since the last lease, times lease_ttl", function()
+    -- 100 used in 1 s: 100 per lease_ttl
+    assert.equal(100, want(100, 100, 1000, TTL, 1000, 0))
+    -- 100 used in 4 s: 25 per second
+    assert.equal(25, want(100, 100, 4000, TTL, MAX, 0))
+    -- 10 in 3 s with lease_ttl 0.5 s: ceil(10 * 500 / 3000) = 2
+    assert.equal(2, want(10, 10, 3000, 500, MAX, 0))
+  end)
+
+  it("a worker that sees one request a minute asks for one, not for lease_max", function()
+    assert.equal(1, want(1, 1, 60000, TTL, MAX, 0))
+    assert.equal(1, want(100, 1, 60000, TTL, MAX, 0))
+  end)
+
+  it("a lease mostly given back shrinks the next: it follows what was used, not what was granted", function()
+    -- 100 granted, 3 used before lease_ttl ran out
+    assert.equal(3, want(100, 3, 1000, TTL, MAX, 0))
+    -- nothing used (the window moved on): start again from one
+    assert.equal(1, want(100, 0, 1000, TTL, MAX, 0))
+  end)
+
+  it("covers the requests already waiting for it, up to lease_max", function()
+    assert.equal(8, want(0, 0, 0, TTL, MAX, 7))
+    assert.equal(8, want(1, 1, 60000, TTL, MAX, 7))
+    assert.equal(MAX, want(1, 1, 60000, TTL, MAX, 500))
+    assert.equal(1, want(1, 1, 1, TTL, 1, 5)) -- lease_max 1: every admission is its own call
   end)
 end)

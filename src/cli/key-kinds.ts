@@ -46,10 +46,10 @@ export const KEY_KINDS: readonly KeyKind[] = [
     kind: "counters",
     pattern: "`krs:redis-rate-limit:v1:{<plugin id>:<kind>:<identifier>}` (kind: `consumer`, `credential`, `ip`, `service`, `route`, `header` or `path`, the one actually used; identifier through `part()`)",
     match: new RegExp(`^krs:redis-rate-limit:v1:${HASH_TAG}$`),
-    type: "hash: `<window>:start` (epoch ms), `<window>:count`, `<window>:prev` per configured window (`second` … `year`)",
+    type: "hash: `<window>:start` (epoch ms), `<window>:count`, `<window>:prev` per configured window (`second` … `year`); with `sync: lease`, `lease:until` (epoch ms: the latest moment a lease of more than one admission may still be out)",
     ttlRule: "required",
-    ttl: "set on each admitted request: until the end of the longest configured window (fixed-window), or of the window after it (sliding-window), plus 2 s for clock skew; never touched by a rejected request",
-    what: "the counters of one plugin instance for one client: admitted requests in the current and the previous window of every configured window length (redis-lua/rate-limit-1.lua)",
+    ttl: "set on each admitted request (`sync: exact`) or granted lease (`sync: lease`): until the end of the longest configured window (fixed-window), or of the window after it (sliding-window), plus 2 s for clock skew; never touched by a rejected request, nor by giving a lease back (HSET keeps it; an expired hash is not created again)",
+    what: "the counters of one plugin instance for one client: admitted requests in the current and the previous window of every configured window length, admissions leased to workers counted as admitted until given back (redis-lua/rate-limit-1.lua, rate-limit-lease-1.lua, rate-limit-return-1.lua)",
   },
   {
     plugin: "redis-key-auth",

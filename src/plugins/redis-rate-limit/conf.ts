@@ -2,9 +2,11 @@
 import type { RedisConf } from "../../lib/redis/schema";
 
 export type Algorithm = "sliding-window" | "fixed-window";
+export type Sync = "lease" | "exact";
 export type LimitBy = "consumer" | "credential" | "ip" | "service" | "route" | "header" | "path";
 
 export const ALGORITHMS: Algorithm[] = ["sliding-window", "fixed-window"];
+export const SYNCS: Sync[] = ["lease", "exact"];
 export const LIMIT_BY: LimitBy[] = ["consumer", "credential", "ip", "service", "route", "header", "path"];
 
 /** The sliding-window arithmetic in redis-lua/rate-limit-1.lua is exact on integers up to this limit. */
@@ -18,6 +20,12 @@ export interface Conf {
   month?: number;
   year?: number;
   algorithm: Algorithm;
+  /** lease: workers reserve admissions in batches (redis-lua/rate-limit-lease-1.lua); exact: one script call per request. */
+  sync: Sync;
+  /** Seconds a lease may be used before what is left of it goes back to Redis. */
+  lease_ttl: number;
+  /** The most admissions one lease reserves. */
+  lease_max: number;
   limit_by: LimitBy;
   header_name?: string;
   path?: string;

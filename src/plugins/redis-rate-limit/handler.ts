@@ -1,12 +1,20 @@
 /**
  * redis-rate-limit: exact rate limiting shared by every worker and node.
  *
- * access: identify the client, skip Redis when this worker already knows the identifier
- * is over a limit until its retry time, else one EVALSHA (redis-lua/rate-limit-1.lua)
- * decides every configured window and counts the request only when all admit it. The
- * script also says when the next request can be admitted, once a window is used up (by
- * a rejection or by the admission that filled it): the worker remembers that time. The
- * response headers go out in header_filter (upstream headers must not override them);
+ * access: identify the client, then per `sync`:
+ * - lease (default): admit from this worker's lease of the counters while it is valid
+ *   (no Redis); else wait for the lease another request of this worker is taking; else
+ *   reject from memory when the worker knows nothing can be admitted yet; else take a
+ *   lease (one EVALSHA of redis-lua/rate-limit-lease-1.lua, which counts every admission
+ *   it grants, so leases never add up to more than a limit). A sweep timer gives back
+ *   what is left of leases that expired, ended with their window, were replaced, or
+ *   belong to an exiting worker (rate-limit-return-1.lua). Lease sizes: lease.ts.
+ * - exact: skip Redis when this worker already knows the identifier is over a limit
+ *   until its retry time, else one EVALSHA (redis-lua/rate-limit-1.lua) decides every
+ *   configured window and counts the request only when all admit it.
+ * Both scripts also say when the next request can be admitted, once a window is used up
+ * (by a rejection or by the admission that filled it): the worker remembers that time.
+ * The response headers go out in header_filter (upstream headers must not override them);
  * a rejection carries them in its exit. A rejection from the worker's memory carries
  * what the script would have answered at that moment: the script reports its counters
  * with the wait, nothing changes them until the wait has passed, and counts.ts repeats
@@ -15,12 +23,13 @@
 import * as lrucache from "resty.lrucache";
 import * as semaphore from "ngx.semaphore";
 import { script } from "../../lib/redis/client";
-import { onRedisFailure } from "../../lib/redis/fault";
+import { logThrottled, onRedisFailure } from "../../lib/redis/fault";
 import * as facts from "../../lib/facts";
 import { key, part } from "../../lib/keys";
 import { SUITE_VERSION } from "../../lib/version";
 import type { Conf } from "./conf";
 import { remainingAt } from "./counts";
+import { wantFor } from "./lease";
 import { bounds, WINDOWS } from "./windows";
 
 const PLUGIN = "redis-rate-limit";
@@ -84,8 +93,6 @@ interface Flight {
 }
 type Semaphore = NonNullable<ReturnType<typeof semaphore.new>[0]>;
 const FLIGHT_SLOTS = 10000;
-/** Waits at most this many times for calls in flight (each wait ends when one of them returns). */
-const MAX_FLIGHT_WAITS = 3;
 
 const [flightCache, flightErr] = lrucache.new<Flight>(FLIGHT_SLOTS);
 if (flightCache === undefined) error(`${PLUGIN}: could not create the in-flight table: ${flightErr}`);
@@ -101,16 +108,32 @@ function flightOf(this: void, counterKey: string): Flight {
   return flight;
 }
 
-/** Until the calls in flight could leave room for this request, wait for one of them to return. */
+/**
+ * The longest a request waits for its worker's calls in flight, in seconds: a call returns
+ * (or fails) within the Redis timeout, twice that covers a reconnect.
+ */
+function flightDeadline(this: void, conf: Conf): number {
+  return ngx.now() + (2 * conf.redis.timeout) / 1000 + 0.1;
+}
+
+/**
+ * Until the calls in flight could leave room for this request, wait for them to return.
+ * The wait is bounded by time, not by the number of replies: every reply wakes every
+ * waiter, and a waiter that gave up after a few replies while the room the last one
+ * showed was still short sent its own call anyway (a burst at the limit then cost one
+ * call per request again).
+ */
 function awaitRoom(this: void, flight: Flight, conf: Conf): boolean {
-  let waited = false;
-  for (let i = 0; i < MAX_FLIGHT_WAITS && flight.calls > 0 && flight.calls >= flight.room; i++) {
+  if (flight.calls === 0 || flight.calls < flight.room) return false;
+  const deadline = flightDeadline(conf);
+  while (flight.calls > 0 && flight.calls >= flight.room) {
+    const left = deadline - ngx.now();
+    if (left <= 0) break;
     flight.waiters++;
-    flight.sema.wait((2 * conf.redis.timeout) / 1000 + 0.1);
+    flight.sema.wait(left);
     flight.waiters--;
-    waited = true;
   }
-  return waited;
+  return true;
 }
 
 function landed(this: void, flight: Flight, room: number): void {
@@ -119,10 +142,107 @@ function landed(this: void, flight: Flight, room: number): void {
   if (flight.waiters > 0) flight.sema.post(flight.waiters);
 }
 
+/**
+ * sync lease: admissions this worker reserved of one counter set (rate-limit-lease-1.lua
+ * counted all of them in Redis) and admits locally while it is valid: same config, before
+ * `expiresAt` (lease_ttl after it was taken) and before the first of its windows ends.
+ * What is left after that goes back to Redis (rate-limit-return-1.lua) from the sweep timer.
+ */
+interface Lease {
+  counterKey: string;
+  conf: Conf;
+  p: Prepared;
+  granted: number;
+  /** Admissions not used yet. */
+  left: number;
+  /** Admissions used (granted - left until the lease goes back, which empties it). */
+  used: number;
+  takenAt: number;
+  expiresAt: number;
+  endsAt: number;
+  /** Per window, as the script replied: the start the lease was counted in, and the room left after it. */
+  buckets: number[];
+  remaining: number[];
+  /** Replaced by a newer lease (or the worker exits): what is left goes back at the next sweep. */
+  dead: boolean;
+}
+const LEASE_SLOTS = 10000;
+/** Seconds between two sweeps for leases to give back. */
+const SWEEP_INTERVAL = 0.05;
+const RETURN_SCRIPT = "rate-limit-return";
+const LEASE_SCRIPT = "rate-limit-lease";
+
+const [leaseCache, leaseErr] = lrucache.new<Lease>(LEASE_SLOTS);
+if (leaseCache === undefined) error(`${PLUGIN}: could not create the lease table: ${leaseErr}`);
+const leases = leaseCache!;
+/** Every lease with admissions left, current or not (an evicted slot's lease still goes back). */
+const outstanding = new LuaTable<Lease, boolean>();
+let sweeping = false;
+
+function usable(this: void, lease: Lease | undefined, conf: Conf, now: number): boolean {
+  return lease !== undefined && lease.left > 0 && !lease.dead && lease.conf === conf && now < lease.expiresAt && now < lease.endsAt;
+}
+
+/** Gives back what is left of `lease` (claimed first: no request can use it meanwhile). */
+function giveBack(this: void, lease: Lease): void {
+  const unused = lease.left;
+  lease.left = 0;
+  lease.dead = true;
+  outstanding.delete(lease);
+  if (unused <= 0) return;
+  const windows = lease.p.windows;
+  const args: (string | number)[] = [windows.length, unused];
+  for (let i = 0; i < windows.length; i++) {
+    const bucket = lease.buckets[i];
+    const [start, length] = bounds(bucket, windows[i].length);
+    args[args.length] = windows[i].name;
+    args[args.length] = bucket;
+    args[args.length] = start + length;
+  }
+  const [reply, err] = script(lease.conf.redis, { script: RETURN_SCRIPT, keys: [lease.counterKey], args });
+  if (type(reply) !== "number") {
+    logThrottled(PLUGIN, `redis unavailable: ${reply === false ? `script ${RETURN_SCRIPT} failed: ${err}` : err ?? "unknown error"} (${unused} leased admissions not given back: counted until their window ends)`, lease.conf);
+  }
+}
+
+function sweep(this: void, premature: boolean): void {
+  const now = floor(ngx.now() * 1000 + 0.5);
+  const due: Lease[] = [];
+  for (const [lease] of pairs(outstanding)) {
+    if (premature || lease.dead || lease.left <= 0 || now >= lease.expiresAt || now >= lease.endsAt) due[due.length] = lease;
+  }
+  for (const lease of due) giveBack(lease);
+}
+
+function startSweeping(this: void): void {
+  if (sweeping) return;
+  const [ok, err] = ngx.timer.every(SWEEP_INTERVAL, sweep);
+  if (ok === undefined) {
+    if (err !== "process exiting") logThrottled(PLUGIN, `could not start the lease timer: ${err}`);
+    return;
+  }
+  sweeping = true;
+}
+
+/** Until the lease being taken in this worker comes back (or the calls fail), wait for it. */
+function awaitLease(this: void, flight: Flight, conf: Conf): boolean {
+  if (flight.calls === 0) return false;
+  const deadline = flightDeadline(conf);
+  while (flight.calls > 0) {
+    const left = deadline - ngx.now();
+    if (left <= 0) break;
+    flight.waiters++;
+    flight.sema.wait(left);
+    flight.waiters--;
+  }
+  return true;
+}
+
 const preparedByConf = setmetatable(new LuaTable<Conf, Prepared>(), { __mode: "k" });
 
-const [blockedCache, lruErr] = lrucache.new<Blocked>(BLOCKED_SLOTS);
-if (blockedCache === undefined) error(`${PLUGIN}: could not create the worker cache: ${lruErr}`);
+const [blockedLru, lruErr] = lrucache.new<Blocked>(BLOCKED_SLOTS);
+if (blockedLru === undefined) error(`${PLUGIN}: could not create the worker cache: ${lruErr}`);
+const blockedCache = blockedLru!;
 
 function idOf(this: void, value: unknown): string {
   return type(value) === "string" ? (value as string) : "-";
@@ -228,6 +348,173 @@ function reject(this: void, conf: Conf, p: Prepared, now: number, remaining: num
   return kong.response.error(conf.error_code, conf.error_message, headers as unknown as KongHeaders);
 }
 
+/** A rejection from this worker's memory: what the script would have answered at `now`. */
+function rejectFromMemory(this: void, conf: Conf, p: Prepared, blocked: Blocked, now: number): never {
+  const windows = p.windows;
+  const sliding = p.algorithm === "sliding";
+  const remaining: number[] = [];
+  for (let i = 0; i < windows.length && !conf.hide_client_headers; i++) {
+    const w = windows[i];
+    remaining[i] = remainingAt(sliding, w.limit, w.length, now, blocked.buckets[i], blocked.counts[i], blocked.prevs[i]);
+  }
+  recordDecision(p, false, "worker", remaining);
+  return reject(conf, p, now, remaining, blocked.retryAt - now);
+}
+
+/**
+ * The scripts' window arguments from ARGV[first] on (six per window), and the TTL the
+ * counters need: fixed, to the end of the longest window; sliding, of the window after it.
+ */
+function windowArgs(this: void, p: Prepared, now: number, args: (string | number)[], first: number): number {
+  const sliding = p.algorithm === "sliding";
+  let at = first;
+  let keep = 0;
+  for (const w of p.windows) {
+    const [start, length, prevStart, nextLength] = bounds(now, w.length);
+    args[at] = w.name;
+    args[at + 1] = w.limit;
+    args[at + 2] = start;
+    args[at + 3] = length;
+    args[at + 4] = prevStart;
+    args[at + 5] = nextLength;
+    at += 6;
+    const until = (sliding ? start + length + nextLength : start + length) - now;
+    if (until > keep) keep = until;
+  }
+  return keep + CLOCK_SKEW_MS;
+}
+
+/** The wait a reply carries (with every rejection, and with a grant that used a window up): remembered. */
+function rememberBlock(this: void, conf: Conf, counterKey: string, n: number, r: number[], now: number): void {
+  const retryMs = r[1];
+  if (retryMs <= 0) return;
+  const buckets: number[] = [];
+  const counts: number[] = [];
+  const prevs: number[] = [];
+  for (let i = 0; i < n; i++) {
+    buckets[i] = r[2 + n + 3 * i];
+    counts[i] = r[3 + n + 3 * i];
+    prevs[i] = r[4 + n + 3 * i];
+  }
+  blockedCache.set(counterKey, { conf, retryAt: now + retryMs, buckets, counts, prevs }, retryMs / 1000);
+}
+
+/** sync exact: one rate-limit-1.lua call per request this worker cannot answer alone. */
+function decideExact(this: void, conf: Conf, p: Prepared, counterKey: string, now: number): void {
+  const windows = p.windows;
+  const flight = flightOf(counterKey);
+  // After a wait the request is decided at the time it is decided.
+  if (awaitRoom(flight, conf)) now = floor(ngx.now() * 1000 + 0.5);
+  const [blocked] = blockedCache.get(counterKey);
+  if (blocked !== undefined && blocked.conf === conf && now < blocked.retryAt) return rejectFromMemory(conf, p, blocked, now);
+
+  const args: (string | number)[] = [now, p.algorithm, 0, windows.length];
+  args[2] = windowArgs(p, now, args, 4);
+
+  flight.calls++;
+  const [reply, err] = script(conf.redis, { script: SCRIPT, keys: [counterKey], args });
+  if (type(reply) !== "table") {
+    // Nothing to learn from a failure: no request should queue behind failing calls.
+    landed(flight, math.huge);
+    recordDecision(p, conf.fault_tolerant, "fault", undefined);
+    return onRedisFailure(PLUGIN, conf, reply === false ? `script ${SCRIPT} failed: ${err}` : err);
+  }
+  const r = reply as number[];
+  const n = windows.length;
+  const remaining: number[] = [];
+  for (let i = 0; i < n; i++) remaining[i] = r[2 + i];
+  // A wait comes with every rejection, and with an admission that used a window up:
+  // either way no request of this identifier can be admitted before it has passed.
+  rememberBlock(conf, counterKey, n, r, now);
+  let room = remaining[0] ?? 0;
+  for (let i = 1; i < n; i++) if (remaining[i] < room) room = remaining[i];
+  landed(flight, room);
+  recordDecision(p, r[0] === 1, "redis", remaining);
+  if (r[0] !== 1) return reject(conf, p, now, remaining, r[1]);
+  if (!conf.hide_client_headers) kong.ctx.plugin["headers"] = headersFor(p, now, remaining);
+}
+
+/** An admission from `lease`: the headers show the room Redis had left after it, plus what is left of it. */
+function admitFromLease(this: void, conf: Conf, p: Prepared, lease: Lease, now: number, source: facts.DecisionSource): void {
+  lease.left--;
+  lease.used++;
+  if (lease.left === 0) outstanding.delete(lease);
+  const n = p.windows.length;
+  const remaining: number[] = [];
+  for (let i = 0; i < n; i++) remaining[i] = lease.remaining[i] + lease.left;
+  recordDecision(p, true, source, remaining);
+  if (!conf.hide_client_headers) kong.ctx.plugin["headers"] = headersFor(p, now, remaining);
+}
+
+/**
+ * sync lease: admit from this worker's lease while it is valid; else wait for the lease
+ * being taken by another request of this worker; else reject from memory when the worker
+ * knows no request can be admitted yet; else take a new lease (one script call), sized
+ * by lease.ts and granted by rate-limit-lease-1.lua, this request being its first admission.
+ */
+function decideLeased(this: void, conf: Conf, p: Prepared, counterKey: string, now: number): void {
+  let [lease] = leases.get(counterKey);
+  if (usable(lease, conf, now)) return admitFromLease(conf, p, lease!, now, "worker");
+
+  const flight = flightOf(counterKey);
+  if (awaitLease(flight, conf)) {
+    now = floor(ngx.now() * 1000 + 0.5);
+    [lease] = leases.get(counterKey);
+    if (usable(lease, conf, now)) return admitFromLease(conf, p, lease!, now, "worker");
+  }
+  const [blocked] = blockedCache.get(counterKey);
+  if (blocked !== undefined && blocked.conf === conf && now < blocked.retryAt) return rejectFromMemory(conf, p, blocked, now);
+
+  const windows = p.windows;
+  const n = windows.length;
+  const ttlMs = conf.lease_ttl * 1000;
+  // An exiting worker takes single admissions: its last sweep has run or is running.
+  let want = 1;
+  if (!ngx.worker.exiting()) {
+    want = lease === undefined || lease.conf !== conf
+      ? wantFor(0, 0, 0, ttlMs, conf.lease_max, flight.waiters)
+      : wantFor(lease.granted, lease.used, now - lease.takenAt, ttlMs, conf.lease_max, flight.waiters);
+  }
+  const expiresAt = now + ttlMs;
+  const args: (string | number)[] = [now, p.algorithm, 0, n, want, expiresAt];
+  args[2] = windowArgs(p, now, args, 6);
+  let endsAt = math.huge;
+  for (let i = 0; i < n; i++) {
+    const end = (args[8 + 6 * i] as number) + (args[9 + 6 * i] as number);
+    if (end < endsAt) endsAt = end;
+  }
+
+  flight.calls++;
+  const [reply, err] = script(conf.redis, { script: LEASE_SCRIPT, keys: [counterKey], args });
+  if (type(reply) !== "table") {
+    landed(flight, math.huge);
+    recordDecision(p, conf.fault_tolerant, "fault", undefined);
+    return onRedisFailure(PLUGIN, conf, reply === false ? `script ${LEASE_SCRIPT} failed: ${err}` : err);
+  }
+  const r = reply as number[];
+  const granted = r[0];
+  rememberBlock(conf, counterKey, n, r, now);
+  const remaining: number[] = [];
+  for (let i = 0; i < n; i++) remaining[i] = r[2 + i];
+  if (granted < 1) {
+    landed(flight, 0);
+    recordDecision(p, false, "redis", remaining);
+    return reject(conf, p, now, remaining, r[1]);
+  }
+  // The lease this one replaces goes back at the next sweep with what is left of it.
+  if (lease !== undefined && lease.left > 0) lease.dead = true;
+  const buckets: number[] = [];
+  for (let i = 0; i < n; i++) buckets[i] = r[2 + n + 3 * i];
+  const fresh: Lease = { counterKey, conf, p, granted, left: granted, used: 0, takenAt: now, expiresAt, endsAt, buckets, remaining, dead: false };
+  leases.set(counterKey, fresh);
+  if (granted > 1) {
+    outstanding.set(fresh, true);
+    startSweeping();
+  }
+  landed(flight, granted - 1);
+  admitFromLease(conf, p, fresh, now, "redis");
+}
+
 const handler: KongPluginHandler<Conf> = {
   // Kong's rate-limiting priority: after authentication, so consumers and credentials are known.
   PRIORITY: 910,
@@ -239,75 +526,9 @@ const handler: KongPluginHandler<Conf> = {
     const [kind, value] = identify(conf);
     const counterKey = key(PLUGIN, `${p.instance}:${kind}:${part(value)}`);
     // the request's time as nginx cached it for this event loop iteration (as Kong reads it)
-    let now = floor(ngx.now() * 1000 + 0.5);
-
-    const windows = p.windows;
-    const sliding = p.algorithm === "sliding";
-
-    const flight = flightOf(counterKey);
-    // After a wait the request is decided at the time it is decided.
-    if (awaitRoom(flight, conf)) now = floor(ngx.now() * 1000 + 0.5);
-    const [blocked] = blockedCache.get(counterKey);
-    if (blocked !== undefined && blocked.conf === conf && now < blocked.retryAt) {
-      const remaining: number[] = [];
-      for (let i = 0; i < windows.length && !conf.hide_client_headers; i++) {
-        const w = windows[i];
-        remaining[i] = remainingAt(sliding, w.limit, w.length, now, blocked.buckets[i], blocked.counts[i], blocked.prevs[i]);
-      }
-      recordDecision(p, false, "worker", remaining);
-      return reject(conf, p, now, remaining, blocked.retryAt - now);
-    }
-
-    const args: (string | number)[] = [now, p.algorithm, 0, windows.length];
-    let at = 4;
-    let keep = 0;
-    for (const w of windows) {
-      const [start, length, prevStart, nextLength] = bounds(now, w.length);
-      args[at] = w.name;
-      args[at + 1] = w.limit;
-      args[at + 2] = start;
-      args[at + 3] = length;
-      args[at + 4] = prevStart;
-      args[at + 5] = nextLength;
-      at += 6;
-      // fixed: the current window; sliding: also the next, which weighs this one
-      const until = (sliding ? start + length + nextLength : start + length) - now;
-      if (until > keep) keep = until;
-    }
-    args[2] = keep + CLOCK_SKEW_MS;
-
-    flight.calls++;
-    const [reply, err] = script(conf.redis, { script: SCRIPT, keys: [counterKey], args });
-    if (type(reply) !== "table") {
-      // Nothing to learn from a failure: no request should queue behind failing calls.
-      landed(flight, math.huge);
-      recordDecision(p, conf.fault_tolerant, "fault", undefined);
-      return onRedisFailure(PLUGIN, conf, reply === false ? `script ${SCRIPT} failed: ${err}` : err);
-    }
-    const r = reply as number[];
-    const n = windows.length;
-    const remaining: number[] = [];
-    for (let i = 0; i < n; i++) remaining[i] = r[2 + i];
-    // A wait comes with every rejection, and with an admission that used a window up:
-    // either way no request of this identifier can be admitted before it has passed.
-    const retryMs = r[1];
-    if (retryMs > 0) {
-      const buckets: number[] = [];
-      const counts: number[] = [];
-      const prevs: number[] = [];
-      for (let i = 0; i < n; i++) {
-        buckets[i] = r[2 + n + 3 * i];
-        counts[i] = r[3 + n + 3 * i];
-        prevs[i] = r[4 + n + 3 * i];
-      }
-      blockedCache.set(counterKey, { conf, retryAt: now + retryMs, buckets, counts, prevs }, retryMs / 1000);
-    }
-    let room = remaining[0] ?? 0;
-    for (let i = 1; i < n; i++) if (remaining[i] < room) room = remaining[i];
-    landed(flight, room);
-    recordDecision(p, r[0] === 1, "redis", remaining);
-    if (r[0] !== 1) return reject(conf, p, now, remaining, retryMs);
-    if (!conf.hide_client_headers) kong.ctx.plugin["headers"] = headersFor(p, now, remaining);
+    const now = floor(ngx.now() * 1000 + 0.5);
+    if (conf.sync === "exact") return decideExact(conf, p, counterKey, now);
+    return decideLeased(conf, p, counterKey, now);
   },
 
   header_filter(_conf) {

@@ -5,7 +5,7 @@
  */
 import * as typedefs from "kong.db.schema.typedefs";
 import { faultTolerantField, redisRecord } from "../../lib/redis/schema";
-import { ALGORITHMS, LIMIT_BY, MAX_LIMIT } from "./conf";
+import { ALGORITHMS, LIMIT_BY, MAX_LIMIT, SYNCS } from "./conf";
 import { WINDOWS } from "./windows";
 
 /** Kong's rule: a longer window may not have a lower limit than a shorter one. */
@@ -46,7 +46,7 @@ const schema: KongPluginSchema = {
     {
       config: {
         type: "record",
-        description: "Exact rate limiting in Redis: every window is decided and counted in one atomic script call. Rejected requests do not consume quota.",
+        description: "Exact rate limiting in Redis: every window is decided and counted in one atomic script call, per lease of admissions (sync lease) or per request (sync exact). Rejected requests do not consume quota.",
         fields: [
           { second: limitField("second") },
           { minute: limitField("minute") },
@@ -61,6 +61,33 @@ const schema: KongPluginSchema = {
               default: "sliding-window",
               one_of: ALGORITHMS,
               description: "sliding-window: the previous window's count, weighted by how much of it still overlaps the last window length, plus the current window's. fixed-window: the current window's count only.",
+            },
+          },
+          {
+            sync: {
+              type: "string",
+              required: true,
+              default: "lease",
+              one_of: SYNCS,
+              description: "lease: each worker reserves a batch of admissions (a lease) in one script call and admits from it locally; Redis counts leased admissions as used, so no limit is ever exceeded, and what a worker does not use goes back within lease_ttl. Leases grow with the worker's observed rate (up to lease_max) and shrink to one admission as the room left shrinks. exact: one script call per request.",
+            },
+          },
+          {
+            lease_ttl: {
+              type: "number",
+              required: true,
+              default: 1,
+              between: [0.05, 60],
+              description: "With sync lease: seconds a worker may admit from a lease; then, or when a window of the lease ends, or when the worker exits, what is left goes back to Redis. It bounds how long admissions can sit unused in one worker while another refuses requests.",
+            },
+          },
+          {
+            lease_max: {
+              type: "integer",
+              required: true,
+              default: 100,
+              between: [1, 1000000],
+              description: "With sync lease: the most admissions one lease reserves (a lease never takes more than 1/8 of the room left either). 1 makes every admission its own script call, as exact.",
             },
           },
           {

@@ -4,6 +4,7 @@ local semaphore = require("ngx.semaphore")
 local ____client = require("krs.redis.client")
 local script = ____client.script
 local ____fault = require("krs.redis.fault")
+local logThrottled = ____fault.logThrottled
 local onRedisFailure = ____fault.onRedisFailure
 local facts = require("krs.facts")
 local ____keys = require("krs.keys")
@@ -13,6 +14,8 @@ local ____version = require("krs.version")
 local SUITE_VERSION = ____version.SUITE_VERSION
 local ____counts = require("kong.plugins.redis-rate-limit.counts")
 local remainingAt = ____counts.remainingAt
+local ____lease = require("kong.plugins.redis-rate-limit.lease")
+local wantFor = ____lease.wantFor
 local ____windows = require("kong.plugins.redis-rate-limit.windows")
 local bounds = ____windows.bounds
 local WINDOWS = ____windows.WINDOWS
@@ -29,8 +32,6 @@ local RETRY_AFTER = "Retry-After"
 local ceil = math.ceil
 local floor = math.floor
 local FLIGHT_SLOTS = 10000
---- Waits at most this many times for calls in flight (each wait ends when one of them returns).
-local MAX_FLIGHT_WAITS = 3
 local flightCache, flightErr = lrucache.new(FLIGHT_SLOTS)
 if flightCache == nil then
     error((PLUGIN .. ": could not create the in-flight table: ") .. tostring(flightErr))
@@ -49,20 +50,31 @@ local function flightOf(counterKey)
     flights:set(counterKey, flight)
     return flight
 end
---- Until the calls in flight could leave room for this request, wait for one of them to return.
+--- The longest a request waits for its worker's calls in flight, in seconds: a call returns
+-- (or fails) within the Redis timeout, twice that covers a reconnect.
+local function flightDeadline(conf)
+    return ngx.now() + 2 * conf.redis.timeout / 1000 + 0.1
+end
+--- Until the calls in flight could leave room for this request, wait for them to return.
+-- The wait is bounded by time, not by the number of replies: every reply wakes every
+-- waiter, and a waiter that gave up after a few replies while the room the last one
+-- showed was still short sent its own call anyway (a burst at the limit then cost one
+-- call per request again).
 local function awaitRoom(flight, conf)
-    local waited = false
-    do
-        local i = 0
-        while i < MAX_FLIGHT_WAITS and flight.calls > 0 and flight.calls >= flight.room do
-            flight.waiters = flight.waiters + 1
-            flight.sema:wait(2 * conf.redis.timeout / 1000 + 0.1)
-            flight.waiters = flight.waiters - 1
-            waited = true
-            i = i + 1
-        end
+    if flight.calls == 0 or flight.calls < flight.room then
+        return false
     end
-    return waited
+    local deadline = flightDeadline(conf)
+    while flight.calls > 0 and flight.calls >= flight.room do
+        local left = deadline - ngx.now()
+        if left <= 0 then
+            break
+        end
+        flight.waiters = flight.waiters + 1
+        flight.sema:wait(left)
+        flight.waiters = flight.waiters - 1
+    end
+    return true
 end
 local function landed(flight, room)
     flight.calls = flight.calls - 1
@@ -71,11 +83,104 @@ local function landed(flight, room)
         flight.sema:post(flight.waiters)
     end
 end
+local LEASE_SLOTS = 10000
+--- Seconds between two sweeps for leases to give back.
+local SWEEP_INTERVAL = 0.05
+local RETURN_SCRIPT = "rate-limit-return"
+local LEASE_SCRIPT = "rate-limit-lease"
+local leaseCache, leaseErr = lrucache.new(LEASE_SLOTS)
+if leaseCache == nil then
+    error((PLUGIN .. ": could not create the lease table: ") .. tostring(leaseErr))
+end
+local leases = leaseCache
+--- Every lease with admissions left, current or not (an evicted slot's lease still goes back).
+local outstanding = {}
+local sweeping = false
+local function usable(lease, conf, now)
+    return lease ~= nil and lease.left > 0 and not lease.dead and lease.conf == conf and now < lease.expiresAt and now < lease.endsAt
+end
+--- Gives back what is left of `lease` (claimed first: no request can use it meanwhile).
+local function giveBack(lease)
+    local unused = lease.left
+    lease.left = 0
+    lease.dead = true
+    outstanding[lease] = nil
+    if unused <= 0 then
+        return
+    end
+    local windows = lease.p.windows
+    local args = {#windows, unused}
+    do
+        local i = 0
+        while i < #windows do
+            local bucket = lease.buckets[i + 1]
+            local start, length = bounds(bucket, windows[i + 1].length)
+            args[#args + 1] = windows[i + 1].name
+            args[#args + 1] = bucket
+            args[#args + 1] = start + length
+            i = i + 1
+        end
+    end
+    local reply, err = script(lease.conf.redis, {script = RETURN_SCRIPT, keys = {lease.counterKey}, args = args})
+    if type(reply) ~= "number" then
+        logThrottled(
+            PLUGIN,
+            ((("redis unavailable: " .. (reply == false and (("script " .. RETURN_SCRIPT) .. " failed: ") .. tostring(err) or (err or "unknown error"))) .. " (") .. tostring(unused)) .. " leased admissions not given back: counted until their window ends)",
+            lease.conf
+        )
+    end
+end
+local function sweep(premature)
+    local now = floor(ngx.now() * 1000 + 0.5)
+    local due = {}
+    for lease in pairs(outstanding) do
+        if premature or lease.dead or lease.left <= 0 or now >= lease.expiresAt or now >= lease.endsAt then
+            due[#due + 1] = lease
+        end
+    end
+    for ____, lease in ipairs(due) do
+        giveBack(lease)
+    end
+end
+local function startSweeping()
+    if sweeping then
+        return
+    end
+    local ok, err = ngx.timer.every(SWEEP_INTERVAL, sweep)
+    if ok == nil then
+        if err ~= "process exiting" then
+            logThrottled(
+                PLUGIN,
+                "could not start the lease timer: " .. tostring(err)
+            )
+        end
+        return
+    end
+    sweeping = true
+end
+--- Until the lease being taken in this worker comes back (or the calls fail), wait for it.
+local function awaitLease(flight, conf)
+    if flight.calls == 0 then
+        return false
+    end
+    local deadline = flightDeadline(conf)
+    while flight.calls > 0 do
+        local left = deadline - ngx.now()
+        if left <= 0 then
+            break
+        end
+        flight.waiters = flight.waiters + 1
+        flight.sema:wait(left)
+        flight.waiters = flight.waiters - 1
+    end
+    return true
+end
 local preparedByConf = setmetatable({}, {__mode = "k"})
-local blockedCache, lruErr = lrucache.new(BLOCKED_SLOTS)
-if blockedCache == nil then
+local blockedLru, lruErr = lrucache.new(BLOCKED_SLOTS)
+if blockedLru == nil then
     error((PLUGIN .. ": could not create the worker cache: ") .. tostring(lruErr))
 end
+local blockedCache = blockedLru
 local function idOf(value)
     return type(value) == "string" and value or "-"
 end
@@ -206,6 +311,324 @@ local function reject(conf, p, now, remaining, retryMs)
     )
     return kong.response.error(conf.error_code, conf.error_message, headers)
 end
+--- A rejection from this worker's memory: what the script would have answered at `now`.
+local function rejectFromMemory(conf, p, blocked, now)
+    local windows = p.windows
+    local sliding = p.algorithm == "sliding"
+    local remaining = {}
+    do
+        local i = 0
+        while i < #windows and not conf.hide_client_headers do
+            local w = windows[i + 1]
+            remaining[i + 1] = remainingAt(
+                sliding,
+                w.limit,
+                w.length,
+                now,
+                blocked.buckets[i + 1],
+                blocked.counts[i + 1],
+                blocked.prevs[i + 1]
+            )
+            i = i + 1
+        end
+    end
+    recordDecision(p, false, "worker", remaining)
+    return reject(
+        conf,
+        p,
+        now,
+        remaining,
+        blocked.retryAt - now
+    )
+end
+--- The scripts' window arguments from ARGV[first] on (six per window), and the TTL the
+-- counters need: fixed, to the end of the longest window; sliding, of the window after it.
+local function windowArgs(p, now, args, first)
+    local sliding = p.algorithm == "sliding"
+    local at = first
+    local keep = 0
+    for ____, w in ipairs(p.windows) do
+        local start, length, prevStart, nextLength = bounds(now, w.length)
+        args[at + 1] = w.name
+        args[at + 1 + 1] = w.limit
+        args[at + 2 + 1] = start
+        args[at + 3 + 1] = length
+        args[at + 4 + 1] = prevStart
+        args[at + 5 + 1] = nextLength
+        at = at + 6
+        local ____until = (sliding and start + length + nextLength or start + length) - now
+        if ____until > keep then
+            keep = ____until
+        end
+    end
+    return keep + CLOCK_SKEW_MS
+end
+--- The wait a reply carries (with every rejection, and with a grant that used a window up): remembered.
+local function rememberBlock(conf, counterKey, n, r, now)
+    local retryMs = r[2]
+    if retryMs <= 0 then
+        return
+    end
+    local buckets = {}
+    local counts = {}
+    local prevs = {}
+    do
+        local i = 0
+        while i < n do
+            buckets[i + 1] = r[2 + n + 3 * i + 1]
+            counts[i + 1] = r[3 + n + 3 * i + 1]
+            prevs[i + 1] = r[4 + n + 3 * i + 1]
+            i = i + 1
+        end
+    end
+    blockedCache:set(counterKey, {
+        conf = conf,
+        retryAt = now + retryMs,
+        buckets = buckets,
+        counts = counts,
+        prevs = prevs
+    }, retryMs / 1000)
+end
+--- sync exact: one rate-limit-1.lua call per request this worker cannot answer alone.
+local function decideExact(conf, p, counterKey, now)
+    local windows = p.windows
+    local flight = flightOf(counterKey)
+    if awaitRoom(flight, conf) then
+        now = floor(ngx.now() * 1000 + 0.5)
+    end
+    local blocked = blockedCache:get(counterKey)
+    if blocked ~= nil and blocked.conf == conf and now < blocked.retryAt then
+        return rejectFromMemory(conf, p, blocked, now)
+    end
+    local args = {now, p.algorithm, 0, #windows}
+    args[3] = windowArgs(p, now, args, 4)
+    flight.calls = flight.calls + 1
+    local reply, err = script(conf.redis, {script = SCRIPT, keys = {counterKey}, args = args})
+    if type(reply) ~= "table" then
+        landed(flight, math.huge)
+        recordDecision(p, conf.fault_tolerant, "fault", nil)
+        return onRedisFailure(
+            PLUGIN,
+            conf,
+            reply == false and (("script " .. SCRIPT) .. " failed: ") .. tostring(err) or err
+        )
+    end
+    local r = reply
+    local n = #windows
+    local remaining = {}
+    do
+        local i = 0
+        while i < n do
+            remaining[i + 1] = r[2 + i + 1]
+            i = i + 1
+        end
+    end
+    rememberBlock(
+        conf,
+        counterKey,
+        n,
+        r,
+        now
+    )
+    local room = remaining[1] or 0
+    do
+        local i = 1
+        while i < n do
+            if remaining[i + 1] < room then
+                room = remaining[i + 1]
+            end
+            i = i + 1
+        end
+    end
+    landed(flight, room)
+    recordDecision(p, r[1] == 1, "redis", remaining)
+    if r[1] ~= 1 then
+        return reject(
+            conf,
+            p,
+            now,
+            remaining,
+            r[2]
+        )
+    end
+    if not conf.hide_client_headers then
+        kong.ctx.plugin.headers = headersFor(p, now, remaining)
+    end
+end
+--- An admission from `lease`: the headers show the room Redis had left after it, plus what is left of it.
+local function admitFromLease(conf, p, lease, now, source)
+    lease.left = lease.left - 1
+    lease.used = lease.used + 1
+    if lease.left == 0 then
+        outstanding[lease] = nil
+    end
+    local n = #p.windows
+    local remaining = {}
+    do
+        local i = 0
+        while i < n do
+            remaining[i + 1] = lease.remaining[i + 1] + lease.left
+            i = i + 1
+        end
+    end
+    recordDecision(p, true, source, remaining)
+    if not conf.hide_client_headers then
+        kong.ctx.plugin.headers = headersFor(p, now, remaining)
+    end
+end
+--- sync lease: admit from this worker's lease while it is valid; else wait for the lease
+-- being taken by another request of this worker; else reject from memory when the worker
+-- knows no request can be admitted yet; else take a new lease (one script call), sized
+-- by lease.ts and granted by rate-limit-lease-1.lua, this request being its first admission.
+local function decideLeased(conf, p, counterKey, now)
+    local lease = leases:get(counterKey)
+    if usable(lease, conf, now) then
+        return admitFromLease(
+            conf,
+            p,
+            lease,
+            now,
+            "worker"
+        )
+    end
+    local flight = flightOf(counterKey)
+    if awaitLease(flight, conf) then
+        now = floor(ngx.now() * 1000 + 0.5)
+        lease = leases:get(counterKey)
+        if usable(lease, conf, now) then
+            return admitFromLease(
+                conf,
+                p,
+                lease,
+                now,
+                "worker"
+            )
+        end
+    end
+    local blocked = blockedCache:get(counterKey)
+    if blocked ~= nil and blocked.conf == conf and now < blocked.retryAt then
+        return rejectFromMemory(conf, p, blocked, now)
+    end
+    local windows = p.windows
+    local n = #windows
+    local ttlMs = conf.lease_ttl * 1000
+    local want = 1
+    if not ngx.worker.exiting() then
+        want = (lease == nil or lease.conf ~= conf) and wantFor(
+            0,
+            0,
+            0,
+            ttlMs,
+            conf.lease_max,
+            flight.waiters
+        ) or wantFor(
+            lease.granted,
+            lease.used,
+            now - lease.takenAt,
+            ttlMs,
+            conf.lease_max,
+            flight.waiters
+        )
+    end
+    local expiresAt = now + ttlMs
+    local args = {
+        now,
+        p.algorithm,
+        0,
+        n,
+        want,
+        expiresAt
+    }
+    args[3] = windowArgs(p, now, args, 6)
+    local endsAt = math.huge
+    do
+        local i = 0
+        while i < n do
+            local ____end = args[8 + 6 * i + 1] + args[9 + 6 * i + 1]
+            if ____end < endsAt then
+                endsAt = ____end
+            end
+            i = i + 1
+        end
+    end
+    flight.calls = flight.calls + 1
+    local reply, err = script(conf.redis, {script = LEASE_SCRIPT, keys = {counterKey}, args = args})
+    if type(reply) ~= "table" then
+        landed(flight, math.huge)
+        recordDecision(p, conf.fault_tolerant, "fault", nil)
+        return onRedisFailure(
+            PLUGIN,
+            conf,
+            reply == false and (("script " .. LEASE_SCRIPT) .. " failed: ") .. tostring(err) or err
+        )
+    end
+    local r = reply
+    local granted = r[1]
+    rememberBlock(
+        conf,
+        counterKey,
+        n,
+        r,
+        now
+    )
+    local remaining = {}
+    do
+        local i = 0
+        while i < n do
+            remaining[i + 1] = r[2 + i + 1]
+            i = i + 1
+        end
+    end
+    if granted < 1 then
+        landed(flight, 0)
+        recordDecision(p, false, "redis", remaining)
+        return reject(
+            conf,
+            p,
+            now,
+            remaining,
+            r[2]
+        )
+    end
+    if lease ~= nil and lease.left > 0 then
+        lease.dead = true
+    end
+    local buckets = {}
+    do
+        local i = 0
+        while i < n do
+            buckets[i + 1] = r[2 + n + 3 * i + 1]
+            i = i + 1
+        end
+    end
+    local fresh = {
+        counterKey = counterKey,
+        conf = conf,
+        p = p,
+        granted = granted,
+        left = granted,
+        used = 0,
+        takenAt = now,
+        expiresAt = expiresAt,
+        endsAt = endsAt,
+        buckets = buckets,
+        remaining = remaining,
+        dead = false
+    }
+    leases:set(counterKey, fresh)
+    if granted > 1 then
+        outstanding[fresh] = true
+        startSweeping()
+    end
+    landed(flight, granted - 1)
+    admitFromLease(
+        conf,
+        p,
+        fresh,
+        now,
+        "redis"
+    )
+end
 local handler = {
     PRIORITY = 910,
     VERSION = SUITE_VERSION,
@@ -218,125 +641,10 @@ local handler = {
             (((p.instance .. ":") .. kind) .. ":") .. part(value)
         )
         local now = floor(ngx.now() * 1000 + 0.5)
-        local windows = p.windows
-        local sliding = p.algorithm == "sliding"
-        local flight = flightOf(counterKey)
-        if awaitRoom(flight, conf) then
-            now = floor(ngx.now() * 1000 + 0.5)
+        if conf.sync == "exact" then
+            return decideExact(conf, p, counterKey, now)
         end
-        local blocked = blockedCache:get(counterKey)
-        if blocked ~= nil and blocked.conf == conf and now < blocked.retryAt then
-            local remaining = {}
-            do
-                local i = 0
-                while i < #windows and not conf.hide_client_headers do
-                    local w = windows[i + 1]
-                    remaining[i + 1] = remainingAt(
-                        sliding,
-                        w.limit,
-                        w.length,
-                        now,
-                        blocked.buckets[i + 1],
-                        blocked.counts[i + 1],
-                        blocked.prevs[i + 1]
-                    )
-                    i = i + 1
-                end
-            end
-            recordDecision(p, false, "worker", remaining)
-            return reject(
-                conf,
-                p,
-                now,
-                remaining,
-                blocked.retryAt - now
-            )
-        end
-        local args = {now, p.algorithm, 0, #windows}
-        local at = 4
-        local keep = 0
-        for ____, w in ipairs(windows) do
-            local start, length, prevStart, nextLength = bounds(now, w.length)
-            args[at + 1] = w.name
-            args[at + 1 + 1] = w.limit
-            args[at + 2 + 1] = start
-            args[at + 3 + 1] = length
-            args[at + 4 + 1] = prevStart
-            args[at + 5 + 1] = nextLength
-            at = at + 6
-            local ____until = (sliding and start + length + nextLength or start + length) - now
-            if ____until > keep then
-                keep = ____until
-            end
-        end
-        args[3] = keep + CLOCK_SKEW_MS
-        flight.calls = flight.calls + 1
-        local reply, err = script(conf.redis, {script = SCRIPT, keys = {counterKey}, args = args})
-        if type(reply) ~= "table" then
-            landed(flight, math.huge)
-            recordDecision(p, conf.fault_tolerant, "fault", nil)
-            return onRedisFailure(
-                PLUGIN,
-                conf,
-                reply == false and (("script " .. SCRIPT) .. " failed: ") .. tostring(err) or err
-            )
-        end
-        local r = reply
-        local n = #windows
-        local remaining = {}
-        do
-            local i = 0
-            while i < n do
-                remaining[i + 1] = r[2 + i + 1]
-                i = i + 1
-            end
-        end
-        local retryMs = r[2]
-        if retryMs > 0 then
-            local buckets = {}
-            local counts = {}
-            local prevs = {}
-            do
-                local i = 0
-                while i < n do
-                    buckets[i + 1] = r[2 + n + 3 * i + 1]
-                    counts[i + 1] = r[3 + n + 3 * i + 1]
-                    prevs[i + 1] = r[4 + n + 3 * i + 1]
-                    i = i + 1
-                end
-            end
-            blockedCache:set(counterKey, {
-                conf = conf,
-                retryAt = now + retryMs,
-                buckets = buckets,
-                counts = counts,
-                prevs = prevs
-            }, retryMs / 1000)
-        end
-        local room = remaining[1] or 0
-        do
-            local i = 1
-            while i < n do
-                if remaining[i + 1] < room then
-                    room = remaining[i + 1]
-                end
-                i = i + 1
-            end
-        end
-        landed(flight, room)
-        recordDecision(p, r[1] == 1, "redis", remaining)
-        if r[1] ~= 1 then
-            return reject(
-                conf,
-                p,
-                now,
-                remaining,
-                retryMs
-            )
-        end
-        if not conf.hide_client_headers then
-            kong.ctx.plugin.headers = headersFor(p, now, remaining)
-        end
+        return decideLeased(conf, p, counterKey, now)
     end,
     header_filter = function(self, _conf)
         local headers = kong.ctx.plugin.headers
