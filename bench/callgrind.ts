@@ -104,7 +104,12 @@ async function sendRequests(url: string, s: Scenario, n: number, agent: http.Age
 /** Rewrites a rendered nginx.conf so one process serves everything in the foreground. */
 function singleProcess(confFile: string): void {
   let conf = readFileSync(confFile, "utf8");
-  conf = conf.replace(/^\s*daemon\s+\w+;\s*$/m, "").replace(/^\s*master_process\s+\w+;\s*$/m, "");
+  // One worker's worth of listening sockets too: with `reuseport`, nginx opens one per worker
+  // and a single process would never accept on the others.
+  conf = conf
+    .replace(/^\s*daemon\s+\w+;\s*$/m, "")
+    .replace(/^\s*master_process\s+\w+;\s*$/m, "")
+    .replace(/^\s*worker_processes\s+\w+;\s*$/m, "worker_processes 1;");
   writeFileSync(confFile, `daemon off;\nmaster_process off;\n${conf}`);
 }
 
