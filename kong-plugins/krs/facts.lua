@@ -13,16 +13,38 @@ for ____, phase in ipairs({
 }) do
     REQUEST_PHASES[phase] = true
 end
+--- The plugins that read the facts (redis-metrics with suite_metrics, structured-log), set
+-- from their `configure`: while none is configured, every writer returns at once (no
+-- table, no ngx.ctx lookup), so a plugin that records facts costs nothing for them.
+local readers = {}
+local reading = false
+--- A reader plugin's `configure`: whether any of its configs reads the facts.
+function ____exports.setReader(plugin, reads)
+    if reads then
+        readers[plugin] = true
+    else
+        readers[plugin] = nil
+    end
+    reading = (next(readers)) ~= nil
+end
+--- Whether any reader is configured: writers may skip building what they would record.
+function ____exports.recording()
+    return reading and REQUEST_PHASES[ngx.get_phase()] ~= nil
+end
 --- True in a request's phases (timers and init have no request to record on).
 function ____exports.inRequest()
     return REQUEST_PHASES[ngx.get_phase()] ~= nil
 end
+--- Shared by every record until its first Redis call: a new record costs one table. Never
+-- written: redisCall() gives the record its own tables first. Readers only read them.
+local NO_REDIS = {round_trips = 0, time_ms = 0, errors = 0}
+local NO_PLUGINS = {}
 --- This request's facts, created on first use. Only call in a request phase.
 local function facts()
     local shared = kong.ctx.shared
     local f = shared[SHARED_KEY]
     if f == nil then
-        f = {redis = {round_trips = 0, time_ms = 0, errors = 0}, redis_by_plugin = {}}
+        f = {redis = NO_REDIS, redis_by_plugin = NO_PLUGINS}
         shared[SHARED_KEY] = f
     end
     return f
@@ -36,18 +58,22 @@ function ____exports.get()
 end
 --- The Redis calls that follow, until the next enter(), are this plugin's.
 function ____exports.enter(plugin)
-    if not ____exports.inRequest() then
+    if not reading or not ____exports.inRequest() then
         return
     end
     facts().current = plugin
 end
 --- One logical Redis call that made `roundTrips` round trips and took `ms`.
 function ____exports.redisCall(roundTrips, ms, failed)
-    if not ____exports.inRequest() then
+    if not reading or not ____exports.inRequest() then
         return
     end
     local f = facts()
     local total = f.redis
+    if total == NO_REDIS then
+        total = {round_trips = 0, time_ms = 0, errors = 0}
+        f.redis = total
+    end
     total.round_trips = total.round_trips + roundTrips
     total.time_ms = total.time_ms + ms
     if failed then
@@ -57,10 +83,15 @@ function ____exports.redisCall(roundTrips, ms, failed)
     if plugin == nil then
         return
     end
-    local mine = f.redis_by_plugin[plugin]
+    local byPlugin = f.redis_by_plugin
+    if byPlugin == NO_PLUGINS then
+        byPlugin = {}
+        f.redis_by_plugin = byPlugin
+    end
+    local mine = byPlugin[plugin]
     if mine == nil then
         mine = {round_trips = 0, time_ms = 0, errors = 0}
-        f.redis_by_plugin[plugin] = mine
+        byPlugin[plugin] = mine
     end
     mine.round_trips = mine.round_trips + roundTrips
     mine.time_ms = mine.time_ms + ms
@@ -69,42 +100,54 @@ function ____exports.redisCall(roundTrips, ms, failed)
     end
 end
 function ____exports.cache(plugin, status)
-    if not ____exports.inRequest() then
+    if not reading or not ____exports.inRequest() then
         return
     end
     facts().cache = {plugin = plugin, status = status}
 end
-function ____exports.limit(decision)
-    if not ____exports.inRequest() then
+--- A limit decision (LimitFacts), given field by field: with no reader configured no
+-- record is built at all.
+function ____exports.limit(plugin, kind, admitted, source, limitValue, remaining)
+    if not reading or not ____exports.inRequest() then
         return
     end
     local f = facts()
-    if f.limits == nil then
-        f.limits = {}
+    local decision = {
+        plugin = plugin,
+        kind = kind,
+        admitted = admitted,
+        source = source,
+        limit = limitValue,
+        remaining = remaining
+    }
+    local limits = f.limits
+    if limits == nil then
+        f.limits = {decision}
+    else
+        limits[#limits + 1] = decision
     end
-    local ____f_limits_0 = f.limits
-    ____f_limits_0[#____f_limits_0 + 1] = decision
 end
 function ____exports.auth(plugin, result, consumerId, reason)
-    if not ____exports.inRequest() then
+    if not reading or not ____exports.inRequest() then
         return
     end
     facts().auth = {plugin = plugin, result = result, consumer_id = consumerId, reason = reason}
 end
 --- An auth plugin looks for a credential under these names (a table prepared per config).
 function ____exports.credentialNames(names)
-    if not ____exports.inRequest() then
+    if not reading or not ____exports.inRequest() then
         return
     end
     local f = facts()
-    if f.credential_names == nil then
-        f.credential_names = {}
+    local all = f.credential_names
+    if all == nil then
+        f.credential_names = {names}
+    else
+        all[#all + 1] = names
     end
-    local ____f_credential_names_1 = f.credential_names
-    ____f_credential_names_1[#____f_credential_names_1 + 1] = names
 end
 function ____exports.access(plugin, allowed, reason)
-    if not ____exports.inRequest() then
+    if not reading or not ____exports.inRequest() then
         return
     end
     facts().access = {plugin = plugin, allowed = allowed, reason = reason}
@@ -112,16 +155,15 @@ end
 --- A plugin error of this request; at most MAX_ERRORS kept (a loop of failures stays bounded).
 ____exports.MAX_ERRORS = 16
 function ____exports.error(plugin, message)
-    if not ____exports.inRequest() then
+    if not reading or not ____exports.inRequest() then
         return
     end
     local f = facts()
-    if f.errors == nil then
-        f.errors = {}
-    end
-    if #f.errors < ____exports.MAX_ERRORS then
-        local ____f_errors_2 = f.errors
-        ____f_errors_2[#____f_errors_2 + 1] = {plugin = plugin, message = message}
+    local errors = f.errors
+    if errors == nil then
+        f.errors = {{plugin = plugin, message = message}}
+    elseif #errors < ____exports.MAX_ERRORS then
+        errors[#errors + 1] = {plugin = plugin, message = message}
     end
 end
 return ____exports

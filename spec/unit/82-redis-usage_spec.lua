@@ -126,3 +126,94 @@ describe("redis-usage cost header", function()
     assert.equal(6, cost.costPerKb(3, 1025))
   end)
 end)
+
+describe("redis-usage worker buffer", function()
+  -- The buffer alone (meter.lua), on stand-ins for the Redis client, the log and the timers:
+  -- a burst of new counter sets past flush_batch starts one zero-delay flush, not one each.
+  local STUBBED = { "krs.redis.client", "krs.redis.fault", "kong.plugins.redis-usage.quota", "kong.plugins.redis-usage.meter" }
+  local saved, saved_ngx, saved_kong
+  local meter, timers, calls, logs
+  local conf = { redis = {}, flush_batch = 10, max_pending = 100000, flush_interval = 1000 }
+
+  before_each(function()
+    saved = {}
+    for _, name in ipairs(STUBBED) do saved[name] = package.loaded[name] end
+    saved_ngx, saved_kong = rawget(_G, "ngx"), rawget(_G, "kong")
+    timers, calls, logs = {}, {}, {}
+    package.loaded["krs.redis.client"] = {
+      poolName = function() return "pool" end,
+      pipeline = function(_, batch)
+        local replies = {}
+        for i, call in ipairs(batch) do
+          calls[#calls + 1] = call
+          replies[i] = { 1, 0, 0, -1, -1 }
+        end
+        return replies
+      end,
+    }
+    package.loaded["krs.redis.fault"] = { logThrottled = function(_, message) logs[#logs + 1] = message end }
+    package.loaded["kong.plugins.redis-usage.quota"] = { acknowledge = function() end }
+    package.loaded["kong.plugins.redis-usage.meter"] = nil
+    _G.kong = { node = { get_id = function() return "node-1" end } }
+    _G.ngx = setmetatable({
+      timer = {
+        at = function(delay, fn) timers[#timers + 1] = { delay = delay, fn = fn } return true end,
+        every = function() return true end,
+      },
+      now = function() return 1000 end,
+      update_time = function() end,
+      worker = { pid = function() return 42 end, exiting = function() return false end },
+      sleep = function() end,
+    }, { __index = saved_ngx })
+    meter = require("kong.plugins.redis-usage.meter")
+  end)
+
+  after_each(function()
+    for _, name in ipairs(STUBBED) do package.loaded[name] = saved[name] end
+    _G.ngx, _G.kong = saved_ngx, saved_kong
+  end)
+
+  local function burst(state, from, n)
+    for i = from, from + n - 1 do
+      local e = meter.entry(state, conf, "krs:redis-usage:1:{ip:10.0.0." .. i .. "}:d:20261202", "q", 1, "")
+      e.fields.requests = 1
+    end
+  end
+
+  it("a burst of new counter sets schedules at most one zero-delay flush per worker", function()
+    local state = meter.stateFor(conf)
+    burst(state, 1, conf.flush_batch - 1)
+    assert.equal(0, #timers)
+    assert.is_false(meter.flushPending())
+    burst(state, conf.flush_batch, 500)
+    assert.equal(1, #timers)
+    assert.equal(0, timers[1].delay)
+    assert.is_true(meter.flushPending())
+    -- the one flush takes every counter set of the burst
+    table.remove(timers).fn(false)
+    assert.is_false(meter.flushPending())
+    assert.equal(conf.flush_batch - 1 + 500, #calls)
+    assert.same({}, logs)
+    -- once it has run, the next full batch schedules the next one
+    burst(state, 1000, conf.flush_batch)
+    assert.equal(1, #timers)
+    assert.is_true(meter.flushPending())
+  end)
+
+  it("a timer that could not be created is tried again by the next counter set", function()
+    local state = meter.stateFor(conf)
+    local refused = true
+    ngx.timer.at = function(delay, fn)
+      if refused then return nil, "too many pending timers" end
+      timers[#timers + 1] = { delay = delay, fn = fn }
+      return true
+    end
+    burst(state, 1, conf.flush_batch)
+    assert.equal(0, #timers)
+    assert.is_false(meter.flushPending())
+    refused = false
+    burst(state, 100, 3)
+    assert.equal(1, #timers)
+    assert.is_true(meter.flushPending())
+  end)
+end)

@@ -93,6 +93,45 @@ describe("redis-metrics", function()
     assert.are.equal(1, helps)
   end)
 
+  it("puts every observation in its bucket: whole values from the prepared table, others by search, at every bound", function()
+    local store, M = load_fresh()
+    local values = { -1, 0, 0.5, 59999.5, 60000, 60001, 1e9 }
+    for _, def in ipairs({ M.KONG_LATENCY, M.UPSTREAM_LATENCY, M.REDIS_LATENCY }) do
+      for _, bound in ipairs(def.buckets) do
+        values[#values + 1] = bound
+        values[#values + 1] = bound + 1
+        values[#values + 1] = bound - 1
+        values[#values + 1] = bound + 0.25
+      end
+    end
+    for v = 0, 1200 do values[#values + 1] = v end
+    local seen, unique = {}, {}
+    for _, v in ipairs(values) do
+      if not seen[v] then seen[v] = true; unique[#unique + 1] = v end
+    end
+    values = unique
+    store.setMaxSeries(1e7)
+    -- expected by the definition: the first bucket whose bound is >= the value (none past the last)
+    local function expected(def, v)
+      for i, bound in ipairs(def.buckets) do if v <= bound then return i end end
+      return nil
+    end
+    for _, def in ipairs({ M.KONG_LATENCY, M.UPSTREAM_LATENCY, M.REDIS_LATENCY }) do
+      for _, v in ipairs(values) do
+        local labels = 'v="' .. tostring(v) .. '"'
+        store.observe(def, labels, v)
+        store.flush()
+        local base = def.name .. "{" .. labels .. "}"
+        local want = expected(def, v)
+        for i = 1, #def.buckets do
+          local got = data[base .. "\t" .. store.bucketPart(i)]
+          assert.are.equal(i == want and 1 or 0, got, def.name .. " value " .. tostring(v) .. " bucket " .. i)
+        end
+        assert.are.equal(1, data[base .. "\tcount"])
+      end
+    end
+  end)
+
   it("writes a series without labels without braces, fractions exactly, and skips unknown metrics", function()
     local _, _, exposition = load_fresh()
     local text = exposition.render({ ["kong_datastore_reachable{}"] = 1, ["krs_redis_latency_seconds{plugin=\"p\"}\tsum"] = 0.25, ["gone_metric{a=\"b\"}"] = 3 })

@@ -112,17 +112,45 @@ const SHARED_KEY = "krs";
 const REQUEST_PHASES = new LuaTable<string, boolean>();
 for (const phase of ["rewrite", "access", "content", "header_filter", "body_filter", "log", "balancer"]) REQUEST_PHASES.set(phase, true);
 
+
+/**
+ * The plugins that read the facts (redis-metrics with suite_metrics, structured-log), set
+ * from their `configure`: while none is configured, every writer returns at once (no
+ * table, no ngx.ctx lookup), so a plugin that records facts costs nothing for them.
+ */
+const readers = new LuaTable<string, boolean>();
+let reading = false;
+
+/** A reader plugin's `configure`: whether any of its configs reads the facts. */
+export function setReader(this: void, plugin: string, reads: boolean): void {
+  if (reads) readers.set(plugin, true);
+  else readers.delete(plugin);
+  reading = next(readers)[0] !== undefined;
+}
+
+/** Whether any reader is configured: writers may skip building what they would record. */
+export function recording(this: void): boolean {
+  return reading && REQUEST_PHASES.has(ngx.get_phase());
+}
+
 /** True in a request's phases (timers and init have no request to record on). */
 export function inRequest(this: void): boolean {
   return REQUEST_PHASES.has(ngx.get_phase());
 }
+
+/**
+ * Shared by every record until its first Redis call: a new record costs one table. Never
+ * written: redisCall() gives the record its own tables first. Readers only read them.
+ */
+const NO_REDIS: RedisFacts = { round_trips: 0, time_ms: 0, errors: 0 };
+const NO_PLUGINS: Record<string, RedisFacts> = {};
 
 /** This request's facts, created on first use. Only call in a request phase. */
 function facts(this: void): RequestFacts {
   const shared = kong.ctx.shared;
   let f = shared[SHARED_KEY] as RequestFacts | undefined;
   if (f === undefined) {
-    f = { redis: { round_trips: 0, time_ms: 0, errors: 0 }, redis_by_plugin: {} };
+    f = { redis: NO_REDIS, redis_by_plugin: NO_PLUGINS };
     shared[SHARED_KEY] = f;
   }
   return f;
@@ -136,24 +164,33 @@ export function get(this: void): RequestFacts | undefined {
 
 /** The Redis calls that follow, until the next enter(), are this plugin's. */
 export function enter(this: void, plugin: string): void {
-  if (!inRequest()) return;
+  if (!reading || !inRequest()) return;
   facts().current = plugin;
 }
 
 /** One logical Redis call that made `roundTrips` round trips and took `ms`. */
 export function redisCall(this: void, roundTrips: number, ms: number, failed: boolean): void {
-  if (!inRequest()) return;
+  if (!reading || !inRequest()) return;
   const f = facts();
-  const total = f.redis;
+  let total = f.redis;
+  if (total === NO_REDIS) {
+    total = { round_trips: 0, time_ms: 0, errors: 0 };
+    f.redis = total;
+  }
   total.round_trips += roundTrips;
   total.time_ms += ms;
   if (failed) total.errors++;
   const plugin = f.current;
   if (plugin === undefined) return;
-  let mine = f.redis_by_plugin[plugin];
+  let byPlugin = f.redis_by_plugin;
+  if (byPlugin === NO_PLUGINS) {
+    byPlugin = {};
+    f.redis_by_plugin = byPlugin;
+  }
+  let mine = byPlugin[plugin];
   if (mine === undefined) {
     mine = { round_trips: 0, time_ms: 0, errors: 0 };
-    f.redis_by_plugin[plugin] = mine;
+    byPlugin[plugin] = mine;
   }
   mine.round_trips += roundTrips;
   mine.time_ms += ms;
@@ -161,40 +198,48 @@ export function redisCall(this: void, roundTrips: number, ms: number, failed: bo
 }
 
 export function cache(this: void, plugin: string, status: CacheStatus): void {
-  if (!inRequest()) return;
+  if (!reading || !inRequest()) return;
   facts().cache = { plugin, status };
 }
 
-export function limit(this: void, decision: LimitFacts): void {
-  if (!inRequest()) return;
+/**
+ * A limit decision (LimitFacts), given field by field: with no reader configured no
+ * record is built at all.
+ */
+export function limit(this: void, plugin: string, kind: "rate" | "quota", admitted: boolean, source: DecisionSource, limitValue?: number, remaining?: number): void {
+  if (!reading || !inRequest()) return;
   const f = facts();
-  if (f.limits === undefined) f.limits = [];
-  f.limits.push(decision);
+  const decision: LimitFacts = { plugin, kind, admitted, source, limit: limitValue, remaining };
+  const limits = f.limits;
+  if (limits === undefined) f.limits = [decision];
+  else limits[limits.length] = decision;
 }
 
 export function auth(this: void, plugin: string, result: AuthResult, consumerId?: string, reason?: string): void {
-  if (!inRequest()) return;
+  if (!reading || !inRequest()) return;
   facts().auth = { plugin, result, consumer_id: consumerId, reason };
 }
 
 /** An auth plugin looks for a credential under these names (a table prepared per config). */
 export function credentialNames(this: void, names: CredentialNames): void {
-  if (!inRequest()) return;
+  if (!reading || !inRequest()) return;
   const f = facts();
-  if (f.credential_names === undefined) f.credential_names = [];
-  f.credential_names.push(names);
+  const all = f.credential_names;
+  if (all === undefined) f.credential_names = [names];
+  else all[all.length] = names;
 }
 
 export function access(this: void, plugin: string, allowed: boolean, reason?: string): void {
-  if (!inRequest()) return;
+  if (!reading || !inRequest()) return;
   facts().access = { plugin, allowed, reason };
 }
 
 /** A plugin error of this request; at most MAX_ERRORS kept (a loop of failures stays bounded). */
 export const MAX_ERRORS = 16;
 export function error(this: void, plugin: string, message: string): void {
-  if (!inRequest()) return;
+  if (!reading || !inRequest()) return;
   const f = facts();
-  if (f.errors === undefined) f.errors = [];
-  if (f.errors.length < MAX_ERRORS) f.errors.push({ plugin, message });
+  const errors = f.errors;
+  if (errors === undefined) f.errors = [{ plugin, message }];
+  else if (errors.length < MAX_ERRORS) errors[errors.length] = { plugin, message };
 }

@@ -58,6 +58,72 @@ interface RouteSeries {
   egress: string;
   /** kong_http_requests_total without a consumer, by status and source. */
   requests: LuaTable<string, string>;
+  /** The krs_* series of this route, by their label values (see factSeries). */
+  facts: SeriesTree;
+}
+
+/**
+ * Series names by their label values, one level per label (values are strings; a
+ * boolean label is given as its text): a request walks the tree instead of building the
+ * name. What it holds is bounded by the label values the suite's plugins record: plugin
+ * names, fixed result names and the config's deny-list names, per route of the config.
+ */
+type SeriesTree = LuaTable<string, SeriesTree | string>;
+
+function child(this: void, node: SeriesTree, key: string): SeriesTree {
+  let c = node.get(key) as SeriesTree | undefined;
+  if (c === undefined) {
+    c = new LuaTable();
+    node.set(key, c);
+  }
+  return c;
+}
+
+/** `def{sr,<label>="<value>",...}` for the label values after service and route. */
+function buildSeries(this: void, def: M.MetricDef, sr: string, a: string, b: string, c?: string, d?: string): string {
+  const values = [a, b];
+  if (c !== undefined) values.push(c);
+  if (d !== undefined) values.push(d);
+  const labels = [sr];
+  for (let i = 0; i < values.length; i++) labels.push(def.labels[i + 2] + '="' + escape(values[i]) + '"');
+  return def.name + "{" + table.concat(labels, ",") + "}";
+}
+
+function leaf(this: void, node: SeriesTree, key: string, def: M.MetricDef, sr: string, a: string, b: string, c?: string, d?: string): string {
+  let series = node.get(key) as string | undefined;
+  if (series === undefined) {
+    series = buildSeries(def, sr, a, b, c, d);
+    node.set(key, series);
+  }
+  return series;
+}
+
+/** The series of `def` in route tree `tree` for the label values a, b (c, d when it has them). */
+function factSeries(this: void, tree: SeriesTree, def: M.MetricDef, sr: string, a: string, b: string, c?: string, d?: string): string {
+  let node = child(child(tree, def.name), a);
+  if (c === undefined) return leaf(node, b, def, sr, a, b);
+  node = child(node, b);
+  if (d === undefined) return leaf(node, c, def, sr, a, b, c);
+  return leaf(child(node, c), d, def, sr, a, b, c, d);
+}
+
+/** The per-plugin Redis series (krs_redis_*, krs_plugin_errors_total), built once per plugin name. */
+interface PluginSeries {
+  roundTrips: string;
+  errors: string;
+  latency: string;
+  pluginErrors: string;
+}
+const seriesByPlugin = new LuaTable<string, PluginSeries>();
+
+function pluginSeries(this: void, plugin: string): PluginSeries {
+  let s = seriesByPlugin.get(plugin);
+  if (s === undefined) {
+    const labels = '{plugin="' + escape(plugin) + '"}';
+    s = { roundTrips: M.REDIS_ROUND_TRIPS.name + labels, errors: M.REDIS_ERRORS.name + labels, latency: M.REDIS_LATENCY.name + labels, pluginErrors: M.PLUGIN_ERRORS.name + labels };
+    seriesByPlugin.set(plugin, s);
+  }
+  return s;
 }
 const seriesByRoute = setmetatable(new LuaTable<object, RouteSeries>(), { __mode: "k" });
 /** The key for requests that matched no route. */
@@ -86,6 +152,7 @@ function routeSeries(this: void): RouteSeries {
     ingress: M.BANDWIDTH.name + "{" + sr + ',direction="ingress",workspace="' + WORKSPACE + '",consumer=""}',
     egress: M.BANDWIDTH.name + "{" + sr + ',direction="egress",workspace="' + WORKSPACE + '",consumer=""}',
     requests: new LuaTable(),
+    facts: new LuaTable(),
   };
   seriesByRoute.set(key, s);
   return s;
@@ -147,31 +214,33 @@ function recordKong(this: void, conf: MetricsConf, s: RouteSeries): void {
 }
 
 /** The krs_* metrics from what the suite's plugins recorded in this request. */
-function recordFacts(this: void, sr: string): void {
+function recordFacts(this: void, s: RouteSeries): void {
   const f = facts.get();
   if (f === undefined) return;
+  const tree = s.facts;
+  const sr = s.sr;
   const cache = f.cache;
-  if (cache !== undefined) store.inc(M.CACHE_REQUESTS, sr + ',plugin="' + escape(cache.plugin) + '",status="' + escape(cache.status) + '"', 1);
+  if (cache !== undefined) store.incSeries(M.CACHE_REQUESTS, factSeries(tree, M.CACHE_REQUESTS, sr, cache.plugin, cache.status), 1);
   const limits = f.limits;
   if (limits !== undefined) {
     for (const d of limits) {
-      store.inc(M.LIMIT_DECISIONS, sr + ',plugin="' + escape(d.plugin) + '",kind="' + escape(d.kind) + '",decision="' + (d.admitted ? "admitted" : "rejected") + '",source="' + escape(d.source) + '"', 1);
+      store.incSeries(M.LIMIT_DECISIONS, factSeries(tree, M.LIMIT_DECISIONS, sr, d.plugin, d.kind, d.admitted ? "admitted" : "rejected", d.source), 1);
     }
   }
   const auth = f.auth;
-  if (auth !== undefined) store.inc(M.AUTH_RESULTS, sr + ',plugin="' + escape(auth.plugin) + '",result="' + escape(auth.result) + '"', 1);
+  if (auth !== undefined) store.incSeries(M.AUTH_RESULTS, factSeries(tree, M.AUTH_RESULTS, sr, auth.plugin, auth.result), 1);
   const access = f.access;
   if (access !== undefined) {
-    store.inc(M.ACCESS_DECISIONS, sr + ',plugin="' + escape(access.plugin) + '",decision="' + (access.allowed ? "allowed" : "refused") + '",reason="' + escape(access.reason ?? "") + '"', 1);
+    store.incSeries(M.ACCESS_DECISIONS, factSeries(tree, M.ACCESS_DECISIONS, sr, access.plugin, access.allowed ? "allowed" : "refused", access.reason ?? ""), 1);
   }
   for (const [plugin, redis] of pairs(f.redis_by_plugin)) {
-    const labels = 'plugin="' + escape(plugin as string) + '"';
-    if (redis.round_trips > 0) store.inc(M.REDIS_ROUND_TRIPS, labels, redis.round_trips);
-    if (redis.errors > 0) store.inc(M.REDIS_ERRORS, labels, redis.errors);
-    store.observe(M.REDIS_LATENCY, labels, redis.time_ms / 1000);
+    const ps = pluginSeries(plugin as string);
+    if (redis.round_trips > 0) store.incSeries(M.REDIS_ROUND_TRIPS, ps.roundTrips, redis.round_trips);
+    if (redis.errors > 0) store.incSeries(M.REDIS_ERRORS, ps.errors, redis.errors);
+    store.observeSeries(M.REDIS_LATENCY, ps.latency, redis.time_ms / 1000);
   }
   const errors = f.errors;
-  if (errors !== undefined) for (const e of errors) store.inc(M.PLUGIN_ERRORS, 'plugin="' + escape(e.plugin) + '"', 1);
+  if (errors !== undefined) for (const e of errors) store.incSeries(M.PLUGIN_ERRORS, pluginSeries(e.plugin).pluginErrors, 1);
 }
 
 /** This worker's breaker states, as gauges that die with the worker. */
@@ -239,20 +308,24 @@ const handler: KongPluginHandler<MetricsConf> = {
   configure(configs) {
     let maxSeries = 0;
     let pusher: MetricsConf | undefined;
+    let readsFacts = false;
     if (configs !== undefined) {
       for (const c of configs) {
+        if (c.suite_metrics) readsFacts = true;
         maxSeries = math.max(maxSeries, c.max_series);
         if (c.push_interval > 0 && (pusher === undefined || c.push_interval < pusher.push_interval)) pusher = c;
       }
     }
     store.setMaxSeries(maxSeries > 0 ? maxSeries : DEFAULT_MAX_SERIES);
     state.setClusterConf(pusher);
+    // The other plugins record their request facts only while a reader is configured.
+    facts.setReader(PLUGIN, readsFacts);
   },
 
   log(conf) {
     const s = routeSeries();
     recordKong(conf, s);
-    if (conf.suite_metrics) recordFacts(s.sr);
+    if (conf.suite_metrics) recordFacts(s);
   },
 };
 

@@ -135,6 +135,30 @@ export function inc(this: void, def: MetricDef, labels: string, value: number): 
   incSeries(def, def.name + "{" + labels + "}", value);
 }
 
+/**
+ * Whole values 0..INDEXED of a histogram find their bucket in a table built once per
+ * metric (Kong's latencies are whole milliseconds, mostly small): no loop per request,
+ * whose early exit at a varying bucket also keeps LuaJIT from compiling the caller.
+ */
+const INDEXED = 1000;
+const bucketIndexes = new LuaTable<MetricDef, LuaTable<number, number>>();
+
+/** Index (1-based) of the first bucket holding `value`, 0 past the last one. */
+function bucketSearch(this: void, bounds: number[], value: number): number {
+  for (let i = 0; i < bounds.length; i++) if (value <= bounds[i]) return i + 1;
+  return 0;
+}
+
+function bucketIndexesOf(this: void, def: MetricDef): LuaTable<number, number> {
+  let indexes = bucketIndexes.get(def);
+  if (indexes === undefined) {
+    indexes = new LuaTable();
+    for (let v = 0; v <= INDEXED; v++) indexes.set(v, bucketSearch(def.buckets!, v));
+    bucketIndexes.set(def, indexes);
+  }
+  return indexes;
+}
+
 /** One observation of a histogram's label set `base` (`name{labels}`). */
 export function observeSeries(this: void, def: MetricDef, base: string, value: number): void {
   let h = pendingHistograms.get(base);
@@ -143,13 +167,8 @@ export function observeSeries(this: void, def: MetricDef, base: string, value: n
     h = { buckets: new LuaTable(), sum: 0, count: 0 };
     pendingHistograms.set(base, h);
   }
-  const bounds = def.buckets!;
-  for (let i = 0; i < bounds.length; i++) {
-    if (value <= bounds[i]) {
-      h.buckets.set(i + 1, (h.buckets.get(i + 1) ?? 0) + 1);
-      break;
-    }
-  }
+  const i = bucketIndexesOf(def).get(value) ?? bucketSearch(def.buckets!, value);
+  if (i > 0) h.buckets.set(i, (h.buckets.get(i) ?? 0) + 1);
   h.sum += value;
   h.count++;
 }

@@ -338,7 +338,7 @@ function recordDecision(this: void, p: Prepared, admitted: boolean, source: fact
       }
     }
   }
-  facts.limit({ plugin: PLUGIN, kind: "rate", admitted, source, limit, remaining: left });
+  facts.limit(PLUGIN, "rate", admitted, source, limit, left);
 }
 
 function reject(this: void, conf: Conf, p: Prepared, now: number, remaining: number[], retryMs: number): never {

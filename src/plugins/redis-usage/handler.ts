@@ -227,6 +227,12 @@ interface Metered {
   statusClass: string | undefined;
 }
 
+/**
+ * The log phase's Metered record, filled for each request and used before the handler
+ * returns (nothing in between yields): no table per request.
+ */
+const metered: Metered = { conf: undefined as unknown as Conf, state: undefined as unknown as meter.PoolState, expiry: undefined as unknown as Expiry, bytesIn: 0, bytesOut: 0, cost: 0, statusClass: undefined };
+
 function bump(this: void, fields: LuaTable<string, number>, field: string, n: number): void {
   if (n !== 0) fields.set(field, (fields.get(field) ?? 0) + n);
 }
@@ -271,7 +277,6 @@ const handler: KongPluginHandler<Conf> = {
       ctx["admitted"] = true;
       return;
     }
-    facts.enter(PLUGIN);
     const now = floor(ngx.now() * 1000 + 0.5);
     const c = clockAt(now);
     const subject = identify(conf, c);
@@ -285,6 +290,7 @@ const handler: KongPluginHandler<Conf> = {
     const need = conf.quota_unit === "cost" ? math.max(1, costNow) : 1;
     let d: Decision;
     if (conf.quota_mode === "exact") {
+      facts.enter(PLUGIN);
       const e = expiryOf(conf, c);
       const [reply, err] = script(conf.redis, {
         script: QUOTA_SCRIPT,
@@ -292,7 +298,7 @@ const handler: KongPluginHandler<Conf> = {
         args: [conf.quota_unit, need, costNow, conf.quota_day ?? -1, conf.quota_month ?? -1, e.dayAt, e.monthAt],
       });
       if (type(reply) !== "table") {
-        facts.limit({ plugin: PLUGIN, kind: "quota", admitted: conf.fault_tolerant, source: "fault" });
+        facts.limit(PLUGIN, "quota", conf.fault_tolerant, "fault");
         if (conf.fault_tolerant) ctx["admitted"] = true;
         return onRedisFailure(PLUGIN, conf, reply === false ? `script ${QUOTA_SCRIPT} failed: ${err}` : err);
       }
@@ -308,7 +314,7 @@ const handler: KongPluginHandler<Conf> = {
       }
     }
     const byMonth = d.monthLimit >= 0 && (d.dayLimit < 0 || d.monthLeft < d.dayLeft);
-    facts.limit({ plugin: PLUGIN, kind: "quota", admitted: d.admitted, source: conf.quota_mode === "exact" ? "redis" : "worker", limit: byMonth ? d.monthLimit : d.dayLimit, remaining: byMonth ? d.monthLeft : d.dayLeft });
+    facts.limit(PLUGIN, "quota", d.admitted, conf.quota_mode === "exact" ? "redis" : "worker", byMonth ? d.monthLimit : d.dayLimit, byMonth ? d.monthLeft : d.dayLeft);
     if (!d.admitted) return reject(conf, d, c, now);
     ctx["admitted"] = true;
     // The headers are set from the decision itself at header_filter: no table built per request for them.
@@ -357,7 +363,14 @@ const handler: KongPluginHandler<Conf> = {
     const view = ctx["view"] as quota.View | undefined;
     if (view !== undefined) quota.admit(view, 0, cost - ((ctx["view_cost"] as number | undefined) ?? 0));
 
-    const request: Metered = { conf, state: meter.stateFor(conf), expiry: expiryOf(conf, c), bytesIn, bytesOut, cost, statusClass };
+    const request = metered;
+    request.conf = conf;
+    request.state = meter.stateFor(conf);
+    request.expiry = expiryOf(conf, c);
+    request.bytesIn = bytesIn;
+    request.bytesOut = bytesOut;
+    request.cost = cost;
+    request.statusClass = statusClass;
     meter.due(request.state, conf);
     const known = ctx["subject"] as Subject | undefined;
     const subject = known !== undefined ? current(known, c) : identify(conf, c);

@@ -299,7 +299,16 @@ function tick(this: void, premature: boolean): void {
   }
 }
 
+/** A flushNow timer is pending: a burst of new counter sets schedules one, not one each. */
+let flushScheduled = false;
+
+/** Whether a zero-delay flush is pending (for the unit spec). */
+export function flushPending(this: void): boolean {
+  return flushScheduled;
+}
+
 function flushNow(this: void, premature: boolean): void {
+  flushScheduled = false;
   if (premature) return flushAtExit();
   // A flush under way is told to go round again (flushPool): these counts may have come after its seal.
   for (const [, state] of pairs(pools)) if (pending(state) > 0) flushPool(state);
@@ -307,8 +316,15 @@ function flushNow(this: void, premature: boolean): void {
 
 /** A flush as soon as possible (a full batch, or an exiting worker's late request). */
 export function flushSoon(this: void): void {
+  // One pending at a time: it flushes every pool with counts, including those added after
+  // this call; a request after it has run schedules the next one.
+  if (flushScheduled) return;
   const [ok, err] = ngx.timer.at(0, flushNow);
-  if (ok === undefined && err !== "process exiting") logThrottled(PLUGIN, `could not start a flush: ${err}`);
+  if (ok === undefined) {
+    if (err !== "process exiting") logThrottled(PLUGIN, `could not start a flush: ${err}`);
+    return;
+  }
+  flushScheduled = true;
 }
 
 /** Starts this worker's flush timer (init_worker, or the first request when the plugin came with a later config). */

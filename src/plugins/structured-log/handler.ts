@@ -88,6 +88,11 @@ const handler: KongPluginHandler<LogConf> = {
   PRIORITY: 9,
   VERSION: SUITE_VERSION,
 
+  // The request facts are recorded only while a reader (this plugin, redis-metrics) is configured.
+  configure(configs) {
+    facts.setReader(PLUGIN, configs !== undefined && configs.length > 0);
+  },
+
   access(conf) {
     const header = conf.correlation_header;
     if (!hasText(header)) return;

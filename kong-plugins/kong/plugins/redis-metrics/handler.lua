@@ -54,6 +54,97 @@ local floor = math.floor
 local function text(value)
     return type(value) == "string" and value or nil
 end
+local function child(node, key)
+    local c = node[key]
+    if c == nil then
+        c = {}
+        node[key] = c
+    end
+    return c
+end
+--- `def{sr,<label>="<value>",...}` for the label values after service and route.
+local function buildSeries(def, sr, a, b, c, d)
+    local values = {a, b}
+    if c ~= nil then
+        values[#values + 1] = c
+    end
+    if d ~= nil then
+        values[#values + 1] = d
+    end
+    local labels = {sr}
+    do
+        local i = 0
+        while i < #values do
+            labels[#labels + 1] = ((def.labels[i + 2 + 1] .. "=\"") .. escape(values[i + 1])) .. "\""
+            i = i + 1
+        end
+    end
+    return ((def.name .. "{") .. table.concat(labels, ",")) .. "}"
+end
+local function leaf(node, key, def, sr, a, b, c, d)
+    local series = node[key]
+    if series == nil then
+        series = buildSeries(
+            def,
+            sr,
+            a,
+            b,
+            c,
+            d
+        )
+        node[key] = series
+    end
+    return series
+end
+--- The series of `def` in route tree `tree` for the label values a, b (c, d when it has them).
+local function factSeries(tree, def, sr, a, b, c, d)
+    local node = child(
+        child(tree, def.name),
+        a
+    )
+    if c == nil then
+        return leaf(
+            node,
+            b,
+            def,
+            sr,
+            a,
+            b
+        )
+    end
+    node = child(node, b)
+    if d == nil then
+        return leaf(
+            node,
+            c,
+            def,
+            sr,
+            a,
+            b,
+            c
+        )
+    end
+    return leaf(
+        child(node, c),
+        d,
+        def,
+        sr,
+        a,
+        b,
+        c,
+        d
+    )
+end
+local seriesByPlugin = {}
+local function pluginSeries(plugin)
+    local s = seriesByPlugin[plugin]
+    if s == nil then
+        local labels = ("{plugin=\"" .. escape(plugin)) .. "\"}"
+        s = {roundTrips = M.REDIS_ROUND_TRIPS.name .. labels, errors = M.REDIS_ERRORS.name .. labels, latency = M.REDIS_LATENCY.name .. labels, pluginErrors = M.PLUGIN_ERRORS.name .. labels}
+        seriesByPlugin[plugin] = s
+    end
+    return s
+end
 local seriesByRoute = setmetatable({}, {__mode = "k"})
 --- The key for requests that matched no route.
 local NO_ROUTE = {}
@@ -80,7 +171,8 @@ local function routeSeries()
         kongLatency = M.KONG_LATENCY.name .. latency,
         ingress = ((((M.BANDWIDTH.name .. "{") .. sr) .. ",direction=\"ingress\",workspace=\"") .. WORKSPACE) .. "\",consumer=\"\"}",
         egress = ((((M.BANDWIDTH.name .. "{") .. sr) .. ",direction=\"egress\",workspace=\"") .. WORKSPACE) .. "\",consumer=\"\"}",
-        requests = {}
+        requests = {},
+        facts = {}
     }
     seriesByRoute[key] = s
     return s
@@ -171,61 +263,90 @@ local function recordKong(conf, s)
     end
 end
 --- The krs_* metrics from what the suite's plugins recorded in this request.
-local function recordFacts(sr)
+local function recordFacts(s)
     local f = facts.get()
     if f == nil then
         return
     end
+    local tree = s.facts
+    local sr = s.sr
     local cache = f.cache
     if cache ~= nil then
-        store.inc(
+        store.incSeries(
             M.CACHE_REQUESTS,
-            ((((sr .. ",plugin=\"") .. escape(cache.plugin)) .. "\",status=\"") .. escape(cache.status)) .. "\"",
+            factSeries(
+                tree,
+                M.CACHE_REQUESTS,
+                sr,
+                cache.plugin,
+                cache.status
+            ),
             1
         )
     end
     local limits = f.limits
     if limits ~= nil then
         for ____, d in ipairs(limits) do
-            store.inc(
+            store.incSeries(
                 M.LIMIT_DECISIONS,
-                ((((((((sr .. ",plugin=\"") .. escape(d.plugin)) .. "\",kind=\"") .. escape(d.kind)) .. "\",decision=\"") .. (d.admitted and "admitted" or "rejected")) .. "\",source=\"") .. escape(d.source)) .. "\"",
+                factSeries(
+                    tree,
+                    M.LIMIT_DECISIONS,
+                    sr,
+                    d.plugin,
+                    d.kind,
+                    d.admitted and "admitted" or "rejected",
+                    d.source
+                ),
                 1
             )
         end
     end
     local auth = f.auth
     if auth ~= nil then
-        store.inc(
+        store.incSeries(
             M.AUTH_RESULTS,
-            ((((sr .. ",plugin=\"") .. escape(auth.plugin)) .. "\",result=\"") .. escape(auth.result)) .. "\"",
+            factSeries(
+                tree,
+                M.AUTH_RESULTS,
+                sr,
+                auth.plugin,
+                auth.result
+            ),
             1
         )
     end
     local access = f.access
     if access ~= nil then
-        store.inc(
+        store.incSeries(
             M.ACCESS_DECISIONS,
-            ((((((sr .. ",plugin=\"") .. escape(access.plugin)) .. "\",decision=\"") .. (access.allowed and "allowed" or "refused")) .. "\",reason=\"") .. escape(access.reason or "")) .. "\"",
+            factSeries(
+                tree,
+                M.ACCESS_DECISIONS,
+                sr,
+                access.plugin,
+                access.allowed and "allowed" or "refused",
+                access.reason or ""
+            ),
             1
         )
     end
     for plugin, redis in pairs(f.redis_by_plugin) do
-        local labels = ("plugin=\"" .. escape(plugin)) .. "\""
+        local ps = pluginSeries(plugin)
         if redis.round_trips > 0 then
-            store.inc(M.REDIS_ROUND_TRIPS, labels, redis.round_trips)
+            store.incSeries(M.REDIS_ROUND_TRIPS, ps.roundTrips, redis.round_trips)
         end
         if redis.errors > 0 then
-            store.inc(M.REDIS_ERRORS, labels, redis.errors)
+            store.incSeries(M.REDIS_ERRORS, ps.errors, redis.errors)
         end
-        store.observe(M.REDIS_LATENCY, labels, redis.time_ms / 1000)
+        store.observeSeries(M.REDIS_LATENCY, ps.latency, redis.time_ms / 1000)
     end
     local errors = f.errors
     if errors ~= nil then
         for ____, e in ipairs(errors) do
-            store.inc(
+            store.incSeries(
                 M.PLUGIN_ERRORS,
-                ("plugin=\"" .. escape(e.plugin)) .. "\"",
+                pluginSeries(e.plugin).pluginErrors,
                 1
             )
         end
@@ -275,8 +396,12 @@ local handler = {
     configure = function(self, configs)
         local maxSeries = 0
         local pusher
+        local readsFacts = false
         if configs ~= nil then
             for ____, c in ipairs(configs) do
+                if c.suite_metrics then
+                    readsFacts = true
+                end
                 maxSeries = math.max(maxSeries, c.max_series)
                 if c.push_interval > 0 and (pusher == nil or c.push_interval < pusher.push_interval) then
                     pusher = c
@@ -285,12 +410,13 @@ local handler = {
         end
         store.setMaxSeries(maxSeries > 0 and maxSeries or DEFAULT_MAX_SERIES)
         state.setClusterConf(pusher)
+        facts.setReader(PLUGIN, readsFacts)
     end,
     log = function(self, conf)
         local s = routeSeries()
         recordKong(conf, s)
         if conf.suite_metrics then
-            recordFacts(s.sr)
+            recordFacts(s)
         end
     end
 }

@@ -117,6 +117,39 @@ end
 function ____exports.inc(def, labels, value)
     ____exports.incSeries(def, ((def.name .. "{") .. labels) .. "}", value)
 end
+--- Whole values 0..INDEXED of a histogram find their bucket in a table built once per
+-- metric (Kong's latencies are whole milliseconds, mostly small): no loop per request,
+-- whose early exit at a varying bucket also keeps LuaJIT from compiling the caller.
+local INDEXED = 1000
+local bucketIndexes = {}
+--- Index (1-based) of the first bucket holding `value`, 0 past the last one.
+local function bucketSearch(bounds, value)
+    do
+        local i = 0
+        while i < #bounds do
+            if value <= bounds[i + 1] then
+                return i + 1
+            end
+            i = i + 1
+        end
+    end
+    return 0
+end
+local function bucketIndexesOf(def)
+    local indexes = bucketIndexes[def]
+    if indexes == nil then
+        indexes = {}
+        do
+            local v = 0
+            while v <= INDEXED do
+                indexes[v] = bucketSearch(def.buckets, v)
+                v = v + 1
+            end
+        end
+        bucketIndexes[def] = indexes
+    end
+    return indexes
+end
 --- One observation of a histogram's label set `base` (`name{labels}`).
 function ____exports.observeSeries(def, base, value)
     local h = pendingHistograms[base]
@@ -127,16 +160,9 @@ function ____exports.observeSeries(def, base, value)
         h = {buckets = {}, sum = 0, count = 0}
         pendingHistograms[base] = h
     end
-    local bounds = def.buckets
-    do
-        local i = 0
-        while i < #bounds do
-            if value <= bounds[i + 1] then
-                h.buckets[i + 1] = (h.buckets[i + 1] or 0) + 1
-                break
-            end
-            i = i + 1
-        end
+    local i = bucketIndexesOf(def)[value] or bucketSearch(def.buckets, value)
+    if i > 0 then
+        h.buckets[i] = (h.buckets[i] or 0) + 1
     end
     h.sum = h.sum + value
     h.count = h.count + 1
@@ -234,14 +260,14 @@ function ____exports.snapshot()
     for ____, key in ipairs(shm:get_keys(0)) do
         do
             if string.byte(key, 1) == 35 then
-                goto __continue51
+                goto __continue57
             end
             local value = shm:get(key)
             if type(value) == "number" then
                 out[key] = value
             end
         end
-        ::__continue51::
+        ::__continue57::
     end
     return out
 end
@@ -256,14 +282,14 @@ function ____exports.workerGauges()
     for ____, key in ipairs(shm:get_keys(0)) do
         do
             if string.sub(key, 1, prefixLength) ~= ____exports.WORKER_GAUGE_PREFIX then
-                goto __continue57
+                goto __continue63
             end
             local value = shm:get(key)
             if type(value) == "number" then
                 out[string.sub(key, prefixLength + 1)] = value
             end
         end
-        ::__continue57::
+        ::__continue63::
     end
     return out
 end

@@ -291,14 +291,14 @@ local function recordDecision(p, admitted, source, remaining)
             end
         end
     end
-    facts.limit({
-        plugin = PLUGIN,
-        kind = "rate",
-        admitted = admitted,
-        source = source,
-        limit = limit,
-        remaining = left
-    })
+    facts.limit(
+        PLUGIN,
+        "rate",
+        admitted,
+        source,
+        limit,
+        left
+    )
 end
 local function reject(conf, p, now, remaining, retryMs)
     if conf.hide_client_headers then

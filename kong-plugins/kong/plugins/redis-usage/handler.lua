@@ -229,6 +229,17 @@ local function decideBatched(conf, view, need, costNow)
         monthLeft = left(monthLimit, monthUsed + spent)
     }
 end
+--- The log phase's Metered record, filled for each request and used before the handler
+-- returns (nothing in between yields): no table per request.
+local metered = {
+    conf = nil,
+    state = nil,
+    expiry = nil,
+    bytesIn = 0,
+    bytesOut = 0,
+    cost = 0,
+    statusClass = nil
+}
 local function bump(fields, field, n)
     if n ~= 0 then
         fields[field] = (fields[field] or 0) + n
@@ -281,7 +292,6 @@ local handler = {
             ctx.admitted = true
             return
         end
-        facts.enter(PLUGIN)
         local now = floor(ngx.now() * 1000 + 0.5)
         local c = clockAt(now)
         local subject = identify(conf, c)
@@ -294,6 +304,7 @@ local handler = {
         local need = conf.quota_unit == "cost" and math.max(1, costNow) or 1
         local d
         if conf.quota_mode == "exact" then
+            facts.enter(PLUGIN)
             local e = expiryOf(conf, c)
             local reply, err = script(conf.redis, {script = QUOTA_SCRIPT, keys = {subject.quotaKey, subject.dayKey, subject.monthKey}, args = {
                 conf.quota_unit,
@@ -305,7 +316,7 @@ local handler = {
                 e.monthAt
             }})
             if type(reply) ~= "table" then
-                facts.limit({plugin = PLUGIN, kind = "quota", admitted = conf.fault_tolerant, source = "fault"})
+                facts.limit(PLUGIN, "quota", conf.fault_tolerant, "fault")
                 if conf.fault_tolerant then
                     ctx.admitted = true
                 end
@@ -335,14 +346,14 @@ local handler = {
             end
         end
         local byMonth = d.monthLimit >= 0 and (d.dayLimit < 0 or d.monthLeft < d.dayLeft)
-        facts.limit({
-            plugin = PLUGIN,
-            kind = "quota",
-            admitted = d.admitted,
-            source = conf.quota_mode == "exact" and "redis" or "worker",
-            limit = byMonth and d.monthLimit or d.dayLimit,
-            remaining = byMonth and d.monthLeft or d.dayLeft
-        })
+        facts.limit(
+            PLUGIN,
+            "quota",
+            d.admitted,
+            conf.quota_mode == "exact" and "redis" or "worker",
+            byMonth and d.monthLimit or d.dayLimit,
+            byMonth and d.monthLeft or d.dayLeft
+        )
         if not d.admitted then
             return reject(conf, d, c, now)
         end
@@ -399,15 +410,14 @@ local handler = {
         if view ~= nil then
             quota.admit(view, 0, cost - (ctx.view_cost or 0))
         end
-        local request = {
-            conf = conf,
-            state = meter.stateFor(conf),
-            expiry = expiryOf(conf, c),
-            bytesIn = bytesIn,
-            bytesOut = bytesOut,
-            cost = cost,
-            statusClass = statusClass
-        }
+        local request = metered
+        request.conf = conf
+        request.state = meter.stateFor(conf)
+        request.expiry = expiryOf(conf, c)
+        request.bytesIn = bytesIn
+        request.bytesOut = bytesOut
+        request.cost = cost
+        request.statusClass = statusClass
         meter.due(request.state, conf)
         local known = ctx.subject
         local subject = known ~= nil and current(known, c) or identify(conf, c)

@@ -2,7 +2,7 @@
 local ____lualib = require("krs.lualib_bundle")
 local __TS__ArrayPush = ____lualib.__TS__ArrayPush
 local ____exports = {}
-local writer, seal, callOf, requestsIn, permanent, send, reportDrops, flushPool, pending, flushAtExit, flushNow, PLUGIN, SCRIPT, MAX_CALLS, EXIT_TRIES, EXIT_PAUSE, pools, droppedTotal, writerId
+local writer, seal, callOf, requestsIn, permanent, send, reportDrops, flushPool, pending, flushAtExit, flushNow, PLUGIN, SCRIPT, MAX_CALLS, EXIT_TRIES, EXIT_PAUSE, pools, droppedTotal, writerId, flushScheduled
 local client = require("krs.redis.client")
 local ____fault = require("krs.redis.fault")
 local logThrottled = ____fault.logThrottled
@@ -251,6 +251,7 @@ function flushAtExit()
     end
 end
 function flushNow(premature)
+    flushScheduled = false
     if premature then
         return flushAtExit()
     end
@@ -262,13 +263,20 @@ function flushNow(premature)
 end
 --- A flush as soon as possible (a full batch, or an exiting worker's late request).
 function ____exports.flushSoon()
-    local ok, err = ngx.timer.at(0, flushNow)
-    if ok == nil and err ~= "process exiting" then
-        logThrottled(
-            PLUGIN,
-            "could not start a flush: " .. tostring(err)
-        )
+    if flushScheduled then
+        return
     end
+    local ok, err = ngx.timer.at(0, flushNow)
+    if ok == nil then
+        if err ~= "process exiting" then
+            logThrottled(
+                PLUGIN,
+                "could not start a flush: " .. tostring(err)
+            )
+        end
+        return
+    end
+    flushScheduled = true
 end
 PLUGIN = "redis-usage"
 SCRIPT = "usage-flush"
@@ -356,6 +364,11 @@ local function tick(premature)
             end
         end
     end
+end
+flushScheduled = false
+--- Whether a zero-delay flush is pending (for the unit spec).
+function ____exports.flushPending()
+    return flushScheduled
 end
 --- Starts this worker's flush timer (init_worker, or the first request when the plugin came with a later config).
 function ____exports.start()

@@ -87,6 +87,9 @@ end
 local handler = {
     PRIORITY = 9,
     VERSION = SUITE_VERSION,
+    configure = function(self, configs)
+        facts.setReader(PLUGIN, configs ~= nil and #configs > 0)
+    end,
     access = function(self, conf)
         local header = conf.correlation_header
         if not hasText(header) then
