@@ -96,6 +96,7 @@ build = {
     ["krs.redis.schema"] = "kong-plugins/krs/redis/schema.lua",
     ["krs.redis.sentinel"] = "kong-plugins/krs/redis/sentinel.lua",
     ["krs.redis.slot"] = "kong-plugins/krs/redis/slot.lua",
+    ["krs.redis.subscriber"] = "kong-plugins/krs/redis/subscriber.lua",
     ["krs.redis.subscriptions"] = "kong-plugins/krs/redis/subscriptions.lua",
     ["krs.scripts"] = "kong-plugins/krs/scripts.lua",
     ["krs.version"] = "kong-plugins/krs/version.lua",

@@ -100,9 +100,19 @@ async function subscriberIds(): Promise<number[]> {
   return [...list.matchAll(/^id=(\d+) /gm)].map((m) => Number(m[1]));
 }
 
-/** Kills every subscription, then waits (bounded) until `n` new ones are up. */
+/** The ids of every connection (Redis numbers them in the order they were made). */
+async function clientIds(): Promise<number[]> {
+  const list = (await redis.call("CLIENT", "LIST")) as string;
+  return [...list.matchAll(/^id=(\d+) /gm)].map((m) => Number(m[1]));
+}
+
+/**
+ * Kills every subscription, then waits (bounded) until `n` new ones are up. New means
+ * newer than every connection there was, the idle ones of the gateways' keepalive pools
+ * included: a subscriber owns a connection it opened, never one a request pooled.
+ */
 async function dropSubscriptions(n: number): Promise<void> {
-  const before = Math.max(0, ...(await subscriberIds()));
+  const before = Math.max(0, ...(await clientIds()));
   await redis.call("CLIENT", "KILL", "TYPE", "pubsub");
   // A subscriber that failed a few times in a row waits up to 5 s (its backoff) to reconnect.
   for (let i = 0; i < 300; i++) {

@@ -2,18 +2,10 @@
 local ____exports = {}
 local lrucache = require("resty.lrucache")
 local client = require("krs.redis.client")
-local ____fault = require("krs.redis.fault")
-local logThrottled = ____fault.logThrottled
-local subscriptions = require("krs.redis.subscriptions")
+local subscriber = require("krs.redis.subscriber")
 local ____store = require("kong.plugins.redis-jwt.store")
 local CHANNEL = ____store.CHANNEL
-local LOG_TOPIC = "redis-jwt:subscriber"
 local MAX_CREDENTIALS = 10000
-local READ_TIMEOUT_MS = 1000
-local HEARTBEAT = 5
-local BACKOFF_MIN = 0.2
-local BACKOFF_MAX = 5
-local STABLE_AFTER = 5
 local pools = {}
 local configureSeen = false
 local wantedNames = {}
@@ -24,136 +16,12 @@ local settings = {}
 function ____exports.configVersion()
     return version
 end
-local PING = "*1\r\n$4\r\nPING\r\n"
 function ____exports.credentialsChanged(state)
     state.credentials:flush_all()
     state.credentialGeneration = state.credentialGeneration + 1
 end
 function ____exports.revoked(state)
     state.revocationGeneration = state.revocationGeneration + 1
-end
-local function shouldStop(state)
-    return state.stopped or ngx.worker.exiting()
-end
-local function pause(state, seconds)
-    local left = seconds
-    while left > 0 and not shouldStop(state) do
-        local slice = math.min(left, 1)
-        ngx.sleep(slice)
-        left = left - slice
-    end
-end
-local function listen(state, red)
-    local readReply = red.read_reply
-    local sock = red._sock
-    local lastHeard = ngx.now()
-    local pingSentAt
-    while not shouldStop(state) do
-        do
-            local reply, err = readReply(red)
-            local now = ngx.now()
-            if reply == nil then
-                if err ~= "timeout" then
-                    return "lost the subscription: " .. tostring(err)
-                end
-                if pingSentAt ~= nil then
-                    if now - pingSentAt >= HEARTBEAT then
-                        return "lost the subscription: no answer to PING"
-                    end
-                elseif now - lastHeard >= HEARTBEAT then
-                    local sent, sendErr = sock:send(PING)
-                    if sent == nil then
-                        return "lost the subscription: " .. tostring(sendErr)
-                    end
-                    pingSentAt = now
-                end
-                goto __continue9
-            end
-            lastHeard = now
-            pingSentAt = nil
-            local message = reply
-            if type(reply) == "table" and message[1] == "message" and message[2] == CHANNEL then
-                if message[3] == "r" then
-                    ____exports.revoked(state)
-                else
-                    ____exports.credentialsChanged(state)
-                end
-            end
-        end
-        ::__continue9::
-    end
-    return nil
-end
-local function subscribeLoop(state)
-    local backoff = BACKOFF_MIN
-    local health = subscriptions.track("redis-jwt", state.name)
-    while not shouldStop(state) do
-        local red, connectErr = client.connect(state.conf)
-        local failure
-        if red == nil then
-            failure = "invalidation subscriber could not connect: " .. tostring(connectErr)
-        else
-            local subscribe = red.subscribe
-            local ok, subErr = subscribe(red, CHANNEL)
-            if ok == nil or ok == false then
-                failure = "invalidation subscriber could not SUBSCRIBE: " .. tostring(subErr)
-            else
-                ____exports.credentialsChanged(state)
-                ____exports.revoked(state)
-                state.subscribed = true
-                subscriptions.subscribed(health)
-                red:set_timeout(READ_TIMEOUT_MS)
-                local upSince = ngx.now()
-                local lost = listen(state, red)
-                state.subscribed = false
-                subscriptions.lost(health)
-                if lost ~= nil then
-                    failure = ("invalidation subscriber " .. lost) .. "; reconnecting"
-                    if ngx.now() - upSince >= STABLE_AFTER then
-                        backoff = BACKOFF_MIN
-                    end
-                end
-            end
-            red:close()
-        end
-        if failure ~= nil and not shouldStop(state) then
-            logThrottled(LOG_TOPIC, failure)
-            pause(state, backoff)
-            backoff = math.min(backoff * 2, BACKOFF_MAX)
-        end
-    end
-    subscriptions.forget("redis-jwt", state.name)
-end
-local function subscriber(premature, state)
-    if not premature then
-        local ok, err = pcall(subscribeLoop, state)
-        if not ok then
-            logThrottled(
-                LOG_TOPIC,
-                "invalidation subscriber failed: " .. tostring(err)
-            )
-        end
-    end
-    state.subscribed = false
-    state.running = false
-end
-local function start(state)
-    if state.running or state.stopped then
-        return
-    end
-    local phase = ngx.get_phase()
-    if phase == "init" or phase == "header_filter" or phase == "body_filter" or phase == "log" then
-        return
-    end
-    state.running = true
-    local ok, err = ngx.timer.at(0, subscriber, state)
-    if ok == nil then
-        state.running = false
-        logThrottled(
-            LOG_TOPIC,
-            "could not start the invalidation subscriber: " .. tostring(err)
-        )
-    end
 end
 local function newState(name, conf)
     local credentials, err = lrucache.new(MAX_CREDENTIALS)
@@ -166,10 +34,32 @@ local function newState(name, conf)
         credentials = credentials,
         credentialGeneration = 0,
         revocationGeneration = 0,
-        subscribed = false,
-        running = false,
-        stopped = false
+        subscribed = false
     }
+    state.subscriber = subscriber.create(
+        conf,
+        {
+            plugin = "redis-jwt",
+            logTopic = "redis-jwt:subscriber",
+            what = "invalidation subscriber",
+            channels = {CHANNEL},
+            onConnected = function()
+                ____exports.credentialsChanged(state)
+                ____exports.revoked(state)
+                state.subscribed = true
+            end,
+            onMessage = function(_channel, payload)
+                if payload == "r" then
+                    ____exports.revoked(state)
+                else
+                    ____exports.credentialsChanged(state)
+                end
+            end,
+            onLost = function()
+                state.subscribed = false
+            end
+        }
+    )
     pools[name] = state
     return state
 end
@@ -177,14 +67,14 @@ function ____exports.stateFor(conf)
     local name = client.poolName(conf)
     local state = pools[name]
     if state ~= nil then
-        if not state.running and (not configureSeen or wantedNames[name] ~= nil) then
-            start(state)
+        if not state.subscriber.running and (not configureSeen or wantedNames[name] ~= nil) then
+            subscriber.start(state.subscriber)
         end
         return state
     end
     local created = newState(name, conf)
     if not configureSeen then
-        start(created)
+        subscriber.start(created.subscriber)
     end
     return created
 end
@@ -211,7 +101,7 @@ function ____exports.configure(redisConfs)
     end
     for name, state in pairs(pools) do
         if not (wanted[name] ~= nil) then
-            state.stopped = true
+            subscriber.stop(state.subscriber)
             pools[name] = nil
         end
     end
@@ -221,7 +111,8 @@ function ____exports.configure(redisConfs)
             state = newState(name, conf)
         end
         state.conf = conf
-        start(state)
+        state.subscriber.conf = conf
+        subscriber.start(state.subscriber)
     end
 end
 function ____exports.configuredRedis()

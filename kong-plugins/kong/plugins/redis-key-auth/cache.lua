@@ -2,27 +2,13 @@
 local ____exports = {}
 local lrucache = require("resty.lrucache")
 local client = require("krs.redis.client")
-local ____fault = require("krs.redis.fault")
-local logThrottled = ____fault.logThrottled
-local subscriptions = require("krs.redis.subscriptions")
+local subscriber = require("krs.redis.subscriber")
 local ____store = require("kong.plugins.redis-key-auth.store")
 local CHANNEL = ____store.CHANNEL
---- Its own throttling key: a subscriber failing must not silence the request path's reports.
-local LOG_TOPIC = "redis-key-auth:subscriber"
 --- Valid keys per pool and worker; least recently used keys go first.
 local MAX_ENTRIES = 10000
 --- Unknown keys per pool and worker, apart from the valid ones.
 local MAX_UNKNOWN_ENTRIES = 10000
---- How often (ms) a quiet subscriber wakes to check whether it should stop.
-local READ_TIMEOUT_MS = 1000
---- Seconds of silence after which the subscriber PINGs Redis, and waits that long again for the answer.
-local HEARTBEAT = 5
-local BACKOFF_MIN = 0.2
-local BACKOFF_MAX = 5
---- Seconds a subscription must have stayed up for its loss to retry at BACKOFF_MIN again:
--- a Redis that accepts SUBSCRIBE and drops the connection at once must not be hammered,
--- nor the worker's cache be flushed by every reconnect.
-local STABLE_AFTER = 5
 local pools = {}
 --- Whether `configure` ran in this worker, and the pools its last call wants subscribed.
 local configureSeen = false
@@ -35,7 +21,6 @@ local version = 0
 function ____exports.configVersion()
     return version
 end
-local PING = "*1\r\n$4\r\nPING\r\n"
 local function invalidateAll(state)
     state.cache:flush_all()
     state.unknown:flush_all()
@@ -46,124 +31,6 @@ function ____exports.invalidate(state, sha)
     state.cache:delete(sha)
     state.unknown:delete(sha)
     state.generation = state.generation + 1
-end
-local function shouldStop(state)
-    return state.stopped or ngx.worker.exiting()
-end
---- Sleeps `seconds` in slices, so a stop or a worker exit is noticed within a second.
-local function pause(state, seconds)
-    local left = seconds
-    while left > 0 and not shouldStop(state) do
-        local slice = math.min(left, 1)
-        ngx.sleep(slice)
-        left = left - slice
-    end
-end
---- Reads messages until the connection fails or the subscriber should stop.
-local function listen(state, red)
-    local readReply = red.read_reply
-    local sock = red._sock
-    local lastHeard = ngx.now()
-    local pingSentAt
-    while not shouldStop(state) do
-        do
-            local reply, err = readReply(red)
-            local now = ngx.now()
-            if reply == nil then
-                if err ~= "timeout" then
-                    return "lost the subscription: " .. tostring(err)
-                end
-                if pingSentAt ~= nil then
-                    if now - pingSentAt >= HEARTBEAT then
-                        return "lost the subscription: no answer to PING"
-                    end
-                elseif now - lastHeard >= HEARTBEAT then
-                    local sent, sendErr = sock:send(PING)
-                    if sent == nil then
-                        return "lost the subscription: " .. tostring(sendErr)
-                    end
-                    pingSentAt = now
-                end
-                goto __continue9
-            end
-            lastHeard = now
-            pingSentAt = nil
-            local message = reply
-            if type(reply) == "table" and message[1] == "message" and message[2] == CHANNEL and type(message[3]) == "string" then
-                ____exports.invalidate(state, message[3])
-            end
-        end
-        ::__continue9::
-    end
-    return nil
-end
-local function subscribeLoop(state)
-    local backoff = BACKOFF_MIN
-    local health = subscriptions.track("redis-key-auth", state.name)
-    while not shouldStop(state) do
-        local red, connectErr = client.connect(state.conf)
-        local failure
-        if red == nil then
-            failure = "invalidation subscriber could not connect: " .. tostring(connectErr)
-        else
-            local subscribe = red.subscribe
-            local ok, subErr = subscribe(red, CHANNEL)
-            if ok == nil or ok == false then
-                failure = "invalidation subscriber could not SUBSCRIBE: " .. tostring(subErr)
-            else
-                invalidateAll(state)
-                red:set_timeout(READ_TIMEOUT_MS)
-                local upSince = ngx.now()
-                subscriptions.subscribed(health)
-                local lost = listen(state, red)
-                subscriptions.lost(health)
-                if lost ~= nil then
-                    failure = ("invalidation subscriber " .. lost) .. "; reconnecting"
-                    if ngx.now() - upSince >= STABLE_AFTER then
-                        backoff = BACKOFF_MIN
-                    end
-                end
-            end
-            red:close()
-        end
-        if failure ~= nil and not shouldStop(state) then
-            logThrottled(LOG_TOPIC, failure)
-            pause(state, backoff)
-            backoff = math.min(backoff * 2, BACKOFF_MAX)
-        end
-    end
-    subscriptions.forget("redis-key-auth", state.name)
-end
---- The timer: runs the loop until told to stop; should it ever raise, the next request starts a new one.
-local function subscriber(premature, state)
-    if not premature then
-        local ok, err = pcall(subscribeLoop, state)
-        if not ok then
-            logThrottled(
-                LOG_TOPIC,
-                "invalidation subscriber failed: " .. tostring(err)
-            )
-        end
-    end
-    state.running = false
-end
-local function start(state)
-    if state.running or state.stopped then
-        return
-    end
-    local phase = ngx.get_phase()
-    if phase == "init" or phase == "header_filter" or phase == "body_filter" or phase == "log" then
-        return
-    end
-    state.running = true
-    local ok, err = ngx.timer.at(0, subscriber, state)
-    if ok == nil then
-        state.running = false
-        logThrottled(
-            LOG_TOPIC,
-            "could not start the invalidation subscriber: " .. tostring(err)
-        )
-    end
 end
 local function newState(name, conf)
     local cache, err = lrucache.new(MAX_ENTRIES)
@@ -180,10 +47,19 @@ local function newState(name, conf)
         cache = cache,
         unknown = unknown,
         generation = 0,
-        inflight = {},
-        running = false,
-        stopped = false
+        inflight = {}
     }
+    state.subscriber = subscriber.create(
+        conf,
+        {
+            plugin = "redis-key-auth",
+            logTopic = "redis-key-auth:subscriber",
+            what = "invalidation subscriber",
+            channels = {CHANNEL},
+            onConnected = function() return invalidateAll(state) end,
+            onMessage = function(_channel, sha) return ____exports.invalidate(state, sha) end
+        }
+    )
     pools[name] = state
     return state
 end
@@ -195,14 +71,14 @@ function ____exports.stateFor(conf)
     local name = client.poolName(conf)
     local state = pools[name]
     if state ~= nil then
-        if not state.running and (not configureSeen or wantedNames[name] ~= nil) then
-            start(state)
+        if not state.subscriber.running and (not configureSeen or wantedNames[name] ~= nil) then
+            subscriber.start(state.subscriber)
         end
         return state
     end
     local created = newState(name, conf)
     if not configureSeen then
-        start(created)
+        subscriber.start(created.subscriber)
     end
     return created
 end
@@ -232,7 +108,7 @@ function ____exports.configure(redisConfs)
     end
     for name, state in pairs(pools) do
         if not (wanted[name] ~= nil) then
-            state.stopped = true
+            subscriber.stop(state.subscriber)
             pools[name] = nil
         end
     end
@@ -242,7 +118,8 @@ function ____exports.configure(redisConfs)
             state = newState(name, conf)
         end
         state.conf = conf
-        start(state)
+        state.subscriber.conf = conf
+        subscriber.start(state.subscriber)
     end
 end
 --- The Redis configs of the enabled instances, in config order, one per pool.
