@@ -327,6 +327,11 @@ describe("Admin API and krs jwt", () => {
     expect(((await ecForRs.json()) as { message: string }).message).toBe("rsa_public_key: RS256 needs an RSA key, got EC");
     expect((await post({ key: "admin-hs", secret: "x", consumer: "alice" })).status).toBe(409);
     expect((await post({ key: "nobody", secret: "x", consumer: "nobody" })).status).toBe(400);
+    // The consumer by id (kong.db.consumers:select), then by username; an unknown id is a 400 too.
+    expect((await post({ key: "by-id", secret: "x", consumer: ALICE })).status).toBe(201);
+    const unknownId = await post({ key: "unknown-id", secret: "x", consumer: "00000000-0000-4000-8000-000000000000" });
+    expect(unknownId.status).toBe(400);
+    expect(await unknownId.json()).toEqual({ message: "consumer: no consumer with id or username '00000000-0000-4000-8000-000000000000'" });
     // Deleting reaches every worker of both gateways through pub/sub.
     const token = signToken("HS256", "admin-secret", { iss: "admin-hs", exp: now() + 60 });
     expect(await everyWorker(`${gw2.proxyUrl}/jwt`, bearer(token))).not.toContain(401);
