@@ -94,6 +94,7 @@ build = {
     ["krs.redis.cluster"] = "kong-plugins/krs/redis/cluster.lua",
     ["krs.redis.connection"] = "kong-plugins/krs/redis/connection.lua",
     ["krs.redis.fault"] = "kong-plugins/krs/redis/fault.lua",
+    ["krs.redis.pools"] = "kong-plugins/krs/redis/pools.lua",
     ["krs.redis.schema"] = "kong-plugins/krs/redis/schema.lua",
     ["krs.redis.sentinel"] = "kong-plugins/krs/redis/sentinel.lua",
     ["krs.redis.slot"] = "kong-plugins/krs/redis/slot.lua",

@@ -114,7 +114,7 @@ describe("redis-key-auth handler (stubbed PDK)", function()
   local KEY = ("k"):rep(43)
   local STUBBED = {
     "kong.plugins.redis-key-auth.handler", "kong.plugins.redis-key-auth.cache", "kong.plugins.redis-key-auth.store",
-    "krs.redis.client", "krs.redis.fault", "krs.redis.subscriber", "resty.lrucache", "ngx.semaphore", "resty.sha256", "resty.random", "resty.string",
+    "krs.redis.client", "krs.redis.fault", "krs.redis.subscriber", "krs.redis.pools", "resty.lrucache", "ngx.semaphore", "resty.sha256", "resty.random", "resty.string",
   }
   local saved_loaded, saved_ngx, saved_kong = {}, nil, nil
   local handler, cache

@@ -13,6 +13,7 @@
 import * as client from "../../lib/redis/client";
 import { logThrottled } from "../../lib/redis/fault";
 import type { RedisConf } from "../../lib/redis/schema";
+import { distinct } from "../../lib/redis/pools";
 import * as subscriber from "../../lib/redis/subscriber";
 import { compile, parseEntry } from "./ip";
 import type { Matcher } from "./ip";
@@ -207,16 +208,7 @@ let configured: RedisConf[] = [];
 
 /** Kong's `configure`: the Redis of each enabled instance, first come first, one per pool (the Admin API picks from them). */
 export function configure(this: void, redisConfs: RedisConf[]): void {
-  const seen = new LuaTable<string, boolean>();
-  const ordered: RedisConf[] = [];
-  for (const conf of redisConfs) {
-    const name = client.poolName(conf);
-    if (!seen.has(name)) {
-      seen.set(name, true);
-      ordered.push(conf);
-    }
-  }
-  configured = ordered;
+  configured = distinct(redisConfs);
 }
 
 export function configuredRedis(this: void): RedisConf[] {

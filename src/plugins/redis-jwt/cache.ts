@@ -16,7 +16,7 @@
  * Redis about revocations on every request.
  */
 import * as lrucache from "resty.lrucache";
-import * as client from "../../lib/redis/client";
+import * as poolStates from "../../lib/redis/pools";
 import type { RedisConf } from "../../lib/redis/schema";
 import * as subscriber from "../../lib/redis/subscriber";
 import type { PublicKey } from "../../lib/crypto/sign";
@@ -36,9 +36,7 @@ export interface CachedCredential {
   checked_at: number;
 }
 
-export interface PoolState {
-  name: string;
-  conf: RedisConf;
+export interface PoolState extends poolStates.PoolState {
   credentials: LruCache<CachedCredential>;
   /** Bumped by every credential change (and by every new subscription). */
   credentialGeneration: number;
@@ -46,20 +44,11 @@ export interface PoolState {
   revocationGeneration: number;
   /** A subscription is up: messages reach this worker. */
   subscribed: boolean;
-  subscriber: subscriber.Subscriber;
 }
 
-const pools = new LuaTable<string, PoolState>();
-let configureSeen = false;
-let wantedNames = new LuaTable<string, boolean>();
-let configured: RedisConf[] = [];
-let version = 0;
 /** The plugin settings each configured Redis came with (the Admin API seals and times with them). */
 let settings = new LuaTable<RedisConf, unknown>();
 
-export function configVersion(this: void): number {
-  return version;
-}
 
 export function credentialsChanged(this: void, state: PoolState): void {
   state.credentials.flush_all();
@@ -93,56 +82,27 @@ function newState(this: void, name: string, conf: RedisConf): PoolState {
       state.subscribed = false;
     },
   });
-  pools.set(name, state);
   return state;
 }
 
+const pools = poolStates.newPools(newState);
+
+export function configVersion(this: void): number {
+  return pools.version;
+}
+
 export function stateFor(this: void, conf: RedisConf): PoolState {
-  const name = client.poolName(conf);
-  const state = pools.get(name);
-  if (state !== undefined) {
-    if (!state.subscriber.running && (!configureSeen || wantedNames.has(name))) subscriber.start(state.subscriber);
-    return state;
-  }
-  const created = newState(name, conf);
-  if (!configureSeen) subscriber.start(created.subscriber);
-  return created;
+  return poolStates.stateFor(pools, conf);
 }
 
 export function configure(this: void, redisConfs: RedisConf[]): void {
   if (ngx.get_phase() === "init") return;
-  version++;
   settings = new LuaTable();
-  const wanted = new LuaTable<string, RedisConf>();
-  const ordered: RedisConf[] = [];
-  for (const conf of redisConfs) {
-    const name = client.poolName(conf);
-    if (!wanted.has(name)) {
-      wanted.set(name, conf);
-      ordered.push(conf);
-    }
-  }
-  configured = ordered;
-  configureSeen = true;
-  wantedNames = new LuaTable();
-  for (const [name] of pairs(wanted)) wantedNames.set(name, true);
-  for (const [name, state] of pairs(pools)) {
-    if (!wanted.has(name)) {
-      subscriber.stop(state.subscriber);
-      pools.delete(name);
-    }
-  }
-  for (const [name, conf] of pairs(wanted)) {
-    let state = pools.get(name);
-    if (state === undefined) state = newState(name, conf);
-    state.conf = conf;
-    state.subscriber.conf = conf;
-    subscriber.start(state.subscriber);
-  }
+  poolStates.configure(pools, redisConfs);
 }
 
 export function configuredRedis(this: void): RedisConf[] {
-  return configured;
+  return pools.configured;
 }
 
 export function rememberSettings(this: void, redisConf: RedisConf, conf: unknown): void {

@@ -18,7 +18,7 @@
  * version it was resolved in and is resolved again against Kong (no Redis) after a change.
  */
 import * as lrucache from "resty.lrucache";
-import * as client from "../../lib/redis/client";
+import * as poolStates from "../../lib/redis/pools";
 import type { RedisConf } from "../../lib/redis/schema";
 import * as subscriber from "../../lib/redis/subscriber";
 import { CHANNEL } from "./store";
@@ -69,31 +69,13 @@ export interface Flight {
   result?: LookupResult;
 }
 
-export interface PoolState {
-  name: string;
-  /** The latest config table for this pool (the subscriber connects with it). */
-  conf: RedisConf;
+export interface PoolState extends poolStates.PoolState {
   cache: LruCache<ValidKey>;
   unknown: LruCache<UnknownKey>;
   /** Bumped by every invalidation: a lookup that raced one does not cache its answer. */
   generation: number;
   /** Lookups in progress by hash: one Redis call per key and worker, however many requests miss at once. */
   inflight: LuaTable<string, Flight>;
-  subscriber: subscriber.Subscriber;
-}
-
-const pools = new LuaTable<string, PoolState>();
-/** Whether `configure` ran in this worker, and the pools its last call wants subscribed. */
-let configureSeen = false;
-let wantedNames = new LuaTable<string, boolean>();
-/** The Redis of each enabled instance, first come first (the Admin API picks from them). */
-let configured: RedisConf[] = [];
-/** Bumped by every `configure`: consumers looked up before it must be looked up again. */
-let version = 0;
-
-/** The current config version: a cached consumer resolved in another one may be stale. */
-export function configVersion(this: void): number {
-  return version;
 }
 
 function invalidateAll(this: void, state: PoolState): void {
@@ -124,26 +106,19 @@ function newState(this: void, name: string, conf: RedisConf): PoolState {
     onConnected: () => invalidateAll(state),
     onMessage: (_channel, sha) => invalidate(state, sha),
   });
-  pools.set(name, state);
   return state;
 }
 
-/**
- * The cache of the Redis `conf` points at (hot path: two table lookups). A subscriber
- * that died is restarted here. A Redis no config uses (a request still running with the
- * previous config) gets a cache of its own but no subscriber once `configure` has run:
- * that one decides which subscribers exist.
- */
+const pools = poolStates.newPools(newState);
+
+/** The current config version: a cached consumer resolved in another one may be stale. */
+export function configVersion(this: void): number {
+  return pools.version;
+}
+
+/** The cache of the Redis `conf` points at (hot path); see lib/redis/pools.ts for which subscribers run. */
 export function stateFor(this: void, conf: RedisConf): PoolState {
-  const name = client.poolName(conf);
-  const state = pools.get(name);
-  if (state !== undefined) {
-    if (!state.subscriber.running && (!configureSeen || wantedNames.has(name))) subscriber.start(state.subscriber);
-    return state;
-  }
-  const created = newState(name, conf);
-  if (!configureSeen) subscriber.start(created.subscriber);
-  return created;
+  return poolStates.stateFor(pools, conf);
 }
 
 /**
@@ -153,37 +128,10 @@ export function stateFor(this: void, conf: RedisConf): PoolState {
  * are looked up again (configVersion).
  */
 export function configure(this: void, redisConfs: RedisConf[]): void {
-  if (ngx.get_phase() === "init") return;
-  version++;
-  const wanted = new LuaTable<string, RedisConf>();
-  const ordered: RedisConf[] = [];
-  for (const conf of redisConfs) {
-    const name = client.poolName(conf);
-    if (!wanted.has(name)) {
-      wanted.set(name, conf);
-      ordered.push(conf);
-    }
-  }
-  configured = ordered;
-  configureSeen = true;
-  wantedNames = new LuaTable();
-  for (const [name] of pairs(wanted)) wantedNames.set(name, true);
-  for (const [name, state] of pairs(pools)) {
-    if (!wanted.has(name)) {
-      subscriber.stop(state.subscriber);
-      pools.delete(name);
-    }
-  }
-  for (const [name, conf] of pairs(wanted)) {
-    let state = pools.get(name);
-    if (state === undefined) state = newState(name, conf);
-    state.conf = conf;
-    state.subscriber.conf = conf;
-    subscriber.start(state.subscriber);
-  }
+  poolStates.configure(pools, redisConfs);
 }
 
 /** The Redis configs of the enabled instances, in config order, one per pool. */
 export function configuredRedis(this: void): RedisConf[] {
-  return configured;
+  return pools.configured;
 }

@@ -3,6 +3,8 @@ local ____exports = {}
 local client = require("krs.redis.client")
 local ____fault = require("krs.redis.fault")
 local logThrottled = ____fault.logThrottled
+local ____pools = require("krs.redis.pools")
+local distinct = ____pools.distinct
 local subscriber = require("krs.redis.subscriber")
 local ____ip = require("kong.plugins.redis-ip-access.ip")
 local compile = ____ip.compile
@@ -238,16 +240,7 @@ end
 local configured = {}
 --- Kong's `configure`: the Redis of each enabled instance, first come first, one per pool (the Admin API picks from them).
 function ____exports.configure(redisConfs)
-    local seen = {}
-    local ordered = {}
-    for ____, conf in ipairs(redisConfs) do
-        local name = client.poolName(conf)
-        if not (seen[name] ~= nil) then
-            seen[name] = true
-            ordered[#ordered + 1] = conf
-        end
-    end
-    configured = ordered
+    configured = distinct(redisConfs)
 end
 function ____exports.configuredRedis()
     return configured
