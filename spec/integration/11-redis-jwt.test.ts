@@ -11,6 +11,8 @@
  */
 import { createPublicKey, generateKeyPairSync, type KeyObject } from "node:crypto";
 import { writeFileSync } from "node:fs";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -18,7 +20,7 @@ import { createCredential, CREDENTIALS_KEY, importJwks, revoke, signToken, token
 import type { UpstreamServer } from "../../src/cli/upstream.js";
 import { runKrs } from "../helpers/krs-main.js";
 import { BACKENDS, redisBackend } from "../helpers/backends.js";
-import { gateway, stopAll, tempDir, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
+import { freePort, gateway, stopAll, tempDir, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
 
 const ENCRYPTION_KEY = "test-encryption-key-0123456789";
 const ALICE = "9f1c2d3e-4b5a-4c6d-8e7f-a1b2c3d4e5f6";
@@ -102,9 +104,19 @@ async function subscriberIds(): Promise<number[]> {
   return [...list.matchAll(/^id=(\d+) /gm)].map((m) => Number(m[1]));
 }
 
-/** Kills every subscription, then waits (bounded) until `n` new ones are up. */
+/** The ids of every connection (Redis numbers them in the order they were made). */
+async function clientIds(): Promise<number[]> {
+  const list = (await redis.call("CLIENT", "LIST")) as string;
+  return [...list.matchAll(/^id=(\d+) /gm)].map((m) => Number(m[1]));
+}
+
+/**
+ * Kills every subscription, then waits (bounded) until `n` new ones are up. New means
+ * newer than every connection there was, the idle ones of the gateways' keepalive pools
+ * included: a subscriber owns a connection it opened, never one a request pooled.
+ */
 async function dropSubscriptions(n: number): Promise<void> {
-  const before = Math.max(0, ...(await subscriberIds()));
+  const before = Math.max(0, ...(await clientIds()));
   await redis.call("CLIENT", "KILL", "TYPE", "pubsub");
   // A subscriber that failed a few times in a row waits up to 5 s (its backoff) to reconnect.
   for (let i = 0; i < 300; i++) {
@@ -320,6 +332,11 @@ describe("Admin API and krs jwt", () => {
     expect((await post({ key: "admin-hs", secret: "x", consumer: "alice" })).status).toBe(409);
     expect((await post({ key: "nobody", secret: "x", consumer: "nobody" })).status).toBe(400);
     // That deleting reaches every worker of a second gateway: "changes reach every worker" below.
+    // The consumer by id (kong.db.consumers:select), then by username; an unknown id is a 400 too.
+    expect((await post({ key: "by-id", secret: "x", consumer: ALICE })).status).toBe(201);
+    const unknownId = await post({ key: "unknown-id", secret: "x", consumer: "00000000-0000-4000-8000-000000000000" });
+    expect(unknownId.status).toBe(400);
+    expect(await unknownId.json()).toEqual({ message: "consumer: no consumer with id or username '00000000-0000-4000-8000-000000000000'" });
     expect((await fetch(`${gw.adminUrl}/redis-jwt/credentials/admin-hs`, { method: "DELETE" })).status).toBe(204);
     expect((await fetch(`${gw.adminUrl}/redis-jwt/credentials/admin-hs`, { method: "DELETE" })).status).toBe(404);
     expect(gw.unexpectedErrors()).toEqual([]);
@@ -386,6 +403,99 @@ describe("Admin API and krs jwt", () => {
   });
 });
 
+
+/**
+ * A JWKS host of the test's own: /jwks.json serves `jwks`, /missing is a 404, /page is an
+ * HTML page, /hang accepts the request and never answers. Counts the requests.
+ */
+async function jwksHost(jwks: () => unknown): Promise<{ base: string; requests: string[]; close: () => Promise<void> }> {
+  const requests: string[] = [];
+  const server: Server = createServer((req, res) => {
+    requests.push(`${req.url ?? ""}${req.headers.authorization !== undefined ? ` (${req.headers.authorization})` : ""}`);
+    if (req.url === "/jwks.json") {
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify(jwks()));
+    } else if (req.url === "/page") {
+      res.writeHead(200, { "content-type": "text/html" });
+      res.end("<html><body>keys moved</body></html>");
+    } else if (req.url === "/hang") {
+      // no answer, ever: the client's timeout must end it
+    } else {
+      res.writeHead(404, { "content-type": "text/plain" });
+      res.end("not found");
+    }
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const { port } = server.address() as AddressInfo;
+  return {
+    base: `http://127.0.0.1:${port}`,
+    requests,
+    close: () => {
+      server.closeAllConnections();
+      return new Promise((r) => server.close(() => r()));
+    },
+  };
+}
+
+describe("krs jwt jwks import --url", () => {
+  it("fetches the JWKS over HTTP (krs, not the gateway) and imports its keys by kid", async () => {
+    const k = keyPair("ES256");
+    const jwk = { ...createPublicKey(k.publicPem).export({ format: "jwk" }), kid: "url-kid-1", alg: "ES256", use: "sig" };
+    const host = await jwksHost(() => ({ keys: [jwk] }));
+    try {
+      const r = await runKrs("jwt", "jwks", "import", "--url", `${host.base}/jwks.json`, "--consumer", "alice", "--redis", `redis://127.0.0.1:${redisServer.port}/0`);
+      expect(r.err).toBe("");
+      expect(r.code).toBe(0);
+      expect(r.out).toMatch(/imported 1 key\(s\) for alice: url-kid-1/);
+      expect(host.requests).toEqual(["/jwks.json"]);
+      const token = signToken("ES256", k.privateKey, { iss: "url.example", exp: now() + 60 }, { kid: "url-kid-1" });
+      expect((await get(`${gw.proxyUrl}/jwt`, bearer(token))).status).toBe(200);
+    } finally {
+      await host.close();
+    }
+  });
+
+  it("a 404, a page that is not JSON, no answer in time, no server: exit 1, one line naming the URL (never its credentials), nothing imported", async () => {
+    const host = await jwksHost(() => ({ keys: [] }));
+    const redisUrl = `redis://127.0.0.1:${redisServer.port}/0`;
+    const before = await redis.hgetall(CREDENTIALS_KEY);
+    const run = (url: string, ...extra: string[]) => runKrs("jwt", "jwks", "import", "--url", url, ...extra, "--consumer", "alice", "--redis", redisUrl);
+    try {
+      const missing = await run(`http://jwks-user:jwks-password@127.0.0.1:${new URL(host.base).port}/missing?token=query-secret`);
+      expect(missing.code).toBe(1);
+      expect(missing.err).toBe(`krs: jwt: ${host.base}/missing: HTTP 404 Not Found`);
+      expect(missing.err).not.toMatch(/jwks-password|query-secret|jwks-user/);
+      // The URL's credentials went as Basic authentication, as curl sends them.
+      expect(host.requests).toEqual([`/missing?token=query-secret (Basic ${Buffer.from("jwks-user:jwks-password").toString("base64")})`]);
+
+      const page = await run(`${host.base}/page`);
+      expect(page.code).toBe(1);
+      expect(page.err).toBe(`krs: jwt: ${host.base}/page: not a JWKS: not JSON`);
+
+      const started = Date.now();
+      const hang = await run(`${host.base}/hang`, "--timeout", "1");
+      const waited = Date.now() - started;
+      expect(hang.code).toBe(1);
+      expect(hang.err).toBe(`krs: jwt: ${host.base}/hang: no answer within 1 s`);
+      // It gave up at its timeout, not at the 10 s default (slack for a loaded machine).
+      expect(waited).toBeGreaterThanOrEqual(950);
+      expect(waited).toBeLessThan(5000);
+
+      // A port nobody listens on.
+      const nobody = `http://127.0.0.1:${await freePort()}`;
+      const refused = await run(`${nobody}/jwks.json`);
+      expect(refused.code).toBe(1);
+      expect(refused.err).toBe(`krs: jwt: ${nobody}/jwks.json: could not fetch: ECONNREFUSED`);
+
+      const notHttp = await run("file:///etc/passwd");
+      expect(notHttp.code).toBe(2);
+      expect(notHttp.err).toMatch(/--url: expected an http:\/\/ or https:\/\/ URL/);
+      expect(await redis.hgetall(CREDENTIALS_KEY)).toEqual(before);
+    } finally {
+      await host.close();
+    }
+  });
+});
 
 describe("revocation", () => {
   it("a token without jti is revoked by its SHA-256; an expired one needs no entry", async () => {

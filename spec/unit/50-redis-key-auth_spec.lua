@@ -114,11 +114,11 @@ describe("redis-key-auth handler (stubbed PDK)", function()
   local KEY = ("k"):rep(43)
   local STUBBED = {
     "kong.plugins.redis-key-auth.handler", "kong.plugins.redis-key-auth.cache", "kong.plugins.redis-key-auth.store",
-    "krs.redis.client", "krs.redis.fault", "resty.lrucache", "ngx.semaphore", "resty.sha256", "resty.random", "resty.string",
+    "krs.redis.client", "krs.redis.fault", "krs.redis.subscriber", "krs.redis.pools", "resty.lrucache", "ngx.semaphore", "resty.sha256", "resty.random", "resty.string",
   }
   local saved_loaded, saved_ngx, saved_kong = {}, nil, nil
   local handler, cache
-  local clock, records, redis_down, req, out, sleeps, connect
+  local clock, records, redis_down, req, out, sleeps
   local consumers = { { id = UUID_ALICE, username = "alice" } }
 
   local function is_uuid(s)
@@ -212,7 +212,6 @@ describe("redis-key-auth handler (stubbed PDK)", function()
         if redis_down then return nil, "connection refused" end
         return records[key:match(":key:(.*)$")] or {}
       end,
-      connect = function(conf) return connect(conf) end,
     }
     handler = require("kong.plugins.redis-key-auth.handler")
     cache = require("kong.plugins.redis-key-auth.cache")
@@ -357,60 +356,7 @@ describe("redis-key-auth handler (stubbed PDK)", function()
     end)
   end)
 
-  describe("the invalidation subscriber's reconnects", function()
-    -- Runs the subscriber of a fresh pool against `drops`: for each connection, how many
-    -- seconds the subscription stays up before Redis drops it. Returns the pause before
-    -- each reconnect.
-    local function run(drops)
-      local c = conf({})
-      local state = cache.stateFor(c.redis)
-      local timer = out.timer
-      assert.equal(state, timer.state)
-      local n, pauses, slept = 0, {}, 0
-      connect = function()
-        n = n + 1
-        if n > 1 then
-          local total = 0
-          for i = slept + 1, #sleeps do total = total + sleeps[i] end
-          slept = #sleeps
-          pauses[#pauses + 1] = total
-        end
-        if n > #drops then
-          state.stopped = true
-          return nil, "stopped"
-        end
-        local up_until = clock + drops[n]
-        return {
-          subscribe = function() return { "subscribe", "krs:redis-key-auth:v1:invalidations", 1 } end,
-          set_timeout = function() end,
-          close = function() end,
-          _sock = { send = function() return 1 end },
-          -- one read timeout (1 s) after another, then the connection is gone
-          read_reply = function()
-            if clock >= up_until then return nil, "closed" end
-            clock = clock + 1
-            return { "message", "another-channel", "x" }
-          end,
-        }
-      end
-      timer.fn(false, state)
-      return pauses
-    end
-
-    local function rounded(list)
-      local r = {}
-      for i, v in ipairs(list) do r[i] = math.floor(v * 10 + 0.5) / 10 end
-      return r
-    end
-
-    it("a subscription dropped at once backs off (0.2 s doubling up to 5 s), not every 0.2 s", function()
-      assert.same({ 0.2, 0.4, 0.8, 1.6, 3.2, 5, 5, 5 }, rounded(run({ 0, 0, 0, 0, 0, 0, 0, 0 })))
-    end)
-
-    it("after a subscription that stayed up 5 s, the next reconnect starts again at 0.2 s", function()
-      assert.same({ 0.2, 0.4, 0.8, 0.2, 0.4, 0.8 }, rounded(run({ 0, 0, 0, 6, 0, 0 })))
-    end)
-  end)
+  -- The subscriber's reconnects and backoff: spec/unit/38-redis-subscriber_spec.lua.
 
   -- Last: once configure has run, it decides which pools get a subscriber (the tests above
   -- count on a subscriber starting with the first request).

@@ -313,7 +313,7 @@ const USAGE = `usage:
                              [--secret S | --public-key-file PEM] [--json] [REDIS]
   krs jwt credentials list [--json] [REDIS]
   krs jwt credentials delete KEY_OR_ID [REDIS]
-  krs jwt jwks import (--file F | --url URL) --consumer C [REDIS]
+  krs jwt jwks import (--file F | --url URL [--timeout S]) --consumer C [REDIS]
   krs jwt revoke (--jti J [--exp T] | --token T | --sub S [--before T] | --consumer C [--before T])
                  [--clock-skew S] [--max-ttl S] [REDIS]
   krs jwt token --key K [--private-key-file PEM] [--sub S] [--ttl S] [--jti J] [--kid K]
@@ -429,27 +429,78 @@ async function credentialsCommand(argv: string[]): Promise<number> {
   throw new UsageError(`jwt credentials: expected create, list or delete\n${USAGE}`);
 }
 
+/** Seconds `jwt jwks import --url` waits for the whole document. */
+const DEFAULT_FETCH_TIMEOUT = 10;
+/** A JWKS is a few keys: a larger document is not one. */
+const MAX_JWKS_BYTES = 1024 * 1024;
+
+/**
+ * The JSON document at `url` (krs fetches it; the gateway never does), with one clear
+ * error for each way that fails: not an http(s) URL, no connection, no answer within
+ * `timeoutMs`, an HTTP error status, too large, not JSON. Errors name the URL without
+ * its credentials or query, which may hold secrets.
+ */
+export async function fetchJwks(url: string, timeoutMs = DEFAULT_FETCH_TIMEOUT * 1000): Promise<unknown> {
+  let target: URL;
+  try {
+    target = new URL(url);
+  } catch {
+    throw new UsageError("--url: not a URL");
+  }
+  if (target.protocol !== "http:" && target.protocol !== "https:") throw new UsageError(`--url: expected an http:// or https:// URL, got ${target.protocol}`);
+  const shown = `${target.origin}${target.pathname}`;
+  const headers: Record<string, string> = { accept: "application/json" };
+  // fetch() refuses a URL with credentials: they go as Basic authentication instead.
+  if (target.username !== "" || target.password !== "") {
+    headers.authorization = `Basic ${Buffer.from(`${decodeURIComponent(target.username)}:${decodeURIComponent(target.password)}`).toString("base64")}`;
+    target.username = "";
+    target.password = "";
+  }
+  // Only the error's code: its message may quote the URL.
+  const failure = (e: unknown): JwtError => {
+    if ((e as Error).name === "TimeoutError") return new JwtError(`${shown}: no answer within ${timeoutMs / 1000} s`);
+    const cause = (e as { cause?: { code?: string } }).cause;
+    return new JwtError(`${shown}: could not fetch: ${cause?.code ?? (e as Error).name}`);
+  };
+  let text: string;
+  try {
+    const res = await fetch(target, { signal: AbortSignal.timeout(timeoutMs), headers });
+    if (!res.ok) {
+      await res.body?.cancel();
+      throw new JwtError(`${shown}: HTTP ${res.status}${res.statusText !== "" ? ` ${res.statusText}` : ""}`);
+    }
+    text = await res.text();
+  } catch (e) {
+    throw e instanceof JwtError ? e : failure(e);
+  }
+  if (Buffer.byteLength(text) > MAX_JWKS_BYTES) throw new JwtError(`${shown}: not a JWKS: more than ${MAX_JWKS_BYTES} bytes`);
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    throw new JwtError(`${shown}: not a JWKS: not JSON`);
+  }
+}
+
 async function jwksCommand(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
   if (sub !== "import") throw new UsageError(`jwt jwks: expected import\n${USAGE}`);
-  const args = parseArgs(rest, ["file", "url", "consumer", ...REDIS_FLAGS]);
+  const args = parseArgs(rest, ["file", "url", "timeout", "consumer", ...REDIS_FLAGS]);
   const consumer = args.flags.get("consumer");
   if (consumer === undefined || consumer === "") throw new UsageError("jwt jwks import: --consumer is required");
   const file = args.flags.get("file");
   const url = args.flags.get("url");
   if ((file === undefined) === (url === undefined)) throw new UsageError("jwt jwks import: give --file or --url");
-  let text: string;
-  if (file !== undefined) text = readText("file", file);
-  else {
-    const res = await fetch(url!, { signal: AbortSignal.timeout(10000) });
-    if (!res.ok) throw new JwtError(`${url}: HTTP ${res.status}`);
-    text = await res.text();
-  }
+  const timeout = seconds("timeout", args.flags.get("timeout")) ?? DEFAULT_FETCH_TIMEOUT;
+  if (timeout < 1) throw new UsageError("--timeout: expected at least 1 second");
   let jwks: unknown;
-  try {
-    jwks = JSON.parse(text);
-  } catch {
-    throw new JwtError("not a JWKS: not JSON");
+  if (url !== undefined) jwks = await fetchJwks(url, timeout * 1000);
+  else {
+    try {
+      jwks = JSON.parse(readText("file", file!));
+    } catch (e) {
+      if (e instanceof UsageError) throw e;
+      throw new JwtError(`${file}: not a JWKS: not JSON`);
+    }
   }
   const result = await withRedis(args.flags, (redis) => importJwks(redis, consumer, jwks));
   console.log(`imported ${result.added.length} key(s) for ${consumer}: ${result.added.join(", ")} (replaced ${result.removed})`);

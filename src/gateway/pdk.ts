@@ -510,12 +510,84 @@ const service: KongServiceApi = {
 
 // ---------------------------------------------------------------- client, router
 
-/** Set by the runtime: finds a consumer of the live config by id (or username). */
-type ConsumerLookup = (this: void, key: string, byUsername: boolean) => KongConsumer | undefined;
-let consumerLookup: ConsumerLookup = () => undefined;
-export function setConsumerLookup(this: void, lookup: ConsumerLookup): void {
-  consumerLookup = lookup;
+/** Set by the runtime: the consumers of the live config, by id and by username. */
+export interface ConsumerIndex {
+  byId(this: void, id: string): KongConsumer | undefined;
+  byUsername(this: void, username: string): KongConsumer | undefined;
 }
+let consumerIndex: ConsumerIndex = { byId: () => undefined, byUsername: () => undefined };
+export function setConsumerIndex(this: void, index: ConsumerIndex): void {
+  consumerIndex = index;
+}
+
+const UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$";
+function isUuid(this: void, value: string): boolean {
+  return string.find(value, UUID)[0] !== undefined;
+}
+
+/** Kong's phase check (kong/pdk/private/phases.lua) for the PDK functions of request phases only. */
+const AUTH_AND_LATER = new LuaTable<string, boolean>();
+for (const phase of ["access", "header_filter", "body_filter", "log"]) AUTH_AND_LATER.set(phase, true);
+function checkAuthAndLater(this: void): void {
+  const phase = ngx.get_phase();
+  if (AUTH_AND_LATER.get(phase) !== true) error(`function cannot be called in ${phase} phase`, 3);
+}
+
+// ---------------------------------------------------------------- db
+
+/** DB-less Kong's strategy name, which its errors carry. */
+const DB_STRATEGY = "off";
+const DB_ERROR_MT: LuaMetatable<KongDbError> = {
+  __tostring(this: KongDbError) {
+    return `[${tostring(this.strategy)}] ${this.message}`;
+  },
+};
+
+function dbError(this: void, code: number, name: string, message: string, fields?: { [field: string]: string }): LuaMultiReturn<[undefined, string, KongDbError]> {
+  const err = setmetatable({ code, name, message, strategy: DB_STRATEGY, fields } as KongDbError, DB_ERROR_MT);
+  return $multi(undefined, tostring(err), err);
+}
+
+/**
+ * kong.db.consumers over the declarative config's consumers, with Kong's DAO contract
+ * (kong/db/dao/init.lua, kong/db/errors.lua): a key of the wrong Lua type raises; an
+ * invalid one is `nil, err, err_t` (invalid primary key, code 1; invalid unique, code
+ * 10); not found is nil and no error. Any phase, as in Kong.
+ */
+const consumersDao: KongConsumersDao = {
+  select(primary_key) {
+    if (type(primary_key) !== "table") error("primary_key must be a table", 2);
+    const fields: { [field: string]: string } = {};
+    let invalid = false;
+    for (const [k, v] of pairs(primary_key as unknown as LuaTable<string, unknown>)) {
+      if (k !== "id") {
+        fields[k] = "not a primary key";
+        invalid = true;
+      } else if (type(v) !== "string" || !isUuid(v as string)) {
+        fields.id = "expected a valid UUID";
+        invalid = true;
+      }
+    }
+    if (primary_key.id === undefined) {
+      fields.id = "missing primary key";
+      invalid = true;
+    }
+    if (invalid) {
+      const parts: string[] = [];
+      for (const [k, v] of pairs(fields)) parts.push(`${k as string}=${string.format("%q", v)}`);
+      table.sort(parts);
+      return dbError(1, "invalid primary key", `invalid primary key: '{${table.concat(parts, ",")}}'`, fields);
+    }
+    return $multi(consumerIndex.byId(primary_key.id), undefined, undefined);
+  },
+  select_by_username(username) {
+    if (type(username) !== "string") error("username must be a string", 2);
+    if (username === "") return dbError(10, "invalid unique username", "length must be at least 1");
+    return $multi(consumerIndex.byUsername(username), undefined, undefined);
+  },
+};
+
+const db: KongDb = { consumers: consumersDao };
 
 const client: KongClientApi = {
   get_ip() {
@@ -541,8 +613,17 @@ const client: KongClientApi = {
     return requestCtx().authenticated_credential;
   },
   load_consumer(consumer_id, search_by_username) {
+    checkAuthAndLater();
     if (type(consumer_id) !== "string" || consumer_id === "") error("consumer_id must be a string", 2);
-    return $multi(consumerLookup(consumer_id, search_by_username === true), undefined);
+    const uuid = isUuid(consumer_id);
+    if (!uuid && search_by_username !== true) error("cannot load a consumer with an id that is not a uuid", 2);
+    if (uuid) {
+      const [found, err] = db.consumers.select({ id: consumer_id });
+      if (found !== undefined || err !== undefined) return $multi(found, err);
+    }
+    if (search_by_username !== true) return $multi(undefined, undefined);
+    const [found, err] = db.consumers.select_by_username(consumer_id);
+    return $multi(found, err);
   },
 };
 
@@ -826,6 +907,7 @@ export const pdk: KongPdk = {
   service,
   client,
   router,
+  db,
   ctx: ctxApi,
   log,
   node,

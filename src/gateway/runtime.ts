@@ -4,7 +4,7 @@
  */
 import * as cjson from "cjson.safe";
 import { loadDeclarative, loaderEnv, type GatewayConfig, type LoadFailure } from "./config";
-import { setConsumerLookup } from "./pdk";
+import { setConsumerIndex } from "./pdk";
 import { buildIndex, runConfigure, type PluginIndex } from "./plugins";
 import { newRouter, type Router } from "./router";
 
@@ -61,12 +61,13 @@ export function build(this: void, input: unknown, version: number): LuaMultiRetu
   return $multi({ config, router: newRouter(routes), plugins: index, routesById, version }, undefined, undefined);
 }
 
-setConsumerLookup((key, byUsername) => {
-  if (current === undefined) return undefined;
-  const byId = current.config.consumersById.get(key);
-  if (byId !== undefined || !byUsername) return byId;
-  for (const consumer of current.config.consumers) if (consumer.username === key) return consumer;
-  return undefined;
+setConsumerIndex({
+  byId: (id) => current?.config.consumersById.get(id),
+  byUsername: (username) => {
+    if (current === undefined) return undefined;
+    for (const consumer of current.config.consumers) if (consumer.username === username) return consumer;
+    return undefined;
+  },
 });
 
 export function activate(this: void, runtime: Runtime): void {

@@ -151,10 +151,36 @@ declare interface KongClientApi {
   /** Phases: access, header_filter, response, body_filter, log. */
   get_credential(): KongCredential | undefined;
   /**
-   * Phases: access, header_filter, response, body_filter, log. Looks a consumer up by id,
-   * or by username when `search_by_username` is true and no id matches.
+   * Phases: access, header_filter, response, body_filter, log (it raises elsewhere, e.g. in
+   * an Admin API endpoint: use kong.db.consumers there). Looks a consumer up by id, or by
+   * username when `search_by_username` is true and no id matches; an id that is not a
+   * uuid raises unless `search_by_username`.
    */
   load_consumer(consumer_id: string, search_by_username?: boolean): LuaMultiReturn<[KongConsumer | undefined, string | undefined]>;
+}
+
+/** A DAO failure (kong/db/errors.lua): `tostring` gives "[<strategy>] <message>". */
+declare interface KongDbError {
+  code: number;
+  name: string;
+  message: string;
+  strategy?: string;
+  fields?: { [field: string]: string };
+}
+
+/**
+ * kong.db.consumers (kong/db/dao/init.lua), the part the suite uses; callable in every
+ * phase, the Admin API's included. Not found: nil and no error.
+ */
+declare interface KongConsumersDao {
+  /** By primary key table; a key that is not a table raises, an invalid one is an error (code 1). */
+  select(this: KongConsumersDao, primary_key: { id: string }): LuaMultiReturn<[KongConsumer | undefined, string | undefined, KongDbError | undefined]>;
+  /** By username; one that is not a string raises, an invalid one is an error (code 10). */
+  select_by_username(this: KongConsumersDao, username: string): LuaMultiReturn<[KongConsumer | undefined, string | undefined, KongDbError | undefined]>;
+}
+
+declare interface KongDb {
+  consumers: KongConsumersDao;
 }
 
 /** @noSelf */
@@ -251,6 +277,7 @@ declare interface KongPdk {
   service: KongServiceApi;
   client: KongClientApi;
   router: KongRouterApi;
+  db: KongDb;
   ctx: KongCtxApi;
   log: KongLogApi;
   node: KongNodeApi;

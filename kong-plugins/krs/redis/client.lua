@@ -372,10 +372,11 @@ local function run(conf, call, what)
     end
     return runDirect(conf, target, call, what)
 end
---- A ready connection (pooled, authenticated, database selected), or nil plus the reason:
--- the standalone server, the server sentinel names, or on a cluster one of its masters
--- (the next one each time; a node that does not answer is skipped). For subscribers:
--- Redis Cluster forwards every PUBLISH to every node, so any node hears every channel.
+--- A connection of the caller's own for a subscriber (authenticated, database selected,
+-- never one from the keepalive pool: the caller closes it when done), or nil plus the
+-- reason: the standalone server, the server sentinel names, or on a cluster one of its
+-- masters (the next one each time; a node that does not answer is skipped): Redis
+-- Cluster forwards every classic PUBLISH to every node, so any node hears every channel.
 function ____exports.connect(conf)
     local target = targetOf(conf)
     local started = accounting.start()
@@ -385,7 +386,8 @@ function ____exports.connect(conf)
             target.who,
             conf.host,
             conf.port,
-            started
+            started,
+            true
         )
         return red, err
     end
@@ -399,7 +401,8 @@ function ____exports.connect(conf)
             target.who,
             host,
             port,
-            started
+            started,
+            true
         )
         if red == nil then
             sentinel.forget(target.id)
@@ -423,7 +426,8 @@ function ____exports.connect(conf)
                 target.who,
                 server.host,
                 server.port,
-                started
+                started,
+                true
             )
             if red ~= nil then
                 return red, nil
@@ -434,6 +438,15 @@ function ____exports.connect(conf)
         end
     end
     return nil, lastErr or "no redis cluster node to connect to"
+end
+--- A subscription on a connect() connection was lost. Sentinel: ask the sentinels again
+-- on the next connect (a failover may have moved the master while the +switch-master
+-- watch was not listening). A cluster's next connect takes the next master anyway.
+function ____exports.connectionLost(conf)
+    local target = targetOf(conf)
+    if target.mode == "sentinel" then
+        sentinel.forget(target.id)
+    end
 end
 --- Runs one script: EVALSHA, and EVAL once when Redis lost its script cache.
 function ____exports.script(conf, call)

@@ -72,10 +72,16 @@ end
 local function notSent(message)
     return nil, message, false
 end
+--- The cosocket pool a dedicated connection connects through: nothing is ever put back
+-- into it (a subscribed connection is closed), so connecting through it always opens a
+-- new connection, never one a request left in the keepalive pool.
+local DEDICATED = ":dedicated"
 --- A ready connection to `host:port` (pooled, authenticated as `who`, database selected),
 -- or nil plus the reason. `refusedAtConnect` is true when the TCP connect itself failed:
--- nothing was sent, so the caller may safely try another server.
-function ____exports.openAt(conf, who, host, port, started)
+-- nothing was sent, so the caller may safely try another server. `dedicated`: a new
+-- connection of the caller's own (a subscriber keeps it for as long as it listens, then
+-- closes it), never one from the keepalive pool; the server's breaker is the same.
+function ____exports.openAt(conf, who, host, port, started, dedicated)
     local pool = ____exports.nodePool(conf, who, host, port)
     local openErr, probe = breaker.check(pool, conf.timeout)
     if openErr ~= nil then
@@ -86,7 +92,13 @@ function ____exports.openAt(conf, who, host, port, started)
         return nil, "could not create a redis object: " .. tostring(newErr), false
     end
     red:set_timeout(conf.timeout)
-    local ok, err = red:connect(host, port, {pool = pool, pool_size = conf.keepalive_pool_size})
+    local ok
+    local err
+    if dedicated == true then
+        ok, err = red:connect(host, port, {pool = pool .. DEDICATED})
+    else
+        ok, err = red:connect(host, port, {pool = pool, pool_size = conf.keepalive_pool_size})
+    end
     if ok == nil then
         return nil, ____exports.fail(
             red,

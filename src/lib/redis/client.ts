@@ -317,22 +317,23 @@ function run(this: void, conf: RedisConf, call: Call, what: string): RedisResult
 }
 
 /**
- * A ready connection (pooled, authenticated, database selected), or nil plus the reason:
- * the standalone server, the server sentinel names, or on a cluster one of its masters
- * (the next one each time; a node that does not answer is skipped). For subscribers:
- * Redis Cluster forwards every PUBLISH to every node, so any node hears every channel.
+ * A connection of the caller's own for a subscriber (authenticated, database selected,
+ * never one from the keepalive pool: the caller closes it when done), or nil plus the
+ * reason: the standalone server, the server sentinel names, or on a cluster one of its
+ * masters (the next one each time; a node that does not answer is skipped): Redis
+ * Cluster forwards every classic PUBLISH to every node, so any node hears every channel.
  */
 export function connect(this: void, conf: RedisConf): LuaMultiReturn<[RestyRedis | undefined, string | undefined]> {
   const target = targetOf(conf);
   const started = accounting.start();
   if (target.mode === "standalone") {
-    const [red, err] = openAt(conf, target.who, conf.host, conf.port, started);
+    const [red, err] = openAt(conf, target.who, conf.host, conf.port, started, true);
     return $multi(red, err);
   }
   if (target.mode === "sentinel") {
     const [host, port, resolveErr] = sentinel.resolve(conf, target.id, target.sentinelWho);
     if (host === undefined) return $multi(undefined, resolveErr);
-    const [red, err] = openAt(conf, target.who, host, port!, started);
+    const [red, err] = openAt(conf, target.who, host, port!, started, true);
     if (red === undefined) sentinel.forget(target.id);
     return $multi(red, err);
   }
@@ -342,12 +343,22 @@ export function connect(this: void, conf: RedisConf): LuaMultiReturn<[RestyRedis
   for (let i = 0; i < all.length; i++) {
     const [server] = cluster.serverFor(conf, target.id, target.who, undefined);
     if (server === undefined) break;
-    const [red, err] = openAt(conf, target.who, server.host, server.port, started);
+    const [red, err] = openAt(conf, target.who, server.host, server.port, started, true);
     if (red !== undefined) return $multi(red, undefined);
     cluster.nodeFailed(target.id);
     lastErr = atNode(err, server);
   }
   return $multi(undefined, lastErr ?? "no redis cluster node to connect to");
+}
+
+/**
+ * A subscription on a connect() connection was lost. Sentinel: ask the sentinels again
+ * on the next connect (a failover may have moved the master while the +switch-master
+ * watch was not listening). A cluster's next connect takes the next master anyway.
+ */
+export function connectionLost(this: void, conf: RedisConf): void {
+  const target = targetOf(conf);
+  if (target.mode === "sentinel") sentinel.forget(target.id);
 }
 
 /** Runs one script: EVALSHA, and EVAL once when Redis lost its script cache. */

@@ -82,18 +82,30 @@ function notSent(this: void, message: string): LuaMultiReturn<[undefined, string
 }
 
 /**
+ * The cosocket pool a dedicated connection connects through: nothing is ever put back
+ * into it (a subscribed connection is closed), so connecting through it always opens a
+ * new connection, never one a request left in the keepalive pool.
+ */
+const DEDICATED = ":dedicated";
+
+/**
  * A ready connection to `host:port` (pooled, authenticated as `who`, database selected),
  * or nil plus the reason. `refusedAtConnect` is true when the TCP connect itself failed:
- * nothing was sent, so the caller may safely try another server.
+ * nothing was sent, so the caller may safely try another server. `dedicated`: a new
+ * connection of the caller's own (a subscriber keeps it for as long as it listens, then
+ * closes it), never one from the keepalive pool; the server's breaker is the same.
  */
-export function openAt(this: void, conf: RedisConf, who: Identity, host: string, port: number, started: number): LuaMultiReturn<[RestyRedis | undefined, string | undefined, boolean]> {
+export function openAt(this: void, conf: RedisConf, who: Identity, host: string, port: number, started: number, dedicated?: boolean): LuaMultiReturn<[RestyRedis | undefined, string | undefined, boolean]> {
   const pool = nodePool(conf, who, host, port);
   const [openErr, probe] = breaker.check(pool, conf.timeout);
   if (openErr !== undefined) return $multi(undefined, `${openErr} (redis at ${host}:${port})`, true);
   const [red, newErr] = restyRedis.new();
   if (red === undefined) return $multi(undefined, "could not create a redis object: " + tostring(newErr), false);
   red.set_timeout(conf.timeout);
-  const [ok, err] = red.connect(host, port, { pool, pool_size: conf.keepalive_pool_size });
+  let ok: 1 | undefined;
+  let err: string | undefined;
+  if (dedicated === true) [ok, err] = red.connect(host, port, { pool: pool + DEDICATED });
+  else [ok, err] = red.connect(host, port, { pool, pool_size: conf.keepalive_pool_size });
   if (ok === undefined) {
     return $multi(undefined, fail(red, conf, pool, started, probe, err, `could not connect to redis at ${host}:${port}: ${err}`), true);
   }

@@ -12,8 +12,9 @@
  */
 import * as client from "../../lib/redis/client";
 import { logThrottled } from "../../lib/redis/fault";
-import * as subscriptions from "../../lib/redis/subscriptions";
 import type { RedisConf } from "../../lib/redis/schema";
+import { distinct } from "../../lib/redis/pools";
+import * as subscriber from "../../lib/redis/subscriber";
 import { compile, parseEntry } from "./ip";
 import type { Matcher } from "./ip";
 import * as store from "./store";
@@ -23,15 +24,13 @@ const LOG_TOPIC = "redis-ip-access:lists";
 const TICK = 0.1;
 /** Seconds before a list that failed to load is tried again from the request path. */
 const RETRY_AFTER = 1;
-const READ_TIMEOUT_MS = 1000;
-const BACKOFF_MIN = 0.2;
-const BACKOFF_MAX = 5;
 
 export interface ListState {
   list: string;
   pool: string;
   conf: RedisConf;
-  poolState: PoolState;
+  /** The change subscriber of the list's Redis. */
+  poolState: subscriber.Subscriber;
   /** The shortest sync_interval of the configs that use the list. */
   syncInterval: number;
   /** Undefined until the first successful load. */
@@ -52,13 +51,8 @@ export interface ListState {
   loadedAt: number;
 }
 
-interface PoolState {
-  conf: RedisConf;
-  running: boolean;
-}
-
 const states = new LuaTable<string, ListState>();
-const pools = new LuaTable<string, PoolState>();
+const pools = new LuaTable<string, subscriber.Subscriber>();
 let ticking = false;
 let tickerStarted = false;
 
@@ -153,80 +147,27 @@ function markPool(this: void, pool: string, list: string | undefined): void {
   }
 }
 
-type ReadReply = (this: RestyRedis) => LuaMultiReturn<[RedisReply | undefined, string | undefined]>;
-type Subscribe = (this: RestyRedis, channel: string) => LuaMultiReturn<[RedisReply | false | undefined, string | undefined]>;
-
-function subscribeLoop(this: void, pool: string, poolState: PoolState): void {
-  let backoff = BACKOFF_MIN;
-  const health = subscriptions.track("redis-ip-access", pool);
-  while (!ngx.worker.exiting()) {
-    const [red, connectErr] = client.connect(poolState.conf);
-    let failure: string | undefined;
-    if (red === undefined) {
-      failure = `change subscriber could not connect: ${connectErr}`;
-    } else {
-      const subscribe = red["subscribe"] as Subscribe;
-      const [subscribed, subErr] = subscribe.call(red, store.CHANNEL);
-      if (subscribed === undefined || subscribed === false) {
-        failure = `change subscriber could not SUBSCRIBE: ${subErr}`;
-      } else {
-        // Changes announced while no subscription was up are lost: reload every list.
-        markPool(pool, undefined);
-        backoff = BACKOFF_MIN;
-        red.set_timeout(READ_TIMEOUT_MS);
-        const readReply = red["read_reply"] as ReadReply;
-        subscriptions.subscribed(health);
-        while (!ngx.worker.exiting()) {
-          const [reply, err] = readReply.call(red);
-          if (reply === undefined) {
-            if (err === "timeout") continue;
-            failure = `change subscriber lost the subscription: ${err}; reconnecting`;
-            break;
-          }
-          const message = reply as string[];
-          if (type(reply) === "table" && message[0] === "message" && type(message[2]) === "string") markPool(pool, message[2]);
-        }
-        subscriptions.lost(health);
-      }
-      // A subscribed connection must never go back to the pool.
-      red.close();
-    }
-    if (failure !== undefined && !ngx.worker.exiting()) {
-      logThrottled(LOG_TOPIC, failure);
-      ngx.sleep(backoff);
-      backoff = math.min(backoff * 2, BACKOFF_MAX);
-    }
-  }
-}
-
-function subscriber(this: void, premature: boolean, pool: string, poolState: PoolState): void {
-  if (!premature) {
-    const [ok, err] = pcall(subscribeLoop, pool, poolState);
-    if (!ok) logThrottled(LOG_TOPIC, `change subscriber failed: ${tostring(err)}`);
-  }
-  poolState.running = false;
-}
-
-function ensureTimers(this: void, pool: string, conf: RedisConf): PoolState {
+function ensureTimers(this: void, pool: string, conf: RedisConf): subscriber.Subscriber {
   if (!tickerStarted) {
     const [ok, err] = ngx.timer.every(TICK, tick);
     if (ok !== undefined) tickerStarted = true;
     else logThrottled(LOG_TOPIC, `could not start the list refresh timer: ${err}`);
   }
-  let poolState = pools.get(pool);
-  if (poolState === undefined) {
-    poolState = { conf, running: false };
-    pools.set(pool, poolState);
+  let changes = pools.get(pool);
+  if (changes === undefined) {
+    changes = subscriber.create(conf, {
+      plugin: "redis-ip-access",
+      logTopic: LOG_TOPIC,
+      what: "change subscriber",
+      channels: [store.CHANNEL],
+      // Changes announced while no subscription was up are lost: reload every list.
+      onConnected: () => markPool(pool, undefined),
+      onMessage: (_channel, list) => markPool(pool, list),
+    });
+    pools.set(pool, changes);
   }
-  if (!poolState.running) {
-    poolState.running = true;
-    const [ok, err] = ngx.timer.at(0, subscriber, pool, poolState);
-    if (ok === undefined) {
-      poolState.running = false;
-      logThrottled(LOG_TOPIC, `could not start the change subscriber: ${err}`);
-    }
-  }
-  return poolState;
+  subscriber.start(changes);
+  return changes;
 }
 
 /** The worker's state of a list (created on first use); the handler keeps it per config table. */
@@ -267,16 +208,7 @@ let configured: RedisConf[] = [];
 
 /** Kong's `configure`: the Redis of each enabled instance, first come first, one per pool (the Admin API picks from them). */
 export function configure(this: void, redisConfs: RedisConf[]): void {
-  const seen = new LuaTable<string, boolean>();
-  const ordered: RedisConf[] = [];
-  for (const conf of redisConfs) {
-    const name = client.poolName(conf);
-    if (!seen.has(name)) {
-      seen.set(name, true);
-      ordered.push(conf);
-    }
-  }
-  configured = ordered;
+  configured = distinct(redisConfs);
 }
 
 export function configuredRedis(this: void): RedisConf[] {

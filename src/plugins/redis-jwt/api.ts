@@ -11,6 +11,7 @@
  * secrets, and its clock_skew and revocation_max_ttl time revocations.
  */
 import * as cjson from "cjson.safe";
+import * as consumers from "../../lib/consumers";
 import * as crypto from "../../lib/crypto";
 import * as sign from "../../lib/crypto/sign";
 import type { RedisConf } from "../../lib/redis/schema";
@@ -101,8 +102,12 @@ const createCredential: Endpoint = (self) => {
   if (!sign.isAlgorithm(algorithm)) return fail(400, `algorithm: expected one of ${table.concat(sign.ALGORITHMS, ", ")}`);
   const keyValue = optionalString(params, "key") ?? randomToken(24);
   const instance = instanceFor(params);
-  const [callable, known] = pcall(() => kong.client.load_consumer(consumer, true)[0]);
-  if (callable && known === undefined) return fail(400, `consumer: no consumer with id or username '${consumer}'`);
+  const [known, lookupErr] = consumers.byIdOrUsername(consumer);
+  if (lookupErr !== undefined) {
+    kong.log.err("could not look the consumer up: ", lookupErr);
+    return fail(500, "could not look the consumer up in Kong");
+  }
+  if (known === undefined) return fail(400, `consumer: no consumer with id or username '${consumer}'`);
   const record: CredentialRecord = { id: newId(), key: keyValue, algorithm, consumer, created_at: ngx.time() };
   let generated: string | undefined;
   if (sign.isHmac(algorithm)) {

@@ -10,11 +10,11 @@
  * Admin API never connects anywhere the configuration does not name).
  */
 import * as cjson from "cjson.safe";
+import * as consumers from "../../lib/consumers";
 import type { RedisConf } from "../../lib/redis/schema";
 import { configuredRedis } from "./cache";
 import * as store from "./store";
 import type { KeySummary } from "./store";
-import { isId } from "./util";
 
 type Params = LuaTable<string, unknown>;
 interface Self {
@@ -58,10 +58,13 @@ function optionalTtl(this: void, params: Params): number | undefined {
   return ttl;
 }
 
-/** Where Kong can tell (the local gateway, or a PDK that allows it here), refuse a consumer it does not know. */
+/** Refuses a consumer Kong does not know: by consumer_id when given, else by username. */
 function checkConsumer(this: void, id: string | undefined, username: string): void {
-  const [callable, consumer] = pcall(() => kong.client.load_consumer(id ?? username, id === undefined)[0]);
-  if (!callable) return;
+  const [consumer, err] = id !== undefined ? consumers.byId(id) : consumers.byUsername(username);
+  if (err !== undefined) {
+    kong.log.err("could not look the consumer up: ", err);
+    return fail(500, "could not look the consumer up in Kong");
+  }
   if (consumer === undefined) {
     return fail(400, id !== undefined ? `consumer_id: no consumer with id '${id}'` : `consumer: no consumer named '${username}'`);
   }
@@ -85,8 +88,8 @@ const createKey: Endpoint = (self) => {
   const username = optionalString(params, "consumer");
   if (username === undefined) return fail(400, "consumer: required (the consumer's username)");
   const consumerId = optionalString(params, "consumer_id");
-  // Kong's consumer ids are uuids (its load_consumer raises on anything else).
-  if (consumerId !== undefined && !isId(consumerId)) return fail(400, "consumer_id: expected a valid UUID");
+  // Kong's consumer ids are uuids.
+  if (consumerId !== undefined && !consumers.isUuid(consumerId)) return fail(400, "consumer_id: expected a valid UUID");
   const customId = optionalString(params, "custom_id");
   const ttl = optionalTtl(params);
   const conf = redisFor(params);

@@ -5,11 +5,11 @@
  * Two caches, by the key's SHA-256: valid keys for `cache_ttl`, and, in a cache of their
  * own, unknown ones for `negative_cache_ttl` (anyone can send junk keys, so they must not
  * push out keys known to be good). Revocations reach them through Redis pub/sub: each
- * worker runs one subscriber per pool in a timer that owns its connection (never a pooled
- * or shared one) and deletes the revoked hash the moment the message arrives. When the
- * subscription is (re)established both caches are dropped, since messages sent while it
- * was down are lost; `cache_ttl` bounds staleness should a message be lost anyway (plus a
- * short grace while Redis is unreachable: util.staleUsable).
+ * worker runs one subscriber per pool (lib/redis/subscriber.ts: a timer that owns its
+ * connection, never a pooled or shared one) and deletes the revoked hash the moment the
+ * message arrives. When the subscription is (re)established both caches are dropped,
+ * since messages sent while it was down are lost; `cache_ttl` bounds staleness should a
+ * message be lost anyway (plus a short grace while Redis is unreachable: util.staleUsable).
  *
  * Subscribers start from `configure` (Kong 3 calls it on every worker after each config
  * change) and stop when no config uses their Redis any more. A config change keeps the
@@ -18,30 +18,15 @@
  * version it was resolved in and is resolved again against Kong (no Redis) after a change.
  */
 import * as lrucache from "resty.lrucache";
-import * as client from "../../lib/redis/client";
-import { logThrottled } from "../../lib/redis/fault";
-import * as subscriptions from "../../lib/redis/subscriptions";
+import * as poolStates from "../../lib/redis/pools";
 import type { RedisConf } from "../../lib/redis/schema";
+import * as subscriber from "../../lib/redis/subscriber";
 import { CHANNEL } from "./store";
 
-/** Its own throttling key: a subscriber failing must not silence the request path's reports. */
-const LOG_TOPIC = "redis-key-auth:subscriber";
 /** Valid keys per pool and worker; least recently used keys go first. */
 const MAX_ENTRIES = 10000;
 /** Unknown keys per pool and worker, apart from the valid ones. */
 const MAX_UNKNOWN_ENTRIES = 10000;
-/** How often (ms) a quiet subscriber wakes to check whether it should stop. */
-const READ_TIMEOUT_MS = 1000;
-/** Seconds of silence after which the subscriber PINGs Redis, and waits that long again for the answer. */
-const HEARTBEAT = 5;
-const BACKOFF_MIN = 0.2;
-const BACKOFF_MAX = 5;
-/**
- * Seconds a subscription must have stayed up for its loss to retry at BACKOFF_MIN again:
- * a Redis that accepts SUBSCRIBE and drops the connection at once must not be hammered,
- * nor the worker's cache be flushed by every reconnect.
- */
-const STABLE_AFTER = 5;
 
 /** A valid key, as cached: the consumer and credential to authenticate with. */
 export interface ValidKey {
@@ -84,42 +69,14 @@ export interface Flight {
   result?: LookupResult;
 }
 
-export interface PoolState {
-  name: string;
-  /** The latest config table for this pool (the subscriber connects with it). */
-  conf: RedisConf;
+export interface PoolState extends poolStates.PoolState {
   cache: LruCache<ValidKey>;
   unknown: LruCache<UnknownKey>;
   /** Bumped by every invalidation: a lookup that raced one does not cache its answer. */
   generation: number;
   /** Lookups in progress by hash: one Redis call per key and worker, however many requests miss at once. */
   inflight: LuaTable<string, Flight>;
-  /** A subscriber timer is running for this state. */
-  running: boolean;
-  /** Asks the subscriber to end (no config uses this Redis any more). */
-  stopped: boolean;
 }
-
-const pools = new LuaTable<string, PoolState>();
-/** Whether `configure` ran in this worker, and the pools its last call wants subscribed. */
-let configureSeen = false;
-let wantedNames = new LuaTable<string, boolean>();
-/** The Redis of each enabled instance, first come first (the Admin API picks from them). */
-let configured: RedisConf[] = [];
-/** Bumped by every `configure`: consumers looked up before it must be looked up again. */
-let version = 0;
-
-/** The current config version: a cached consumer resolved in another one may be stale. */
-export function configVersion(this: void): number {
-  return version;
-}
-
-type ReadReply = (this: RestyRedis) => LuaMultiReturn<[RedisReply | undefined, string | undefined]>;
-type Subscribe = (this: RestyRedis, channel: string) => LuaMultiReturn<[RedisReply | false | undefined, string | undefined]>;
-
-// The subscribed connection accepts no ordinary command through lua-resty-redis, so the
-// heartbeat goes out on the raw socket; Redis answers ["pong", ""] in subscribed mode.
-const PING = "*1\r\n$4\r\nPING\r\n";
 
 function invalidateAll(this: void, state: PoolState): void {
   state.cache.flush_all();
@@ -134,136 +91,34 @@ export function invalidate(this: void, state: PoolState, sha: string): void {
   state.generation++;
 }
 
-function shouldStop(this: void, state: PoolState): boolean {
-  return state.stopped || ngx.worker.exiting();
-}
-
-/** Sleeps `seconds` in slices, so a stop or a worker exit is noticed within a second. */
-function pause(this: void, state: PoolState, seconds: number): void {
-  let left = seconds;
-  while (left > 0 && !shouldStop(state)) {
-    const slice = math.min(left, 1);
-    ngx.sleep(slice);
-    left -= slice;
-  }
-}
-
-/** Reads messages until the connection fails or the subscriber should stop. */
-function listen(this: void, state: PoolState, red: RestyRedis): string | undefined {
-  const readReply = red["read_reply"] as ReadReply;
-  const sock = (red as RestyRedisWithSock)._sock!;
-  let lastHeard = ngx.now();
-  let pingSentAt: number | undefined;
-  while (!shouldStop(state)) {
-    const [reply, err] = readReply.call(red);
-    const now = ngx.now();
-    if (reply === undefined) {
-      if (err !== "timeout") return `lost the subscription: ${err}`;
-      if (pingSentAt !== undefined) {
-        if (now - pingSentAt >= HEARTBEAT) return "lost the subscription: no answer to PING";
-      } else if (now - lastHeard >= HEARTBEAT) {
-        const [sent, sendErr] = sock.send(PING);
-        if (sent === undefined) return `lost the subscription: ${sendErr}`;
-        pingSentAt = now;
-      }
-      continue;
-    }
-    lastHeard = now;
-    pingSentAt = undefined;
-    const message = reply as string[];
-    if (type(reply) === "table" && message[0] === "message" && message[1] === CHANNEL && type(message[2]) === "string") {
-      invalidate(state, message[2]);
-    }
-  }
-  return undefined;
-}
-
-function subscribeLoop(this: void, state: PoolState): void {
-  let backoff = BACKOFF_MIN;
-  const health = subscriptions.track("redis-key-auth", state.name);
-  while (!shouldStop(state)) {
-    const [red, connectErr] = client.connect(state.conf);
-    let failure: string | undefined;
-    if (red === undefined) {
-      failure = `invalidation subscriber could not connect: ${connectErr}`;
-    } else {
-      const subscribe = red["subscribe"] as Subscribe;
-      const [ok, subErr] = subscribe.call(red, CHANNEL);
-      if (ok === undefined || ok === false) {
-        failure = `invalidation subscriber could not SUBSCRIBE: ${subErr}`;
-      } else {
-        // Messages published while no subscription was up are lost: start clean.
-        invalidateAll(state);
-        red.set_timeout(READ_TIMEOUT_MS);
-        const upSince = ngx.now();
-        subscriptions.subscribed(health);
-        const lost = listen(state, red);
-        subscriptions.lost(health);
-        if (lost !== undefined) {
-          failure = `invalidation subscriber ${lost}; reconnecting`;
-          if (ngx.now() - upSince >= STABLE_AFTER) backoff = BACKOFF_MIN;
-        }
-      }
-      // A subscribed connection must never go back to the pool.
-      red.close();
-    }
-    if (failure !== undefined && !shouldStop(state)) {
-      logThrottled(LOG_TOPIC, failure);
-      pause(state, backoff);
-      backoff = math.min(backoff * 2, BACKOFF_MAX);
-    }
-  }
-  subscriptions.forget("redis-key-auth", state.name);
-}
-
-/** The timer: runs the loop until told to stop; should it ever raise, the next request starts a new one. */
-function subscriber(this: void, premature: boolean, state: PoolState): void {
-  if (!premature) {
-    const [ok, err] = pcall(subscribeLoop, state);
-    if (!ok) logThrottled(LOG_TOPIC, `invalidation subscriber failed: ${tostring(err)}`);
-  }
-  state.running = false;
-}
-
-function start(this: void, state: PoolState): void {
-  if (state.running || state.stopped) return;
-  const phase = ngx.get_phase();
-  // No timers in init (master) or in phases that cannot create them.
-  if (phase === "init" || phase === "header_filter" || phase === "body_filter" || phase === "log") return;
-  state.running = true;
-  const [ok, err] = ngx.timer.at(0, subscriber, state);
-  if (ok === undefined) {
-    state.running = false;
-    logThrottled(LOG_TOPIC, `could not start the invalidation subscriber: ${err}`);
-  }
-}
-
 function newState(this: void, name: string, conf: RedisConf): PoolState {
   const [cache, err] = lrucache.new<ValidKey>(MAX_ENTRIES);
   if (cache === undefined) return error(`redis-key-auth: could not create the worker cache: ${err}`);
   const [unknown, unknownErr] = lrucache.new<UnknownKey>(MAX_UNKNOWN_ENTRIES);
   if (unknown === undefined) return error(`redis-key-auth: could not create the worker cache: ${unknownErr}`);
-  const state: PoolState = { name, conf, cache, unknown, generation: 0, inflight: new LuaTable(), running: false, stopped: false };
-  pools.set(name, state);
+  const state = { name, conf, cache, unknown, generation: 0, inflight: new LuaTable() } as PoolState;
+  state.subscriber = subscriber.create(conf, {
+    plugin: "redis-key-auth",
+    logTopic: "redis-key-auth:subscriber",
+    what: "invalidation subscriber",
+    channels: [CHANNEL],
+    // Messages published while no subscription was up are lost: start clean.
+    onConnected: () => invalidateAll(state),
+    onMessage: (_channel, sha) => invalidate(state, sha),
+  });
   return state;
 }
 
-/**
- * The cache of the Redis `conf` points at (hot path: two table lookups). A subscriber
- * that died is restarted here. A Redis no config uses (a request still running with the
- * previous config) gets a cache of its own but no subscriber once `configure` has run:
- * that one decides which subscribers exist.
- */
+const pools = poolStates.newPools(newState);
+
+/** The current config version: a cached consumer resolved in another one may be stale. */
+export function configVersion(this: void): number {
+  return pools.version;
+}
+
+/** The cache of the Redis `conf` points at (hot path); see lib/redis/pools.ts for which subscribers run. */
 export function stateFor(this: void, conf: RedisConf): PoolState {
-  const name = client.poolName(conf);
-  const state = pools.get(name);
-  if (state !== undefined) {
-    if (!state.running && (!configureSeen || wantedNames.has(name))) start(state);
-    return state;
-  }
-  const created = newState(name, conf);
-  if (!configureSeen) start(created);
-  return created;
+  return poolStates.stateFor(pools, conf);
 }
 
 /**
@@ -273,36 +128,10 @@ export function stateFor(this: void, conf: RedisConf): PoolState {
  * are looked up again (configVersion).
  */
 export function configure(this: void, redisConfs: RedisConf[]): void {
-  if (ngx.get_phase() === "init") return;
-  version++;
-  const wanted = new LuaTable<string, RedisConf>();
-  const ordered: RedisConf[] = [];
-  for (const conf of redisConfs) {
-    const name = client.poolName(conf);
-    if (!wanted.has(name)) {
-      wanted.set(name, conf);
-      ordered.push(conf);
-    }
-  }
-  configured = ordered;
-  configureSeen = true;
-  wantedNames = new LuaTable();
-  for (const [name] of pairs(wanted)) wantedNames.set(name, true);
-  for (const [name, state] of pairs(pools)) {
-    if (!wanted.has(name)) {
-      state.stopped = true;
-      pools.delete(name);
-    }
-  }
-  for (const [name, conf] of pairs(wanted)) {
-    let state = pools.get(name);
-    if (state === undefined) state = newState(name, conf);
-    state.conf = conf;
-    start(state);
-  }
+  poolStates.configure(pools, redisConfs);
 }
 
 /** The Redis configs of the enabled instances, in config order, one per pool. */
 export function configuredRedis(this: void): RedisConf[] {
-  return configured;
+  return pools.configured;
 }

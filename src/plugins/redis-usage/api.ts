@@ -14,6 +14,7 @@
  * another configured one.
  */
 import * as cjson from "cjson.safe";
+import * as consumers from "../../lib/consumers";
 import * as client from "../../lib/redis/client";
 import { key, part } from "../../lib/keys";
 import type { RedisConf } from "../../lib/redis/schema";
@@ -58,8 +59,9 @@ function textParam(this: void, params: Params, name: string): string | undefined
 
 /** The name a consumer is metered under (its username, else custom_id, else id), from an id or username. */
 function consumerName(this: void, given: string): string {
-  const [callable, consumer] = pcall(() => kong.client.load_consumer(given, true)[0]);
-  if (callable && consumer !== undefined) return consumer.username ?? consumer.custom_id ?? consumer.id;
+  // A consumer Kong does not know (or cannot look up now) is metered under the name given.
+  const [consumer] = consumers.byIdOrUsername(given);
+  if (consumer !== undefined) return consumer.username ?? consumer.custom_id ?? consumer.id;
   return given;
 }
 

@@ -3,7 +3,9 @@ local ____exports = {}
 local client = require("krs.redis.client")
 local ____fault = require("krs.redis.fault")
 local logThrottled = ____fault.logThrottled
-local subscriptions = require("krs.redis.subscriptions")
+local ____pools = require("krs.redis.pools")
+local distinct = ____pools.distinct
+local subscriber = require("krs.redis.subscriber")
 local ____ip = require("kong.plugins.redis-ip-access.ip")
 local compile = ____ip.compile
 local parseEntry = ____ip.parseEntry
@@ -13,9 +15,6 @@ local LOG_TOPIC = "redis-ip-access:lists"
 local TICK = 0.1
 --- Seconds before a list that failed to load is tried again from the request path.
 local RETRY_AFTER = 1
-local READ_TIMEOUT_MS = 1000
-local BACKOFF_MIN = 0.2
-local BACKOFF_MAX = 5
 local states = {}
 local pools = {}
 local ticking = false
@@ -147,65 +146,6 @@ local function markPool(pool, list)
         end
     end
 end
-local function subscribeLoop(pool, poolState)
-    local backoff = BACKOFF_MIN
-    local health = subscriptions.track("redis-ip-access", pool)
-    while not ngx.worker.exiting() do
-        local red, connectErr = client.connect(poolState.conf)
-        local failure
-        if red == nil then
-            failure = "change subscriber could not connect: " .. tostring(connectErr)
-        else
-            local subscribe = red.subscribe
-            local subscribed, subErr = subscribe(red, store.CHANNEL)
-            if subscribed == nil or subscribed == false then
-                failure = "change subscriber could not SUBSCRIBE: " .. tostring(subErr)
-            else
-                markPool(pool, nil)
-                backoff = BACKOFF_MIN
-                red:set_timeout(READ_TIMEOUT_MS)
-                local readReply = red.read_reply
-                subscriptions.subscribed(health)
-                while not ngx.worker.exiting() do
-                    do
-                        local reply, err = readReply(red)
-                        if reply == nil then
-                            if err == "timeout" then
-                                goto __continue36
-                            end
-                            failure = ("change subscriber lost the subscription: " .. tostring(err)) .. "; reconnecting"
-                            break
-                        end
-                        local message = reply
-                        if type(reply) == "table" and message[1] == "message" and type(message[3]) == "string" then
-                            markPool(pool, message[3])
-                        end
-                    end
-                    ::__continue36::
-                end
-                subscriptions.lost(health)
-            end
-            red:close()
-        end
-        if failure ~= nil and not ngx.worker.exiting() then
-            logThrottled(LOG_TOPIC, failure)
-            ngx.sleep(backoff)
-            backoff = math.min(backoff * 2, BACKOFF_MAX)
-        end
-    end
-end
-local function subscriber(premature, pool, poolState)
-    if not premature then
-        local ok, err = pcall(subscribeLoop, pool, poolState)
-        if not ok then
-            logThrottled(
-                LOG_TOPIC,
-                "change subscriber failed: " .. tostring(err)
-            )
-        end
-    end
-    poolState.running = false
-end
 local function ensureTimers(pool, conf)
     if not tickerStarted then
         local ok, err = ngx.timer.every(TICK, tick)
@@ -218,23 +158,23 @@ local function ensureTimers(pool, conf)
             )
         end
     end
-    local poolState = pools[pool]
-    if poolState == nil then
-        poolState = {conf = conf, running = false}
-        pools[pool] = poolState
+    local changes = pools[pool]
+    if changes == nil then
+        changes = subscriber.create(
+            conf,
+            {
+                plugin = "redis-ip-access",
+                logTopic = LOG_TOPIC,
+                what = "change subscriber",
+                channels = {store.CHANNEL},
+                onConnected = function() return markPool(pool, nil) end,
+                onMessage = function(_channel, list) return markPool(pool, list) end
+            }
+        )
+        pools[pool] = changes
     end
-    if not poolState.running then
-        poolState.running = true
-        local ok, err = ngx.timer.at(0, subscriber, pool, poolState)
-        if ok == nil then
-            poolState.running = false
-            logThrottled(
-                LOG_TOPIC,
-                "could not start the change subscriber: " .. tostring(err)
-            )
-        end
-    end
-    return poolState
+    subscriber.start(changes)
+    return changes
 end
 --- The worker's state of a list (created on first use); the handler keeps it per config table.
 function ____exports.stateFor(conf, list, syncInterval)
@@ -300,16 +240,7 @@ end
 local configured = {}
 --- Kong's `configure`: the Redis of each enabled instance, first come first, one per pool (the Admin API picks from them).
 function ____exports.configure(redisConfs)
-    local seen = {}
-    local ordered = {}
-    for ____, conf in ipairs(redisConfs) do
-        local name = client.poolName(conf)
-        if not (seen[name] ~= nil) then
-            seen[name] = true
-            ordered[#ordered + 1] = conf
-        end
-    end
-    configured = ordered
+    configured = distinct(redisConfs)
 end
 function ____exports.configuredRedis()
     return configured
