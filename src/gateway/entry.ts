@@ -86,7 +86,11 @@ interface Upstream {
   connect_timeout: number;
   send_timeout: number;
   read_timeout: number;
+  /** All three are nginx's own (the template sets none: 60 s each), so the balancer need not set them. */
+  nginx_timeouts: boolean;
 }
+
+const NGINX_TIMEOUT = 60;
 
 const hostsFile = new LuaTable<string, string>();
 
@@ -124,13 +128,17 @@ function upstreamOf(this: void, service: ServiceOf): Upstream | undefined {
   const known = upstreams.get(service);
   if (known !== undefined) return known === false ? undefined : known;
   const ip = resolveHost(service.host);
+  const connectTimeout = (service.connect_timeout ?? 60000) / 1000;
+  const sendTimeout = (service.write_timeout ?? 60000) / 1000;
+  const readTimeout = (service.read_timeout ?? 60000) / 1000;
   const upstream: Upstream | undefined = ip === undefined ? undefined : {
     host: ip,
     port: service.port,
     retries: service.retries ?? 5,
-    connect_timeout: (service.connect_timeout ?? 60000) / 1000,
-    send_timeout: (service.write_timeout ?? 60000) / 1000,
-    read_timeout: (service.read_timeout ?? 60000) / 1000,
+    connect_timeout: connectTimeout,
+    send_timeout: sendTimeout,
+    read_timeout: readTimeout,
+    nginx_timeouts: connectTimeout === NGINX_TIMEOUT && sendTimeout === NGINX_TIMEOUT && readTimeout === NGINX_TIMEOUT,
   };
   upstreams.set(service, upstream ?? false);
   return upstream;
@@ -256,11 +264,9 @@ function setUpstreamHeaders(this: void, match: RouteMatch, service: ServiceOf, r
   const prefix = match.stripped_prefix;
   if (prefix !== undefined && prefix !== "/" && prefix !== "") vars["upstream_x_forwarded_prefix"] = prefix;
   let forwardedFor = vars["http_x_forwarded_for"];
+  // None sent: nginx.conf's default, $remote_addr, stands.
+  if (forwardedFor === undefined) return;
   const remoteAddr = vars["remote_addr"] ?? "";
-  if (forwardedFor === undefined) {
-    vars["upstream_x_forwarded_for"] = remoteAddr;
-    return;
-  }
   if (string.find(forwardedFor, ", ", 1, true)[0] !== undefined) {
     // nginx joins repeated headers; Kong (kong.tools.http.get_header) takes the first one.
     const [requestHeaders] = ngx.req.get_headers();
@@ -309,6 +315,18 @@ export function access(this: void): void {
   finishAccess(ctx, match, service, requestUri, pluginsRan ? undefined : queryAt ?? false);
 }
 
+/** A route match's upstream path, escaped once per match (the router keeps its matches). */
+const escapedUris = setmetatable(new LuaTable<RouteMatch, string>(), { __mode: "k" });
+
+function escapedUriOf(this: void, match: RouteMatch): string {
+  let escaped = escapedUris.get(match);
+  if (escaped === undefined) {
+    escaped = escapePath(match.upstream_uri);
+    escapedUris.set(match, escaped);
+  }
+  return escaped;
+}
+
 /**
  * After the plugins: the upstream request as they left it, and the peer for the balancer.
  * `clientQueryAt`: when no plugin ran, the position of the "?" in the request URI (false
@@ -320,7 +338,8 @@ function finishAccess(this: void, ctx: RequestCtx, match: RouteMatch, service: S
   // hide_credentials): the upstream URI is final only now, as in Kong. An empty "?" the
   // client sent stays.
   const finalArgs = clientQueryAt === false ? undefined : clientQueryAt !== undefined ? string.sub(requestUri, clientQueryAt + 1) : ngx.var["args"];
-  const finalPath = escapePath(ctx.KRS_UPSTREAM_URI ?? match.upstream_uri);
+  const upstreamPath = ctx.KRS_UPSTREAM_URI ?? match.upstream_uri;
+  const finalPath = upstreamPath === match.upstream_uri ? escapedUriOf(match) : escapePath(upstreamPath);
   ngx.var["upstream_uri"] = (finalArgs !== undefined && finalArgs !== "") || string.byte(requestUri, -1) === 63
     ? `${finalPath}?${finalArgs ?? ""}`
     : finalPath;
@@ -341,7 +360,7 @@ export function balancerPhase(this: void): void {
   let tries = ctx.KRS_TRIES;
   if (tries === undefined) {
     balancer.set_more_tries(upstream.retries);
-    balancer.set_timeouts(upstream.connect_timeout, upstream.send_timeout, upstream.read_timeout);
+    if (!upstream.nginx_timeouts) balancer.set_timeouts(upstream.connect_timeout, upstream.send_timeout, upstream.read_timeout);
     tries = [];
     ctx.KRS_TRIES = tries;
   }
