@@ -392,6 +392,42 @@ describe("krs.gateway.router", function()
     end)
   end)
 
+  describe("memo of matches", function()
+    it("answers a repeated request as the first time, by method and host as well as path", function()
+      local r = new_router({
+        route { id = "get-a", methods = { "GET" }, hosts = { "a.test" }, paths = { "/x" } },
+        route { id = "post-a", methods = { "POST" }, hosts = { "a.test" }, paths = { "/x" } },
+        route { id = "get-any", methods = { "GET" }, paths = { "/x" } },
+      })
+      for _ = 1, 3 do
+        assert.equal("get-a", id_of(r:match("GET", "a.test", "/x/1")))
+        assert.equal("post-a", id_of(r:match("POST", "a.test:8000", "/x/1")))
+        assert.equal("get-any", id_of(r:match("GET", "b.test", "/x/1")))
+        assert.equal("get-any", id_of(r:match("GET", nil, "/x/1")))
+        assert.is_nil(r:match("POST", "b.test", "/x/1"))
+        assert.is_nil(r:match("GET", "a.test", "/y"))
+      end
+    end)
+
+    it("stays bounded: past its size it starts over and still matches every path", function()
+      local r = new_router({ route { id = "root", paths = { "/" }, service = service("/base") } })
+      for i = 1, 10000 do
+        local m = r:match("GET", nil, "/p" .. i)
+        assert.equal("/base/p" .. i, m.upstream_uri)
+      end
+      assert.is_true(r.memoCount <= 4096)
+      assert.equal("/base/p1", r:match("GET", nil, "/p1").upstream_uri)
+    end)
+
+    it("keeps no match for a path too long to remember, and matches it every time", function()
+      local r = new_router({ route { id = "root", paths = { "/" } } })
+      local long = "/" .. string.rep("a", 600)
+      assert.equal("root", id_of(r:match("GET", nil, long)))
+      assert.equal(0, r.memoCount)
+      assert.equal("root", id_of(r:match("GET", nil, long)))
+    end)
+  end)
+
   describe("large configs", function()
     it("builds 1000 prefix routes and matches each of them", function()
       local routes = {}

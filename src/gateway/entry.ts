@@ -86,7 +86,11 @@ interface Upstream {
   connect_timeout: number;
   send_timeout: number;
   read_timeout: number;
+  /** All three are nginx's own (the template sets none: 60 s each), so the balancer need not set them. */
+  nginx_timeouts: boolean;
 }
+
+const NGINX_TIMEOUT = 60;
 
 const hostsFile = new LuaTable<string, string>();
 
@@ -124,13 +128,17 @@ function upstreamOf(this: void, service: ServiceOf): Upstream | undefined {
   const known = upstreams.get(service);
   if (known !== undefined) return known === false ? undefined : known;
   const ip = resolveHost(service.host);
+  const connectTimeout = (service.connect_timeout ?? 60000) / 1000;
+  const sendTimeout = (service.write_timeout ?? 60000) / 1000;
+  const readTimeout = (service.read_timeout ?? 60000) / 1000;
   const upstream: Upstream | undefined = ip === undefined ? undefined : {
     host: ip,
     port: service.port,
     retries: service.retries ?? 5,
-    connect_timeout: (service.connect_timeout ?? 60000) / 1000,
-    send_timeout: (service.write_timeout ?? 60000) / 1000,
-    read_timeout: (service.read_timeout ?? 60000) / 1000,
+    connect_timeout: connectTimeout,
+    send_timeout: sendTimeout,
+    read_timeout: readTimeout,
+    nginx_timeouts: connectTimeout === NGINX_TIMEOUT && sendTimeout === NGINX_TIMEOUT && readTimeout === NGINX_TIMEOUT,
   };
   upstreams.set(service, upstream ?? false);
   return upstream;
@@ -218,16 +226,29 @@ function clearHopByHopHeaders(this: void): void {
   }
 }
 
-function stashCtx(this: void): void {
-  const ctx = requestCtx();
+function stashCtx(this: void, ctx?: RequestCtx): void {
+  ctx = ctx ?? requestCtx();
   const requestId = ctx.KRS_REQUEST_ID ?? ngx.var["request_id"];
   if (requestId === undefined) return;
   ctx.KRS_REQUEST_ID = requestId;
   stashed.set(requestId, ctx);
 }
-setCtxStash(stashCtx);
+setCtxStash(() => stashCtx());
 
 type ServiceOf = NonNullable<ReturnType<typeof requestCtx>["service"]>;
+
+/** The Host a service's requests carry upstream (its port only when not the scheme's), once per service table. */
+const hostHeaders = setmetatable(new LuaTable<object, string>(), { __mode: "k" });
+
+function hostHeaderOf(this: void, service: ServiceOf): string {
+  let host = hostHeaders.get(service);
+  if (host === undefined) {
+    const defaultPort = service.protocol === "https" ? 443 : 80;
+    host = service.port === defaultPort ? service.host : `${service.host}:${service.port}`;
+    hostHeaders.set(service, host);
+  }
+  return host;
+}
 
 /**
  * What the upstream request carries from the route and the client, taken before plugins
@@ -238,19 +259,14 @@ type ServiceOf = NonNullable<ReturnType<typeof requestCtx>["service"]>;
 function setUpstreamHeaders(this: void, match: RouteMatch, service: ServiceOf, rawPath: string): void {
   const vars = ngx.var;
   if (service.protocol !== "http") vars["upstream_scheme"] = service.protocol;
-  const defaultPort = service.protocol === "https" ? 443 : 80;
-  vars["upstream_host"] = match.route.preserve_host === true
-    ? vars["http_host"] ?? service.host
-    : service.port === defaultPort ? service.host : `${service.host}:${service.port}`;
+  vars["upstream_host"] = match.route.preserve_host === true ? vars["http_host"] ?? service.host : hostHeaderOf(service);
   vars["upstream_x_forwarded_path"] = rawPath;
   const prefix = match.stripped_prefix;
   if (prefix !== undefined && prefix !== "/" && prefix !== "") vars["upstream_x_forwarded_prefix"] = prefix;
   let forwardedFor = vars["http_x_forwarded_for"];
+  // None sent: nginx.conf's default, $remote_addr, stands.
+  if (forwardedFor === undefined) return;
   const remoteAddr = vars["remote_addr"] ?? "";
-  if (forwardedFor === undefined) {
-    vars["upstream_x_forwarded_for"] = remoteAddr;
-    return;
-  }
   if (string.find(forwardedFor, ", ", 1, true)[0] !== undefined) {
     // nginx joins repeated headers; Kong (kong.tools.http.get_header) takes the first one.
     const [requestHeaders] = ngx.req.get_headers();
@@ -263,15 +279,11 @@ function setUpstreamHeaders(this: void, match: RouteMatch, service: ServiceOf, r
   vars["upstream_x_forwarded_for"] = forwardedFor !== undefined ? `${forwardedFor}, ${peerAddr}` : remoteAddr;
 }
 
-/** Kong's rewrite phase: global plugins only, before routing (called first in access). */
-function rewrite(this: void): void {
-  sync();
-  runRewrite(getRuntime()!.plugins);
-}
-
 export function access(this: void): void {
-  rewrite();
+  // Kong's rewrite phase: global plugins only, before routing.
+  sync();
   const runtime = getRuntime()!;
+  runRewrite(runtime.plugins);
   const ctx = requestCtx();
   const method = ngx.req.get_method();
   // The path as the client sent it (still escaped, no query): X-Forwarded-Path, and once
@@ -281,32 +293,53 @@ export function access(this: void): void {
   const rawPath = queryAt !== undefined ? string.sub(requestUri, 1, queryAt - 1) : requestUri;
   const path = normalizePath(rawPath);
   ctx.KRS_PATH = path;
-  const match = runtime.router.match(method, ngx.var["http_host"], path);
+  const router = runtime.router;
+  // Host is read only when some route matches on it (each ngx.var read is a lookup by name).
+  const match = router.match(method, router.usesHosts ? ngx.var["http_host"] : undefined, path);
   if (match === undefined) return pdk.response.error(404, NO_ROUTE);
   const service = runtime.config.servicesById.get(match.route.service?.id ?? "");
   ctx.route = runtime.routesById.get(match.route.id);
   ctx.service = service;
   if (service === undefined) {
     // Kong answers a route without a service once plugins had their say.
-    runAccess(runtime.plugins);
+    runAccess(runtime.plugins, ctx);
     return pdk.response.error(503, "no Service found with those values");
   }
 
   ctx.KRS_UPSTREAM_URI = match.upstream_uri;
   setUpstreamHeaders(match, service, rawPath);
 
-  runAccess(runtime.plugins);
-  finishAccess(ctx, match, service, requestUri);
+  // Without a plugin run in rewrite or access the query is still the client's: no read of
+  // $args for it.
+  const pluginsRan = runAccess(runtime.plugins, ctx) || runtime.plugins.globals.length > 0;
+  finishAccess(ctx, match, service, requestUri, pluginsRan ? undefined : queryAt ?? false);
 }
 
-/** After the plugins: the upstream request as they left it, and the peer for the balancer. */
-function finishAccess(this: void, ctx: RequestCtx, match: RouteMatch, service: ServiceOf, requestUri: string): void {
+/** A route match's upstream path, escaped once per match (the router keeps its matches). */
+const escapedUris = setmetatable(new LuaTable<RouteMatch, string>(), { __mode: "k" });
+
+function escapedUriOf(this: void, match: RouteMatch): string {
+  let escaped = escapedUris.get(match);
+  if (escaped === undefined) {
+    escaped = escapePath(match.upstream_uri);
+    escapedUris.set(match, escaped);
+  }
+  return escaped;
+}
+
+/**
+ * After the plugins: the upstream request as they left it, and the peer for the balancer.
+ * `clientQueryAt`: when no plugin ran, the position of the "?" in the request URI (false
+ * for none), which then still gives the query; undefined: read $args.
+ */
+function finishAccess(this: void, ctx: RequestCtx, match: RouteMatch, service: ServiceOf, requestUri: string, clientQueryAt: number | false | undefined): void {
   clearHopByHopHeaders();
   // Plugins may have changed the path (set_path) or the query (set_raw_query,
   // hide_credentials): the upstream URI is final only now, as in Kong. An empty "?" the
   // client sent stays.
-  const finalArgs = ngx.var["args"];
-  const finalPath = escapePath(ctx.KRS_UPSTREAM_URI ?? match.upstream_uri);
+  const finalArgs = clientQueryAt === false ? undefined : clientQueryAt !== undefined ? string.sub(requestUri, clientQueryAt + 1) : ngx.var["args"];
+  const upstreamPath = ctx.KRS_UPSTREAM_URI ?? match.upstream_uri;
+  const finalPath = upstreamPath === match.upstream_uri ? escapedUriOf(match) : escapePath(upstreamPath);
   ngx.var["upstream_uri"] = (finalArgs !== undefined && finalArgs !== "") || string.byte(requestUri, -1) === 63
     ? `${finalPath}?${finalArgs ?? ""}`
     : finalPath;
@@ -315,7 +348,7 @@ function finishAccess(this: void, ctx: RequestCtx, match: RouteMatch, service: S
   if (upstream === undefined) return pdk.response.error(503, "name resolution failed");
   (ctx as { KRS_UPSTREAM?: Upstream }).KRS_UPSTREAM = upstream;
   ctx.KRS_ACCESS_ENDED = ngx.now();
-  stashCtx();
+  stashCtx(ctx);
 }
 
 export function balancerPhase(this: void): void {
@@ -327,13 +360,15 @@ export function balancerPhase(this: void): void {
   let tries = ctx.KRS_TRIES;
   if (tries === undefined) {
     balancer.set_more_tries(upstream.retries);
-    balancer.set_timeouts(upstream.connect_timeout, upstream.send_timeout, upstream.read_timeout);
+    if (!upstream.nginx_timeouts) balancer.set_timeouts(upstream.connect_timeout, upstream.send_timeout, upstream.read_timeout);
     tries = [];
     ctx.KRS_TRIES = tries;
   }
+  // ngx.now() is nginx's cached clock: it cannot move while the peer is set, so the
+  // balancer's latency is 0 ms, as measured with it.
   const startedAt = ngx.now();
   const [ok, err] = balancer.set_current_peer(upstream.host, upstream.port);
-  tries.push({ ip: upstream.host, port: upstream.port, balancer_start: math.floor(startedAt * 1000), balancer_latency: math.floor((ngx.now() - startedAt) * 1000) });
+  tries.push({ ip: upstream.host, port: upstream.port, balancer_start: math.floor(startedAt * 1000), balancer_latency: 0 });
   if (ok === undefined) {
     ngx.log(ngx.ERR, "[kong] could not set the upstream peer: ", err);
     return ngx.exit(500);
@@ -394,8 +429,9 @@ export function headerFilter(this: void): void {
       if (waiting !== undefined) header["X-Kong-Upstream-Latency"] = tostring(math.floor(waiting));
       if (proxyLatency !== undefined) header["X-Kong-Proxy-Latency"] = tostring(math.floor(proxyLatency));
     }
-    // As Kong: the upstream's own Via, then ours (what a plugin set is replaced).
-    const upstreamVia = ngx.var["upstream_http_via"];
+    // As Kong: the upstream's own Via, then ours (what a plugin set is replaced). A request
+    // the balancer never saw has no upstream response to read it from.
+    const upstreamVia = ctx.KRS_PROXIED === true ? ngx.var["upstream_http_via"] : undefined;
     header["Via"] = upstreamVia === undefined ? VIA : `${upstreamVia}, ${VIA}`;
     if (header["Server"] === undefined) header["Server"] = SERVER;
   } else {

@@ -164,10 +164,9 @@ function anonymousSelection(this: void, index: PluginIndex, s: string, r: string
  * access: every applicable plugin is selected before any runs, so that when one ends the
  * request (kong.response.exit, an error) the others still get header_filter and log, as in
  * Kong. When a plugin authenticates a consumer, the plugins after it are selected again,
- * so consumer-scoped configs apply to them.
+ * so consumer-scoped configs apply to them. Returns whether any plugin was run.
  */
-export function runAccess(this: void, index: PluginIndex): void {
-  const ctx = requestCtx();
+export function runAccess(this: void, index: PluginIndex, ctx: RequestCtx): boolean {
   const s = ctx.service?.id ?? "";
   const r = ctx.route?.id ?? "";
   let c = ctx.authenticated_consumer?.id ?? "";
@@ -183,7 +182,7 @@ export function runAccess(this: void, index: PluginIndex): void {
   }
   (ctx as { KRS_SELECTED?: Selected[] }).KRS_SELECTED = list;
   // Nothing applies and nothing ran that could authenticate: no loop to enter.
-  if (list.length === 0) return;
+  if (list.length === 0) return false;
   for (let i = 0; ; i++) {
     const consumer = ctx.authenticated_consumer?.id ?? "";
     if (consumer !== c) {
@@ -209,6 +208,7 @@ export function runAccess(this: void, index: PluginIndex): void {
     if (i >= list.length) break;
     if (!call(ctx, list[i], "access")) return failRequest();
   }
+  return true;
 }
 
 /** header_filter, body_filter, log: the plugins chosen in access (or the globals). */

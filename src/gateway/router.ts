@@ -37,8 +37,9 @@
  * "../". Without strip_path the whole request path is joined.
  *
  * Performance: newRouter groups matchers into at most 16 priority classes; a prefix class
- * is a hash per prefix length, so match() does one string.sub and one lookup per
- * distinct length, then checks method and host of the few candidates.
+ * is a hash per prefix length, so a search does one string.sub and one lookup per
+ * distinct length, then checks method and host of the few candidates. Matches are
+ * memoized by method, host and path (see MEMO_MAX).
  */
 
 export interface RouteMatch {
@@ -53,8 +54,14 @@ export interface RouteMatch {
 }
 
 export interface Router {
-  /** `path` is the normalized request path without query string; `host` as sent (may have ":port"). */
+  /**
+   * `path` is the normalized request path without query string; `host` as sent (may have
+   * ":port"). The result may be shared with other requests of the same method, host and
+   * path: callers never change it.
+   */
   match(this: Router, method: string, host: string | undefined, path: string): RouteMatch | undefined;
+  /** Some route matches on hosts: without one, `host` is never read (callers may pass undefined). */
+  usesHosts: boolean;
 }
 
 /**
@@ -128,9 +135,23 @@ interface PriorityClass {
 interface RouterImpl extends Router {
   classes: PriorityClass[];
   regexFind: RegexFind | undefined;
-  /** Some route matches on hosts: only then is the request host parsed. */
-  usesHosts: boolean;
+  /** Some route matches on methods: only then is the method part of the memo key. */
+  usesMethods: boolean;
+  /** method ("" when no route has methods) → host ("" when none has hosts) → path → match. */
+  memo: LuaTable<string, LuaTable<string, LuaTable<string, RouteMatch>>>;
+  memoCount: number;
 }
+
+/**
+ * The memo of matches: a request's route depends only on its method, host and path (and the
+ * router, built anew for each config), so the matches of recent requests are kept and the
+ * classes are searched once per distinct request, as Kong's router caches its matches. On a
+ * hit, match() runs no loop, which also lets LuaJIT compile the access phase as one trace (a
+ * loop left after one iteration aborts the trace that contains it). Bounded: emptied when it
+ * holds MEMO_MAX matches; paths longer than MEMO_PATH_MAX are matched every time.
+ */
+const MEMO_MAX = 4096;
+const MEMO_PATH_MAX = 512;
 
 /** A non-empty array from a decoded entity field (absent, null or [] give undefined). */
 function nonEmpty(value: unknown): string[] | undefined {
@@ -227,6 +248,42 @@ function accepts(m: Matcher, method: string, hostName: string | undefined, hostP
 
 function routerMatch(this: Router, method: string, host: string | undefined, path: string): RouteMatch | undefined {
   const self = this as RouterImpl;
+  const methodKey = self.usesMethods ? method : "";
+  // A request without Host is matched every time (rare: HTTP/1.0 only).
+  const hostKey = self.usesHosts ? host : "";
+  const byHost = self.memo.get(methodKey);
+  if (byHost !== undefined && hostKey !== undefined) {
+    const byPath = byHost.get(hostKey);
+    if (byPath !== undefined) {
+      const known = byPath.get(path);
+      if (known !== undefined) return known;
+    }
+  }
+  const found = search(self, method, host, path);
+  if (found !== undefined && hostKey !== undefined && path.length <= MEMO_PATH_MAX) remember(self, methodKey, hostKey, path, found);
+  return found;
+}
+
+function remember(this: void, self: RouterImpl, methodKey: string, hostKey: string, path: string, found: RouteMatch): void {
+  if (self.memoCount >= MEMO_MAX) {
+    self.memo = new LuaTable();
+    self.memoCount = 0;
+  }
+  let byHost = self.memo.get(methodKey);
+  if (byHost === undefined) {
+    byHost = new LuaTable();
+    self.memo.set(methodKey, byHost);
+  }
+  let byPath = byHost.get(hostKey);
+  if (byPath === undefined) {
+    byPath = new LuaTable();
+    byHost.set(hostKey, byPath);
+  }
+  byPath.set(path, found);
+  self.memoCount++;
+}
+
+function search(this: void, self: RouterImpl, method: string, host: string | undefined, path: string): RouteMatch | undefined {
   let hostName: string | undefined;
   let hostPort: number | undefined;
   if (host !== undefined && self.usesHosts) {
@@ -356,6 +413,7 @@ export function newRouter(routes: KongRoute[], options?: RouterOptions): Router 
   // Class key: category count * 4 + plain hosts * 2 + regex; higher key = higher priority.
   const classes = new LuaTable<number, PriorityClass>();
   let usesHosts = false;
+  let usesMethods = false;
   const classFor = (key: number, regex: boolean): PriorityClass => {
     let cls = classes.get(key);
     if (cls === undefined) {
@@ -400,6 +458,7 @@ export function newRouter(routes: KongRoute[], options?: RouterOptions): Router 
       regexPaths: [],
     };
     if (methods !== undefined) {
+      usesMethods = true;
       const set = new LuaTable<string, boolean>();
       for (const method of methods) set.set(method, true);
       m.methods = set;
@@ -440,6 +499,6 @@ export function newRouter(routes: KongRoute[], options?: RouterOptions): Router 
     }
   }
 
-  const router: RouterImpl = { classes: ordered, regexFind, usesHosts, match: routerMatch };
+  const router: RouterImpl = { classes: ordered, regexFind, usesHosts, usesMethods, memo: new LuaTable(), memoCount: 0, match: routerMatch };
   return router;
 }

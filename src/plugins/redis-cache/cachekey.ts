@@ -21,6 +21,32 @@ const sort = table.sort;
  */
 const MAX_ITEMS = 100;
 
+/**
+ * The hex SHA-256 of recent key materials, so that a hot key is not hashed (and hex-encoded)
+ * on every request: the digest depends on the material alone. Bounded: emptied when it
+ * holds DIGEST_MEMO_MAX digests; materials longer than DIGEST_MEMO_TEXT_MAX are hashed
+ * every time. Worker memory only (the materials never leave the process).
+ */
+const DIGEST_MEMO_MAX = 1024;
+const DIGEST_MEMO_TEXT_MAX = 2048;
+let digests = new LuaTable<string, string>();
+let digestCount = 0;
+
+function digestHex(this: void, material: string): string {
+  const known = digests.get(material);
+  if (known !== undefined) return known;
+  const hex = crypto.toHex(crypto.sha256(material));
+  if (material.length <= DIGEST_MEMO_TEXT_MAX) {
+    if (digestCount >= DIGEST_MEMO_MAX) {
+      digests = new LuaTable();
+      digestCount = 0;
+    }
+    digests.set(material, hex);
+    digestCount++;
+  }
+  return hex;
+}
+
 /** `<length>:<text>`: unambiguous whatever the text holds. */
 function field(this: void, text: string): string {
   return `${text.length}:${text}`;
@@ -99,7 +125,7 @@ export function baseKey(this: void, p: Prepared, ignoreCase: boolean, consumerId
     field(query),
     headers,
   ], "|");
-  return crypto.toHex(crypto.sha256(material));
+  return digestHex(material);
 }
 
 /**
@@ -109,5 +135,5 @@ export function baseKey(this: void, p: Prepared, ignoreCase: boolean, consumerId
 export function variantKey(this: void, base: string, names: string[]): string | undefined {
   const headers = headersPart(names);
   if (headers === undefined) return undefined;
-  return crypto.toHex(crypto.sha256(base + "|" + headers));
+  return digestHex(base + "|" + headers);
 }

@@ -8,6 +8,30 @@ local sort = table.sort
 --- Query arguments and request headers read for the key. A request with more is not
 -- cached: the ones past the limit would reach the upstream without being in the key.
 local MAX_ITEMS = 100
+--- The hex SHA-256 of recent key materials, so that a hot key is not hashed (and hex-encoded)
+-- on every request: the digest depends on the material alone. Bounded: emptied when it
+-- holds DIGEST_MEMO_MAX digests; materials longer than DIGEST_MEMO_TEXT_MAX are hashed
+-- every time. Worker memory only (the materials never leave the process).
+local DIGEST_MEMO_MAX = 1024
+local DIGEST_MEMO_TEXT_MAX = 2048
+local digests = {}
+local digestCount = 0
+local function digestHex(material)
+    local known = digests[material]
+    if known ~= nil then
+        return known
+    end
+    local hex = crypto.toHex(crypto.sha256(material))
+    if #material <= DIGEST_MEMO_TEXT_MAX then
+        if digestCount >= DIGEST_MEMO_MAX then
+            digests = {}
+            digestCount = 0
+        end
+        digests[material] = hex
+        digestCount = digestCount + 1
+    end
+    return hex
+end
 --- `<length>:<text>`: unambiguous whatever the text holds.
 local function field(text)
     return (tostring(#text) .. ":") .. text
@@ -106,7 +130,7 @@ function ____exports.baseKey(p, ignoreCase, consumerId, scope)
         },
         "|"
     )
-    return crypto.toHex(crypto.sha256(material))
+    return digestHex(material)
 end
 --- The key of one variant of a response that has `Vary: names`; undefined when the
 -- request has more headers than the key can take.
@@ -115,6 +139,6 @@ function ____exports.variantKey(base, names)
     if headers == nil then
         return nil
     end
-    return crypto.toHex(crypto.sha256((base .. "|") .. headers))
+    return digestHex((base .. "|") .. headers)
 end
 return ____exports
