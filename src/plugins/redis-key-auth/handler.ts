@@ -214,6 +214,8 @@ function current(this: void, conf: KeyAuthConf, state: PoolState, sha: string, e
 
 /** Asks Redis about one key (cache miss) and caches the answer. */
 function fetch(this: void, conf: KeyAuthConf, state: PoolState, sha: string, stale: ValidKey | undefined): LookupResult {
+  // The Redis call below is this plugin's (facts.redisCall); the warm path makes none, so it does not say so.
+  facts.enter(PLUGIN);
   const generation = state.generation;
   const [record, err] = store.lookup(conf.redis, sha);
   const now = ngx.now();
@@ -355,7 +357,6 @@ const handler: KongPluginHandler<KeyAuthConf> = {
     // With anonymous set, auth plugins are alternatives: another one already succeeded.
     if (anonymous !== undefined && kong.client.get_credential() !== undefined) return;
 
-    facts.enter(PLUGIN);
     facts.credentialNames(p.credentialNames);
     let [apiKey, failure] = findKey(conf, p);
     if (apiKey !== undefined) {

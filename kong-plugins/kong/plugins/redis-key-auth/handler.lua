@@ -242,6 +242,7 @@ local function current(conf, state, sha, entry)
 end
 --- Asks Redis about one key (cache miss) and caches the answer.
 local function fetch(conf, state, sha, stale)
+    facts.enter(PLUGIN)
     local generation = state.generation
     local record, err = store.lookup(conf.redis, sha)
     local now = ngx.now()
@@ -408,7 +409,6 @@ local handler = {
         if anonymous ~= nil and kong.client.get_credential() ~= nil then
             return
         end
-        facts.enter(PLUGIN)
         facts.credentialNames(p.credentialNames)
         local apiKey, failure = findKey(conf, p)
         if apiKey ~= nil then
