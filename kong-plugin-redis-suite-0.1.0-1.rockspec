@@ -83,6 +83,7 @@ build = {
     ["kong.plugins.structured-log.redact"] = "kong-plugins/kong/plugins/structured-log/redact.lua",
     ["kong.plugins.structured-log.schema"] = "kong-plugins/kong/plugins/structured-log/schema.lua",
     ["kong.plugins.structured-log.sinks"] = "kong-plugins/kong/plugins/structured-log/sinks.lua",
+    ["krs.auth"] = "kong-plugins/krs/auth.lua",
     ["krs.consumers"] = "kong-plugins/krs/consumers.lua",
     ["krs.crypto.sign"] = "kong-plugins/krs/crypto/sign.lua",
     ["krs.crypto"] = "kong-plugins/krs/crypto.lua",

@@ -481,7 +481,9 @@ const service: KongServiceApi = {
   request: {
     set_header(name, value) {
       checkHeader(name, value);
-      if (string.lower(name) === "host") {
+      // Only a four-letter name can be Host: the others (every consumer header an auth
+      // plugin sets) are not copied to lower case to find out.
+      if (name.length === 4 && string.lower(name) === "host") {
         ngx.var["upstream_host"] = tostring(value);
         return;
       }

@@ -9,6 +9,7 @@
  * subscription is down: then on every request).
  */
 import * as lrucache from "resty.lrucache";
+import * as auth from "../../lib/auth";
 import * as crypto from "../../lib/crypto";
 import * as sign from "../../lib/crypto/sign";
 import * as facts from "../../lib/facts";
@@ -25,13 +26,7 @@ import { bearerToken, challenges, STALE_GRACE } from "./util";
 
 const PLUGIN = "redis-jwt";
 
-const HEADER_CONSUMER_ID = "X-Consumer-ID";
-const HEADER_CONSUMER_CUSTOM_ID = "X-Consumer-Custom-ID";
-const HEADER_CONSUMER_USERNAME = "X-Consumer-Username";
-const HEADER_CREDENTIAL_IDENTIFIER = "X-Credential-Identifier";
-const HEADER_ANONYMOUS = "X-Anonymous-Consumer";
-
-const ERR_UNEXPECTED = "An unexpected error occurred";
+const ERR_UNEXPECTED = auth.ERR_UNEXPECTED;
 const ERR_REVOKED = "Token revoked";
 /** Verified tokens per plugin instance and worker. */
 const MAX_TOKENS = 10000;
@@ -72,9 +67,12 @@ interface Prepared {
   anonymous?: string;
   claims: string[];
   tokens: LruCache<VerifiedToken>;
-  anonymousConsumer?: KongConsumer;
-  anonymousUntil: number;
-  anonymousIn: number;
+  anonymousSlot: auth.AnonymousSlot;
+  /** Where tokens are looked for, copied out of the config; the only header name when there is one (the default). */
+  queryNames: string[];
+  cookieVariables: string[];
+  headerNames: string[];
+  onlyHeader?: string;
   /** Where this config reads tokens, for the request facts (a logger redacts them). */
   credentialNames: facts.CredentialNames;
 }
@@ -96,8 +94,22 @@ function prepare(this: void, conf: JwtConf): Prepared {
     for (const name of conf.header_names) headers.push(name);
     const query: string[] = [];
     for (const name of conf.uri_param_names) query.push(name);
+    const cookieVariables: string[] = [];
+    for (const name of conf.cookie_names) cookieVariables.push("cookie_" + name);
     const credentialNames = { plugin: PLUGIN, headers, query, cookies: conf.cookie_names.length > 0 };
-    p = { base, withError, anonymous: optional(conf.anonymous), claims, tokens, anonymousUntil: 0, anonymousIn: 0, credentialNames };
+    p = {
+      base,
+      withError,
+      anonymous: optional(conf.anonymous),
+      claims,
+      tokens,
+      anonymousSlot: auth.newAnonymousSlot(),
+      queryNames: query,
+      cookieVariables,
+      headerNames: headers,
+      onlyHeader: headers.length === 1 ? headers[0] : undefined,
+      credentialNames,
+    };
     prepared.set(conf, p);
   }
   return p;
@@ -105,51 +117,9 @@ function prepare(this: void, conf: JwtConf): Prepared {
 
 // ---------------------------------------------------------------- consumer headers
 
-function setConsumer(this: void, consumer: KongConsumer, credential: KongCredential & { key: string } | undefined, token: string | undefined): void {
-  kong.client.authenticate(consumer, credential);
-  const set = kong.service.request.set_header;
-  const clear = kong.service.request.clear_header;
-  if (consumer.id !== undefined) set(HEADER_CONSUMER_ID, consumer.id);
-  else clear(HEADER_CONSUMER_ID);
-  if (consumer.custom_id !== undefined) set(HEADER_CONSUMER_CUSTOM_ID, consumer.custom_id);
-  else clear(HEADER_CONSUMER_CUSTOM_ID);
-  if (consumer.username !== undefined) set(HEADER_CONSUMER_USERNAME, consumer.username);
-  else clear(HEADER_CONSUMER_USERNAME);
-  if (credential !== undefined) {
-    set(HEADER_CREDENTIAL_IDENTIFIER, credential.key);
-    clear(HEADER_ANONYMOUS);
-  } else {
-    clear(HEADER_CREDENTIAL_IDENTIFIER);
-    set(HEADER_ANONYMOUS, true);
-  }
-  kong.ctx.shared.authenticated_jwt_token = token;
-}
-
-function clearConsumerHeaders(this: void): void {
-  const clear = kong.service.request.clear_header;
-  clear(HEADER_CONSUMER_ID);
-  clear(HEADER_CONSUMER_CUSTOM_ID);
-  clear(HEADER_CONSUMER_USERNAME);
-  clear(HEADER_CREDENTIAL_IDENTIFIER);
-  clear(HEADER_ANONYMOUS);
-}
-
 function setAnonymous(this: void, conf: JwtConf, p: Prepared, anonymous: string): void {
-  const now = ngx.now();
-  let consumer = p.anonymousConsumer;
-  if (consumer === undefined || now >= p.anonymousUntil || p.anonymousIn !== workerCache.configVersion()) {
-    const [found, err] = kong.client.load_consumer(anonymous, true);
-    if (err !== undefined) error(err);
-    if (found === undefined) {
-      kong.log.err(`anonymous consumer '${anonymous}' is configured but not found`);
-      return kong.response.exit(500, { message: ERR_UNEXPECTED });
-    }
-    consumer = found;
-    p.anonymousConsumer = found;
-    p.anonymousUntil = now + math.max(conf.cache_ttl, 1);
-    p.anonymousIn = workerCache.configVersion();
-  }
-  setConsumer(consumer, undefined, undefined);
+  // Kong's jwt hands later plugins the token it authenticated with: none here.
+  if (auth.setAnonymous(p.anonymousSlot, anonymous, math.max(conf.cache_ttl, 1), workerCache.configVersion())) kong.ctx.shared.authenticated_jwt_token = undefined;
 }
 
 // ---------------------------------------------------------------- finding the token
@@ -168,23 +138,32 @@ function note(this: void, t: unknown): void {
  * Every distinct token of the request, as Kong's jwt collects them: query arguments,
  * cookies, then `Bearer` headers. One token, nil (none), or a table (several).
  */
-function retrieveToken(this: void, conf: JwtConf): string | undefined | LuaTable<number, string> {
+function retrieveToken(this: void, p: Prepared): string | undefined | LuaTable<number, string> {
   foundToken = undefined;
   foundAnother = false;
   // Most requests have no query string: no argument table is built for them.
-  if (conf.uri_param_names.length > 0 && kong.request.get_raw_query() !== "") {
+  const queryNames = p.queryNames;
+  if (queryNames.length > 0 && kong.request.get_raw_query() !== "") {
     const args = kong.request.get_query();
-    for (const name of conf.uri_param_names) {
+    for (const name of queryNames) {
       const value = args.get(name);
       if (type_(value) === "table") for (const v of value as unknown[]) note(v);
       else note(value);
     }
   }
-  for (const name of conf.cookie_names) note(ngx.var["cookie_" + name]);
-  // A repeated header counts by its first value, as in Kong.
-  for (const name of conf.header_names) {
-    const value = kong.request.get_header(name);
+  const cookieVariables = p.cookieVariables;
+  if (cookieVariables.length > 0) for (const variable of cookieVariables) note(ngx.var[variable]);
+  // A repeated header counts by its first value, as in Kong. One name (the default) needs
+  // no loop: LuaJIT cannot compile one that runs once per request.
+  const onlyHeader = p.onlyHeader;
+  if (onlyHeader !== undefined) {
+    const value = kong.request.get_header(onlyHeader);
     if (value !== undefined) note(bearerToken(value));
+  } else {
+    for (const name of p.headerNames) {
+      const value = kong.request.get_header(name);
+      if (value !== undefined) note(bearerToken(value));
+    }
   }
   if (foundAnother) return new LuaTable<number, string>();
   return foundToken;
@@ -261,6 +240,8 @@ function findCredential(this: void, conf: JwtConf, state: PoolState, keyValue: s
   }
   if (missing.length > 0) {
     const generation = state.credentialGeneration;
+    // The Redis calls are this plugin's (facts.redisCall); the warm path makes none, so it does not say so.
+    facts.enter(PLUGIN);
     const [records, err] = store.lookup(conf.redis, missing);
     if (records === undefined) {
       for (let i = 0; i < fields.length; i++) {
@@ -301,6 +282,7 @@ function findCredential(this: void, conf: JwtConf, state: PoolState, keyValue: s
 function checkRevocation(this: void, conf: JwtConf, state: PoolState, entry: VerifiedToken): LuaMultiReturn<[string | undefined, string | undefined]> {
   if (entry.revoked !== undefined) return $multi(entry.revoked, undefined);
   const generation = state.revocationGeneration;
+  facts.enter(PLUGIN);
   const [revoked, before, err] = store.revocationState(conf.redis, entry.revocationKeys);
   const now = ngx.now();
   if (revoked === undefined) {
@@ -443,8 +425,8 @@ function refuse(this: void, p: Prepared, r: Refusal): void {
 function redisFailed(this: void, conf: JwtConf, p: Prepared, err: string): void {
   facts.auth(PLUGIN, "error", undefined, ERR_UNEXPECTED);
   fault.onRedisFailure(PLUGIN, conf, err);
-  if (p.anonymous !== undefined) return setAnonymous(conf, p, p.anonymous);
-  return clearConsumerHeaders();
+  if (p.anonymous !== undefined) setAnonymous(conf, p, p.anonymous);
+  else auth.clearConsumerHeaders();
 }
 
 const handler: KongPluginHandler<JwtConf> = {
@@ -464,9 +446,8 @@ const handler: KongPluginHandler<JwtConf> = {
     const anonymous = p.anonymous;
     if (anonymous !== undefined && kong.client.get_credential() !== undefined) return;
 
-    facts.enter(PLUGIN);
     facts.credentialNames(p.credentialNames);
-    const found = retrieveToken(conf);
+    const found = retrieveToken(p);
     let failure: Refusal | undefined;
     if (found === undefined) {
       failure = refusal("Unauthorized", "missing");
@@ -480,7 +461,10 @@ const handler: KongPluginHandler<JwtConf> = {
       if (entry !== undefined && !usable(state, entry)) entry = undefined;
       if (entry === undefined) {
         const [verified, refused, redisErr] = verifyToken(conf, p, state, raw);
-        if (redisErr !== undefined) return redisFailed(conf, p, redisErr);
+        if (redisErr !== undefined) {
+          redisFailed(conf, p, redisErr);
+          return;
+        }
         failure = refused;
         entry = verified;
         if (entry !== undefined) cacheEntry(conf, p, k, entry);
@@ -488,24 +472,31 @@ const handler: KongPluginHandler<JwtConf> = {
       if (entry !== undefined) {
         if (entry.revoked !== undefined || !state.subscribed || entry.revocation_generation !== state.revocationGeneration) {
           const [revoked, redisErr] = checkRevocation(conf, state, entry);
-          if (redisErr !== undefined) return redisFailed(conf, p, redisErr);
+          if (redisErr !== undefined) {
+            redisFailed(conf, p, redisErr);
+            return;
+          }
           if (revoked !== undefined) failure = refusal(revoked, "revoked");
         }
         if (failure === undefined) {
-          facts.auth(PLUGIN, "ok", entry.consumer.id);
-          return setConsumer(entry.consumer, entry.credential, raw);
+          // Not tail calls (here and below): see lib/auth.ts.
+          auth.authenticated(PLUGIN, entry.consumer, entry.credential, entry.credential.key);
+          kong.ctx.shared.authenticated_jwt_token = raw;
+          return;
         }
       }
     }
     if (anonymous !== undefined) {
       facts.auth(PLUGIN, "anonymous", undefined, failure!.message);
-      return setAnonymous(conf, p, anonymous);
+      setAnonymous(conf, p, anonymous);
+      return;
     }
     if (failure!.result === "missing") {
       facts.auth(PLUGIN, "missing", undefined, failure!.message);
-      return kong.response.exit(401, { message: failure!.message }, { "WWW-Authenticate": p.base });
+      kong.response.exit(401, { message: failure!.message }, { "WWW-Authenticate": p.base });
+      return;
     }
-    return refuse(p, failure!);
+    refuse(p, failure!);
   },
 };
 

@@ -7,7 +7,9 @@
  * pub/sub (cache.ts).
  */
 import * as cjson from "cjson.safe";
+import * as lrucache from "resty.lrucache";
 import * as semaphore from "ngx.semaphore";
+import * as auth from "../../lib/auth";
 import * as facts from "../../lib/facts";
 import * as fault from "../../lib/redis/fault";
 import { SUITE_VERSION } from "../../lib/version";
@@ -19,16 +21,10 @@ import { isId, removeQueryArg, staleUsable, wellFormed, wwwAuthenticate } from "
 
 const PLUGIN = "redis-key-auth";
 
-const HEADER_CONSUMER_ID = "X-Consumer-ID";
-const HEADER_CONSUMER_CUSTOM_ID = "X-Consumer-Custom-ID";
-const HEADER_CONSUMER_USERNAME = "X-Consumer-Username";
-const HEADER_CREDENTIAL_IDENTIFIER = "X-Credential-Identifier";
-const HEADER_ANONYMOUS = "X-Anonymous-Consumer";
-
 const ERR_DUPLICATE_API_KEY = "Duplicate API key found";
 const ERR_NO_API_KEY = "No API key found in request";
 const ERR_INVALID_AUTH_CRED = "Unauthorized";
-const ERR_UNEXPECTED = "An unexpected error occurred";
+const ERR_UNEXPECTED = auth.ERR_UNEXPECTED;
 
 const FORM = "application/x-www-form-urlencoded";
 const JSON_MIME = "application/json";
@@ -43,9 +39,9 @@ interface Prepared {
   /** conf.anonymous, or undefined (whether Kong hands over nil or ngx.null). */
   anonymous?: string;
   /** The anonymous consumer, looked up at most once per cache_ttl and config version. */
-  anonymousConsumer?: KongConsumer;
-  anonymousUntil: number;
-  anonymousIn: number;
+  anonymousSlot: auth.AnonymousSlot;
+  /** conf.key_names when it has one name (the default): findKey needs no loop then. */
+  onlyName?: string;
   /** Where this config reads keys, for the request facts (a logger redacts them). */
   credentialNames: facts.CredentialNames;
 }
@@ -62,59 +58,22 @@ function prepare(this: void, conf: KeyAuthConf): Prepared {
     const names: string[] = [];
     for (const name of conf.key_names) names.push(name);
     const credentialNames = { plugin: PLUGIN, headers: conf.key_in_header ? names : [], query: conf.key_in_query ? names : [], cookies: false };
-    p = { challenge: wwwAuthenticate(optional(conf.realm)), anonymous: optional(conf.anonymous), anonymousUntil: 0, anonymousIn: 0, credentialNames };
+    p = {
+      challenge: wwwAuthenticate(optional(conf.realm)),
+      anonymous: optional(conf.anonymous),
+      anonymousSlot: auth.newAnonymousSlot(),
+      onlyName: names.length === 1 ? names[0] : undefined,
+      credentialNames,
+    };
     prepared.set(conf, p);
   }
   return p;
 }
 
-// ---------------------------------------------------------------- consumer headers
-
-function setConsumer(this: void, consumer: KongConsumer, credential: KongCredential | undefined): void {
-  kong.client.authenticate(consumer, credential);
-  const set = kong.service.request.set_header;
-  const clear = kong.service.request.clear_header;
-  if (consumer.id !== undefined) set(HEADER_CONSUMER_ID, consumer.id);
-  else clear(HEADER_CONSUMER_ID);
-  if (consumer.custom_id !== undefined) set(HEADER_CONSUMER_CUSTOM_ID, consumer.custom_id);
-  else clear(HEADER_CONSUMER_CUSTOM_ID);
-  if (consumer.username !== undefined) set(HEADER_CONSUMER_USERNAME, consumer.username);
-  else clear(HEADER_CONSUMER_USERNAME);
-  if (credential !== undefined) {
-    set(HEADER_CREDENTIAL_IDENTIFIER, credential.id);
-    clear(HEADER_ANONYMOUS);
-  } else {
-    clear(HEADER_CREDENTIAL_IDENTIFIER);
-    set(HEADER_ANONYMOUS, true);
-  }
-}
-
-/** A request let through without authentication must not carry identity headers of its own. */
-function clearConsumerHeaders(this: void): void {
-  const clear = kong.service.request.clear_header;
-  clear(HEADER_CONSUMER_ID);
-  clear(HEADER_CONSUMER_CUSTOM_ID);
-  clear(HEADER_CONSUMER_USERNAME);
-  clear(HEADER_CREDENTIAL_IDENTIFIER);
-  clear(HEADER_ANONYMOUS);
-}
+// ---------------------------------------------------------------- anonymous
 
 function setAnonymous(this: void, conf: KeyAuthConf, p: Prepared, anonymous: string): void {
-  const now = ngx.now();
-  let consumer = p.anonymousConsumer;
-  if (consumer === undefined || now >= p.anonymousUntil || p.anonymousIn !== workerCache.configVersion()) {
-    const [found, err] = kong.client.load_consumer(anonymous, true);
-    if (err !== undefined) error(err);
-    if (found === undefined) {
-      kong.log.err(`anonymous consumer '${anonymous}' is configured but not found`);
-      return kong.response.exit(500, { message: ERR_UNEXPECTED });
-    }
-    consumer = found;
-    p.anonymousConsumer = found;
-    p.anonymousUntil = now + conf.cache_ttl;
-    p.anonymousIn = workerCache.configVersion();
-  }
-  setConsumer(consumer, undefined);
+  auth.setAnonymous(p.anonymousSlot, anonymous, conf.cache_ttl, workerCache.configVersion());
 }
 
 // ---------------------------------------------------------------- finding the key
@@ -148,10 +107,45 @@ function hide(this: void, conf: KeyAuthConf, name: string, body: LuaTable<string
 }
 
 /**
+ * What one name found: the key, or nil and the 401 message, or (`next`) nothing under
+ * this name, so that the next name is tried.
+ */
+function settle(this: void, conf: KeyAuthConf, name: string, value: unknown, body: LuaTable<string, unknown> | undefined, mime: string | undefined): LuaMultiReturn<[string | undefined, string | undefined, boolean]> {
+  const kind = type(value);
+  if (kind === "string") {
+    if (conf.hide_credentials) hide(conf, name, body, mime);
+    if (value === "") return $multi(undefined, ERR_NO_API_KEY, false);
+    return $multi(value as string, undefined, false);
+  }
+  // The same name twice: which one would be meant is anyone's guess.
+  if (kind === "table") return $multi(undefined, ERR_DUPLICATE_API_KEY, false);
+  return $multi(undefined, ERR_NO_API_KEY, true);
+}
+
+/**
+ * findKey for a config with one key name (the default): the same lookups without the
+ * loop, which LuaJIT cannot compile when it runs once per request.
+ */
+function findOnlyKey(this: void, conf: KeyAuthConf, name: string): LuaMultiReturn<[string | undefined, string | undefined]> {
+  let value: unknown = undefined;
+  let body: LuaTable<string, unknown> | undefined;
+  let mime: string | undefined;
+  if (conf.key_in_header) value = kong.request.get_headers().get(name);
+  if (value === undefined && conf.key_in_query) value = kong.request.get_query().get(name);
+  if (value === undefined && conf.key_in_body) {
+    [body, mime] = readBody();
+    value = body.get(name);
+  }
+  const [key, failure] = settle(conf, name, value, body, mime);
+  return $multi(key, failure);
+}
+
+/**
  * The key as Kong's key-auth finds it: for each name in order, the header, then the
  * query argument, then the body field. Returns the key, or nil and the 401 message.
  */
-function findKey(this: void, conf: KeyAuthConf): LuaMultiReturn<[string | undefined, string | undefined]> {
+function findKey(this: void, conf: KeyAuthConf, p: Prepared): LuaMultiReturn<[string | undefined, string | undefined]> {
+  if (p.onlyName !== undefined) return findOnlyKey(conf, p.onlyName);
   let headers: HeaderTable | undefined;
   let query: ArgTable | undefined;
   let body: LuaTable<string, unknown> | undefined;
@@ -172,14 +166,8 @@ function findKey(this: void, conf: KeyAuthConf): LuaMultiReturn<[string | undefi
       if (body === undefined) [body, mime] = readBody();
       value = body.get(name);
     }
-    const kind = type(value);
-    if (kind === "string") {
-      if (conf.hide_credentials) hide(conf, name, body, mime);
-      if (value === "") return $multi(undefined, ERR_NO_API_KEY);
-      return $multi(value as string, undefined);
-    }
-    // The same name twice: which one would be meant is anyone's guess.
-    if (kind === "table") return $multi(undefined, ERR_DUPLICATE_API_KEY);
+    const [key, failure, next] = settle(conf, name, value, body, mime);
+    if (!next) return $multi(key, failure);
   }
   return $multi(undefined, ERR_NO_API_KEY);
 }
@@ -226,6 +214,8 @@ function current(this: void, conf: KeyAuthConf, state: PoolState, sha: string, e
 
 /** Asks Redis about one key (cache miss) and caches the answer. */
 function fetch(this: void, conf: KeyAuthConf, state: PoolState, sha: string, stale: ValidKey | undefined): LookupResult {
+  // The Redis call below is this plugin's (facts.redisCall); the warm path makes none, so it does not say so.
+  facts.enter(PLUGIN);
   const generation = state.generation;
   const [record, err] = store.lookup(conf.redis, sha);
   const now = ngx.now();
@@ -276,8 +266,7 @@ function fetch(this: void, conf: KeyAuthConf, state: PoolState, sha: string, sta
  * A valid key's consumer and credential; nil for an invalid key; nil plus the Redis
  * error when Redis could not be asked and the worker cache had nothing usable.
  */
-function check(this: void, conf: KeyAuthConf, apiKey: string): LuaMultiReturn<[ValidKey | undefined, string | undefined]> {
-  const sha = store.hashKey(apiKey);
+function check(this: void, conf: KeyAuthConf, apiKey: string, sha: string): LuaMultiReturn<[ValidKey | undefined, string | undefined]> {
   const state = workerCache.stateFor(conf.redis);
   let [hit, stale] = state.cache.get(sha);
   // Instances on one Redis share these caches: an entry cached under a longer TTL is
@@ -315,6 +304,40 @@ function check(this: void, conf: KeyAuthConf, apiKey: string): LuaMultiReturn<[V
   return $multi(result.valid, result.err);
 }
 
+/**
+ * The SHA-256 (store.hashKey) of keys this worker found valid, by the key itself, so the
+ * warm path does not hash: a memo of a pure function, it changes no answer. Whether the
+ * key is valid is still asked of the digest-keyed caches (cache.ts) on every request, and
+ * their invalidation (pub/sub, cache_ttl) is all a revocation needs. Only keys seen valid
+ * get in, and a key seen invalid leaves, so junk keys (anyone can send them, as many as
+ * they like) cannot push known ones out: they pay the hash as before, and nothing here
+ * grows past MAX_KNOWN_KEYS. The keys stay in this worker's memory only.
+ */
+const MAX_KNOWN_KEYS = 10000;
+const [knownKeys, knownKeysErr] = lrucache.new<string>(MAX_KNOWN_KEYS);
+if (knownKeys === undefined) error(`redis-key-auth: could not create the key memo: ${knownKeysErr}`);
+
+/** The key's digest and whether it came from the memo; nil for a key that cannot be one of ours. */
+function digestOf(this: void, apiKey: string): LuaMultiReturn<[string | undefined, boolean]> {
+  const [known] = knownKeys!.get(apiKey);
+  if (known !== undefined) return $multi(known, true);
+  if (!wellFormed(apiKey)) return $multi(undefined, false);
+  return $multi(store.hashKey(apiKey), false);
+}
+
+/** check() with the key memo kept up to date: valid keys in, keys no longer valid out. */
+function checkKey(this: void, conf: KeyAuthConf, apiKey: string): LuaMultiReturn<[ValidKey | undefined, string | undefined, boolean]> {
+  const [sha, memo] = digestOf(apiKey);
+  if (sha === undefined) return $multi(undefined, undefined, false);
+  const [valid, redisErr] = check(conf, apiKey, sha);
+  if (valid !== undefined) {
+    if (!memo) knownKeys!.set(apiKey, sha);
+  } else if (memo && redisErr === undefined) {
+    knownKeys!.delete(apiKey);
+  }
+  return $multi(valid, redisErr, true);
+}
+
 // ---------------------------------------------------------------- phases
 
 const handler: KongPluginHandler<KeyAuthConf> = {
@@ -334,32 +357,32 @@ const handler: KongPluginHandler<KeyAuthConf> = {
     // With anonymous set, auth plugins are alternatives: another one already succeeded.
     if (anonymous !== undefined && kong.client.get_credential() !== undefined) return;
 
-    facts.enter(PLUGIN);
     facts.credentialNames(p.credentialNames);
-    let [apiKey, failure] = findKey(conf);
+    let [apiKey, failure] = findKey(conf, p);
     if (apiKey !== undefined) {
       failure = ERR_INVALID_AUTH_CRED;
-      if (wellFormed(apiKey)) {
-        const [valid, redisErr] = check(conf, apiKey);
-        if (valid !== undefined) {
-          facts.auth(PLUGIN, "ok", valid.consumer.id);
-          return setConsumer(valid.consumer, valid.credential);
-        }
-        if (redisErr !== undefined) {
-          facts.auth(PLUGIN, "error", undefined, ERR_UNEXPECTED);
-          fault.onRedisFailure(PLUGIN, conf, redisErr);
-          // fault_tolerant: the key cannot be checked; the request goes on unauthenticated.
-          if (anonymous !== undefined) return setAnonymous(conf, p, anonymous);
-          return clearConsumerHeaders();
-        }
+      const [valid, redisErr] = checkKey(conf, apiKey);
+      if (valid !== undefined) {
+        // Not tail calls (here and below): see lib/auth.ts.
+        auth.authenticated(PLUGIN, valid.consumer, valid.credential, valid.credential.id);
+        return;
+      }
+      if (redisErr !== undefined) {
+        facts.auth(PLUGIN, "error", undefined, ERR_UNEXPECTED);
+        fault.onRedisFailure(PLUGIN, conf, redisErr);
+        // fault_tolerant: the key cannot be checked; the request goes on unauthenticated.
+        if (anonymous !== undefined) setAnonymous(conf, p, anonymous);
+        else auth.clearConsumerHeaders();
+        return;
       }
     }
     if (anonymous !== undefined) {
       facts.auth(PLUGIN, "anonymous", undefined, failure);
-      return setAnonymous(conf, p, anonymous);
+      setAnonymous(conf, p, anonymous);
+      return;
     }
     facts.auth(PLUGIN, apiKey !== undefined ? "unknown" : failure === ERR_NO_API_KEY ? "missing" : "invalid", undefined, failure);
-    return kong.response.error(401, failure, { "WWW-Authenticate": p.challenge });
+    kong.response.error(401, failure, { "WWW-Authenticate": p.challenge });
   },
 };
 
