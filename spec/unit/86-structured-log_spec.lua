@@ -181,12 +181,15 @@ describe("structured-log", function()
       assert.matches("deeper", err)
     end)
 
-    it("encodeObject: the head keys first, in order, then the rest; the text stays in a buffer", function()
-      local head = { "timestamp", "level", "request_id" }
-      local is_head = { timestamp = true, level = true, request_id = true }
-      local buf = assert(json.encodeObject({ z = 1, level = "info", timestamp = "t", request_id = "r" }, head, is_head))
-      local text = buf:tostring()
-      assert.equal('{"timestamp":"t","level":"info","request_id":"r","z":1}', text)
+    it("encodeObject: the head keys first, in order, then the rest, the last key at the end; the text stays in a buffer", function()
+      local head = { "timestamp", "level", "event" }
+      local is_head = { timestamp = true, level = true, event = true }
+      local buf = assert(json.encodeObject({ z = 1, level = "info", timestamp = "t", request_id = "r" }, head, is_head, "request_id"))
+      assert.equal('{"timestamp":"t","level":"info","z":1,"request_id":"r"}', buf:tostring())
+      buf = assert(json.encodeObject({ request_id = "r" }, head, is_head, "request_id"))
+      assert.equal('{"request_id":"r"}', buf:tostring())
+      buf = assert(json.encodeObject({}, head, is_head, "request_id"))
+      assert.equal("{}", buf:tostring())
     end)
   end)
 

@@ -31,8 +31,9 @@ interface LogConf extends SinkConf {
   custom_fields?: CustomField[];
 }
 
-/** The fields a line starts with, in this order: what a reader scans for first. */
-const HEAD = ["timestamp", "level", "event", "request_id", "correlation_id"];
+/** The fields a line starts with, in this order: what a reader scans for first; request_id ends it (see encodeObject). */
+const HEAD = ["timestamp", "level", "event", "correlation_id"];
+const LAST = "request_id";
 const IS_HEAD = new LuaTable<string, boolean>();
 for (const k of HEAD) IS_HEAD.set(k, true);
 
@@ -110,7 +111,7 @@ const handler: KongPluginHandler<LogConf> = {
     line.krs = krsOf(f, breaker.openEndpoints(), sinks.droppedFor(conf));
     applyCustomFields(line, conf.custom_fields, names, kong.request.get_header, kong.response.get_header);
 
-    const [encoded, err] = encodeObject(line as unknown as LuaTable<string, unknown>, HEAD, IS_HEAD);
+    const [encoded, err] = encodeObject(line as unknown as LuaTable<string, unknown>, HEAD, IS_HEAD, LAST);
     if (encoded !== undefined) sinks.push(conf, encoded);
     else sinks.push(conf, fallbackLine(entry, err));
   },

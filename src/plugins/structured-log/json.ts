@@ -233,12 +233,17 @@ export function encode(this: void, value: unknown): LuaMultiReturn<[string | und
 }
 
 /**
- * An object whose `head` keys come first, in that order (a reader sees the time, level
- * and id of a line before anything else), then the others. The text stays in the
+ * An object whose `head` keys come first, in that order (a reader sees the time and level
+ * of a line before anything else), then the others, then `last`. The text stays in the
  * returned buffer, valid until the next call: a file sink copies it into its own buffer
  * without making a Lua string of it. Undefined and why when it cannot be encoded.
+ *
+ * `last` is for a value that differs on every line (the request id): LuaJIT 2.1 as
+ * Debian ships it hashes a long string from a few sampled bytes, its last ones among
+ * them, so lines that differ only in their middle would all collide in its string table
+ * when a sink makes a Lua string of each (OpenResty's LuaJIT hashes every byte).
  */
-export function encodeObject(this: void, entry: LuaTable<string, unknown>, head: string[], isHead: LuaTable<string, boolean>): LuaMultiReturn<[LuaStringBuffer | undefined, string | undefined]> {
+export function encodeObject(this: void, entry: LuaTable<string, unknown>, head: string[], isHead: LuaTable<string, boolean>, last?: string): LuaMultiReturn<[LuaStringBuffer | undefined, string | undefined]> {
   failure = undefined;
   lineBuf.reset();
   lineBuf.put("{");
@@ -252,11 +257,17 @@ export function encodeObject(this: void, entry: LuaTable<string, unknown>, head:
     putValue(lineBuf, v, 1);
   }
   for (const [k, v] of pairs(entry)) {
-    if (isHead.get(k) === true) continue;
+    if (isHead.get(k) === true || k === last) continue;
     if (!first) lineBuf.put(",");
     first = false;
     putKey(lineBuf, k);
     putValue(lineBuf, v, 1);
+  }
+  const tail = last !== undefined ? entry.get(last) : undefined;
+  if (tail !== undefined) {
+    if (!first) lineBuf.put(",");
+    putKey(lineBuf, last);
+    putValue(lineBuf, tail, 1);
   }
   lineBuf.put("}");
   if (failure !== undefined) return $multi(undefined, failure);

@@ -21,14 +21,9 @@ local ____redact = require("kong.plugins.structured-log.redact")
 local nameSet = ____redact.nameSet
 local toUtf8 = ____redact.toUtf8
 local sinks = require("kong.plugins.structured-log.sinks")
---- The fields a line starts with, in this order: what a reader scans for first.
-local HEAD = {
-    "timestamp",
-    "level",
-    "event",
-    "request_id",
-    "correlation_id"
-}
+--- The fields a line starts with, in this order: what a reader scans for first; request_id ends it (see encodeObject).
+local HEAD = {"timestamp", "level", "event", "correlation_id"}
+local LAST = "request_id"
 local IS_HEAD = {}
 for ____, k in ipairs(HEAD) do
     IS_HEAD[k] = true
@@ -137,7 +132,7 @@ local handler = {
             kong.request.get_header,
             kong.response.get_header
         )
-        local encoded, err = encodeObject(line, HEAD, IS_HEAD)
+        local encoded, err = encodeObject(line, HEAD, IS_HEAD, LAST)
         if encoded ~= nil then
             sinks.push(conf, encoded)
         else

@@ -246,11 +246,16 @@ function ____exports.encode(value)
     end
     return lineBuf:tostring(), nil
 end
---- An object whose `head` keys come first, in that order (a reader sees the time, level
--- and id of a line before anything else), then the others. The text stays in the
+--- An object whose `head` keys come first, in that order (a reader sees the time and level
+-- of a line before anything else), then the others, then `last`. The text stays in the
 -- returned buffer, valid until the next call: a file sink copies it into its own buffer
 -- without making a Lua string of it. Undefined and why when it cannot be encoded.
-function ____exports.encodeObject(entry, head, isHead)
+-- 
+-- `last` is for a value that differs on every line (the request id): LuaJIT 2.1 as
+-- Debian ships it hashes a long string from a few sampled bytes, its last ones among
+-- them, so lines that differ only in their middle would all collide in its string table
+-- when a sink makes a Lua string of each (OpenResty's LuaJIT hashes every byte).
+function ____exports.encodeObject(entry, head, isHead, last)
     failure = nil
     lineBuf:reset()
     lineBuf:put("{")
@@ -272,7 +277,7 @@ function ____exports.encodeObject(entry, head, isHead)
     end
     for k, v in pairs(entry) do
         do
-            if isHead[k] == true then
+            if isHead[k] == true or k == last then
                 goto __continue69
             end
             if not first then
@@ -283,6 +288,20 @@ function ____exports.encodeObject(entry, head, isHead)
             ____exports.putValue(lineBuf, v, 1)
         end
         ::__continue69::
+    end
+    local ____temp_0
+    if last ~= nil then
+        ____temp_0 = entry[last]
+    else
+        ____temp_0 = nil
+    end
+    local tail = ____temp_0
+    if tail ~= nil then
+        if not first then
+            lineBuf:put(",")
+        end
+        putKey(lineBuf, last)
+        ____exports.putValue(lineBuf, tail, 1)
     end
     lineBuf:put("}")
     if failure ~= nil then
