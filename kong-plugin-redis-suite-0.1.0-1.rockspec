@@ -78,6 +78,7 @@ build = {
     ["kong.plugins.redis-usage.schema"] = "kong-plugins/kong/plugins/redis-usage/schema.lua",
     ["kong.plugins.structured-log.credentials"] = "kong-plugins/kong/plugins/structured-log/credentials.lua",
     ["kong.plugins.structured-log.handler"] = "kong-plugins/kong/plugins/structured-log/handler.lua",
+    ["kong.plugins.structured-log.json"] = "kong-plugins/kong/plugins/structured-log/json.lua",
     ["kong.plugins.structured-log.line"] = "kong-plugins/kong/plugins/structured-log/line.lua",
     ["kong.plugins.structured-log.names"] = "kong-plugins/kong/plugins/structured-log/names.lua",
     ["kong.plugins.structured-log.redact"] = "kong-plugins/kong/plugins/structured-log/redact.lua",

@@ -22,7 +22,7 @@ const PROJECTS = [
     // [TSTL module prefix, our module prefix]; the first match wins.
     map: [["lualib_bundle", "krs.lualib_bundle"], ["lib.", "krs."], ["plugins.", "kong.plugins."]],
     // What generated code may require besides its own modules.
-    external: [/^bit$/, /^ffi$/, /^resty\./, /^ngx\./, /^cjson(\.safe)?$/, /^kong\.db\.schema\.typedefs$/, /^krs\.scripts$/],
+    external: [/^bit$/, /^ffi$/, /^string\.buffer$/, /^resty\./, /^ngx\./, /^cjson(\.safe)?$/, /^kong\.db\.schema\.typedefs$/, /^krs\.scripts$/],
   },
   {
     config: "tstl.gateway.json",

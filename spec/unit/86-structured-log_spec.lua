@@ -140,6 +140,59 @@ describe("structured-log", function()
     end)
   end)
 
+  describe("the line's encoder", function()
+    local json, cjson
+    setup(function()
+      package.loaded["kong.plugins.structured-log.json"] = nil
+      json = require("kong.plugins.structured-log.json")
+      cjson = require("cjson.safe")
+    end)
+
+    it("writes what cjson reads back: objects, arrays, empty tables, integers in full, fractions, booleans", function()
+      local value = { a = 1, b = { 1, 2, 3 }, c = {}, d = 1.5, e = 1796186182225, f = true, g = { h = { i = "x" } }, j = -3, k = "caf\195\169" }
+      local text = assert(json.encode(value))
+      assert.same(value, cjson.decode(text))
+      assert.matches('"e":1796186182225', text, 1, true)
+    end)
+
+    it("escapes quotes, backslashes and control bytes, replaces invalid UTF-8: always one line of valid JSON", function()
+      local nasty = 'a"b\\c\nd\re\0f\31g\255h\192\175i\237\160\128j\240\159\152\128'
+      local text = assert(json.encode({ v = nasty, [nasty] = 1 }))
+      assert.is_nil(text:find("\n", 1, true))
+      local back = assert(cjson.decode(text))
+      assert.equal('a"b\\c\nd\re\0f\31g\239\191\189h\239\191\189\239\191\189i\239\191\189\239\191\189\239\191\189j\240\159\152\128', back.v)
+      -- The same string again (now known): the same text.
+      assert.equal(text, (json.encode({ v = nasty, [nasty] = 1 })))
+    end)
+
+    it("NaN and infinities as null; keys that are numbers or booleans as strings; a sparse array as an object", function()
+      local back = cjson.decode((assert(json.encode({ n = 0 / 0, i = math.huge, [2.5] = "x", [true] = "y", s = { [1] = "a", [3] = "c" } }))))
+      assert.same({ n = cjson.null, i = cjson.null, ["2.5"] = "x", ["true"] = "y", s = { ["1"] = "a", ["3"] = "c" } }, back)
+    end)
+
+    it("a function or a cycle: no text, and why", function()
+      local text, err = json.encode({ f = function() end })
+      assert.is_nil(text)
+      assert.matches("function", err)
+      local t = {}
+      t.self = t
+      text, err = json.encode(t)
+      assert.is_nil(text)
+      assert.matches("deeper", err)
+    end)
+
+    it("encodeObject: the head keys first, in order, then the rest, the last key at the end; the text stays in a buffer", function()
+      local head = { "timestamp", "level", "event" }
+      local is_head = { timestamp = true, level = true, event = true }
+      local buf = assert(json.encodeObject({ z = 1, level = "info", timestamp = "t", request_id = "r" }, head, is_head, "request_id"))
+      assert.equal('{"timestamp":"t","level":"info","z":1,"request_id":"r"}', buf:tostring())
+      buf = assert(json.encodeObject({ request_id = "r" }, head, is_head, "request_id"))
+      assert.equal('{"request_id":"r"}', buf:tostring())
+      buf = assert(json.encodeObject({}, head, is_head, "request_id"))
+      assert.equal("{}", buf:tostring())
+    end)
+  end)
+
   describe("open breakers for krs.breaker_open", function()
     it("names host:port/database of each open circuit, never the pool's credential hash", function()
       local saved = _G.ngx

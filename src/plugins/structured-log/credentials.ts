@@ -57,12 +57,15 @@ export interface RouteRedaction {
  */
 export function forRequest(this: void, base: RouteRedaction, headers: string[], query: string[]): RouteRedaction {
   const selected = (ngx.ctx as { KRS_SELECTED?: SelectedPlugin[] }).KRS_SELECTED;
-  const extraHeaders: string[] = [];
-  const extraQuery: string[] = [];
+  // Allocated only when a route has an auth plugin: most requests add nothing.
+  let extraHeaders: string[] | undefined;
+  let extraQuery: string[] | undefined;
   if (type(selected) === "table") {
     for (const s of selected!) {
       const names = namesOf(s.plugin.name, s.entity.config);
       if (names === undefined) continue;
+      extraHeaders = extraHeaders ?? [];
+      extraQuery = extraQuery ?? [];
       for (const h of names.headers) extraHeaders.push(h);
       for (const q of names.query) extraQuery.push(q);
       if (names.cookies) extraHeaders.push("cookie");
@@ -72,11 +75,13 @@ export function forRequest(this: void, base: RouteRedaction, headers: string[], 
   const said = facts.get()?.credential_names;
   if (said !== undefined) {
     for (const names of said) {
+      extraHeaders = extraHeaders ?? [];
+      extraQuery = extraQuery ?? [];
       for (const h of names.headers) extraHeaders.push(h);
       for (const q of names.query) extraQuery.push(q);
       if (names.cookies) extraHeaders.push("cookie");
     }
   }
-  if (extraHeaders.length === 0 && extraQuery.length === 0) return base;
+  if (extraHeaders === undefined || extraQuery === undefined || (extraHeaders.length === 0 && extraQuery.length === 0)) return base;
   return { headers: nameSet(headers, extraHeaders), query: nameSet(query, extraQuery) };
 }

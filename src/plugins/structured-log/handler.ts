@@ -18,6 +18,7 @@ import type { RouteRedaction } from "./credentials";
 import { applyCustomFields, krsOf, levelOf, redactEntry, timestamp, uuidFromHex } from "./line";
 import type { CustomField } from "./line";
 import { PLUGIN } from "./names";
+import { encodeObject } from "./json";
 import { nameSet, toUtf8 } from "./redact";
 import * as sinks from "./sinks";
 import type { SinkConf } from "./sinks";
@@ -30,14 +31,11 @@ interface LogConf extends SinkConf {
   custom_fields?: CustomField[];
 }
 
-/**
- * The suite's own encoder: the gateway's wrapper around the shared cjson (that rewrites
- * "\/" into "/" on Debian's lua-cjson) would cost a scan of every line. Kong's cjson has
- * the switch, so lines read "/" there; Debian's writes "\/", which is the same JSON.
- */
-const encoder = cjson.new();
-const encoderWithSwitch = encoder as unknown as { encode_escape_forward_slash?: (this: void, on: boolean) => void };
-if (encoderWithSwitch.encode_escape_forward_slash !== undefined) encoderWithSwitch.encode_escape_forward_slash(false);
+/** The fields a line starts with, in this order: what a reader scans for first; request_id ends it (see encodeObject). */
+const HEAD = ["timestamp", "level", "event", "correlation_id"];
+const LAST = "request_id";
+const IS_HEAD = new LuaTable<string, boolean>();
+for (const k of HEAD) IS_HEAD.set(k, true);
 
 /** The configured redaction sets, built once per config table. */
 const bases = setmetatable(new LuaTable<LogConf, RouteRedaction>(), { __mode: "k" });
@@ -81,7 +79,7 @@ function fallbackLine(this: void, entry: KongSerializedLog, err: string | undefi
     response: { status: entry.response?.status },
     krs: { errors: [{ plugin: PLUGIN, message: `could not encode the log entry: ${err ?? "unknown error"}` }] },
   });
-  return json ?? '{"event":"request","level":"error"}';
+  return toUtf8(json ?? '{"event":"request","level":"error"}');
 }
 
 const handler: KongPluginHandler<LogConf> = {
@@ -118,8 +116,9 @@ const handler: KongPluginHandler<LogConf> = {
     line.krs = krsOf(f, breaker.openEndpoints(), sinks.droppedFor(conf));
     applyCustomFields(line, conf.custom_fields, names, kong.request.get_header, kong.response.get_header);
 
-    const [json, err] = encoder.encode(line);
-    sinks.push(conf, toUtf8(json ?? fallbackLine(entry, err)));
+    const [encoded, err] = encodeObject(line as unknown as LuaTable<string, unknown>, HEAD, IS_HEAD, LAST);
+    if (encoded !== undefined) sinks.push(conf, encoded);
+    else sinks.push(conf, fallbackLine(entry, err));
   },
 };
 

@@ -18,13 +18,37 @@ export function nameSet(this: void, ...lists: (string[] | undefined)[]): NameSet
   return set;
 }
 
+const lower = string.lower;
+const find = string.find;
+const sub = string.sub;
+
+/** Names seen, lowercased once: the same few header names come with every request. Bounded. */
+let lowered = new LuaTable<string, string>();
+let loweredCount = 0;
+const MAX_LOWERED = 4096;
+
+/** `string.lower(name)`, remembered. */
+export function lowerName(this: void, name: string): string {
+  let l = lowered.get(name);
+  if (l === undefined) {
+    l = lower(name);
+    if (loweredCount >= MAX_LOWERED) {
+      lowered = new LuaTable();
+      loweredCount = 0;
+    }
+    lowered.set(name, l);
+    loweredCount++;
+  }
+  return l;
+}
+
 /** Replaces, in place, the value of every entry of `values` whose name is in `names`; returns how many. */
 export function redactTable(this: void, values: unknown, names: NameSet): number {
   if (type(values) !== "table") return 0;
   const t = values as LuaTable<string, unknown>;
   let hits: string[] | undefined;
   for (const [k] of pairs(t)) {
-    if (type(k) === "string" && names.has(string.lower(k))) {
+    if (type(k) === "string" && names.has(lowerName(k))) {
       hits = hits ?? [];
       hits.push(k);
     }
@@ -39,33 +63,53 @@ function unescape(this: void, text: string): string {
   return ngx.unescape_uri(plus);
 }
 
+/** A query string with the values of the named arguments redacted, every other byte as it was. */
+function redactQueryString(this: void, query: string, names: NameSet): string {
+  const n = query.length;
+  let parts: string[] | undefined;
+  let kept = 1;
+  let pos = 1;
+  while (pos <= n) {
+    const [amp] = find(query, "&", pos, true);
+    const stop = amp ?? n + 1;
+    if (stop > pos) {
+      const [eq] = find(query, "=", pos, true);
+      const nameEnd = eq !== undefined && eq < stop ? eq - 1 : stop - 1;
+      const raw = sub(query, pos, nameEnd);
+      const decoded = find(raw, "[%%+]")[0] !== undefined ? unescape(raw) : raw;
+      if (names.has(lowerName(decoded))) {
+        parts = parts ?? [];
+        parts.push(sub(query, kept, pos - 1), raw, "=", REDACTED);
+        kept = stop;
+      }
+    }
+    pos = stop + 1;
+  }
+  if (parts === undefined) return query;
+  parts.push(sub(query, kept));
+  return table.concat(parts);
+}
+
+/** The last query redacted: a request's uri, url and upstream_uri usually carry the same one. */
+let lastQuery: string | undefined;
+let lastNames: NameSet | undefined;
+let lastRedacted = "";
+
 /**
  * A request URI (or URL) with the values of the named query arguments redacted; the
  * path and the other arguments as they were. Argument names are compared decoded.
  */
 export function redactUri(this: void, uri: string | undefined, names: NameSet): string | undefined {
   if (type(uri) !== "string") return uri;
-  const [at] = string.find(uri!, "?", 1, true);
+  const [at] = find(uri!, "?", 1, true);
   if (at === undefined) return uri;
-  const query = string.sub(uri!, at + 1);
-  const parts: string[] = [];
-  let changed = false;
-  for (const [arg] of string.gmatch(query, "[^&]*")) {
-    const text = arg as string;
-    const [eq] = string.find(text, "=", 1, true);
-    const name = eq !== undefined ? string.sub(text, 1, eq - 1) : text;
-    if (text !== "" && names.has(string.lower(unescape(name)))) {
-      parts.push(`${name}=${REDACTED}`);
-      changed = true;
-    } else {
-      parts.push(text);
-    }
+  const query = sub(uri!, at + 1);
+  if (query !== lastQuery || names !== lastNames) {
+    lastRedacted = redactQueryString(query, names);
+    lastQuery = query;
+    lastNames = names;
   }
-  if (!changed) return uri;
-  // gmatch yields an empty match after each non-empty one on LuaJIT: drop those.
-  const kept: string[] = [];
-  for (const p of parts) if (p !== "") kept.push(p);
-  return string.sub(uri!, 1, at) + table.concat(kept, "&");
+  return lastRedacted === query ? uri : sub(uri!, 1, at) + lastRedacted;
 }
 
 /** A query table (kong.request.get_query's shape) with the named arguments redacted, names decoded. */

@@ -8,6 +8,7 @@
  * dropped, counted, and reported once per interval.
  */
 import * as ffi from "ffi";
+import * as stringBuffer from "string.buffer";
 import * as client from "../../lib/redis/client";
 import type { Call } from "../../lib/redis/client";
 import type { RedisConf } from "../../lib/redis/schema";
@@ -33,7 +34,11 @@ interface Sink {
   conf: SinkConf;
   /** redis-stream: the stream's key. */
   key?: string;
+  /** redis-stream: the lines waiting. */
   queue: string[];
+  /** file: the lines waiting, each ended by "\n", and how many (no Lua string per line). */
+  pending?: LuaStringBuffer;
+  pendingLines: number;
   flushing: boolean;
   /** A zero-delay flush is already scheduled. */
   scheduled: boolean;
@@ -69,7 +74,7 @@ const MODE_0750 = 488;
 interface Libc {
   open(this: void, path: string, flags: number, mode: number): number;
   mkdir(this: void, path: string, mode: number): number;
-  write(this: void, fd: number, data: string, len: number): unknown;
+  write(this: void, fd: number, data: FfiCData, len: number): unknown;
   close(this: void, fd: number): number;
   strerror(this: void, errnum: number): FfiCData;
 }
@@ -99,15 +104,21 @@ function drop(this: void, sink: Sink, count: number, cause: string): void {
   report(sink, cause);
 }
 
-function writeAll(this: void, fd: number, data: string): string | undefined {
-  let rest = data;
+/** Writes `len` bytes from `data` (a buffer's pointer). */
+function writeAll(this: void, fd: number, data: FfiCData, len: number): string | undefined {
+  let done = 0;
   // A regular file takes an O_APPEND write whole; the loop is for the odd short write.
-  for (let attempt = 0; attempt < 8 && rest.length > 0; attempt++) {
-    const n = tonumber(libc.write(fd, rest, rest.length)) ?? -1;
+  for (let attempt = 0; attempt < 8 && done < len; attempt++) {
+    const n = tonumber(libc.write(fd, ((data as unknown as number) + done) as unknown as FfiCData, len - done)) ?? -1;
     if (n < 0) return errnoText();
-    rest = string.sub(rest, n + 1);
+    done += n;
   }
-  return rest.length > 0 ? "short write" : undefined;
+  return done < len ? "short write" : undefined;
+}
+
+/** The lines a sink holds. */
+function queued(this: void, sink: Sink): number {
+  return sink.kind === "file" ? sink.pendingLines : sink.queue.length;
 }
 
 /** A relative path is under the nginx prefix, as Kong's own files are. */
@@ -118,9 +129,9 @@ function resolvePath(this: void, path: string): string {
 }
 
 function flushFile(this: void, sink: Sink): void {
-  const lines = sink.queue;
-  if (lines.length === 0) return;
-  sink.queue = [];
+  const count = sink.pendingLines;
+  const pending = sink.pending!;
+  if (count === 0) return;
   const conf = sink.conf;
   const path = conf.sink === "stdout" ? STDOUT : resolvePath(conf.path!);
   if (sink.fd === undefined) {
@@ -135,21 +146,25 @@ function flushFile(this: void, sink: Sink): void {
         if (fd < 0) openErr = errnoText();
       }
     }
-    if (fd < 0) return drop(sink, lines.length, `could not open log file ${path}: ${openErr}`);
+    if (fd < 0) {
+      pending.reset();
+      sink.pendingLines = 0;
+      return drop(sink, count, `could not open log file ${path}: ${openErr}`);
+    }
     sink.fd = fd;
   }
-  const batch = math.max(1, conf.batch_max);
-  for (let first = 1; first <= lines.length; first += batch) {
-    const last = math.min(first + batch - 1, lines.length);
-    const err = writeAll(sink.fd, table.concat(lines, "\n", first, last) + "\n");
-    if (err !== undefined) {
-      drop(sink, lines.length - first + 1, `could not write log file ${path}: ${err}`);
-      libc.close(sink.fd);
-      sink.fd = undefined;
-      return;
-    }
-    sink.written += last - first + 1;
+  // One write of whole lines (at most batch_max of them: push flushes at that count).
+  const [data, len] = pending.ref();
+  const err = writeAll(sink.fd, data, len);
+  pending.reset();
+  sink.pendingLines = 0;
+  if (err !== undefined) {
+    drop(sink, count, `could not write log file ${path}: ${err}`);
+    libc.close(sink.fd);
+    sink.fd = undefined;
+    return;
   }
+  sink.written += count;
   if (conf.reopen) {
     libc.close(sink.fd);
     sink.fd = undefined;
@@ -230,7 +245,7 @@ function flush(this: void, sink: Sink): void {
 function onTimer(this: void, premature: boolean, sink: Sink): void {
   flush(sink);
   // At worker exit (reload, stop) a line still queued would be lost: flush until empty.
-  if (premature) for (let i = 0; i < 20 && sink.queue.length > 0 && !sink.flushing; i++) flush(sink);
+  if (premature) for (let i = 0; i < 20 && queued(sink) > 0 && !sink.flushing; i++) flush(sink);
 }
 
 function onScheduled(this: void, _premature: boolean, sink: Sink): void {
@@ -265,6 +280,8 @@ function sinkFor(this: void, conf: SinkConf): Sink {
       conf,
       key: conf.sink === "redis-stream" ? streamKey(conf.stream_key) : undefined,
       queue: [],
+      pending: conf.sink === "redis-stream" ? undefined : stringBuffer.new(conf.batch_max * 1024),
+      pendingLines: 0,
       flushing: false,
       scheduled: false,
       written: 0,
@@ -290,15 +307,21 @@ export function droppedFor(this: void, conf: SinkConf): number {
   return sinkFor(conf).dropped;
 }
 
-/** Queues one line (no newline) for the sink of `conf`. */
-export function push(this: void, conf: SinkConf, line: string): void {
+/** Queues one line (no newline; a string, or a buffer that is copied) for the sink of `conf`. */
+export function push(this: void, conf: SinkConf, line: string | LuaStringBuffer): void {
   const sink = sinkFor(conf);
-  if (sink.queue.length >= conf.max_queue) {
+  const count = queued(sink);
+  if (count >= conf.max_queue) {
     drop(sink, 1, sink.lastCause ?? `queue full (max_queue ${conf.max_queue})`);
     return;
   }
-  sink.queue.push(line);
-  if (sink.queue.length >= conf.batch_max || ngx.worker.exiting()) {
+  if (sink.kind === "file") {
+    sink.pending!.put(line, "\n");
+    sink.pendingLines = count + 1;
+  } else {
+    sink.queue.push(type(line) === "string" ? (line as string) : (line as LuaStringBuffer).tostring());
+  }
+  if (count + 1 >= conf.batch_max || ngx.worker.exiting()) {
     // A file write is allowed here (and costs less than a timer); Redis needs a timer.
     if (sink.kind === "file") flush(sink);
     else schedule(sink);
@@ -316,6 +339,6 @@ export interface SinkStats {
 export function stats(this: void): SinkStats[] {
   const out: SinkStats[] = [];
   // The sink's file or stream key, not its registry key: that one holds a credential hash.
-  for (const [, s] of pairs(sinks)) out.push({ sink: s.key ?? (s.conf.sink === "stdout" ? STDOUT : s.conf.path ?? ""), queued: s.queue.length, written: s.written, dropped: s.dropped });
+  for (const [, s] of pairs(sinks)) out.push({ sink: s.key ?? (s.conf.sink === "stdout" ? STDOUT : s.conf.path ?? ""), queued: queued(s), written: s.written, dropped: s.dropped });
   return out;
 }

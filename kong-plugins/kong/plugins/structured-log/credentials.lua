@@ -40,8 +40,8 @@ end
 -- selected for this request; `base` itself when they add nothing.
 function ____exports.forRequest(base, headers, query)
     local selected = ngx.ctx.KRS_SELECTED
-    local extraHeaders = {}
-    local extraQuery = {}
+    local extraHeaders
+    local extraQuery
     if type(selected) == "table" then
         for ____, s in ipairs(selected) do
             do
@@ -49,6 +49,8 @@ function ____exports.forRequest(base, headers, query)
                 if names == nil then
                     goto __continue14
                 end
+                extraHeaders = extraHeaders or ({})
+                extraQuery = extraQuery or ({})
                 for ____, h in ipairs(names.headers) do
                     extraHeaders[#extraHeaders + 1] = h
                 end
@@ -66,6 +68,8 @@ function ____exports.forRequest(base, headers, query)
     local said = ____opt_0 and ____opt_0.credential_names
     if said ~= nil then
         for ____, names in ipairs(said) do
+            extraHeaders = extraHeaders or ({})
+            extraQuery = extraQuery or ({})
             for ____, h in ipairs(names.headers) do
                 extraHeaders[#extraHeaders + 1] = h
             end
@@ -77,7 +81,7 @@ function ____exports.forRequest(base, headers, query)
             end
         end
     end
-    if #extraHeaders == 0 and #extraQuery == 0 then
+    if extraHeaders == nil or extraQuery == nil or #extraHeaders == 0 and #extraQuery == 0 then
         return base
     end
     return {

@@ -15,17 +15,18 @@ local timestamp = ____line.timestamp
 local uuidFromHex = ____line.uuidFromHex
 local ____names = require("kong.plugins.structured-log.names")
 local PLUGIN = ____names.PLUGIN
+local ____json = require("kong.plugins.structured-log.json")
+local encodeObject = ____json.encodeObject
 local ____redact = require("kong.plugins.structured-log.redact")
 local nameSet = ____redact.nameSet
 local toUtf8 = ____redact.toUtf8
 local sinks = require("kong.plugins.structured-log.sinks")
---- The suite's own encoder: the gateway's wrapper around the shared cjson (that rewrites
--- "\/" into "/" on Debian's lua-cjson) would cost a scan of every line. Kong's cjson has
--- the switch, so lines read "/" there; Debian's writes "\/", which is the same JSON.
-local encoder = cjson.new()
-local encoderWithSwitch = encoder
-if encoderWithSwitch.encode_escape_forward_slash ~= nil then
-    encoderWithSwitch.encode_escape_forward_slash(false)
+--- The fields a line starts with, in this order: what a reader scans for first; request_id ends it (see encodeObject).
+local HEAD = {"timestamp", "level", "event", "correlation_id"}
+local LAST = "request_id"
+local IS_HEAD = {}
+for ____, k in ipairs(HEAD) do
+    IS_HEAD[k] = true
 end
 --- The configured redaction sets, built once per config table.
 local bases = setmetatable({}, {__mode = "k"})
@@ -82,7 +83,7 @@ local function fallbackLine(entry, err)
         response = {status = ____opt_2 and ____opt_2.status},
         krs = {errors = {{plugin = PLUGIN, message = "could not encode the log entry: " .. (err or "unknown error")}}}
     })
-    return json or "{\"event\":\"request\",\"level\":\"error\"}"
+    return toUtf8(json or "{\"event\":\"request\",\"level\":\"error\"}")
 end
 local handler = {
     PRIORITY = 9,
@@ -134,11 +135,15 @@ local handler = {
             kong.request.get_header,
             kong.response.get_header
         )
-        local json, err = encoder.encode(line)
-        sinks.push(
-            conf,
-            toUtf8(json or fallbackLine(entry, err))
-        )
+        local encoded, err = encodeObject(line, HEAD, IS_HEAD, LAST)
+        if encoded ~= nil then
+            sinks.push(conf, encoded)
+        else
+            sinks.push(
+                conf,
+                fallbackLine(entry, err)
+            )
+        end
     end
 }
 local ____exports = handler
