@@ -420,7 +420,9 @@ describe("failover mid-traffic", () => {
     // reads it again (at most every 100 ms per worker), so they follow a promotion within a
     // few calls, not a periodic refresh later. 1.5 s of margin for a loaded machine.
     expect(afterPromotion).toBeLessThan(1500);
-    expect(counted).toBeLessThanOrEqual(admitted);
+    // A request that failed may still have been counted: its script ran (and replicated)
+    // before the master died or its reply timed out. Nothing else adds to the counter.
+    expect(counted).toBeLessThanOrEqual(admitted + failures.length);
     // The workers that listened on the killed node subscribed again on the live ones:
     // revocations still reach every worker.
     await waitFor("the 4 workers subscribed again", async () => (await invalidationSubscribers()) >= 4, 15_000);
