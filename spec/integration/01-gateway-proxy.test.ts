@@ -53,6 +53,14 @@ beforeAll(async () => {
           { name: "exit-401", paths: ["/exit-401"], plugins: [{ name: "krs-test-first", config: { tag: "nobody", exit_status: 401, exit_body: false } }] },
           { name: "serialize", paths: ["/serialize"], plugins: [{ name: "krs-test-second", config: { tag: "ser", serialize_probe: true } }] },
           { name: "boom", paths: ["/boom"], plugins: [{ name: "krs-test-first", config: { tag: "boom", error_in: "access" } }] },
+          { name: "boom-late", paths: ["/boom-late"], plugins: [
+            { name: "krs-test-first", config: { tag: "boom-late", error_in: "header_filter" } },
+            { name: "krs-test-second", config: { tag: "after-boom" } },
+          ] },
+          { name: "boom-log", paths: ["/boom-log"], plugins: [
+            { name: "krs-test-first", config: { tag: "boom-log", error_in: "log" } },
+            { name: "krs-test-second", config: { tag: "after-boom-log" } },
+          ] },
           { name: "auth", paths: ["/auth"], plugins: [{ name: "krs-test-auth" }] },
           { name: "auth-route", paths: ["/auth-route"], plugins: [
             { name: "krs-test-auth" },
@@ -229,6 +237,20 @@ describe("plugins", () => {
     expect(headers.get("x-first-source")).toBe("error");
     const lines = gw.errorLog().filter((l) => l.includes("[error]") && l.includes("[krs-test-first]") && l.includes("boom from boom"));
     expect(lines.length).toBeGreaterThan(0);
+  });
+
+  it("an error in one plugin's header_filter or log is logged naming it, and the plugins after it still run that phase", async () => {
+    const late = await getJson(`${gw.proxyUrl}/boom-late/anything`);
+    expect(late.status).toBe(200);
+    expect(late.headers.get("x-second-tag")).toBe("after-boom");
+    const log = await getJson(`${gw.proxyUrl}/boom-log/anything`);
+    expect(log.status).toBe(200);
+    await expect.poll(() => gw.errorLog().some((l) => l.includes("log phase ran tag=after-boom-log"))).toBe(true);
+    const lines = gw.errorLog();
+    expect(lines.some((l) => /\[error\].*\[kong\] \[krs-test-first\] error in header_filter phase: .*boom from boom-late in header_filter/.test(l))).toBe(true);
+    expect(lines.some((l) => /\[error\].*\[kong\] \[krs-test-first\] error in log phase: .*boom from boom-log in log/.test(l))).toBe(true);
+    // The gateway's own lines after a failed handler carry no plugin's name.
+    expect(lines.filter((l) => l.includes("[krs-test-first]") && !l.includes("boom from") && !l.includes("log phase ran") && !/stack traceback|^\s/.test(l))).toEqual([]);
   });
 
   it("an exit in access still runs the other plugins' header_filter and log, as Kong", async () => {
