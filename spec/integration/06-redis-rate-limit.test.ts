@@ -11,6 +11,7 @@ import { Agent, request as httpRequest, type IncomingHttpHeaders } from "node:ht
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { defineScripts } from "../../src/cli/redis.js";
+import { BACKENDS, redisBackend } from "../helpers/backends.js";
 import { gateway, startRedis, stopAll, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
 
 interface Res {
@@ -79,20 +80,31 @@ const client = () => `c${++seq}-${Date.now()}`;
 
 const HOUR = 3_600_000;
 
-function limitRoute(name: string, config: Record<string, unknown>, extra: Record<string, unknown> = {}) {
+function limitRoute(name: string, config: Record<string, unknown>, extra: Record<string, unknown> = {}, redisFields: object = { port: redis.port }) {
   return {
     name,
     paths: [`/${name}`],
-    plugins: [{ name: "redis-rate-limit", config: { limit_by: "header", header_name: "X-Client", redis: { port: redis.port }, ...config } }],
+    plugins: [{ name: "redis-rate-limit", config: { limit_by: "header", header_name: "X-Client", redis: redisFields, ...config } }],
     ...extra,
   };
 }
+
+/** The routes of the exactness cases, on the Redis `redisFields` names. */
+const exactnessRoutes = (redisFields?: object) => [
+  limitRoute("exact-sliding", { hour: 37, sync: "exact" }, {}, redisFields),
+  limitRoute("exact-fixed", { hour: 37, algorithm: "fixed-window", sync: "exact" }, {}, redisFields),
+  limitRoute("lease-sliding", { minute: 37, hour: 100 }, {}, redisFields),
+  limitRoute("lease-fixed", { minute: 37, hour: 100, algorithm: "fixed-window" }, {}, redisFields),
+  limitRoute("lease-calendar", { day: 37, month: 100, year: 1000 }, {}, redisFields),
+];
+let upstreamUrl: string;
 
 beforeAll(async () => {
   const up = await upstream();
   redis = await startRedis();
   control = new Redis({ port: redis.port });
   const url = `http://127.0.0.1:${up.port}/anything`;
+  upstreamUrl = url;
   const r = { port: redis.port };
   const config = {
     _format_version: "3.0",
@@ -101,8 +113,7 @@ beforeAll(async () => {
         name: "svc",
         url,
         routes: [
-          limitRoute("exact-sliding", { hour: 37, sync: "exact" }),
-          limitRoute("exact-fixed", { hour: 37, algorithm: "fixed-window", sync: "exact" }),
+          ...exactnessRoutes(),
           limitRoute("headers", { minute: 3, hour: 5, algorithm: "fixed-window" }),
           limitRoute("headers-twin", { minute: 3, hour: 5, algorithm: "fixed-window" }),
           limitRoute("tie", { minute: 3, hour: 3, algorithm: "fixed-window" }),
@@ -113,9 +124,6 @@ beforeAll(async () => {
           limitRoute("fixed-second", { second: 10, algorithm: "fixed-window" }),
           limitRoute("trips", { hour: 10, sync: "exact" }),
           limitRoute("trips-lease", { hour: 10 }),
-          limitRoute("lease-sliding", { minute: 37, hour: 100 }),
-          limitRoute("lease-fixed", { minute: 37, hour: 100, algorithm: "fixed-window" }),
-          limitRoute("lease-calendar", { day: 37, month: 100, year: 1000 }),
           limitRoute("far-lease", { minute: 1_000_000_000 }),
           limitRoute("far-lease-fixed", { second: 1_000_000, hour: 1_000_000_000, algorithm: "fixed-window" }),
           limitRoute("far-exact", { minute: 1_000_000_000, sync: "exact" }),
@@ -152,7 +160,26 @@ afterAll(async () => {
   await stopAll();
 });
 
-describe("exactness", () => {
+/**
+ * On one Redis and on a Redis Cluster (spec/helpers/backends.ts: 3 masters, 3 replicas),
+ * where each client's counter lives on the master of its slot.
+ */
+describe.each(BACKENDS)("exactness (%s redis)", (kind) => {
+  const on = {} as { a: TestGateway; b: TestGateway; keys: (pattern: string) => Promise<string[]>; hget: (key: string, field: string) => Promise<string | null> };
+  beforeAll(async () => {
+    if (kind === "single") {
+      Object.assign(on, { a: gwA, b: gwB, keys: (p: string) => control.keys(p), hget: (k: string, f: string) => control.hget(k, f) });
+      return;
+    }
+    const backend = await redisBackend(kind);
+    const config = { _format_version: "3.0", services: [{ name: "svc", url: upstreamUrl, routes: exactnessRoutes(backend.redis) }] };
+    const [a, b] = await Promise.all([gateway(config, { workers: 2 }), gateway(config, { workers: 2 })]);
+    Object.assign(on, { a, b, keys: (p: string) => backend.keys(p), hget: (k: string, f: string) => backend.client.hget(k, f) });
+  }, 90_000);
+  afterAll(async () => {
+    if (kind === "single") return;
+    for (const g of [on.a, on.b]) expect(g.unexpectedErrors()).toEqual([]);
+  });
   const MINUTE = 60_000;
   const DAY = 86_400_000;
   // sync exact: one script call per request; sync lease (the default): workers reserve
@@ -169,11 +196,11 @@ describe("exactness", () => {
       await intoWindows(avoid); // the burst cannot cross a boundary of the window that decides
       const id = client();
       const results = await Promise.all(
-        Array.from({ length: 300 }, (_, i) => hit(`${(i % 2 === 0 ? gwA : gwB).proxyUrl}/${route}`, { "X-Client": id })),
+        Array.from({ length: 300 }, (_, i) => hit(`${(i % 2 === 0 ? on.a : on.b).proxyUrl}/${route}`, { "X-Client": id })),
       );
       const admitted = results.filter((r) => r.status === 200);
       const rejected = results.filter((r) => r.status === 429);
-      console.log(`${route}: ${admitted.length} admitted of ${results.length} sent (limit 37)`);
+      console.log(`${route} (${kind} redis): ${admitted.length} admitted of ${results.length} sent (limit 37)`);
       expect(admitted.length).toBe(37);
       expect(rejected.length).toBe(263);
       const seen = admitted.map((r) => Number(r.headers[header])).sort((a, b) => a - b);
@@ -189,10 +216,10 @@ describe("exactness", () => {
       }
       for (const r of rejected) expect(r.headers[header]).toBe("0");
       // Redis counts exactly the admissions (the last leases are 1: nothing is left out)
-      const [counterKey] = await control.keys(`krs:redis-rate-limit:v1:{*:header:${id}}`);
+      const [counterKey] = await on.keys(`krs:redis-rate-limit:v1:{*:header:${id}}`);
       const window = header.replace("x-ratelimit-remaining-", "");
       await sleep(sync === "lease" ? 1300 : 0); // a lease left unused would be back within lease_ttl (1 s)
-      expect(Number(await control.hget(counterKey!, `${window}:count`))).toBe(37);
+      expect(Number(await on.hget(counterKey!, `${window}:count`))).toBe(37);
     });
   }
 });
