@@ -35,6 +35,8 @@ describe("krs.auth", function()
     package.loaded["krs.facts"] = nil
     package.loaded["krs.auth"] = nil
     auth = require "krs.auth"
+    -- Facts are recorded only while a reader (structured-log, redis-metrics) is configured.
+    require("krs.facts").setReader("structured-log", true)
   end)
 
   after_each(function()

@@ -715,7 +715,9 @@ function serialize(this: void): KongSerializedLog {
     upstream_uri: upstreamUri(),
     source: response.get_source(),
     upstream_status: upstreamStatus(),
-    tries: ctx.KRS_TRIES,
+    // Kong prepares the balancer's data (tries = {}) as soon as a route matched, before any
+    // plugin runs: a request a plugin answered in access still has an empty `tries`.
+    tries: ctx.KRS_TRIES ?? (ctx.route !== undefined ? [] : undefined),
     authenticated_entity: authenticatedEntity(ctx.authenticated_credential),
   };
   const ops = ctx.KRS_SERIALIZE;
