@@ -49,8 +49,6 @@ describe("krs.auth", function()
 
   it("a credential: authenticates, sets Kong's consumer headers, clears the rest, records ok", function()
     local credential = { id = "k-1", consumer = { id = "c-1" } }
-    -- the facts are recorded only while a reader (redis-metrics, structured-log) is configured
-    require("krs.facts").setReader("structured-log", true)
     auth.authenticated("redis-key-auth", alice, credential, "k-1")
     assert.same({ "authenticate", alice, credential }, calls[1])
     assert.same({
