@@ -418,6 +418,17 @@ async function jwksHost(jwks: () => unknown): Promise<{ base: string; requests: 
     } else if (req.url === "/page") {
       res.writeHead(200, { "content-type": "text/html" });
       res.end("<html><body>keys moved</body></html>");
+    } else if (req.url === "/endless") {
+      // chunked (no Content-Length), never ending: only a size limit applied while reading ends it
+      res.writeHead(200, { "content-type": "application/json" });
+      const chunk = `[${" ".repeat(65536)}`;
+      const more = (): void => {
+        if (res.destroyed || req.destroyed) return;
+        if (res.write(chunk)) setImmediate(more);
+        else res.once("drain", more);
+      };
+      res.on("close", () => res.destroy());
+      more();
     } else if (req.url === "/hang") {
       // no answer, ever: the client's timeout must end it
     } else {
@@ -480,6 +491,13 @@ describe("krs jwt jwks import --url", () => {
       // It gave up at its timeout, not at the 10 s default (slack for a loaded machine).
       expect(waited).toBeGreaterThanOrEqual(950);
       expect(waited).toBeLessThan(5000);
+
+      // A body that never ends fails at the size limit, long before the timeout, not held whole.
+      const startedEndless = Date.now();
+      const endless = await run(`${host.base}/endless`, "--timeout", "30");
+      expect(endless.code).toBe(1);
+      expect(endless.err).toBe(`krs: jwt: ${host.base}/endless: not a JWKS: more than 1048576 bytes`);
+      expect(Date.now() - startedEndless).toBeLessThan(25000);
 
       // A port nobody listens on.
       const nobody = `http://127.0.0.1:${await freePort()}`;

@@ -426,6 +426,21 @@ describe("krs.gateway.router", function()
       assert.equal(0, r.memoCount)
       assert.equal("root", id_of(r:match("GET", nil, long)))
     end)
+
+    it("keeps no match for a client's overlong Host or method (memory a client could fill)", function()
+      local r = new_router({
+        route { id = "wild", hosts = { "*.example.com" }, paths = { "/" } },
+        route { id = "get", methods = { "GET" }, paths = { "/get" } },
+      })
+      local host = string.rep("a", 4000) .. ".example.com"
+      assert.equal("wild", id_of(r:match("GET", host, "/x")))
+      local method = string.rep("M", 4000)
+      assert.equal("wild", id_of(r:match(method, "a.example.com", "/x")))
+      assert.equal(0, r.memoCount)
+      assert.equal("wild", id_of(r:match("GET", host, "/x")))
+      assert.equal("wild", id_of(r:match("GET", "a.example.com:8000", "/x")))
+      assert.equal(1, r.memoCount)
+    end)
   end)
 
   describe("large configs", function()

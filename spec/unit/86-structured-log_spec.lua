@@ -68,6 +68,18 @@ describe("structured-log", function()
       assert.equal("/p", redact.redactUri("/p", names))
     end)
 
+    it("keeps no lowercased copy of a client's overlong header name, and still redacts by it", function()
+      local long = string.rep("X", 5000)
+      local names = redact.nameSet({ long })
+      local kept = redact.loweredKept()
+      local headers = { [long] = "secret" }
+      assert.equal(1, redact.redactTable(headers, names))
+      assert.same({ [long] = "[REDACTED]" }, headers)
+      assert.equal(kept, redact.loweredKept())
+      redact.redactTable({ ["X-Short-" .. kept] = "v" }, names)
+      assert.equal(kept + 1, redact.loweredKept())
+    end)
+
     it("redacts a whole entry: request headers and query, URIs, response headers", function()
       local names = { headers = redact.nameSet({ "cookie", "set-cookie" }), query = redact.nameSet({ "token" }) }
       local entry = {
@@ -168,6 +180,16 @@ describe("structured-log", function()
     it("NaN and infinities as null; keys that are numbers or booleans as strings; a sparse array as an object", function()
       local back = cjson.decode((assert(json.encode({ n = 0 / 0, i = math.huge, [2.5] = "x", [true] = "y", s = { [1] = "a", [3] = "c" } }))))
       assert.same({ n = cjson.null, i = cjson.null, ["2.5"] = "x", ["true"] = "y", s = { ["1"] = "a", ["3"] = "c" } }, back)
+    end)
+
+    it("keeps no encoded key for a client's overlong name (a header of nginx's buffer size), and still writes it", function()
+      local long = string.rep("x", 5000) .. "\1"
+      local kept = json.keysKept()
+      local text = assert(json.encode({ [long] = 1 }))
+      assert.same({ [long] = 1 }, cjson.decode(text))
+      assert.equal(kept, json.keysKept())
+      assert(json.encode({ ["short-" .. kept] = 1 }))
+      assert.equal(kept + 1, json.keysKept())
     end)
 
     it("a function or a cycle: no text, and why", function()

@@ -435,6 +435,34 @@ const DEFAULT_FETCH_TIMEOUT = 10;
 const MAX_JWKS_BYTES = 1024 * 1024;
 
 /**
+ * The body of `res` as text, read as it arrives and given up (`tooLarge()` thrown) once
+ * it passes MAX_JWKS_BYTES: a chunked or endless body, with no Content-Length to check
+ * first, must not be held in memory whole before its size is known.
+ */
+async function readLimited(res: Response, tooLarge: () => Error): Promise<string> {
+  const declared = Number(res.headers.get("content-length") ?? "");
+  if (declared > MAX_JWKS_BYTES) {
+    await res.body?.cancel();
+    throw tooLarge();
+  }
+  if (res.body === null) return "";
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  const reader = res.body.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > MAX_JWKS_BYTES) {
+      await reader.cancel();
+      throw tooLarge();
+    }
+    chunks.push(value);
+  }
+  return Buffer.concat(chunks).toString("utf8");
+}
+
+/**
  * The JSON document at `url` (krs fetches it; the gateway never does), with one clear
  * error for each way that fails: not an http(s) URL, no connection, no answer within
  * `timeoutMs`, an HTTP error status, too large, not JSON. Errors name the URL without
@@ -469,11 +497,10 @@ export async function fetchJwks(url: string, timeoutMs = DEFAULT_FETCH_TIMEOUT *
       await res.body?.cancel();
       throw new JwtError(`${shown}: HTTP ${res.status}${res.statusText !== "" ? ` ${res.statusText}` : ""}`);
     }
-    text = await res.text();
+    text = await readLimited(res, () => new JwtError(`${shown}: not a JWKS: more than ${MAX_JWKS_BYTES} bytes`));
   } catch (e) {
     throw e instanceof JwtError ? e : failure(e);
   }
-  if (Buffer.byteLength(text) > MAX_JWKS_BYTES) throw new JwtError(`${shown}: not a JWKS: more than ${MAX_JWKS_BYTES} bytes`);
   try {
     return JSON.parse(text) as unknown;
   } catch {

@@ -148,10 +148,18 @@ interface RouterImpl extends Router {
  * classes are searched once per distinct request, as Kong's router caches its matches. On a
  * hit, match() runs no loop, which also lets LuaJIT compile the access phase as one trace (a
  * loop left after one iteration aborts the trace that contains it). Bounded: emptied when it
- * holds MEMO_MAX matches; paths longer than MEMO_PATH_MAX are matched every time.
+ * holds MEMO_MAX matches; paths longer than MEMO_PATH_MAX (hosts, methods longer than
+ * MEMO_HOST_MAX, MEMO_METHOD_MAX) are matched every time.
  */
 const MEMO_MAX = 4096;
 const MEMO_PATH_MAX = 512;
+/**
+ * The longest host (a DNS name is at most 253 bytes, plus ":port") and method kept as memo
+ * keys: both are the client's, and without a bound 4096 matches could each hold a Host
+ * header (and a method) of nginx's header buffer size, tens of MB per worker.
+ */
+const MEMO_HOST_MAX = 260;
+const MEMO_METHOD_MAX = 32;
 
 /** A non-empty array from a decoded entity field (absent, null or [] give undefined). */
 function nonEmpty(value: unknown): string[] | undefined {
@@ -260,7 +268,7 @@ function routerMatch(this: Router, method: string, host: string | undefined, pat
     }
   }
   const found = search(self, method, host, path);
-  if (found !== undefined && hostKey !== undefined && path.length <= MEMO_PATH_MAX) remember(self, methodKey, hostKey, path, found);
+  if (found !== undefined && hostKey !== undefined && path.length <= MEMO_PATH_MAX && hostKey.length <= MEMO_HOST_MAX && methodKey.length <= MEMO_METHOD_MAX) remember(self, methodKey, hostKey, path, found);
   return found;
 }
 

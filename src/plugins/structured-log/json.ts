@@ -21,6 +21,8 @@ const HUGE = math.huge;
 const MAX_DEPTH = 32;
 /** Keys kept encoded; client-chosen names (query arguments) could otherwise grow it without bound. */
 const MAX_KEYS = 2048;
+/** Longer keys are encoded every time: a client's header of nginx's buffer size must not be kept 2048 times. */
+const MAX_KEY_LEN = 256;
 
 const NULL = cjson.null as unknown;
 const EMPTY_ARRAY = cjson.empty_array;
@@ -134,10 +136,20 @@ let keys = new LuaTable<string, string>();
 let keyCount = 0;
 const keyBuf = stringBuffer.new(64);
 
+/** How many encoded keys are kept (for the unit spec). */
+export function keysKept(this: void): number {
+  return keyCount;
+}
+
 /** `"key":`, encoded once per name. */
 function putKey(this: void, buf: LuaStringBuffer, k: unknown): void {
   const kind = type(k);
   if (kind === "string") {
+    if ((k as string).length > MAX_KEY_LEN) {
+      putString(buf, k as string);
+      buf.put(":");
+      return;
+    }
     let encoded = keys.get(k as string);
     if (encoded === undefined) {
       keyBuf.reset();

@@ -26,12 +26,20 @@ const sub = string.sub;
 let lowered = new LuaTable<string, string>();
 let loweredCount = 0;
 const MAX_LOWERED = 4096;
+/** Longer names (the client's) are lowercased every time, not kept: 4096 of them could be tens of MB. */
+const MAX_LOWERED_LEN = 256;
+
+/** How many lowercased names are kept (for the unit spec). */
+export function loweredKept(this: void): number {
+  return loweredCount;
+}
 
 /** `string.lower(name)`, remembered. */
 export function lowerName(this: void, name: string): string {
   let l = lowered.get(name);
   if (l === undefined) {
     l = lower(name);
+    if (name.length > MAX_LOWERED_LEN) return l;
     if (loweredCount >= MAX_LOWERED) {
       lowered = new LuaTable();
       loweredCount = 0;

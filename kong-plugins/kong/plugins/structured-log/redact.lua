@@ -32,11 +32,20 @@ local sub = string.sub
 local lowered = {}
 local loweredCount = 0
 local MAX_LOWERED = 4096
+--- Longer names (the client's) are lowercased every time, not kept: 4096 of them could be tens of MB.
+local MAX_LOWERED_LEN = 256
+--- How many lowercased names are kept (for the unit spec).
+function ____exports.loweredKept()
+    return loweredCount
+end
 --- `string.lower(name)`, remembered.
 function ____exports.lowerName(name)
     local l = lowered[name]
     if l == nil then
         l = lower(name)
+        if #name > MAX_LOWERED_LEN then
+            return l
+        end
         if loweredCount >= MAX_LOWERED then
             lowered = {}
             loweredCount = 0
