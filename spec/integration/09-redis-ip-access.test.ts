@@ -262,29 +262,6 @@ describe("shared lists in Redis", () => {
   let nodes: TestGateway[];
   const clientAddr = (n: number) => `127.0.5.${n}`;
 
-  function listRoutes(port: number) {
-    const conf = (extra: object) => ({ sync_interval: 1, redis: { port }, ...extra });
-    return {
-      _format_version: "3.0",
-      services: [{
-        name: "svc",
-        url: `http://127.0.0.1:${up.port}/anything`,
-        routes: [
-          { name: "dyn", paths: ["/dyn"], plugins: [{ name: "redis-ip-access", config: conf({ redis_deny_lists: ["blocklist"] }) }] },
-          { name: "partners", paths: ["/partners"], plugins: [{ name: "redis-ip-access", config: conf({ allow: ["127.0.5.250"], redis_allow_lists: ["partners"], redis_deny_lists: ["blocklist"] }) }] },
-        ],
-      }],
-    };
-  }
-
-  /** `count` requests on fresh connections (spread over the workers): every status seen. */
-  async function statuses(gw: TestGateway, path: string, from: string, count = 16): Promise<Set<number>> {
-    const seen = new Set<number>();
-    const replies = await Promise.all(Array.from({ length: count }, () => hit(`${gw.proxyUrl}${path}`, from)));
-    for (const res of replies) seen.add(res.status);
-    return seen;
-  }
-
   // The propagation promise (within 1 s) is measured by the tests above; the checks below
   // test what a change does, with room for a loaded machine's slower polling.
   const FUNCTIONAL_LIMIT_MS = 3000;
@@ -293,7 +270,7 @@ describe("shared lists in Redis", () => {
   async function until(path: string, from: string, status: number, limitMs: number): Promise<number> {
     const started = Date.now();
     while (Date.now() - started < limitMs) {
-      const all = await Promise.all(nodes.map((gw) => statuses(gw, path, from)));
+      const all = await Promise.all(nodes.map((gw) => statusesOf(gw, path, from)));
       if (all.every((s) => s.size === 1 && s.has(status))) return Date.now() - started;
       await sleep(20);
     }
@@ -305,9 +282,9 @@ describe("shared lists in Redis", () => {
     r = withScripts(new Redis(redis.port, "127.0.0.1", { maxRetriesPerRequest: 0, retryStrategy: () => null }));
     // The last test stops Redis under this connection.
     r.on("error", () => undefined);
-    nodes = [await gateway(listRoutes(redis.port)), await gateway(listRoutes(redis.port))];
+    nodes = [await gateway(sharedListRoutes({ port: redis.port })), await gateway(sharedListRoutes({ port: redis.port }))];
     // Every worker loads its lists on first use.
-    for (const gw of nodes) expect(await statuses(gw, "/dyn", clientAddr(1), 32)).toEqual(new Set([200]));
+    for (const gw of nodes) expect(await statusesOf(gw, "/dyn", clientAddr(1), 32)).toEqual(new Set([200]));
   }, 60_000);
 
   afterAll(() => {
@@ -325,7 +302,7 @@ describe("shared lists in Redis", () => {
     };
     const before = await calls();
     const startedAt = Date.now();
-    for (let i = 0; i < 10; i++) for (const gw of nodes) await statuses(gw, "/dyn", clientAddr(20 + i), 20);
+    for (let i = 0; i < 10; i++) for (const gw of nodes) await statusesOf(gw, "/dyn", clientAddr(20 + i), 20);
     const seconds = (Date.now() - startedAt) / 1000;
     const made = (await calls()) - before;
     // 400 requests; only the workers' periodic version checks (one GET per list and
@@ -356,8 +333,8 @@ describe("shared lists in Redis", () => {
   });
 
   it("allow lists: static and Redis entries allow, the rest is refused; deny lists still win", async () => {
-    expect(await statuses(nodes[0], "/partners", "127.0.5.250")).toEqual(new Set([200]));
-    expect(await statuses(nodes[0], "/partners", clientAddr(7))).toEqual(new Set([403]));
+    expect(await statusesOf(nodes[0], "/partners", "127.0.5.250")).toEqual(new Set([200]));
+    expect(await statusesOf(nodes[0], "/partners", clientAddr(7))).toEqual(new Set([403]));
     await addEntry(r, "partners", "127.0.5.0/28");
     await until("/partners", clientAddr(7), 200, FUNCTIONAL_LIMIT_MS);
     await addEntry(r, "blocklist", clientAddr(7));
@@ -405,8 +382,8 @@ describe("shared lists in Redis", () => {
     await redis.stop();
     await sleep(1200);
     for (const gw of nodes) {
-      expect(await statuses(gw, "/dyn", clientAddr(9))).toEqual(new Set([403]));
-      expect(await statuses(gw, "/dyn", clientAddr(10))).toEqual(new Set([200]));
+      expect(await statusesOf(gw, "/dyn", clientAddr(9))).toEqual(new Set([403]));
+      expect(await statusesOf(gw, "/dyn", clientAddr(10))).toEqual(new Set([200]));
     }
     const conf = (faultTolerant: boolean) => ({ _format_version: "3.0", services: [{ name: "s", url: `http://127.0.0.1:${up.port}/anything`, routes: [{ name: "r", paths: ["/"], plugins: [{ name: "redis-ip-access", config: { redis_deny_lists: ["blocklist"], fault_tolerant: faultTolerant, redis: { port: redis.port, timeout: 200 } } }] }] }] });
     const open = await gateway(conf(true));
