@@ -399,6 +399,22 @@ function rememberBlock(this: void, conf: Conf, counterKey: string, n: number, r:
   blockedCache.set(counterKey, { conf, retryAt: now + retryMs, buckets, counts, prevs }, retryMs / 1000);
 }
 
+/**
+ * One script call for the worker's in-flight record of this counter (rate-limit-1 or the
+ * lease script). On a failure: the waiting requests are released (nothing to learn from
+ * it, none should queue behind failing calls), the fault decision recorded and
+ * fault_tolerant applied; undefined tells the caller the request is decided.
+ */
+function callScript(this: void, conf: Conf, p: Prepared, flight: Flight, name: string, counterKey: string, args: (string | number)[]): number[] | undefined {
+  flight.calls++;
+  const [reply, err] = script(conf.redis, { script: name, keys: [counterKey], args });
+  if (type(reply) === "table") return reply as number[];
+  landed(flight, math.huge);
+  recordDecision(p, conf.fault_tolerant, "fault", undefined);
+  onRedisFailure(PLUGIN, conf, reply === false ? `script ${name} failed: ${err}` : err);
+  return undefined;
+}
+
 /** sync exact: one rate-limit-1.lua call per request this worker cannot answer alone. */
 function decideExact(this: void, conf: Conf, p: Prepared, counterKey: string, now: number): void {
   const windows = p.windows;
@@ -411,15 +427,8 @@ function decideExact(this: void, conf: Conf, p: Prepared, counterKey: string, no
   const args: (string | number)[] = [now, p.algorithm, 0, windows.length];
   args[2] = windowArgs(p, now, args, 4);
 
-  flight.calls++;
-  const [reply, err] = script(conf.redis, { script: SCRIPT, keys: [counterKey], args });
-  if (type(reply) !== "table") {
-    // Nothing to learn from a failure: no request should queue behind failing calls.
-    landed(flight, math.huge);
-    recordDecision(p, conf.fault_tolerant, "fault", undefined);
-    return onRedisFailure(PLUGIN, conf, reply === false ? `script ${SCRIPT} failed: ${err}` : err);
-  }
-  const r = reply as number[];
+  const r = callScript(conf, p, flight, SCRIPT, counterKey, args);
+  if (r === undefined) return;
   const n = windows.length;
   const remaining: number[] = [];
   for (let i = 0; i < n; i++) remaining[i] = r[2 + i];
@@ -484,14 +493,8 @@ function decideLeased(this: void, conf: Conf, p: Prepared, counterKey: string, n
     if (end < endsAt) endsAt = end;
   }
 
-  flight.calls++;
-  const [reply, err] = script(conf.redis, { script: LEASE_SCRIPT, keys: [counterKey], args });
-  if (type(reply) !== "table") {
-    landed(flight, math.huge);
-    recordDecision(p, conf.fault_tolerant, "fault", undefined);
-    return onRedisFailure(PLUGIN, conf, reply === false ? `script ${LEASE_SCRIPT} failed: ${err}` : err);
-  }
-  const r = reply as number[];
+  const r = callScript(conf, p, flight, LEASE_SCRIPT, counterKey, args);
+  if (r === undefined) return;
   const granted = r[0];
   rememberBlock(conf, counterKey, n, r, now);
   const remaining: number[] = [];

@@ -389,6 +389,25 @@ local function rememberBlock(conf, counterKey, n, r, now)
         prevs = prevs
     }, retryMs / 1000)
 end
+--- One script call for the worker's in-flight record of this counter (rate-limit-1 or the
+-- lease script). On a failure: the waiting requests are released (nothing to learn from
+-- it, none should queue behind failing calls), the fault decision recorded and
+-- fault_tolerant applied; undefined tells the caller the request is decided.
+local function callScript(conf, p, flight, name, counterKey, args)
+    flight.calls = flight.calls + 1
+    local reply, err = script(conf.redis, {script = name, keys = {counterKey}, args = args})
+    if type(reply) == "table" then
+        return reply
+    end
+    landed(flight, math.huge)
+    recordDecision(p, conf.fault_tolerant, "fault", nil)
+    onRedisFailure(
+        PLUGIN,
+        conf,
+        reply == false and (("script " .. name) .. " failed: ") .. tostring(err) or err
+    )
+    return nil
+end
 --- sync exact: one rate-limit-1.lua call per request this worker cannot answer alone.
 local function decideExact(conf, p, counterKey, now)
     local windows = p.windows
@@ -402,18 +421,17 @@ local function decideExact(conf, p, counterKey, now)
     end
     local args = {now, p.algorithm, 0, #windows}
     args[3] = windowArgs(p, now, args, 4)
-    flight.calls = flight.calls + 1
-    local reply, err = script(conf.redis, {script = SCRIPT, keys = {counterKey}, args = args})
-    if type(reply) ~= "table" then
-        landed(flight, math.huge)
-        recordDecision(p, conf.fault_tolerant, "fault", nil)
-        return onRedisFailure(
-            PLUGIN,
-            conf,
-            reply == false and (("script " .. SCRIPT) .. " failed: ") .. tostring(err) or err
-        )
+    local r = callScript(
+        conf,
+        p,
+        flight,
+        SCRIPT,
+        counterKey,
+        args
+    )
+    if r == nil then
+        return
     end
-    local r = reply
     local n = #windows
     local remaining = {}
     do
@@ -551,18 +569,17 @@ local function decideLeased(conf, p, counterKey, now)
             i = i + 1
         end
     end
-    flight.calls = flight.calls + 1
-    local reply, err = script(conf.redis, {script = LEASE_SCRIPT, keys = {counterKey}, args = args})
-    if type(reply) ~= "table" then
-        landed(flight, math.huge)
-        recordDecision(p, conf.fault_tolerant, "fault", nil)
-        return onRedisFailure(
-            PLUGIN,
-            conf,
-            reply == false and (("script " .. LEASE_SCRIPT) .. " failed: ") .. tostring(err) or err
-        )
+    local r = callScript(
+        conf,
+        p,
+        flight,
+        LEASE_SCRIPT,
+        counterKey,
+        args
+    )
+    if r == nil then
+        return
     end
-    local r = reply
     local granted = r[1]
     rememberBlock(
         conf,
