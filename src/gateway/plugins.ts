@@ -1,7 +1,7 @@
 /**
  * Plugin loading and execution with Kong's rules: handlers sorted by PRIORITY (high
  * first), one configuration per plugin per request chosen by scope precedence, and each
- * phase handler guarded so that an error becomes Kong's 500 instead of a dead worker.
+ * phase guarded so that an error becomes Kong's 500 instead of a dead worker.
  */
 import type { GatewayConfig, PluginEntity } from "./config";
 import { pdk, requestCtx, type RequestCtx } from "./pdk";
@@ -108,30 +108,59 @@ function resolve(this: void, scopes: LuaTable<string, PluginEntity>, s: string, 
     ?? scopes.get("::");
 }
 
-/** Runs one phase handler; returns false when it raised (the error is logged naming the plugin). */
-function call(this: void, ctx: RequestCtx, selected: Selected, phase: Phase): boolean {
-  const fn = selected.plugin.handler[phase];
-  if (fn === undefined) return true;
-  ctx.KRS_PLUGIN_NAME = selected.plugin.name;
-  ctx.KRS_PLUGIN_KEY = selected.entity.id;
-  const [ok, err] = xpcall(fn as (this: unknown, conf: unknown) => void, debug.traceback, selected.plugin.handler, selected.entity.config);
+/**
+ * The handlers run inside one protected call per phase, not one per plugin: a handler that
+ * returns into a Lua frame can be compiled by LuaJIT (a trace cannot return into xpcall:
+ * "NYI: return to lower frame"), so a plugin's whole phase runs as machine code. An error
+ * still names its plugin, and in header_filter, body_filter and log the plugins after it
+ * still run (runLate starts a new protected call after the failed one).
+ */
+interface Running {
+  /** The index in the list of the handler running (or that raised). */
+  KRS_RUNNING?: number;
+}
+
+/** Runs `phase` of list[from], list[from + 1], ... directly. */
+function runFrom(this: void, ctx: RequestCtx, list: Selected[], from: number, phase: Phase): void {
+  for (let i = from; i < list.length; i++) {
+    const selected = list[i];
+    const fn = selected.plugin.handler[phase];
+    if (fn !== undefined) {
+      (ctx as Running).KRS_RUNNING = i;
+      ctx.KRS_PLUGIN_NAME = selected.plugin.name;
+      ctx.KRS_PLUGIN_KEY = selected.entity.id;
+      (fn as unknown as (this: void, self: unknown, conf: unknown) => void)(selected.plugin.handler, selected.entity.config);
+    }
+  }
   ctx.KRS_PLUGIN_NAME = undefined;
   ctx.KRS_PLUGIN_KEY = undefined;
-  if (!ok) {
-    ngx.log(ngx.ERR, `[kong] [${selected.plugin.name}] error in ${phase} phase: ${tostring(err)}`);
-    return false;
-  }
-  return true;
+}
+
+/** After a handler raised: logs the error naming its plugin; returns the failed index. */
+function failed(this: void, ctx: RequestCtx, list: Selected[], from: number, phase: Phase, err: unknown): number {
+  // KRS_RUNNING is set before each handler runs; a value outside [from, #list) is a former phase's.
+  const running = (ctx as Running).KRS_RUNNING;
+  const at = running !== undefined && running >= from && running < list.length ? running : from;
+  (ctx as Running).KRS_RUNNING = undefined;
+  ctx.KRS_PLUGIN_NAME = undefined;
+  ctx.KRS_PLUGIN_KEY = undefined;
+  ngx.log(ngx.ERR, `[kong] [${list[at].plugin.name}] error in ${phase} phase: ${tostring(err)}`);
+  return at;
+}
+
+/** Runs `phase` of every plugin in `list` from `from` on; false when one raised (logged). */
+function runProtected(this: void, ctx: RequestCtx, list: Selected[], from: number, phase: Phase): boolean {
+  const [ok, err] = xpcall(runFrom, debug.traceback, ctx, list, from, phase);
+  if (ok) return true;
+  failed(ctx, list, from, phase, err);
+  return false;
 }
 
 /** rewrite: global plugins only (the route is not known yet, as in Kong). */
 export function runRewrite(this: void, index: PluginIndex): void {
   const globals = index.globals;
   if (globals.length === 0) return;
-  const ctx = requestCtx();
-  for (const selected of globals) {
-    if (!call(ctx, selected, "rewrite")) return failRequest();
-  }
+  if (!runProtected(requestCtx(), globals, 0, "rewrite")) return failRequest();
 }
 
 /** Appends the plugins from `from` on in `ordered` that apply for (service, route, consumer). */
@@ -169,10 +198,10 @@ function anonymousSelection(this: void, index: PluginIndex, s: string, r: string
 export function runAccess(this: void, index: PluginIndex, ctx: RequestCtx): boolean {
   const s = ctx.service?.id ?? "";
   const r = ctx.route?.id ?? "";
-  let c = ctx.authenticated_consumer?.id ?? "";
+  const c = ctx.authenticated_consumer?.id ?? "";
   // The per-route list is shared between requests: it is copied before a consumer's
   // selection changes it.
-  let shared = c === "";
+  const shared = c === "";
   let list: Selected[];
   if (shared) {
     list = anonymousSelection(index, s, r);
@@ -183,6 +212,16 @@ export function runAccess(this: void, index: PluginIndex, ctx: RequestCtx): bool
   (ctx as { KRS_SELECTED?: Selected[] }).KRS_SELECTED = list;
   // Nothing applies and nothing ran that could authenticate: no loop to enter.
   if (list.length === 0) return false;
+  const [ok, err] = xpcall(accessFrom, debug.traceback, index, ctx, list, shared, s, r, c);
+  if (!ok) {
+    failed(ctx, (ctx as { KRS_SELECTED?: Selected[] }).KRS_SELECTED ?? list, 0, "access", err);
+    return failRequest();
+  }
+  return true;
+}
+
+/** runAccess's loop, inside its protected call: each handler in turn, selecting again after an authentication. */
+function accessFrom(this: void, index: PluginIndex, ctx: RequestCtx, list: Selected[], shared: boolean, s: string, r: string, c: string): void {
   for (let i = 0; ; i++) {
     const consumer = ctx.authenticated_consumer?.id ?? "";
     if (consumer !== c) {
@@ -206,9 +245,17 @@ export function runAccess(this: void, index: PluginIndex, ctx: RequestCtx): bool
       }
     }
     if (i >= list.length) break;
-    if (!call(ctx, list[i], "access")) return failRequest();
+    const selected = list[i];
+    const fn = selected.plugin.handler.access;
+    if (fn !== undefined) {
+      (ctx as Running).KRS_RUNNING = i;
+      ctx.KRS_PLUGIN_NAME = selected.plugin.name;
+      ctx.KRS_PLUGIN_KEY = selected.entity.id;
+      (fn as unknown as (this: void, self: unknown, conf: unknown) => void)(selected.plugin.handler, selected.entity.config);
+    }
   }
-  return true;
+  ctx.KRS_PLUGIN_NAME = undefined;
+  ctx.KRS_PLUGIN_KEY = undefined;
 }
 
 /** header_filter, body_filter, log: the plugins chosen in access (or the globals). */
@@ -216,7 +263,12 @@ export function runLate(this: void, index: PluginIndex, phase: "header_filter" |
   if (index.implemented.get(phase) !== true) return;
   ctx = ctx ?? requestCtx();
   const list = (ctx as { KRS_SELECTED?: Selected[] }).KRS_SELECTED ?? index.globals;
-  for (const selected of list) call(ctx, selected, phase);
+  let from = 0;
+  while (from < list.length) {
+    const [ok, err] = xpcall(runFrom, debug.traceback, ctx, list, from, phase);
+    if (ok) return;
+    from = failed(ctx, list, from, phase, err) + 1;
+  }
 }
 
 function failRequest(this: void): never {
