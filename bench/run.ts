@@ -347,7 +347,7 @@ async function main(argv: string[]): Promise<number> {
   const scenarios = selectScenarios(opts.only);
   if (opts.list) {
     for (const s of SCENARIOS) {
-      console.log(`${s.name.padEnd(24)} ${s.description}${s.baseline !== undefined ? ` (baseline: ${s.baseline})` : ""}`);
+      console.log(`${s.name.padEnd(24)} ${s.description}${s.baseline !== undefined ? ` (baseline: ${s.baseline})` : ""}${s.rounds === 1 ? " (1 round)" : ""}`);
     }
     return 0;
   }
