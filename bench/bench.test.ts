@@ -587,6 +587,21 @@ describe("paired rounds: the order of runs and scenario isolation", () => {
     ]);
   });
 
+  it("a baseline whose check failed: the scenarios on it are measured alone, flagged, without a ratio", async () => {
+    const { driver, events } = recordingDriver(() => 100);
+    const start = driver.start.bind(driver);
+    driver.start = async (s) => (s.name === "base" ? (events.push("start base"), { ok: false, flags: ["check request got 502"], checkStatus: 502 }) : start(s));
+    const results = await runAll([fake("base"), fake("s", { baseline: "base" })], { rounds: 2, durationS: 1, warmupS: 0 }, driver);
+    await runCleanups();
+    expect(events).toEqual(["start base", "start s", "scenario s 1s", "scenario s 1s", "verify s", "stop s"]);
+    compare(results);
+    expect(results[0]).toMatchObject({ status: "failed", flags: ["check request got 502"], checkStatus: 502 });
+    expect(results[1]?.status).toBe("flagged");
+    expect(results[1]?.flags[0]).toBe("baseline base not measured: s measured alone, no ratio");
+    expect(results[1]?.vsBaseline).toBeUndefined();
+    expect(verdictLines(verdicts(results, { s: { goal: 0.5 } }))).toEqual(["NOT MET  s: >= 0.50x base, measured not measured"]);
+  });
+
   it("refuses a baseline whose runs consume state (rounds, noWarmup, verify, nodes)", async () => {
     const { driver, events } = recordingDriver(() => 100);
     await expect(runAll([fake("base", { rounds: 1 }), fake("s", { baseline: "base" })], { rounds: 3, durationS: 1, warmupS: 0 }, driver)).rejects.toThrow(/base is a baseline/);
