@@ -1,5 +1,6 @@
-// The benchmark picture: every scenario's req/s ratio to its baseline, with its goal, as
-// SVG rendered headless by vega-lite + vega (no browser, no hand-built SVG).
+// The benchmark picture: every scenario's req/s ratio to its baseline (the median of its
+// rounds, their min–max as a line), with its goal, as SVG rendered headless by vega-lite +
+// vega (no browser, no hand-built SVG).
 
 import * as vega from "vega";
 import { compile, type TopLevelSpec } from "vega-lite";
@@ -12,6 +13,9 @@ export interface ChartRow {
   goal?: number;
   status: string;
   label: string;
+  /** The lowest and highest round ratio (reports measured in paired rounds); the bar is their median. */
+  min?: number;
+  max?: number;
 }
 
 /**
@@ -24,7 +28,9 @@ export function chartRows(report: Report, goals: Record<string, number | undefin
     const ratio = s.vsBaseline !== undefined ? s.vsBaseline.rpsRatio : s.baseline === undefined ? 1 : 0;
     const goal = goals[s.name];
     const label = `${ratio.toFixed(2)}x ${baseline}${s.status !== "ok" ? ` ${s.status.toUpperCase()}` : ""}${goal !== undefined ? ` (goal ${goal.toFixed(2)}x)` : ""}`;
-    return { scenario: s.name, baseline, ratio, goal, status: s.status, label };
+    const c = s.vsBaseline;
+    const spread = c?.rpsRatioMin !== undefined && c.rpsRatioMax !== undefined ? { min: c.rpsRatioMin, max: c.rpsRatioMax } : {};
+    return { scenario: s.name, baseline, ratio, goal, status: s.status, label, ...spread };
   });
 }
 
@@ -54,6 +60,16 @@ export function chartSpec(rows: ChartRow[], title: string): TopLevelSpec {
         mark: { type: "tick", color: "#222", thickness: 3, bandSize: 22 },
         encoding: { y, x: { field: "goal", type: "quantitative" } },
       },
+      // The rounds' spread, min to max, over the median's bar (only in reports measured in rounds).
+      ...(rows.some((r) => r.min !== undefined)
+        ? [
+            {
+              transform: [{ filter: "datum.min != null" }],
+              mark: { type: "rule" as const, color: "#222", strokeWidth: 1.5 },
+              encoding: { y, x: { field: "min", type: "quantitative" as const }, x2: { field: "max" } },
+            },
+          ]
+        : []),
       {
         mark: { type: "text", align: "left", dx: 4 },
         encoding: { y, x: { field: "ratio", type: "quantitative" }, text: { field: "label" } },
@@ -65,7 +81,10 @@ export function chartSpec(rows: ChartRow[], title: string): TopLevelSpec {
 
 /** The chart as an SVG document. */
 export async function chartSvg(report: Report, goals: Record<string, number | undefined>): Promise<string> {
-  const spec = compile(chartSpec(chartRows(report, goals), `${report.date}, ${report.machine.cores} cores; goal: black tick; red bar: below its goal`)).spec;
+  const rounds = report.settings.rounds;
+  const subtitle = `${report.date}, ${report.machine.cores} cores; goal: black tick; red bar: below its goal` +
+    (rounds === undefined ? "" : `; bar: median of ${rounds} paired rounds, thin line: their min–max`);
+  const spec = compile(chartSpec(chartRows(report, goals), subtitle)).spec;
   const view = new vega.View(vega.parse(spec), { renderer: "none" });
   const svg = await view.toSVG();
   view.finalize();

@@ -7,8 +7,17 @@ import type { WrkResult } from "./wrk.js";
 
 export interface Comparison {
   baseline: string;
-  /** req/s of the scenario divided by req/s of its baseline. */
+  /**
+   * req/s of the scenario divided by req/s of its baseline: the median of the round ratios
+   * (bench/paired.ts); in reports before paired rounds, one run of each.
+   */
   rpsRatio: number;
+  /** Round i's ratio, S_i / mean(B_i, B_(i+1)), in order (absent in reports before paired rounds). */
+  roundRatios?: number[];
+  /** The lowest and highest round ratio: the spread. */
+  rpsRatioMin?: number;
+  rpsRatioMax?: number;
+  /** p50 (p99) of the scenario minus that of its baseline: the medians of their runs. */
   p50DeltaMs: number;
   p99DeltaMs: number;
 }
@@ -24,13 +33,86 @@ export interface ScenarioResult {
   flags: string[];
   /** Status of the single check request sent before the load. */
   checkStatus?: number;
+  /**
+   * The scenario's figures: with several rounds, req/s and each latency percentile the
+   * median of its runs' (max latency the highest), requests and errors summed (summarize).
+   */
   wrk?: WrkResult;
   vsBaseline?: Comparison;
+  /** wrk's raw report of each run of the scenario ("--- round i" before each, with several). */
   wrkOutput?: string;
-  /** Redis commands the measured load caused, per command (INFO commandstats delta), for a scenario with a Redis. */
+  /** Each run of the scenario, in order (absent in reports before paired rounds). */
+  rounds?: WrkResult[];
+  /** The baseline's runs around them, B_1 .. B_(rounds+1) (absent without a baseline). */
+  baselineRounds?: WrkResult[];
+  baselineWrkOutput?: string;
+  /** Redis commands the measured runs caused, per command (INFO commandstats deltas summed), for a scenario with a Redis. */
   redisCommands?: Record<string, number>;
-  /** Their sum divided by the requests wrk completed. */
+  /** Their sum divided by the requests wrk completed in those runs (the baseline's never counted). */
   redisCommandsPerRequest?: number;
+}
+
+/** The median (the mean of the two middle values for an even count); NaN for none. */
+export function median(xs: readonly number[]): number {
+  if (xs.length === 0) return Number.NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+/**
+ * Round i's ratio: scenario[i] / mean(baseline[i], baseline[i + 1]) (req/s). Needs one
+ * more baseline run than scenario runs (B S B S B); a zero baseline gives ratio 0.
+ */
+export function roundRatios(scenario: readonly number[], baseline: readonly number[]): number[] {
+  if (baseline.length !== scenario.length + 1) {
+    throw new Error(`paired rounds need ${scenario.length + 1} baseline runs for ${scenario.length} scenario runs, got ${baseline.length}`);
+  }
+  return scenario.map((s, i) => {
+    const b = (baseline[i]! + baseline[i + 1]!) / 2;
+    return b > 0 ? s / b : 0;
+  });
+}
+
+export interface Spread {
+  median: number;
+  min: number;
+  max: number;
+}
+
+export function spread(xs: readonly number[]): Spread {
+  return { median: median(xs), min: Math.min(...xs), max: Math.max(...xs) };
+}
+
+/**
+ * Several wrk runs of one target as one figure: req/s and each latency percentile the
+ * median of the runs' (max latency the highest), requests, errors and durations summed.
+ * One run gives that run's figures.
+ */
+export function summarize(runs: readonly WrkResult[]): WrkResult {
+  if (runs.length === 0) throw new Error("no run to summarize");
+  const med = (f: (r: WrkResult) => number) => median(runs.map(f));
+  const sum = (f: (r: WrkResult) => number) => runs.reduce((a, r) => a + f(r), 0);
+  return {
+    requestsPerSec: med((r) => r.requestsPerSec),
+    requests: sum((r) => r.requests),
+    durationS: sum((r) => r.durationS),
+    latencyMs: {
+      avg: med((r) => r.latencyMs.avg),
+      p50: med((r) => r.latencyMs.p50),
+      p75: med((r) => r.latencyMs.p75),
+      p90: med((r) => r.latencyMs.p90),
+      p99: med((r) => r.latencyMs.p99),
+      max: Math.max(...runs.map((r) => r.latencyMs.max)),
+    },
+    non2xx3xx: sum((r) => r.non2xx3xx),
+    socketErrors: {
+      connect: sum((r) => r.socketErrors.connect),
+      read: sum((r) => r.socketErrors.read),
+      write: sum((r) => r.socketErrors.write),
+      timeout: sum((r) => r.socketErrors.timeout),
+    },
+  };
 }
 
 /** What a scenario should reach (scenarios.ts `goal`, `maxRedisPerRequest`), and whether it did. */
@@ -60,7 +142,7 @@ export function verdicts(results: ScenarioResult[], goals: Record<string, Goals 
       out.push({
         scenario: r.name,
         goal: `>= ${g.goal.toFixed(2)}x ${r.baseline ?? "?"}`,
-        figure: ratio === undefined ? "not measured" : `${ratio.toFixed(3)}x${r.status === "ok" ? "" : ` (${r.status})`}`,
+        figure: ratio === undefined ? "not measured" : `${ratio.toFixed(3)}x${spreadNote(r.vsBaseline)}${r.status === "ok" ? "" : ` (${r.status})`}`,
         met: measured && ratio >= g.goal,
       });
     }
@@ -75,6 +157,13 @@ export function verdicts(results: ScenarioResult[], goals: Record<string, Goals 
     }
   }
   return out;
+}
+
+/** " (rounds 0.948–0.977)", " (1 round)", or nothing for a report before paired rounds. */
+function spreadNote(c: Comparison | undefined): string {
+  const n = c?.roundRatios?.length;
+  if (c === undefined || n === undefined || c.rpsRatioMin === undefined || c.rpsRatioMax === undefined) return "";
+  return n === 1 ? " (1 round)" : ` (rounds ${c.rpsRatioMin.toFixed(3)}–${c.rpsRatioMax.toFixed(3)})`;
 }
 
 /** The verdicts as lines: "met" or "NOT MET", the goal and the figure. */
@@ -116,7 +205,10 @@ export interface Machine {
 }
 
 export interface Settings {
+  /** Seconds of load per measurement (per scenario in reports before paired rounds). */
   durationS: number;
+  /** Runs of each scenario (B S B S ... B); absent in reports before paired rounds. */
+  rounds?: number;
   warmupS: number;
   threads: number;
   connections: number;
@@ -150,75 +242,132 @@ export function flagsFor(r: WrkResult, expectStatus: number): string[] {
   return flags;
 }
 
+/**
+ * Sets each scenario's comparison with its baseline. Measured in paired rounds (`rounds`
+ * and `baselineRounds`): the median of the round ratios, with their min and max. Otherwise
+ * (results of one run each): the scenario's req/s over its baseline's row. A scenario whose
+ * baseline's own row is not clean is flagged too.
+ */
 export function compare(results: ScenarioResult[]): void {
   const byName = new Map(results.map((r) => [r.name, r]));
   for (const r of results) {
     const base = r.baseline === undefined ? undefined : byName.get(r.baseline);
-    if (r.wrk === undefined || base?.wrk === undefined) continue;
-    r.vsBaseline = {
-      baseline: base.name,
-      rpsRatio: base.wrk.requestsPerSec > 0 ? r.wrk.requestsPerSec / base.wrk.requestsPerSec : 0,
-      p50DeltaMs: r.wrk.latencyMs.p50 - base.wrk.latencyMs.p50,
-      p99DeltaMs: r.wrk.latencyMs.p99 - base.wrk.latencyMs.p99,
-    };
-    if (base.status !== "ok") r.flags.push(`baseline ${base.name} is ${base.status}`);
+    if (r.wrk === undefined || r.baseline === undefined) continue;
+    if (r.rounds !== undefined) {
+      if (r.baselineRounds === undefined || r.baselineRounds.length === 0) continue;
+      const ratios = roundRatios(r.rounds.map((w) => w.requestsPerSec), r.baselineRounds.map((w) => w.requestsPerSec));
+      const b = summarize(r.baselineRounds);
+      const { median: mid, min, max } = spread(ratios);
+      r.vsBaseline = {
+        baseline: r.baseline,
+        rpsRatio: mid,
+        roundRatios: ratios,
+        rpsRatioMin: min,
+        rpsRatioMax: max,
+        p50DeltaMs: r.wrk.latencyMs.p50 - b.latencyMs.p50,
+        p99DeltaMs: r.wrk.latencyMs.p99 - b.latencyMs.p99,
+      };
+    } else {
+      if (base?.wrk === undefined) continue;
+      r.vsBaseline = {
+        baseline: base.name,
+        rpsRatio: base.wrk.requestsPerSec > 0 ? r.wrk.requestsPerSec / base.wrk.requestsPerSec : 0,
+        p50DeltaMs: r.wrk.latencyMs.p50 - base.wrk.latencyMs.p50,
+        p99DeltaMs: r.wrk.latencyMs.p99 - base.wrk.latencyMs.p99,
+      };
+    }
+    if (base !== undefined && base.status !== "ok") {
+      r.flags.push(`baseline ${base.name} is ${base.status}`);
+      if (r.status === "ok") r.status = "flagged";
+    }
   }
 }
 
 const HEAD = ["scenario", "req/s", "p50 ms", "p99 ms", "vs baseline", "p50 delta ms", "Redis cmds/req", "status"];
-/** The right-aligned (numeric) columns. */
-const NUMERIC = (i: number): boolean => i >= 1 && i <= 6;
+/** The spread column, after "vs baseline", in a report measured in paired rounds. */
+const SPREAD = "rounds min–max";
+const LEFT = new Set(["scenario", "status"]);
+
+/** The columns: the spread only for results measured in rounds (older reports draw as before). */
+function columns(results: ScenarioResult[]): string[] {
+  if (!results.some((r) => r.vsBaseline?.roundRatios !== undefined)) return HEAD;
+  const at = HEAD.indexOf("vs baseline") + 1;
+  return [...HEAD.slice(0, at), SPREAD, ...HEAD.slice(at)];
+}
 
 function fmt(n: number, digits: number): string {
   return n.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
 }
 
-function row(r: ScenarioResult): string[] {
+/** "0.948–0.977 (3)": the lowest and highest round ratio and the number of rounds. */
+function spreadCell(c: Comparison | undefined): string {
+  const n = c?.roundRatios?.length;
+  if (c === undefined || n === undefined || c.rpsRatioMin === undefined || c.rpsRatioMax === undefined) return "-";
+  return n === 1 ? `${fmt(c.rpsRatioMin, 3)} (1)` : `${fmt(c.rpsRatioMin, 3)}–${fmt(c.rpsRatioMax, 3)} (${n})`;
+}
+
+function row(r: ScenarioResult, head: string[]): string[] {
   const w = r.wrk;
   const c = r.vsBaseline;
   const status = r.status === "ok" ? "ok" : `${r.status.toUpperCase()}: ${r.flags.join("; ")}`;
-  return [
-    r.name,
-    w === undefined ? "-" : fmt(w.requestsPerSec, 0),
-    w === undefined ? "-" : fmt(w.latencyMs.p50, 3),
-    w === undefined ? "-" : fmt(w.latencyMs.p99, 3),
-    c === undefined ? "-" : `${fmt(c.rpsRatio, 3)}x ${c.baseline}`,
-    c === undefined ? "-" : `${c.p50DeltaMs >= 0 ? "+" : ""}${fmt(c.p50DeltaMs, 3)}`,
-    r.redisCommandsPerRequest === undefined ? "-" : fmt(r.redisCommandsPerRequest, 4),
+  const cells: Record<string, string> = {
+    scenario: r.name,
+    "req/s": w === undefined ? "-" : fmt(w.requestsPerSec, 0),
+    "p50 ms": w === undefined ? "-" : fmt(w.latencyMs.p50, 3),
+    "p99 ms": w === undefined ? "-" : fmt(w.latencyMs.p99, 3),
+    "vs baseline": c === undefined ? "-" : `${fmt(c.rpsRatio, 3)}x ${c.baseline}`,
+    [SPREAD]: spreadCell(c),
+    "p50 delta ms": c === undefined ? "-" : `${c.p50DeltaMs >= 0 ? "+" : ""}${fmt(c.p50DeltaMs, 3)}`,
+    "Redis cmds/req": r.redisCommandsPerRequest === undefined ? "-" : fmt(r.redisCommandsPerRequest, 4),
     status,
-  ];
+  };
+  return head.map((h) => cells[h] ?? "-");
 }
 
 /** A plain-text table for the console. */
 export function consoleTable(results: ScenarioResult[]): string {
-  const rows = [HEAD, ...results.map(row)];
-  const widths = HEAD.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length)));
+  const head = columns(results);
+  const rows = [head, ...results.map((r) => row(r, head))];
+  const widths = head.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length)));
   const line = (r: string[]): string =>
     r
-      .map((cell, i) => (NUMERIC(i) ? cell.padStart(widths[i] ?? 0) : cell.padEnd(widths[i] ?? 0)))
+      .map((cell, i) => (LEFT.has(head[i] ?? "") ? cell.padEnd(widths[i] ?? 0) : cell.padStart(widths[i] ?? 0)))
       .join("  ")
       .trimEnd();
-  return [line(HEAD), widths.map((w) => "-".repeat(w)).join("  "), ...rows.slice(1).map(line)].join("\n");
+  return [line(head), widths.map((w) => "-".repeat(w)).join("  "), ...rows.slice(1).map(line)].join("\n");
+}
+
+/** The load line of latest.md: paired rounds, or (reports before them) one run per scenario. */
+function loadLine(s: Settings): string {
+  const wrk = `\`wrk -t${s.threads} -c${s.connections} -d${s.durationS}s --latency\``;
+  const rest = `gateway with ${s.gatewayWorkers} workers; upstream: nginx, 1 worker, fixed JSON body`;
+  if (s.rounds === undefined) return `- load: ${wrk} after a ${s.warmupS} s warm-up; ${rest}`;
+  return (
+    `- load: ${wrk} per measurement; a scenario with a baseline as B S B S … B (${s.rounds} rounds unless the scenario says 1), ` +
+    `round ratio S_i / mean(B_i, B_i+1), shown: the median of the rounds, with their min–max; ` +
+    `one ${s.warmupS} s warm-up per process; ${rest}`
+  );
 }
 
 export function markdown(report: Report): string {
   const m = report.machine;
   const s = report.settings;
   const esc = (cell: string): string => cell.replaceAll("|", "\\|");
+  const head = columns(report.scenarios);
   const lines = [
     "# Benchmark results",
     "",
     `- date: ${report.date}`,
     `- machine: ${m.cores} cores (${m.cpuModel}), ${m.platform}`,
     `- versions: ${m.nginx}, ${m.wrk}, node ${m.node}`,
-    `- load: \`wrk -t${s.threads} -c${s.connections} -d${s.durationS}s --latency\` after a ${s.warmupS} s warm-up; gateway with ${s.gatewayWorkers} workers; upstream: nginx, 1 worker, fixed JSON body`,
+    loadLine(s),
     "",
-    `| ${HEAD.join(" | ")} |`,
-    `|${HEAD.map((_, i) => (NUMERIC(i) ? " ---: " : " --- ")).join("|")}|`,
-    ...report.scenarios.map((r) => `| ${row(r).map(esc).join(" | ")} |`),
+    `| ${head.join(" | ")} |`,
+    `|${head.map((h) => (LEFT.has(h) ? " --- " : " ---: ")).join("|")}|`,
+    ...report.scenarios.map((r) => `| ${row(r, head).map(esc).join(" | ")} |`),
     "",
     ...(report.verdicts !== undefined && report.verdicts.length > 0
-      ? ["Goals (ratios of this run):", "", ...verdictLines(report.verdicts).map((l) => `- ${esc(l)}`), ""]
+      ? [s.rounds === undefined ? "Goals (ratios of this run):" : "Goals (the median round ratio of this run, the rounds' min–max in brackets):", "", ...verdictLines(report.verdicts).map((l) => `- ${esc(l)}`), ""]
       : []),
     ...report.scenarios.map((r) => `- \`${r.name}\`: ${r.description}${r.baseline !== undefined ? ` (baseline: \`${r.baseline}\`)` : ""}`),
     "",

@@ -1,10 +1,11 @@
 // `make bench`: starts an nginx upstream, the local gateway (and redis-server when a
-// scenario needs it) on free loopback ports, loads each scenario with wrk, compares it
-// with its baseline, and writes bench/results/<timestamp>.json and latest.md.
+// scenario needs it) on free loopback ports, loads each scenario with wrk in paired,
+// interleaved rounds with its baseline (B S B S ... B, bench/paired.ts), and writes
+// bench/results/<timestamp>.json, latest.md and latest.svg.
 //
-//   npx tsx bench/run.ts [--only NAME[,NAME...]] [--duration S] [--warmup S] [--list]
+//   npx tsx bench/run.ts [--only NAME[,NAME...]] [--rounds N] [--duration S] [--warmup S] [--list]
 //
-// Environment: BENCH_DURATION, BENCH_WARMUP, BENCH_ONLY (same as the flags),
+// Environment: BENCH_ROUNDS, BENCH_DURATION, BENCH_WARMUP, BENCH_ONLY (same as the flags),
 // BENCH_KEEP_TMP=1 keeps the temp dir (configs, logs) for a look afterwards;
 // BENCH_WRK, BENCH_NGINX, BENCH_REDIS_SERVER name the tools when not in the usual place;
 // BENCH_KRS names the krs CLI script (default bin/krs.mjs).
@@ -26,15 +27,15 @@ import {
   startNginxUpstream,
   startRedis,
   startRedisCluster,
-  withOwnCleanups,
 } from "./procs.js";
 import {
   commandDelta,
   compare,
   consoleTable,
-  flagsFor,
+  median,
   NOTE,
   parseCommandStats,
+  roundRatios,
   verdictLines,
   verdicts,
   writeLatest,
@@ -42,6 +43,7 @@ import {
   type ScenarioResult,
   type Settings,
 } from "./report.js";
+import { plannedLoadSeconds, runAll, type Driver, type Measured, type Started } from "./paired.js";
 import { SCENARIOS, type BenchEnv, type Scenario } from "./scenarios.js";
 import { runWrk, stopRunningWrk, wrkRequestScript } from "./wrk.js";
 
@@ -52,14 +54,18 @@ const THREADS = 2;
 const CONNECTIONS = 32;
 const GATEWAY_WORKERS = 2;
 
-const USAGE = `usage: npx tsx bench/run.ts [--only NAME[,NAME...]] [--duration SECONDS] [--warmup SECONDS] [--list]
+const USAGE = `usage: npx tsx bench/run.ts [--only NAME[,NAME...]] [--rounds N] [--duration SECONDS] [--warmup SECONDS] [--list]
   --only      run these scenarios (and their baselines); env BENCH_ONLY
-  --duration  seconds of load per scenario (default 10); env BENCH_DURATION
-  --warmup    seconds of warm-up before each scenario (default 2); env BENCH_WARMUP
+  --rounds    runs of each scenario, each between two runs of its baseline: B S B S ... B;
+              the ratio is the median of the rounds' (default 3); env BENCH_ROUNDS
+  --duration  seconds of load per measurement, i.e. per run of a scenario or of its
+              baseline (default 4); env BENCH_DURATION
+  --warmup    seconds of warm-up, once per process (a baseline's: once per run) (default 2); env BENCH_WARMUP
   --list      print the scenarios and exit`;
 
 interface Options {
   only?: string[];
+  rounds: number;
   durationS: number;
   warmupS: number;
   list: boolean;
@@ -71,10 +77,17 @@ function seconds(value: string, what: string, min: number): number {
   return n;
 }
 
+function count(value: string, what: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new BenchError(`${what} must be a whole number >= 1, not "${value}"`);
+  return n;
+}
+
 function parseOptions(argv: string[]): Options | "help" {
   const env = process.env;
   const opts: Options = {
-    durationS: seconds(env.BENCH_DURATION ?? "10", "BENCH_DURATION", 1),
+    rounds: count(env.BENCH_ROUNDS ?? "3", "BENCH_ROUNDS"),
+    durationS: seconds(env.BENCH_DURATION ?? "4", "BENCH_DURATION", 1),
     warmupS: seconds(env.BENCH_WARMUP ?? "2", "BENCH_WARMUP", 0),
     list: false,
   };
@@ -97,6 +110,9 @@ function parseOptions(argv: string[]): Options | "help" {
         break;
       case "--only":
         opts.only = value().split(",");
+        break;
+      case "--rounds":
+        opts.rounds = count(value(), "--rounds");
         break;
       case "--duration":
         opts.durationS = seconds(value(), "--duration", 1);
@@ -156,19 +172,28 @@ function timestamp(date: Date): string {
   return date.toISOString().replace(/\.\d+Z$/, "Z").replaceAll(":", "-");
 }
 
-async function runScenario(
-  s: Scenario,
-  ctx: { wrk: string; nginx: string; tmp: string; upstreamUrl: string; upstreamPort: number; redisServer: string | undefined; opts: Options },
-): Promise<ScenarioResult> {
-  const result: ScenarioResult = {
-    name: s.name,
-    description: s.description,
-    target: s.target,
-    path: s.path,
-    status: "ok",
-    flags: [],
-    ...(s.baseline !== undefined ? { baseline: s.baseline } : {}),
-  };
+interface Context {
+  wrk: string;
+  nginx: string;
+  tmp: string;
+  upstreamUrl: string;
+  upstreamPort: number;
+  redisServer: string | undefined;
+}
+
+/** A scenario's running processes: where wrk sends its load, and what its verify needs. */
+interface Target {
+  env: BenchEnv;
+  dir: string;
+  /** Every node's base URL (more than one with `nodes: 2`). */
+  nodes: string[];
+  /** 2xx responses seen from the check request on, every wrk run of this target included. */
+  admitted: number;
+  startedAt: number;
+}
+
+/** Starts a scenario's processes (each registers its own stop), runs its setup and its check request. */
+async function startTarget(s: Scenario, ctx: Context): Promise<Started<Target>> {
   const dir = path.join(ctx.tmp, s.name);
   mkdirSync(dir, { recursive: true });
   const env: BenchEnv = { upstreamUrl: ctx.upstreamUrl };
@@ -181,28 +206,27 @@ async function runScenario(
     env.clusterNodes = await startRedisCluster(ctx.redisServer, path.join(dir, "redis-cluster"));
   }
 
-  let baseUrl = ctx.upstreamUrl;
-  /** Every node's base URL (more than one with `nodes: 2`). */
-  const baseUrls: string[] = [];
+  const nodes: string[] = [];
   if (s.target === "gateway") {
     const configFile = path.join(dir, "kong.yml");
     writeFileSync(configFile, stringify(s.config(env)));
     for (let node = 0; node < (s.nodes ?? 1); node++) {
       const prefix = path.join(dir, node === 0 ? "gateway" : `gateway-${node + 1}`);
       const gw = await startGateway({ repoRoot: REPO_ROOT, configFile, prefix, workers: GATEWAY_WORKERS });
-      baseUrls.push(gw.proxyUrl);
+      nodes.push(gw.proxyUrl);
     }
-    baseUrl = baseUrls[0]!;
   } else if (s.target === "plain-proxy") {
     const proxy = await startNginxUpstream(ctx.nginx, path.join(BENCH_DIR, "nginx-plain-proxy.conf"), path.join(dir, "plain-proxy"), {
       UPSTREAM: `127.0.0.1:${ctx.upstreamPort}`,
     });
-    baseUrl = proxy.url;
+    nodes.push(proxy.url);
+  } else {
+    nodes.push(ctx.upstreamUrl);
   }
   if (s.setup !== undefined) await s.setup(env);
 
   const startedAt = Date.now();
-  const url = `${baseUrl}${s.path}`;
+  const url = `${nodes[0]}${s.path}`;
   const expectStatus = s.expectStatus ?? 200;
   const check = await httpRequest(url, {
     method: s.method ?? "GET",
@@ -210,67 +234,65 @@ async function runScenario(
     ...(s.body !== undefined ? { body: s.body } : {}),
   }).catch((e: unknown) => e as Error);
   if (check instanceof Error || check.status !== expectStatus) {
-    result.status = "failed";
-    result.flags.push(
-      check instanceof Error
-        ? `check request to ${url} failed: ${check.message}`
-        : `check request got ${check.status}, expected ${expectStatus}: ${check.body.slice(0, 200).trim()}`,
-    );
-    if (!(check instanceof Error)) result.checkStatus = check.status;
-    return result;
+    return {
+      ok: false,
+      flags: [
+        check instanceof Error
+          ? `check request to ${url} failed: ${check.message}`
+          : `check request got ${check.status}, expected ${expectStatus}: ${check.body.slice(0, 200).trim()}`,
+      ],
+      ...(check instanceof Error ? {} : { checkStatus: check.status }),
+    };
   }
-  result.checkStatus = check.status;
+  return { ok: true, checkStatus: check.status, target: { env, dir, nodes, admitted: check.status < 300 ? 1 : 0, startedAt } };
+}
 
+/** Names every wrk run of the invocation (the scripts' `bench_run`). */
+let wrkRuns = 0;
+
+/** One load on every node of the target at the same time (one wrk per node, sharing the threads and connections). */
+async function loadTarget(t: Target, s: Scenario, durationS: number, role: "warmup" | "scenario" | "baseline", ctx: Context): Promise<Measured> {
+  const run = `r${++wrkRuns}`;
   let script: string | undefined;
   if (s.method !== undefined || s.body !== undefined || s.wrkLua !== undefined) {
-    script = path.join(dir, "wrk.lua");
-    writeFileSync(script, wrkRequestScript(s.method, s.body, s.wrkLua));
+    script = path.join(t.dir, `wrk-${run}.lua`);
+    writeFileSync(script, wrkRequestScript(s.method, s.body, s.wrkLua, run));
   }
-  const load = {
+  const countRedis = role === "scenario" && t.env.redisPort !== undefined;
+  const before = countRedis ? await commandStats(t.env.redisPort!) : undefined;
+  const runs = await Promise.all(t.nodes.map((base) => runWrk({
     wrk: ctx.wrk,
-    url,
-    threads: THREADS,
-    connections: CONNECTIONS,
+    url: `${base}${s.path}`,
+    threads: Math.max(1, Math.floor(THREADS / t.nodes.length)),
+    connections: Math.floor(CONNECTIONS / t.nodes.length),
+    durationS,
     ...(s.headers !== undefined ? { headers: s.headers } : {}),
     ...(script !== undefined ? { script } : {}),
+  })));
+  const redisCommands = before !== undefined ? commandDelta(before, await commandStats(t.env.redisPort!)) : undefined;
+  for (const r of runs) t.admitted += r.result.requests - r.result.non2xx3xx;
+  const merged = runs.length === 1 ? runs[0]! : mergeRuns(runs);
+  return { result: merged.result, raw: merged.raw, ...(redisCommands !== undefined ? { redisCommands } : {}) };
+}
+
+function benchDriver(ctx: Context): Driver<Target> {
+  return {
+    start: (s) => startTarget(s, ctx),
+    load: (t, s, durationS, role) => loadTarget(t, s, durationS, role, ctx),
+    verify: async (t, s) => (s.verify === undefined ? [] : s.verify(t.env, { admitted: t.admitted, startedAt: t.startedAt, endedAt: Date.now() })),
   };
-  let measured: Awaited<ReturnType<typeof runWrk>>;
-  let admitted = check.status < 300 ? 1 : 0;
-  const nodes = baseUrls.length > 1 ? baseUrls : [baseUrl];
-  // One wrk per node at the same time, sharing the threads and connections.
-  const runLoad = async (durationS: number): Promise<Awaited<ReturnType<typeof runWrk>>> => {
-    const runs = await Promise.all(nodes.map((base) => runWrk({
-      ...load,
-      url: `${base}${s.path}`,
-      threads: Math.max(1, Math.floor(THREADS / nodes.length)),
-      connections: Math.floor(CONNECTIONS / nodes.length),
-      durationS,
-    })));
-    for (const r of runs) admitted += r.result.requests - r.result.non2xx3xx;
-    return runs.length === 1 ? runs[0]! : mergeRuns(runs);
-  };
-  try {
-    if (ctx.opts.warmupS > 0 && s.noWarmup !== true) await runLoad(ctx.opts.warmupS);
-    const before = env.redisPort !== undefined ? await commandStats(env.redisPort) : undefined;
-    measured = await runLoad(ctx.opts.durationS);
-    if (before !== undefined && env.redisPort !== undefined) {
-      const delta = commandDelta(before, await commandStats(env.redisPort));
-      result.redisCommands = delta;
-      const total = Object.values(delta).reduce((a, b) => a + b, 0);
-      result.redisCommandsPerRequest = measured.result.requests > 0 ? total / measured.result.requests : 0;
-    }
-  } catch (e) {
-    result.status = "failed";
-    result.flags.push(e instanceof Error ? e.message.split("\n")[0] ?? e.message : String(e));
-    return result;
+}
+
+/** The console line once a scenario is measured: its median req/s and its ratio with the rounds' spread. */
+function progressLine(r: ScenarioResult): string {
+  if (r.wrk === undefined) return r.flags.join("; ");
+  let ratio = "";
+  if (r.rounds !== undefined && r.baselineRounds !== undefined && r.baselineRounds.length === r.rounds.length + 1) {
+    const ratios = roundRatios(r.rounds.map((w) => w.requestsPerSec), r.baselineRounds.map((w) => w.requestsPerSec));
+    ratio = `, ${median(ratios).toFixed(3)}x ${r.baseline} (rounds ${ratios.map((x) => x.toFixed(3)).join(", ")})`;
   }
-  const { raw, result: wrk } = measured;
-  result.wrk = wrk;
-  result.wrkOutput = raw;
-  result.flags.push(...flagsFor(wrk, s.rejectionsExpected === true ? 429 : expectStatus));
-  if (s.verify !== undefined) result.flags.push(...(await s.verify(env, { admitted, startedAt, endedAt: Date.now() })));
-  if (result.flags.length > 0) result.status = "flagged";
-  return result;
+  const n = r.rounds?.length ?? 1;
+  return `${Math.round(r.wrk.requestsPerSec)} req/s${n > 1 ? ` (median of ${n})` : ""}, p50 ${r.wrk.latencyMs.p50.toFixed(3)} ms${ratio}${r.status === "ok" ? "" : ` (${r.status}: ${r.flags.join("; ")})`}`;
 }
 
 /** The wrk runs of several nodes at the same time, as one: counts summed, each latency percentile the highest node's. */
@@ -325,7 +347,7 @@ async function main(argv: string[]): Promise<number> {
   const scenarios = selectScenarios(opts.only);
   if (opts.list) {
     for (const s of SCENARIOS) {
-      console.log(`${s.name.padEnd(24)} ${s.description}${s.baseline !== undefined ? ` (baseline: ${s.baseline})` : ""}`);
+      console.log(`${s.name.padEnd(24)} ${s.description}${s.baseline !== undefined ? ` (baseline: ${s.baseline})` : ""}${s.rounds === 1 ? " (1 round)" : ""}`);
     }
     return 0;
   }
@@ -353,41 +375,35 @@ async function main(argv: string[]): Promise<number> {
   };
   const settings: Settings = {
     durationS: opts.durationS,
+    rounds: opts.rounds,
     warmupS: opts.warmupS,
     threads: THREADS,
     connections: CONNECTIONS,
     gatewayWorkers: GATEWAY_WORKERS,
   };
+  const loadS = plannedLoadSeconds(scenarios, opts);
   console.log(
-    `bench: ${scenarios.length} scenario(s), ${opts.durationS} s each after ${opts.warmupS} s warm-up; ` +
+    `bench: ${scenarios.length} scenario(s), each as B S B S ... B with its baseline: ${opts.rounds} round(s) of ${opts.durationS} s ` +
+      `per measurement, one ${opts.warmupS} s warm-up per process (${Math.round(loadS / 6) / 10} min of load, plus start-ups); ` +
       `${machine.cores} cores, ${machine.nginx}, ${machine.wrk}`,
   );
 
   const upstream = await startNginxUpstream(nginx, path.join(BENCH_DIR, "nginx-upstream.conf"), path.join(tmp, "upstream"));
-  const ctx = {
-    wrk,
-    tmp,
-    nginx,
-    upstreamUrl: upstream.url,
-    upstreamPort: upstream.port,
-    opts,
-    redisServer,
-  };
+  const ctx: Context = { wrk, tmp, nginx, upstreamUrl: upstream.url, upstreamPort: upstream.port, redisServer };
 
   const date = new Date();
-  const results: ScenarioResult[] = [];
-  for (const s of scenarios) {
-    process.stdout.write(`bench: ${s.name} ... `);
-    // A scenario's gateway and Redis processes are its own, stopped before the next one starts.
-    const r = await withOwnCleanups(() => runScenario(s, ctx));
-    results.push(r);
-    console.log(
-      r.wrk === undefined
-        ? r.flags.join("; ")
-        : `${Math.round(r.wrk.requestsPerSec)} req/s, p50 ${r.wrk.latencyMs.p50.toFixed(3)} ms${r.status === "ok" ? "" : ` (${r.status})`}`,
-    );
-  }
+  const started = Date.now();
+  // A scenario's gateway and Redis processes are its own, stopped before the next one
+  // starts; a baseline's stay up until the end (runAll).
+  const results = await runAll(scenarios, opts, {
+    ...benchDriver(ctx),
+    progress: {
+      start: (s) => process.stdout.write(`bench: ${s.name} ... `),
+      done: (r) => console.log(progressLine(r)),
+    },
+  });
   compare(results);
+  const minutes = (Date.now() - started) / 60_000;
 
   const goals = Object.fromEntries(SCENARIOS.map((s) => [s.name, { goal: s.goal, maxRedisPerRequest: s.maxRedisPerRequest }]));
   const verdictList = verdicts(results, goals);
@@ -398,8 +414,11 @@ async function main(argv: string[]): Promise<number> {
   await writeLatest(report, RESULTS_DIR);
 
   console.log(`\n${consoleTable(results)}\n`);
-  if (verdictList.length > 0) console.log(`Goals (issue 15 and earlier; ratios of this run):\n${verdictLines(verdictList).join("\n")}\n`);
+  if (verdictList.length > 0) {
+    console.log(`Goals (issue 15 and earlier; the median round ratio of this run, the rounds' min–max in brackets):\n${verdictLines(verdictList).join("\n")}\n`);
+  }
   console.log(`${NOTE}\n`);
+  console.log(`bench: measured in ${minutes.toFixed(1)} min`);
   console.log(`bench: wrote ${path.relative(process.cwd(), jsonFile)} and ${path.relative(process.cwd(), path.join(RESULTS_DIR, "latest.md"))} (+ latest.svg)`);
 
   const failed = results.filter((r) => r.status === "failed");

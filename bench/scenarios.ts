@@ -61,7 +61,11 @@ interface ScenarioBase {
   method?: string;
   body?: string;
   headers?: Record<string, string>;
-  /** Extra Lua for wrk's script (e.g. a `request` function that varies keys). */
+  /**
+   * Extra Lua for wrk's script (e.g. a `request` function that varies keys). The global
+   * `bench_run` is a string unique to each wrk run of the invocation (warm-up, each round):
+   * keys that must be new on every request include it, as the rounds re-run the script.
+   */
   wrkLua?: string;
   /** Name of the scenario this one is compared with; it runs in the same invocation. */
   baseline?: string;
@@ -87,6 +91,13 @@ interface ScenarioBase {
    * results summed (requests, req/s, errors; latency percentiles: the higher node's).
    */
   nodes?: 1 | 2;
+  /**
+   * Runs of this scenario (B S B S ... B), instead of the run's `--rounds`: 1 where a
+   * second run would measure something else (state the first one consumed, e.g. a limit
+   * reached). A baseline is measured around every run of the scenarios that use it, so
+   * a scenario with `rounds`, `noWarmup` or `verify` cannot be anyone's baseline.
+   */
+  rounds?: 1;
   /** No warmup run (a scenario that counts every admitted request from the first one). */
   noWarmup?: boolean;
   /** The load is expected to get rejections (status >= 400) as well: not flagged. */
@@ -249,7 +260,8 @@ function jwtPlugin(env: BenchEnv): PluginEntry {
 
 /**
  * wrk signs a new HS256 token per request with the libcrypto it links (HMAC and
- * EVP_EncodeBlock through LuaJIT's FFI): each thread numbers its tokens' jti.
+ * EVP_EncodeBlock through LuaJIT's FFI): each thread numbers its tokens' jti, after the
+ * run's `bench_run` (a round must not resend the tokens an earlier run had verified).
  */
 const UNIQUE_JWT_LUA = [
   "local ffi = require('ffi')",
@@ -264,7 +276,7 @@ const UNIQUE_JWT_LUA = [
   "local n = 0",
   "function request()",
   "  n = n + 1",
-  "  local input = header .. '.' .. b64url('{\"iss\":\"bench-hs\",\"exp\":4102444800,\"jti\":\"' .. tid .. '-' .. n .. '\"}')",
+  "  local input = header .. '.' .. b64url('{\"iss\":\"bench-hs\",\"exp\":4102444800,\"jti\":\"' .. bench_run .. '-' .. tid .. '-' .. n .. '\"}')",
   "  C.HMAC(C.EVP_sha256(), secret, #secret, input, #input, mac, maclen)",
   "  return wrk.format(nil, '/', { Authorization = 'Bearer ' .. input .. '.' .. b64url(ffi.string(mac, 32)) })",
   "end",
@@ -320,6 +332,8 @@ export const SCENARIOS: Scenario[] = [
     target: "gateway",
     needsRedis: true,
     nodes: 2,
+    // The limit is reached during the first run: a second would measure only 429s.
+    rounds: 1,
     noWarmup: true,
     rejectionsExpected: true,
     config: (env) => oneService(env, { plugins: [{ id: NEAR_LIMIT_ID, name: "redis-rate-limit", config: { hour: NEAR_LIMIT, algorithm: "fixed-window", limit_by: "ip", redis: { port: env.redisPort } } }] }),
@@ -441,12 +455,12 @@ export const SCENARIOS: Scenario[] = [
     needsRedis: true,
     config: (env) => oneService(env, { plugins: [{ name: "redis-cache", config: { cache_ttl: 10, redis: { port: env.redisPort } } }] }),
     path: "/",
-    // Every wrk thread numbers its requests; thread ids keep the threads apart.
+    // Every wrk thread numbers its requests; thread ids keep the threads apart, bench_run the runs (each round's keys are new).
     wrkLua: [
       "local threads = 0",
       "function setup(thread) threads = threads + 1; thread:set(\"tid\", threads) end",
       "local n = 0",
-      "function request() n = n + 1; return wrk.format(nil, \"/?miss=\" .. tid .. \"-\" .. n) end",
+      "function request() n = n + 1; return wrk.format(nil, \"/?miss=\" .. bench_run .. \"-\" .. tid .. \"-\" .. n) end",
     ].join("\n"),
     baseline: "gateway-no-plugins",
   },

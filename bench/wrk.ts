@@ -78,9 +78,13 @@ export function parseWrkOutput(output: string): WrkResult {
   };
 }
 
-/** Builds a wrk Lua script that sets the request method and body once (wrk's fast path). */
-export function wrkRequestScript(method: string | undefined, body: string | undefined, extra?: string): string {
+/**
+ * Builds a wrk Lua script that sets the request method and body once (wrk's fast path).
+ * `run` becomes the global `bench_run` (unique per wrk run, for keys that must not repeat).
+ */
+export function wrkRequestScript(method: string | undefined, body: string | undefined, extra?: string, run?: string): string {
   const lines: string[] = [];
+  if (run !== undefined) lines.push(`bench_run = ${luaString(run)}`);
   if (method !== undefined) lines.push(`wrk.method = ${JSON.stringify(method)}`);
   if (body !== undefined) lines.push(`wrk.body = ${luaString(body)}`);
   if (extra !== undefined) lines.push(extra);
@@ -92,11 +96,11 @@ function luaString(s: string): string {
   return `"${[...Buffer.from(s, "utf8")].map((b) => `\\${b}`).join("")}"`;
 }
 
-/** The wrk process currently running, so that a signal handler can stop it. */
-let running: ChildProcess | undefined;
+/** The wrk processes running (one per node of a multi-node scenario), so that a signal handler can stop them. */
+const running = new Set<ChildProcess>();
 
 export function stopRunningWrk(): void {
-  running?.kill("SIGTERM");
+  for (const child of running) child.kill("SIGTERM");
 }
 
 export function wrkArgs(opts: WrkOptions): string[] {
@@ -116,17 +120,17 @@ export function wrkArgs(opts: WrkOptions): string[] {
 export function runWrk(opts: WrkOptions): Promise<{ raw: string; result: WrkResult }> {
   return new Promise((resolve, reject) => {
     const child = spawn(opts.wrk, wrkArgs(opts), { stdio: ["ignore", "pipe", "pipe"] });
-    running = child;
+    running.add(child);
     let out = "";
     let err = "";
     child.stdout.on("data", (d: Buffer) => (out += d.toString()));
     child.stderr.on("data", (d: Buffer) => (err += d.toString()));
     child.on("error", (e) => {
-      running = undefined;
+      running.delete(child);
       reject(e);
     });
     child.on("close", (code, signal) => {
-      running = undefined;
+      running.delete(child);
       if (code !== 0) {
         reject(new Error(`wrk exited with ${code ?? signal}: ${(err || out).trim()}`));
         return;
