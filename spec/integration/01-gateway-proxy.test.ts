@@ -3,6 +3,7 @@
  * PRIORITY order, scoping precedence, kong.response.exit, kong.ctx, plugin errors.
  * Real nginx + lua-nginx-module, real HTTP, the demo upstream behind it.
  */
+import { request as httpRequest } from "node:http";
 import { createServer, type Server } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { gateway, getJson, requestWithHost, stopAll, upstream, type TestGateway } from "../helpers/services.js";
@@ -175,6 +176,29 @@ describe("routing", () => {
     // so header_filter and log still see the plugins chosen in access.
     expect(headers.get("x-second-source")).toBe("error");
     await expect.poll(() => gw.errorLog().some((l) => l.includes("log phase ran tag=global status=502 source=error"))).toBe(true);
+  });
+});
+
+describe("request id", () => {
+  it("is 32 hex digits, the same to the client and the upstream, and unique across new connections", async () => {
+    const ids = new Set<string>();
+    for (let i = 0; i < 200; i++) {
+      raw.heads.length = 0;
+      // A new connection each time, so that both workers answer some of them.
+      const id = await new Promise<string>((resolve, reject) => {
+        const req = httpRequest(`${gw.proxyUrl}/raw/id`, { agent: false }, (res) => {
+          res.resume();
+          res.on("end", () => resolve(String(res.headers["x-kong-request-id"] ?? "")));
+        });
+        req.on("error", reject);
+        req.end();
+      });
+      expect(id).toMatch(/^[0-9a-f]{32}$/);
+      expect(raw.heads[raw.heads.length - 1]).toContain(`\r\nX-Kong-Request-Id: ${id}\r\n`);
+      ids.add(id);
+    }
+    expect(ids.size).toBe(200);
+    expect(gw.errorLog().some((l) => l.includes("uninitialized variable"))).toBe(false);
   });
 });
 

@@ -5,7 +5,7 @@
  */
 import * as cjson from "cjson.safe";
 import * as balancer from "ngx.balancer";
-import { errorBody, errorMessage, normalizePath, pdk, publishWorkerMemory, requestCtx, responseType, setCtxStash, setNodeId } from "./pdk";
+import { errorBody, errorMessage, normalizePath, pdk, publishWorkerMemory, requestCtx, requestId, responseType, seedRandom, setCtxStash, setNodeId } from "./pdk";
 import { loadHandler, runAccess, runInitWorker, runLate, runRewrite } from "./plugins";
 import { activate, build, getOptions, getRuntime, initialConfig, setOptions, sync, type GatewayOptions } from "./runtime";
 import { handleAdmin } from "./admin";
@@ -179,6 +179,7 @@ export function init(this: void, optionsFile: string): void {
 }
 
 export function initWorker(this: void): void {
+  seedRandom();
   const runtime = getRuntime()!;
   runInitWorker(runtime.plugins);
   activate(runtime);
@@ -238,10 +239,7 @@ function clearHopByHopHeaders(this: void): void {
 
 function stashCtx(this: void, ctx?: RequestCtx): void {
   ctx = ctx ?? requestCtx();
-  const requestId = ctx.KRS_REQUEST_ID ?? ngx.var["request_id"];
-  if (requestId === undefined) return;
-  ctx.KRS_REQUEST_ID = requestId;
-  stashed.set(requestId, ctx);
+  stashed.set(requestId(ctx), ctx);
 }
 setCtxStash(() => stashCtx());
 
@@ -386,9 +384,9 @@ export function balancerPhase(this: void): void {
 }
 
 function restoreStashedCtx(this: void): void {
-  const requestId = ngx.var["request_id"];
-  if (requestId === undefined) return;
-  const saved = stashed.get(requestId);
+  const id = ngx.var["kong_request_id"];
+  if (id === undefined || id === "") return;
+  const saved = stashed.get(id);
   if (saved !== undefined) ngx.ctx = saved as unknown as typeof ngx.ctx;
 }
 
@@ -423,7 +421,7 @@ export function headerFilter(this: void): void {
   runLate(runtime.plugins, "header_filter", ctx);
   // Kong's own headers come after the plugins', so a plugin cannot remove them.
   const header = ngx.header;
-  header["X-Kong-Request-Id"] = ctx.KRS_REQUEST_ID ?? ngx.var["request_id"];
+  header["X-Kong-Request-Id"] = requestId(ctx);
   const accessEnded = ctx.KRS_ACCESS_ENDED;
   const fromUpstream = ctx.KRS_PROXIED === true && accessEnded !== undefined;
   if (fromUpstream || ctx.KONG_PROXIED === true) {
@@ -476,13 +474,13 @@ export function bodyFilter(this: void): void {
 export function log(this: void): void {
   // A proxied request carries its stash key in ctx; after the error page's internal
   // redirect nginx hands log a fresh ctx, so look the saved one up by request id.
-  let requestId = requestCtx().KRS_REQUEST_ID;
-  if (requestId === undefined) {
+  let id = requestCtx().KRS_REQUEST_ID;
+  if (id === undefined) {
     restoreStashedCtx();
-    requestId = requestCtx().KRS_REQUEST_ID;
+    id = requestCtx().KRS_REQUEST_ID;
   }
   runLate(getRuntime()!.plugins, "log");
-  if (requestId !== undefined) stashed.delete(requestId);
+  if (id !== undefined) stashed.delete(id);
 }
 
 // ---------------------------------------------------------------- admin

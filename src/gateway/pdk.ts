@@ -34,7 +34,7 @@ export interface RequestCtx {
   KRS_PATH?: string;
   /** ngx.now() when access ended: the start of the upstream wait (Kong's latencies). */
   KRS_ACCESS_ENDED?: number;
-  /** $request_id, read once in access (the key of the error-page ctx stash). */
+  /** This request's id (requestId()): X-Kong-Request-Id, the error bodies' and serialize's id, the error-page ctx stash key. */
   KRS_REQUEST_ID?: string;
   /** One entry per balancer attempt, as Kong's ctx.balancer_data.tries (serialize's `tries`). */
   KRS_TRIES?: BalancerTry[];
@@ -64,6 +64,43 @@ interface SerializeOp {
 
 export function requestCtx(this: void): RequestCtx {
   return ngx.ctx as unknown as RequestCtx;
+}
+
+/**
+ * Seeds this worker's math.random, which LuaJIT otherwise starts from the same state in
+ * every process (the same ids in every worker). Kong seeds it in init_worker as well.
+ */
+export function seedRandom(this: void): void {
+  let seed = ngx.now() * 1000 + ngx.worker.pid();
+  const [urandom] = io.open("/dev/urandom", "rb");
+  if (urandom !== undefined) {
+    const bytes = urandom.read(4);
+    urandom.close();
+    if (typeof bytes === "string" && bytes.length === 4) {
+      const [a, b, c, d] = string.byte(bytes, 1, 4);
+      seed += ((a * 256 + b) * 256 + c) * 256 + d;
+    }
+  }
+  math.randomseed(seed % 0x20000000000000);
+}
+
+/**
+ * The request id, as Kong's $kong_request_id: 32 random hex digits, made once per request and
+ * kept in ctx and in $kong_request_id (the upstream's X-Kong-Request-Id, after the error
+ * page's internal redirect too). Not nginx's $request_id: that one reads RAND_bytes, a
+ * cryptographic generator an id does not need (Kong's own is not one either), for ~7k
+ * instructions a request.
+ */
+export function requestId(this: void, ctx: RequestCtx): string {
+  let id = ctx.KRS_REQUEST_ID;
+  if (id !== undefined) return id;
+  id = ngx.var["kong_request_id"];
+  if (id === undefined || id === "") {
+    id = string.format("%08x%08x%08x%08x", math.random(0, 0xffffffff), math.random(0, 0xffffffff), math.random(0, 0xffffffff), math.random(0, 0xffffffff));
+    ngx.var["kong_request_id"] = id;
+  }
+  ctx.KRS_REQUEST_ID = id;
+  return id;
 }
 
 // ---------------------------------------------------------------- log
@@ -326,7 +363,7 @@ export function responseType(this: void, accept: string | string[] | undefined):
 export function errorBody(this: void, mimeTypeName: string, message: string): string | undefined {
   const template = ERROR_TEMPLATES.get(mimeTypeName);
   if (template === undefined) return undefined;
-  return string.format(template, message, ngx.var["request_id"] ?? "");
+  return string.format(template, message, requestId(requestCtx()));
 }
 
 /**
@@ -694,7 +731,7 @@ function serialize(this: void): KongSerializedLog {
       size: tonumber(ngx.var["request_length"]) ?? 0,
       querystring: query,
       headers: reqHeaders,
-      id: ngx.var["request_id"] ?? "",
+      id: requestId(ctx),
     },
     response: {
       status: ngx.status,

@@ -54,7 +54,7 @@ function hasText(this: void, value: unknown): value is string {
 }
 
 function generatedId(this: void): string {
-  const hex = ngx.var["request_id"];
+  const hex = ngx.var["kong_request_id"];
   if (hex !== undefined && hex.length === 32) return uuidFromHex(hex);
   return uuidFromHex(string.format("%08x%08x%08x%08x", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff), math.random(0, 0x7fffffff), math.random(0, 0x7fffffff)));
 }

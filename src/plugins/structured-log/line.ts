@@ -100,7 +100,7 @@ export function timestamp(this: void, seconds: number): string {
   return formattedPrefix + string.format(".%03dZ", math.min(ms, 999));
 }
 
-/** A RFC 4122 version 4 UUID from 32 random hex digits (nginx's $request_id). */
+/** A RFC 4122 version 4 UUID from 32 random hex digits (Kong's $kong_request_id). */
 export function uuidFromHex(this: void, hex: string): string {
   const variant = string.format("%x", (tonumber(string.sub(hex, 17, 17), 16) ?? 0) % 4 + 8);
   return `${string.sub(hex, 1, 8)}-${string.sub(hex, 9, 12)}-4${string.sub(hex, 14, 16)}-${variant}${string.sub(hex, 18, 20)}-${string.sub(hex, 21, 32)}`;

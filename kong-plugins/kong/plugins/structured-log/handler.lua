@@ -45,7 +45,7 @@ local function hasText(value)
     return type(value) == "string" and value ~= ""
 end
 local function generatedId()
-    local hex = ngx.var.request_id
+    local hex = ngx.var.kong_request_id
     if hex ~= nil and #hex == 32 then
         return uuidFromHex(hex)
     end

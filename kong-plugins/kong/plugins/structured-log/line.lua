@@ -117,7 +117,7 @@ function ____exports.timestamp(seconds)
         math.min(ms, 999)
     )
 end
---- A RFC 4122 version 4 UUID from 32 random hex digits (nginx's $request_id).
+--- A RFC 4122 version 4 UUID from 32 random hex digits (Kong's $kong_request_id).
 function ____exports.uuidFromHex(hex)
     local variant = string.format(
         "%x",
