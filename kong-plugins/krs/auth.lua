@@ -7,46 +7,61 @@ local HEADER_CONSUMER_USERNAME = "X-Consumer-Username"
 local HEADER_CREDENTIAL_IDENTIFIER = "X-Credential-Identifier"
 local HEADER_ANONYMOUS = "X-Anonymous-Consumer"
 ____exports.ERR_UNEXPECTED = "An unexpected error occurred"
+--- The headers setConsumer clears, as ngx.req.get_headers names them (lower case).
+local SENT_CUSTOM_ID = "x-consumer-custom-id"
+local SENT_USERNAME = "x-consumer-username"
+local SENT_CREDENTIAL_IDENTIFIER = "x-credential-identifier"
+local SENT_ANONYMOUS = "x-anonymous-consumer"
+local SENT_CONSUMER_ID = "x-consumer-id"
+--- Removes a header from the upstream request unless `sent` (every request header, complete:
+-- never a truncated table) shows it absent. Each removal is a C call that walks the
+-- request's headers; most requests carry none of these.
+local function clearSent(sent, name, sentName)
+    if sent == nil or rawget(sent, sentName) ~= nil then
+        kong.service.request.clear_header(name)
+    end
+end
 --- Kong's set_consumer: authenticates the request as `consumer` and tells the upstream who
 -- it is. With a credential, `identifier` is its X-Credential-Identifier (key-auth sends
 -- the credential's id, jwt its key) and X-Anonymous-Consumer is removed; without one (the
 -- anonymous consumer) X-Credential-Identifier is removed and X-Anonymous-Consumer is
 -- `true`. A header the consumer has no value for is removed, never left as the client
--- sent it.
-function ____exports.setConsumer(consumer, credential, identifier)
+-- sent it. `sent`, when given, is the request's complete headers (ngx.req.get_headers, not
+-- truncated, read in this phase): a header absent from it has nothing to remove.
+function ____exports.setConsumer(consumer, credential, identifier, sent)
     kong.client.authenticate(consumer, credential)
     local request = kong.service.request
     if consumer.id ~= nil then
         request.set_header(HEADER_CONSUMER_ID, consumer.id)
     else
-        request.clear_header(HEADER_CONSUMER_ID)
+        clearSent(sent, HEADER_CONSUMER_ID, SENT_CONSUMER_ID)
     end
     if consumer.custom_id ~= nil then
         request.set_header(HEADER_CONSUMER_CUSTOM_ID, consumer.custom_id)
     else
-        request.clear_header(HEADER_CONSUMER_CUSTOM_ID)
+        clearSent(sent, HEADER_CONSUMER_CUSTOM_ID, SENT_CUSTOM_ID)
     end
     if consumer.username ~= nil then
         request.set_header(HEADER_CONSUMER_USERNAME, consumer.username)
     else
-        request.clear_header(HEADER_CONSUMER_USERNAME)
+        clearSent(sent, HEADER_CONSUMER_USERNAME, SENT_USERNAME)
     end
     if credential ~= nil then
         if identifier ~= nil then
             request.set_header(HEADER_CREDENTIAL_IDENTIFIER, identifier)
         else
-            request.clear_header(HEADER_CREDENTIAL_IDENTIFIER)
+            clearSent(sent, HEADER_CREDENTIAL_IDENTIFIER, SENT_CREDENTIAL_IDENTIFIER)
         end
-        request.clear_header(HEADER_ANONYMOUS)
+        clearSent(sent, HEADER_ANONYMOUS, SENT_ANONYMOUS)
     else
-        request.clear_header(HEADER_CREDENTIAL_IDENTIFIER)
+        clearSent(sent, HEADER_CREDENTIAL_IDENTIFIER, SENT_CREDENTIAL_IDENTIFIER)
         request.set_header(HEADER_ANONYMOUS, true)
     end
 end
---- A credential identified the consumer: the request facts say so, then setConsumer.
-function ____exports.authenticated(plugin, consumer, credential, identifier)
+--- A credential identified the consumer: the request facts say so, then setConsumer (`sent` as there).
+function ____exports.authenticated(plugin, consumer, credential, identifier, sent)
     facts.auth(plugin, "ok", consumer.id)
-    ____exports.setConsumer(consumer, credential, identifier)
+    ____exports.setConsumer(consumer, credential, identifier, sent)
 end
 --- A request let through without authentication (fault_tolerant) must not carry identity headers of its own.
 function ____exports.clearConsumerHeaders()

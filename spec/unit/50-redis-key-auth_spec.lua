@@ -140,6 +140,8 @@ describe("redis-key-auth handler (stubbed PDK)", function()
       -- the subscriber is only run where a test asks for it
       timer = { at = function(_, fn, state) out.timer = { fn = fn, state = state }; return true end },
       unescape_uri = function(s) return s end,
+      -- as ngx's: "truncated" when the request has more headers than it returns
+      req = { get_headers = function() return req.headers or {}, req.truncated end },
       encode_args = function(t)
         local parts = {}
         for k, v in pairs(t) do parts[#parts + 1] = k .. "=" .. v end
@@ -161,7 +163,7 @@ describe("redis-key-auth handler (stubbed PDK)", function()
       },
       service = { request = {
         set_header = function(name, value) out.upstream[name:lower()] = tostring(value) end,
-        clear_header = function(name) out.upstream[name:lower()] = nil end,
+        clear_header = function(name) out.upstream[name:lower()] = nil; out.cleared[#out.cleared + 1] = name end,
         set_raw_query = function(q) out.raw_query = q end,
         set_raw_body = function(b) out.raw_body = b end,
       } },
@@ -238,7 +240,7 @@ describe("redis-key-auth handler (stubbed PDK)", function()
   local function access(c, request)
     req = request or { headers = { apikey = KEY } }
     out.status, out.message, out.body, out.consumer, out.raw_body, out.headers = nil, nil, nil, nil, nil, nil
-    out.upstream = {}
+    out.upstream, out.cleared = {}, {}
     handler.access(handler, c)
     return out
   end
@@ -252,6 +254,19 @@ describe("redis-key-auth handler (stubbed PDK)", function()
     local o = access(conf({}))
     assert.is_nil(o.status)
     assert.equal("alice", o.consumer.username)
+    assert.equal(UUID_ALICE, o.upstream["x-consumer-id"])
+  end)
+
+  it("identity headers the client did not send are not cleared; those it sent are; all are when its headers were truncated", function()
+    records[KEY] = record(UUID_ALICE)
+    local c = conf({})
+    assert.same({}, access(c).cleared)
+    local o = access(c, { headers = { apikey = KEY, ["x-consumer-custom-id"] = "spoofed", ["x-anonymous-consumer"] = "true" } })
+    assert.same({ "X-Consumer-Custom-ID", "X-Anonymous-Consumer" }, o.cleared)
+    assert.is_nil(o.upstream["x-consumer-custom-id"])
+    -- a truncated table cannot tell that a header is absent: it may be past the limit
+    o = access(c, { headers = { apikey = KEY }, truncated = "truncated" })
+    assert.same({ "X-Consumer-Custom-ID", "X-Anonymous-Consumer" }, o.cleared)
     assert.equal(UUID_ALICE, o.upstream["x-consumer-id"])
   end)
 

@@ -16,37 +16,54 @@ const HEADER_ANONYMOUS = "X-Anonymous-Consumer";
 
 export const ERR_UNEXPECTED = "An unexpected error occurred";
 
+/** The headers setConsumer clears, as ngx.req.get_headers names them (lower case). */
+const SENT_CUSTOM_ID = "x-consumer-custom-id";
+const SENT_USERNAME = "x-consumer-username";
+const SENT_CREDENTIAL_IDENTIFIER = "x-credential-identifier";
+const SENT_ANONYMOUS = "x-anonymous-consumer";
+const SENT_CONSUMER_ID = "x-consumer-id";
+
+/**
+ * Removes a header from the upstream request unless `sent` (every request header, complete:
+ * never a truncated table) shows it absent. Each removal is a C call that walks the
+ * request's headers; most requests carry none of these.
+ */
+function clearSent(this: void, sent: HeaderTable | undefined, name: string, sentName: string): void {
+  if (sent === undefined || rawget(sent as unknown as Record<string, unknown>, sentName) !== undefined) kong.service.request.clear_header(name);
+}
+
 /**
  * Kong's set_consumer: authenticates the request as `consumer` and tells the upstream who
  * it is. With a credential, `identifier` is its X-Credential-Identifier (key-auth sends
  * the credential's id, jwt its key) and X-Anonymous-Consumer is removed; without one (the
  * anonymous consumer) X-Credential-Identifier is removed and X-Anonymous-Consumer is
  * `true`. A header the consumer has no value for is removed, never left as the client
- * sent it.
+ * sent it. `sent`, when given, is the request's complete headers (ngx.req.get_headers, not
+ * truncated, read in this phase): a header absent from it has nothing to remove.
  */
-export function setConsumer(this: void, consumer: KongConsumer, credential: KongCredential | undefined, identifier: string | undefined): void {
+export function setConsumer(this: void, consumer: KongConsumer, credential: KongCredential | undefined, identifier: string | undefined, sent?: HeaderTable): void {
   kong.client.authenticate(consumer, credential);
   const request = kong.service.request;
   if (consumer.id !== undefined) request.set_header(HEADER_CONSUMER_ID, consumer.id);
-  else request.clear_header(HEADER_CONSUMER_ID);
+  else clearSent(sent, HEADER_CONSUMER_ID, SENT_CONSUMER_ID);
   if (consumer.custom_id !== undefined) request.set_header(HEADER_CONSUMER_CUSTOM_ID, consumer.custom_id);
-  else request.clear_header(HEADER_CONSUMER_CUSTOM_ID);
+  else clearSent(sent, HEADER_CONSUMER_CUSTOM_ID, SENT_CUSTOM_ID);
   if (consumer.username !== undefined) request.set_header(HEADER_CONSUMER_USERNAME, consumer.username);
-  else request.clear_header(HEADER_CONSUMER_USERNAME);
+  else clearSent(sent, HEADER_CONSUMER_USERNAME, SENT_USERNAME);
   if (credential !== undefined) {
     if (identifier !== undefined) request.set_header(HEADER_CREDENTIAL_IDENTIFIER, identifier);
-    else request.clear_header(HEADER_CREDENTIAL_IDENTIFIER);
-    request.clear_header(HEADER_ANONYMOUS);
+    else clearSent(sent, HEADER_CREDENTIAL_IDENTIFIER, SENT_CREDENTIAL_IDENTIFIER);
+    clearSent(sent, HEADER_ANONYMOUS, SENT_ANONYMOUS);
   } else {
-    request.clear_header(HEADER_CREDENTIAL_IDENTIFIER);
+    clearSent(sent, HEADER_CREDENTIAL_IDENTIFIER, SENT_CREDENTIAL_IDENTIFIER);
     request.set_header(HEADER_ANONYMOUS, true);
   }
 }
 
-/** A credential identified the consumer: the request facts say so, then setConsumer. */
-export function authenticated(this: void, plugin: string, consumer: KongConsumer, credential: KongCredential, identifier: string): void {
+/** A credential identified the consumer: the request facts say so, then setConsumer (`sent` as there). */
+export function authenticated(this: void, plugin: string, consumer: KongConsumer, credential: KongCredential, identifier: string, sent?: HeaderTable): void {
   facts.auth(plugin, "ok", consumer.id);
-  setConsumer(consumer, credential, identifier);
+  setConsumer(consumer, credential, identifier, sent);
 }
 
 /** A request let through without authentication (fault_tolerant) must not carry identity headers of its own. */

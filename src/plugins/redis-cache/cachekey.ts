@@ -12,6 +12,7 @@ import type { Prepared } from "./state";
 
 const concat = table.concat;
 const escape = ngx.escape_uri;
+const format = string.format;
 const lower = string.lower;
 const sort = table.sort;
 
@@ -72,6 +73,8 @@ function argPairs(this: void, out: string[], name: string, value: string | boole
 function queryPart(this: void, p: Prepared): string | undefined {
   const [args, err] = ngx.req.get_uri_args(MAX_ITEMS);
   if (err === "truncated") return undefined;
+  // No arguments (the common case): no tables to fill and join.
+  if (next(args)[0] === undefined) return "";
   const out: string[] = [];
   if (p.varyQuery !== undefined) {
     for (const name of p.varyQuery) argPairs(out, name, args.get(name));
@@ -116,15 +119,16 @@ export function baseKey(this: void, p: Prepared, ignoreCase: boolean, consumerId
   const headers = headersPart(p.varyHeaders);
   if (headers === undefined) return undefined;
   const path = kong.request.get_path();
-  const material = concat([
-    field(consumerId ?? ""),
-    field(scope),
-    field(kong.request.get_method()),
-    field(kong.request.get_host()),
-    field(ignoreCase ? lower(path) : path),
-    field(query),
-    headers,
-  ], "|");
+  const consumer = consumerId ?? "";
+  const method = kong.request.get_method();
+  const host = kong.request.get_host();
+  const keyedPath = ignoreCase ? lower(path) : path;
+  // field() of each part, joined by "|", in one string: no intermediate strings or table.
+  const material = format(
+    "%d:%s|%d:%s|%d:%s|%d:%s|%d:%s|%d:%s|%s",
+    consumer.length, consumer, scope.length, scope, method.length, method, host.length, host,
+    keyedPath.length, keyedPath, query.length, query, headers,
+  );
   return digestHex(material);
 }
 

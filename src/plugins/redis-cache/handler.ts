@@ -172,11 +172,17 @@ function fresh(this: void, p: Prepared, e: codec.Entry, nowMs: number, wants: Wa
   return acceptable(e, nowMs, wants);
 }
 
-/** Sends the entry. In Kong, kong.response.exit returns in access: callers return right after. */
-function serve(this: void, st: RequestState, e: codec.Entry, key: string, nowMs: number): void {
-  st.status = HIT;
+/**
+ * Sends the entry. In Kong, kong.response.exit returns in access: callers return right
+ * after. A hit needs no request state (header_filter and log have nothing to do for it);
+ * a request that has one (it asked Redis) is marked served.
+ */
+function serve(this: void, st: RequestState | undefined, e: codec.Entry, key: string, nowMs: number): void {
+  if (st !== undefined) {
+    st.status = HIT;
+    st.key = key;
+  }
   facts.cache(PLUGIN_NAME, HIT);
-  st.key = key;
   // A fresh table each time: the PDK may change the one it is handed.
   const headers: KongHeaders = {};
   // Headers a plugin before this one has set already (rate-limit counters, ...) win over
@@ -225,17 +231,17 @@ function notCached(this: void, st: RequestState, wants: Wants, status: string, k
 // ---------------------------------------------------------------- access
 
 /** Serves the request from this worker's copy when it has a fresh one; true when served. */
-function fromL1(this: void, st: RequestState, l1: l1cache.L1<codec.Cached>, nowMs: number, wants: Wants): boolean {
-  let key = st.base;
+function fromL1(this: void, p: Prepared, base: string, l1: l1cache.L1<codec.Cached>, nowMs: number, wants: Wants): boolean {
+  let key = base;
   let cached = l1cache.get(l1, key);
   if (cached !== undefined && cached.kind === "V") {
-    const variant = variantKey(st.base, cached.vary);
+    const variant = variantKey(base, cached.vary);
     if (variant === undefined) return false;
     key = variant;
     cached = l1cache.get(l1, key);
   }
-  if (cached === undefined || cached.kind !== "E" || !fresh(st.p, cached, nowMs, wants)) return false;
-  serve(st, cached, key, nowMs);
+  if (cached === undefined || cached.kind !== "E" || !fresh(p, cached, nowMs, wants)) return false;
+  serve(undefined, cached, key, nowMs);
   return true;
 }
 
@@ -484,6 +490,13 @@ function capture(this: void, st: RequestState): Capture | undefined {
   };
 }
 
+/** The request's state, kept for the later phases (kong.ctx.plugin: two tables per request). */
+function newState(this: void, conf: Conf, p: Prepared, base: string): RequestState {
+  const st: RequestState = { conf, p, status: BYPASS, base, key: base !== "" ? base : undefined, fillLock: false, mayStore: false, done: false, foreign: false };
+  kong.ctx.plugin[CTX_KEY] = st;
+  return st;
+}
+
 function stateOf(this: void): RequestState | undefined {
   return kong.ctx.plugin[CTX_KEY] as RequestState | undefined;
 }
@@ -501,29 +514,25 @@ const handler: KongPluginHandler<Conf> = {
   access(conf) {
     facts.enter(PLUGIN_NAME);
     const p = prepare(conf);
-    const st: RequestState = { conf, p, status: BYPASS, base: "", fillLock: false, mayStore: false, done: false, foreign: false };
-    kong.ctx.plugin[CTX_KEY] = st;
     const method = kong.request.get_method();
     // HEAD responses are never stored, so a HEAD has nothing to look up.
-    if (!p.methods.has(method) || method === "HEAD") return;
+    if (!p.methods.has(method) || method === "HEAD") return void newState(conf, p, "");
     let requestCc: policy.Directives | undefined;
     if (conf.cache_control) {
       requestCc = policy.parseCacheControl(ngx.var["http_cache_control"]);
-      if (requestCc !== undefined && requestCc.has("no-store")) return;
+      if (requestCc !== undefined && requestCc.has("no-store")) return void newState(conf, p, "");
     }
     const consumer = kong.client.get_consumer();
     const consumerId = conf.cache_per_consumer && consumer !== undefined ? consumer.id : undefined;
     // A credential the cache cannot tell apart must not share entries with anyone: keying
     // on the consumer is only safe when a credential identified it (an auth plugin's
     // `anonymous` consumer has none, and stands for every caller it let in).
-    if (ngx.var["http_authorization"] !== undefined && (consumerId === undefined || kong.client.get_credential() === undefined)) return;
+    if (ngx.var["http_authorization"] !== undefined && (consumerId === undefined || kong.client.get_credential() === undefined)) return void newState(conf, p, "");
     const scope = kong.router.get_route()?.id ?? kong.router.get_service()?.id ?? "-";
     const base = baseKey(p, conf.ignore_uri_case, consumerId, scope);
     // More query arguments or headers than the key can take: the upstream would see some
     // the key leaves out.
-    if (base === undefined) return;
-    st.base = base;
-    st.key = st.base;
+    if (base === undefined) return void newState(conf, p, "");
     const wants: Wants = requestCc === undefined ? NO_WANTS : {
       maxAge: policy.seconds(requestCc, "max-age"),
       minFresh: policy.seconds(requestCc, "min-fresh"),
@@ -531,10 +540,10 @@ const handler: KongPluginHandler<Conf> = {
     };
     if (requestCc !== undefined && requestCc.has("no-cache") && !wants.onlyIfCached) {
       // Fetched anew and stored for everyone else.
-      return goUpstream(st, REFRESH, st.base, storage.knownGeneration(conf.redis));
+      return goUpstream(newState(conf, p, base), REFRESH, base, storage.knownGeneration(conf.redis));
     }
-    if (p.l1 !== undefined && fromL1(st, p.l1, now() * 1000, wants)) return;
-    fromRedis(st, wants);
+    if (p.l1 !== undefined && fromL1(p, base, p.l1, now() * 1000, wants)) return;
+    fromRedis(newState(conf, p, base), wants);
   },
 
   header_filter(conf) {

@@ -78,6 +78,20 @@ function setAnonymous(this: void, conf: KeyAuthConf, p: Prepared, anonymous: str
 
 // ---------------------------------------------------------------- finding the key
 
+/** Kong's kong.request.get_headers() default: headers past it are not looked at. */
+const MAX_HEADERS = 100;
+
+/**
+ * The request headers, as Kong's kong.request.get_headers() reads them, and the same table
+ * again when it holds every header (not truncated): then auth.setConsumer need not clear
+ * the identity headers it shows absent. ngx's own call, for its "truncated" (the gateway's
+ * PDK drops it).
+ */
+function requestHeaders(this: void): LuaMultiReturn<[HeaderTable, HeaderTable | undefined]> {
+  const [headers, truncated] = ngx.req.get_headers(MAX_HEADERS);
+  return $multi(headers, truncated === undefined ? headers : undefined);
+}
+
 function readBody(this: void): LuaMultiReturn<[LuaTable<string, unknown>, string | undefined]> {
   const [body, err, mime] = kong.request.get_body();
   if (body === undefined) {
@@ -126,27 +140,34 @@ function settle(this: void, conf: KeyAuthConf, name: string, value: unknown, bod
  * findKey for a config with one key name (the default): the same lookups without the
  * loop, which LuaJIT cannot compile when it runs once per request.
  */
-function findOnlyKey(this: void, conf: KeyAuthConf, name: string): LuaMultiReturn<[string | undefined, string | undefined]> {
+function findOnlyKey(this: void, conf: KeyAuthConf, name: string): LuaMultiReturn<[string | undefined, string | undefined, HeaderTable | undefined]> {
   let value: unknown = undefined;
   let body: LuaTable<string, unknown> | undefined;
   let mime: string | undefined;
-  if (conf.key_in_header) value = kong.request.get_headers().get(name);
+  let sent: HeaderTable | undefined;
+  if (conf.key_in_header) {
+    const [headers, complete] = requestHeaders();
+    value = headers.get(name);
+    sent = complete;
+  }
   if (value === undefined && conf.key_in_query) value = kong.request.get_query().get(name);
   if (value === undefined && conf.key_in_body) {
     [body, mime] = readBody();
     value = body.get(name);
   }
   const [key, failure] = settle(conf, name, value, body, mime);
-  return $multi(key, failure);
+  return $multi(key, failure, sent);
 }
 
 /**
  * The key as Kong's key-auth finds it: for each name in order, the header, then the
- * query argument, then the body field. Returns the key, or nil and the 401 message.
+ * query argument, then the body field. Returns the key, or nil and the 401 message; then
+ * the request's complete headers when they were read (requestHeaders).
  */
-function findKey(this: void, conf: KeyAuthConf, p: Prepared): LuaMultiReturn<[string | undefined, string | undefined]> {
+function findKey(this: void, conf: KeyAuthConf, p: Prepared): LuaMultiReturn<[string | undefined, string | undefined, HeaderTable | undefined]> {
   if (p.onlyName !== undefined) return findOnlyKey(conf, p.onlyName);
   let headers: HeaderTable | undefined;
+  let sent: HeaderTable | undefined;
   let query: ArgTable | undefined;
   let body: LuaTable<string, unknown> | undefined;
   let mime: string | undefined;
@@ -155,7 +176,7 @@ function findKey(this: void, conf: KeyAuthConf, p: Prepared): LuaMultiReturn<[st
     const name = names[i];
     let value: unknown = undefined;
     if (conf.key_in_header) {
-      if (headers === undefined) headers = kong.request.get_headers();
+      if (headers === undefined) [headers, sent] = requestHeaders();
       value = headers.get(name);
     }
     if (value === undefined && conf.key_in_query) {
@@ -167,9 +188,9 @@ function findKey(this: void, conf: KeyAuthConf, p: Prepared): LuaMultiReturn<[st
       value = body.get(name);
     }
     const [key, failure, next] = settle(conf, name, value, body, mime);
-    if (!next) return $multi(key, failure);
+    if (!next) return $multi(key, failure, sent);
   }
-  return $multi(undefined, ERR_NO_API_KEY);
+  return $multi(undefined, ERR_NO_API_KEY, sent);
 }
 
 // ---------------------------------------------------------------- checking the key
@@ -358,13 +379,13 @@ const handler: KongPluginHandler<KeyAuthConf> = {
     if (anonymous !== undefined && kong.client.get_credential() !== undefined) return;
 
     facts.credentialNames(p.credentialNames);
-    let [apiKey, failure] = findKey(conf, p);
+    let [apiKey, failure, sent] = findKey(conf, p);
     if (apiKey !== undefined) {
       failure = ERR_INVALID_AUTH_CRED;
       const [valid, redisErr] = checkKey(conf, apiKey);
       if (valid !== undefined) {
         // Not tail calls (here and below): see lib/auth.ts.
-        auth.authenticated(PLUGIN, valid.consumer, valid.credential, valid.credential.id);
+        auth.authenticated(PLUGIN, valid.consumer, valid.credential, valid.credential.id, sent);
         return;
       }
       if (redisErr !== undefined) {

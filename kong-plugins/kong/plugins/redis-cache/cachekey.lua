@@ -3,6 +3,7 @@ local ____exports = {}
 local crypto = require("krs.crypto")
 local concat = table.concat
 local escape = ngx.escape_uri
+local format = string.format
 local lower = string.lower
 local sort = table.sort
 --- Query arguments and request headers read for the key. A request with more is not
@@ -61,6 +62,9 @@ local function queryPart(p)
     if err == "truncated" then
         return nil
     end
+    if (next(args)) == nil then
+        return ""
+    end
     local out = {}
     if p.varyQuery ~= nil then
         for ____, name in ipairs(p.varyQuery) do
@@ -118,17 +122,25 @@ function ____exports.baseKey(p, ignoreCase, consumerId, scope)
         return nil
     end
     local path = kong.request.get_path()
-    local material = concat(
-        {
-            field(consumerId or ""),
-            field(scope),
-            field(kong.request.get_method()),
-            field(kong.request.get_host()),
-            field(ignoreCase and lower(path) or path),
-            field(query),
-            headers
-        },
-        "|"
+    local consumer = consumerId or ""
+    local method = kong.request.get_method()
+    local host = kong.request.get_host()
+    local keyedPath = ignoreCase and lower(path) or path
+    local material = format(
+        "%d:%s|%d:%s|%d:%s|%d:%s|%d:%s|%d:%s|%s",
+        #consumer,
+        consumer,
+        #scope,
+        scope,
+        #method,
+        method,
+        #host,
+        host,
+        #keyedPath,
+        keyedPath,
+        #query,
+        query,
+        headers
     )
     return digestHex(material)
 end

@@ -155,11 +155,15 @@ local function fresh(p, e, nowMs, wants)
     end
     return acceptable(e, nowMs, wants)
 end
---- Sends the entry. In Kong, kong.response.exit returns in access: callers return right after.
+--- Sends the entry. In Kong, kong.response.exit returns in access: callers return right
+-- after. A hit needs no request state (header_filter and log have nothing to do for it);
+-- a request that has one (it asked Redis) is marked served.
 local function serve(st, e, key, nowMs)
-    st.status = HIT
+    if st ~= nil then
+        st.status = HIT
+        st.key = key
+    end
     facts.cache(PLUGIN_NAME, HIT)
-    st.key = key
     local headers = {}
     for name, value in pairs(e.headers) do
         if ngx.header[name] == nil then
@@ -202,21 +206,21 @@ local function notCached(st, wants, status, key, gen)
     return kong.response.exit(504)
 end
 --- Serves the request from this worker's copy when it has a fresh one; true when served.
-local function fromL1(st, l1, nowMs, wants)
-    local key = st.base
+local function fromL1(p, base, l1, nowMs, wants)
+    local key = base
     local cached = l1cache.get(l1, key)
     if cached ~= nil and cached.kind == "V" then
-        local variant = variantKey(st.base, cached.vary)
+        local variant = variantKey(base, cached.vary)
         if variant == nil then
             return false
         end
         key = variant
         cached = l1cache.get(l1, key)
     end
-    if cached == nil or cached.kind ~= "E" or not fresh(st.p, cached, nowMs, wants) then
+    if cached == nil or cached.kind ~= "E" or not fresh(p, cached, nowMs, wants) then
         return false
     end
-    serve(st, cached, key, nowMs)
+    serve(nil, cached, key, nowMs)
     return true
 end
 --- The Redis side of access: loops over lookups until the request is served, becomes the
@@ -295,7 +299,7 @@ local function fromRedis(st, wants)
                     if purgeErr ~= nil then
                         return redisFailed(st, purgeErr)
                     end
-                    goto __continue37
+                    goto __continue38
                 end
                 if cached.kind == "V" then
                     if followedVary then
@@ -315,7 +319,7 @@ local function fromRedis(st, wants)
                         return
                     end
                     key = variant
-                    goto __continue37
+                    goto __continue38
                 end
                 l1Put(p, key, cached, nowMs)
                 if r.refresh == true then
@@ -405,7 +409,7 @@ local function fromRedis(st, wants)
                 end
             end
         end
-        ::__continue37::
+        ::__continue38::
     end
 end
 --- The writes of one store, built in the writer's timer (encoding, encryption).
@@ -486,15 +490,15 @@ local function storedHeaders()
         do
             local l = lower(name)
             if NOT_STORED[l] ~= nil then
-                goto __continue75
+                goto __continue76
             end
             local upstream = ngx.var["upstream_http_" .. (gsub(l, "-", "_"))]
             if upstream == nil then
-                goto __continue75
+                goto __continue76
             end
             out[name] = type(value) == "table" and value or upstream
         end
-        ::__continue75::
+        ::__continue76::
     end
     return out
 end
@@ -563,6 +567,22 @@ local function capture(st)
         size = 0
     }
 end
+--- The request's state, kept for the later phases (kong.ctx.plugin: two tables per request).
+local function newState(conf, p, base)
+    local st = {
+        conf = conf,
+        p = p,
+        status = BYPASS,
+        base = base,
+        key = base ~= "" and base or nil,
+        fillLock = false,
+        mayStore = false,
+        done = false,
+        foreign = false
+    }
+    kong.ctx.plugin[CTX_KEY] = st
+    return st
+end
 local function stateOf()
     return kong.ctx.plugin[CTX_KEY]
 end
@@ -575,32 +595,24 @@ local handler = {
     access = function(self, conf)
         facts.enter(PLUGIN_NAME)
         local p = prepare(conf)
-        local st = {
-            conf = conf,
-            p = p,
-            status = BYPASS,
-            base = "",
-            fillLock = false,
-            mayStore = false,
-            done = false,
-            foreign = false
-        }
-        kong.ctx.plugin[CTX_KEY] = st
         local method = kong.request.get_method()
         if not (p.methods[method] ~= nil) or method == "HEAD" then
-            return
+            newState(conf, p, "")
+            return nil
         end
         local requestCc
         if conf.cache_control then
             requestCc = policy.parseCacheControl(ngx.var.http_cache_control)
             if requestCc ~= nil and requestCc["no-store"] ~= nil then
-                return
+                newState(conf, p, "")
+                return nil
             end
         end
         local consumer = kong.client.get_consumer()
         local consumerId = conf.cache_per_consumer and consumer ~= nil and consumer.id or nil
         if ngx.var.http_authorization ~= nil and (consumerId == nil or kong.client.get_credential() == nil) then
-            return
+            newState(conf, p, "")
+            return nil
         end
         local ____opt_0 = kong.router.get_route()
         local ____temp_4 = ____opt_0 and ____opt_0.id
@@ -611,10 +623,9 @@ local handler = {
         local scope = ____temp_4 or "-"
         local base = baseKey(p, conf.ignore_uri_case, consumerId, scope)
         if base == nil then
-            return
+            newState(conf, p, "")
+            return nil
         end
-        st.base = base
-        st.key = st.base
         local wants = requestCc == nil and NO_WANTS or ({
             maxAge = policy.seconds(requestCc, "max-age"),
             minFresh = policy.seconds(requestCc, "min-fresh"),
@@ -622,21 +633,25 @@ local handler = {
         })
         if requestCc ~= nil and requestCc["no-cache"] ~= nil and not wants.onlyIfCached then
             return goUpstream(
-                st,
+                newState(conf, p, base),
                 REFRESH,
-                st.base,
+                base,
                 storage.knownGeneration(conf.redis)
             )
         end
         if p.l1 ~= nil and fromL1(
-            st,
+            p,
+            base,
             p.l1,
             now() * 1000,
             wants
         ) then
             return
         end
-        fromRedis(st, wants)
+        fromRedis(
+            newState(conf, p, base),
+            wants
+        )
     end,
     header_filter = function(self, conf)
         local st = stateOf()

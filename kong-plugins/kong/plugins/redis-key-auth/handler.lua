@@ -63,6 +63,16 @@ local function setAnonymous(conf, p, anonymous)
         workerCache.configVersion()
     )
 end
+--- Kong's kong.request.get_headers() default: headers past it are not looked at.
+local MAX_HEADERS = 100
+--- The request headers, as Kong's kong.request.get_headers() reads them, and the same table
+-- again when it holds every header (not truncated): then auth.setConsumer need not clear
+-- the identity headers it shows absent. ngx's own call, for its "truncated" (the gateway's
+-- PDK drops it).
+local function requestHeaders()
+    local headers, truncated = ngx.req.get_headers(MAX_HEADERS)
+    return headers, truncated == nil and headers or nil
+end
 local function readBody()
     local body, err, mime = kong.request.get_body()
     if body == nil then
@@ -123,8 +133,11 @@ local function findOnlyKey(conf, name)
     local value = nil
     local body
     local mime
+    local sent
     if conf.key_in_header then
-        value = kong.request.get_headers()[name]
+        local headers, complete = requestHeaders()
+        value = headers[name]
+        sent = complete
     end
     if value == nil and conf.key_in_query then
         value = kong.request.get_query()[name]
@@ -140,15 +153,17 @@ local function findOnlyKey(conf, name)
         body,
         mime
     )
-    return key, failure
+    return key, failure, sent
 end
 --- The key as Kong's key-auth finds it: for each name in order, the header, then the
--- query argument, then the body field. Returns the key, or nil and the 401 message.
+-- query argument, then the body field. Returns the key, or nil and the 401 message; then
+-- the request's complete headers when they were read (requestHeaders).
 local function findKey(conf, p)
     if p.onlyName ~= nil then
         return findOnlyKey(conf, p.onlyName)
     end
     local headers
+    local sent
     local query
     local body
     local mime
@@ -160,7 +175,7 @@ local function findKey(conf, p)
             local value = nil
             if conf.key_in_header then
                 if headers == nil then
-                    headers = kong.request.get_headers()
+                    headers, sent = requestHeaders()
                 end
                 value = headers[name]
             end
@@ -184,12 +199,12 @@ local function findKey(conf, p)
                 mime
             )
             if not next then
-                return key, failure
+                return key, failure, sent
             end
             i = i + 1
         end
     end
-    return nil, ERR_NO_API_KEY
+    return nil, ERR_NO_API_KEY, sent
 end
 --- The Kong consumer a key belongs to: by the consumer id stored with the key when it has
 -- one (pinned: another consumer later given the same username does not inherit the key),
@@ -410,12 +425,18 @@ local handler = {
             return
         end
         facts.credentialNames(p.credentialNames)
-        local apiKey, failure = findKey(conf, p)
+        local apiKey, failure, sent = findKey(conf, p)
         if apiKey ~= nil then
             failure = ERR_INVALID_AUTH_CRED
             local valid, redisErr = checkKey(conf, apiKey)
             if valid ~= nil then
-                auth.authenticated(PLUGIN, valid.consumer, valid.credential, valid.credential.id)
+                auth.authenticated(
+                    PLUGIN,
+                    valid.consumer,
+                    valid.credential,
+                    valid.credential.id,
+                    sent
+                )
                 return
             end
             if redisErr ~= nil then
