@@ -173,29 +173,32 @@ describe("redis-usage worker buffer", function()
     _G.ngx, _G.kong = saved_ngx, saved_kong
   end)
 
+  -- n new subjects, each one request: two new counter sets each (its day and month)
   local function burst(state, from, n)
     for i = from, from + n - 1 do
-      local e = meter.entry(state, conf, "krs:redis-usage:1:{ip:10.0.0." .. i .. "}:d:20261202", "q", 1, "")
-      e.fields.requests = 1
+      local tag = "ip:10.0.0." .. i
+      local subject = { tag = tag, label = "", quotaKey = "q", dayKey = "krs:redis-usage:1:{" .. tag .. "}:d:20261202", monthKey = "krs:redis-usage:1:{" .. tag .. "}:m:202612" }
+      local t = meter.tally(state, conf, subject, meter.NOBODY, meter.NOBODY, "20261202", "202612", 1, 2)
+      t.requests = t.requests + 1
     end
   end
 
   it("a burst of new counter sets schedules at most one zero-delay flush per worker", function()
     local state = meter.stateFor(conf)
-    burst(state, 1, conf.flush_batch - 1)
+    burst(state, 1, conf.flush_batch / 2 - 1)
     assert.equal(0, #timers)
     assert.is_false(meter.flushPending())
-    burst(state, conf.flush_batch, 500)
+    burst(state, conf.flush_batch / 2, 500)
     assert.equal(1, #timers)
     assert.equal(0, timers[1].delay)
     assert.is_true(meter.flushPending())
     -- the one flush takes every counter set of the burst
     table.remove(timers).fn(false)
     assert.is_false(meter.flushPending())
-    assert.equal(conf.flush_batch - 1 + 500, #calls)
+    assert.equal(2 * (conf.flush_batch / 2 - 1 + 500), #calls)
     assert.same({}, logs)
     -- once it has run, the next full batch schedules the next one
-    burst(state, 1000, conf.flush_batch)
+    burst(state, 1000, conf.flush_batch / 2)
     assert.equal(1, #timers)
     assert.is_true(meter.flushPending())
   end)
@@ -208,12 +211,105 @@ describe("redis-usage worker buffer", function()
       timers[#timers + 1] = { delay = delay, fn = fn }
       return true
     end
-    burst(state, 1, conf.flush_batch)
+    burst(state, 1, conf.flush_batch / 2)
     assert.equal(0, #timers)
     assert.is_false(meter.flushPending())
     refused = false
     burst(state, 100, 3)
     assert.equal(1, #timers)
     assert.is_true(meter.flushPending())
+  end)
+
+  local function target(tag, day, month)
+    return { tag = tag, label = "", quotaKey = "q:" .. tag, dayKey = tag .. ":d:" .. day, monthKey = tag .. ":m:" .. month }
+  end
+
+  -- one request's counts into its tally, as the log phase adds them
+  local function request(t, status, quota_requests)
+    t.requests = t.requests + 1
+    t.bytes_in = t.bytes_in + 10
+    t.bytes_out = t.bytes_out + 100
+    t.cost = t.cost + 2
+    t[status] = t[status] + 1
+    t.quota_requests = t.quota_requests + quota_requests
+  end
+
+  -- what the flush sent, per counter set key: its fields (and expiry)
+  local function sent()
+    local by_key = {}
+    for _, call in ipairs(calls) do
+      local fields = { expire_at = call.args[3] }
+      for i = 6, #call.args, 2 do fields[call.args[i]] = call.args[i + 1] end
+      assert.is_nil(by_key[call.keys[1]], "one call per counter set")
+      by_key[call.keys[1]] = fields
+    end
+    return by_key
+  end
+
+  it("tallies: each request counts in its subject's, route's and service's day and month; tallies sharing a counter set are summed", function()
+    local c = { redis = {}, flush_batch = 1, max_pending = 100000, flush_interval = 1000 }
+    local state = meter.stateFor(c)
+    local a, b = target("consumer:a", "20261202", "202612"), target("consumer:b", "20261202", "202612")
+    local route, service = target("route:r", "20261202", "202612"), target("service:s", "20261202", "202612")
+    for _ = 1, 3 do request(meter.tally(state, c, a, route, service, "20261202", "202612", 11, 22), "2xx", 1) end
+    request(meter.tally(state, c, b, route, service, "20261202", "202612", 11, 22), "5xx", 1)
+    request(meter.tally(state, c, b, route, meter.NOBODY, "20261202", "202612", 11, 22), "2xx", 0)
+    assert.equal(1, #timers)
+    table.remove(timers).fn(false)
+    local got = sent()
+    assert.same({ expire_at = 11, requests = 3, bytes_in = 30, bytes_out = 300, cost = 6, ["2xx"] = 3, quota_requests = 3 }, got["consumer:a:d:20261202"])
+    assert.same({ expire_at = 22, requests = 3, bytes_in = 30, bytes_out = 300, cost = 6, ["2xx"] = 3, quota_requests = 3 }, got["consumer:a:m:202612"])
+    assert.same({ expire_at = 11, requests = 2, bytes_in = 20, bytes_out = 200, cost = 4, ["2xx"] = 1, ["5xx"] = 1, quota_requests = 1 }, got["consumer:b:d:20261202"])
+    -- route and service: every request through them, no quota amounts
+    assert.same({ expire_at = 22, requests = 5, bytes_in = 50, bytes_out = 500, cost = 10, ["2xx"] = 4, ["5xx"] = 1 }, got["route:r:m:202612"])
+    assert.same({ expire_at = 11, requests = 4, bytes_in = 40, bytes_out = 400, cost = 8, ["2xx"] = 3, ["5xx"] = 1 }, got["service:s:d:20261202"])
+    local keys = 0
+    for _ in pairs(got) do keys = keys + 1 end
+    assert.equal(8, keys)
+    assert.equal(0, (meter.health()))
+  end)
+
+  it("a new day starts a new tally; the old one is flushed under the old day's keys", function()
+    local c = { redis = {}, flush_batch = 100, max_pending = 100000, flush_interval = 1000 }
+    local state = meter.stateFor(c)
+    local a = target("ip:a", "20261231", "202612")
+    request(meter.tally(state, c, a, meter.NOBODY, meter.NOBODY, "20261231", "202612", 1, 2), "2xx", 1)
+    a.dayKey, a.monthKey = "ip:a:d:20270101", "ip:a:m:202701"
+    request(meter.tally(state, c, a, meter.NOBODY, meter.NOBODY, "20270101", "202701", 3, 4), "4xx", 1)
+    request(meter.tally(state, c, a, meter.NOBODY, meter.NOBODY, "20270101", "202701", 3, 4), "4xx", 1)
+    assert.equal(4, (meter.health()))
+    meter.flushSoon()
+    table.remove(timers).fn(false)
+    local got = sent()
+    assert.equal(1, got["ip:a:d:20261231"].requests)
+    assert.equal(1, got["ip:a:m:202612"]["2xx"])
+    assert.same({ expire_at = 3, requests = 2, bytes_in = 20, bytes_out = 200, cost = 4, ["4xx"] = 2, quota_requests = 2 }, got["ip:a:d:20270101"])
+    assert.equal(2, got["ip:a:m:202701"].requests)
+  end)
+
+  it("past max_pending a new tally leaves out the counter sets with no room, counted dropped per request, until there is room again", function()
+    local c = { redis = {}, flush_batch = 100, max_pending = 2, flush_interval = 1000 }
+    local state = meter.stateFor(c)
+    local a, b = target("ip:a", "20261202", "202612"), target("ip:b", "20261202", "202612")
+    request(meter.tally(state, c, a, meter.NOBODY, meter.NOBODY, "20261202", "202612", 1, 2), "2xx", 1)
+    request(meter.tally(state, c, b, meter.NOBODY, meter.NOBODY, "20261202", "202612", 1, 2), "2xx", 1)
+    request(meter.tally(state, c, b, meter.NOBODY, meter.NOBODY, "20261202", "202612", 1, 2), "2xx", 1)
+    local pending, dropped = meter.health()
+    assert.equal(2, pending)
+    assert.equal(4, dropped)
+    meter.flushSoon()
+    table.remove(timers).fn(false)
+    local got = sent()
+    assert.equal(1, got["ip:a:d:20261202"].requests)
+    assert.is_nil(got["ip:b:d:20261202"])
+    -- the flush made room: b's next request is counted
+    request(meter.tally(state, c, b, meter.NOBODY, meter.NOBODY, "20261202", "202612", 1, 2), "2xx", 1)
+    calls = {}
+    meter.flushSoon()
+    table.remove(timers).fn(false)
+    got = sent()
+    assert.equal(1, got["ip:b:d:20261202"].requests)
+    assert.equal(1, got["ip:b:m:202612"].requests)
+    assert.equal(4, select(2, meter.health()))
   end)
 end)

@@ -29,7 +29,7 @@ const LIMIT_MONTH = "X-Usage-Limit-Month";
 const REMAINING_MONTH = "X-Usage-Remaining-Month";
 const RETRY_AFTER = "Retry-After";
 
-const STATUS_CLASSES: Record<number, string | undefined> = { [2]: "2xx", [3]: "3xx", [4]: "4xx", [5]: "5xx" };
+const STATUS_CLASSES: Record<number, "2xx" | "3xx" | "4xx" | "5xx" | undefined> = { [2]: "2xx", [3]: "3xx", [4]: "4xx", [5]: "5xx" };
 
 const ceil = math.ceil;
 const floor = math.floor;
@@ -169,15 +169,51 @@ function costOf(this: void, conf: Conf, bodyBytes: number): number {
 
 type Headers = LuaTable<string, number>;
 
-interface Decision {
+/**
+ * What access decided for the request, the one thing it leaves in kong.ctx.plugin for
+ * header_filter and log (one table per request, made whole at once).
+ */
+interface Admission {
   admitted: boolean;
+  /** The subject the quota was decided on: log meters the same one. */
+  subject: Subject | undefined;
+  /** batched: the view the admission was counted in, and the cost counted then. */
+  view: quota.View | undefined;
+  viewCost: number;
+  /** exact: the cost the script counted (-1: the script did not count the request). */
+  countedCost: number;
+  /** Whether the quota headers are set (a quota was decided). */
+  decided: boolean;
   dayLimit: number;
   dayLeft: number;
   monthLimit: number;
   monthLeft: number;
 }
 
-function quotaHeaders(this: void, d: Decision): Headers {
+/** Admitted without a quota decision (no quota, or nobody to count it on): shared, never written. */
+const UNCHECKED: Admission = { admitted: true, subject: undefined, view: undefined, viewCost: 0, countedCost: -1, decided: false, dayLimit: -1, dayLeft: -1, monthLimit: -1, monthLeft: -1 };
+const NOT_ADMITTED: Admission = { admitted: false, subject: undefined, view: undefined, viewCost: 0, countedCost: -1, decided: false, dayLimit: -1, dayLeft: -1, monthLimit: -1, monthLeft: -1 };
+
+/** Header text of the quota limits seen lately: the same few numbers on every response. */
+const MAX_LIMIT_TEXTS = 1000;
+let limitTexts = new LuaTable<number, string>();
+let limitTextCount = 0;
+
+function limitText(this: void, limit: number): string {
+  let text = limitTexts.get(limit);
+  if (text === undefined) {
+    if (limitTextCount >= MAX_LIMIT_TEXTS) {
+      limitTexts = new LuaTable();
+      limitTextCount = 0;
+    }
+    text = tostring(limit);
+    limitTexts.set(limit, text);
+    limitTextCount++;
+  }
+  return text;
+}
+
+function quotaHeaders(this: void, d: Admission): Headers {
   const headers: Headers = new LuaTable();
   if (d.dayLimit >= 0) {
     headers.set(LIMIT_DAY, d.dayLimit);
@@ -190,7 +226,7 @@ function quotaHeaders(this: void, d: Decision): Headers {
   return headers;
 }
 
-function reject(this: void, conf: Conf, d: Decision, c: Clock, now: number): never {
+function reject(this: void, conf: Conf, d: Admission, c: Clock, now: number): never {
   const headers = quotaHeaders(d);
   // The bucket that refused: a full month waits for next month even when the day has room.
   const until = d.monthLimit >= 0 && d.monthLeft <= 0 && !(d.dayLimit >= 0 && d.dayLeft <= 0 && c.day.finish >= c.month.finish) ? c.month.finish : c.day.finish;
@@ -202,59 +238,26 @@ function left(this: void, limit: number, used: number): number {
   return limit < 0 ? -1 : math.max(0, limit - used);
 }
 
-/** batched: this worker's view, no Redis call. */
-function decideBatched(this: void, conf: Conf, view: quota.View, need: number, costNow: number): Decision {
+/** batched: this worker's view, no Redis call; the decision goes into `d`. */
+function decideBatched(this: void, conf: Conf, view: quota.View, need: number, costNow: number, d: Admission): void {
   const unit = conf.quota_unit;
-  const dayLimit = view.overrideDay !== undefined && view.overrideDay >= 0 ? view.overrideDay : (conf.quota_day ?? -1);
-  const monthLimit = view.overrideMonth !== undefined && view.overrideMonth >= 0 ? view.overrideMonth : (conf.quota_month ?? -1);
+  const dayLimit = view.overrideDay >= 0 ? view.overrideDay : (conf.quota_day ?? -1);
+  const monthLimit = view.overrideMonth >= 0 ? view.overrideMonth : (conf.quota_month ?? -1);
   const dayUsed = quota.used(view.day, unit);
   const monthUsed = quota.used(view.month, unit);
   const admitted = (dayLimit < 0 || dayUsed + need <= dayLimit) && (monthLimit < 0 || monthUsed + need <= monthLimit);
-  if (!admitted) return { admitted, dayLimit, dayLeft: left(dayLimit, dayUsed), monthLimit, monthLeft: left(monthLimit, monthUsed) };
+  d.admitted = admitted;
+  d.dayLimit = dayLimit;
+  d.monthLimit = monthLimit;
+  if (!admitted) {
+    d.dayLeft = left(dayLimit, dayUsed);
+    d.monthLeft = left(monthLimit, monthUsed);
+    return;
+  }
   quota.admit(view, 1, costNow);
   const spent = unit === "cost" ? costNow : 1;
-  return { admitted, dayLimit, dayLeft: left(dayLimit, dayUsed + spent), monthLimit, monthLeft: left(monthLimit, monthUsed + spent) };
-}
-
-/** What one request adds to each of its counter sets. */
-interface Metered {
-  conf: Conf;
-  state: meter.PoolState;
-  expiry: Expiry;
-  bytesIn: number;
-  bytesOut: number;
-  cost: number;
-  statusClass: string | undefined;
-}
-
-/**
- * The log phase's Metered record, filled for each request and used before the handler
- * returns (nothing in between yields): no table per request.
- */
-const metered: Metered = { conf: undefined as unknown as Conf, state: undefined as unknown as meter.PoolState, expiry: undefined as unknown as Expiry, bytesIn: 0, bytesOut: 0, cost: 0, statusClass: undefined };
-
-function bump(this: void, fields: LuaTable<string, number>, field: string, n: number): void {
-  if (n !== 0) fields.set(field, (fields.get(field) ?? 0) + n);
-}
-
-/** One request into one subject's day (or month) counter set; with `view`, the quota amounts too. */
-function count(this: void, r: Metered, s: Subject, isDay: boolean, quotaRequests: number, quotaCost: number, view: quota.View | undefined, bucket: string): void {
-  const entry = meter.entry(r.state, r.conf, isDay ? s.dayKey : s.monthKey, s.quotaKey, isDay ? r.expiry.dayAt : r.expiry.monthAt, s.label);
-  if (entry === undefined) return;
-  const fields = entry.fields;
-  fields.set("requests", (fields.get("requests") ?? 0) + 1);
-  bump(fields, "bytes_in", r.bytesIn);
-  bump(fields, "bytes_out", r.bytesOut);
-  bump(fields, "cost", r.cost);
-  if (r.statusClass !== undefined) fields.set(r.statusClass, (fields.get(r.statusClass) ?? 0) + 1);
-  if (view === undefined && quotaRequests === 0 && quotaCost === 0) return;
-  bump(fields, "quota_requests", quotaRequests);
-  bump(fields, "quota_cost", quotaCost);
-  if (view !== undefined) {
-    entry.view = view;
-    entry.period = isDay ? "day" : "month";
-    entry.bucket = bucket;
-  }
+  d.dayLeft = left(dayLimit, dayUsed + spent);
+  d.monthLeft = left(monthLimit, monthUsed + spent);
 }
 
 const handler: KongPluginHandler<Conf> = {
@@ -274,21 +277,21 @@ const handler: KongPluginHandler<Conf> = {
     const ctx = kong.ctx.plugin;
     // Admitted requests count towards quota_* even without a quota: one set later starts with this month's real use.
     if (!quotaOn(conf)) {
-      ctx["admitted"] = true;
+      ctx["usage"] = UNCHECKED;
       return;
     }
     const now = floor(ngx.now() * 1000 + 0.5);
     const c = clockAt(now);
     const subject = identify(conf, c);
     if (subject === undefined) {
-      ctx["admitted"] = true;
+      ctx["usage"] = UNCHECKED;
       return;
     }
     // The log phase meters the same subject: authentication is over by now.
-    ctx["subject"] = subject;
+    const d: Admission = { admitted: false, subject, view: undefined, viewCost: 0, countedCost: -1, decided: true, dayLimit: -1, dayLeft: -1, monthLimit: -1, monthLeft: -1 };
+    ctx["usage"] = d;
     const costNow = costBefore(conf);
     const need = conf.quota_unit === "cost" ? math.max(1, costNow) : 1;
-    let d: Decision;
     if (conf.quota_mode === "exact") {
       facts.enter(PLUGIN);
       const e = expiryOf(conf, c);
@@ -299,38 +302,44 @@ const handler: KongPluginHandler<Conf> = {
       });
       if (type(reply) !== "table") {
         facts.limit(PLUGIN, "quota", conf.fault_tolerant, "fault");
-        if (conf.fault_tolerant) ctx["admitted"] = true;
+        d.decided = false;
+        if (conf.fault_tolerant) d.admitted = true;
         return onRedisFailure(PLUGIN, conf, reply === false ? `script ${QUOTA_SCRIPT} failed: ${err}` : err);
       }
       const r = reply as number[];
-      d = { admitted: r[0] === 1, dayLimit: r[1], dayLeft: r[2], monthLimit: r[3], monthLeft: r[4] };
-      if (d.admitted) ctx["counted_cost"] = costNow;
+      d.admitted = r[0] === 1;
+      d.dayLimit = r[1];
+      d.dayLeft = r[2];
+      d.monthLimit = r[3];
+      d.monthLeft = r[4];
+      if (d.admitted) d.countedCost = costNow;
     } else {
       const view = viewOfSubject(conf, subject, c);
-      d = decideBatched(conf, view, need, costNow);
+      decideBatched(conf, view, need, costNow, d);
       if (d.admitted) {
-        ctx["view"] = view;
-        ctx["view_cost"] = costNow;
+        d.view = view;
+        d.viewCost = costNow;
       }
     }
     const byMonth = d.monthLimit >= 0 && (d.dayLimit < 0 || d.monthLeft < d.dayLeft);
     facts.limit(PLUGIN, "quota", d.admitted, conf.quota_mode === "exact" ? "redis" : "worker", byMonth ? d.monthLimit : d.dayLimit, byMonth ? d.monthLeft : d.dayLeft);
-    if (!d.admitted) return reject(conf, d, c, now);
-    ctx["admitted"] = true;
-    // The headers are set from the decision itself at header_filter: no table built per request for them.
-    ctx["decision"] = d;
+    if (!d.admitted) {
+      // Set by kong.response.error with the body, not again at header_filter.
+      d.decided = false;
+      return reject(conf, d, c, now);
+    }
   },
 
   header_filter(conf) {
     const ctx = kong.ctx.plugin;
-    const d = ctx["decision"] as Decision | undefined;
-    if (d !== undefined) {
+    const d = ctx["usage"] as Admission | undefined;
+    if (d !== undefined && d.decided) {
       if (d.dayLimit >= 0) {
-        kong.response.set_header(LIMIT_DAY, d.dayLimit);
+        kong.response.set_header(LIMIT_DAY, limitText(d.dayLimit));
         kong.response.set_header(REMAINING_DAY, d.dayLeft);
       }
       if (d.monthLimit >= 0) {
-        kong.response.set_header(LIMIT_MONTH, d.monthLimit);
+        kong.response.set_header(LIMIT_MONTH, limitText(d.monthLimit));
         kong.response.set_header(REMAINING_MONTH, d.monthLeft);
       }
     }
@@ -355,42 +364,38 @@ const handler: KongPluginHandler<Conf> = {
     const cost = costOf(conf, type(conf.cost_per_kb) === "number" ? (tonumber(vars["body_bytes_sent"]) ?? 0) : 0);
     const statusClass = STATUS_CLASSES[floor(kong.response.get_status() / 100)];
 
-    const admitted = ctx["admitted"] === true;
-    const countedCost = ctx["counted_cost"] as number | undefined;
+    // No admission: access did not run (another plugin answered first).
+    const a = (ctx["usage"] as Admission | undefined) ?? NOT_ADMITTED;
+    const admitted = a.admitted;
+    const counted = a.countedCost >= 0;
     // exact: the script counted the request (and the cost known then) at access
-    const quotaRequests = admitted && countedCost === undefined ? 1 : 0;
-    const quotaCost = admitted ? cost - (countedCost ?? 0) : 0;
-    const view = ctx["view"] as quota.View | undefined;
-    if (view !== undefined) quota.admit(view, 0, cost - ((ctx["view_cost"] as number | undefined) ?? 0));
+    const quotaRequests = admitted && !counted ? 1 : 0;
+    const quotaCost = admitted ? cost - (counted ? a.countedCost : 0) : 0;
+    const view = a.view;
+    if (view !== undefined) quota.admit(view, 0, cost - a.viewCost);
 
-    const request = metered;
-    request.conf = conf;
-    request.state = meter.stateFor(conf);
-    request.expiry = expiryOf(conf, c);
-    request.bytesIn = bytesIn;
-    request.bytesOut = bytesOut;
-    request.cost = cost;
-    request.statusClass = statusClass;
-    meter.due(request.state, conf);
-    const known = ctx["subject"] as Subject | undefined;
+    const state = meter.stateFor(conf);
+    meter.due(state, conf);
+    const known = a.subject;
     const subject = known !== undefined ? current(known, c) : identify(conf, c);
+    const route = kong.router.get_route();
+    const service = kong.router.get_service();
+    const e = expiryOf(conf, c);
+    const t = meter.tally(state, conf, subject ?? meter.NOBODY,
+      route !== undefined ? subjectOf("route", route.name ?? route.id, c) : meter.NOBODY,
+      service !== undefined ? subjectOf("service", service.name ?? service.id, c) : meter.NOBODY,
+      c.day.id, c.month.id, e.dayAt, e.monthAt);
+    t.requests += 1;
+    t.bytes_in += bytesIn;
+    t.bytes_out += bytesOut;
+    t.cost += cost;
+    if (statusClass !== undefined) t[statusClass] += 1;
     if (subject !== undefined) {
       // Quotas are counted on the request's subject only (never on its route or service).
+      t.quota_requests += quotaRequests;
+      t.quota_cost += quotaCost;
       const quotaView = view ?? (quotaOn(conf) ? viewOfSubject(conf, subject, c) : undefined);
-      count(request, subject, true, quotaRequests, quotaCost, quotaView, c.day.id);
-      count(request, subject, false, quotaRequests, quotaCost, quotaView, c.month.id);
-    }
-    const route = kong.router.get_route();
-    if (route !== undefined) {
-      const s = subjectOf("route", route.name ?? route.id, c);
-      count(request, s, true, 0, 0, undefined, "");
-      count(request, s, false, 0, 0, undefined, "");
-    }
-    const service = kong.router.get_service();
-    if (service !== undefined) {
-      const s = subjectOf("service", service.name ?? service.id, c);
-      count(request, s, true, 0, 0, undefined, "");
-      count(request, s, false, 0, 0, undefined, "");
+      if (quotaView !== undefined) t.view = quotaView;
     }
     meter.afterRequest();
   },

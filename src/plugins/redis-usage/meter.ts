@@ -1,7 +1,9 @@
 /**
  * redis-usage's worker buffer: the log phase adds a request's increments here (no Redis,
- * no I/O) and a timer flushes them, one pipelined round trip per Redis per flush_interval
- * (sooner when flush_batch counter sets are pending), one usage-flush-2.lua call per
+ * no I/O), to one tally per subject, route and service and bucket (not to each of their six
+ * counter sets: a tally is expanded into them when the buffer is sealed), and a timer
+ * flushes them, one pipelined round trip per Redis per flush_interval (sooner when
+ * flush_batch counter sets are pending), one usage-flush-2.lua call per
  * counter set (one subject's one bucket; every key of a call shares the subject's tag).
  *
  * Nothing is lost on purpose:
@@ -51,6 +53,57 @@ export interface Entry {
   bucket?: string;
 }
 
+/** What a tally counts to: a subject's day and month counter sets (its keys when the tally was made). */
+export interface Target {
+  tag: string;
+  /** The subject's name when its key part is a hash ("" otherwise). */
+  label: string;
+  quotaKey: string;
+  dayKey: string;
+  monthKey: string;
+}
+
+/** No subject, route or service: a tally's place for it, with no counter set. */
+export const NOBODY: Target = { tag: "", label: "", quotaKey: "", dayKey: "", monthKey: "" };
+
+/** One counter set a tally adds to. */
+interface Slot {
+  key: string;
+  quotaKey: string;
+  expireAt: number;
+  label: string;
+  /** The subject's own counter sets get the quota amounts (never its route's or service's). */
+  quota: boolean;
+  period: "day" | "month";
+  bucket: string;
+}
+
+/**
+ * The requests of one subject, route and service in one day (and month) bucket, summed:
+ * a request adds to its numbers only, the six counter sets are built from it at seal time.
+ */
+export interface Tally {
+  day: string;
+  month: string;
+  slots: Slot[];
+  /** Counter sets of this tally max_pending left out: each request counts them dropped. */
+  missing: number;
+  view: quota.View | undefined;
+  requests: number;
+  bytes_in: number;
+  bytes_out: number;
+  cost: number;
+  ["2xx"]: number;
+  ["3xx"]: number;
+  ["4xx"]: number;
+  ["5xx"]: number;
+  quota_requests: number;
+  quota_cost: number;
+}
+
+/** The tally fields, in the order they are sent (the counter hash's field names). */
+const TALLY_FIELDS = ["requests", "bytes_in", "bytes_out", "cost", "2xx", "3xx", "4xx", "5xx"] as const;
+
 interface Batch {
   seq: number;
   entries: Entry[];
@@ -60,7 +113,12 @@ export interface PoolState {
   name: string;
   /** The latest config seen for this Redis: the flush connects with its `redis`. */
   conf: Conf;
-  open: LuaTable<string, Entry>;
+  /** Open tallies by subject, route and service (NOBODY for none). */
+  tallies: LuaTable<Target, LuaTable<Target, LuaTable<Target, Tally>>>;
+  /** Open tallies replaced before the seal (a new day, room again after a drop): sealed with the others. */
+  retired: Tally[];
+  /** The counter sets the open tallies add to: their number is openCount. */
+  openKeys: LuaTable<string, boolean>;
   openCount: number;
   /** ngx.now() by which the open entries must be flushed (0 when none). */
   dueAt: number;
@@ -94,7 +152,7 @@ export function stateFor(this: void, conf: Conf): PoolState {
   const name = client.poolName(conf.redis);
   let state = pools.get(name);
   if (state === undefined) {
-    state = { name, conf, open: new LuaTable(), openCount: 0, dueAt: 0, sealed: [], sealedCount: 0, nextSeq: 1, flushing: false, again: false, dropped: 0 };
+    state = { name, conf, tallies: new LuaTable(), retired: [], openKeys: new LuaTable(), openCount: 0, dueAt: 0, sealed: [], sealedCount: 0, nextSeq: 1, flushing: false, again: false, dropped: 0 };
     pools.set(name, state);
   }
   state.conf = conf;
@@ -108,7 +166,6 @@ export function health(this: void): LuaMultiReturn<[number, number]> {
   return $multi(pending, droppedTotal);
 }
 
-/** The pending entry of counter set `key`, or undefined when max_pending is reached (the caller counts the drop). */
 /** A request is about to add counts: the buffer is due within `conf`'s flush_interval (once per request, not per counter set). */
 export function due(this: void, state: PoolState, conf: Conf): void {
   // Configs sharing this Redis may flush at different intervals: the soonest pending deadline wins.
@@ -116,29 +173,118 @@ export function due(this: void, state: PoolState, conf: Conf): void {
   if (state.dueAt === 0 || at < state.dueAt) state.dueAt = at;
 }
 
-export function entry(this: void, state: PoolState, conf: Conf, key: string, quotaKey: string, expireAt: number, subject: string): Entry | undefined {
-  let e = state.open.get(key);
-  if (e !== undefined) return e;
-  if (state.openCount + state.sealedCount >= conf.max_pending) {
-    state.dropped++;
-    droppedTotal++;
-    return undefined;
+function addSlot(this: void, state: PoolState, conf: Conf, t: Tally, slot: Slot): void {
+  if (!state.openKeys.has(slot.key)) {
+    if (state.openCount + state.sealedCount >= conf.max_pending) {
+      t.missing++;
+      return;
+    }
+    state.openKeys.set(slot.key, true);
+    state.openCount++;
+    if (state.openCount >= conf.flush_batch) flushSoon();
   }
-  e = { key, quotaKey, expireAt, subject, fields: new LuaTable() };
-  state.open.set(key, e);
-  state.openCount++;
-  if (state.openCount >= conf.flush_batch) flushSoon();
-  return e;
+  t.slots.push(slot);
+}
+
+function addSlots(this: void, state: PoolState, conf: Conf, t: Tally, target: Target, quotaOn: boolean, dayAt: number, monthAt: number): void {
+  if (target === NOBODY) return;
+  addSlot(state, conf, t, { key: target.dayKey, quotaKey: target.quotaKey, expireAt: dayAt, label: target.label, quota: quotaOn, period: "day", bucket: t.day });
+  addSlot(state, conf, t, { key: target.monthKey, quotaKey: target.quotaKey, expireAt: monthAt, label: target.label, quota: quotaOn, period: "month", bucket: t.month });
+}
+
+function newTally(this: void, state: PoolState, conf: Conf, subject: Target, route: Target, service: Target, day: string, month: string, dayAt: number, monthAt: number): Tally {
+  const t: Tally = {
+    day, month, slots: [], missing: 0, view: undefined,
+    requests: 0, bytes_in: 0, bytes_out: 0, cost: 0, ["2xx"]: 0, ["3xx"]: 0, ["4xx"]: 0, ["5xx"]: 0, quota_requests: 0, quota_cost: 0,
+  };
+  addSlots(state, conf, t, subject, true, dayAt, monthAt);
+  addSlots(state, conf, t, route, false, dayAt, monthAt);
+  addSlots(state, conf, t, service, false, dayAt, monthAt);
+  return t;
+}
+
+/**
+ * The open tally of `subject`, `route` and `service` (their keys current for buckets `day`
+ * and `month`) a request adds its counts to. Counter sets past max_pending are left out of
+ * a new tally, counted dropped for each request, and tried again while there is room.
+ */
+export function tally(this: void, state: PoolState, conf: Conf, subject: Target, route: Target, service: Target, day: string, month: string, dayAt: number, monthAt: number): Tally {
+  let bySubject = state.tallies.get(subject);
+  if (bySubject === undefined) {
+    bySubject = new LuaTable();
+    state.tallies.set(subject, bySubject);
+  }
+  let byRoute = bySubject.get(route);
+  if (byRoute === undefined) {
+    byRoute = new LuaTable();
+    bySubject.set(route, byRoute);
+  }
+  let t = byRoute.get(service);
+  if (t !== undefined && t.day === day && t.month === month && (t.missing === 0 || state.openCount + state.sealedCount >= conf.max_pending)) {
+    if (t.missing > 0) {
+      state.dropped += t.missing;
+      droppedTotal += t.missing;
+    }
+    return t;
+  }
+  // A new day or month, or room again for what was dropped: the old tally is sealed as it is.
+  if (t !== undefined) state.retired.push(t);
+  t = newTally(state, conf, subject, route, service, day, month, dayAt, monthAt);
+  byRoute.set(service, t);
+  if (t.missing > 0) {
+    state.dropped += t.missing;
+    droppedTotal += t.missing;
+  }
+  return t;
+}
+
+/** A tally's counts into the counter set of `slot`, in `entries` (one entry per counter set). */
+function expand(this: void, t: Tally, entries: LuaTable<string, Entry>, list: Entry[]): void {
+  if (t.requests === 0) return;
+  for (const slot of t.slots) {
+    let e = entries.get(slot.key);
+    if (e === undefined) {
+      e = { key: slot.key, quotaKey: slot.quotaKey, expireAt: slot.expireAt, subject: slot.label, fields: new LuaTable() };
+      entries.set(slot.key, e);
+      list.push(e);
+    }
+    const fields = e.fields;
+    for (const name of TALLY_FIELDS) {
+      const n = t[name];
+      if (n !== 0) fields.set(name, (fields.get(name) ?? 0) + n);
+    }
+    if (!slot.quota) continue;
+    if (t.quota_requests !== 0) fields.set("quota_requests", (fields.get("quota_requests") ?? 0) + t.quota_requests);
+    if (t.quota_cost !== 0) fields.set("quota_cost", (fields.get("quota_cost") ?? 0) + t.quota_cost);
+    if (t.view !== undefined) {
+      e.view = t.view;
+      e.period = slot.period;
+      e.bucket = slot.bucket;
+    }
+  }
+}
+
+/** Every open tally, the retired ones included. */
+function eachTally(this: void, state: PoolState, fn: (this: void, t: Tally) => void): void {
+  for (const t of state.retired) fn(t);
+  for (const [, byRoute] of pairs(state.tallies)) {
+    for (const [, byService] of pairs(byRoute)) {
+      for (const [, t] of pairs(byService)) fn(t);
+    }
+  }
 }
 
 function seal(this: void, state: PoolState): void {
   if (state.openCount === 0) return;
+  const byKey = new LuaTable<string, Entry>();
   const entries: Entry[] = [];
-  for (const [, e] of pairs(state.open)) entries.push(e);
+  eachTally(state, (t) => expand(t, byKey, entries));
   state.sealed.push({ seq: state.nextSeq, entries });
   state.nextSeq++;
-  state.sealedCount += state.openCount;
-  state.open = new LuaTable();
+  state.sealedCount += entries.length;
+  state.tallies = new LuaTable();
+  state.retired = [];
+  state.openKeys = new LuaTable();
   state.openCount = 0;
   state.dueAt = 0;
 }
@@ -279,7 +425,9 @@ function flushAtExit(this: void): void {
     }
     if (pending(state) > 0) {
       let requests = 0;
-      for (const [, e] of pairs(state.open)) requests += requestsIn(e);
+      eachTally(state, (t) => {
+        requests += t.requests * t.slots.length;
+      });
       for (const batch of state.sealed) for (const e of batch.entries) requests += requestsIn(e);
       ngx.log(ngx.ERR, `[kong] [${PLUGIN}] worker exiting with Redis unreachable: ${pending(state)} counter sets (${requests} requests) lost`);
     }

@@ -24,9 +24,9 @@ export interface Counts {
 export interface View {
   day: Counts;
   month: Counts;
-  /** The subject's overrides from Redis (-1: none; undefined: not read yet). */
-  overrideDay?: number;
-  overrideMonth?: number;
+  /** The subject's overrides from Redis (-1: none, or not read yet). */
+  overrideDay: number;
+  overrideMonth: number;
 }
 
 const [created, err] = lrucache.new<View>(MAX_VIEWS);
@@ -41,7 +41,10 @@ function fresh(this: void, bucket: string): Counts {
 export function viewOf(this: void, key: string, dayId: string, monthId: string): View {
   let [view] = views.get(key);
   if (view === undefined) {
-    view = { day: fresh(dayId), month: fresh(monthId) };
+    // Every field from the start: a field added later (the overrides, at the first flush)
+    // would change the table's shape under the compiled access phase, which then leaves its
+    // trace at this lookup on every request.
+    view = { day: fresh(dayId), month: fresh(monthId), overrideDay: -1, overrideMonth: -1 };
     views.set(key, view);
   }
   if (view.day.bucket !== dayId) view.day = fresh(dayId);

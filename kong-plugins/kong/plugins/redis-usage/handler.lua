@@ -178,6 +178,48 @@ local function costOf(conf, bodyBytes)
     end
     return conf.cost
 end
+--- Admitted without a quota decision (no quota, or nobody to count it on): shared, never written.
+local UNCHECKED = {
+    admitted = true,
+    subject = nil,
+    view = nil,
+    viewCost = 0,
+    countedCost = -1,
+    decided = false,
+    dayLimit = -1,
+    dayLeft = -1,
+    monthLimit = -1,
+    monthLeft = -1
+}
+local NOT_ADMITTED = {
+    admitted = false,
+    subject = nil,
+    view = nil,
+    viewCost = 0,
+    countedCost = -1,
+    decided = false,
+    dayLimit = -1,
+    dayLeft = -1,
+    monthLimit = -1,
+    monthLeft = -1
+}
+--- Header text of the quota limits seen lately: the same few numbers on every response.
+local MAX_LIMIT_TEXTS = 1000
+local limitTexts = {}
+local limitTextCount = 0
+local function limitText(limit)
+    local text = limitTexts[limit]
+    if text == nil then
+        if limitTextCount >= MAX_LIMIT_TEXTS then
+            limitTexts = {}
+            limitTextCount = 0
+        end
+        text = tostring(limit)
+        limitTexts[limit] = text
+        limitTextCount = limitTextCount + 1
+    end
+    return text
+end
 local function quotaHeaders(d)
     local headers = {}
     if d.dayLimit >= 0 then
@@ -202,80 +244,26 @@ end
 local function left(limit, used)
     return limit < 0 and -1 or math.max(0, limit - used)
 end
---- batched: this worker's view, no Redis call.
-local function decideBatched(conf, view, need, costNow)
+--- batched: this worker's view, no Redis call; the decision goes into `d`.
+local function decideBatched(conf, view, need, costNow, d)
     local unit = conf.quota_unit
-    local dayLimit = view.overrideDay ~= nil and view.overrideDay >= 0 and view.overrideDay or (conf.quota_day or -1)
-    local monthLimit = view.overrideMonth ~= nil and view.overrideMonth >= 0 and view.overrideMonth or (conf.quota_month or -1)
+    local dayLimit = view.overrideDay >= 0 and view.overrideDay or (conf.quota_day or -1)
+    local monthLimit = view.overrideMonth >= 0 and view.overrideMonth or (conf.quota_month or -1)
     local dayUsed = quota.used(view.day, unit)
     local monthUsed = quota.used(view.month, unit)
     local admitted = (dayLimit < 0 or dayUsed + need <= dayLimit) and (monthLimit < 0 or monthUsed + need <= monthLimit)
+    d.admitted = admitted
+    d.dayLimit = dayLimit
+    d.monthLimit = monthLimit
     if not admitted then
-        return {
-            admitted = admitted,
-            dayLimit = dayLimit,
-            dayLeft = left(dayLimit, dayUsed),
-            monthLimit = monthLimit,
-            monthLeft = left(monthLimit, monthUsed)
-        }
+        d.dayLeft = left(dayLimit, dayUsed)
+        d.monthLeft = left(monthLimit, monthUsed)
+        return
     end
     quota.admit(view, 1, costNow)
     local spent = unit == "cost" and costNow or 1
-    return {
-        admitted = admitted,
-        dayLimit = dayLimit,
-        dayLeft = left(dayLimit, dayUsed + spent),
-        monthLimit = monthLimit,
-        monthLeft = left(monthLimit, monthUsed + spent)
-    }
-end
---- The log phase's Metered record, filled for each request and used before the handler
--- returns (nothing in between yields): no table per request.
-local metered = {
-    conf = nil,
-    state = nil,
-    expiry = nil,
-    bytesIn = 0,
-    bytesOut = 0,
-    cost = 0,
-    statusClass = nil
-}
-local function bump(fields, field, n)
-    if n ~= 0 then
-        fields[field] = (fields[field] or 0) + n
-    end
-end
---- One request into one subject's day (or month) counter set; with `view`, the quota amounts too.
-local function count(r, s, isDay, quotaRequests, quotaCost, view, bucket)
-    local entry = meter.entry(
-        r.state,
-        r.conf,
-        isDay and s.dayKey or s.monthKey,
-        s.quotaKey,
-        isDay and r.expiry.dayAt or r.expiry.monthAt,
-        s.label
-    )
-    if entry == nil then
-        return
-    end
-    local fields = entry.fields
-    fields.requests = (fields.requests or 0) + 1
-    bump(fields, "bytes_in", r.bytesIn)
-    bump(fields, "bytes_out", r.bytesOut)
-    bump(fields, "cost", r.cost)
-    if r.statusClass ~= nil then
-        fields[r.statusClass] = (fields[r.statusClass] or 0) + 1
-    end
-    if view == nil and quotaRequests == 0 and quotaCost == 0 then
-        return
-    end
-    bump(fields, "quota_requests", quotaRequests)
-    bump(fields, "quota_cost", quotaCost)
-    if view ~= nil then
-        entry.view = view
-        entry.period = isDay and "day" or "month"
-        entry.bucket = bucket
-    end
+    d.dayLeft = left(dayLimit, dayUsed + spent)
+    d.monthLeft = left(monthLimit, monthUsed + spent)
 end
 local handler = {
     PRIORITY = 905,
@@ -289,20 +277,31 @@ local handler = {
     access = function(self, conf)
         local ctx = kong.ctx.plugin
         if not quotaOn(conf) then
-            ctx.admitted = true
+            ctx.usage = UNCHECKED
             return
         end
         local now = floor(ngx.now() * 1000 + 0.5)
         local c = clockAt(now)
         local subject = identify(conf, c)
         if subject == nil then
-            ctx.admitted = true
+            ctx.usage = UNCHECKED
             return
         end
-        ctx.subject = subject
+        local d = {
+            admitted = false,
+            subject = subject,
+            view = nil,
+            viewCost = 0,
+            countedCost = -1,
+            decided = true,
+            dayLimit = -1,
+            dayLeft = -1,
+            monthLimit = -1,
+            monthLeft = -1
+        }
+        ctx.usage = d
         local costNow = costBefore(conf)
         local need = conf.quota_unit == "cost" and math.max(1, costNow) or 1
-        local d
         if conf.quota_mode == "exact" then
             facts.enter(PLUGIN)
             local e = expiryOf(conf, c)
@@ -317,8 +316,9 @@ local handler = {
             }})
             if type(reply) ~= "table" then
                 facts.limit(PLUGIN, "quota", conf.fault_tolerant, "fault")
+                d.decided = false
                 if conf.fault_tolerant then
-                    ctx.admitted = true
+                    d.admitted = true
                 end
                 return onRedisFailure(
                     PLUGIN,
@@ -327,22 +327,26 @@ local handler = {
                 )
             end
             local r = reply
-            d = {
-                admitted = r[1] == 1,
-                dayLimit = r[2],
-                dayLeft = r[3],
-                monthLimit = r[4],
-                monthLeft = r[5]
-            }
+            d.admitted = r[1] == 1
+            d.dayLimit = r[2]
+            d.dayLeft = r[3]
+            d.monthLimit = r[4]
+            d.monthLeft = r[5]
             if d.admitted then
-                ctx.counted_cost = costNow
+                d.countedCost = costNow
             end
         else
             local view = viewOfSubject(conf, subject, c)
-            d = decideBatched(conf, view, need, costNow)
+            decideBatched(
+                conf,
+                view,
+                need,
+                costNow,
+                d
+            )
             if d.admitted then
-                ctx.view = view
-                ctx.view_cost = costNow
+                d.view = view
+                d.viewCost = costNow
             end
         end
         local byMonth = d.monthLimit >= 0 and (d.dayLimit < 0 or d.monthLeft < d.dayLeft)
@@ -355,21 +359,26 @@ local handler = {
             byMonth and d.monthLeft or d.dayLeft
         )
         if not d.admitted then
+            d.decided = false
             return reject(conf, d, c, now)
         end
-        ctx.admitted = true
-        ctx.decision = d
     end,
     header_filter = function(self, conf)
         local ctx = kong.ctx.plugin
-        local d = ctx.decision
-        if d ~= nil then
+        local d = ctx.usage
+        if d ~= nil and d.decided then
             if d.dayLimit >= 0 then
-                kong.response.set_header(LIMIT_DAY, d.dayLimit)
+                kong.response.set_header(
+                    LIMIT_DAY,
+                    limitText(d.dayLimit)
+                )
                 kong.response.set_header(REMAINING_DAY, d.dayLeft)
             end
             if d.monthLimit >= 0 then
-                kong.response.set_header(LIMIT_MONTH, d.monthLimit)
+                kong.response.set_header(
+                    LIMIT_MONTH,
+                    limitText(d.monthLimit)
+                )
                 kong.response.set_header(REMAINING_MONTH, d.monthLeft)
             end
         end
@@ -402,89 +411,47 @@ local handler = {
             type(conf.cost_per_kb) == "number" and (tonumber(vars.body_bytes_sent) or 0) or 0
         )
         local statusClass = STATUS_CLASSES[floor(kong.response.get_status() / 100)]
-        local admitted = ctx.admitted == true
-        local countedCost = ctx.counted_cost
-        local quotaRequests = admitted and countedCost == nil and 1 or 0
-        local quotaCost = admitted and cost - (countedCost or 0) or 0
-        local view = ctx.view
+        local a = ctx.usage or NOT_ADMITTED
+        local admitted = a.admitted
+        local counted = a.countedCost >= 0
+        local quotaRequests = admitted and not counted and 1 or 0
+        local quotaCost = admitted and cost - (counted and a.countedCost or 0) or 0
+        local view = a.view
         if view ~= nil then
-            quota.admit(view, 0, cost - (ctx.view_cost or 0))
+            quota.admit(view, 0, cost - a.viewCost)
         end
-        local request = metered
-        request.conf = conf
-        request.state = meter.stateFor(conf)
-        request.expiry = expiryOf(conf, c)
-        request.bytesIn = bytesIn
-        request.bytesOut = bytesOut
-        request.cost = cost
-        request.statusClass = statusClass
-        meter.due(request.state, conf)
-        local known = ctx.subject
+        local state = meter.stateFor(conf)
+        meter.due(state, conf)
+        local known = a.subject
         local subject = known ~= nil and current(known, c) or identify(conf, c)
-        if subject ~= nil then
-            local quotaView = view or (quotaOn(conf) and viewOfSubject(conf, subject, c) or nil)
-            count(
-                request,
-                subject,
-                true,
-                quotaRequests,
-                quotaCost,
-                quotaView,
-                c.day.id
-            )
-            count(
-                request,
-                subject,
-                false,
-                quotaRequests,
-                quotaCost,
-                quotaView,
-                c.month.id
-            )
-        end
         local route = kong.router.get_route()
-        if route ~= nil then
-            local s = subjectOf("route", route.name or route.id, c)
-            count(
-                request,
-                s,
-                true,
-                0,
-                0,
-                nil,
-                ""
-            )
-            count(
-                request,
-                s,
-                false,
-                0,
-                0,
-                nil,
-                ""
-            )
-        end
         local service = kong.router.get_service()
-        if service ~= nil then
-            local s = subjectOf("service", service.name or service.id, c)
-            count(
-                request,
-                s,
-                true,
-                0,
-                0,
-                nil,
-                ""
-            )
-            count(
-                request,
-                s,
-                false,
-                0,
-                0,
-                nil,
-                ""
-            )
+        local e = expiryOf(conf, c)
+        local t = meter.tally(
+            state,
+            conf,
+            subject or meter.NOBODY,
+            route ~= nil and subjectOf("route", route.name or route.id, c) or meter.NOBODY,
+            service ~= nil and subjectOf("service", service.name or service.id, c) or meter.NOBODY,
+            c.day.id,
+            c.month.id,
+            e.dayAt,
+            e.monthAt
+        )
+        t.requests = t.requests + 1
+        t.bytes_in = t.bytes_in + bytesIn
+        t.bytes_out = t.bytes_out + bytesOut
+        t.cost = t.cost + cost
+        if statusClass ~= nil then
+            t[statusClass] = t[statusClass] + 1
+        end
+        if subject ~= nil then
+            t.quota_requests = t.quota_requests + quotaRequests
+            t.quota_cost = t.quota_cost + quotaCost
+            local quotaView = view or (quotaOn(conf) and viewOfSubject(conf, subject, c) or nil)
+            if quotaView ~= nil then
+                t.view = quotaView
+            end
         end
         meter.afterRequest()
     end

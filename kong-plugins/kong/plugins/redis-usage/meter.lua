@@ -2,7 +2,7 @@
 local ____lualib = require("krs.lualib_bundle")
 local __TS__ArrayPush = ____lualib.__TS__ArrayPush
 local ____exports = {}
-local writer, seal, callOf, requestsIn, permanent, send, reportDrops, flushPool, pending, flushAtExit, flushNow, PLUGIN, SCRIPT, MAX_CALLS, EXIT_TRIES, EXIT_PAUSE, pools, droppedTotal, writerId, flushScheduled
+local writer, expand, eachTally, seal, callOf, requestsIn, permanent, send, reportDrops, flushPool, pending, flushAtExit, flushNow, PLUGIN, SCRIPT, MAX_CALLS, EXIT_TRIES, EXIT_PAUSE, TALLY_FIELDS, pools, droppedTotal, writerId, flushScheduled
 local client = require("krs.redis.client")
 local ____fault = require("krs.redis.fault")
 local logThrottled = ____fault.logThrottled
@@ -15,19 +15,78 @@ function writer()
     end
     return writerId
 end
+function expand(t, entries, list)
+    if t.requests == 0 then
+        return
+    end
+    for ____, slot in ipairs(t.slots) do
+        do
+            local e = entries[slot.key]
+            if e == nil then
+                e = {
+                    key = slot.key,
+                    quotaKey = slot.quotaKey,
+                    expireAt = slot.expireAt,
+                    subject = slot.label,
+                    fields = {}
+                }
+                entries[slot.key] = e
+                list[#list + 1] = e
+            end
+            local fields = e.fields
+            for ____, name in ipairs(TALLY_FIELDS) do
+                local n = t[name]
+                if n ~= 0 then
+                    fields[name] = (fields[name] or 0) + n
+                end
+            end
+            if not slot.quota then
+                goto __continue27
+            end
+            if t.quota_requests ~= 0 then
+                fields.quota_requests = (fields.quota_requests or 0) + t.quota_requests
+            end
+            if t.quota_cost ~= 0 then
+                fields.quota_cost = (fields.quota_cost or 0) + t.quota_cost
+            end
+            if t.view ~= nil then
+                e.view = t.view
+                e.period = slot.period
+                e.bucket = slot.bucket
+            end
+        end
+        ::__continue27::
+    end
+end
+function eachTally(state, fn)
+    for ____, t in ipairs(state.retired) do
+        fn(t)
+    end
+    for ____, byRoute in pairs(state.tallies) do
+        for ____, byService in pairs(byRoute) do
+            for ____, t in pairs(byService) do
+                fn(t)
+            end
+        end
+    end
+end
 function seal(state)
     if state.openCount == 0 then
         return
     end
+    local byKey = {}
     local entries = {}
-    for ____, e in pairs(state.open) do
-        entries[#entries + 1] = e
-    end
-    local ____state_sealed_0 = state.sealed
-    ____state_sealed_0[#____state_sealed_0 + 1] = {seq = state.nextSeq, entries = entries}
+    eachTally(
+        state,
+        function(t) return expand(t, byKey, entries) end
+    )
+    local ____state_sealed_2 = state.sealed
+    ____state_sealed_2[#____state_sealed_2 + 1] = {seq = state.nextSeq, entries = entries}
     state.nextSeq = state.nextSeq + 1
-    state.sealedCount = state.sealedCount + state.openCount
-    state.open = {}
+    state.sealedCount = state.sealedCount + #entries
+    state.tallies = {}
+    state.retired = {}
+    state.openKeys = {}
     state.openCount = 0
     state.dueAt = 0
 end
@@ -65,14 +124,14 @@ function send(state)
                     break
                 end
                 if inThisTrip[e.key] ~= nil then
-                    goto __continue24
+                    goto __continue52
                 end
                 inThisTrip[e.key] = true
                 calls[#calls + 1] = callOf(batch.seq, e)
                 sent[#sent + 1] = e
                 sentSeq[#sentSeq + 1] = batch.seq
             end
-            ::__continue24::
+            ::__continue52::
         end
     end
     if #calls == 0 then
@@ -113,7 +172,7 @@ function send(state)
                         )
                     end
                     done[e] = true
-                    goto __continue32
+                    goto __continue60
                 end
                 local message = type(reply) == "table" and tostring(reply[2]) or tostring(reply)
                 if permanent(message) then
@@ -141,7 +200,7 @@ function send(state)
                     logThrottled(PLUGIN, "redis refused a flush for now, its counts are kept for the next one: " .. message, state.conf)
                 end
             end
-            ::__continue32::
+            ::__continue60::
             i = i + 1
         end
     end
@@ -235,9 +294,12 @@ function flushAtExit()
         end
         if pending(state) > 0 then
             local requests = 0
-            for ____, e in pairs(state.open) do
-                requests = requests + requestsIn(e)
-            end
+            eachTally(
+                state,
+                function(t)
+                    requests = requests + t.requests * #t.slots
+                end
+            )
             for ____, batch in ipairs(state.sealed) do
                 for ____, e in ipairs(batch.entries) do
                     requests = requests + requestsIn(e)
@@ -285,6 +347,24 @@ local TICK = 0.05
 MAX_CALLS = 5000
 EXIT_TRIES = 10
 EXIT_PAUSE = 0.2
+--- No subject, route or service: a tally's place for it, with no counter set.
+____exports.NOBODY = {
+    tag = "",
+    label = "",
+    quotaKey = "",
+    dayKey = "",
+    monthKey = ""
+}
+TALLY_FIELDS = {
+    "requests",
+    "bytes_in",
+    "bytes_out",
+    "cost",
+    "2xx",
+    "3xx",
+    "4xx",
+    "5xx"
+}
 pools = {}
 droppedTotal = 0
 local timerStarted = false
@@ -296,7 +376,9 @@ function ____exports.stateFor(conf)
         state = {
             name = name,
             conf = conf,
-            open = {},
+            tallies = {},
+            retired = {},
+            openKeys = {},
             openCount = 0,
             dueAt = 0,
             sealed = {},
@@ -326,29 +408,134 @@ function ____exports.due(state, conf)
         state.dueAt = at
     end
 end
-function ____exports.entry(state, conf, key, quotaKey, expireAt, subject)
-    local e = state.open[key]
-    if e ~= nil then
-        return e
+local function addSlot(state, conf, t, slot)
+    if not (state.openKeys[slot.key] ~= nil) then
+        if state.openCount + state.sealedCount >= conf.max_pending then
+            t.missing = t.missing + 1
+            return
+        end
+        state.openKeys[slot.key] = true
+        state.openCount = state.openCount + 1
+        if state.openCount >= conf.flush_batch then
+            ____exports.flushSoon()
+        end
     end
-    if state.openCount + state.sealedCount >= conf.max_pending then
-        state.dropped = state.dropped + 1
-        droppedTotal = droppedTotal + 1
-        return nil
+    local ____t_slots_0 = t.slots
+    ____t_slots_0[#____t_slots_0 + 1] = slot
+end
+local function addSlots(state, conf, t, target, quotaOn, dayAt, monthAt)
+    if target == ____exports.NOBODY then
+        return
     end
-    e = {
-        key = key,
-        quotaKey = quotaKey,
-        expireAt = expireAt,
-        subject = subject,
-        fields = {}
+    addSlot(state, conf, t, {
+        key = target.dayKey,
+        quotaKey = target.quotaKey,
+        expireAt = dayAt,
+        label = target.label,
+        quota = quotaOn,
+        period = "day",
+        bucket = t.day
+    })
+    addSlot(state, conf, t, {
+        key = target.monthKey,
+        quotaKey = target.quotaKey,
+        expireAt = monthAt,
+        label = target.label,
+        quota = quotaOn,
+        period = "month",
+        bucket = t.month
+    })
+end
+local function newTally(state, conf, subject, route, service, day, month, dayAt, monthAt)
+    local t = {
+        day = day,
+        month = month,
+        slots = {},
+        missing = 0,
+        view = nil,
+        requests = 0,
+        bytes_in = 0,
+        bytes_out = 0,
+        cost = 0,
+        ["2xx"] = 0,
+        ["3xx"] = 0,
+        ["4xx"] = 0,
+        ["5xx"] = 0,
+        quota_requests = 0,
+        quota_cost = 0
     }
-    state.open[key] = e
-    state.openCount = state.openCount + 1
-    if state.openCount >= conf.flush_batch then
-        ____exports.flushSoon()
+    addSlots(
+        state,
+        conf,
+        t,
+        subject,
+        true,
+        dayAt,
+        monthAt
+    )
+    addSlots(
+        state,
+        conf,
+        t,
+        route,
+        false,
+        dayAt,
+        monthAt
+    )
+    addSlots(
+        state,
+        conf,
+        t,
+        service,
+        false,
+        dayAt,
+        monthAt
+    )
+    return t
+end
+--- The open tally of `subject`, `route` and `service` (their keys current for buckets `day`
+-- and `month`) a request adds its counts to. Counter sets past max_pending are left out of
+-- a new tally, counted dropped for each request, and tried again while there is room.
+function ____exports.tally(state, conf, subject, route, service, day, month, dayAt, monthAt)
+    local bySubject = state.tallies[subject]
+    if bySubject == nil then
+        bySubject = {}
+        state.tallies[subject] = bySubject
     end
-    return e
+    local byRoute = bySubject[route]
+    if byRoute == nil then
+        byRoute = {}
+        bySubject[route] = byRoute
+    end
+    local t = byRoute[service]
+    if t ~= nil and t.day == day and t.month == month and (t.missing == 0 or state.openCount + state.sealedCount >= conf.max_pending) then
+        if t.missing > 0 then
+            state.dropped = state.dropped + t.missing
+            droppedTotal = droppedTotal + t.missing
+        end
+        return t
+    end
+    if t ~= nil then
+        local ____state_retired_1 = state.retired
+        ____state_retired_1[#____state_retired_1 + 1] = t
+    end
+    t = newTally(
+        state,
+        conf,
+        subject,
+        route,
+        service,
+        day,
+        month,
+        dayAt,
+        monthAt
+    )
+    byRoute[service] = t
+    if t.missing > 0 then
+        state.dropped = state.dropped + t.missing
+        droppedTotal = droppedTotal + t.missing
+    end
+    return t
 end
 local function tick(premature)
     if premature then

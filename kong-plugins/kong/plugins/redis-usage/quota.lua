@@ -23,7 +23,9 @@ function ____exports.viewOf(key, dayId, monthId)
     if view == nil then
         view = {
             day = fresh(dayId),
-            month = fresh(monthId)
+            month = fresh(monthId),
+            overrideDay = -1,
+            overrideMonth = -1
         }
         views:set(key, view)
     end
