@@ -261,8 +261,11 @@ local function evalsha(red, script, call)
     request[1] = countLine(3 + #keys + #args)
     request[2] = evalshaHead(script)
     local at = 2
+    if #keys > 0 then
+        at = putBulk(at, keys[1])
+    end
     do
-        local i = 0
+        local i = 1
         while i < #keys do
             at = putBulk(at, keys[i + 1])
             i = i + 1
@@ -407,7 +410,7 @@ local function runDirect(conf, target, call, what)
                         sentinel.forget(target.id)
                     end
                     if notSent and attempt < attempts then
-                        goto __continue79
+                        goto __continue80
                     end
                     accounting.record(started, trips, true)
                     return nil, connectErr
@@ -433,13 +436,13 @@ local function runDirect(conf, target, call, what)
                 if target.mode == "sentinel" and res == false and string.sub(err or "", 1, 8) == "READONLY" then
                     sentinel.forget(target.id)
                     if attempt < attempts then
-                        goto __continue79
+                        goto __continue80
                     end
                 end
                 accounting.record(started, trips, false)
                 return res, err
             end
-            ::__continue79::
+            ::__continue80::
             attempt = attempt + 1
         end
     end
@@ -477,7 +480,7 @@ local function runClustered(conf, target, call, what)
                         if next ~= nil and next.addr ~= server.addr then
                             server = next
                             asking = false
-                            goto __continue91
+                            goto __continue92
                         end
                     end
                     accounting.record(started, trips, true)
@@ -521,7 +524,7 @@ local function runClustered(conf, target, call, what)
                     ngx.sleep(0.01 * (hop + 1))
                 end
             end
-            ::__continue91::
+            ::__continue92::
             hop = hop + 1
         end
     end

@@ -240,7 +240,10 @@ function evalsha(this: void, red: RestyRedis, script: EmbeddedScript, call: Scri
   request[0] = countLine(3 + keys.length + args.length);
   request[1] = evalshaHead(script);
   let at = 2;
-  for (let i = 0; i < keys.length; i++) at = putBulk(at, keys[i]);
+  // The first key outside the loop: a one-key call (the suite's usual one) enters no loop
+  // for its keys, which LuaJIT cannot make a trace of ("leaving loop in root trace").
+  if (keys.length > 0) at = putBulk(at, keys[0]);
+  for (let i = 1; i < keys.length; i++) at = putBulk(at, keys[i]);
   for (let i = 0; i < args.length; i++) at = putBulk(at, args[i]);
   request[at] = "\r\n";
   for (let i = at + 1; i < previous; i++) request[i] = undefined as unknown as string;
