@@ -160,6 +160,30 @@ describe("scripts", () => {
   });
 });
 
+describe("script replies", () => {
+  it("a reply longer than one read (a 12 KB bulk inside an array) comes back whole, and the connection stays usable", async () => {
+    const redis = await startRedis();
+    const now = 1_700_000_040_000;
+    const body = "x".repeat(12_000);
+    const entry = `1|60000|${now}|E|${body}`;
+    const admin = ioredis(redis);
+    await admin.set("krs:test:big", entry, "PX", 60000);
+    // cache-lookup-3: a readable entry is answered {1, value, refresh}.
+    const gw = await gateway(configFor({ port: redis.port }, {
+      mode: "script", script: "cache-lookup",
+      script_keys: ["krs:test:big", "krs:test:big:fill", "krs:test:big:refresh"],
+      script_args: ["token", "1000", String(now), "0", "0", "E", "0"],
+    }));
+    for (let i = 0; i < 3; i++) {
+      const res = await hit(`${gw.proxyUrl}/redis/anything`);
+      expect(res.status).toBe(200);
+      expect(res.value).toBe(`1,${entry},0`);
+    }
+    admin.disconnect();
+    expect(gw.unexpectedErrors()).toEqual([]);
+  });
+});
+
 describe("TLS", () => {
   let tlsRedis: RedisServer;
   let ca: string;

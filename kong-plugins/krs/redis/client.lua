@@ -148,23 +148,189 @@ local function slotOf(call)
     end
     return keySlot(tostring(commandCall.args[1]))
 end
+--- Per script, its EVALSHA's RESP after the argument count (`EVALSHA <sha1> <numkeys>`): the same on every call.
+local evalshaHeads = {}
+--- `*<count>\r\n` lines, by count.
+local countLines = {}
+--- `\r\n$<length>\r\n`, the line before a bulk string of that length, by length.
+local lengthLines = {}
+local function evalshaHead(script)
+    local known = evalshaHeads[script]
+    if known ~= nil then
+        return known
+    end
+    local numkeys = tostring(script.numkeys)
+    local head = (((("$7\r\nEVALSHA\r\n$40\r\n" .. script.sha1) .. "\r\n$") .. tostring(#numkeys)) .. "\r\n") .. numkeys
+    evalshaHeads[script] = head
+    return head
+end
+local function countLine(count)
+    local known = countLines[count]
+    if known ~= nil then
+        return known
+    end
+    local line = ("*" .. tostring(count)) .. "\r\n"
+    countLines[count] = line
+    return line
+end
+local function lengthLine(length)
+    local known = lengthLines[length]
+    if known ~= nil then
+        return known
+    end
+    local line = ("\r\n$" .. tostring(length)) .. "\r\n"
+    lengthLines[length] = line
+    return line
+end
+--- The pieces of one EVALSHA request, reused by every call: filled and handed to send()
+-- (which copies them) with no yield in between, so no two calls ever share it. Strings
+-- only: send() converts a number piece to text twice, and joining the pieces in Lua
+-- first makes a long string per call that LuaJIT interns (slow when many look alike).
+local request = {}
+--- One bulk string from `at`: its length line (the head ends without its CRLF), then its text.
+local function putBulk(at, value)
+    local text = type(value) == "string" and value or tostring(value)
+    request[at + 1] = lengthLine(#text)
+    request[at + 1 + 1] = text
+    return at + 2
+end
+--- How much one receive takes; a longer reply takes more receives.
+local READ_CHUNK = 8192
+--- One RESP value of `buf` from `pos`: lua-resty-redis's reply shapes (an error reply is
+-- `false, msg`, inside an array `{ false, msg }`), and where the next value starts; no
+-- position while `buf` ends before the value does.
+local function parseReply(buf, pos)
+    local lineEnd = string.find(buf, "\r\n", pos, true)
+    if lineEnd == nil then
+        return nil, nil, nil
+    end
+    local prefix = string.byte(buf, pos)
+    local after = lineEnd + 2
+    if prefix == 58 then
+        return tonumber(string.sub(buf, pos + 1, lineEnd - 1)), nil, after
+    end
+    if prefix == 42 then
+        local n = tonumber(string.sub(buf, pos + 1, lineEnd - 1)) or -1
+        if n < 0 then
+            return ngx.null, nil, after
+        end
+        local values = {}
+        local next = after
+        do
+            local i = 0
+            while i < n do
+                local value, msg, at = parseReply(buf, next)
+                if at == nil then
+                    return value, msg, nil
+                end
+                values[i + 1] = value == false and ({false, msg}) or value
+                next = at
+                i = i + 1
+            end
+        end
+        return values, nil, next
+    end
+    if prefix == 36 then
+        local size = tonumber(string.sub(buf, pos + 1, lineEnd - 1)) or -1
+        if size < 0 then
+            return ngx.null, nil, after
+        end
+        if after + size + 1 > #buf then
+            return nil, nil, nil
+        end
+        return string.sub(buf, after, after + size - 1), nil, after + size + 2
+    end
+    if prefix == 43 then
+        return string.sub(buf, pos + 1, lineEnd - 1), nil, after
+    end
+    if prefix == 45 then
+        return false, string.sub(buf, pos + 1, lineEnd - 1), after
+    end
+    return nil, ("unknown prefix: \"" .. tostring(prefix)) .. "\"", nil
+end
+--- EVALSHA of `call` on `red`'s connection: the request in one send (the script's head
+-- built once), the reply read with as few receives as it takes, usually one.
+local function evalsha(red, script, call)
+    local sock = red._sock
+    if sock == nil then
+        return nil, "not initialized"
+    end
+    local keys = call.keys
+    local args = call.args
+    local previous = #request
+    request[1] = countLine(3 + #keys + #args)
+    request[2] = evalshaHead(script)
+    local at = 2
+    if #keys > 0 then
+        at = putBulk(at, keys[1])
+    end
+    do
+        local i = 1
+        while i < #keys do
+            at = putBulk(at, keys[i + 1])
+            i = i + 1
+        end
+    end
+    do
+        local i = 0
+        while i < #args do
+            at = putBulk(at, args[i + 1])
+            i = i + 1
+        end
+    end
+    request[at + 1] = "\r\n"
+    do
+        local i = at + 1
+        while i < previous do
+            request[i + 1] = nil
+            i = i + 1
+        end
+    end
+    local sent, sendErr = sock:send(request)
+    if sent == nil then
+        return nil, sendErr
+    end
+    local buf, err = sock:receiveany(READ_CHUNK)
+    while buf ~= nil do
+        local reply, msg, next = parseReply(buf, 1)
+        if next ~= nil then
+            if next <= #buf then
+                return nil, "unexpected data after a redis reply"
+            end
+            return reply, msg
+        end
+        if msg ~= nil then
+            return nil, msg
+        end
+        local more, moreErr = sock:receiveany(READ_CHUNK)
+        buf = more ~= nil and buf .. more or nil
+        err = moreErr
+    end
+    return nil, err
+end
 --- Sends one call on `red`, preceded by ASKING when the slot is being imported there (in
 -- the same round trip). A script Redis does not have is sent again with EVAL on the same
 -- connection. Returns the reply, its error, and the round trips it took.
 local function sendCall(red, call, asking)
     local scriptCall = call
-    local command
-    local argv
+    local res
+    local err
     local script
     if scriptCall.script ~= nil then
         script = scriptOf(scriptCall)
-        command = "evalsha"
-        argv = argvOf(script.sha1, scriptCall, script.numkeys)
+        if asking then
+            res, err = sendAsking(
+                red,
+                true,
+                "evalsha",
+                argvOf(script.sha1, scriptCall, script.numkeys)
+            )
+        else
+            res, err = evalsha(red, script, scriptCall)
+        end
     else
-        command = call.command
-        argv = call.args
+        res, err = sendAsking(red, asking, call.command, call.args)
     end
-    local res, err = sendAsking(red, asking, command, argv)
     local trips = 1
     if script ~= nil and res == false and isNoScript(err) then
         res, err = sendAsking(
@@ -244,7 +410,7 @@ local function runDirect(conf, target, call, what)
                         sentinel.forget(target.id)
                     end
                     if notSent and attempt < attempts then
-                        goto __continue44
+                        goto __continue80
                     end
                     accounting.record(started, trips, true)
                     return nil, connectErr
@@ -270,13 +436,13 @@ local function runDirect(conf, target, call, what)
                 if target.mode == "sentinel" and res == false and string.sub(err or "", 1, 8) == "READONLY" then
                     sentinel.forget(target.id)
                     if attempt < attempts then
-                        goto __continue44
+                        goto __continue80
                     end
                 end
                 accounting.record(started, trips, false)
                 return res, err
             end
-            ::__continue44::
+            ::__continue80::
             attempt = attempt + 1
         end
     end
@@ -314,7 +480,7 @@ local function runClustered(conf, target, call, what)
                         if next ~= nil and next.addr ~= server.addr then
                             server = next
                             asking = false
-                            goto __continue56
+                            goto __continue92
                         end
                     end
                     accounting.record(started, trips, true)
@@ -358,7 +524,7 @@ local function runClustered(conf, target, call, what)
                     ngx.sleep(0.01 * (hop + 1))
                 end
             end
-            ::__continue56::
+            ::__continue92::
             hop = hop + 1
         end
     end

@@ -53,6 +53,8 @@ type Headers = LuaTable<string, number>;
 interface Window {
   name: string;
   limit: number;
+  /** The limit as the header shows it, converted once. */
+  limitText: string;
   /** Milliseconds, or windows.MONTH / windows.YEAR for the calendar ones. */
   length: number;
   limitHeader: string;
@@ -65,7 +67,19 @@ interface Prepared {
   algorithm: "sliding" | "fixed";
   /** The plugin instance's part of every counter key. */
   instance: string;
+  /** Counter keys by identifier, per kind ("ip" when the configured identifier was missing). */
+  ipKeys: LuaTable<string, string>;
+  idKeys: LuaTable<string, string>;
+  keyCount: number;
 }
+
+/** Counter keys one config remembers before it starts over (bounds the memory many clients take). */
+const KEY_SLOTS = 10000;
+
+// SINGLE_WINDOW_FIRST: per-request loops over the windows handle the first one before the
+// loop, so a one-window config (the usual one) enters no loop at all: LuaJIT aborts a trace
+// that meets a short inner loop with a long body ("loop unroll limit reached", "leaving
+// loop in root trace"), and the request then runs interpreted.
 
 /** An identifier this worker saw at its limit: until `retryAt` no request of it can be admitted. */
 interface Blocked {
@@ -259,6 +273,7 @@ function prepare(this: void, conf: Conf): Prepared {
       windows[windows.length] = {
         name: w.name,
         limit: limit as number,
+        limitText: tostring(limit),
         length: w.length,
         limitHeader: "X-RateLimit-Limit-" + w.title,
         remainingHeader: "X-RateLimit-Remaining-" + w.title,
@@ -271,9 +286,28 @@ function prepare(this: void, conf: Conf): Prepared {
     windows,
     algorithm: conf.algorithm === "fixed-window" ? "fixed" : "sliding",
     instance: part(instance),
+    ipKeys: new LuaTable(),
+    idKeys: new LuaTable(),
+    keyCount: 0,
   };
   preparedByConf.set(conf, prepared);
   return prepared;
+}
+
+/** The counter key of one identifier: built (and `part()` hashed) once per config and identifier. */
+function counterKeyOf(this: void, p: Prepared, kind: string, value: string): string {
+  const known = kind === "ip" ? p.ipKeys : p.idKeys;
+  const cached = known.get(value);
+  if (cached !== undefined) return cached;
+  if (p.keyCount >= KEY_SLOTS) {
+    p.ipKeys = new LuaTable();
+    p.idKeys = new LuaTable();
+    p.keyCount = 0;
+  }
+  const built = key(PLUGIN, `${p.instance}:${kind}:${part(value)}`);
+  (kind === "ip" ? p.ipKeys : p.idKeys).set(value, built);
+  p.keyCount++;
+  return built;
 }
 
 /** What the counters belong to: kind and value; the client IP when the identifier is missing (as Kong). */
@@ -325,8 +359,51 @@ function headersFor(this: void, p: Prepared, now: number, remaining: number[]): 
   return headers;
 }
 
+/**
+ * headersFor's headers, set one by one (names and limit texts prepared per config, no
+ * table per request, no pairs()): the same windows win the RateLimit-* headers.
+ */
+function setHeaders(this: void, p: Prepared, now: number, remaining: number[]): void {
+  const setHeader = kong.response.set_header;
+  const windows = p.windows;
+  const first = windows[0];
+  let best = 0;
+  let bestRemaining = remaining[0];
+  const [firstStart, firstLength] = bounds(now, first.length);
+  let bestLength = firstLength;
+  let bestReset = firstStart + firstLength - now;
+  setHeader(first.limitHeader, first.limitText);
+  setHeader(first.remainingHeader, bestRemaining);
+  // From the second window on (see SINGLE_WINDOW_FIRST).
+  for (let i = 1; i < windows.length; i++) {
+    const w = windows[i];
+    const left = remaining[i];
+    setHeader(w.limitHeader, w.limitText);
+    setHeader(w.remainingHeader, left);
+    const [start, length] = bounds(now, w.length);
+    if (bestRemaining < 0 || left < bestRemaining || (left === bestRemaining && length > bestLength)) {
+      best = i;
+      bestRemaining = left;
+      bestLength = length;
+      bestReset = start + length - now;
+    }
+  }
+  setHeader(RATELIMIT_LIMIT, windows[best].limitText);
+  setHeader(RATELIMIT_REMAINING, bestRemaining);
+  setHeader(RATELIMIT_RESET, math.max(1, ceil(bestReset / 1000)));
+}
+
+/** An admission's headers go out in header_filter: what they need, kept for the request. */
+function keepHeaders(this: void, conf: Conf, now: number, remaining: number[]): void {
+  if (conf.hide_client_headers) return;
+  const ctx = kong.ctx.plugin;
+  ctx["remaining"] = remaining;
+  ctx["now"] = now;
+}
+
 /** The decision for the request facts: the tightest window and what is left of it. */
 function recordDecision(this: void, p: Prepared, admitted: boolean, source: facts.DecisionSource, remaining: number[] | undefined): void {
+  if (!facts.recording()) return;
   let limit: number | undefined;
   let left: number | undefined;
   if (remaining !== undefined) {
@@ -367,21 +444,26 @@ function rejectFromMemory(this: void, conf: Conf, p: Prepared, blocked: Blocked,
  */
 function windowArgs(this: void, p: Prepared, now: number, args: (string | number)[], first: number): number {
   const sliding = p.algorithm === "sliding";
-  let at = first;
-  let keep = 0;
-  for (const w of p.windows) {
-    const [start, length, prevStart, nextLength] = bounds(now, w.length);
-    args[at] = w.name;
-    args[at + 1] = w.limit;
-    args[at + 2] = start;
-    args[at + 3] = length;
-    args[at + 4] = prevStart;
-    args[at + 5] = nextLength;
-    at += 6;
-    const until = (sliding ? start + length + nextLength : start + length) - now;
+  const windows = p.windows;
+  let keep = windowArg(windows[0], sliding, now, args, first);
+  // From the second window on (see SINGLE_WINDOW_FIRST).
+  for (let i = 1; i < windows.length; i++) {
+    const until = windowArg(windows[i], sliding, now, args, first + 6 * i);
     if (until > keep) keep = until;
   }
   return keep + CLOCK_SKEW_MS;
+}
+
+/** One window's six arguments from ARGV[at]; returns how long its counters matter from `now`. */
+function windowArg(this: void, w: Window, sliding: boolean, now: number, args: (string | number)[], at: number): number {
+  const [start, length, prevStart, nextLength] = bounds(now, w.length);
+  args[at] = w.name;
+  args[at + 1] = w.limit;
+  args[at + 2] = start;
+  args[at + 3] = length;
+  args[at + 4] = prevStart;
+  args[at + 5] = nextLength;
+  return (sliding ? start + length + nextLength : start + length) - now;
 }
 
 /** The wait a reply carries (with every rejection, and with a grant that used a window up): remembered. */
@@ -430,17 +512,21 @@ function decideExact(this: void, conf: Conf, p: Prepared, counterKey: string, no
   const r = callScript(conf, p, flight, SCRIPT, counterKey, args);
   if (r === undefined) return;
   const n = windows.length;
-  const remaining: number[] = [];
-  for (let i = 0; i < n; i++) remaining[i] = r[2 + i];
+  let room = r[2] ?? 0;
+  const remaining: number[] = [room];
+  // From the second window on (see SINGLE_WINDOW_FIRST).
+  for (let i = 1; i < n; i++) {
+    const left = r[2 + i];
+    remaining[i] = left;
+    if (left < room) room = left;
+  }
   // A wait comes with every rejection, and with an admission that used a window up:
   // either way no request of this identifier can be admitted before it has passed.
   rememberBlock(conf, counterKey, n, r, now);
-  let room = remaining[0] ?? 0;
-  for (let i = 1; i < n; i++) if (remaining[i] < room) room = remaining[i];
   landed(flight, room);
   recordDecision(p, r[0] === 1, "redis", remaining);
   if (r[0] !== 1) return reject(conf, p, now, remaining, r[1]);
-  if (!conf.hide_client_headers) kong.ctx.plugin["headers"] = headersFor(p, now, remaining);
+  keepHeaders(conf, now, remaining);
 }
 
 /** An admission from `lease`: the headers show the room Redis had left after it, plus what is left of it. */
@@ -449,10 +535,13 @@ function admitFromLease(this: void, conf: Conf, p: Prepared, lease: Lease, now: 
   lease.used++;
   if (lease.left === 0) outstanding.delete(lease);
   const n = p.windows.length;
-  const remaining: number[] = [];
-  for (let i = 0; i < n; i++) remaining[i] = lease.remaining[i] + lease.left;
+  const reported = lease.remaining;
+  const left = lease.left;
+  const remaining: number[] = [reported[0] + left];
+  // From the second window on (see SINGLE_WINDOW_FIRST).
+  for (let i = 1; i < n; i++) remaining[i] = reported[i] + left;
   recordDecision(p, true, source, remaining);
-  if (!conf.hide_client_headers) kong.ctx.plugin["headers"] = headersFor(p, now, remaining);
+  keepHeaders(conf, now, remaining);
 }
 
 /**
@@ -527,17 +616,18 @@ const handler: KongPluginHandler<Conf> = {
     facts.enter(PLUGIN);
     const p = prepare(conf);
     const [kind, value] = identify(conf);
-    const counterKey = key(PLUGIN, `${p.instance}:${kind}:${part(value)}`);
+    const counterKey = counterKeyOf(p, kind, value);
     // the request's time as nginx cached it for this event loop iteration (as Kong reads it)
     const now = floor(ngx.now() * 1000 + 0.5);
     if (conf.sync === "exact") return decideExact(conf, p, counterKey, now);
     return decideLeased(conf, p, counterKey, now);
   },
 
-  header_filter(_conf) {
-    const headers = kong.ctx.plugin["headers"] as Headers | undefined;
-    if (headers === undefined) return;
-    for (const [name, value] of pairs(headers)) kong.response.set_header(name, value);
+  header_filter(conf) {
+    const ctx = kong.ctx.plugin;
+    const remaining = ctx["remaining"] as number[] | undefined;
+    if (remaining === undefined) return;
+    setHeaders(prepare(conf), ctx["now"] as number, remaining);
   },
 };
 
