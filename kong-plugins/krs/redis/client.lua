@@ -197,56 +197,57 @@ end
 --- How much one receive takes; a longer reply takes more receives.
 local READ_CHUNK = 8192
 --- One RESP value of `buf` from `pos`: lua-resty-redis's reply shapes (an error reply is
--- `false, msg`, inside an array `{ false, msg }`), and where the next value starts; no
--- position while `buf` ends before the value does.
+-- `false, msg`, inside an array `{ false, msg }`), and where the next value starts. While
+-- `buf` ends before the value does: no position, and the length `buf` must reach before
+-- parsing again is worth it (a bulk's end; one byte more when a line is not complete).
 local function parseReply(buf, pos)
     local lineEnd = string.find(buf, "\r\n", pos, true)
     if lineEnd == nil then
-        return nil, nil, nil
+        return nil, nil, nil, #buf + 1
     end
     local prefix = string.byte(buf, pos)
     local after = lineEnd + 2
     if prefix == 58 then
-        return tonumber(string.sub(buf, pos + 1, lineEnd - 1)), nil, after
+        return tonumber(string.sub(buf, pos + 1, lineEnd - 1)), nil, after, 0
     end
     if prefix == 42 then
         local n = tonumber(string.sub(buf, pos + 1, lineEnd - 1)) or -1
         if n < 0 then
-            return ngx.null, nil, after
+            return ngx.null, nil, after, 0
         end
         local values = {}
         local next = after
         do
             local i = 0
             while i < n do
-                local value, msg, at = parseReply(buf, next)
+                local value, msg, at, need = parseReply(buf, next)
                 if at == nil then
-                    return value, msg, nil
+                    return value, msg, nil, need
                 end
                 values[i + 1] = value == false and ({false, msg}) or value
                 next = at
                 i = i + 1
             end
         end
-        return values, nil, next
+        return values, nil, next, 0
     end
     if prefix == 36 then
         local size = tonumber(string.sub(buf, pos + 1, lineEnd - 1)) or -1
         if size < 0 then
-            return ngx.null, nil, after
+            return ngx.null, nil, after, 0
         end
         if after + size + 1 > #buf then
-            return nil, nil, nil
+            return nil, nil, nil, after + size + 1
         end
-        return string.sub(buf, after, after + size - 1), nil, after + size + 2
+        return string.sub(buf, after, after + size - 1), nil, after + size + 2, 0
     end
     if prefix == 43 then
-        return string.sub(buf, pos + 1, lineEnd - 1), nil, after
+        return string.sub(buf, pos + 1, lineEnd - 1), nil, after, 0
     end
     if prefix == 45 then
-        return false, string.sub(buf, pos + 1, lineEnd - 1), after
+        return false, string.sub(buf, pos + 1, lineEnd - 1), after, 0
     end
-    return nil, ("unknown prefix: \"" .. tostring(prefix)) .. "\"", nil
+    return nil, ("unknown prefix: \"" .. tostring(prefix)) .. "\"", nil, 0
 end
 --- EVALSHA of `call` on `red`'s connection: the request in one send (the script's head
 -- built once), the reply read with as few receives as it takes, usually one.
@@ -292,7 +293,7 @@ local function evalsha(red, script, call)
     end
     local buf, err = sock:receiveany(READ_CHUNK)
     while buf ~= nil do
-        local reply, msg, next = parseReply(buf, 1)
+        local reply, msg, next, need = parseReply(buf, 1)
         if next ~= nil then
             if next <= #buf then
                 return nil, "unexpected data after a redis reply"
@@ -302,7 +303,11 @@ local function evalsha(red, script, call)
         if msg ~= nil then
             return nil, msg
         end
-        local more, moreErr = sock:receiveany(READ_CHUNK)
+        local more, moreErr = unpack(
+            need > #buf + 1 and ({sock:receive(need - #buf)}) or ({sock:receiveany(READ_CHUNK)}),
+            1,
+            2
+        )
         buf = more ~= nil and buf .. more or nil
         err = moreErr
     end

@@ -138,6 +138,7 @@ function slotOf(this: void, call: Call): number | undefined {
 interface RawSocket {
   send(this: RawSocket, data: string[]): LuaMultiReturn<[number | undefined, string | undefined]>;
   receiveany(this: RawSocket, max: number): LuaMultiReturn<[string | undefined, string | undefined]>;
+  receive(this: RawSocket, size: number): LuaMultiReturn<[string | undefined, string | undefined]>;
 }
 
 /** Per script, its EVALSHA's RESP after the argument count (`EVALSHA <sha1> <numkeys>`): the same on every call. */
@@ -193,38 +194,39 @@ const READ_CHUNK = 8192;
 
 /**
  * One RESP value of `buf` from `pos`: lua-resty-redis's reply shapes (an error reply is
- * `false, msg`, inside an array `{ false, msg }`), and where the next value starts; no
- * position while `buf` ends before the value does.
+ * `false, msg`, inside an array `{ false, msg }`), and where the next value starts. While
+ * `buf` ends before the value does: no position, and the length `buf` must reach before
+ * parsing again is worth it (a bulk's end; one byte more when a line is not complete).
  */
-function parseReply(this: void, buf: string, pos: number): LuaMultiReturn<[RedisReply | false | undefined, string | undefined, number | undefined]> {
+function parseReply(this: void, buf: string, pos: number): LuaMultiReturn<[RedisReply | false | undefined, string | undefined, number | undefined, number]> {
   const [lineEnd] = string.find(buf, "\r\n", pos, true);
-  if (lineEnd === undefined) return $multi(undefined, undefined, undefined);
+  if (lineEnd === undefined) return $multi(undefined, undefined, undefined, buf.length + 1);
   const prefix = string.byte(buf, pos);
   const after = lineEnd + 2;
-  if (prefix === 58) return $multi(tonumber(string.sub(buf, pos + 1, lineEnd - 1)), undefined, after); // ':'
+  if (prefix === 58) return $multi(tonumber(string.sub(buf, pos + 1, lineEnd - 1)), undefined, after, 0); // ':'
   if (prefix === 42) { // '*'
     const n = tonumber(string.sub(buf, pos + 1, lineEnd - 1)) ?? -1;
-    if (n < 0) return $multi(ngx.null, undefined, after);
+    if (n < 0) return $multi(ngx.null, undefined, after, 0);
     const values: RedisReply[] = [];
     let next = after;
     for (let i = 0; i < n; i++) {
-      const [value, msg, at] = parseReply(buf, next);
-      if (at === undefined) return $multi(value, msg, undefined);
+      const [value, msg, at, need] = parseReply(buf, next);
+      if (at === undefined) return $multi(value, msg, undefined, need);
       values[i] = value === false ? ([false, msg] as unknown as RedisReply) : (value as RedisReply);
       next = at;
     }
-    return $multi(values, undefined, next);
+    return $multi(values, undefined, next, 0);
   }
   if (prefix === 36) { // '$'
     const size = tonumber(string.sub(buf, pos + 1, lineEnd - 1)) ?? -1;
-    if (size < 0) return $multi(ngx.null, undefined, after);
-    if (after + size + 1 > buf.length) return $multi(undefined, undefined, undefined);
-    return $multi(string.sub(buf, after, after + size - 1), undefined, after + size + 2);
+    if (size < 0) return $multi(ngx.null, undefined, after, 0);
+    if (after + size + 1 > buf.length) return $multi(undefined, undefined, undefined, after + size + 1);
+    return $multi(string.sub(buf, after, after + size - 1), undefined, after + size + 2, 0);
   }
-  if (prefix === 43) return $multi(string.sub(buf, pos + 1, lineEnd - 1), undefined, after); // '+'
-  if (prefix === 45) return $multi(false, string.sub(buf, pos + 1, lineEnd - 1), after); // '-'
+  if (prefix === 43) return $multi(string.sub(buf, pos + 1, lineEnd - 1), undefined, after, 0); // '+'
+  if (prefix === 45) return $multi(false, string.sub(buf, pos + 1, lineEnd - 1), after, 0); // '-'
   // Not RESP: the connection cannot be read further (the caller closes it).
-  return $multi(undefined, `unknown prefix: "${tostring(prefix)}"`, undefined);
+  return $multi(undefined, `unknown prefix: "${tostring(prefix)}"`, undefined, 0);
 }
 
 /**
@@ -251,13 +253,15 @@ function evalsha(this: void, red: RestyRedis, script: EmbeddedScript, call: Scri
   if (sent === undefined) return $multi(undefined, sendErr);
   let [buf, err] = sock.receiveany(READ_CHUNK);
   while (buf !== undefined) {
-    const [reply, msg, next] = parseReply(buf, 1);
+    const [reply, msg, next, need] = parseReply(buf, 1);
     if (next !== undefined) {
       if (next <= buf.length) return $multi(undefined, "unexpected data after a redis reply");
       return $multi(reply, msg);
     }
     if (msg !== undefined) return $multi(undefined, msg);
-    const [more, moreErr] = sock.receiveany(READ_CHUNK);
+    // A bulk whose length is known is read to its end in one receive: a large reply (a
+    // cached body) costs one more receive and one join per bulk, not one per chunk.
+    const [more, moreErr] = need > buf.length + 1 ? sock.receive(need - buf.length) : sock.receiveany(READ_CHUNK);
     buf = more !== undefined ? buf + more : undefined;
     err = moreErr;
   }
