@@ -464,8 +464,11 @@ const response: KongResponseApi = {
   set_header(name, value) {
     checkHeader(name, value);
     if (ngx.headers_sent) error("headers have already been sent", 2);
-    const lower = string.lower(name);
-    if (lower === "transfer-encoding" || lower === "transfer_encoding") return;
+    // Only a 17-byte name can be Transfer-Encoding: no lowercased copy of every other name.
+    if ((name as string).length === 17) {
+      const lower = string.lower(name);
+      if (lower === "transfer-encoding" || lower === "transfer_encoding") return;
+    }
     ngx.header[name] = headerValue(value);
   },
   add_header(name, value) {
