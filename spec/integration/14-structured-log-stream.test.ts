@@ -113,6 +113,8 @@ describe.each(BACKENDS)("2 gateways x 2 workers, one stream (%s redis)", (kind) 
     const expires = await commandCalls("expire");
     expect(xadds).toBe(ids.length);
     expect(expires).toBeLessThan(ids.length / 2);
+    // The batch's script renews the stream's lifetime.
+    expect(await backend.client.ttl(STREAM_KEY)).toBeGreaterThan(0);
     for (const gw of gateways) expect(gw.unexpectedErrors()).toEqual([]);
   }, 60_000);
 });

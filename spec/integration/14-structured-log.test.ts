@@ -5,16 +5,17 @@
  * rate-limit decision, a cache Hit, an auth failure's plugin and reason, custom fields),
  * secrets appear nowhere (file, stream, error log), bad header values still give one valid
  * line each, reopen follows logrotate, an unopenable file and a Redis that is down leave
- * requests unaffected with one report per interval.
+ * requests unaffected with one report per interval. A reload that replaces a sink (issue
+ * 14) flushes and closes the old one: its lines reach the old file / stream at once.
  */
-import { chmodSync, existsSync, readFileSync, renameSync } from "node:fs";
+import { chmodSync, existsSync, readdirSync, readFileSync, readlinkSync, renameSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { pretty } from "../../src/cli/logs.js";
 import { runKrs } from "../helpers/krs-main.js";
-import { gateway, getJson, startRedis, stopAll, tempDir, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
+import { gateway, getJson, ON_KONG, startRedis, stopAll, tempDir, upstream, type RedisServer, type TestGateway } from "../helpers/services.js";
 
 const REDIS_PASSWORD = "structured-log-redis-pw-4b1d";
 const TENANT_KEY_HEADER = "x-tenant-key";
@@ -451,5 +452,101 @@ describe("bad input", () => {
     const counted = Math.max(0, ...streamed.map((e) => e.krs.log_dropped ?? 0));
     expect(counted).toBeGreaterThanOrEqual(25);
     expect(counted).toBeLessThanOrEqual(150 - fromOutage.length);
+  }, 30_000);
+});
+
+describe("a reload that replaces the sinks (issue 14)", () => {
+  /** The files the gateway's workers hold open (from /proc: the spec runs on the gateway's host). */
+  function openByWorkers(prefix: string): string[] {
+    const master = readFileSync(join(prefix, "logs", "nginx.pid"), "utf8").trim();
+    const open: string[] = [];
+    for (const pid of readdirSync("/proc").filter((d) => /^\d+$/.test(d))) {
+      let status: string;
+      try {
+        status = readFileSync(`/proc/${pid}/status`, "utf8");
+      } catch {
+        continue;
+      }
+      if (status.match(/^PPid:\s+(\d+)$/m)?.[1] !== master) continue;
+      for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+        try {
+          open.push(readlinkSync(`/proc/${pid}/fd/${fd}`));
+        } catch {
+          // closed meanwhile
+        }
+      }
+    }
+    return open;
+  }
+
+  async function eventually(check: () => boolean | Promise<boolean>): Promise<void> {
+    for (let i = 0; i < 100 && !(await check()); i++) await sleep(50);
+  }
+
+  it.skipIf(ON_KONG)("lines queued before it reach the old file and stream at once, later ones the new; the old file is closed, the plugin's removal flushes and closes too", async () => {
+    const up = await upstream();
+    const dir = tempDir("slog-reload");
+    chmodSync(dir, 0o777);
+    const [oldFile, newFile] = [join(dir, "old.log"), join(dir, "new.log")];
+    const [oldStream, newStream] = ["sl-reload-old", "sl-reload-new"].map((n) => `krs:structured-log:v1:{${n}}:stream`);
+    // flush_interval 60 and a batch far above the requests sent: nothing is written before
+    // the reload, and without the fix not for a minute after it.
+    const held = { flush_interval: 60, batch_max: 10000 };
+    const configWith = (path: string, stream: string) => ({
+      _format_version: "3.0",
+      services: [{
+        name: "svc",
+        url: `http://127.0.0.1:${up.port}`,
+        routes: [
+          { name: "filed", paths: ["/filed"], plugins: [{ name: "structured-log", config: { path, ...held } }] },
+          { name: "streamed", paths: ["/streamed"], plugins: [{ name: "structured-log", config: { sink: "redis-stream", stream_key: stream, ...held, redis: redisConf() } }] },
+        ],
+      }],
+    });
+    await client.del(oldStream, newStream);
+    const g = await gateway(configWith(oldFile, "sl-reload-old"), { workers: 2 });
+    const send = async (route: string, n: number) => {
+      const ids: string[] = [];
+      for (let i = 0; i < n; i++) {
+        const res = await fetch(`${g.proxyUrl}/${route}/anything?i=${i}`);
+        await res.text();
+        expect(res.status).toBe(200);
+        ids.push(res.headers.get("x-kong-request-id") ?? "");
+      }
+      return ids;
+    };
+    const streamIds = async (key: string) => (await client.xrange(key, "-", "+")).map(([, f]) => JSON.parse(f[1]).request_id as string);
+    const post = async (config: object) => {
+      const res = await fetch(`${g.adminUrl}/config`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(config) });
+      expect(res.status).toBe(201);
+    };
+
+    const beforeFile = await send("filed", 6);
+    const beforeStream = await send("streamed", 6);
+    await sleep(200);
+    expect(lines(oldFile)).toHaveLength(0);
+    expect(await client.exists(oldStream)).toBe(0);
+
+    await post(configWith(newFile, "sl-reload-new"));
+    // Every worker adopts the config within a second (its sync timer) and flushes the old sinks.
+    await eventually(async () => lines(oldFile).length === 6 && (await streamIds(oldStream)).length === 6);
+    expect(entries(oldFile).map((e) => e.request_id).sort()).toEqual([...beforeFile].sort());
+    expect((await streamIds(oldStream)).sort()).toEqual([...beforeStream].sort());
+    expect(await client.ttl(oldStream)).toBeGreaterThan(0);
+    await eventually(() => !openByWorkers(g.prefix).includes(oldFile));
+    expect(openByWorkers(g.prefix)).not.toContain(oldFile);
+
+    const afterFile = await send("filed", 3);
+    await send("streamed", 3);
+    // The new sinks hold their lines (flush_interval 60) until the next change: removing the plugin.
+    await post({ ...configWith(newFile, "sl-reload-new"), services: [{ name: "svc", url: `http://127.0.0.1:${up.port}`, routes: [{ name: "filed", paths: ["/filed"] }] }] });
+    await eventually(async () => lines(newFile).length === 3 && (await streamIds(newStream)).length === 3);
+    expect(entries(newFile).map((e) => e.request_id).sort()).toEqual([...afterFile].sort());
+    expect(await streamIds(newStream)).toHaveLength(3);
+    expect(lines(oldFile)).toHaveLength(6);
+    expect(await streamIds(oldStream)).toHaveLength(6);
+    await eventually(() => !openByWorkers(g.prefix).includes(newFile));
+    expect(openByWorkers(g.prefix)).not.toContain(newFile);
+    expect(g.unexpectedErrors()).toEqual([]);
   }, 30_000);
 });

@@ -726,11 +726,13 @@ function serialize(this: void): KongSerializedLog {
   const scheme = ngx.var["scheme"] ?? "http";
   const host = ngx.var["host"] ?? "";
   const port = ngx.var["server_port"] ?? "";
+  // Each variable is read once: every ngx.var read is a C call and a new string.
+  const requestUri = ngx.var["request_uri"] ?? "";
   const entry: KongSerializedLog = {
     request: {
       method: ngx.req.get_method(),
-      uri: ngx.var["request_uri"] ?? "",
-      url: `${scheme}://${host}:${port}${ngx.var["request_uri"] ?? ""}`,
+      uri: requestUri,
+      url: `${scheme}://${host}:${port}${requestUri}`,
       size: tonumber(ngx.var["request_length"]) ?? 0,
       querystring: query,
       headers: reqHeaders,
@@ -752,7 +754,7 @@ function serialize(this: void): KongSerializedLog {
     },
     client_ip: client.get_forwarded_ip(),
     started_at: math.floor(started * 1000),
-    upstream_uri: upstreamUri(),
+    upstream_uri: upstreamUri(requestUri),
     source: response.get_source(),
     upstream_status: upstreamStatus(),
     // Kong prepares the balancer's data (tries = {}) as soon as a route matched, before any
@@ -770,10 +772,10 @@ function serialize(this: void): KongSerializedLog {
  * Kong 3.9: what was sent upstream, query included (as $upstream_uri, with the query
  * nginx would append when the URI set has none); "" when nothing was proxied.
  */
-function upstreamUri(this: void): string {
+function upstreamUri(this: void, requestUri: string): string {
   const uri = ngx.var["upstream_uri"] ?? "";
   if (uri === "" || string.find(uri, "?", 1, true)[0] !== undefined) return uri;
-  if (string.byte(ngx.var["request_uri"] ?? "", -1) === 63) return uri + "?";
+  if (string.byte(requestUri, -1) === 63) return uri + "?";
   if (ngx.var["is_args"] === "?") return `${uri}?${ngx.var["args"] ?? ""}`;
   return uri;
 }

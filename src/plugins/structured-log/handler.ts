@@ -87,8 +87,10 @@ const handler: KongPluginHandler<LogConf> = {
   VERSION: SUITE_VERSION,
 
   // The request facts are recorded only while a reader (this plugin, redis-metrics) is configured.
+  // Sinks no config uses any more are flushed and closed (issue 14: they leaked).
   configure(configs) {
     facts.setReader(PLUGIN, configs !== undefined && configs.length > 0);
+    sinks.retain(configs);
   },
 
   access(conf) {

@@ -39,7 +39,7 @@ const schema: KongPluginSchema = {
           { max_len: { type: "integer", required: true, default: 100000, between: [1, 100000000], description: "redis-stream: XADD MAXLEN ~ max_len: the stream keeps about this many entries." } },
           { stream_ttl: { type: "integer", required: true, default: 604800, between: [60, 31536000], description: "redis-stream: seconds the stream lives after its last write (EXPIRE renewed with each batch)." } },
           { max_queue: { type: "integer", required: true, default: 10000, between: [1, 1000000], description: "Lines a worker holds waiting for its sink; past it new lines are dropped, counted and reported once per interval." } },
-          { batch_max: { type: "integer", required: true, default: 500, between: [1, 10000], description: "Lines per write (file) or per pipelined round trip (redis-stream)." } },
+          { batch_max: { type: "integer", required: true, default: 500, between: [1, 10000], description: "Lines per write (file) or per script call (redis-stream; at most 1000 per call)." } },
           { flush_interval: { type: "number", required: true, default: 0.5, between: [0.01, 60], description: "Seconds a line waits at most in its worker's queue." } },
           { correlation_header: { type: "string", description: "An incoming correlation header (e.g. X-Request-ID): kept and forwarded upstream, or generated (UUID) when absent; logged as correlation_id." } },
           { redact_headers: { type: "array", required: true, default: DEFAULT_REDACT_HEADERS, elements: { type: "string" }, description: "Request and response headers whose values are replaced by \"[REDACTED]\"; the header and query names the route's auth plugins read are added on the local gateway." } },

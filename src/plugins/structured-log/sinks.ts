@@ -3,14 +3,13 @@
  * timer (at most flush_interval later), or at once when a batch is full. A file gets one
  * write(2) per batch of whole lines on an O_APPEND descriptor, so lines of different
  * workers never interleave; a Redis Stream one pipelined round trip per batch (XADD per
- * line, one EXPIRE), never a call on the request's path. stdout is a file sink on the
+ * line and one EXPIRE in one script call), never a call on the request's path. stdout is a file sink on the
  * worker's standard output. Past max_queue, lines are
  * dropped, counted, and reported once per interval.
  */
 import * as ffi from "ffi";
 import * as stringBuffer from "string.buffer";
 import * as client from "../../lib/redis/client";
-import type { Call } from "../../lib/redis/client";
 import type { RedisConf } from "../../lib/redis/schema";
 import * as keys from "../../lib/keys";
 import { PLUGIN } from "./names";
@@ -42,6 +41,14 @@ interface Sink {
   flushing: boolean;
   /** A zero-delay flush is already scheduled. */
   scheduled: boolean;
+  /**
+   * No current config uses it (a reload changed or removed it): out of the registry, its
+   * timer not re-armed, its file closed after each write. A request that began before the
+   * reload may still push here: its line is written at once.
+   */
+  retired: boolean;
+  /** Its key in `sinks`. */
+  id: string;
   fd?: number;
   written: number;
   dropped: number;
@@ -165,7 +172,7 @@ function flushFile(this: void, sink: Sink): void {
     return;
   }
   sink.written += count;
-  if (conf.reopen) {
+  if (conf.reopen || sink.retired) {
     libc.close(sink.fd);
     sink.fd = undefined;
   }
@@ -175,47 +182,49 @@ function flushFile(this: void, sink: Sink): void {
 
 /** Errors before anything reached Redis: the batch can be sent again without a duplicate. */
 function notSent(this: void, err: string): boolean {
-  return string.find(err, "^redis pipeline")[0] === undefined;
+  return string.find(err, "^redis script")[0] === undefined;
 }
 
-function flushStream(this: void, sink: Sink): void {
+/**
+ * Lines per script call at most, whatever batch_max says: each line is one argument, and
+ * LuaJIT unpacks at most ~8000 values into a call.
+ */
+const LINES_PER_CALL = 1000;
+
+function flushStream(this: void, sink: Sink): boolean {
   let lines = sink.queue;
-  if (lines.length === 0) return;
+  if (lines.length === 0) return false;
   sink.queue = [];
   const conf = sink.conf;
   const key = sink.key!;
-  const batch = math.max(1, conf.batch_max);
+  const keys = [key];
+  const batch = math.max(1, math.min(conf.batch_max, LINES_PER_CALL));
   let first = 1;
   let unreachable = "";
   for (let round = 0; round < MAX_BATCHES_PER_FLUSH && first <= lines.length; round++) {
     const last = math.min(first + batch - 1, lines.length);
-    const calls: Call[] = [];
-    for (let i = first; i <= last; i++) calls.push({ command: "xadd", args: [key, "MAXLEN", "~", conf.max_len, "*", "log", lines[i - 1]] });
-    calls.push({ command: "expire", args: [key, conf.stream_ttl] });
-    const [replies, err] = client.pipeline(conf.redis, calls);
-    if (replies === undefined) {
+    // One EVALSHA per batch: XADD per line and the EXPIRE happen in Redis (redis-lua/structured-log-append-1.lua).
+    const args: (string | number)[] = [conf.max_len, conf.stream_ttl];
+    for (let i = first; i <= last; i++) args[i - first + 2] = lines[i - 1];
+    const [reply, err] = client.script(conf.redis, { script: "structured-log-append", keys, args });
+    const count = last - first + 1;
+    if (reply === undefined) {
       if (notSent(err ?? "")) {
         unreachable = err ?? "unknown error";
         break;
       }
       // Sent, answer lost: Redis may hold them. Sending again could log a request twice.
-      drop(sink, last - first + 1, `redis stream ${key} write failed, outcome unknown: ${err}`);
+      drop(sink, count, `redis stream ${key} write failed, outcome unknown: ${err}`);
+    } else if (reply === false || type(reply) !== "table") {
+      drop(sink, count, `redis refused the batch for ${key}: ${err ?? tostring(reply)}`);
     } else {
-      let refused = 0;
-      let reason: string | undefined;
-      for (let i = 0; i < last - first + 1; i++) {
-        const reply = replies[i];
-        if (type(reply) === "table" && (reply as [false, string])[0] === false) {
-          refused++;
-          reason = (reply as [false, string])[1];
-        }
-      }
-      sink.written += last - first + 1 - refused;
+      const [written, refused, reason] = reply as unknown as [number, number, string];
+      sink.written += written;
       if (refused > 0) drop(sink, refused, `redis refused XADD to ${key}: ${reason}`);
     }
     first = last + 1;
   }
-  if (first > lines.length) return;
+  if (first > lines.length) return false;
   // Not sent (Redis unreachable, circuit open): back in front of what came meanwhile,
   // within max_queue; the newest lines are the ones dropped.
   const unsent = lines.length - first + 1;
@@ -230,6 +239,7 @@ function flushStream(this: void, sink: Sink): void {
   sink.queue = kept;
   if (lost > 0) drop(sink, lost, `redis stream ${key} unreachable (${unreachable}), queue full (max_queue ${conf.max_queue})`);
   else report(sink, `redis stream ${key} unreachable (${unreachable}); ${kept.length} lines queued`);
+  return true;
 }
 
 // ---------------------------------------------------------------- queue
@@ -237,15 +247,39 @@ function flushStream(this: void, sink: Sink): void {
 function flush(this: void, sink: Sink): void {
   if (sink.flushing) return;
   sink.flushing = true;
-  const [ok, err] = pcall(sink.kind === "file" ? flushFile : flushStream, sink);
+  const [ok, held] = pcall(sink.kind === "file" ? flushFile : flushStream, sink);
   sink.flushing = false;
-  if (!ok) ngx.log(ngx.ERR, `[kong] [${PLUGIN}] flush failed: ${tostring(err)}`);
+  if (!ok) ngx.log(ngx.ERR, `[kong] [${PLUGIN}] flush failed: ${tostring(held)}`);
+  if (sink.retired) settleRetired(sink, ok && (held as unknown) === true);
+}
+
+/**
+ * A retired sink keeps nothing: lines pushed while its last flush waited on Redis get one
+ * more flush; lines Redis did not take are dropped, as no timer will retry them.
+ */
+function settleRetired(this: void, sink: Sink, held: boolean): void {
+  if (sink.kind === "redis-stream" && sink.queue.length > 0) {
+    if (!held) return schedule(sink);
+    const lost = sink.queue.length;
+    sink.queue = [];
+    drop(sink, lost, `redis stream ${sink.key} unreachable and no longer configured`);
+  }
 }
 
 function onTimer(this: void, premature: boolean, sink: Sink): void {
   flush(sink);
   // At worker exit (reload, stop) a line still queued would be lost: flush until empty.
-  if (premature) for (let i = 0; i < 20 && queued(sink) > 0 && !sink.flushing; i++) flush(sink);
+  if (premature) {
+    for (let i = 0; i < 20 && queued(sink) > 0 && !sink.flushing; i++) flush(sink);
+    return;
+  }
+  // Re-armed only while a config uses the sink: a retired one's timer ends here.
+  if (!sink.retired) arm(sink);
+}
+
+function arm(this: void, sink: Sink): void {
+  const [ok, err] = ngx.timer.at(sink.conf.flush_interval, onTimer, sink);
+  if (ok === undefined) ngx.log(ngx.ERR, `[kong] [${PLUGIN}] could not start the flush timer: ${err}`);
 }
 
 function onScheduled(this: void, _premature: boolean, sink: Sink): void {
@@ -269,6 +303,37 @@ function sinkKey(this: void, conf: SinkConf): string {
   return `stream:${client.poolName(conf.redis)}:${conf.stream_key}:${conf.flush_interval}`;
 }
 
+/** The sink keys the current configs use; undefined until the first configure. */
+let liveKeys: LuaTable<string, boolean> | undefined;
+
+function retire(this: void, sink: Sink): void {
+  sink.retired = true;
+  sinks.delete(sink.id);
+  if (sink.kind === "file") {
+    // What it holds goes to its file now (a write needs no cosocket), then the file is closed.
+    flush(sink);
+    if (sink.fd !== undefined && !sink.flushing) {
+      libc.close(sink.fd);
+      sink.fd = undefined;
+    }
+  } else if (sink.queue.length > 0) {
+    schedule(sink);
+  }
+}
+
+/**
+ * After each config change (Kong's configure phase): the sinks no config uses any more are
+ * flushed, closed and dropped, so a reload leaves neither a queue nor a timer behind.
+ */
+export function retain(this: void, configs: SinkConf[] | undefined): void {
+  const live = new LuaTable<string, boolean>();
+  if (configs !== undefined) for (const conf of configs) live.set(sinkKey(conf), true);
+  liveKeys = live;
+  const unused: Sink[] = [];
+  for (const [k, sink] of pairs(sinks)) if (live.get(k) !== true) unused.push(sink);
+  for (const sink of unused) retire(sink);
+}
+
 function sinkFor(this: void, conf: SinkConf): Sink {
   let sink = sinkOfConf.get(conf);
   if (sink !== undefined) return sink;
@@ -284,14 +349,19 @@ function sinkFor(this: void, conf: SinkConf): Sink {
       pendingLines: 0,
       flushing: false,
       scheduled: false,
+      retired: false,
+      id: k,
       written: 0,
       dropped: 0,
       unreported: 0,
       reportedAt: -REPORT_INTERVAL,
     };
-    const [ok, err] = ngx.timer.every(conf.flush_interval, onTimer, sink);
-    if (ok === undefined) ngx.log(ngx.ERR, `[kong] [${PLUGIN}] could not start the flush timer: ${err}`);
-    sinks.set(k, sink);
+    // A request still on a config that was replaced: its line is written, no sink kept.
+    if (liveKeys !== undefined && liveKeys.get(k) !== true) sink.retired = true;
+    else {
+      arm(sink);
+      sinks.set(k, sink);
+    }
   }
   sink.conf = conf;
   sinkOfConf.set(conf, sink);
@@ -321,7 +391,7 @@ export function push(this: void, conf: SinkConf, line: string | LuaStringBuffer)
   } else {
     sink.queue.push(type(line) === "string" ? (line as string) : (line as LuaStringBuffer).tostring());
   }
-  if (count + 1 >= conf.batch_max || ngx.worker.exiting()) {
+  if (count + 1 >= conf.batch_max || sink.retired || ngx.worker.exiting()) {
     // A file write is allowed here (and costs less than a timer); Redis needs a timer.
     if (sink.kind === "file") flush(sink);
     else schedule(sink);

@@ -90,6 +90,7 @@ local handler = {
     VERSION = SUITE_VERSION,
     configure = function(self, configs)
         facts.setReader(PLUGIN, configs ~= nil and #configs > 0)
+        sinks.retain(configs)
     end,
     access = function(self, conf)
         local header = conf.correlation_header

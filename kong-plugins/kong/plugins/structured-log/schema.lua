@@ -76,7 +76,7 @@ local schema = {
                     required = true,
                     default = 500,
                     between = {1, 10000},
-                    description = "Lines per write (file) or per pipelined round trip (redis-stream)."
+                    description = "Lines per write (file) or per script call (redis-stream; at most 1000 per call)."
                 }},
                 {flush_interval = {
                     type = "number",
