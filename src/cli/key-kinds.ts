@@ -292,8 +292,8 @@ export const KEY_KINDS: readonly KeyKind[] = [
     match: /^krs:structured-log:v1:\{[^{}]*\}:stream$/,
     type: "stream: one entry per request, field `log` = the JSON line (what the log file would hold), ids `*` (Redis time)",
     ttlRule: "required",
-    ttl: "`stream_ttl` (7 days) after the last batch written (`EXPIRE` in every batch's pipeline); its length is bounded by `XADD MAXLEN ~ max_len` (100,000)",
-    what: "the request log every node shares, written in batches per worker (one pipelined round trip: XADD per line + one EXPIRE); read with `krs logs tail`",
+    ttl: "`stream_ttl` (7 days) after the last batch written (`EXPIRE` in every batch's script call); its length is bounded by `XADD MAXLEN ~ max_len` (100,000)",
+    what: "the request log every node shares, written in batches per worker (one EVALSHA of redis-lua/structured-log-append-1.lua: XADD per line + one EXPIRE); read with `krs logs tail`",
   },
 ];
 
