@@ -339,7 +339,15 @@ export function contains(this: void, m: Matcher, bin: string): boolean {
 
 function containsV4(this: void, v4: V4Sets, n: number): boolean {
   const sizes = v4.sizes;
+  const count = sizes.length;
   const sets = v4.sets;
-  for (let i = 0; i < sizes.length; i++) if (sets[i].get(floor(n / sizes[i])) === true) return true;
+  // The first two sizes (most lists have one or two: /32s, /24s) outside the loop: a loop
+  // that runs at most once per request makes a trace of its own, whose exit returns to the
+  // interpreter.
+  if (count === 0) return false;
+  if (sets[0].get(floor(n / sizes[0])) === true) return true;
+  if (count === 1) return false;
+  if (sets[1].get(floor(n / sizes[1])) === true) return true;
+  for (let i = 2; i < count; i++) if (sets[i].get(floor(n / sizes[i])) === true) return true;
   return false;
 }

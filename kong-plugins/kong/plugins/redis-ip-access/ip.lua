@@ -3,10 +3,23 @@ local ____exports = {}
 local containsV4, floor
 function containsV4(v4, n)
     local sizes = v4.sizes
+    local count = #sizes
     local sets = v4.sets
+    if count == 0 then
+        return false
+    end
+    if sets[1][floor(n / sizes[1])] == true then
+        return true
+    end
+    if count == 1 then
+        return false
+    end
+    if sets[2][floor(n / sizes[2])] == true then
+        return true
+    end
     do
-        local i = 0
-        while i < #sizes do
+        local i = 2
+        while i < count do
             if sets[i + 1][floor(n / sizes[i + 1])] == true then
                 return true
             end
