@@ -115,13 +115,24 @@ describe("redis-ip-access matcher", function()
     assert.is_true(matches({ "10.1.2.3/16" }, "10.1.200.1"))
   end)
 
-  it("merges nested and overlapping entries", function()
+  it("merges nested and overlapping entries: a block inside a larger one is left out", function()
     local list = { "10.0.0.0/24", "10.0.0.0/8", "10.0.0.5", "10.1.0.0/16", "12.0.0.0/8" }
     local m = matcher(list)
-    assert.equal(2, #m.v4.starts)
+    -- what the /8s hold is left out: one set, of /8 blocks, with 10 and 12
+    assert.same({ 2 ^ 24 }, m.v4.sizes)
+    assert.same({ [10] = true, [12] = true }, m.v4.sets[1])
     assert.is_true(matches(list, "10.200.0.1"))
     assert.is_false(matches(list, "11.0.0.1"))
     assert.is_true(matches(list, "12.0.0.1"))
+  end)
+
+  it("matches a span that is no single block (cut into blocks) and the whole space (0.0.0.0/0)", function()
+    local m = ip.compile({ "\10\0\0\1" }, { "\10\0\0\6" })
+    for last = 0, 7 do
+      assert.equal(last >= 1 and last <= 6, ip.contains(m, "\10\0\0" .. string.char(last)), last)
+    end
+    assert.is_true(matches({ "0.0.0.0/0" }, "255.255.255.255"))
+    assert.is_true(matches({ "0.0.0.0/0" }, "0.0.0.0"))
   end)
 
   it("agrees with a linear scan over many random entries and addresses", function()

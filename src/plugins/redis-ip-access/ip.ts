@@ -1,7 +1,8 @@
 /**
  * IPv4/IPv6 addresses and CIDRs as fixed-width binary strings, and the matcher every
- * worker compiles from a list: merged, sorted ranges, one per family, searched by
- * bisection (O(log n) per lookup, whatever the list's size).
+ * worker compiles from a list: IPv4 as sets of blocks by prefix length (one table read per
+ * prefix length the list has), IPv6 as merged, sorted ranges searched by bisection
+ * (O(log n)). Neither depends on the list's size.
  *
  * IPv4 is 4 bytes, IPv6 16. An IPv4-mapped IPv6 address (::ffff:a.b.c.d), and a CIDR
  * inside ::ffff:0:0/96, is taken as the IPv4 one, so a mapped client matches its IPv4
@@ -191,8 +192,21 @@ interface Ranges {
   ends: string[];
 }
 
+/**
+ * IPv4 entries as sets of network numbers (address / block size), one set per block size
+ * present. A lookup reads one set per size, the same reads whatever the address: LuaJIT
+ * keeps them in the caller's trace, where a bisection's branches, which change with every
+ * address, leave the trace at each step (and a string comparison is a runtime call).
+ */
+interface V4Sets {
+  /** Block sizes (2^(32 - prefix length)) present, largest first. */
+  sizes: number[];
+  /** sets[i]: the network numbers of the blocks of sizes[i]. */
+  sets: LuaTable<number, boolean>[];
+}
+
 export interface Matcher {
-  v4: Ranges;
+  v4: V4Sets;
   v6: Ranges;
   /** Entries it was built from. */
   size: number;
@@ -219,16 +233,73 @@ function merge(this: void, spans: string[], width: number): Ranges {
   return { starts, ends };
 }
 
+/** A 4-byte address as its number. */
+function v4Number(this: void, bin: string): number {
+  const [a, b, c, d] = byte(bin, 1, 4);
+  return ((a * 256 + b) * 256 + c) * 256 + d;
+}
+
+/**
+ * The v4 spans (first .. last, numbers) as aligned blocks in sets by block size. An entry
+ * from parseEntry is one CIDR block; any other span is cut into the blocks that tile it. A
+ * block inside a larger one is left out, and so is a size left with no block: a lookup
+ * reads no set it does not need.
+ */
+function v4Sets(this: void, firsts: number[], lasts: number[]): V4Sets {
+  const firstsBySize = new LuaTable<number, number[]>();
+  const allSizes: number[] = [];
+  for (let i = 0; i < firsts.length; i++) {
+    let first = firsts[i];
+    const last = lasts[i];
+    while (first <= last) {
+      // The largest block that starts at `first` (aligned) and ends by `last`.
+      let size = 1;
+      while (size < 4294967296 && first % (size * 2) === 0 && first + size * 2 - 1 <= last) size *= 2;
+      let blocks = firstsBySize.get(size);
+      if (blocks === undefined) {
+        blocks = [];
+        firstsBySize.set(size, blocks);
+        allSizes.push(size);
+      }
+      blocks.push(first);
+      first += size;
+    }
+  }
+  table.sort(allSizes, (a, b) => a > b);
+  const sizes: number[] = [];
+  const sets: LuaTable<number, boolean>[] = [];
+  for (const size of allSizes) {
+    let set: LuaTable<number, boolean> | undefined;
+    for (const first of firstsBySize.get(size)!) {
+      let covered = false;
+      for (let j = 0; j < sizes.length && !covered; j++) covered = sets[j].get(floor(first / sizes[j])) === true;
+      if (covered) continue;
+      if (set === undefined) set = new LuaTable();
+      set.set(first / size, true);
+    }
+    if (set !== undefined) {
+      sizes.push(size);
+      sets.push(set);
+    }
+  }
+  return { sizes, sets };
+}
+
 /** A matcher from (first, last) pairs as parseEntry returns them. */
 export function compile(this: void, firsts: string[], lasts: string[]): Matcher {
-  const v4: string[] = [];
+  const v4Firsts: number[] = [];
+  const v4Lasts: number[] = [];
   const v6: string[] = [];
   for (let i = 0; i < firsts.length; i++) {
     const first = firsts[i];
-    if (first.length === 4) v4.push(first + lasts[i]);
-    else v6.push(first + lasts[i]);
+    if (first.length === 4) {
+      v4Firsts.push(v4Number(first));
+      v4Lasts.push(v4Number(lasts[i]));
+    } else {
+      v6.push(first + lasts[i]);
+    }
   }
-  return { v4: merge(v4, 4), v6: merge(v6, 16), size: firsts.length };
+  return { v4: v4Sets(v4Firsts, v4Lasts), v6: merge(v6, 16), size: firsts.length };
 }
 
 /** A matcher from a list of textual entries; raises on an invalid one (schemas validate them first). */
@@ -248,7 +319,8 @@ export function compileList(this: void, entries: string[] | undefined): Matcher 
 
 /** Whether the binary address `bin` (from parseAddress) is in one of the matcher's ranges. */
 export function contains(this: void, m: Matcher, bin: string): boolean {
-  const ranges = bin.length === 4 ? m.v4 : m.v6;
+  if (bin.length === 4) return containsV4(m.v4, v4Number(bin));
+  const ranges = m.v6;
   const starts = ranges.starts;
   let lo = 0;
   let hi = starts.length - 1;
@@ -263,4 +335,19 @@ export function contains(this: void, m: Matcher, bin: string): boolean {
     }
   }
   return found >= 0 && bin <= ranges.ends[found];
+}
+
+function containsV4(this: void, v4: V4Sets, n: number): boolean {
+  const sizes = v4.sizes;
+  const count = sizes.length;
+  const sets = v4.sets;
+  // The first two sizes (most lists have one or two: /32s, /24s) outside the loop: a loop
+  // that runs at most once per request makes a trace of its own, whose exit returns to the
+  // interpreter.
+  if (count === 0) return false;
+  if (sets[0].get(floor(n / sizes[0])) === true) return true;
+  if (count === 1) return false;
+  if (sets[1].get(floor(n / sizes[1])) === true) return true;
+  for (let i = 2; i < count; i++) if (sets[i].get(floor(n / sizes[i])) === true) return true;
+  return false;
 }

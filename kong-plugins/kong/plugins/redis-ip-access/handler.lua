@@ -121,6 +121,19 @@ local function refuse(p, address, reason)
     kong.log.warn(message)
     return kong.response.error(p.status, message)
 end
+--- Whether deny list `state` holds `bin`; a list this worker never loaded is a Redis failure.
+local function inDenyList(conf, state, bin)
+    local m, err = matcherOf(state)
+    if m == nil then
+        fault.onRedisFailure(
+            PLUGIN,
+            conf,
+            (("deny list '" .. state.list) .. "' never loaded: ") .. tostring(err)
+        )
+        return false
+    end
+    return contains(m, bin)
+end
 local handler = {
     PRIORITY = 990,
     VERSION = SUITE_VERSION,
@@ -146,17 +159,18 @@ local handler = {
         if p.deny ~= nil and contains(p.deny, bin) then
             return refuse(p, address, "deny")
         end
-        if p.denyLists ~= nil then
-            for ____, state in ipairs(p.denyLists) do
-                local m, err = matcherOf(state)
-                if m == nil then
-                    fault.onRedisFailure(
-                        PLUGIN,
-                        conf,
-                        (("deny list '" .. state.list) .. "' never loaded: ") .. tostring(err)
-                    )
-                elseif contains(m, bin) then
-                    return refuse(p, address, "deny_list: " .. state.list)
+        local denyLists = p.denyLists
+        if denyLists ~= nil then
+            if inDenyList(conf, denyLists[1], bin) then
+                return refuse(p, address, "deny_list: " .. denyLists[1].list)
+            end
+            do
+                local i = 1
+                while i < #denyLists do
+                    if inDenyList(conf, denyLists[i + 1], bin) then
+                        return refuse(p, address, "deny_list: " .. denyLists[i + 1].list)
+                    end
+                    i = i + 1
                 end
             end
         end
