@@ -176,11 +176,41 @@ describe("script replies", () => {
       script_args: ["token", "1000", String(now), "0", "0", "E", "0"],
       value_md5: true,
     }));
-    const reply = `1,${entry},0`;
+    const reply = `[1,${entry},0]`;
     for (let i = 0; i < 3; i++) {
       const res = await hit(`${gw.proxyUrl}/redis/anything`);
       expect(res.status).toBe(200);
       expect(res.value).toBe(`${createHash("md5").update(reply).digest("hex")}:${reply.length}`);
+    }
+    admin.disconnect();
+    expect(gw.unexpectedErrors()).toEqual([]);
+  });
+
+  it("a reply of 200,000 small values in a nested array (an ip-access list of 100,000 entries) comes back whole, read once", async () => {
+    const redis = await startRedis();
+    const admin = ioredis(redis);
+    const names: string[] = [];
+    for (let i = 0; i < 100_000; i++) names.push(`${10 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}.0/24`);
+    for (let i = 0; i < names.length; i += 20_000) {
+      const members: (string | number)[] = [];
+      for (const name of names.slice(i, i + 20_000)) members.push("+inf", name);
+      await admin.zadd("krs:test:list:entries", ...members);
+    }
+    await admin.set("krs:test:list:version", "7");
+    // ip-access-load-3: { version, { entry, "0", ... } (by score, then byte order), {} }.
+    const gw = await gateway(configFor({ port: redis.port }, {
+      mode: "script", script: "ip-access-load",
+      script_keys: ["krs:test:list:entries", "krs:test:list:reasons", "krs:test:list:version"],
+      script_args: ["1700000000000", "0"],
+      value_md5: true,
+    }));
+    const sorted = [...names].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    const reply = `[7,[${sorted.map((n) => `${n},0`).join(",")}],[]]`;
+    const expected = `${createHash("md5").update(reply).digest("hex")}:${reply.length}`;
+    for (let i = 0; i < 2; i++) {
+      const res = await hit(`${gw.proxyUrl}/redis/anything`);
+      expect(res.status).toBe(200);
+      expect(res.value).toBe(expected);
     }
     admin.disconnect();
     expect(gw.unexpectedErrors()).toEqual([]);

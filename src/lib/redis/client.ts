@@ -251,21 +251,106 @@ function evalsha(this: void, red: RestyRedis, script: EmbeddedScript, call: Scri
   for (let i = at + 1; i < previous; i++) request[i] = undefined as unknown as string;
   const [sent, sendErr] = sock.send(request);
   if (sent === undefined) return $multi(undefined, sendErr);
-  let [buf, err] = sock.receiveany(READ_CHUNK);
-  while (buf !== undefined) {
-    const [reply, msg, next, need] = parseReply(buf, 1);
-    if (next !== undefined) {
-      if (next <= buf.length) return $multi(undefined, "unexpected data after a redis reply");
-      return $multi(reply, msg);
-    }
-    if (msg !== undefined) return $multi(undefined, msg);
-    // A bulk whose length is known is read to its end in one receive: a large reply (a
-    // cached body) costs one more receive and one join per bulk, not one per chunk.
-    const [more, moreErr] = need > buf.length + 1 ? sock.receive(need - buf.length) : sock.receiveany(READ_CHUNK);
-    buf = more !== undefined ? buf + more : undefined;
-    err = moreErr;
+  const [buf, err] = sock.receiveany(READ_CHUNK);
+  if (buf === undefined) return $multi(undefined, err);
+  // Nearly every reply fits in the first read: parsed at once.
+  const [reply, msg, next] = parseReply(buf, 1);
+  if (next !== undefined) {
+    if (next <= buf.length) return $multi(undefined, "unexpected data after a redis reply");
+    return $multi(reply, msg);
   }
-  return $multi(undefined, err);
+  if (msg !== undefined) return $multi(undefined, msg);
+  return readLongReply(sock, buf);
+}
+
+/** An array being read: its values so far, and how many it has. */
+interface OpenArray {
+  values: RedisReply[];
+  count: number;
+}
+
+/**
+ * `buf` from `pos` on, followed by more of the reply: at least up to length `need` of the
+ * kept part when a bulk's size says so (one receive), else what the socket has.
+ */
+function readMore(this: void, sock: RawSocket, buf: string, pos: number, need: number): LuaMultiReturn<[string | undefined, string | undefined]> {
+  const kept = pos > 1 ? string.sub(buf, pos) : buf;
+  const wanted = need - pos + 1;
+  const [more, err] = wanted > kept.length + 1 ? sock.receive(wanted - kept.length) : sock.receiveany(READ_CHUNK);
+  if (more === undefined) return $multi(undefined, err);
+  return $multi(kept + more, undefined);
+}
+
+/**
+ * A reply longer than one read (a cached body, an ip-access list of 100,000 entries), read
+ * as it comes: each value is parsed once and what was parsed is dropped from the buffer, so
+ * the cost grows with the reply's size, not with its size times its reads. Arrays nest
+ * through a stack; the shapes are parseReply's.
+ */
+function readLongReply(this: void, sock: RawSocket, buf: string): RedisResult {
+  const open: OpenArray[] = [];
+  let pos = 1;
+  for (;;) {
+    const [lineEnd] = string.find(buf, "\r\n", pos, true);
+    if (lineEnd === undefined) {
+      const [more, err] = readMore(sock, buf, pos, 0);
+      if (more === undefined) return $multi(undefined, err);
+      buf = more;
+      pos = 1;
+      continue;
+    }
+    const prefix = string.byte(buf, pos);
+    let after = lineEnd + 2;
+    let value: RedisReply | false;
+    let msg: string | undefined;
+    if (prefix === 36) { // '$'
+      const size = tonumber(string.sub(buf, pos + 1, lineEnd - 1)) ?? -1;
+      if (size < 0) {
+        value = ngx.null;
+      } else {
+        if (after + size + 1 > buf.length) {
+          const [more, err] = readMore(sock, buf, pos, after + size + 1);
+          if (more === undefined) return $multi(undefined, err);
+          buf = more;
+          pos = 1;
+          continue;
+        }
+        value = string.sub(buf, after, after + size - 1);
+        after = after + size + 2;
+      }
+    } else if (prefix === 42) { // '*'
+      const n = tonumber(string.sub(buf, pos + 1, lineEnd - 1)) ?? -1;
+      if (n > 0) {
+        open.push({ values: [], count: n });
+        pos = after;
+        continue;
+      }
+      value = n < 0 ? ngx.null : [];
+    } else if (prefix === 58) { // ':'
+      value = tonumber(string.sub(buf, pos + 1, lineEnd - 1)) as number;
+    } else if (prefix === 43) { // '+'
+      value = string.sub(buf, pos + 1, lineEnd - 1);
+    } else if (prefix === 45) { // '-'
+      value = false;
+      msg = string.sub(buf, pos + 1, lineEnd - 1);
+    } else {
+      return $multi(undefined, `unknown prefix: "${tostring(prefix)}"`);
+    }
+    pos = after;
+    // The value completes its array, which may complete the one holding it, ...
+    for (;;) {
+      const top = open[open.length - 1];
+      if (top === undefined) {
+        if (pos <= buf.length) return $multi(undefined, "unexpected data after a redis reply");
+        return $multi(value, msg);
+      }
+      top.values.push(value === false ? ([false, msg] as unknown as RedisReply) : value);
+      if (top.values.length < top.count) break;
+      open.pop();
+      value = top.values;
+      msg = undefined;
+    }
+  }
 }
 
 /**
