@@ -312,4 +312,19 @@ describe("redis-usage worker buffer", function()
     assert.equal(1, got["ip:b:m:202612"].requests)
     assert.equal(4, select(2, meter.health()))
   end)
+
+  it("past max_pending, new subjects' requests are counted dropped and their tallies not kept", function()
+    local c = { redis = {}, flush_batch = 100, max_pending = 2, flush_interval = 1000 }
+    local state = meter.stateFor(c)
+    local _, droppedBefore = meter.health()
+    request(meter.tally(state, c, target("ip:kept", "20261202", "202612"), meter.NOBODY, meter.NOBODY, "20261202", "202612", 1, 2), "2xx", 1)
+    for i = 1, 1000 do
+      local t = target("ip:new" .. i, "20261202", "202612")
+      request(meter.tally(state, c, t, meter.NOBODY, meter.NOBODY, "20261202", "202612", 1, 2), "2xx", 1)
+    end
+    local subjects = 0
+    for _ in pairs(state.tallies) do subjects = subjects + 1 end
+    assert.equal(1, subjects)
+    assert.equal(droppedBefore + 2000, select(2, meter.health()))
+  end)
 end)

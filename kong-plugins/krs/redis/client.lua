@@ -46,7 +46,7 @@ function readLongReply(sock, buf)
                     end
                     buf = more
                     pos = 1
-                    goto __continue66
+                    goto __continue68
                 end
                 local prefix = string.byte(buf, pos)
                 local after = lineEnd + 2
@@ -64,7 +64,7 @@ function readLongReply(sock, buf)
                             end
                             buf = more
                             pos = 1
-                            goto __continue66
+                            goto __continue68
                         end
                         value = string.sub(buf, after, after + size - 1)
                         after = after + size + 2
@@ -74,11 +74,15 @@ function readLongReply(sock, buf)
                     if n > 0 then
                         open[#open + 1] = {values = {}, count = n}
                         pos = after
-                        goto __continue66
+                        goto __continue68
                     end
                     value = n < 0 and ngx.null or ({})
                 elseif prefix == 58 then
-                    value = tonumber(string.sub(buf, pos + 1, lineEnd - 1))
+                    local n = tonumber(string.sub(buf, pos + 1, lineEnd - 1))
+                    if n == nil then
+                        return nil, "bad integer reply"
+                    end
+                    value = n
                 elseif prefix == 43 then
                     value = string.sub(buf, pos + 1, lineEnd - 1)
                 elseif prefix == 45 then
@@ -108,7 +112,7 @@ function readLongReply(sock, buf)
                     end
                 end
             end
-            ::__continue66::
+            ::__continue68::
         end
     end
 end
@@ -266,13 +270,17 @@ local function countLine(count)
     countLines[count] = line
     return line
 end
+--- Lengths up to this get a kept length line; longer ones (a log line, a cached body) are rarer and unbounded in number.
+local MAX_KEPT_LENGTH = 1024
 local function lengthLine(length)
     local known = lengthLines[length]
     if known ~= nil then
         return known
     end
     local line = ("\r\n$" .. tostring(length)) .. "\r\n"
-    lengthLines[length] = line
+    if length <= MAX_KEPT_LENGTH then
+        lengthLines[length] = line
+    end
     return line
 end
 --- The pieces of one EVALSHA request, reused by every call: filled and handed to send()
@@ -300,7 +308,11 @@ local function parseReply(buf, pos)
     local prefix = string.byte(buf, pos)
     local after = lineEnd + 2
     if prefix == 58 then
-        return tonumber(string.sub(buf, pos + 1, lineEnd - 1)), nil, after, 0
+        local n = tonumber(string.sub(buf, pos + 1, lineEnd - 1))
+        if n == nil then
+            return nil, "bad integer reply", nil, 0
+        end
+        return n, nil, after, 0
     end
     if prefix == 42 then
         local n = tonumber(string.sub(buf, pos + 1, lineEnd - 1)) or -1
@@ -501,7 +513,7 @@ local function runDirect(conf, target, call, what)
                         sentinel.forget(target.id)
                     end
                     if notSent and attempt < attempts then
-                        goto __continue103
+                        goto __continue106
                     end
                     accounting.record(started, trips, true)
                     return nil, connectErr
@@ -527,13 +539,13 @@ local function runDirect(conf, target, call, what)
                 if target.mode == "sentinel" and res == false and string.sub(err or "", 1, 8) == "READONLY" then
                     sentinel.forget(target.id)
                     if attempt < attempts then
-                        goto __continue103
+                        goto __continue106
                     end
                 end
                 accounting.record(started, trips, false)
                 return res, err
             end
-            ::__continue103::
+            ::__continue106::
             attempt = attempt + 1
         end
     end
@@ -571,7 +583,7 @@ local function runClustered(conf, target, call, what)
                         if next ~= nil and next.addr ~= server.addr then
                             server = next
                             asking = false
-                            goto __continue115
+                            goto __continue118
                         end
                     end
                     accounting.record(started, trips, true)
@@ -615,7 +627,7 @@ local function runClustered(conf, target, call, what)
                     ngx.sleep(0.01 * (hop + 1))
                 end
             end
-            ::__continue115::
+            ::__continue118::
             hop = hop + 1
         end
     end

@@ -165,11 +165,14 @@ function countLine(this: void, count: number): string {
   return line;
 }
 
+/** Lengths up to this get a kept length line; longer ones (a log line, a cached body) are rarer and unbounded in number. */
+const MAX_KEPT_LENGTH = 1024;
+
 function lengthLine(this: void, length: number): string {
   const known = lengthLines.get(length);
   if (known !== undefined) return known;
   const line = `\r\n$${length}\r\n`;
-  lengthLines.set(length, line);
+  if (length <= MAX_KEPT_LENGTH) lengthLines.set(length, line);
   return line;
 }
 
@@ -203,7 +206,11 @@ function parseReply(this: void, buf: string, pos: number): LuaMultiReturn<[Redis
   if (lineEnd === undefined) return $multi(undefined, undefined, undefined, buf.length + 1);
   const prefix = string.byte(buf, pos);
   const after = lineEnd + 2;
-  if (prefix === 58) return $multi(tonumber(string.sub(buf, pos + 1, lineEnd - 1)), undefined, after, 0); // ':'
+  if (prefix === 58) { // ':'
+    const n = tonumber(string.sub(buf, pos + 1, lineEnd - 1));
+    if (n === undefined) return $multi(undefined, "bad integer reply", undefined, 0);
+    return $multi(n, undefined, after, 0);
+  }
   if (prefix === 42) { // '*'
     const n = tonumber(string.sub(buf, pos + 1, lineEnd - 1)) ?? -1;
     if (n < 0) return $multi(ngx.null, undefined, after, 0);
@@ -327,7 +334,9 @@ function readLongReply(this: void, sock: RawSocket, buf: string): RedisResult {
       }
       value = n < 0 ? ngx.null : [];
     } else if (prefix === 58) { // ':'
-      value = tonumber(string.sub(buf, pos + 1, lineEnd - 1)) as number;
+      const n = tonumber(string.sub(buf, pos + 1, lineEnd - 1));
+      if (n === undefined) return $multi(undefined, "bad integer reply");
+      value = n;
     } else if (prefix === 43) { // '+'
       value = string.sub(buf, pos + 1, lineEnd - 1);
     } else if (prefix === 45) { // '-'

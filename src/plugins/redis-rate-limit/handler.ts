@@ -75,6 +75,8 @@ interface Prepared {
 
 /** Counter keys one config remembers before it starts over (bounds the memory many clients take). */
 const KEY_SLOTS = 10000;
+/** Identifiers longer than this (bytes) are not kept in the key cache. */
+const MAX_KEPT_IDENTIFIER = 128;
 
 // SINGLE_WINDOW_FIRST: per-request loops over the windows handle the first one before the
 // loop, so a one-window config (the usual one) enters no loop at all: LuaJIT aborts a trace
@@ -299,6 +301,9 @@ function counterKeyOf(this: void, p: Prepared, kind: string, value: string): str
   const known = kind === "ip" ? p.ipKeys : p.idKeys;
   const cached = known.get(value);
   if (cached !== undefined) return cached;
+  // A long identifier (a client's header, up to nginx's 8 KB line) is not kept: 10,000 of
+  // them would hold tens of MB per worker. Its key is built each time.
+  if (value.length > MAX_KEPT_IDENTIFIER) return key(PLUGIN, `${p.instance}:${kind}:${part(value)}`);
   if (p.keyCount >= KEY_SLOTS) {
     p.ipKeys = new LuaTable();
     p.idKeys = new LuaTable();

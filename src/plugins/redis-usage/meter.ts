@@ -210,16 +210,8 @@ function newTally(this: void, state: PoolState, conf: Conf, subject: Target, rou
  */
 export function tally(this: void, state: PoolState, conf: Conf, subject: Target, route: Target, service: Target, day: string, month: string, dayAt: number, monthAt: number): Tally {
   let bySubject = state.tallies.get(subject);
-  if (bySubject === undefined) {
-    bySubject = new LuaTable();
-    state.tallies.set(subject, bySubject);
-  }
-  let byRoute = bySubject.get(route);
-  if (byRoute === undefined) {
-    byRoute = new LuaTable();
-    bySubject.set(route, byRoute);
-  }
-  let t = byRoute.get(service);
+  let byRoute = bySubject?.get(route);
+  let t = byRoute?.get(service);
   if (t !== undefined && t.day === day && t.month === month && (t.missing === 0 || state.openCount + state.sealedCount >= conf.max_pending)) {
     if (t.missing > 0) {
       state.dropped += t.missing;
@@ -228,13 +220,28 @@ export function tally(this: void, state: PoolState, conf: Conf, subject: Target,
     return t;
   }
   // A new day or month, or room again for what was dropped: the old tally is sealed as it is.
-  if (t !== undefined) state.retired.push(t);
+  if (t !== undefined) {
+    state.retired.push(t);
+    byRoute!.delete(service);
+  }
   t = newTally(state, conf, subject, route, service, day, month, dayAt, monthAt);
-  byRoute.set(service, t);
   if (t.missing > 0) {
     state.dropped += t.missing;
     droppedTotal += t.missing;
   }
+  // A tally max_pending left with no counter set is not kept: new subjects by the thousand
+  // while Redis is away would otherwise each hold one until the next seal, which there is
+  // none of while nothing is open.
+  if (t.slots.length === 0) return t;
+  if (bySubject === undefined) {
+    bySubject = new LuaTable();
+    state.tallies.set(subject, bySubject);
+  }
+  if (byRoute === undefined) {
+    byRoute = new LuaTable();
+    bySubject.set(route, byRoute);
+  }
+  byRoute.set(service, t);
   return t;
 }
 

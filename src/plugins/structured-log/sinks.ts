@@ -2,9 +2,9 @@
  * Where the lines go, one sink per destination and worker: a bounded queue flushed by a
  * timer (at most flush_interval later), or at once when a batch is full. A file gets one
  * write(2) per batch of whole lines on an O_APPEND descriptor, so lines of different
- * workers never interleave; a Redis Stream one pipelined round trip per batch (XADD per
- * line and one EXPIRE in one script call), never a call on the request's path. stdout is a file sink on the
- * worker's standard output. Past max_queue, lines are
+ * workers never interleave; a Redis Stream one script call per batch (XADD per line and
+ * one EXPIRE, redis-lua/structured-log-append-1.lua), never a call on the request's path.
+ * stdout is a file sink on the worker's standard output. Past max_queue, lines are
  * dropped, counted, and reported once per interval.
  */
 import * as ffi from "ffi";
@@ -269,7 +269,9 @@ function settleRetired(this: void, sink: Sink, held: boolean): void {
 function onTimer(this: void, premature: boolean, sink: Sink): void {
   flush(sink);
   // At worker exit (reload, stop) a line still queued would be lost: flush until empty.
-  if (premature) {
+  // The worker may have begun exiting while this flush waited on Redis: no later timer
+  // would then run, so drain now as well.
+  if (premature || ngx.worker.exiting()) {
     for (let i = 0; i < 20 && queued(sink) > 0 && !sink.flushing; i++) flush(sink);
     return;
   }
@@ -279,7 +281,7 @@ function onTimer(this: void, premature: boolean, sink: Sink): void {
 
 function arm(this: void, sink: Sink): void {
   const [ok, err] = ngx.timer.at(sink.conf.flush_interval, onTimer, sink);
-  if (ok === undefined) ngx.log(ngx.ERR, `[kong] [${PLUGIN}] could not start the flush timer: ${err}`);
+  if (ok === undefined && err !== "process exiting") ngx.log(ngx.ERR, `[kong] [${PLUGIN}] could not start the flush timer: ${err}`);
 }
 
 function onScheduled(this: void, _premature: boolean, sink: Sink): void {

@@ -44,6 +44,8 @@ local ceil = math.ceil
 local floor = math.floor
 --- Counter keys one config remembers before it starts over (bounds the memory many clients take).
 local KEY_SLOTS = 10000
+--- Identifiers longer than this (bytes) are not kept in the key cache.
+local MAX_KEPT_IDENTIFIER = 128
 local FLIGHT_SLOTS = 10000
 local flightCache, flightErr = lrucache.new(FLIGHT_SLOTS)
 if flightCache == nil then
@@ -235,6 +237,12 @@ local function counterKeyOf(p, kind, value)
     local cached = known[value]
     if cached ~= nil then
         return cached
+    end
+    if #value > MAX_KEPT_IDENTIFIER then
+        return key(
+            PLUGIN,
+            (((p.instance .. ":") .. kind) .. ":") .. part(value)
+        )
     end
     if p.keyCount >= KEY_SLOTS then
         p.ipKeys = {}

@@ -41,7 +41,7 @@ function expand(t, entries, list)
                 end
             end
             if not slot.quota then
-                goto __continue27
+                goto __continue28
             end
             if t.quota_requests ~= 0 then
                 fields.quota_requests = (fields.quota_requests or 0) + t.quota_requests
@@ -55,7 +55,7 @@ function expand(t, entries, list)
                 e.bucket = slot.bucket
             end
         end
-        ::__continue27::
+        ::__continue28::
     end
 end
 function eachTally(state, fn)
@@ -80,8 +80,8 @@ function seal(state)
         state,
         function(t) return expand(t, byKey, entries) end
     )
-    local ____state_sealed_2 = state.sealed
-    ____state_sealed_2[#____state_sealed_2 + 1] = {seq = state.nextSeq, entries = entries}
+    local ____state_sealed_6 = state.sealed
+    ____state_sealed_6[#____state_sealed_6 + 1] = {seq = state.nextSeq, entries = entries}
     state.nextSeq = state.nextSeq + 1
     state.sealedCount = state.sealedCount + #entries
     state.tallies = {}
@@ -124,14 +124,14 @@ function send(state)
                     break
                 end
                 if inThisTrip[e.key] ~= nil then
-                    goto __continue52
+                    goto __continue53
                 end
                 inThisTrip[e.key] = true
                 calls[#calls + 1] = callOf(batch.seq, e)
                 sent[#sent + 1] = e
                 sentSeq[#sentSeq + 1] = batch.seq
             end
-            ::__continue52::
+            ::__continue53::
         end
     end
     if #calls == 0 then
@@ -172,7 +172,7 @@ function send(state)
                         )
                     end
                     done[e] = true
-                    goto __continue60
+                    goto __continue61
                 end
                 local message = type(reply) == "table" and tostring(reply[2]) or tostring(reply)
                 if permanent(message) then
@@ -200,7 +200,7 @@ function send(state)
                     logThrottled(PLUGIN, "redis refused a flush for now, its counts are kept for the next one: " .. message, state.conf)
                 end
             end
-            ::__continue60::
+            ::__continue61::
             i = i + 1
         end
     end
@@ -498,16 +498,8 @@ end
 -- a new tally, counted dropped for each request, and tried again while there is room.
 function ____exports.tally(state, conf, subject, route, service, day, month, dayAt, monthAt)
     local bySubject = state.tallies[subject]
-    if bySubject == nil then
-        bySubject = {}
-        state.tallies[subject] = bySubject
-    end
-    local byRoute = bySubject[route]
-    if byRoute == nil then
-        byRoute = {}
-        bySubject[route] = byRoute
-    end
-    local t = byRoute[service]
+    local byRoute = bySubject and bySubject[route]
+    local t = byRoute and byRoute[service]
     if t ~= nil and t.day == day and t.month == month and (t.missing == 0 or state.openCount + state.sealedCount >= conf.max_pending) then
         if t.missing > 0 then
             state.dropped = state.dropped + t.missing
@@ -516,8 +508,9 @@ function ____exports.tally(state, conf, subject, route, service, day, month, day
         return t
     end
     if t ~= nil then
-        local ____state_retired_1 = state.retired
-        ____state_retired_1[#____state_retired_1 + 1] = t
+        local ____state_retired_5 = state.retired
+        ____state_retired_5[#____state_retired_5 + 1] = t
+        byRoute[service] = nil
     end
     t = newTally(
         state,
@@ -530,11 +523,22 @@ function ____exports.tally(state, conf, subject, route, service, day, month, day
         dayAt,
         monthAt
     )
-    byRoute[service] = t
     if t.missing > 0 then
         state.dropped = state.dropped + t.missing
         droppedTotal = droppedTotal + t.missing
     end
+    if #t.slots == 0 then
+        return t
+    end
+    if bySubject == nil then
+        bySubject = {}
+        state.tallies[subject] = bySubject
+    end
+    if byRoute == nil then
+        byRoute = {}
+        bySubject[route] = byRoute
+    end
+    byRoute[service] = t
     return t
 end
 local function tick(premature)

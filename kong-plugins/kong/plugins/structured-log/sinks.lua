@@ -225,7 +225,7 @@ function settleRetired(sink, held)
 end
 function onTimer(premature, sink)
     flush(sink)
-    if premature then
+    if premature or ngx.worker.exiting() then
         do
             local i = 0
             while i < 20 and queued(sink) > 0 and not sink.flushing do
@@ -241,7 +241,7 @@ function onTimer(premature, sink)
 end
 function arm(sink)
     local ok, err = ngx.timer.at(sink.conf.flush_interval, onTimer, sink)
-    if ok == nil then
+    if ok == nil and err ~= "process exiting" then
         ngx.log(
             ngx.ERR,
             (("[kong] [" .. PLUGIN) .. "] could not start the flush timer: ") .. tostring(err)
