@@ -306,46 +306,31 @@ function readLongReply(this: void, sock: RawSocket, buf: string): RedisResult {
       pos = 1;
       continue;
     }
-    const prefix = string.byte(buf, pos);
-    let after = lineEnd + 2;
     let value: RedisReply | false;
     let msg: string | undefined;
-    if (prefix === 36) { // '$'
-      const size = tonumber(string.sub(buf, pos + 1, lineEnd - 1)) ?? -1;
-      if (size < 0) {
-        value = ngx.null;
-      } else {
-        if (after + size + 1 > buf.length) {
-          const [more, err] = readMore(sock, buf, pos, after + size + 1);
-          if (more === undefined) return $multi(undefined, err);
-          buf = more;
-          pos = 1;
-          continue;
-        }
-        value = string.sub(buf, after, after + size - 1);
-        after = after + size + 2;
-      }
-    } else if (prefix === 42) { // '*'
+    if (string.byte(buf, pos) === 42) { // '*': an array opens (its values follow)
       const n = tonumber(string.sub(buf, pos + 1, lineEnd - 1)) ?? -1;
       if (n > 0) {
         open.push({ values: [], count: n });
-        pos = after;
+        pos = lineEnd + 2;
         continue;
       }
       value = n < 0 ? ngx.null : [];
-    } else if (prefix === 58) { // ':'
-      const n = tonumber(string.sub(buf, pos + 1, lineEnd - 1));
-      if (n === undefined) return $multi(undefined, "bad integer reply");
-      value = n;
-    } else if (prefix === 43) { // '+'
-      value = string.sub(buf, pos + 1, lineEnd - 1);
-    } else if (prefix === 45) { // '-'
-      value = false;
-      msg = string.sub(buf, pos + 1, lineEnd - 1);
+      pos = lineEnd + 2;
     } else {
-      return $multi(undefined, `unknown prefix: "${tostring(prefix)}"`);
+      const [scalar, scalarMsg, at, need] = parseReply(buf, pos);
+      if (at === undefined) {
+        if (scalarMsg !== undefined) return $multi(undefined, scalarMsg);
+        const [more, err] = readMore(sock, buf, pos, need);
+        if (more === undefined) return $multi(undefined, err);
+        buf = more;
+        pos = 1;
+        continue;
+      }
+      value = scalar as RedisReply | false; // a position means a value
+      msg = scalarMsg;
+      pos = at;
     }
-    pos = after;
     // The value completes its array, which may complete the one holding it, ...
     for (;;) {
       const top = open[open.length - 1];

@@ -301,15 +301,15 @@ function counterKeyOf(this: void, p: Prepared, kind: string, value: string): str
   const known = kind === "ip" ? p.ipKeys : p.idKeys;
   const cached = known.get(value);
   if (cached !== undefined) return cached;
+  const built = key(PLUGIN, `${p.instance}:${kind}:${part(value)}`);
   // A long identifier (a client's header, up to nginx's 8 KB line) is not kept: 10,000 of
   // them would hold tens of MB per worker. Its key is built each time.
-  if (value.length > MAX_KEPT_IDENTIFIER) return key(PLUGIN, `${p.instance}:${kind}:${part(value)}`);
+  if (value.length > MAX_KEPT_IDENTIFIER) return built;
   if (p.keyCount >= KEY_SLOTS) {
     p.ipKeys = new LuaTable();
     p.idKeys = new LuaTable();
     p.keyCount = 0;
   }
-  const built = key(PLUGIN, `${p.instance}:${kind}:${part(value)}`);
   (kind === "ip" ? p.ipKeys : p.idKeys).set(value, built);
   p.keyCount++;
   return built;

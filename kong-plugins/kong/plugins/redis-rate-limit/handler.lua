@@ -238,21 +238,18 @@ local function counterKeyOf(p, kind, value)
     if cached ~= nil then
         return cached
     end
+    local built = key(
+        PLUGIN,
+        (((p.instance .. ":") .. kind) .. ":") .. part(value)
+    )
     if #value > MAX_KEPT_IDENTIFIER then
-        return key(
-            PLUGIN,
-            (((p.instance .. ":") .. kind) .. ":") .. part(value)
-        )
+        return built
     end
     if p.keyCount >= KEY_SLOTS then
         p.ipKeys = {}
         p.idKeys = {}
         p.keyCount = 0
     end
-    local built = key(
-        PLUGIN,
-        (((p.instance .. ":") .. kind) .. ":") .. part(value)
-    );
     (kind == "ip" and p.ipKeys or p.idKeys)[value] = built
     p.keyCount = p.keyCount + 1
     return built
