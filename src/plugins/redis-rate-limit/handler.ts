@@ -47,7 +47,7 @@ const RETRY_AFTER = "Retry-After";
 const ceil = math.ceil;
 const floor = math.floor;
 
-type Headers = LuaTable<string, number>;
+type Headers = LuaTable<string, string | number>;
 
 /** One configured window, with its header names. */
 interface Window {
@@ -337,39 +337,18 @@ function identify(this: void, conf: Conf): LuaMultiReturn<[string, string]> {
   return $multi(by, id!);
 }
 
-/** Kong's headers: each window's limit and remaining; RateLimit-* for the window closest to its limit. */
-function headersFor(this: void, p: Prepared, now: number, remaining: number[]): Headers {
-  const headers: Headers = new LuaTable();
-  let bestLimit = 0;
-  let bestRemaining = -1;
-  let bestLength = 0;
-  let bestReset = 0;
-  const windows = p.windows;
-  for (let i = 0; i < windows.length; i++) {
-    const w = windows[i];
-    const left = remaining[i];
-    headers.set(w.limitHeader, w.limit);
-    headers.set(w.remainingHeader, left);
-    const [start, length] = bounds(now, w.length);
-    if (bestRemaining < 0 || left < bestRemaining || (left === bestRemaining && length > bestLength)) {
-      bestLimit = w.limit;
-      bestRemaining = left;
-      bestLength = length;
-      bestReset = start + length - now;
-    }
-  }
-  headers.set(RATELIMIT_LIMIT, bestLimit);
-  headers.set(RATELIMIT_REMAINING, bestRemaining);
-  headers.set(RATELIMIT_RESET, math.max(1, ceil(bestReset / 1000)));
-  return headers;
+/** Where putHeaders puts a header: a table (for kong.response.exit) or the response itself. */
+type PutHeader = (this: void, target: Headers | undefined, name: string, value: string | number) => void;
+
+function setResponseHeader(this: void, _target: Headers | undefined, name: string, value: string | number): void {
+  kong.response.set_header(name, value);
 }
 
 /**
- * headersFor's headers, set one by one (names and limit texts prepared per config, no
- * table per request, no pairs()): the same windows win the RateLimit-* headers.
+ * Kong's headers: each window's limit and remaining; RateLimit-* for the window closest to
+ * its limit (the longer one on a tie). Names and limit texts are prepared per config.
  */
-function setHeaders(this: void, p: Prepared, now: number, remaining: number[]): void {
-  const setHeader = kong.response.set_header;
+function putHeaders(this: void, p: Prepared, now: number, remaining: number[], put: PutHeader, target: Headers | undefined): void {
   const windows = p.windows;
   const first = windows[0];
   let best = 0;
@@ -377,14 +356,14 @@ function setHeaders(this: void, p: Prepared, now: number, remaining: number[]): 
   const [firstStart, firstLength] = bounds(now, first.length);
   let bestLength = firstLength;
   let bestReset = firstStart + firstLength - now;
-  setHeader(first.limitHeader, first.limitText);
-  setHeader(first.remainingHeader, bestRemaining);
+  put(target, first.limitHeader, first.limitText);
+  put(target, first.remainingHeader, bestRemaining);
   // From the second window on (see SINGLE_WINDOW_FIRST).
   for (let i = 1; i < windows.length; i++) {
     const w = windows[i];
     const left = remaining[i];
-    setHeader(w.limitHeader, w.limitText);
-    setHeader(w.remainingHeader, left);
+    put(target, w.limitHeader, w.limitText);
+    put(target, w.remainingHeader, left);
     const [start, length] = bounds(now, w.length);
     if (bestRemaining < 0 || left < bestRemaining || (left === bestRemaining && length > bestLength)) {
       best = i;
@@ -393,9 +372,16 @@ function setHeaders(this: void, p: Prepared, now: number, remaining: number[]): 
       bestReset = start + length - now;
     }
   }
-  setHeader(RATELIMIT_LIMIT, windows[best].limitText);
-  setHeader(RATELIMIT_REMAINING, bestRemaining);
-  setHeader(RATELIMIT_RESET, math.max(1, ceil(bestReset / 1000)));
+  put(target, RATELIMIT_LIMIT, windows[best].limitText);
+  put(target, RATELIMIT_REMAINING, bestRemaining);
+  put(target, RATELIMIT_RESET, math.max(1, ceil(bestReset / 1000)));
+}
+
+/** The headers as a table, for a rejection's kong.response.exit. */
+function headersFor(this: void, p: Prepared, now: number, remaining: number[]): Headers {
+  const headers: Headers = new LuaTable();
+  putHeaders(p, now, remaining, rawset as unknown as PutHeader, headers);
+  return headers;
 }
 
 /** An admission's headers go out in header_filter: what they need, kept for the request. */
@@ -632,7 +618,7 @@ const handler: KongPluginHandler<Conf> = {
     const ctx = kong.ctx.plugin;
     const remaining = ctx["remaining"] as number[] | undefined;
     if (remaining === undefined) return;
-    setHeaders(prepare(conf), ctx["now"] as number, remaining);
+    putHeaders(prepare(conf), ctx["now"] as number, remaining, setResponseHeader, undefined);
   },
 };
 

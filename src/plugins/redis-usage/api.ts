@@ -19,6 +19,7 @@ import * as client from "../../lib/redis/client";
 import { key, part } from "../../lib/keys";
 import type { RedisConf } from "../../lib/redis/schema";
 import { type Bucket, nextBucket, parseBucket, dayOf, monthOf } from "./buckets";
+import { TALLY_FIELDS } from "./meter";
 import { configuredRedis } from "./registry";
 
 const PLUGIN = "redis-usage";
@@ -26,7 +27,8 @@ const JSON_TYPE = "application/json; charset=utf-8";
 /** Buckets one read may span: a bit over a year of days, ten years of months. */
 const MAX_BUCKETS = 400;
 const MAX_QUOTA = 1000000000000;
-const FIELDS = ["requests", "bytes_in", "bytes_out", "cost", "2xx", "3xx", "4xx", "5xx", "quota_requests", "quota_cost"];
+/** A counter hash's fields: what the meter counts, then the quota amounts. */
+const FIELDS: string[] = [...TALLY_FIELDS, "quota_requests", "quota_cost"];
 
 type Params = LuaTable<string, unknown>;
 interface Self {

@@ -190,9 +190,14 @@ interface Admission {
   monthLeft: number;
 }
 
+/** An admission with nothing counted or known yet (every field set: one table shape). */
+function admission(this: void, admitted: boolean, subject: Subject | undefined, decided: boolean): Admission {
+  return { admitted, subject, view: undefined, viewCost: 0, countedCost: -1, decided, dayLimit: -1, dayLeft: -1, monthLimit: -1, monthLeft: -1 };
+}
+
 /** Admitted without a quota decision (no quota, or nobody to count it on): shared, never written. */
-const UNCHECKED: Admission = { admitted: true, subject: undefined, view: undefined, viewCost: 0, countedCost: -1, decided: false, dayLimit: -1, dayLeft: -1, monthLimit: -1, monthLeft: -1 };
-const NOT_ADMITTED: Admission = { admitted: false, subject: undefined, view: undefined, viewCost: 0, countedCost: -1, decided: false, dayLimit: -1, dayLeft: -1, monthLimit: -1, monthLeft: -1 };
+const UNCHECKED = admission(true, undefined, false);
+const NOT_ADMITTED = admission(false, undefined, false);
 
 /** Header text of the quota limits seen lately: the same few numbers on every response. */
 const MAX_LIMIT_TEXTS = 1000;
@@ -288,7 +293,7 @@ const handler: KongPluginHandler<Conf> = {
       return;
     }
     // The log phase meters the same subject: authentication is over by now.
-    const d: Admission = { admitted: false, subject, view: undefined, viewCost: 0, countedCost: -1, decided: true, dayLimit: -1, dayLeft: -1, monthLimit: -1, monthLeft: -1 };
+    const d = admission(false, subject, true);
     ctx["usage"] = d;
     const costNow = costBefore(conf);
     const need = conf.quota_unit === "cost" ? math.max(1, costNow) : 1;

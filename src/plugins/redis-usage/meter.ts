@@ -101,8 +101,8 @@ export interface Tally {
   quota_cost: number;
 }
 
-/** The tally fields, in the order they are sent (the counter hash's field names). */
-const TALLY_FIELDS = ["requests", "bytes_in", "bytes_out", "cost", "2xx", "3xx", "4xx", "5xx"] as const;
+/** The tally fields, in the order they are sent (the counter hash's field names, the quota ones aside). */
+export const TALLY_FIELDS = ["requests", "bytes_in", "bytes_out", "cost", "2xx", "3xx", "4xx", "5xx"] as const;
 
 interface Batch {
   seq: number;
@@ -245,6 +245,10 @@ export function tally(this: void, state: PoolState, conf: Conf, subject: Target,
   return t;
 }
 
+function addTo(this: void, fields: LuaTable<string, number>, name: string, n: number): void {
+  if (n !== 0) fields.set(name, (fields.get(name) ?? 0) + n);
+}
+
 /** A tally's counts into the counter set of `slot`, in `entries` (one entry per counter set). */
 function expand(this: void, t: Tally, entries: LuaTable<string, Entry>, list: Entry[]): void {
   if (t.requests === 0) return;
@@ -256,13 +260,10 @@ function expand(this: void, t: Tally, entries: LuaTable<string, Entry>, list: En
       list.push(e);
     }
     const fields = e.fields;
-    for (const name of TALLY_FIELDS) {
-      const n = t[name];
-      if (n !== 0) fields.set(name, (fields.get(name) ?? 0) + n);
-    }
+    for (const name of TALLY_FIELDS) addTo(fields, name, t[name]);
     if (!slot.quota) continue;
-    if (t.quota_requests !== 0) fields.set("quota_requests", (fields.get("quota_requests") ?? 0) + t.quota_requests);
-    if (t.quota_cost !== 0) fields.set("quota_cost", (fields.get("quota_cost") ?? 0) + t.quota_cost);
+    addTo(fields, "quota_requests", t.quota_requests);
+    addTo(fields, "quota_cost", t.quota_cost);
     if (t.view !== undefined) {
       e.view = t.view;
       e.period = slot.period;

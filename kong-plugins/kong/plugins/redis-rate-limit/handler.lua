@@ -283,43 +283,12 @@ local function identify(conf)
     end
     return by, id
 end
---- Kong's headers: each window's limit and remaining; RateLimit-* for the window closest to its limit.
-local function headersFor(p, now, remaining)
-    local headers = {}
-    local bestLimit = 0
-    local bestRemaining = -1
-    local bestLength = 0
-    local bestReset = 0
-    local windows = p.windows
-    do
-        local i = 0
-        while i < #windows do
-            local w = windows[i + 1]
-            local left = remaining[i + 1]
-            headers[w.limitHeader] = w.limit
-            headers[w.remainingHeader] = left
-            local start, length = bounds(now, w.length)
-            if bestRemaining < 0 or left < bestRemaining or left == bestRemaining and length > bestLength then
-                bestLimit = w.limit
-                bestRemaining = left
-                bestLength = length
-                bestReset = start + length - now
-            end
-            i = i + 1
-        end
-    end
-    headers[RATELIMIT_LIMIT] = bestLimit
-    headers[RATELIMIT_REMAINING] = bestRemaining
-    headers[RATELIMIT_RESET] = math.max(
-        1,
-        ceil(bestReset / 1000)
-    )
-    return headers
+local function setResponseHeader(_target, name, value)
+    kong.response.set_header(name, value)
 end
---- headersFor's headers, set one by one (names and limit texts prepared per config, no
--- table per request, no pairs()): the same windows win the RateLimit-* headers.
-local function setHeaders(p, now, remaining)
-    local setHeader = kong.response.set_header
+--- Kong's headers: each window's limit and remaining; RateLimit-* for the window closest to
+-- its limit (the longer one on a tie). Names and limit texts are prepared per config.
+local function putHeaders(p, now, remaining, put, target)
     local windows = p.windows
     local first = windows[1]
     local best = 0
@@ -327,15 +296,15 @@ local function setHeaders(p, now, remaining)
     local firstStart, firstLength = bounds(now, first.length)
     local bestLength = firstLength
     local bestReset = firstStart + firstLength - now
-    setHeader(first.limitHeader, first.limitText)
-    setHeader(first.remainingHeader, bestRemaining)
+    put(target, first.limitHeader, first.limitText)
+    put(target, first.remainingHeader, bestRemaining)
     do
         local i = 1
         while i < #windows do
             local w = windows[i + 1]
             local left = remaining[i + 1]
-            setHeader(w.limitHeader, w.limitText)
-            setHeader(w.remainingHeader, left)
+            put(target, w.limitHeader, w.limitText)
+            put(target, w.remainingHeader, left)
             local start, length = bounds(now, w.length)
             if bestRemaining < 0 or left < bestRemaining or left == bestRemaining and length > bestLength then
                 best = i
@@ -346,15 +315,28 @@ local function setHeaders(p, now, remaining)
             i = i + 1
         end
     end
-    setHeader(RATELIMIT_LIMIT, windows[best + 1].limitText)
-    setHeader(RATELIMIT_REMAINING, bestRemaining)
-    setHeader(
+    put(target, RATELIMIT_LIMIT, windows[best + 1].limitText)
+    put(target, RATELIMIT_REMAINING, bestRemaining)
+    put(
+        target,
         RATELIMIT_RESET,
         math.max(
             1,
             ceil(bestReset / 1000)
         )
     )
+end
+--- The headers as a table, for a rejection's kong.response.exit.
+local function headersFor(p, now, remaining)
+    local headers = {}
+    putHeaders(
+        p,
+        now,
+        remaining,
+        rawset,
+        headers
+    )
+    return headers
 end
 --- An admission's headers go out in header_filter: what they need, kept for the request.
 local function keepHeaders(conf, now, remaining)
@@ -761,10 +743,12 @@ local handler = {
         if remaining == nil then
             return
         end
-        setHeaders(
+        putHeaders(
             prepare(conf),
             ctx.now,
-            remaining
+            remaining,
+            setResponseHeader,
+            nil
         )
     end
 }

@@ -178,31 +178,24 @@ local function costOf(conf, bodyBytes)
     end
     return conf.cost
 end
+--- An admission with nothing counted or known yet (every field set: one table shape).
+local function admission(admitted, subject, decided)
+    return {
+        admitted = admitted,
+        subject = subject,
+        view = nil,
+        viewCost = 0,
+        countedCost = -1,
+        decided = decided,
+        dayLimit = -1,
+        dayLeft = -1,
+        monthLimit = -1,
+        monthLeft = -1
+    }
+end
 --- Admitted without a quota decision (no quota, or nobody to count it on): shared, never written.
-local UNCHECKED = {
-    admitted = true,
-    subject = nil,
-    view = nil,
-    viewCost = 0,
-    countedCost = -1,
-    decided = false,
-    dayLimit = -1,
-    dayLeft = -1,
-    monthLimit = -1,
-    monthLeft = -1
-}
-local NOT_ADMITTED = {
-    admitted = false,
-    subject = nil,
-    view = nil,
-    viewCost = 0,
-    countedCost = -1,
-    decided = false,
-    dayLimit = -1,
-    dayLeft = -1,
-    monthLimit = -1,
-    monthLeft = -1
-}
+local UNCHECKED = admission(true, nil, false)
+local NOT_ADMITTED = admission(false, nil, false)
 --- Header text of the quota limits seen lately: the same few numbers on every response.
 local MAX_LIMIT_TEXTS = 1000
 local limitTexts = {}
@@ -287,18 +280,7 @@ local handler = {
             ctx.usage = UNCHECKED
             return
         end
-        local d = {
-            admitted = false,
-            subject = subject,
-            view = nil,
-            viewCost = 0,
-            countedCost = -1,
-            decided = true,
-            dayLimit = -1,
-            dayLeft = -1,
-            monthLimit = -1,
-            monthLeft = -1
-        }
+        local d = admission(false, subject, true)
         ctx.usage = d
         local costNow = costBefore(conf)
         local need = conf.quota_unit == "cost" and math.max(1, costNow) or 1

@@ -2,7 +2,7 @@
 local ____lualib = require("krs.lualib_bundle")
 local __TS__ArrayPush = ____lualib.__TS__ArrayPush
 local ____exports = {}
-local writer, expand, eachTally, seal, callOf, requestsIn, permanent, send, reportDrops, flushPool, pending, flushAtExit, flushNow, PLUGIN, SCRIPT, MAX_CALLS, EXIT_TRIES, EXIT_PAUSE, TALLY_FIELDS, pools, droppedTotal, writerId, flushScheduled
+local writer, addTo, expand, eachTally, seal, callOf, requestsIn, permanent, send, reportDrops, flushPool, pending, flushAtExit, flushNow, PLUGIN, SCRIPT, MAX_CALLS, EXIT_TRIES, EXIT_PAUSE, pools, droppedTotal, writerId, flushScheduled
 local client = require("krs.redis.client")
 local ____fault = require("krs.redis.fault")
 local logThrottled = ____fault.logThrottled
@@ -14,6 +14,11 @@ function writer()
         writerId = ((((ok and type(id) == "string" and id or "node") .. ":") .. tostring(ngx.worker.pid())) .. ":") .. tostring(math.floor(ngx.now() * 1000))
     end
     return writerId
+end
+function addTo(fields, name, n)
+    if n ~= 0 then
+        fields[name] = (fields[name] or 0) + n
+    end
 end
 function expand(t, entries, list)
     if t.requests == 0 then
@@ -34,28 +39,21 @@ function expand(t, entries, list)
                 list[#list + 1] = e
             end
             local fields = e.fields
-            for ____, name in ipairs(TALLY_FIELDS) do
-                local n = t[name]
-                if n ~= 0 then
-                    fields[name] = (fields[name] or 0) + n
-                end
+            for ____, name in ipairs(____exports.TALLY_FIELDS) do
+                addTo(fields, name, t[name])
             end
             if not slot.quota then
-                goto __continue28
+                goto __continue30
             end
-            if t.quota_requests ~= 0 then
-                fields.quota_requests = (fields.quota_requests or 0) + t.quota_requests
-            end
-            if t.quota_cost ~= 0 then
-                fields.quota_cost = (fields.quota_cost or 0) + t.quota_cost
-            end
+            addTo(fields, "quota_requests", t.quota_requests)
+            addTo(fields, "quota_cost", t.quota_cost)
             if t.view ~= nil then
                 e.view = t.view
                 e.period = slot.period
                 e.bucket = slot.bucket
             end
         end
-        ::__continue28::
+        ::__continue30::
     end
 end
 function eachTally(state, fn)
@@ -124,14 +122,14 @@ function send(state)
                     break
                 end
                 if inThisTrip[e.key] ~= nil then
-                    goto __continue53
+                    goto __continue52
                 end
                 inThisTrip[e.key] = true
                 calls[#calls + 1] = callOf(batch.seq, e)
                 sent[#sent + 1] = e
                 sentSeq[#sentSeq + 1] = batch.seq
             end
-            ::__continue53::
+            ::__continue52::
         end
     end
     if #calls == 0 then
@@ -172,7 +170,7 @@ function send(state)
                         )
                     end
                     done[e] = true
-                    goto __continue61
+                    goto __continue60
                 end
                 local message = type(reply) == "table" and tostring(reply[2]) or tostring(reply)
                 if permanent(message) then
@@ -200,7 +198,7 @@ function send(state)
                     logThrottled(PLUGIN, "redis refused a flush for now, its counts are kept for the next one: " .. message, state.conf)
                 end
             end
-            ::__continue61::
+            ::__continue60::
             i = i + 1
         end
     end
@@ -355,7 +353,8 @@ ____exports.NOBODY = {
     dayKey = "",
     monthKey = ""
 }
-TALLY_FIELDS = {
+--- The tally fields, in the order they are sent (the counter hash's field names, the quota ones aside).
+____exports.TALLY_FIELDS = {
     "requests",
     "bytes_in",
     "bytes_out",
