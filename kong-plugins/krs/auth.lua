@@ -7,7 +7,7 @@ local HEADER_CONSUMER_USERNAME = "X-Consumer-Username"
 local HEADER_CREDENTIAL_IDENTIFIER = "X-Credential-Identifier"
 local HEADER_ANONYMOUS = "X-Anonymous-Consumer"
 ____exports.ERR_UNEXPECTED = "An unexpected error occurred"
---- The headers setConsumer clears, as ngx.req.get_headers names them (lower case).
+--- The headers setConsumer clears, as kong.request.get_headers names them (lower case).
 local SENT_CUSTOM_ID = "x-consumer-custom-id"
 local SENT_USERNAME = "x-consumer-username"
 local SENT_CREDENTIAL_IDENTIFIER = "x-credential-identifier"
@@ -26,7 +26,7 @@ end
 -- the credential's id, jwt its key) and X-Anonymous-Consumer is removed; without one (the
 -- anonymous consumer) X-Credential-Identifier is removed and X-Anonymous-Consumer is
 -- `true`. A header the consumer has no value for is removed, never left as the client
--- sent it. `sent`, when given, is the request's complete headers (ngx.req.get_headers, not
+-- sent it. `sent`, when given, is the request's complete headers (kong.request.get_headers, not
 -- truncated, read in this phase): a header absent from it has nothing to remove.
 function ____exports.setConsumer(consumer, credential, identifier, sent)
     kong.client.authenticate(consumer, credential)

@@ -140,8 +140,6 @@ describe("redis-key-auth handler (stubbed PDK)", function()
       -- the subscriber is only run where a test asks for it
       timer = { at = function(_, fn, state) out.timer = { fn = fn, state = state }; return true end },
       unescape_uri = function(s) return s end,
-      -- as ngx's: "truncated" when the request has more headers than it returns
-      req = { get_headers = function() return req.headers or {}, req.truncated end },
       encode_args = function(t)
         local parts = {}
         for k, v in pairs(t) do parts[#parts + 1] = k .. "=" .. v end
@@ -153,7 +151,8 @@ describe("redis-key-auth handler (stubbed PDK)", function()
       ctx = { shared = {}, plugin = {} },
       request = {
         get_method = function() return "GET" end,
-        get_headers = function() return req.headers or {} end,
+        -- as Kong's: "truncated" when the request has more headers than it returns
+        get_headers = function() return req.headers or {}, req.truncated end,
         get_query = function() return req.query or {} end,
         get_raw_query = function() return "" end,
         get_body = function()

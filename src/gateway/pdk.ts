@@ -189,8 +189,8 @@ const request: KongRequestApi = {
     return ngx.var[variable];
   },
   get_headers(max_headers) {
-    const [headers] = ngx.req.get_headers(max_headers ?? 100);
-    return headers;
+    // As Kong: ngx's two values, the table and "truncated".
+    return ngx.req.get_headers(max_headers ?? 100) as LuaMultiReturn<[HeaderTable, "truncated" | undefined]>;
   },
   get_method() {
     return ngx.req.get_method();
@@ -495,8 +495,7 @@ const response: KongResponseApi = {
     return firstValue(ngx.header[name]);
   },
   get_headers(max_headers) {
-    const [headers] = ngx.resp.get_headers(max_headers ?? 100);
-    return headers;
+    return ngx.resp.get_headers(max_headers ?? 100) as LuaMultiReturn<[HeaderTable, "truncated" | undefined]>;
   },
   get_status() {
     return ngx.status;

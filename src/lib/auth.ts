@@ -16,7 +16,7 @@ const HEADER_ANONYMOUS = "X-Anonymous-Consumer";
 
 export const ERR_UNEXPECTED = "An unexpected error occurred";
 
-/** The headers setConsumer clears, as ngx.req.get_headers names them (lower case). */
+/** The headers setConsumer clears, as kong.request.get_headers names them (lower case). */
 const SENT_CUSTOM_ID = "x-consumer-custom-id";
 const SENT_USERNAME = "x-consumer-username";
 const SENT_CREDENTIAL_IDENTIFIER = "x-credential-identifier";
@@ -38,7 +38,7 @@ function clearSent(this: void, sent: HeaderTable | undefined, name: string, sent
  * the credential's id, jwt its key) and X-Anonymous-Consumer is removed; without one (the
  * anonymous consumer) X-Credential-Identifier is removed and X-Anonymous-Consumer is
  * `true`. A header the consumer has no value for is removed, never left as the client
- * sent it. `sent`, when given, is the request's complete headers (ngx.req.get_headers, not
+ * sent it. `sent`, when given, is the request's complete headers (kong.request.get_headers, not
  * truncated, read in this phase): a header absent from it has nothing to remove.
  */
 export function setConsumer(this: void, consumer: KongConsumer, credential: KongCredential | undefined, identifier: string | undefined, sent?: HeaderTable): void {

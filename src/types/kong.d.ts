@@ -62,8 +62,8 @@ declare type KongHeaders = { [name: string]: string | number | boolean | (string
 declare interface KongRequestApi {
   /** Phases: rewrite, access, header_filter, response, body_filter, log, admin_api. First value of a repeated header. */
   get_header(name: string): string | undefined;
-  /** Phases: as get_header. Lower-case names; a repeated header is an array. Default max 100. */
-  get_headers(max_headers?: number): HeaderTable;
+  /** Phases: as get_header. Lower-case names; a repeated header is an array. Default max 100; then "truncated" when the request has more (ngx.req.get_headers's). */
+  get_headers(max_headers?: number): LuaMultiReturn<[HeaderTable, "truncated" | undefined]>;
   /** Phases: as get_header. "GET", "POST", ... */
   get_method(): string;
   /** Phases: as get_header. Normalized path, without query string. */
@@ -109,8 +109,8 @@ declare interface KongResponseApi {
   clear_header(name: string): void;
   /** Phases: header_filter, response, body_filter, log, admin_api. */
   get_header(name: string): string | undefined;
-  /** Phases: header_filter, response, body_filter, log, admin_api. */
-  get_headers(max_headers?: number): HeaderTable;
+  /** Phases: header_filter, response, body_filter, log, admin_api. Then "truncated" when there are more (ngx.resp.get_headers's). */
+  get_headers(max_headers?: number): LuaMultiReturn<[HeaderTable, "truncated" | undefined]>;
   /** Phases: header_filter, response, body_filter, log, admin_api. */
   get_status(): number;
   /** Phases: header_filter, response, body_filter, log. "service", "exit" or "error". */

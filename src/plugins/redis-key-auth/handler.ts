@@ -78,17 +78,13 @@ function setAnonymous(this: void, conf: KeyAuthConf, p: Prepared, anonymous: str
 
 // ---------------------------------------------------------------- finding the key
 
-/** Kong's kong.request.get_headers() default: headers past it are not looked at. */
-const MAX_HEADERS = 100;
-
 /**
- * The request headers, as Kong's kong.request.get_headers() reads them, and the same table
- * again when it holds every header (not truncated): then auth.setConsumer need not clear
- * the identity headers it shows absent. ngx's own call, for its "truncated" (the gateway's
- * PDK drops it).
+ * The request headers (kong.request.get_headers), and the same table again when it holds
+ * every header (not truncated): then auth.setConsumer need not clear the identity headers
+ * it shows absent.
  */
 function requestHeaders(this: void): LuaMultiReturn<[HeaderTable, HeaderTable | undefined]> {
-  const [headers, truncated] = ngx.req.get_headers(MAX_HEADERS);
+  const [headers, truncated] = kong.request.get_headers();
   return $multi(headers, truncated === undefined ? headers : undefined);
 }
 

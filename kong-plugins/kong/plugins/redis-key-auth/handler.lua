@@ -63,14 +63,11 @@ local function setAnonymous(conf, p, anonymous)
         workerCache.configVersion()
     )
 end
---- Kong's kong.request.get_headers() default: headers past it are not looked at.
-local MAX_HEADERS = 100
---- The request headers, as Kong's kong.request.get_headers() reads them, and the same table
--- again when it holds every header (not truncated): then auth.setConsumer need not clear
--- the identity headers it shows absent. ngx's own call, for its "truncated" (the gateway's
--- PDK drops it).
+--- The request headers (kong.request.get_headers), and the same table again when it holds
+-- every header (not truncated): then auth.setConsumer need not clear the identity headers
+-- it shows absent.
 local function requestHeaders()
-    local headers, truncated = ngx.req.get_headers(MAX_HEADERS)
+    local headers, truncated = kong.request.get_headers()
     return headers, truncated == nil and headers or nil
 end
 local function readBody()
