@@ -72,14 +72,12 @@ export function requestCtx(this: void): RequestCtx {
  */
 export function seedRandom(this: void): void {
   let seed = ngx.now() * 1000 + ngx.worker.pid();
-  const [urandom] = io.open("/dev/urandom", "rb");
-  if (urandom !== undefined) {
-    const bytes = urandom.read(4);
-    urandom.close();
-    if (typeof bytes === "string" && bytes.length === 4) {
-      const [a, b, c, d] = string.byte(bytes, 1, 4);
-      seed += ((a * 256 + b) * 256 + c) * 256 + d;
-    }
+  // Required here, not at load: init() first aliases Debian's module paths (entry.ts).
+  const [ok, random] = pcall(require, "resty.random");
+  const bytes = ok ? (random as typeof import("resty.random")).bytes(4, true) : undefined;
+  if (bytes !== undefined) {
+    const [a, b, c, d] = string.byte(bytes, 1, 4);
+    seed += ((a * 256 + b) * 256 + c) * 256 + d;
   }
   math.randomseed(seed % 0x20000000000000);
 }
