@@ -5,11 +5,13 @@
 // so it is the figure to compare before and after a hot-path change. It counts user-space
 // instructions of nginx and its Lua only: no syscalls' kernel time, no wrk, no upstream.
 //
-//   npx tsx bench/callgrind.ts [--only NAME[,NAME...]] [--requests N] [--warmup N] [--annotate]
+//   npx tsx bench/callgrind.ts [--only NAME[,NAME...]] [--requests N] [--warmup N] [--annotate] [--keep DIR]
 //
 // Scenarios whose requests vary (a wrk Lua script) or that are not served by nginx are left
 // out. `--annotate` also prints callgrind_annotate's top functions (inclusive) of each
 // scenario; LuaJIT's compiled traces show as `???` there (LuaJIT's own profiler names them).
+// `--keep DIR` leaves each scenario's callgrind dump there (DIR/NAME.callgrind.out) for
+// callgrind_annotate's exclusive view.
 
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
@@ -41,6 +43,7 @@ interface Options {
   requests: number;
   warmup: number;
   annotate: boolean;
+  keep?: string;
 }
 
 function parseOptions(argv: string[]): Options {
@@ -56,6 +59,7 @@ function parseOptions(argv: string[]): Options {
     else if (arg === "--requests") opts.requests = Number(next());
     else if (arg === "--warmup") opts.warmup = Number(next());
     else if (arg === "--annotate") opts.annotate = true;
+    else if (arg === "--keep") opts.keep = next();
     else throw new BenchError(`unknown argument: ${arg}`);
   }
   if (!Number.isInteger(opts.requests) || opts.requests < 1) throw new BenchError("--requests must be a whole number >= 1");
@@ -229,6 +233,10 @@ async function countScenario(s: Scenario, ctx: { nginx: string; valgrind: string
     statuses: [...byStatus].map(([st, n]) => `${n}×${st}`).join(" "),
     ...(s.baseline !== undefined ? { baseline: s.baseline } : {}),
   };
+  if (ctx.opts.keep !== undefined) {
+    mkdirSync(ctx.opts.keep, { recursive: true });
+    writeFileSync(path.join(ctx.opts.keep, `${s.name}.callgrind.out`), readFileSync(dump));
+  }
   if (ctx.opts.annotate) {
     const a = spawnSync("callgrind_annotate", ["--inclusive=yes", "--threshold=100", dump], { encoding: "utf8", maxBuffer: 64 << 20 });
     counted.top = a.stdout

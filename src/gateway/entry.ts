@@ -291,7 +291,7 @@ export function access(this: void): void {
   // Kong's rewrite phase: global plugins only, before routing.
   sync();
   const runtime = getRuntime()!;
-  runRewrite(runtime.plugins);
+  const rewritten = runRewrite(runtime.plugins);
   const ctx = requestCtx();
   const method = ngx.req.get_method();
   // The path as the client sent it (still escaped, no query): X-Forwarded-Path, and once
@@ -317,9 +317,9 @@ export function access(this: void): void {
   ctx.KRS_UPSTREAM_URI = match.upstream_uri;
   setUpstreamHeaders(match, service, rawPath);
 
-  // Without a plugin run in rewrite or access the query is still the client's: no read of
+  // Without a handler run in rewrite or access the query is still the client's: no read of
   // $args for it.
-  const pluginsRan = runAccess(runtime.plugins, ctx) || runtime.plugins.globals.length > 0;
+  const pluginsRan = runAccess(runtime.plugins, ctx) || rewritten;
   finishAccess(ctx, match, service, requestUri, pluginsRan ? undefined : queryAt ?? false);
 }
 
@@ -474,12 +474,14 @@ export function bodyFilter(this: void): void {
 export function log(this: void): void {
   // A proxied request carries its stash key in ctx; after the error page's internal
   // redirect nginx hands log a fresh ctx, so look the saved one up by request id.
-  let id = requestCtx().KRS_REQUEST_ID;
+  let ctx = requestCtx();
+  let id = ctx.KRS_REQUEST_ID;
   if (id === undefined) {
     restoreStashedCtx();
-    id = requestCtx().KRS_REQUEST_ID;
+    ctx = requestCtx();
+    id = ctx.KRS_REQUEST_ID;
   }
-  runLate(getRuntime()!.plugins, "log");
+  runLate(getRuntime()!.plugins, "log", ctx);
   if (id !== undefined) stashed.delete(id);
 }
 

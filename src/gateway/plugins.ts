@@ -28,14 +28,18 @@ export interface PluginIndex {
   ordered: LoadedPlugin[];
   /** name → scope key ("service:route:consumer" ids, "" when unset) → entity. */
   byScope: LuaTable<string, LuaTable<string, PluginEntity>>;
-  /** Global plugins in order (for rewrite and for requests that never reached access). */
+  /** Global plugins in order (for requests that never reached access). */
   globals: Selected[];
+  /** The global plugins that have a rewrite handler: a request pays no protected call for the others. */
+  rewriting: Selected[];
   /**
    * service id → route id ("" when unset) → what applies before any consumer is known,
    * filled on first use: the scope lookups and their key strings are paid once per route
    * and config, not per request. Shared by requests, so never changed once stored.
    */
   anonymous: LuaTable<string, LuaTable<string, Selected[]>>;
+  /** The anonymous lists in which some plugin has an access handler. */
+  anonymousAccess: LuaTable<Selected[], boolean>;
   /** Whether any plugin of the config has a handler for the phase: when none has, the
    *  phase costs no ngx.ctx lookup and no loop (body_filter runs once per chunk). */
   implemented: LuaTable<Phase, boolean>;
@@ -87,7 +91,8 @@ export function buildIndex(this: void, config: GatewayConfig): LuaMultiReturn<[P
   for (const phase of ["rewrite", "access", "header_filter", "body_filter", "log"] as Phase[]) {
     implemented.set(phase, ordered.some((p) => p.handler[phase] !== undefined));
   }
-  return $multi({ ordered, byScope, globals, anonymous: new LuaTable(), implemented }, undefined);
+  const rewriting = globals.filter((g) => g.plugin.handler.rewrite !== undefined);
+  return $multi({ ordered, byScope, globals, rewriting, anonymous: new LuaTable(), anonymousAccess: new LuaTable(), implemented }, undefined);
 }
 
 /**
@@ -156,11 +161,17 @@ function runProtected(this: void, ctx: RequestCtx, list: Selected[], from: numbe
   return false;
 }
 
-/** rewrite: global plugins only (the route is not known yet, as in Kong). */
-export function runRewrite(this: void, index: PluginIndex): void {
-  const globals = index.globals;
-  if (globals.length === 0) return;
-  if (!runProtected(requestCtx(), globals, 0, "rewrite")) return failRequest();
+/** rewrite: global plugins only (the route is not known yet, as in Kong). Returns whether any ran. */
+export function runRewrite(this: void, index: PluginIndex): boolean {
+  const rewriting = index.rewriting;
+  if (rewriting.length === 0) return false;
+  if (!runProtected(requestCtx(), rewriting, 0, "rewrite")) return failRequest();
+  return true;
+}
+
+function anyAccessHandler(this: void, list: Selected[]): boolean {
+  for (const selected of list) if (selected.plugin.handler.access !== undefined) return true;
+  return false;
 }
 
 /** Appends the plugins from `from` on in `ordered` that apply for (service, route, consumer). */
@@ -185,6 +196,7 @@ function anonymousSelection(this: void, index: PluginIndex, s: string, r: string
     list = [];
     selectFrom(index, list, 0, s, r, "");
     byRoute.set(r, list);
+    if (anyAccessHandler(list)) index.anonymousAccess.set(list, true);
   }
   return list;
 }
@@ -193,7 +205,7 @@ function anonymousSelection(this: void, index: PluginIndex, s: string, r: string
  * access: every applicable plugin is selected before any runs, so that when one ends the
  * request (kong.response.exit, an error) the others still get header_filter and log, as in
  * Kong. When a plugin authenticates a consumer, the plugins after it are selected again,
- * so consumer-scoped configs apply to them. Returns whether any plugin was run.
+ * so consumer-scoped configs apply to them. Returns whether any access handler was run.
  */
 export function runAccess(this: void, index: PluginIndex, ctx: RequestCtx): boolean {
   const s = ctx.service?.id ?? "";
@@ -210,8 +222,9 @@ export function runAccess(this: void, index: PluginIndex, ctx: RequestCtx): bool
     selectFrom(index, list, 0, s, r, c);
   }
   (ctx as { KRS_SELECTED?: Selected[] }).KRS_SELECTED = list;
-  // Nothing applies and nothing ran that could authenticate: no loop to enter.
-  if (list.length === 0) return false;
+  // No access handler to run (none applies, or only log/header plugins do): nothing can
+  // authenticate a consumer here, so the selection stands and no protected call is paid.
+  if (shared ? index.anonymousAccess.get(list) !== true : !anyAccessHandler(list)) return false;
   const [ok, err] = xpcall(accessFrom, debug.traceback, index, ctx, list, shared, s, r, c);
   if (!ok) {
     failed(ctx, (ctx as { KRS_SELECTED?: Selected[] }).KRS_SELECTED ?? list, 0, "access", err);
