@@ -276,7 +276,15 @@ export function runLate(this: void, index: PluginIndex, phase: "header_filter" |
   if (index.implemented.get(phase) !== true) return;
   ctx = ctx ?? requestCtx();
   const list = (ctx as { KRS_SELECTED?: Selected[] }).KRS_SELECTED ?? index.globals;
-  let from = 0;
+  if (list.length === 0) return;
+  // No loop on the way that raises nothing: LuaJIT aborts a trace that meets an inner
+  // loop, and would leave the whole phase's entry to the interpreter.
+  const [ok, err] = xpcall(runFrom, debug.traceback, ctx, list, 0, phase);
+  if (!ok) runAfterFailure(ctx, list, failed(ctx, list, 0, phase, err) + 1, phase);
+}
+
+/** The plugins after one that raised, each failure logged and skipped. */
+function runAfterFailure(this: void, ctx: RequestCtx, list: Selected[], from: number, phase: Phase): void {
   while (from < list.length) {
     const [ok, err] = xpcall(runFrom, debug.traceback, ctx, list, from, phase);
     if (ok) return;
