@@ -158,7 +158,11 @@ function routeSeries(this: void): RouteSeries {
   return s;
 }
 
-/** Upstream latency (ms) as Kong's serializer reports it, -1 when nothing was proxied. */
+/**
+ * Upstream latency (ms) as Kong's serializer reports it (ctx.KONG_WAITING_TIME, which Kong
+ * and the local gateway set before header_filter), -1 when nothing was proxied; from
+ * $upstream_response_time where no runloop set it.
+ */
 function upstreamLatency(this: void): number {
   const waiting = ngx.ctx["KONG_WAITING_TIME"];
   if (type(waiting) === "number") return waiting as number;

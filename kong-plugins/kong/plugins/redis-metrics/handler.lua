@@ -177,7 +177,9 @@ local function routeSeries()
     seriesByRoute[key] = s
     return s
 end
---- Upstream latency (ms) as Kong's serializer reports it, -1 when nothing was proxied.
+--- Upstream latency (ms) as Kong's serializer reports it (ctx.KONG_WAITING_TIME, which Kong
+-- and the local gateway set before header_filter), -1 when nothing was proxied; from
+-- $upstream_response_time where no runloop set it.
 local function upstreamLatency()
     local waiting = ngx.ctx.KONG_WAITING_TIME
     if type(waiting) == "number" then
