@@ -1,11 +1,11 @@
 -- krs.auth: what both auth plugins do once they know the consumer (Kong's set_consumer,
 -- the anonymous consumer, the request facts), on a stub PDK that records every call.
 describe("krs.auth", function()
-  local auth, saved_ngx, saved_kong, calls, headers, consumers, now, exited, logged, sent
+  local auth, saved_ngx, saved_kong, calls, headers, consumers, now, exited, logged
 
   before_each(function()
     saved_ngx, saved_kong = rawget(_G, "ngx"), rawget(_G, "kong")
-    calls, headers, consumers, now, exited, logged, sent = {}, {}, {}, 1000, nil, {}, {}
+    calls, headers, consumers, now, exited, logged = {}, {}, {}, 1000, nil, {}
     _G.ngx = setmetatable({
       get_phase = function() return "access" end,
       now = function() return now end,
@@ -20,10 +20,6 @@ describe("krs.auth", function()
           calls[#calls + 1] = { "load_consumer", id, by_username }
           return consumers[id], nil
         end,
-      },
-      request = {
-        -- What the client sent, as get_headers names it (lower case, "_" kept).
-        get_headers = function() return sent end,
       },
       service = {
         request = {
@@ -89,23 +85,6 @@ describe("krs.auth", function()
       ["X-Anonymous-Consumer"] = false,
     }, headers)
     assert.equal(0, #calls)
-  end)
-
-  it("identity headers spelled with underscores are removed, whatever mix of '_' and '-'; other names stay", function()
-    sent = { ["x_consumer_username"] = "mallory", ["x-anonymous_consumer"] = "true", ["x_credential_identifier"] = "f", x_team = "blue" }
-    auth.setConsumer(alice, { id = "k-1" }, "k-1")
-    assert.is_false(headers["x_consumer_username"])
-    assert.is_false(headers["x-anonymous_consumer"])
-    assert.is_false(headers["x_credential_identifier"])
-    assert.is_nil(headers["x_team"])
-    headers = {}
-    -- From the complete headers the plugin passes, without reading them again.
-    auth.setConsumer(alice, nil, nil, { ["X_Consumer_ID"] = "forged" })
-    assert.is_false(headers["X_Consumer_ID"])
-    assert.is_nil(headers["x_consumer_username"])
-    headers = {}
-    auth.clearConsumerHeaders()
-    assert.is_false(headers["x_consumer_username"])
   end)
 
   it("the anonymous consumer is looked up once per ttl and config version", function()
