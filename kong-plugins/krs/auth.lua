@@ -13,35 +13,6 @@ local SENT_USERNAME = "x-consumer-username"
 local SENT_CREDENTIAL_IDENTIFIER = "x-credential-identifier"
 local SENT_ANONYMOUS = "x-anonymous-consumer"
 local SENT_CONSUMER_ID = "x-consumer-id"
---- The identity headers' names (lower case, "-"), for spotting their "_" spellings.
-local IDENTITY_NAMES = {}
-for ____, name in ipairs({
-    SENT_CONSUMER_ID,
-    SENT_CUSTOM_ID,
-    SENT_USERNAME,
-    SENT_CREDENTIAL_IDENTIFIER,
-    SENT_ANONYMOUS
-}) do
-    IDENTITY_NAMES[name] = true
-end
---- The gateway forwards header names with "_" (nginx's underscores_in_headers, on in Kong's
--- template as here), and CGI-style upstreams (PHP, WSGI, Rack) read X_Consumer_Username and
--- X-Consumer-Username as one variable: a client's "_" spelling of an identity header could
--- stand in for the one the plugin set or removed. Removed here, whatever mix of "_" and
--- "-" it uses. `sent`: every request header, else read here (a request of more than 1000
--- headers Kong's get_headers cannot list whole; nginx's limits refuse one long before).
-local function clearUnderscoreSpellings(sent)
-    local headers = sent or (kong.request.get_headers(1000))
-    for name in pairs(headers) do
-        if (string.find(name, "_", 1, true)) ~= nil and IDENTITY_NAMES[(string.gsub(
-            string.lower(name),
-            "_",
-            "-"
-        ))] ~= nil then
-            kong.service.request.clear_header(name)
-        end
-    end
-end
 --- Removes a header from the upstream request unless `sent` (every request header, complete:
 -- never a truncated table) shows it absent. Each removal is a C call that walks the
 -- request's headers; most requests carry none of these.
@@ -86,7 +57,6 @@ function ____exports.setConsumer(consumer, credential, identifier, sent)
         clearSent(sent, HEADER_CREDENTIAL_IDENTIFIER, SENT_CREDENTIAL_IDENTIFIER)
         request.set_header(HEADER_ANONYMOUS, true)
     end
-    clearUnderscoreSpellings(sent)
 end
 --- A credential identified the consumer: the request facts say so, then setConsumer (`sent` as there).
 function ____exports.authenticated(plugin, consumer, credential, identifier, sent)
@@ -101,7 +71,6 @@ function ____exports.clearConsumerHeaders()
     request.clear_header(HEADER_CONSUMER_USERNAME)
     request.clear_header(HEADER_CREDENTIAL_IDENTIFIER)
     request.clear_header(HEADER_ANONYMOUS)
-    clearUnderscoreSpellings(nil)
 end
 function ____exports.newAnonymousSlot()
     return {["until"] = 0, version = -1}

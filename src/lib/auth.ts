@@ -23,27 +23,6 @@ const SENT_CREDENTIAL_IDENTIFIER = "x-credential-identifier";
 const SENT_ANONYMOUS = "x-anonymous-consumer";
 const SENT_CONSUMER_ID = "x-consumer-id";
 
-/** The identity headers' names (lower case, "-"), for spotting their "_" spellings. */
-const IDENTITY_NAMES = new LuaTable<string, boolean>();
-for (const name of [SENT_CONSUMER_ID, SENT_CUSTOM_ID, SENT_USERNAME, SENT_CREDENTIAL_IDENTIFIER, SENT_ANONYMOUS]) IDENTITY_NAMES.set(name, true);
-
-/**
- * The gateway forwards header names with "_" (nginx's underscores_in_headers, on in Kong's
- * template as here), and CGI-style upstreams (PHP, WSGI, Rack) read X_Consumer_Username and
- * X-Consumer-Username as one variable: a client's "_" spelling of an identity header could
- * stand in for the one the plugin set or removed. Removed here, whatever mix of "_" and
- * "-" it uses. `sent`: every request header, else read here (a request of more than 1000
- * headers Kong's get_headers cannot list whole; nginx's limits refuse one long before).
- */
-function clearUnderscoreSpellings(this: void, sent: HeaderTable | undefined): void {
-  const headers = sent ?? kong.request.get_headers(1000)[0];
-  for (const [name] of pairs(headers as unknown as LuaTable<string, unknown>)) {
-    if (string.find(name, "_", 1, true)[0] !== undefined && IDENTITY_NAMES.has(string.gsub(string.lower(name), "_", "-")[0])) {
-      kong.service.request.clear_header(name);
-    }
-  }
-}
-
 /**
  * Removes a header from the upstream request unless `sent` (every request header, complete:
  * never a truncated table) shows it absent. Each removal is a C call that walks the
@@ -79,7 +58,6 @@ export function setConsumer(this: void, consumer: KongConsumer, credential: Kong
     clearSent(sent, HEADER_CREDENTIAL_IDENTIFIER, SENT_CREDENTIAL_IDENTIFIER);
     request.set_header(HEADER_ANONYMOUS, true);
   }
-  clearUnderscoreSpellings(sent);
 }
 
 /** A credential identified the consumer: the request facts say so, then setConsumer (`sent` as there). */
@@ -96,7 +74,6 @@ export function clearConsumerHeaders(this: void): void {
   request.clear_header(HEADER_CONSUMER_USERNAME);
   request.clear_header(HEADER_CREDENTIAL_IDENTIFIER);
   request.clear_header(HEADER_ANONYMOUS);
-  clearUnderscoreSpellings(undefined);
 }
 
 /**
